@@ -1,0 +1,539 @@
+//! Wire primitives: length prefixes, validation of field data, and the
+//! conversion between a field's wire form and its logical value (text for
+//! `n`/`an`/`ans`/`z`/`x+n` fields, raw bytes for `b` fields).
+
+use bytes::BufMut;
+
+use super::ebcdic::{FROM_EBCDIC, TO_EBCDIC};
+use super::spec::{Encoding, FieldDef, FieldKind, Pad, PrefixEncoding};
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+#[inline]
+pub(crate) fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[inline]
+pub(crate) fn hex_digit(v: u8) -> u8 {
+    HEX_UPPER[(v & 0x0F) as usize]
+}
+
+#[inline]
+pub(crate) fn is_digit(c: u8) -> bool {
+    c.wrapping_sub(b'0') < 10
+}
+
+#[inline]
+pub(crate) fn all_digits(s: &[u8]) -> bool {
+    s.iter().all(|&c| is_digit(c))
+}
+
+/// Reads a length prefix of `digits` decimal digits; `None` when it is not
+/// a valid number in its encoding. `buf` holds exactly the prefix bytes.
+#[inline]
+pub(crate) fn read_prefix(enc: PrefixEncoding, buf: &[u8]) -> Option<usize> {
+    let mut v = 0usize;
+    match enc {
+        PrefixEncoding::Ascii => {
+            for &c in buf {
+                let d = c.wrapping_sub(b'0');
+                if d > 9 {
+                    return None;
+                }
+                v = v * 10 + d as usize;
+            }
+        }
+        PrefixEncoding::Ebcdic => {
+            for &c in buf {
+                let d = c.wrapping_sub(0xF0);
+                if d > 9 {
+                    return None;
+                }
+                v = v * 10 + d as usize;
+            }
+        }
+        PrefixEncoding::Bcd => {
+            for &c in buf {
+                let (hi, lo) = (c >> 4, c & 0x0F);
+                if hi > 9 || lo > 9 {
+                    return None;
+                }
+                v = v * 100 + (hi * 10 + lo) as usize;
+            }
+        }
+        PrefixEncoding::Binary => {
+            for &c in buf {
+                v = (v << 8) | c as usize;
+            }
+        }
+    }
+    Some(v)
+}
+
+/// Writes `value` as a length prefix of `digits` digits.
+pub(crate) fn write_prefix(enc: PrefixEncoding, digits: u8, value: usize, out: &mut impl BufMut) {
+    match enc {
+        PrefixEncoding::Ascii | PrefixEncoding::Ebcdic => {
+            let zero = if enc == PrefixEncoding::Ascii {
+                b'0'
+            } else {
+                0xF0
+            };
+            let mut div = 10usize.pow(digits as u32 - 1);
+            for _ in 0..digits {
+                out.put_u8(zero + ((value / div) % 10) as u8);
+                div /= 10;
+            }
+        }
+        PrefixEncoding::Bcd => {
+            let width = enc.width(digits);
+            let mut div = 100usize.pow(width as u32 - 1);
+            for _ in 0..width {
+                let two = (value / div) % 100;
+                out.put_u8(((two / 10) << 4 | (two % 10)) as u8);
+                div /= 100;
+            }
+        }
+        PrefixEncoding::Binary => {
+            let width = enc.width(digits);
+            for i in (0..width).rev() {
+                out.put_u8((value >> (8 * i)) as u8);
+            }
+        }
+    }
+}
+
+/// What is wrong with a field's data, and where (offset within the data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DataProblem {
+    NonNumeric(usize),
+    Invalid(usize, &'static str),
+}
+
+/// Is this nibble a valid digit of `kind` in BCD?
+#[inline]
+fn bcd_nibble_ok(kind: FieldKind, n: u8) -> bool {
+    n <= 9 || (kind == FieldKind::Track && n == 0x0D)
+}
+
+/// Position of the pad nibble of an odd-length BCD value of `digits` digits
+/// in `wire`: index of the nibble counting from the left.
+#[inline]
+fn bcd_pad_nibble(pad: Pad, digits: usize) -> Option<usize> {
+    if digits % 2 == 0 {
+        return None;
+    }
+    match pad {
+        Pad::Left(_) => Some(0),
+        Pad::Right(_) => Some(digits),
+    }
+}
+
+/// Checks a field's wire data against its kind. `units` is its length in
+/// the field's units.
+#[inline]
+pub(crate) fn validate(def: &FieldDef, wire: &[u8], units: usize) -> Result<(), DataProblem> {
+    match (def.data, def.kind) {
+        (Encoding::Ascii, FieldKind::Numeric) => match wire.iter().position(|&c| !is_digit(c)) {
+            None => Ok(()),
+            Some(i) => Err(DataProblem::NonNumeric(i)),
+        },
+        (Encoding::Ascii, FieldKind::Track) => {
+            match wire
+                .iter()
+                .position(|&c| !(is_digit(c) || c == b'=' || c == b'D' || c == b'd'))
+            {
+                None => Ok(()),
+                Some(i) => Err(DataProblem::Invalid(i, "track")),
+            }
+        }
+        (Encoding::Ascii, FieldKind::SignedAmount) => signed_amount(wire, |c| c, is_digit),
+        (Encoding::Ebcdic, FieldKind::Numeric) => {
+            match wire.iter().position(|&c| c.wrapping_sub(0xF0) > 9) {
+                None => Ok(()),
+                Some(i) => Err(DataProblem::NonNumeric(i)),
+            }
+        }
+        (Encoding::Ebcdic, FieldKind::SignedAmount) => signed_amount(
+            wire,
+            |c| FROM_EBCDIC[c as usize],
+            |c| c.wrapping_sub(0xF0) <= 9,
+        ),
+        (Encoding::Hex, _) => {
+            if units % 2 != 0 {
+                return Err(DataProblem::Invalid(0, "even-length hex"));
+            }
+            match wire.iter().position(|&c| hex_value(c).is_none()) {
+                None => Ok(()),
+                Some(i) => Err(DataProblem::Invalid(i, "hex")),
+            }
+        }
+        (Encoding::Bcd, FieldKind::SignedAmount) => {
+            let sign = wire.first().copied().unwrap_or(b'C');
+            if sign != b'C' && sign != b'D' {
+                return Err(DataProblem::Invalid(0, "C/D sign"));
+            }
+            let digits = units.saturating_sub(1);
+            validate_bcd(
+                FieldKind::Numeric,
+                def.pad,
+                &wire[1.min(wire.len())..],
+                digits,
+            )
+            .map_err(|p| match p {
+                DataProblem::NonNumeric(i) => DataProblem::NonNumeric(i + 1),
+                other => other,
+            })
+        }
+        (Encoding::Bcd, kind) => validate_bcd(kind, def.pad, wire, units),
+        _ => Ok(()),
+    }
+}
+
+fn signed_amount(
+    wire: &[u8],
+    to_ascii: impl Fn(u8) -> u8,
+    digit: impl Fn(u8) -> bool,
+) -> Result<(), DataProblem> {
+    match wire.first().map(|&c| to_ascii(c)) {
+        Some(b'C') | Some(b'D') => {}
+        Some(_) => return Err(DataProblem::Invalid(0, "C/D sign")),
+        None => return Ok(()),
+    }
+    match wire[1..].iter().position(|&c| !digit(c)) {
+        None => Ok(()),
+        Some(i) => Err(DataProblem::NonNumeric(i + 1)),
+    }
+}
+
+fn validate_bcd(kind: FieldKind, pad: Pad, wire: &[u8], digits: usize) -> Result<(), DataProblem> {
+    let pad_at = bcd_pad_nibble(pad, digits);
+    for (i, &byte) in wire.iter().enumerate() {
+        for (j, nib) in [(2 * i, byte >> 4), (2 * i + 1, byte & 0x0F)] {
+            if Some(j) == pad_at {
+                if nib != 0 && nib != 0x0F {
+                    return Err(DataProblem::Invalid(i, "pad nibble"));
+                }
+            } else if !bcd_nibble_ok(kind, nib) {
+                return Err(match kind {
+                    FieldKind::Numeric => DataProblem::NonNumeric(i),
+                    _ => DataProblem::Invalid(i, "BCD digit"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends the logical value of a field's wire data to `out`.
+pub(crate) fn decode_logical(def: &FieldDef, wire: &[u8], units: usize, out: &mut impl Extend<u8>) {
+    match def.data {
+        Encoding::Ascii | Encoding::Binary => out.extend(wire.iter().copied()),
+        Encoding::Ebcdic => out.extend(wire.iter().map(|&c| FROM_EBCDIC[c as usize])),
+        Encoding::Hex => out.extend(
+            wire.chunks_exact(2)
+                .map(|p| (hex_value(p[0]).unwrap_or(0) << 4) | hex_value(p[1]).unwrap_or(0)),
+        ),
+        Encoding::Bcd => {
+            let (wire, digits) = if def.kind == FieldKind::SignedAmount {
+                if let Some(&sign) = wire.first() {
+                    out.extend([sign]);
+                }
+                (wire.get(1..).unwrap_or(&[]), units.saturating_sub(1))
+            } else {
+                (wire, units)
+            };
+            let skip = match bcd_pad_nibble(def.pad, digits) {
+                Some(0) => 1,
+                _ => 0,
+            };
+            out.extend(
+                wire.iter()
+                    .flat_map(|&b| [b >> 4, b & 0x0F])
+                    .skip(skip)
+                    .take(digits)
+                    .map(|n| if n <= 9 { b'0' + n } else { hex_digit(n) }),
+            );
+        }
+    }
+}
+
+/// Parses a numeric field's wire data as an unsigned integer. `None` for
+/// non-numeric kinds or values over `u64`.
+pub(crate) fn decode_u64(def: &FieldDef, wire: &[u8], units: usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut push = |d: u8| -> Option<()> {
+        v = v.checked_mul(10)?.checked_add(d as u64)?;
+        Some(())
+    };
+    match def.data {
+        Encoding::Ascii => {
+            for &c in wire {
+                push(c.wrapping_sub(b'0')).filter(|_| is_digit(c))?;
+            }
+        }
+        Encoding::Ebcdic => {
+            for &c in wire {
+                let d = c.wrapping_sub(0xF0);
+                if d > 9 {
+                    return None;
+                }
+                push(d)?;
+            }
+        }
+        Encoding::Bcd if def.kind == FieldKind::Numeric => {
+            let skip = match bcd_pad_nibble(def.pad, units) {
+                Some(0) => 1,
+                _ => 0,
+            };
+            for n in wire
+                .iter()
+                .flat_map(|&b| [b >> 4, b & 0x0F])
+                .skip(skip)
+                .take(units)
+            {
+                if n > 9 {
+                    return None;
+                }
+                push(n)?;
+            }
+        }
+        _ => return None,
+    }
+    Some(v)
+}
+
+/// Checks that a logical value can be written in `def`'s encoding and
+/// returns its length in the field's units.
+pub(crate) fn check_logical(def: &FieldDef, value: &[u8]) -> Result<usize, DataProblem> {
+    match def.kind {
+        FieldKind::Numeric => {
+            if let Some(i) = value.iter().position(|&c| !is_digit(c)) {
+                return Err(DataProblem::NonNumeric(i));
+            }
+        }
+        FieldKind::Track if def.data == Encoding::Bcd => {
+            if let Some(i) = value
+                .iter()
+                .position(|&c| !(is_digit(c) || c == b'=' || c == b'D' || c == b'd'))
+            {
+                return Err(DataProblem::Invalid(i, "track"));
+            }
+        }
+        FieldKind::SignedAmount => {
+            signed_amount(value, |c| c, is_digit)?;
+        }
+        _ => {}
+    }
+    Ok(def.units_for_logical(value.len()))
+}
+
+/// Writes a logical value (already checked with [`check_logical`]) as wire
+/// data of exactly `units` units, padding per `def.pad` when the value is
+/// shorter (fixed fields).
+pub(crate) fn encode_logical(def: &FieldDef, value: &[u8], units: usize, out: &mut impl BufMut) {
+    let value_units = def.units_for_logical(value.len());
+    let missing = units.saturating_sub(value_units);
+    match def.data {
+        Encoding::Ascii | Encoding::Binary | Encoding::Ebcdic | Encoding::Hex => {
+            let (pad_left, pad_char) = match def.pad {
+                Pad::Left(c) => (true, c),
+                Pad::Right(c) => (false, c),
+            };
+            let map = |c: u8| {
+                if def.data == Encoding::Ebcdic {
+                    TO_EBCDIC[c as usize]
+                } else {
+                    c
+                }
+            };
+            if pad_left {
+                out.put_bytes(map(pad_char), missing);
+            }
+            if def.data == Encoding::Hex {
+                for &b in value {
+                    out.put_u8(hex_digit(b >> 4));
+                    out.put_u8(hex_digit(b));
+                }
+            } else if def.data == Encoding::Ebcdic {
+                for &c in value {
+                    out.put_u8(TO_EBCDIC[c as usize]);
+                }
+            } else {
+                out.put_slice(value);
+            }
+            if !pad_left {
+                out.put_bytes(map(pad_char), missing);
+            }
+        }
+        Encoding::Bcd => {
+            let (value, digits) = if def.kind == FieldKind::SignedAmount {
+                out.put_u8(value.first().copied().unwrap_or(b'C'));
+                (value.get(1..).unwrap_or(&[]), units.saturating_sub(1))
+            } else {
+                (value, units)
+            };
+            let missing = digits.saturating_sub(value.len());
+            let (pad_nib, left) = match def.pad {
+                Pad::Left(c) => (c & 0x0F, true),
+                Pad::Right(c) => (c & 0x0F, false),
+            };
+            let nibble = |c: u8| match c {
+                b'0'..=b'9' => c - b'0',
+                b'=' | b'D' | b'd' => 0x0D,
+                _ => 0,
+            };
+            // A value shorter than the field is padded with zero digits on
+            // the side the padding goes; an odd count gets one pad nibble.
+            let odd_pad = digits % 2;
+            let lead = if left { missing + odd_pad } else { 0 };
+            let trail = if left { 0 } else { missing + odd_pad };
+            let lead_iter = std::iter::repeat_n(0u8, lead);
+            let mut nibbles = lead_iter
+                .chain(value.iter().map(|&c| nibble(c)))
+                .chain(std::iter::repeat_n(0u8, trail));
+            let total = (digits + odd_pad) / 2;
+            let first_is_pad = left && odd_pad == 1;
+            let last_is_pad = !left && odd_pad == 1;
+            for i in 0..total {
+                let mut hi = nibbles.next().unwrap_or(0);
+                let mut lo = nibbles.next().unwrap_or(0);
+                if i == 0 && first_is_pad && missing == 0 {
+                    hi = pad_nib;
+                }
+                if i + 1 == total && last_is_pad && missing == 0 {
+                    lo = pad_nib;
+                }
+                out.put_u8(hi << 4 | lo);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iso8583::spec::Length;
+
+    fn def(kind: FieldKind, data: Encoding, len: u16, pad: Pad) -> FieldDef {
+        FieldDef {
+            kind,
+            length: Length::Fixed(len),
+            data,
+            prefix: PrefixEncoding::Ascii,
+            pad,
+        }
+    }
+
+    #[test]
+    fn prefixes_round_trip_in_every_encoding() {
+        for enc in [
+            PrefixEncoding::Ascii,
+            PrefixEncoding::Ebcdic,
+            PrefixEncoding::Bcd,
+            PrefixEncoding::Binary,
+        ] {
+            for (digits, value) in [(1u8, 7usize), (2, 19), (3, 999), (4, 1234)] {
+                let mut out = Vec::new();
+                write_prefix(enc, digits, value, &mut out);
+                assert_eq!(out.len(), enc.width(digits), "{enc:?} {digits}");
+                assert_eq!(read_prefix(enc, &out), Some(value), "{enc:?} {digits}");
+            }
+        }
+        let mut out = Vec::new();
+        write_prefix(PrefixEncoding::Bcd, 3, 104, &mut out);
+        assert_eq!(out, [0x01, 0x04]);
+        assert_eq!(read_prefix(PrefixEncoding::Ascii, b"1x"), None);
+        assert_eq!(read_prefix(PrefixEncoding::Bcd, &[0x1A]), None);
+    }
+
+    #[test]
+    fn bcd_odd_lengths_pad_on_the_configured_side() {
+        let left = def(FieldKind::Numeric, Encoding::Bcd, 3, Pad::Left(0));
+        let mut out = Vec::new();
+        encode_logical(&left, b"840", 3, &mut out);
+        assert_eq!(out, [0x08, 0x40]);
+        let mut text = Vec::new();
+        decode_logical(&left, &out, 3, &mut text);
+        assert_eq!(text, b"840");
+        assert_eq!(decode_u64(&left, &out, 3), Some(840));
+
+        let right = def(FieldKind::Numeric, Encoding::Bcd, 19, Pad::Right(0x0F));
+        let mut out = Vec::new();
+        encode_logical(&right, b"4761739001010010017", 19, &mut out);
+        assert_eq!(out.len(), 10);
+        assert_eq!(out[9], 0x7F);
+        let mut text = Vec::new();
+        decode_logical(&right, &out, 19, &mut text);
+        assert_eq!(text, b"4761739001010010017");
+    }
+
+    #[test]
+    fn bcd_rejects_non_decimal_nibbles_but_accepts_pad() {
+        let d = def(FieldKind::Numeric, Encoding::Bcd, 3, Pad::Left(0));
+        assert_eq!(validate(&d, &[0xF8, 0x40], 3), Ok(()));
+        assert_eq!(
+            validate(&d, &[0x08, 0x4A], 3),
+            Err(DataProblem::NonNumeric(1))
+        );
+        let track = def(FieldKind::Track, Encoding::Bcd, 4, Pad::Right(0));
+        assert_eq!(validate(&track, &[0x12, 0xD3], 4), Ok(()));
+    }
+
+    #[test]
+    fn short_fixed_values_are_padded() {
+        let n = def(FieldKind::Numeric, Encoding::Ascii, 6, Pad::Left(b'0'));
+        let mut out = Vec::new();
+        encode_logical(&n, b"42", 6, &mut out);
+        assert_eq!(out, b"000042");
+        let bcd = def(FieldKind::Numeric, Encoding::Bcd, 6, Pad::Left(0));
+        let mut out = Vec::new();
+        encode_logical(&bcd, b"42", 6, &mut out);
+        assert_eq!(out, [0x00, 0x00, 0x42]);
+        let text = def(FieldKind::Text, Encoding::Ebcdic, 4, Pad::Right(b' '));
+        let mut out = Vec::new();
+        encode_logical(&text, b"AB", 4, &mut out);
+        assert_eq!(out, [0xC1, 0xC2, 0x40, 0x40]);
+        let mut back = Vec::new();
+        decode_logical(&text, &out, 4, &mut back);
+        assert_eq!(back, b"AB  ");
+    }
+
+    #[test]
+    fn signed_amounts_keep_their_sign() {
+        let d = def(FieldKind::SignedAmount, Encoding::Bcd, 9, Pad::Left(0));
+        let mut out = Vec::new();
+        encode_logical(&d, b"D00001234", 9, &mut out);
+        assert_eq!(out, [b'D', 0x00, 0x00, 0x12, 0x34]);
+        assert_eq!(validate(&d, &out, 9), Ok(()));
+        let mut back = Vec::new();
+        decode_logical(&d, &out, 9, &mut back);
+        assert_eq!(back, b"D00001234");
+        assert_eq!(
+            validate(&d, &[b'X', 0, 0, 0, 0], 9),
+            Err(DataProblem::Invalid(0, "C/D sign"))
+        );
+    }
+
+    #[test]
+    fn hex_binary_round_trips() {
+        let d = def(FieldKind::Binary, Encoding::Hex, 4, Pad::Right(b'0'));
+        let mut out = Vec::new();
+        encode_logical(&d, &[0xAB, 0x01], 4, &mut out);
+        assert_eq!(out, b"AB01");
+        assert_eq!(validate(&d, b"ab01", 4), Ok(()));
+        assert_eq!(
+            validate(&d, b"AG01", 4),
+            Err(DataProblem::Invalid(1, "hex"))
+        );
+        let mut back = Vec::new();
+        decode_logical(&d, b"ab01", 4, &mut back);
+        assert_eq!(back, [0xAB, 0x01]);
+    }
+}

@@ -1,0 +1,92 @@
+//! The `switchyard` command line.
+
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use switchyard::decode;
+use switchyard::frame::LengthHeader;
+use switchyard::iso8583::specs;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "An ISO 8583 transaction switch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decode ISO 8583 messages given as hex and print their fields, masked.
+    Decode {
+        /// Spec: a built-in name (iso87ascii, iso87binary) or a TOML spec file.
+        #[arg(long, default_value = "iso87ascii")]
+        spec: String,
+        /// The hex includes a length header of this kind
+        /// (binary2, ascii4, binary2-inclusive, binary4).
+        #[arg(long)]
+        framing: Option<LengthHeader>,
+        /// Read hex messages from this file, one per line (`-` for stdin).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Hex messages; with neither these nor --file, lines from stdin.
+        hex: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Decode {
+            spec,
+            framing,
+            file,
+            hex,
+        } => run_decode(&spec, framing, file, hex),
+    }
+}
+
+fn run_decode(
+    spec: &str,
+    framing: Option<LengthHeader>,
+    file: Option<PathBuf>,
+    hex: Vec<String>,
+) -> ExitCode {
+    let spec = match specs::resolve(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard decode: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = if !hex.is_empty() {
+        decode::decode_lines(hex.join("\n").as_bytes(), spec, framing, &mut out)
+    } else {
+        match file {
+            Some(path) if path.as_os_str() != "-" => match std::fs::File::open(&path) {
+                Ok(f) => decode::decode_lines(BufReader::new(f), spec, framing, &mut out),
+                Err(e) => {
+                    eprintln!("switchyard decode: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            },
+            _ => decode::decode_lines(std::io::stdin().lock(), spec, framing, &mut out),
+        }
+    };
+    let _ = out.flush();
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(n) => {
+            eprintln!("switchyard decode: {n} message(s) could not be decoded");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("switchyard decode: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
