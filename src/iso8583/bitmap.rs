@@ -37,6 +37,17 @@ impl Bitmap {
         }
     }
 
+    /// The fields of this bitmap numbered below `n` (bit 1 kept).
+    #[inline]
+    pub fn below(self, n: usize) -> Bitmap {
+        if n > 128 {
+            return self;
+        }
+        // Fields 1..n are the high n-1 bits.
+        let keep = if n <= 1 { 0 } else { !0u128 << (129 - n) };
+        Bitmap(self.0 & keep)
+    }
+
     /// True when any of fields 65..=128 is present.
     #[inline]
     pub fn needs_secondary(self) -> bool {
@@ -60,16 +71,39 @@ impl Bitmap {
     }
 
     /// Present data elements (2..=128) in ascending order.
-    pub fn fields(self) -> impl Iterator<Item = usize> {
-        let mut bits = self.0 & !Self::bit(1);
-        std::iter::from_fn(move || {
-            if bits == 0 {
-                return None;
-            }
-            let lz = bits.leading_zeros() as usize;
-            bits &= !(1u128 << (127 - lz));
-            Some(lz + 1)
-        })
+    #[inline]
+    pub fn fields(self) -> Fields {
+        Fields {
+            // Reversed so the lowest field is the lowest bit: clearing it is
+            // then `x & (x - 1)`, far cheaper than 128-bit shifts.
+            high: (self.primary() & !(1 << 63)).reverse_bits(),
+            low: self.secondary().reverse_bits(),
+        }
+    }
+}
+
+/// Iterator over the fields of a [`Bitmap`].
+pub struct Fields {
+    high: u64,
+    low: u64,
+}
+
+impl Iterator for Fields {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        if self.high != 0 {
+            let n = self.high.trailing_zeros() as usize + 1;
+            self.high &= self.high - 1;
+            Some(n)
+        } else if self.low != 0 {
+            let n = self.low.trailing_zeros() as usize + 65;
+            self.low &= self.low - 1;
+            Some(n)
+        } else {
+            None
+        }
     }
 }
 
@@ -83,6 +117,23 @@ impl std::fmt::Debug for Bitmap {
     }
 }
 
+/// Hex digit values; 0xFF for anything else.
+const HEX: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'A' as usize + i] = 10 + i as u8;
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Reads one 64-bit bitmap; `None` if the hex is not hex. `buf` holds
 /// exactly `enc.width()` bytes.
 #[inline]
@@ -91,10 +142,14 @@ pub(crate) fn read(enc: BitmapEncoding, buf: &[u8]) -> Option<u64> {
         BitmapEncoding::Binary => Some(u64::from_be_bytes(buf.try_into().ok()?)),
         BitmapEncoding::Hex => {
             let mut v = 0u64;
+            let mut bad = 0u8;
             for &c in buf {
-                v = v << 4 | hex_value(c)? as u64;
+                let d = HEX[c as usize];
+                bad |= d;
+                v = v << 4 | (d & 0x0F) as u64;
             }
-            Some(v)
+            // Invalid characters map to 0xFF; one test after the loop.
+            (bad & 0xF0 == 0).then_some(v)
         }
         BitmapEncoding::EbcdicHex => {
             let mut v = 0u64;
@@ -143,6 +198,9 @@ mod tests {
         b.set(1);
         assert_eq!(b.fields().count(), 7, "field 1 is never a data element");
         assert!(!b.is_set(0) && !b.is_set(129));
+        assert_eq!(b.below(41).fields().collect::<Vec<_>>(), [2, 3, 4, 11]);
+        assert!(b.below(41).is_set(1));
+        assert_eq!(b.below(129), b);
     }
 
     #[test]

@@ -114,7 +114,9 @@ pub enum PackError {
     InvalidCharacter { part: Part },
     #[error("{part}: binary value of odd length can not be written as hex")]
     OddHexLength { part: Part },
-    #[error("MTI must be four decimal digits")]
+    #[error("field {field} set after field {after}: a writer takes fields in ascending order")]
+    OutOfOrder { field: u8, after: u8 },
+    #[error("MTI must be four decimal digits, and a request to have a response")]
     BadMti,
     #[error("message of {len} bytes is over the codec limit of {max}")]
     TooLarge { len: usize, max: usize },

@@ -16,13 +16,6 @@ use super::values::{Pan, SmallText};
 /// Offsets are kept as `u16`; no 1987 framing carries more.
 pub const MAX_MESSAGE_LEN: usize = u16::MAX as usize;
 
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct Span {
-    start: u16,
-    /// Length in the field's units (characters, digits or bytes).
-    units: u16,
-}
-
 /// A parsed message: the frame, its spec, and where each field lies.
 #[derive(Clone)]
 pub struct Message {
@@ -30,7 +23,10 @@ pub struct Message {
     spec: &'static Spec,
     mti: Mti,
     bitmap: Bitmap,
-    spans: [Span; MAX_FIELD + 1],
+    /// Where each present field's data starts. The length is the spec's
+    /// for fixed fields and is read again from the prefix for variable
+    /// ones: half the state to initialise and move than storing it.
+    starts: [u16; MAX_FIELD + 1],
 }
 
 /// What could be read of a message that failed to parse: the MTI and the
@@ -90,7 +86,7 @@ impl Message {
             spec,
             mti: Mti::NETWORK,
             bitmap: Bitmap::EMPTY,
-            spans: [Span::default(); MAX_FIELD + 1],
+            starts: [0; MAX_FIELD + 1],
         }
     }
 
@@ -102,7 +98,7 @@ impl Message {
             spec,
             mti,
             bitmap: parsed,
-            spans,
+            starts,
         } = self;
         let spec: &'static Spec = spec;
         let data: &[u8] = frame;
@@ -136,40 +132,25 @@ impl Message {
             0
         };
         let declared = Bitmap::from_parts(primary, secondary);
-        if declared.is_set(1) {
-            parsed.set(1);
-        }
 
         for n in declared.fields() {
-            let name = spec.name_of(n);
-            let def = spec.field(n).ok_or(ParseError::UndefinedField {
-                field: n as u8,
-                spec: &spec.name,
-            })?;
-            let part = Part::field(n, name);
-            let (start, units) = read_field(def, data, pos, part)?;
-            let wire = def.wire_len(units);
-            let value = take(data, start, wire, part)?;
-            if let Err(problem) = encoding::validate(def, value, units) {
-                return Err(match problem {
-                    DataProblem::NonNumeric(i) => ParseError::NonNumeric {
-                        part,
-                        offset: start + i,
-                    },
-                    DataProblem::Invalid(i, expected) => ParseError::InvalidCharacter {
-                        part,
-                        offset: start + i,
-                        expected,
-                    },
-                });
-            }
-            spans[n] = Span {
-                start: start as u16,
-                units: units as u16,
+            // Errors are rare: the field's name is looked up only for one.
+            let result = match spec.field(n) {
+                Some(def) => parse_field(def, data, pos),
+                None => Err(FieldError::Undefined),
             };
-            parsed.set(n);
-            pos = start + wire;
+            match result {
+                Ok((start, end)) => {
+                    starts[n] = start as u16;
+                    pos = end;
+                }
+                Err(e) => {
+                    *parsed = declared.below(n);
+                    return Err(e.into_parse_error(spec, n));
+                }
+            }
         }
+        *parsed = declared;
         if pos != data.len() {
             return Err(ParseError::TrailingBytes {
                 offset: pos,
@@ -223,9 +204,15 @@ impl Message {
             return None;
         }
         let def = self.spec.field(n)?;
-        let span = self.spans[n];
-        let start = span.start as usize;
-        let units = span.units as usize;
+        let start = self.starts[n] as usize;
+        let units = match def.length {
+            Length::Fixed(l) => l as usize,
+            Length::Variable { prefix_digits, .. } => {
+                let width = def.prefix.width(prefix_digits);
+                let prefix = self.frame.get(start.checked_sub(width)?..start)?;
+                encoding::read_prefix(def.prefix, prefix)?
+            }
+        };
         let wire = self.frame.get(start..start + def.wire_len(units))?;
         Some(FieldValue { def, wire, units })
     }
@@ -407,6 +394,115 @@ impl Extend<u8> for SmallTextSink<'_> {
     }
 }
 
+/// A field-level parse problem, turned into a [`ParseError`] (with the
+/// field's name) only when it happens.
+enum FieldError {
+    Undefined,
+    Truncated {
+        offset: usize,
+        needed: usize,
+        available: usize,
+    },
+    BadLengthPrefix {
+        offset: usize,
+    },
+    LengthOverMax {
+        offset: usize,
+        length: usize,
+        max: usize,
+    },
+    Data {
+        offset: usize,
+        problem: DataProblem,
+    },
+}
+
+impl FieldError {
+    #[cold]
+    fn into_parse_error(self, spec: &'static Spec, n: usize) -> ParseError {
+        let part = Part::field(n, spec.name_of(n));
+        match self {
+            FieldError::Undefined => ParseError::UndefinedField {
+                field: n as u8,
+                spec: &spec.name,
+            },
+            FieldError::Truncated {
+                offset,
+                needed,
+                available,
+            } => ParseError::Truncated {
+                part,
+                offset,
+                needed,
+                available,
+            },
+            FieldError::BadLengthPrefix { offset } => ParseError::BadLengthPrefix { part, offset },
+            FieldError::LengthOverMax {
+                offset,
+                length,
+                max,
+            } => ParseError::LengthOverMax {
+                part,
+                offset,
+                length,
+                max,
+            },
+            FieldError::Data {
+                offset,
+                problem: DataProblem::NonNumeric(i),
+            } => ParseError::NonNumeric {
+                part,
+                offset: offset + i,
+            },
+            FieldError::Data {
+                offset,
+                problem: DataProblem::Invalid(i, expected),
+            } => ParseError::InvalidCharacter {
+                part,
+                offset: offset + i,
+                expected,
+            },
+        }
+    }
+}
+
+/// Reads one field at `pos`: returns where its data starts and where the
+/// next field starts.
+#[inline]
+fn parse_field(def: &FieldDef, data: &[u8], pos: usize) -> Result<(usize, usize), FieldError> {
+    let truncated = |offset: usize, needed: usize| FieldError::Truncated {
+        offset,
+        needed,
+        available: data.len().saturating_sub(offset),
+    };
+    let (start, units) = match def.length {
+        Length::Fixed(n) => (pos, n as usize),
+        Length::Variable { prefix_digits, max } => {
+            let width = def.prefix.width(prefix_digits);
+            let prefix = data.get(pos..pos + width).ok_or(truncated(pos, width))?;
+            let units = encoding::read_prefix(def.prefix, prefix)
+                .ok_or(FieldError::BadLengthPrefix { offset: pos })?;
+            if units > max as usize {
+                return Err(FieldError::LengthOverMax {
+                    offset: pos,
+                    length: units,
+                    max: max as usize,
+                });
+            }
+            (pos + width, units)
+        }
+    };
+    let wire = def.wire_len(units);
+    let value = data
+        .get(start..start + wire)
+        .ok_or(truncated(start, wire))?;
+    encoding::validate(def, value, units).map_err(|problem| FieldError::Data {
+        offset: start,
+        problem,
+    })?;
+    Ok((start, start + wire))
+}
+
 #[inline]
 fn take(data: &[u8], offset: usize, len: usize, part: Part) -> Result<&[u8], ParseError> {
     data.get(offset..offset + len).ok_or(ParseError::Truncated {
@@ -431,35 +527,6 @@ fn read_mti(enc: MtiEncoding, b: &[u8]) -> Option<Mti> {
         MtiEncoding::Bcd => {
             let v = encoding::read_prefix(super::spec::PrefixEncoding::Bcd, b)?;
             Mti::new(v as u16)
-        }
-    }
-}
-
-/// Reads a field's length prefix (if any): returns where the data starts
-/// and its length in units.
-#[inline]
-fn read_field(
-    def: &FieldDef,
-    data: &[u8],
-    pos: usize,
-    part: Part,
-) -> Result<(usize, usize), ParseError> {
-    match def.length {
-        Length::Fixed(n) => Ok((pos, n as usize)),
-        Length::Variable { prefix_digits, max } => {
-            let width = def.prefix.width(prefix_digits);
-            let prefix = take(data, pos, width, part)?;
-            let units = encoding::read_prefix(def.prefix, prefix)
-                .ok_or(ParseError::BadLengthPrefix { part, offset: pos })?;
-            if units > max as usize {
-                return Err(ParseError::LengthOverMax {
-                    part,
-                    offset: pos,
-                    length: units,
-                    max: max as usize,
-                });
-            }
-            Ok((pos + width, units))
         }
     }
 }

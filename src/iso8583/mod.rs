@@ -22,7 +22,7 @@ pub mod specs;
 pub mod values;
 
 pub use bitmap::Bitmap;
-pub use builder::MessageBuilder;
+pub use builder::{MessageBuilder, MessageWriter, pack_response};
 pub use error::{PackError, ParseError, Part};
 pub use message::{FieldValue, MAX_MESSAGE_LEN, Message, Salvage};
 pub use mti::Mti;
