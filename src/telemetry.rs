@@ -1,0 +1,148 @@
+//! Metric names, the Prometheus recorder, and log setup.
+//!
+//! Metric handles with labels are looked up once and cached by the actors
+//! that use them ([`CodeCounters`]): a registry lookup per message would
+//! cost more than the rest of the hot path.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Responses sent to terminals, by request MTI and response code.
+pub const REQUESTS: &str = "switchyard_requests_total";
+/// Time from a request's arrival to its answer leaving the switch.
+pub const REQUEST_SECONDS: &str = "switchyard_request_duration_seconds";
+/// Time from forwarding upstream to the upstream answer, per acquirer.
+pub const UPSTREAM_SECONDS: &str = "switchyard_upstream_duration_seconds";
+/// Fraud decisions (`allow`, `review`, `decline`).
+pub const FRAUD_DECISIONS: &str = "switchyard_fraud_decisions_total";
+/// Fraud rules that added points, by rule.
+pub const FRAUD_REASONS: &str = "switchyard_fraud_reasons_total";
+/// Requests refused at admission (`connection_limit`, `global_limit`,
+/// `link_queue_full`), answered 96.
+pub const SHED: &str = "switchyard_shed_total";
+/// Frames that could not be parsed, by what was done (`answered_30`,
+/// `closed`).
+pub const MALFORMED: &str = "switchyard_malformed_total";
+/// Open terminal connections.
+pub const CONNECTIONS: &str = "switchyard_terminal_connections";
+/// Connections refused by the listener limits.
+pub const CONNECTIONS_REFUSED: &str = "switchyard_connections_refused_total";
+/// Requests in flight in the whole switch.
+pub const IN_FLIGHT: &str = "switchyard_in_flight";
+/// Per link: 1 when signed on.
+pub const LINK_UP: &str = "switchyard_link_up";
+/// Per link: requests waiting for an answer.
+pub const LINK_IN_FLIGHT: &str = "switchyard_link_in_flight";
+/// Per link: connects that failed or were refused at sign-on.
+pub const LINK_CONNECT_FAILURES: &str = "switchyard_link_connect_failures_total";
+/// Per link: requests that timed out upstream.
+pub const LINK_TIMEOUTS: &str = "switchyard_link_timeouts_total";
+/// Per link: answers that matched no request (`late` or `unknown`).
+pub const LINK_UNMATCHED: &str = "switchyard_link_unmatched_total";
+/// Per link: echo tests not answered in time.
+pub const LINK_MISSED_ECHOES: &str = "switchyard_link_missed_echoes_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns its handle
+/// (`None` if another recorder was installed first, e.g. in tests).
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS,
+        "Responses sent to terminals, by request MTI and DE39"
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Request arrival to answer sent"
+    );
+    describe_histogram!(
+        UPSTREAM_SECONDS,
+        metrics::Unit::Seconds,
+        "Forwarded upstream to upstream answer"
+    );
+    describe_counter!(FRAUD_DECISIONS, "Fraud decisions");
+    describe_counter!(FRAUD_REASONS, "Fraud rules that added points");
+    describe_counter!(SHED, "Requests shed at admission (answered 96)");
+    describe_counter!(MALFORMED, "Frames that could not be parsed");
+    describe_gauge!(CONNECTIONS, "Open terminal connections");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused by listener limits"
+    );
+    describe_gauge!(IN_FLIGHT, "Requests in flight in the switch");
+    describe_gauge!(LINK_UP, "1 when the acquirer link is signed on");
+    describe_gauge!(LINK_IN_FLIGHT, "Requests waiting for an upstream answer");
+    describe_counter!(LINK_CONNECT_FAILURES, "Failed connects or sign-ons");
+    describe_counter!(LINK_TIMEOUTS, "Requests that timed out upstream");
+    describe_counter!(LINK_UNMATCHED, "Upstream answers that matched no request");
+    describe_counter!(LINK_MISSED_ECHOES, "Echo tests not answered in time");
+}
+
+/// Sets up `tracing` output to stderr. `RUST_LOG` overrides the default
+/// level (`info`).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Response counters by (request MTI, response code), cached per actor.
+/// Codes are few; a linear scan of a short vector beats hashing.
+#[derive(Default)]
+pub struct CodeCounters {
+    cache: Vec<(u16, [u8; 2], Counter)>,
+}
+
+/// Bound on distinct (MTI, code) pairs cached per actor; pairs beyond it
+/// (a host inventing codes) go through the registry each time.
+const CODE_CACHE: usize = 64;
+
+impl CodeCounters {
+    pub fn increment(&mut self, mti: u16, code: [u8; 2]) {
+        if let Some((_, _, c)) = self.cache.iter().find(|(m, k, _)| *m == mti && *k == code) {
+            c.increment(1);
+            return;
+        }
+        let label_code = if code.iter().all(|c| c.is_ascii_alphanumeric()) {
+            String::from_utf8_lossy(&code).into_owned()
+        } else {
+            "invalid".to_owned()
+        };
+        let c = metrics::counter!(REQUESTS, "mti" => format!("{mti:04}"), "code" => label_code);
+        c.increment(1);
+        if self.cache.len() < CODE_CACHE {
+            self.cache.push((mti, code, c));
+        }
+    }
+}
+
+/// The histogram of switch-internal request latency.
+pub fn request_seconds() -> Histogram {
+    metrics::histogram!(REQUEST_SECONDS)
+}
