@@ -1,0 +1,202 @@
+//! `switchyard sim`: the simulator as a process.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use crate::frame::{DEFAULT_MAX_FRAME, LengthHeader};
+use crate::iso8583::specs;
+
+use super::{Latency, SimConfig};
+
+/// Run an acquirer host simulator.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9583")]
+    pub listen: SocketAddr,
+    /// Spec: a built-in name (iso87ascii, iso87binary) or a TOML spec file.
+    #[arg(long, default_value = "iso87ascii")]
+    pub spec: String,
+    /// Length header (binary2, ascii4, binary2-inclusive, binary4).
+    #[arg(long, default_value = "binary2")]
+    pub framing: LengthHeader,
+    /// Largest frame body accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+    /// Delay before each answer: N or MIN-MAX milliseconds (uniform).
+    #[arg(long, value_name = "MS", value_parser = Latency::parse_ms)]
+    pub latency_ms: Option<Latency>,
+    /// Decline 0100/0200 with an amount (DE4, minor units) above this: 51.
+    #[arg(long, value_name = "AMOUNT")]
+    pub decline_over: Option<u64>,
+    /// Decline 0100/0200 for PANs starting with this: 05. Repeatable.
+    #[arg(long, value_name = "PREFIX")]
+    pub decline_prefix: Vec<String>,
+    /// Decline this share (0.0 to 1.0) of the other 0100/0200 at random: 05.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub decline_ratio: f64,
+    /// Seed for the random declines and latencies.
+    #[arg(long, default_value_t = 0x5EED)]
+    pub seed: u64,
+    /// Drop every Nth transaction answer (never answered).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub drop_every: u64,
+    /// Start without answering anything (resume on the control port).
+    #[arg(long)]
+    pub stopped: bool,
+    /// Answer transactions with a wrong STAN (DE11 + 1).
+    #[arg(long)]
+    pub wrong_stan: bool,
+    /// Close every connection as soon as it is accepted.
+    #[arg(long)]
+    pub refuse_connections: bool,
+    /// Address of the line-based control port (commands: latency,
+    /// drop-every, stop, resume, close, wrong-stan, stats).
+    #[arg(long, value_name = "ADDR")]
+    pub control: Option<SocketAddr>,
+    /// Requests to keep in memory for inspection. Off by default in the
+    /// process: nothing outside it can read them, and a load test would
+    /// fill them in seconds.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub record_capacity: usize,
+}
+
+pub fn run(args: SimArgs) -> ExitCode {
+    let spec = match specs::resolve(&args.spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = SimConfig {
+        listen: args.listen,
+        spec,
+        framing: args.framing,
+        max_frame: args.max_frame,
+        latency: args.latency_ms.unwrap_or(Latency::None),
+        decline_over_amount: args.decline_over,
+        decline_prefixes: args.decline_prefix,
+        decline_ratio: args.decline_ratio,
+        seed: args.seed,
+        drop_every: args.drop_every,
+        stopped: args.stopped,
+        wrong_stan: args.wrong_stan,
+        refuse_connections: args.refuse_connections,
+        control: args.control,
+        record_capacity: args.record_capacity,
+    };
+    // One thread is plenty for a host stand-in, and leaves the other cores
+    // to the switch and the load generator.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard sim: can not start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let (spec_name, framing) = (&spec.name, config.framing);
+        let (listen, control) = (config.listen, config.control);
+        let handle = match super::spawn(config).await {
+            Ok(h) => h,
+            Err(e) => {
+                let control = control.map_or(String::new(), |c| format!(" (control {c})"));
+                eprintln!("switchyard sim: can not listen on {listen}{control}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let control = handle
+            .control_addr()
+            .map_or(String::new(), |c| format!(", control on {c}"));
+        println!(
+            "switchyard sim: listening on {} (spec {spec_name}, framing {framing}{control})",
+            handle.local_addr()
+        );
+        crate::runtime::stop_signal().await;
+        let stats = handle.stats();
+        handle.shutdown();
+        eprintln!("switchyard sim: stopped; {stats}");
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<SimArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sim").chain(args.iter().copied())).map(|c| c.sim)
+    }
+
+    #[test]
+    fn defaults_match_the_config_defaults() {
+        let a = parse(&[]).expect("parses");
+        let d = SimConfig::default();
+        assert_eq!(a.listen, d.listen);
+        assert_eq!(a.spec, "iso87ascii");
+        assert_eq!(a.framing, d.framing);
+        assert_eq!(a.max_frame, d.max_frame);
+        assert_eq!(a.latency_ms, None);
+        assert_eq!(a.seed, d.seed);
+        assert!(!a.stopped && !a.wrong_stan && !a.refuse_connections);
+        assert_eq!(a.control, None);
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let a = parse(&[
+            "--listen=0.0.0.0:7000",
+            "--spec=iso87binary",
+            "--framing=ascii4",
+            "--latency-ms=10-100",
+            "--decline-over=5000",
+            "--decline-prefix=5555",
+            "--decline-prefix=4000",
+            "--decline-ratio=0.1",
+            "--seed=9",
+            "--drop-every=5",
+            "--stopped",
+            "--wrong-stan",
+            "--refuse-connections",
+            "--control=127.0.0.1:7001",
+            "--record-capacity=10",
+        ])
+        .expect("parses");
+        assert_eq!(a.framing, LengthHeader::Ascii4);
+        assert_eq!(
+            a.latency_ms,
+            Some(Latency::Uniform(
+                Duration::from_millis(10),
+                Duration::from_millis(100)
+            ))
+        );
+        assert_eq!(a.decline_over, Some(5000));
+        assert_eq!(a.decline_prefix, ["5555", "4000"]);
+        assert_eq!(a.drop_every, 5);
+        assert!(a.stopped && a.wrong_stan && a.refuse_connections);
+        assert_eq!(a.control.map(|c| c.port()), Some(7001));
+        assert_eq!(
+            parse(&["--latency-ms=25"]).expect("parses").latency_ms,
+            Some(Latency::Fixed(Duration::from_millis(25)))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--latency-ms=slow"]).is_err());
+        assert!(parse(&["--framing=binary3"]).is_err());
+        assert!(parse(&["--listen=nowhere"]).is_err());
+    }
+}
