@@ -3,6 +3,13 @@
 //! See `ARCHITECTURE.md` for the map of modules and the life of one
 //! transaction.
 
+pub mod acquirer;
+pub mod clock;
+pub mod config;
 pub mod decode;
 pub mod frame;
 pub mod iso8583;
+pub mod router;
+pub mod runtime;
+pub mod sim;
+pub mod telemetry;
