@@ -74,10 +74,50 @@ impl Message {
                             ..
                         }
                     ))
-                .then(|| Box::new(msg));
+                .then(|| {
+                    msg.salvage_rest();
+                    Box::new(msg)
+                });
                 Err(Salvage { error, partial })
             }
         }
+    }
+
+    /// After a failed parse: reads on past fields whose value is invalid
+    /// but whose length is known, leaving them out, so that a STAN after a
+    /// bad amount can still be answered. Stops at the first field whose
+    /// extent can not be known.
+    fn salvage_rest(&mut self) {
+        let data: &[u8] = &self.frame;
+        let width = self.spec.bitmap.width();
+        let mut pos = self.spec.mti_width();
+        let read = |at: usize| {
+            data.get(at..at + width)
+                .and_then(|b| bitmap::read(self.spec.bitmap, b))
+        };
+        let Some(primary) = read(pos) else { return };
+        pos += width;
+        let secondary = if primary >> 63 == 1 {
+            let Some(s) = read(pos) else { return };
+            pos += width;
+            s
+        } else {
+            0
+        };
+        let declared = Bitmap::from_parts(primary, secondary);
+        let mut kept = Bitmap::EMPTY;
+        for n in declared.fields() {
+            let Some(def) = self.spec.field(n) else { break };
+            let Ok((start, end, units)) = field_extent(def, data, pos) else {
+                break;
+            };
+            if encoding::validate(def, &data[start..end], units).is_ok() {
+                self.starts[n] = start as u16;
+                kept.set(n);
+            }
+            pos = end;
+        }
+        self.bitmap = kept;
     }
 
     fn empty(frame: Bytes, spec: &'static Spec) -> Message {
@@ -470,6 +510,22 @@ impl FieldError {
 /// next field starts.
 #[inline]
 fn parse_field(def: &FieldDef, data: &[u8], pos: usize) -> Result<(usize, usize), FieldError> {
+    let (start, end, units) = field_extent(def, data, pos)?;
+    encoding::validate(def, &data[start..end], units).map_err(|problem| FieldError::Data {
+        offset: start,
+        problem,
+    })?;
+    Ok((start, end))
+}
+
+/// Where a field's value lies (start, end, length in units), from its
+/// definition and length prefix alone, without looking at the value.
+#[inline]
+fn field_extent(
+    def: &FieldDef,
+    data: &[u8],
+    pos: usize,
+) -> Result<(usize, usize, usize), FieldError> {
     let truncated = |offset: usize, needed: usize| FieldError::Truncated {
         offset,
         needed,
@@ -493,14 +549,10 @@ fn parse_field(def: &FieldDef, data: &[u8], pos: usize) -> Result<(usize, usize)
         }
     };
     let wire = def.wire_len(units);
-    let value = data
-        .get(start..start + wire)
-        .ok_or(truncated(start, wire))?;
-    encoding::validate(def, value, units).map_err(|problem| FieldError::Data {
-        offset: start,
-        problem,
-    })?;
-    Ok((start, start + wire))
+    if data.len() < start + wire {
+        return Err(truncated(start, wire));
+    }
+    Ok((start, start + wire, units))
 }
 
 #[inline]
