@@ -1011,6 +1011,20 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
             points: r.get(ct, &cp, "points", 50),
         });
     }
+    if let Some(ct) = &f.card_testing {
+        let cp = join(p, "card_testing");
+        for (key, v) in [
+            ("max_small", ct.max_small),
+            ("max_merchants", ct.max_merchants),
+        ] {
+            if v as usize >= crate_limits::RECENT_EVENTS {
+                r.problem(
+                    join(&cp, key),
+                    format!("at most {}", crate_limits::RECENT_EVENTS - 1),
+                );
+            }
+        }
+    }
     for (bp, bt) in r.tables(t, p, "bin_countries") {
         r.check_keys(bt, &bp, &["prefix", "country"]);
         match (
@@ -1035,6 +1049,15 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
             max_declines: r.get(dt, &dp, "max_declines", 3),
             points: r.get(dt, &dp, "points", 40),
         });
+        if f.declines
+            .as_ref()
+            .is_some_and(|d| d.max_declines as usize >= crate_limits::RECENT_EVENTS)
+        {
+            r.problem(
+                join(&dp, "max_declines"),
+                format!("at most {}", crate_limits::RECENT_EVENTS - 1),
+            );
+        }
     }
     f
 }
@@ -1042,6 +1065,9 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
 /// Limits that size fixed arrays in the fraud engine.
 pub mod crate_limits {
     pub const MAX_VELOCITY_WINDOWS: usize = 4;
+    /// Recent events kept per card for the card-testing and decline rules;
+    /// their thresholds must stay under it.
+    pub const RECENT_EVENTS: usize = 8;
 }
 
 #[cfg(test)]

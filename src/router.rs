@@ -15,18 +15,11 @@ pub struct RouteTarget {
     pub backup: Option<u16>,
 }
 
-/// A digit trie: at most 11 steps per lookup, no hashing, no allocation.
+/// The routing table: a prefix map of card ranges plus the default.
 #[derive(Clone, Debug)]
 pub struct RoutingTable {
-    nodes: Vec<Node>,
+    ranges: PrefixMap<RouteTarget>,
     default: Option<RouteTarget>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Node {
-    /// Child index per digit; 0 means none (the root is never a child).
-    children: [u32; 10],
-    target: Option<RouteTarget>,
 }
 
 /// Longest prefix a route may have.
@@ -45,7 +38,7 @@ pub enum RouteError {
 impl RoutingTable {
     pub fn empty() -> RoutingTable {
         RoutingTable {
-            nodes: vec![Node::default()],
+            ranges: PrefixMap::new(),
             default: None,
         }
     }
@@ -80,18 +73,81 @@ impl RoutingTable {
     }
 
     pub fn insert(&mut self, prefix: &str, target: RouteTarget) -> Result<(), RouteError> {
+        self.ranges.insert(prefix, target).map_err(|e| match e {
+            PrefixError::BadPrefix => RouteError::BadPrefix(prefix.to_owned()),
+            PrefixError::Duplicate => RouteError::Duplicate(prefix.to_owned()),
+        })
+    }
+
+    /// The route for a card number (ASCII digits): the longest matching
+    /// prefix, else the default.
+    #[inline]
+    pub fn lookup(&self, pan: &[u8]) -> Option<RouteTarget> {
+        self.ranges.longest(pan).copied().or(self.default)
+    }
+}
+
+/// Card-number prefixes (1 to 11 digits) to values, longest match wins.
+/// A digit trie: at most 11 steps per lookup, no hashing, no allocation.
+/// Used for routes, and by fraud rules for blocked BINs and issuing
+/// countries.
+#[derive(Clone, Debug)]
+pub struct PrefixMap<T> {
+    nodes: Vec<Node<T>>,
+}
+
+#[derive(Clone, Debug)]
+struct Node<T> {
+    /// Child index per digit; 0 means none (the root is never a child).
+    children: [u32; 10],
+    value: Option<T>,
+}
+
+impl<T> Node<T> {
+    fn new() -> Node<T> {
+        Node {
+            children: [0; 10],
+            value: None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PrefixError {
+    BadPrefix,
+    Duplicate,
+}
+
+impl<T> Default for PrefixMap<T> {
+    fn default() -> Self {
+        PrefixMap::new()
+    }
+}
+
+impl<T> PrefixMap<T> {
+    pub fn new() -> PrefixMap<T> {
+        PrefixMap {
+            nodes: vec![Node::new()],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() == 1 && self.nodes[0].value.is_none()
+    }
+
+    pub fn insert(&mut self, prefix: &str, value: T) -> Result<(), PrefixError> {
         if prefix.is_empty()
             || prefix.len() > MAX_PREFIX_DIGITS
             || !prefix.bytes().all(|c| c.is_ascii_digit())
         {
-            return Err(RouteError::BadPrefix(prefix.to_owned()));
+            return Err(PrefixError::BadPrefix);
         }
         let mut at = 0usize;
         for c in prefix.bytes() {
             let d = (c - b'0') as usize;
             let next = self.nodes[at].children[d];
             at = if next == 0 {
-                self.nodes.push(Node::default());
+                self.nodes.push(Node::new());
                 let i = self.nodes.len() - 1;
                 self.nodes[at].children[d] = i as u32;
                 i
@@ -99,20 +155,19 @@ impl RoutingTable {
                 next as usize
             };
         }
-        if self.nodes[at].target.is_some() {
-            return Err(RouteError::Duplicate(prefix.to_owned()));
+        if self.nodes[at].value.is_some() {
+            return Err(PrefixError::Duplicate);
         }
-        self.nodes[at].target = Some(target);
+        self.nodes[at].value = Some(value);
         Ok(())
     }
 
-    /// The route for a card number (ASCII digits): the longest matching
-    /// prefix, else the default.
+    /// The value of the longest prefix of `digits` (ASCII) in the map.
     #[inline]
-    pub fn lookup(&self, pan: &[u8]) -> Option<RouteTarget> {
-        let mut best = self.default;
+    pub fn longest(&self, digits: &[u8]) -> Option<&T> {
+        let mut best = None;
         let mut at = 0usize;
-        for &c in pan.iter().take(MAX_PREFIX_DIGITS) {
+        for &c in digits.iter().take(MAX_PREFIX_DIGITS) {
             let d = c.wrapping_sub(b'0');
             if d > 9 {
                 break;
@@ -122,8 +177,8 @@ impl RoutingTable {
                 break;
             }
             at = next as usize;
-            if let Some(t) = self.nodes[at].target {
-                best = Some(t);
+            if let Some(v) = &self.nodes[at].value {
+                best = Some(v);
             }
         }
         best

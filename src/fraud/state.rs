@@ -1,0 +1,358 @@
+//! Per-card history for the velocity, card-testing and decline rules:
+//! a `DashMap` from keyed card hash to a fixed-size record, bounded by
+//! `max_tracked_cards` with eviction of the cards seen least recently.
+//!
+//! Windows are bucketed: each velocity window is cut into `BUCKETS`
+//! buckets, and a window's count is the sum of the buckets that are not
+//! older than the window. The window thus slides in steps of one bucket
+//! (a 60 s window in 7.5 s steps), which bounds memory per card without
+//! keeping every event.
+
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+use super::{Auth, FraudRules, RuleId, Score};
+use crate::config::crate_limits::{MAX_VELOCITY_WINDOWS, RECENT_EVENTS};
+
+/// Buckets per velocity window.
+pub(crate) const BUCKETS: usize = 8;
+
+/// A card, as the switch remembers it: SipHash-1-3 (128-bit) of the PAN
+/// digits under the configured `pan_key`. Stable across restarts as long
+/// as the key is, so the journal and the blocked-card list can name cards
+/// without holding their numbers.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CardHash(pub [u8; 16]);
+
+pub fn card_hash(key: &[u8; 16], pan_digits: &[u8]) -> CardHash {
+    let mut h = SipHasher13::new_with_key(key);
+    h.write(pan_digits);
+    CardHash(h.finish128().as_bytes())
+}
+
+impl CardHash {
+    /// Parses the 32 hex digits that `Display` prints.
+    pub fn from_hex(s: &str) -> Option<CardHash> {
+        let b = s.as_bytes();
+        if b.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(CardHash(out))
+    }
+}
+
+impl fmt::Display for CardHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CardHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CardHash({self})")
+    }
+}
+
+impl Hash for CardHash {
+    // Already a keyed hash: its first 8 bytes are as good as any hash of it.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_ne_bytes(first));
+    }
+}
+
+/// Passes a `CardHash`'s own bits through as the map hash.
+#[derive(Default)]
+pub(crate) struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by CardHash; fold anything else reasonably.
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    /// `now_s / bucket_s` when the bucket was last written.
+    index: u32,
+    count: u32,
+    amount: u64,
+}
+
+/// A recent forwarded request, for the card-testing rule.
+#[derive(Clone, Copy, Default)]
+struct Recent {
+    at: u32,
+    /// Hash of the merchant id, with bit 0 set when the amount was small.
+    tag: u32,
+}
+
+/// About 620 bytes per card.
+#[derive(Clone)]
+struct CardState {
+    last_seen: u32,
+    windows: [[Bucket; BUCKETS]; MAX_VELOCITY_WINDOWS],
+    recent: [Recent; RECENT_EVENTS],
+    recent_next: u8,
+    declines: [u32; RECENT_EVENTS],
+    declines_next: u8,
+}
+
+impl CardState {
+    fn new() -> CardState {
+        CardState {
+            last_seen: 0,
+            windows: [[Bucket::default(); BUCKETS]; MAX_VELOCITY_WINDOWS],
+            recent: [Recent::default(); RECENT_EVENTS],
+            recent_next: 0,
+            declines: [0; RECENT_EVENTS],
+            declines_next: 0,
+        }
+    }
+}
+
+fn secs32(now_s: u64) -> u32 {
+    now_s.min(u32::MAX as u64) as u32
+}
+
+fn merchant_tag(merchant: &[u8], small: bool) -> u32 {
+    // FNV-1a: only distinctness among a card's last few merchants matters.
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in merchant {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    (h & !1) | small as u32
+}
+
+/// Whether an event at `at` is inside a window of `window_s` ending now.
+fn within(at: u32, now: u32, window_s: u32) -> bool {
+    at != 0 && at <= now && now - at < window_s
+}
+
+/// The history of every card seen recently. Shared by all terminal
+/// actors; no lock is held beyond one map operation (never across an
+/// await).
+pub struct FraudState {
+    cards: DashMap<CardHash, CardState, BuildHasherDefault<PassThrough>>,
+    tracked: AtomicUsize,
+    max_cards: usize,
+    evicting: AtomicBool,
+}
+
+impl FraudState {
+    pub fn new(max_cards: usize) -> FraudState {
+        FraudState {
+            cards: DashMap::with_hasher(BuildHasherDefault::default()),
+            tracked: AtomicUsize::new(0),
+            max_cards: max_cards.max(1),
+            evicting: AtomicBool::new(false),
+        }
+    }
+
+    /// Cards currently tracked.
+    pub fn len(&self) -> usize {
+        self.tracked.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds the velocity, card-testing and decline rules' points for this
+    /// card (reads only). The request being scored counts as one more.
+    pub(super) fn score_history(&self, rules: &FraudRules, a: &Auth<'_>, s: &mut Score) {
+        let now = secs32(a.now_s);
+        let entry = self.cards.get(&a.card);
+        let st = entry.as_deref();
+        for (i, w) in rules.windows.iter().enumerate() {
+            let (mut count, mut amount) = (1u64, a.amount_minor);
+            if let Some(st) = st {
+                let now_index = now / w.bucket_s;
+                for b in &st.windows[i] {
+                    if b.count != 0 && b.index <= now_index && now_index - b.index < BUCKETS as u32
+                    {
+                        count += b.count as u64;
+                        amount = amount.saturating_add(b.amount);
+                    }
+                }
+            }
+            let over_count = count > w.max_count as u64;
+            let over_amount = amount > w.max_amount;
+            if over_count {
+                s.reasons.insert(RuleId::VelocityCount);
+            }
+            if over_amount {
+                s.reasons.insert(RuleId::VelocityAmount);
+            }
+            if over_count || over_amount {
+                s.points = s.points.saturating_add(w.points);
+            }
+        }
+        if let Some(t) = &rules.card_testing {
+            let small = a.amount_minor <= t.small_amount;
+            let tag = merchant_tag(a.merchant_id, small);
+            let mut smalls = small as u32;
+            // Distinct merchants among the recent events and this one.
+            let mut distinct = arrayvec::ArrayVec::<u32, { RECENT_EVENTS + 1 }>::new();
+            distinct.push(tag | 1);
+            if let Some(st) = st {
+                for r in &st.recent {
+                    if within(r.at, now, t.window_s) {
+                        smalls += r.tag & 1;
+                        if !distinct.contains(&(r.tag | 1)) {
+                            distinct.push(r.tag | 1);
+                        }
+                    }
+                }
+            }
+            if smalls > t.max_small {
+                s.add(RuleId::CardTestingSmall, t.points);
+            }
+            if distinct.len() as u32 > t.max_merchants {
+                s.add(RuleId::CardTestingMerchants, t.points);
+            }
+        }
+        if let (Some(d), Some(st)) = (&rules.declines, st) {
+            let n = st
+                .declines
+                .iter()
+                .filter(|&&at| within(at, now, d.window_s))
+                .count() as u32;
+            if n > d.max_declines {
+                s.add(RuleId::RepeatedDeclines, d.points);
+            }
+        }
+    }
+
+    /// Records a request that was forwarded upstream (or approved in
+    /// stand-in): it now counts towards the card's velocity and
+    /// card-testing history.
+    pub fn record_forwarded(&self, rules: &FraudRules, a: &Auth<'_>) {
+        if !rules.tracks_cards() {
+            return;
+        }
+        let now = secs32(a.now_s);
+        if !self.cards.contains_key(&a.card) && !self.make_room() {
+            return;
+        }
+        let mut entry = self.cards.entry(a.card).or_insert_with(|| {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+            CardState::new()
+        });
+        let st = entry.value_mut();
+        st.last_seen = now;
+        for (i, w) in rules.windows.iter().enumerate() {
+            let index = now / w.bucket_s;
+            let b = &mut st.windows[i][index as usize % BUCKETS];
+            if b.index != index {
+                *b = Bucket {
+                    index,
+                    count: 0,
+                    amount: 0,
+                };
+            }
+            b.count = b.count.saturating_add(1);
+            b.amount = b.amount.saturating_add(a.amount_minor);
+        }
+        if let Some(t) = &rules.card_testing {
+            let slot = st.recent_next as usize % RECENT_EVENTS;
+            st.recent[slot] = Recent {
+                at: now,
+                tag: merchant_tag(a.merchant_id, a.amount_minor <= t.small_amount),
+            };
+            st.recent_next = ((slot + 1) % RECENT_EVENTS) as u8;
+        }
+    }
+
+    /// Records a host decline of a forwarded request for this card.
+    pub fn record_decline(&self, card: CardHash, now_s: u64) {
+        if let Some(mut st) = self.cards.get_mut(&card) {
+            let slot = st.declines_next as usize % RECENT_EVENTS;
+            st.declines[slot] = secs32(now_s);
+            st.declines_next = ((slot + 1) % RECENT_EVENTS) as u8;
+        }
+    }
+
+    /// Keeps the map under its bound. Returns whether a new card may be
+    /// added now. When full, one caller evicts down to 90 % of the bound
+    /// (the least recently seen cards go first), so the cost of a sweep is
+    /// spread over the next tenth of new cards; meanwhile other callers
+    /// skip tracking their new card rather than wait.
+    fn make_room(&self) -> bool {
+        if self.len() < self.max_cards {
+            return true;
+        }
+        if self.evicting.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        let target = self.max_cards - self.max_cards / 10;
+        // The sample is an estimate: a second pass covers a short first one.
+        for _ in 0..2 {
+            if self.len() <= target {
+                break;
+            }
+            let cutoff = self.eviction_cutoff(target);
+            self.cards.retain(|card, st| {
+                let keep = age_key(card, st) > cutoff;
+                if !keep {
+                    self.tracked.fetch_sub(1, Ordering::Relaxed);
+                }
+                keep
+            });
+        }
+        self.evicting.store(false, Ordering::Release);
+        self.len() < self.max_cards
+    }
+
+    /// The `age_key` at or under which cards go, estimated from a sample
+    /// so that about `len - target` cards go.
+    fn eviction_cutoff(&self, target: usize) -> u64 {
+        let len = self.len().max(1);
+        let share = 1.0 - target as f64 / len as f64;
+        let mut sample: Vec<u64> = self
+            .cards
+            .iter()
+            .step_by((len / 1024).max(1))
+            .take(1024)
+            .map(|e| age_key(e.key(), e.value()))
+            .collect();
+        if sample.is_empty() {
+            return u64::MAX;
+        }
+        sample.sort_unstable();
+        let n = ((sample.len() as f64 * share).ceil() as usize).clamp(1, sample.len());
+        sample[n - 1]
+    }
+}
+
+/// Orders cards for eviction: least recently seen first; cards seen in
+/// the same second by hash, so a burst inside one second is thinned
+/// rather than dropped whole.
+fn age_key(card: &CardHash, st: &CardState) -> u64 {
+    let mut low = [0u8; 4];
+    low.copy_from_slice(&card.0[8..12]);
+    ((st.last_seen as u64) << 32) | u32::from_ne_bytes(low) as u64
+}
