@@ -4,12 +4,16 @@
 //! transaction.
 
 pub mod acquirer;
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod frame;
+pub mod fraud;
 pub mod iso8583;
 pub mod router;
 pub mod runtime;
+pub mod server;
 pub mod sim;
 pub mod telemetry;
+pub mod terminal;

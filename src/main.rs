@@ -10,6 +10,7 @@ use switchyard::config::Config;
 use switchyard::decode;
 use switchyard::frame::LengthHeader;
 use switchyard::iso8583::specs;
+use switchyard::server::Switch;
 
 #[derive(Parser)]
 #[command(name = "switchyard", version, about = "An ISO 8583 transaction switch")]
@@ -26,6 +27,8 @@ enum Command {
         #[arg(long, default_value = "config/switchyard.toml")]
         config: PathBuf,
     },
+    /// Run an acquirer host simulator (for tests, demos and load tests).
+    Sim(switchyard::sim::cli::SimArgs),
     /// Validate a config file and print every problem with its TOML path.
     CheckConfig {
         /// The config file.
@@ -51,11 +54,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
-            let _ = config;
-            eprintln!("run: being built");
-            ExitCode::from(2)
-        }
+        Command::Run { config } => run_switch(&config),
+        Command::Sim(args) => switchyard::sim::cli::run(args),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(
@@ -79,6 +79,43 @@ fn main() -> ExitCode {
             hex,
         } => run_decode(&spec, framing, file, hex),
     }
+}
+
+fn run_switch(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    switchyard::telemetry::init_logging();
+    let runtime = match switchyard::runtime::build(&config.runtime) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard run: can not start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let switch = match Switch::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("switchyard run: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let admin = switch
+            .admin_addr
+            .map_or(String::from("off"), |a| format!("http://{a}/metrics"));
+        println!(
+            "switchyard: terminals on {}, metrics {admin}; Ctrl-C to stop",
+            switch.terminal_addr
+        );
+        switchyard::runtime::stop_signal().await;
+        switch.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_decode(

@@ -1,0 +1,312 @@
+//! Assembly of a running switch: the terminal listener, the acquirer link
+//! actors, the admin endpoint, and an orderly shutdown.
+//!
+//! Shutdown order: stop accepting and stop reading new requests; give the
+//! requests in flight `shutdown_grace` to be answered; then stop the links
+//! (each signs off), which answers anything still waiting with 91.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::acquirer::AcquirerHandle;
+use crate::acquirer::link::{self, LinkSettings};
+use crate::config::{Config, LimitsConfig, TerminalConfig};
+use crate::fraud::{Decision, FraudRules, FraudState, Score};
+use crate::router::RoutingTable;
+use crate::telemetry;
+
+/// What every terminal actor reads: configuration, the routing and fraud
+/// snapshots, the acquirer handles, and the global in-flight count.
+pub struct Shared {
+    pub terminals: TerminalConfig,
+    pub limits: LimitsConfig,
+    pub routes: ArcSwap<RoutingTable>,
+    pub acquirers: Vec<AcquirerHandle>,
+    pub fraud_rules: ArcSwap<FraudRules>,
+    pub fraud_state: FraudState,
+    pub pan_key: [u8; 16],
+    /// Requests forwarded and not yet answered, across all connections.
+    pub in_flight: AtomicUsize,
+    pub connections: AtomicUsize,
+    /// Cancelled when the switch stops taking requests.
+    pub stopping: CancellationToken,
+    allowed: HashSet<Vec<u8>>,
+    countries: HashMap<Vec<u8>, u16>,
+}
+
+impl Shared {
+    /// Is this terminal id (DE41, trailing spaces ignored) allowed?
+    pub fn terminal_allowed(&self, tid: &[u8]) -> bool {
+        self.allowed.is_empty() || self.allowed.contains(trim(tid))
+    }
+
+    pub fn terminal_country(&self, tid: &[u8]) -> Option<u16> {
+        self.countries.get(trim(tid)).copied()
+    }
+
+    pub fn count_fraud(&self, decision: Decision, score: &Score) {
+        let d = match decision {
+            Decision::Allow => "allow",
+            Decision::Review => "review",
+            Decision::Decline => "decline",
+        };
+        metrics::counter!(telemetry::FRAUD_DECISIONS, "decision" => d).increment(1);
+        for r in score.reasons.iter() {
+            metrics::counter!(telemetry::FRAUD_REASONS, "reason" => r.name()).increment(1);
+        }
+    }
+}
+
+fn trim(tid: &[u8]) -> &[u8] {
+    let end = tid.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
+    &tid[..end]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("can not listen for terminals on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("can not serve /metrics and /health on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("routing: {0}")]
+    Routing(#[from] crate::router::RouteError),
+}
+
+/// A running switch.
+pub struct Switch {
+    pub terminal_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    terminals: TaskTracker,
+    links_stop: CancellationToken,
+    links: Vec<JoinHandle<()>>,
+    accept: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+    grace: std::time::Duration,
+}
+
+impl Switch {
+    /// Binds the listeners and starts every actor on the current runtime.
+    pub async fn start(config: Config) -> Result<Switch, StartError> {
+        // Installed before the first metric is touched, or early counts are lost.
+        let _ = crate::telemetry::prometheus();
+        let listener = TcpListener::bind(config.terminals.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.terminals.listen,
+                source,
+            })?;
+        let terminal_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.terminals.listen,
+            source,
+        })?;
+
+        let links_stop = CancellationToken::new();
+        let mut acquirers = Vec::new();
+        let mut links = Vec::new();
+        for a in &config.acquirers {
+            let mut handles = Vec::new();
+            for i in 0..a.links.len() {
+                let (h, task) = link::spawn(LinkSettings::from_acquirer(a, i), links_stop.clone());
+                handles.push(h);
+                links.push(task);
+            }
+            acquirers.push(AcquirerHandle {
+                name: a.name.clone(),
+                spec: a.spec.spec,
+                links: handles,
+                stand_in: a.stand_in.clone(),
+            });
+        }
+        let routes = RoutingTable::from_config(&config.routing, |name| {
+            config
+                .acquirers
+                .iter()
+                .position(|a| a.name == name)
+                .map(|i| i as u16)
+        })?;
+
+        let shared = Arc::new(Shared {
+            allowed: config
+                .terminals
+                .allowed_terminals
+                .iter()
+                .map(|t| trim(t.as_bytes()).to_vec())
+                .collect(),
+            countries: config
+                .terminals
+                .terminal_countries
+                .iter()
+                .map(|(t, c)| (trim(t.as_bytes()).to_vec(), *c))
+                .collect(),
+            terminals: config.terminals.clone(),
+            limits: config.limits.clone(),
+            routes: ArcSwap::from_pointee(routes),
+            acquirers,
+            fraud_rules: ArcSwap::from_pointee(FraudRules::from_config(&config.fraud)),
+            fraud_state: FraudState::new(config.fraud.max_tracked_cards),
+            pan_key: config.fraud.pan_key,
+            in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            stopping: CancellationToken::new(),
+        });
+
+        let (admin_addr, admin) = match config.admin.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Admin { addr, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| StartError::Admin { addr, source })?;
+                (
+                    Some(bound),
+                    Some(tokio::spawn(crate::admin::serve(l, shared.clone()))),
+                )
+            }
+            None => (None, None),
+        };
+
+        let terminals = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), terminals.clone()));
+        info!(terminals = %terminal_addr, admin = ?admin_addr, acquirers = config.acquirers.len(), "switch started");
+        Ok(Switch {
+            terminal_addr,
+            admin_addr,
+            shared,
+            terminals,
+            links_stop,
+            links,
+            accept,
+            admin,
+            grace: config.limits.shutdown_grace,
+        })
+    }
+
+    /// Stops accepting, lets requests in flight finish within the grace
+    /// period, signs the links off, and returns when everything has ended.
+    pub async fn shutdown(self) {
+        info!("stopping: no new requests; finishing those in flight");
+        self.shared.stopping.cancel();
+        self.accept.abort();
+        self.terminals.close();
+        if tokio::time::timeout(self.grace, self.terminals.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight = self.shared.in_flight.load(Ordering::Acquire),
+                "grace period over; stopping links with requests still in flight"
+            );
+        }
+        self.links_stop.cancel();
+        for l in self.links {
+            let _ = l.await;
+        }
+        // Terminals waiting on links got their 91s when the links stopped.
+        self.terminals.wait().await;
+        if let Some(a) = self.admin {
+            a.abort();
+        }
+        info!("stopped");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let per_ip: Arc<DashMap<IpAddr, usize>> = Arc::new(DashMap::new());
+    let gauge = metrics::gauge!(telemetry::CONNECTIONS);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, don't spin.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shared.stopping.cancelled() => return,
+        };
+        let Some(guard) = ConnectionGuard::admit(&shared, &per_ip, peer.ip()) else {
+            metrics::counter!(telemetry::CONNECTIONS_REFUSED).increment(1);
+            warn!(peer = %peer, "connection refused: connection limit reached");
+            drop(stream);
+            continue;
+        };
+        gauge.set(shared.connections.load(Ordering::Relaxed) as f64);
+        let shared = shared.clone();
+        let gauge = gauge.clone();
+        tracker.spawn(async move {
+            serve_connection(stream, peer, shared.clone()).await;
+            drop(guard);
+            gauge.set(shared.connections.load(Ordering::Relaxed) as f64);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    crate::terminal::serve(stream, peer, shared).await;
+}
+
+/// Counts a connection overall and per source address while it lives.
+struct ConnectionGuard {
+    shared: Arc<Shared>,
+    per_ip: Arc<DashMap<IpAddr, usize>>,
+    ip: IpAddr,
+}
+
+impl ConnectionGuard {
+    fn admit(
+        shared: &Arc<Shared>,
+        per_ip: &Arc<DashMap<IpAddr, usize>>,
+        ip: IpAddr,
+    ) -> Option<ConnectionGuard> {
+        let t = &shared.terminals;
+        if shared.connections.fetch_add(1, Ordering::AcqRel) >= t.max_connections {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mut n = per_ip.entry(ip).or_insert(0);
+        if *n >= t.max_connections_per_ip {
+            drop(n);
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(ConnectionGuard {
+            shared: shared.clone(),
+            per_ip: per_ip.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        // The map holds only addresses with connections open: bounded by
+        // max_connections.
+        self.per_ip.remove_if_mut(&self.ip, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}

@@ -1,0 +1,489 @@
+//! The terminal actor: one tokio task per inbound connection.
+//!
+//! It owns the socket, a bounded table of its requests in flight, and a
+//! bounded inbox on which acquirer links post answers. Per request it
+//! parses, validates, scores for fraud, routes and forwards, all without an
+//! `.await`; answers are written as they complete (pipelining), every
+//! answer ready in one loop turn going out in a single write.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use metrics::Histogram;
+use slab::Slab;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tokio_util::codec::Decoder;
+use tracing::{debug, warn};
+
+use crate::acquirer::link::read_available;
+use crate::acquirer::{Failure, Forward, MatchKey, Outcome, Reply, ReplyTo};
+use crate::frame::FrameCodec;
+use crate::fraud::{self, Auth, CardHash, Decision};
+use crate::iso8583::{Message, MessageBuilder, Mti, Salvage, Spec};
+use crate::server::Shared;
+use crate::telemetry::{self, CodeCounters};
+
+/// Fields a response echoes from its request (those present).
+pub const ECHO_FIELDS: &[usize] = &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];
+/// Fields an 0810 echoes from its 0800.
+const NETWORK_ECHO: &[usize] = &[7, 11, 41, 70];
+/// Required in 0100/0200 requests.
+const REQUIRED_AUTH_FIELDS: &[usize] = &[2, 3, 4, 7, 11, 41, 42, 49];
+
+/// DE39 values the switch itself sets.
+pub mod codes {
+    pub const APPROVED: [u8; 2] = *b"00";
+    pub const INVALID_TRANSACTION: [u8; 2] = *b"12";
+    pub const INVALID_CARD_NUMBER: [u8; 2] = *b"14";
+    pub const FORMAT_ERROR: [u8; 2] = *b"30";
+    pub const UNKNOWN_TERMINAL: [u8; 2] = *b"58";
+    pub const SUSPECTED_FRAUD: [u8; 2] = *b"59";
+    pub const ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
+    pub const NO_ROUTE: [u8; 2] = *b"92";
+    pub const DUPLICATE: [u8; 2] = *b"94";
+    pub const SYSTEM_MALFUNCTION: [u8; 2] = *b"96";
+}
+
+/// A request of this connection waiting for its acquirer.
+struct Pending {
+    request: Bytes,
+    mti: Mti,
+    key: MatchKey,
+    card: Option<CardHash>,
+    host_spec: &'static Spec,
+    started: Instant,
+}
+
+struct Terminal {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    inbox_tx: mpsc::Sender<Reply>,
+    pending: Slab<Pending>,
+    wbuf: BytesMut,
+    counters: CodeCounters,
+    request_seconds: Histogram,
+    /// Set when the connection must close after flushing.
+    closing: bool,
+}
+
+/// Serves one terminal connection until it closes, idles out, or the
+/// switch stops (after answering what is in flight).
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let max = shared.terminals.max_in_flight_per_connection;
+    // Every request in flight gets exactly one reply: an inbox this size
+    // never refuses a link.
+    let (inbox_tx, mut inbox) = mpsc::channel(max + 1);
+    let mut t = Terminal {
+        peer,
+        inbox_tx,
+        pending: Slab::with_capacity(max.min(1024)),
+        wbuf: BytesMut::with_capacity(16 * 1024),
+        counters: CodeCounters::default(),
+        request_seconds: telemetry::request_seconds(),
+        closing: false,
+        shared,
+    };
+    let shared = t.shared.clone();
+    let mut codec = FrameCodec::new(shared.terminals.framing, shared.terminals.max_frame);
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut replies = Vec::with_capacity(64);
+    let mut reading = true;
+    let mut last_activity = Instant::now();
+    let mut frame_started: Option<Instant> = None;
+    let idle = shared.terminals.idle_timeout;
+    let frame_timeout = shared.terminals.frame_timeout;
+    let timer = sleep_until((Instant::now() + idle).into());
+    tokio::pin!(timer);
+
+    loop {
+        let wake = match frame_started {
+            Some(at) => at + frame_timeout,
+            None => last_activity + idle,
+        };
+        if timer.deadline() != wake.into() {
+            timer.as_mut().reset(wake.into());
+        }
+        tokio::select! {
+            biased;
+            _ = inbox.recv_many(&mut replies, 64) => {
+                for r in replies.drain(..) {
+                    t.on_reply(r);
+                }
+            }
+            r = stream.readable(), if reading && !t.closing => {
+                if r.is_err() {
+                    break;
+                }
+                let open = match read_available(&stream, &mut rbuf) {
+                    Ok(open) => open,
+                    Err(e) => {
+                        debug!(peer = %peer, "read error: {e}");
+                        break;
+                    }
+                };
+                last_activity = Instant::now();
+                loop {
+                    match codec.decode(&mut rbuf) {
+                        Ok(Some(frame)) => t.on_frame(frame),
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(peer = %peer, "closing connection: {e}");
+                            metrics::counter!(telemetry::MALFORMED, "action" => "closed").increment(1);
+                            t.closing = true;
+                            break;
+                        }
+                    }
+                    if t.closing {
+                        break;
+                    }
+                }
+                frame_started = match (rbuf.is_empty(), frame_started) {
+                    (true, _) => None,
+                    (false, None) => Some(last_activity),
+                    (false, started) => started,
+                };
+                if !open {
+                    reading = false;
+                }
+            }
+            r = stream.writable(), if !t.wbuf.is_empty() => {
+                if r.is_err() {
+                    break;
+                }
+            }
+            _ = &mut timer => {
+                if frame_started.is_some() {
+                    warn!(peer = %peer, "closing connection: frame not complete within {frame_timeout:?}");
+                    break;
+                }
+                if t.pending.is_empty() {
+                    debug!(peer = %peer, "closing idle connection");
+                    break;
+                }
+                last_activity = Instant::now();
+            }
+            _ = shared.stopping.cancelled(), if reading => {
+                reading = false;
+            }
+        }
+        if !t.wbuf.is_empty() {
+            match stream.try_write(&t.wbuf) {
+                Ok(n) => t.wbuf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        let done = !reading || t.closing;
+        if done && t.pending.is_empty() && t.wbuf.is_empty() {
+            break;
+        }
+        if t.closing && t.wbuf.is_empty() {
+            break;
+        }
+    }
+    // Answers still owed to this connection have nowhere to go now.
+    shared
+        .in_flight
+        .fetch_sub(t.pending.len(), Ordering::AcqRel);
+}
+
+impl Terminal {
+    fn spec(&self) -> &'static Spec {
+        self.shared.terminals.spec.spec
+    }
+
+    fn on_frame(&mut self, frame: Bytes) {
+        let started = Instant::now();
+        let msg = match Message::parse_or_salvage(frame, self.spec()) {
+            Ok(m) => m,
+            Err(s) => return self.malformed(s, started),
+        };
+        let mti = msg.mti();
+        match mti.value() {
+            800 => self.network(&msg, started),
+            100 | 101 | 200 | 201 => self.authorize(msg, started),
+            120 | 121 | 220 | 221 | 400 | 401 | 420 | 421 => self.forward_other(msg, started),
+            _ if mti.is_request() => self.respond(&msg, codes::INVALID_TRANSACTION, started),
+            _ => {
+                warn!(peer = %self.peer, mti = %mti, "terminal sent a response message; ignored");
+            }
+        }
+    }
+
+    /// Answers 30 when the MTI and STAN could be read, else closes.
+    fn malformed(&mut self, s: Salvage, started: Instant) {
+        match s.partial {
+            Some(partial) if partial.mti().is_request() && partial.stan().is_some() => {
+                warn!(peer = %self.peer, mti = %partial.mti(), stan = partial.stan(),
+                    "format error, answered 30: {}", s.error);
+                metrics::counter!(telemetry::MALFORMED, "action" => "answered_30").increment(1);
+                self.respond(&partial, codes::FORMAT_ERROR, started);
+            }
+            _ => {
+                warn!(peer = %self.peer, "closing connection: unreadable message: {}", s.error);
+                metrics::counter!(telemetry::MALFORMED, "action" => "closed").increment(1);
+                self.closing = true;
+            }
+        }
+    }
+
+    fn network(&mut self, msg: &Message, started: Instant) {
+        if let Some(mut b) = MessageBuilder::response_to(msg, NETWORK_ECHO) {
+            b.set(39, &codes::APPROVED);
+            self.write_packed(&b, msg.mti(), codes::APPROVED, started);
+        }
+    }
+
+    /// Writes a response with `code` built from `request`'s echo fields.
+    fn respond(&mut self, request: &Message, code: [u8; 2], started: Instant) {
+        let Some(mut b) = MessageBuilder::response_to(request, ECHO_FIELDS) else {
+            return;
+        };
+        b.set(39, &code);
+        self.write_packed(&b, request.mti(), code, started);
+    }
+
+    fn write_packed(&mut self, b: &MessageBuilder<'_>, mti: Mti, code: [u8; 2], started: Instant) {
+        let framing = self.shared.terminals.framing;
+        let at = framing.begin(&mut self.wbuf);
+        let packed = b.pack(&mut self.wbuf).map_err(|e| e.to_string());
+        match packed.and_then(|()| {
+            framing
+                .finish(&mut self.wbuf, at)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(()) => self.count(mti, code, started),
+            Err(e) => {
+                self.wbuf.truncate(at);
+                warn!(peer = %self.peer, mti = %mti, "response could not be packed: {e}");
+            }
+        }
+    }
+
+    fn count(&mut self, mti: Mti, code: [u8; 2], started: Instant) {
+        self.counters.increment(mti.value(), code);
+        self.request_seconds.record(started.elapsed().as_secs_f64());
+    }
+
+    fn authorize(&mut self, msg: Message, started: Instant) {
+        if let Some(field) = REQUIRED_AUTH_FIELDS.iter().find(|&&n| !msg.has(n)) {
+            debug!(peer = %self.peer, field, "required field missing");
+            return self.respond(&msg, codes::FORMAT_ERROR, started);
+        }
+        let Some(pan) = msg.pan().filter(|p| (12..=19).contains(&p.len())) else {
+            return self.respond(&msg, codes::FORMAT_ERROR, started);
+        };
+        if !pan.luhn_ok() {
+            return self.respond(&msg, codes::INVALID_CARD_NUMBER, started);
+        }
+        let Some(amount) = msg.amount_minor() else {
+            return self.respond(&msg, codes::FORMAT_ERROR, started);
+        };
+        let Some(tid) = msg.terminal_id() else {
+            return self.respond(&msg, codes::FORMAT_ERROR, started);
+        };
+        if !self.shared.terminal_allowed(&tid) {
+            return self.respond(&msg, codes::UNKNOWN_TERMINAL, started);
+        }
+        let Some(key) = MatchKey::of(&msg) else {
+            return self.respond(&msg, codes::FORMAT_ERROR, started);
+        };
+        if let Some(code) = self.admit(&key) {
+            return self.respond(&msg, code, started);
+        }
+
+        let now_s = crate::clock::unix_now();
+        let card = fraud::card_hash(&self.shared.pan_key, pan.digits());
+        let merchant = msg
+            .merchant_id()
+            .unwrap_or(crate::iso8583::SmallText::EMPTY);
+        let auth = Auth {
+            card,
+            pan: pan.digits(),
+            amount_minor: amount,
+            mcc: msg.mcc(),
+            merchant_id: merchant.trimmed(),
+            terminal_country: self
+                .shared
+                .terminal_country(&tid)
+                .or(msg.acquiring_country()),
+            now_s,
+        };
+        let rules = self.shared.fraud_rules.load();
+        let score = fraud::score(&rules, &auth, &self.shared.fraud_state);
+        let decision = rules.decide(&score);
+        self.shared.count_fraud(decision, &score);
+        if decision == Decision::Decline {
+            debug!(peer = %self.peer, pan = %pan, points = score.points, "declined as suspected fraud");
+            return self.respond(&msg, codes::SUSPECTED_FRAUD, started);
+        }
+        match self.forward(&msg, key, Some(card), pan.digits(), started) {
+            Ok(()) => self.shared.fraud_state.record_forwarded(&rules, &auth),
+            Err(code) => self.respond(&msg, code, started),
+        }
+    }
+
+    /// Reversals and advices: forwarded upstream, answered with the
+    /// upstream answer.
+    fn forward_other(&mut self, msg: Message, started: Instant) {
+        let Some(key) = MatchKey::of(&msg) else {
+            return self.respond(&msg, codes::FORMAT_ERROR, started);
+        };
+        if let Some(tid) = msg.terminal_id()
+            && !self.shared.terminal_allowed(&tid)
+        {
+            return self.respond(&msg, codes::UNKNOWN_TERMINAL, started);
+        }
+        if let Some(code) = self.admit(&key) {
+            return self.respond(&msg, code, started);
+        }
+        let pan = msg.pan();
+        let digits = pan.as_ref().map_or(&[][..], |p| p.digits());
+        if let Err(code) = self.forward(&msg, key, None, digits, started) {
+            self.respond(&msg, code, started);
+        }
+    }
+
+    /// Admission: duplicates on this connection, and the in-flight limits.
+    fn admit(&mut self, key: &MatchKey) -> Option<[u8; 2]> {
+        if self.pending.iter().any(|(_, p)| p.key == *key) {
+            return Some(codes::DUPLICATE);
+        }
+        if self.pending.len() >= self.shared.terminals.max_in_flight_per_connection {
+            metrics::counter!(telemetry::SHED, "reason" => "connection_limit").increment(1);
+            return Some(codes::SYSTEM_MALFUNCTION);
+        }
+        if self.shared.in_flight.load(Ordering::Acquire) >= self.shared.limits.max_in_flight {
+            metrics::counter!(telemetry::SHED, "reason" => "global_limit").increment(1);
+            return Some(codes::SYSTEM_MALFUNCTION);
+        }
+        None
+    }
+
+    /// Routes and hands the request to a link; the error is the code to
+    /// answer with.
+    fn forward(
+        &mut self,
+        msg: &Message,
+        key: MatchKey,
+        card: Option<CardHash>,
+        pan: &[u8],
+        started: Instant,
+    ) -> Result<(), [u8; 2]> {
+        let routes = self.shared.routes.load();
+        let Some(target) = routes.lookup(pan) else {
+            return Err(codes::NO_ROUTE);
+        };
+        let hash = key.spread_hash();
+        let acquirers = &self.shared.acquirers;
+        let chosen = acquirers
+            .get(target.primary as usize)
+            .and_then(|a| a.pick(hash).map(|l| (a, l)))
+            .or_else(|| {
+                let b = acquirers.get(target.backup? as usize)?;
+                b.pick(hash).map(|l| (b, l))
+            });
+        let Some((acquirer, link)) = chosen else {
+            return Err(codes::ISSUER_UNAVAILABLE);
+        };
+        let body = if std::ptr::eq(acquirer.spec, self.spec()) {
+            msg.frame().clone()
+        } else {
+            let mut b = MessageBuilder::new(acquirer.spec, msg.mti());
+            b.copy_all(msg);
+            match b.to_bytes() {
+                Ok(out) => out.freeze(),
+                Err(e) => {
+                    warn!(peer = %self.peer, acquirer = %acquirer.name, "request can not be written in the host's spec: {e}");
+                    return Err(codes::FORMAT_ERROR);
+                }
+            }
+        };
+        let entry = self.pending.vacant_entry();
+        let token = entry.key() as u32;
+        let forward = Forward {
+            key,
+            body,
+            reply_to: ReplyTo {
+                tx: self.inbox_tx.clone(),
+                token,
+            },
+        };
+        if link.try_forward(forward).is_err() {
+            metrics::counter!(telemetry::SHED, "reason" => "link_queue_full").increment(1);
+            return Err(codes::SYSTEM_MALFUNCTION);
+        }
+        entry.insert(Pending {
+            request: msg.frame().clone(),
+            mti: msg.mti(),
+            key,
+            card,
+            host_spec: acquirer.spec,
+            started,
+        });
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let Some(p) = self.pending.try_remove(reply.token as usize) else {
+            return;
+        };
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        match reply.outcome {
+            Outcome::Answered {
+                body,
+                response_code,
+            } => {
+                if response_code != codes::APPROVED
+                    && let Some(card) = p.card
+                {
+                    self.shared
+                        .fraud_state
+                        .record_decline(card, crate::clock::unix_now());
+                }
+                if std::ptr::eq(p.host_spec, self.spec()) {
+                    let framing = self.shared.terminals.framing;
+                    if let Err(e) = framing.encode(&body, &mut self.wbuf) {
+                        warn!(peer = %self.peer, "host answer can not be framed: {e}");
+                        return self.fail(p, Failure::LinkDown);
+                    }
+                    self.count(p.mti, response_code, p.started);
+                } else {
+                    self.transcode_answer(p, body, response_code);
+                }
+            }
+            Outcome::Failed(why) => self.fail(p, why),
+        }
+    }
+
+    fn transcode_answer(&mut self, p: Pending, body: Bytes, code: [u8; 2]) {
+        let answer = match Message::parse(body, p.host_spec) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(peer = %self.peer, "host answer unreadable: {e}");
+                return self.fail(p, Failure::LinkDown);
+            }
+        };
+        let mut b = MessageBuilder::new(self.spec(), answer.mti());
+        b.copy_all(&answer);
+        self.write_packed(&b, p.mti, code, p.started);
+    }
+
+    fn fail(&mut self, p: Pending, why: Failure) {
+        let code = match why {
+            Failure::Duplicate => codes::DUPLICATE,
+            Failure::Timeout | Failure::LinkDown | Failure::LinkBusy => codes::ISSUER_UNAVAILABLE,
+        };
+        // The request parsed when it arrived; it parses again.
+        if let Ok(request) = Message::parse(p.request, self.spec()) {
+            self.respond(&request, code, p.started);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Helpers for end-to-end tests: a terminal client over a real socket, a
+//! switch and simulator on free loopback ports, and config text.
+//!
+//! Timeouts here only conclude that nothing came ("no answer within
+//! 300 ms") or guard against a hung test; they never bound how fast the
+//! switch must be.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use switchyard::config::Config;
+use switchyard::frame::{FrameCodec, LengthHeader};
+use switchyard::iso8583::{Message, MessageBuilder, Mti, specs};
+use switchyard::server::Switch;
+use switchyard::sim::{self, SimConfig, SimHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// How long to wait before concluding that no answer is coming.
+pub const SILENCE: Duration = Duration::from_millis(300);
+/// Guard against a hung test.
+pub const GUARD: Duration = Duration::from_secs(10);
+
+pub const PAN: &str = "4761739001010010";
+pub const TID: &str = "TERM0001";
+
+/// A card terminal: framed ISO 8583 (iso87ascii, 2-byte header).
+pub struct Terminal {
+    pub stream: TcpStream,
+    codec: FrameCodec,
+    rbuf: BytesMut,
+}
+
+impl Terminal {
+    pub async fn connect(addr: SocketAddr) -> Terminal {
+        let stream = TcpStream::connect(addr).await.expect("connects");
+        stream.set_nodelay(true).expect("nodelay");
+        Terminal {
+            stream,
+            codec: FrameCodec::new(LengthHeader::Binary2, 8192),
+            rbuf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, body: &[u8]) {
+        let mut out = BytesMut::new();
+        self.codec.encode(body, &mut out).expect("frames");
+        self.send_raw(&out).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("writes");
+    }
+
+    /// The next answer; `None` once the switch has closed the connection.
+    pub async fn recv_or_closed(&mut self) -> Option<Message> {
+        timeout(GUARD, async {
+            loop {
+                if let Some(frame) = self.codec.decode(&mut self.rbuf).expect("well framed") {
+                    return Some(
+                        Message::parse(frame, specs::iso87ascii()).expect("answer parses"),
+                    );
+                }
+                match self.stream.read_buf(&mut self.rbuf).await {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("an answer or a close within the guard time")
+    }
+
+    pub async fn recv(&mut self) -> Message {
+        self.recv_or_closed()
+            .await
+            .expect("an answer, not a closed connection")
+    }
+
+    /// Asserts that nothing arrives within `SILENCE`.
+    pub async fn expect_silence(&mut self) {
+        let got = timeout(SILENCE, self.recv_or_closed()).await;
+        if let Ok(m) = got {
+            panic!(
+                "expected nothing, got {:?}",
+                m.map(|m| m.dump().to_string())
+            );
+        }
+    }
+
+    /// Asserts that the switch closes the connection.
+    pub async fn expect_closed(&mut self) {
+        let got = self.recv_or_closed().await;
+        assert!(
+            got.is_none(),
+            "expected a close, got {:?}",
+            got.map(|m| m.dump().to_string())
+        );
+    }
+
+    pub async fn request(&mut self, body: &[u8]) -> Message {
+        self.send(body).await;
+        self.recv().await
+    }
+}
+
+/// A request with the fields a switch requires (DE 2, 3, 4, 7, 11, 18, 37,
+/// 41, 42, 49); RRN is 500000000000 + STAN.
+pub fn auth(mti: Mti, stan: u32, pan: &str, amount: u64) -> Bytes {
+    auth_from(mti, stan, pan, amount, TID)
+}
+
+pub fn auth_from(mti: Mti, stan: u32, pan: &str, amount: u64, tid: &str) -> Bytes {
+    let pan = pan.as_bytes().to_vec();
+    let tid = tid.as_bytes().to_vec();
+    let rrn = format!("{:012}", 500_000_000_000u64 + stan as u64).into_bytes();
+    let mut b = MessageBuilder::new(specs::iso87ascii(), mti);
+    b.set(2, &pan)
+        .set(3, b"000000")
+        .set_number(4, amount)
+        .set(7, b"1125101010")
+        .set_number(11, stan as u64)
+        .set(18, b"5411")
+        .set(37, &rrn)
+        .set(41, &tid)
+        .set(42, b"MERCHANT0000001")
+        .set(49, b"840");
+    b.to_bytes().expect("packs").freeze()
+}
+
+/// 0800 with DE70 `code` (001 sign-on, 301 echo, 002 sign-off).
+pub fn network(stan: u32, code: &str) -> Bytes {
+    let code = code.as_bytes().to_vec();
+    let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::NETWORK);
+    b.set(7, b"1125101010")
+        .set_number(11, stan as u64)
+        .set(70, &code);
+    b.to_bytes().expect("packs").freeze()
+}
+
+pub fn code(m: &Message) -> String {
+    m.response_code()
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .unwrap_or_else(|| "<none>".to_owned())
+}
+
+pub fn text(m: &Message, n: usize) -> String {
+    m.field(n)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A port that was free a moment ago (for "host down at start" tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub async fn start_sim() -> SimHandle {
+    start_sim_with(SimConfig::default()).await
+}
+
+pub async fn start_sim_with(config: SimConfig) -> SimHandle {
+    sim::spawn(SimConfig {
+        listen: if config.listen.port() == 9583 {
+            free_addr()
+        } else {
+            config.listen
+        },
+        ..config
+    })
+    .await
+    .expect("simulator starts")
+}
+
+fn links_toml(links: &[SocketAddr]) -> String {
+    links
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One acquirer `acquirer-a` on `links`, default route to it; `acquirer`
+/// adds keys to its table, `extra` appends whole tables.
+pub fn config(links: &[SocketAddr], acquirer: &str, extra: &str) -> String {
+    config_routed(links, acquirer, "default = \"acquirer-a\"\n", extra)
+}
+
+pub fn config_routed(links: &[SocketAddr], acquirer: &str, routing: &str, extra: &str) -> String {
+    format!(
+        r#"
+[terminals]
+listen = "127.0.0.1:0"
+max_in_flight_per_connection = 64
+[admin]
+listen = "127.0.0.1:0"
+[limits]
+shutdown_grace_ms = 3000
+[[acquirers]]
+name = "acquirer-a"
+links = [{links}]
+request_timeout_ms = 1000
+connect_timeout_ms = 500
+backoff_initial_ms = 20
+backoff_max_ms = 200
+{acquirer}
+[routing]
+{routing}
+[fraud]
+pan_key = "000102030405060708090a0b0c0d0e0f"
+{extra}
+"#,
+        links = links_toml(links)
+    )
+}
+
+pub async fn start_switch(toml: &str) -> Switch {
+    let config = Config::parse(toml).unwrap_or_else(|e| panic!("test config invalid: {e:?}"));
+    Switch::start(config).await.expect("switch starts")
+}
+
+/// Waits until every link of every acquirer is up.
+pub async fn wait_links_up(switch: &Switch) {
+    for a in &switch.shared.acquirers {
+        for l in &a.links {
+            timeout(GUARD, l.shared.wait_for(true))
+                .await
+                .expect("link comes up");
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET: (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("admin connects");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("writes");
+    let mut out = Vec::new();
+    timeout(GUARD, s.read_to_end(&mut out))
+        .await
+        .expect("admin answers")
+        .expect("reads");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// The value of one Prometheus sample line (`name{labels} value`), summed
+/// over lines that contain every one of `parts`.
+pub fn metric(body: &str, name: &str, parts: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
