@@ -116,6 +116,10 @@ pub struct LimitsConfig {
     pub max_in_flight: usize,
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish.
     pub shutdown_grace: Duration,
+    /// Answers kept for repeats (x01 or resent requests), oldest out first.
+    pub recent_answers: usize,
+    /// How long an answer is kept for repeats.
+    pub recent_answers_ttl: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -637,11 +641,23 @@ impl Config {
 
         let p = "limits";
         let t = r.table(&root, "", p).unwrap_or(empty);
-        r.check_keys(t, p, &["max_in_flight", "shutdown_grace_ms"]);
+        r.check_keys(
+            t,
+            p,
+            &[
+                "max_in_flight",
+                "shutdown_grace_ms",
+                "recent_answers",
+                "recent_answers_ttl_s",
+            ],
+        );
         let limits = LimitsConfig {
             max_in_flight: r.get(t, p, "max_in_flight", 100_000),
             shutdown_grace: r.ms(t, p, "shutdown_grace_ms", 5_000),
+            recent_answers: r.get(t, p, "recent_answers", 100_000),
+            recent_answers_ttl: r.secs(t, p, "recent_answers_ttl_s", 600),
         };
+        r.positive(p, "recent_answers", limits.recent_answers);
         r.positive(p, "max_in_flight", limits.max_in_flight);
 
         let p = "runtime";

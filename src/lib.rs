@@ -11,6 +11,7 @@ pub mod decode;
 pub mod frame;
 pub mod fraud;
 pub mod iso8583;
+pub mod repeats;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -34,6 +34,8 @@ pub struct Shared {
     pub acquirers: Vec<AcquirerHandle>,
     pub fraud_rules: ArcSwap<FraudRules>,
     pub fraud_state: FraudState,
+    /// Answers given recently, for repeats.
+    pub recent: crate::repeats::RecentAnswers,
     pub pan_key: [u8; 16],
     /// Requests forwarded and not yet answered, across all connections.
     pub in_flight: AtomicUsize,
@@ -161,6 +163,10 @@ impl Switch {
             acquirers,
             fraud_rules: ArcSwap::from_pointee(FraudRules::from_config(&config.fraud)),
             fraud_state: FraudState::new(config.fraud.max_tracked_cards),
+            recent: crate::repeats::RecentAnswers::new(
+                config.limits.recent_answers,
+                config.limits.recent_answers_ttl,
+            ),
             pan_key: config.fraud.pan_key,
             in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),

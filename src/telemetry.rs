@@ -25,6 +25,8 @@ pub const SHED: &str = "switchyard_shed_total";
 /// Frames that could not be parsed, by what was done (`answered_30`,
 /// `closed`).
 pub const MALFORMED: &str = "switchyard_malformed_total";
+/// Repeats answered from the recent-answers cache, not forwarded.
+pub const REPEATS_ANSWERED: &str = "switchyard_repeats_answered_total";
 /// Open terminal connections.
 pub const CONNECTIONS: &str = "switchyard_terminal_connections";
 /// Connections refused by the listener limits.

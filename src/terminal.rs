@@ -25,6 +25,7 @@ use crate::acquirer::{Failure, Forward, MatchKey, Outcome, Reply, ReplyTo};
 use crate::frame::FrameCodec;
 use crate::fraud::{self, Auth, CardHash, Decision};
 use crate::iso8583::{Message, MessageBuilder, Mti, Salvage, Spec};
+use crate::repeats::{self, Seen};
 use crate::server::Shared;
 use crate::telemetry::{self, CodeCounters};
 
@@ -57,6 +58,8 @@ struct Pending {
     card: Option<CardHash>,
     host_spec: &'static Spec,
     started: Instant,
+    /// Fingerprint for the recent-answers cache.
+    content: u64,
 }
 
 struct Terminal {
@@ -242,14 +245,31 @@ impl Terminal {
 
     /// Writes a response with `code` built from `request`'s echo fields.
     fn respond(&mut self, request: &Message, code: [u8; 2], started: Instant) {
-        let Some(mut b) = MessageBuilder::response_to(request, ECHO_FIELDS) else {
-            return;
-        };
-        b.set(39, &code);
-        self.write_packed(&b, request.mti(), code, started);
+        self.respond_at(request, code, started);
     }
 
-    fn write_packed(&mut self, b: &MessageBuilder<'_>, mti: Mti, code: [u8; 2], started: Instant) {
+    /// As `respond`; returns where the answer's body lies in the write
+    /// buffer.
+    fn respond_at(
+        &mut self,
+        request: &Message,
+        code: [u8; 2],
+        started: Instant,
+    ) -> Option<std::ops::Range<usize>> {
+        let mut b = MessageBuilder::response_to(request, ECHO_FIELDS)?;
+        b.set(39, &code);
+        self.write_packed(&b, request.mti(), code, started)
+    }
+
+    /// Frames and queues a response; returns where its body lies in the
+    /// write buffer.
+    fn write_packed(
+        &mut self,
+        b: &MessageBuilder<'_>,
+        mti: Mti,
+        code: [u8; 2],
+        started: Instant,
+    ) -> Option<std::ops::Range<usize>> {
         let framing = self.shared.terminals.framing;
         let at = framing.begin(&mut self.wbuf);
         let packed = b.pack(&mut self.wbuf).map_err(|e| e.to_string());
@@ -258,10 +278,14 @@ impl Terminal {
                 .finish(&mut self.wbuf, at)
                 .map_err(|e| e.to_string())
         }) {
-            Ok(()) => self.count(mti, code, started),
+            Ok(()) => {
+                self.count(mti, code, started);
+                Some(at + framing.width()..self.wbuf.len())
+            }
             Err(e) => {
                 self.wbuf.truncate(at);
                 warn!(peer = %self.peer, mti = %mti, "response could not be packed: {e}");
+                None
             }
         }
     }
@@ -294,6 +318,9 @@ impl Terminal {
         let Some(key) = MatchKey::of(&msg) else {
             return self.respond(&msg, codes::FORMAT_ERROR, started);
         };
+        if self.answered_before(&msg, &key, started) {
+            return;
+        }
         if let Some(code) = self.admit(&key) {
             return self.respond(&msg, code, started);
         }
@@ -340,6 +367,9 @@ impl Terminal {
         {
             return self.respond(&msg, codes::UNKNOWN_TERMINAL, started);
         }
+        if self.answered_before(&msg, &key, started) {
+            return;
+        }
         if let Some(code) = self.admit(&key) {
             return self.respond(&msg, code, started);
         }
@@ -348,6 +378,42 @@ impl Terminal {
         if let Err(code) = self.forward(&msg, key, None, digits, started) {
             self.respond(&msg, code, started);
         }
+    }
+
+    /// Repeats of a request answered recently get the original answer
+    /// again, without going upstream; the same key with other content
+    /// gets 94. Returns whether the request was answered here.
+    fn answered_before(&mut self, msg: &Message, key: &MatchKey, started: Instant) -> bool {
+        match self
+            .shared
+            .recent
+            .check(key, repeats::content_hash(msg), started)
+        {
+            Seen::New => false,
+            Seen::Conflict => {
+                self.respond(msg, codes::DUPLICATE, started);
+                true
+            }
+            Seen::Repeat(answer) => {
+                let code = Message::parse(answer.clone(), self.spec())
+                    .ok()
+                    .and_then(|m| m.response_code())
+                    .unwrap_or(codes::APPROVED);
+                metrics::counter!(telemetry::REPEATS_ANSWERED).increment(1);
+                let framing = self.shared.terminals.framing;
+                if framing.encode(&answer, &mut self.wbuf).is_ok() {
+                    self.count(msg.mti(), code, started);
+                }
+                true
+            }
+        }
+    }
+
+    /// Keeps the answer to a forwarded request for repeats.
+    fn remember(&self, p: &Pending, answer: Bytes) {
+        self.shared
+            .recent
+            .remember(p.key, p.content, answer, p.started);
     }
 
     /// Admission: duplicates on this connection, and the in-flight limits.
@@ -426,6 +492,7 @@ impl Terminal {
             card,
             host_spec: acquirer.spec,
             started,
+            content: repeats::content_hash(msg),
         });
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -455,6 +522,7 @@ impl Terminal {
                         return self.fail(p, Failure::LinkDown);
                     }
                     self.count(p.mti, response_code, p.started);
+                    self.remember(&p, body);
                 } else {
                     self.transcode_answer(p, body, response_code);
                 }
@@ -473,7 +541,10 @@ impl Terminal {
         };
         let mut b = MessageBuilder::new(self.spec(), answer.mti());
         b.copy_all(&answer);
-        self.write_packed(&b, p.mti, code, p.started);
+        if let Some(body) = self.write_packed(&b, p.mti, code, p.started) {
+            let answer = Bytes::copy_from_slice(&self.wbuf[body]);
+            self.remember(&p, answer);
+        }
     }
 
     fn fail(&mut self, p: Pending, why: Failure) {
@@ -482,8 +553,12 @@ impl Terminal {
             Failure::Timeout | Failure::LinkDown | Failure::LinkBusy => codes::ISSUER_UNAVAILABLE,
         };
         // The request parsed when it arrived; it parses again.
-        if let Ok(request) = Message::parse(p.request, self.spec()) {
-            self.respond(&request, code, p.started);
+        if let Ok(request) = Message::parse(p.request.clone(), self.spec())
+            && let Some(body) = self.respond_at(&request, code, p.started)
+            && code != codes::DUPLICATE
+        {
+            let answer = Bytes::copy_from_slice(&self.wbuf[body]);
+            self.remember(&p, answer);
         }
     }
 }

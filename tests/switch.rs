@@ -511,3 +511,34 @@ async fn pyiso8583_client_gets_its_0210() {
     );
     switch.shutdown().await;
 }
+
+#[tokio::test]
+async fn repeats_get_the_original_answer_without_a_second_forward() {
+    let sim = start_sim().await;
+    let switch = start_switch(&config(&[sim.local_addr()], "", "")).await;
+    wait_links_up(&switch).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let first = t.request(&auth(Mti::FINANCIAL, 61, PAN, 700)).await;
+    assert_eq!(code(&first), "00");
+    // An x01 repeat and an unchanged resend, even from another connection.
+    let repeat = t.request(&auth(Mti::FINANCIAL_REPEAT, 61, PAN, 700)).await;
+    let mut other = Terminal::connect(switch.terminal_addr).await;
+    let resend = other.request(&auth(Mti::FINANCIAL, 61, PAN, 700)).await;
+    for again in [&repeat, &resend] {
+        assert_eq!(
+            again.frame(),
+            first.frame(),
+            "the original answer, byte for byte"
+        );
+    }
+    // Same key, different content: a different transaction reusing the STAN.
+    let conflict = t.request(&auth(Mti::FINANCIAL, 61, PAN, 701)).await;
+    assert_eq!(code(&conflict), "94");
+    let forwarded = sim
+        .received()
+        .iter()
+        .filter(|r| r.mti.value() == 200)
+        .count();
+    assert_eq!(forwarded, 1, "the host saw the transaction once");
+    switch.shutdown().await;
+}
