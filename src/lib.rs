@@ -14,6 +14,7 @@ pub mod iso8583;
 pub mod repeats;
 pub mod router;
 pub mod runtime;
+pub mod saf;
 pub mod server;
 pub mod sim;
 pub mod telemetry;

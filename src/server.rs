@@ -39,6 +39,10 @@ pub struct Shared {
     pub pan_key: [u8; 16],
     /// Requests forwarded and not yet answered, across all connections.
     pub in_flight: AtomicUsize,
+    /// Transaction ids (the journal's, once it is open).
+    pub txn_seq: std::sync::atomic::AtomicU64,
+    /// Numbers stand-in approval codes.
+    pub stand_in_seq: std::sync::atomic::AtomicU32,
     pub connections: AtomicUsize,
     /// Cancelled when the switch stops taking requests.
     pub stopping: CancellationToken,
@@ -50,6 +54,11 @@ impl Shared {
     /// Is this terminal id (DE41, trailing spaces ignored) allowed?
     pub fn terminal_allowed(&self, tid: &[u8]) -> bool {
         self.allowed.is_empty() || self.allowed.contains(trim(tid))
+    }
+
+    /// A new transaction id.
+    pub fn next_txn(&self) -> u64 {
+        self.txn_seq.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn terminal_country(&self, tid: &[u8]) -> Option<u16> {
@@ -97,6 +106,8 @@ pub struct Switch {
     pub shared: Arc<Shared>,
     terminals: TaskTracker,
     links_stop: CancellationToken,
+    saf_stop: CancellationToken,
+    saf_tasks: Vec<JoinHandle<()>>,
     links: Vec<JoinHandle<()>>,
     accept: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
@@ -120,6 +131,8 @@ impl Switch {
         })?;
 
         let links_stop = CancellationToken::new();
+        let saf_stop = CancellationToken::new();
+        let mut saf_tasks = Vec::new();
         let mut acquirers = Vec::new();
         let mut links = Vec::new();
         for a in &config.acquirers {
@@ -129,11 +142,23 @@ impl Switch {
                 handles.push(h);
                 links.push(task);
             }
+            let (saf, saf_task) = crate::saf::spawn(
+                crate::saf::SafSettings {
+                    acquirer: a.name.clone(),
+                    spec: a.spec.spec,
+                    config: config.saf.clone(),
+                },
+                handles.clone(),
+                saf_events(),
+                saf_stop.clone(),
+            );
+            saf_tasks.push(saf_task);
             acquirers.push(AcquirerHandle {
                 name: a.name.clone(),
                 spec: a.spec.spec,
                 links: handles,
                 stand_in: a.stand_in.clone(),
+                saf,
             });
         }
         let routes = RoutingTable::from_config(&config.routing, |name| {
@@ -169,6 +194,8 @@ impl Switch {
             ),
             pan_key: config.fraud.pan_key,
             in_flight: AtomicUsize::new(0),
+            txn_seq: std::sync::atomic::AtomicU64::new(1),
+            stand_in_seq: std::sync::atomic::AtomicU32::new(0),
             connections: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
         });
@@ -198,6 +225,8 @@ impl Switch {
             shared,
             terminals,
             links_stop,
+            saf_stop,
+            saf_tasks,
             links,
             accept,
             admin,
@@ -221,6 +250,12 @@ impl Switch {
                 "grace period over; stopping links with requests still in flight"
             );
         }
+        // Store-and-forward stops first: what it still holds stays for the
+        // next start (from the journal).
+        self.saf_stop.cancel();
+        for t in self.saf_tasks {
+            let _ = t.await;
+        }
         self.links_stop.cancel();
         for l in self.links {
             let _ = l.await;
@@ -232,6 +267,11 @@ impl Switch {
         }
         info!("stopped");
     }
+}
+
+/// What the store-and-forward actors report.
+fn saf_events() -> crate::saf::EventSink {
+    Arc::new(|e| tracing::debug!(event = ?e, "store-and-forward"))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {

@@ -27,6 +27,16 @@ pub const SHED: &str = "switchyard_shed_total";
 pub const MALFORMED: &str = "switchyard_malformed_total";
 /// Repeats answered from the recent-answers cache, not forwarded.
 pub const REPEATS_ANSWERED: &str = "switchyard_repeats_answered_total";
+/// Per acquirer: store-and-forward entries waiting.
+pub const SAF_DEPTH: &str = "switchyard_saf_depth";
+/// Per acquirer: store-and-forward resends.
+pub const SAF_RETRIES: &str = "switchyard_saf_retries_total";
+/// Per acquirer: store-and-forward entries given up.
+pub const SAF_EXPIRED: &str = "switchyard_saf_expired_total";
+/// Reversals queued after a timeout or a lost link.
+pub const REVERSALS_QUEUED: &str = "switchyard_reversals_queued_total";
+/// Requests approved in stand-in.
+pub const STAND_IN_APPROVED: &str = "switchyard_stand_in_approved_total";
 /// Open terminal connections.
 pub const CONNECTIONS: &str = "switchyard_terminal_connections";
 /// Connections refused by the listener limits.

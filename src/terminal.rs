@@ -26,6 +26,7 @@ use crate::frame::FrameCodec;
 use crate::fraud::{self, Auth, CardHash, Decision};
 use crate::iso8583::{Message, MessageBuilder, Mti, Salvage, Spec};
 use crate::repeats::{self, Seen};
+use crate::saf::{SafEntry, SafKind};
 use crate::server::Shared;
 use crate::telemetry::{self, CodeCounters};
 
@@ -60,6 +61,10 @@ struct Pending {
     started: Instant,
     /// Fingerprint for the recent-answers cache.
     content: u64,
+    /// Index of the acquirer it went to.
+    acquirer: u16,
+    /// Fraud score (0 for reversals and advices), for stand-in.
+    points: u16,
 }
 
 struct Terminal {
@@ -350,10 +355,126 @@ impl Terminal {
             debug!(peer = %self.peer, pan = %pan, points = score.points, "declined as suspected fraud");
             return self.respond(&msg, codes::SUSPECTED_FRAUD, started);
         }
-        match self.forward(&msg, key, Some(card), pan.digits(), started) {
+        match self.forward(&msg, key, Some(card), pan.digits(), score.points, started) {
             Ok(()) => self.shared.fraud_state.record_forwarded(&rules, &auth),
+            Err(codes::ISSUER_UNAVAILABLE) => {
+                let acquirer = self
+                    .shared
+                    .routes
+                    .load()
+                    .lookup(pan.digits())
+                    .map(|t| t.primary);
+                match acquirer {
+                    Some(a) if self.stand_in(&msg, a, score.points, started) => {
+                        self.shared.fraud_state.record_forwarded(&rules, &auth)
+                    }
+                    _ => self.respond(&msg, codes::ISSUER_UNAVAILABLE, started),
+                }
+            }
             Err(code) => self.respond(&msg, code, started),
         }
+    }
+
+    /// Stand-in processing: approves `msg` locally if its acquirer allows
+    /// it for this amount and fraud score, and queues the advice that
+    /// tells the host. Returns whether it approved (and answered).
+    fn stand_in(&mut self, msg: &Message, acquirer: u16, points: u16, started: Instant) -> bool {
+        let Some(a) = self.shared.acquirers.get(acquirer as usize) else {
+            return false;
+        };
+        let si = &a.stand_in;
+        let amount = msg.amount_minor().unwrap_or(u64::MAX);
+        if !si.enabled || amount > si.max_amount || points > si.max_fraud_points {
+            return false;
+        }
+        let n = self.shared.stand_in_seq.fetch_add(1, Ordering::Relaxed) % 100_000;
+        let approval = format!("S{n:05}");
+        let Some((body, key)) = crate::saf::advice_of(msg, a.spec, approval.as_bytes()) else {
+            return false;
+        };
+        let entry = SafEntry {
+            txn: self.shared.next_txn(),
+            kind: SafKind::Advice,
+            body,
+            key,
+            attempts: 0,
+            queued_at: std::time::SystemTime::now(),
+        };
+        if a.saf.push(entry).is_err() {
+            warn!(acquirer = %a.name, "stand-in refused: store-and-forward queue full");
+            return false;
+        }
+        let Some(mut b) = MessageBuilder::response_to(msg, ECHO_FIELDS) else {
+            return false;
+        };
+        b.set(38, approval.as_bytes()).set(39, &codes::APPROVED);
+        metrics::counter!(telemetry::STAND_IN_APPROVED).increment(1);
+        self.write_packed(&b, msg.mti(), codes::APPROVED, started)
+            .is_some()
+    }
+
+    /// Advices from terminals (0120, 0220, 0420 and repeats): queued for
+    /// the card's acquirer and acknowledged at once; the host gets them
+    /// through store-and-forward.
+    fn store_advice(&mut self, msg: &Message, key: MatchKey, started: Instant) {
+        let pan = msg.pan();
+        let digits = pan.as_ref().map_or(&[][..], |p| p.digits());
+        let Some(target) = self.shared.routes.load().lookup(digits) else {
+            return self.respond(msg, codes::NO_ROUTE, started);
+        };
+        let Some(a) = self.shared.acquirers.get(target.primary as usize) else {
+            return self.respond(msg, codes::NO_ROUTE, started);
+        };
+        let Some((body, saf_key)) = crate::saf::advice_from_terminal(msg, a.spec) else {
+            return self.respond(msg, codes::FORMAT_ERROR, started);
+        };
+        let kind = if msg.mti().match_class() == 420 {
+            SafKind::Reversal
+        } else {
+            SafKind::Advice
+        };
+        let entry = SafEntry {
+            txn: self.shared.next_txn(),
+            kind,
+            body,
+            key: saf_key,
+            attempts: 0,
+            queued_at: std::time::SystemTime::now(),
+        };
+        if a.saf.push(entry).is_err() {
+            warn!(acquirer = %a.name, "advice refused: store-and-forward queue full");
+            return self.respond(msg, codes::SYSTEM_MALFUNCTION, started);
+        }
+        if let Some(body) = self.respond_at(msg, codes::APPROVED, started) {
+            let answer = Bytes::copy_from_slice(&self.wbuf[body]);
+            self.shared
+                .recent
+                .remember(key, repeats::content_hash(msg), answer, started);
+        }
+    }
+
+    /// Queues the 0420 reversal of a request the host may have acted on.
+    fn queue_reversal(&self, request: &Message, acquirer: u16, reason: [u8; 2]) {
+        let Some(a) = self.shared.acquirers.get(acquirer as usize) else {
+            return;
+        };
+        let Some((body, key)) = crate::saf::reversal_of(request, a.spec, reason) else {
+            warn!(peer = %self.peer, acquirer = %a.name, "reversal can not be built");
+            return;
+        };
+        let entry = SafEntry {
+            txn: self.shared.next_txn(),
+            kind: SafKind::Reversal,
+            body,
+            key,
+            attempts: 0,
+            queued_at: std::time::SystemTime::now(),
+        };
+        if a.saf.push(entry).is_err() {
+            warn!(acquirer = %a.name, stan = key.stan(), "reversal dropped: store-and-forward queue full");
+            return;
+        }
+        metrics::counter!(telemetry::REVERSALS_QUEUED).increment(1);
     }
 
     /// Reversals and advices: forwarded upstream, answered with the
@@ -370,12 +491,15 @@ impl Terminal {
         if self.answered_before(&msg, &key, started) {
             return;
         }
+        if matches!(msg.mti().match_class(), 120 | 220 | 420) {
+            return self.store_advice(&msg, key, started);
+        }
         if let Some(code) = self.admit(&key) {
             return self.respond(&msg, code, started);
         }
         let pan = msg.pan();
         let digits = pan.as_ref().map_or(&[][..], |p| p.digits());
-        if let Err(code) = self.forward(&msg, key, None, digits, started) {
+        if let Err(code) = self.forward(&msg, key, None, digits, 0, started) {
             self.respond(&msg, code, started);
         }
     }
@@ -440,6 +564,7 @@ impl Terminal {
         key: MatchKey,
         card: Option<CardHash>,
         pan: &[u8],
+        points: u16,
         started: Instant,
     ) -> Result<(), [u8; 2]> {
         let routes = self.shared.routes.load();
@@ -448,14 +573,14 @@ impl Terminal {
         };
         let hash = key.spread_hash();
         let acquirers = &self.shared.acquirers;
-        let chosen = acquirers
-            .get(target.primary as usize)
-            .and_then(|a| a.pick(hash).map(|l| (a, l)))
-            .or_else(|| {
-                let b = acquirers.get(target.backup? as usize)?;
-                b.pick(hash).map(|l| (b, l))
+        let chosen = [Some(target.primary), target.backup]
+            .into_iter()
+            .flatten()
+            .find_map(|i| {
+                let a = acquirers.get(i as usize)?;
+                a.pick(hash).map(|l| (i, a, l))
             });
-        let Some((acquirer, link)) = chosen else {
+        let Some((index, acquirer, link)) = chosen else {
             return Err(codes::ISSUER_UNAVAILABLE);
         };
         let body = if std::ptr::eq(acquirer.spec, self.spec()) {
@@ -493,6 +618,8 @@ impl Terminal {
             host_spec: acquirer.spec,
             started,
             content: repeats::content_hash(msg),
+            acquirer: index,
+            points,
         });
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -519,7 +646,8 @@ impl Terminal {
                     let framing = self.shared.terminals.framing;
                     if let Err(e) = framing.encode(&body, &mut self.wbuf) {
                         warn!(peer = %self.peer, "host answer can not be framed: {e}");
-                        return self.fail(p, Failure::LinkDown);
+                        // The host answered: what it did must be undone.
+                        return self.fail(p, Failure::LinkLost);
                     }
                     self.count(p.mti, response_code, p.started);
                     self.remember(&p, body);
@@ -536,7 +664,7 @@ impl Terminal {
             Ok(m) => m,
             Err(e) => {
                 warn!(peer = %self.peer, "host answer unreadable: {e}");
-                return self.fail(p, Failure::LinkDown);
+                return self.fail(p, Failure::LinkLost);
             }
         };
         let mut b = MessageBuilder::new(self.spec(), answer.mti());
@@ -550,11 +678,28 @@ impl Terminal {
     fn fail(&mut self, p: Pending, why: Failure) {
         let code = match why {
             Failure::Duplicate => codes::DUPLICATE,
-            Failure::Timeout | Failure::LinkDown | Failure::LinkBusy => codes::ISSUER_UNAVAILABLE,
+            Failure::Timeout | Failure::LinkDown | Failure::LinkLost | Failure::LinkBusy => {
+                codes::ISSUER_UNAVAILABLE
+            }
         };
         // The request parsed when it arrived; it parses again.
-        if let Ok(request) = Message::parse(p.request.clone(), self.spec())
-            && let Some(body) = self.respond_at(&request, code, p.started)
+        let Ok(request) = Message::parse(p.request.clone(), self.spec()) else {
+            return;
+        };
+        // The host may have acted on it: reverse, whatever the terminal
+        // is told.
+        if matches!(why, Failure::Timeout | Failure::LinkLost) {
+            self.queue_reversal(&request, p.acquirer, code);
+        }
+        let body = if code == codes::ISSUER_UNAVAILABLE
+            && matches!(p.mti.match_class(), 100 | 200)
+            && self.stand_in(&request, p.acquirer, p.points, p.started)
+        {
+            None
+        } else {
+            self.respond_at(&request, code, p.started)
+        };
+        if let Some(body) = body
             && code != codes::DUPLICATE
         {
             let answer = Bytes::copy_from_slice(&self.wbuf[body]);

@@ -397,6 +397,8 @@ async fn reversals_and_advices_are_forwarded_and_answered() {
     let switch = start_switch(&config(&[sim.local_addr()], "", "")).await;
     wait_links_up(&switch).await;
     let mut t = Terminal::connect(switch.terminal_addr).await;
+    // A reversal request goes online; advices are acknowledged by the
+    // switch and reach the host through store-and-forward.
     for (mti, answer, stan) in [
         (Mti::REVERSAL, 410, 21),
         (Mti::REVERSAL_ADVICE, 430, 22),
@@ -408,7 +410,14 @@ async fn reversals_and_advices_are_forwarded_and_answered() {
             (answer, Some(stan), "00".into())
         );
     }
-    assert_eq!(mtis(&sim), vec![800, 400, 420, 220]);
+    assert!(
+        sim.wait_until(GUARD, |s| s.received().len() == 4).await,
+        "{:?}",
+        sim.received()
+    );
+    let mut got = mtis(&sim);
+    got.sort_unstable();
+    assert_eq!(got, vec![220, 400, 420, 800]);
     switch.shutdown().await;
 }
 

@@ -191,7 +191,7 @@ impl LinkActor {
             };
             let was_up = self.shared.is_up();
             self.set_up(false);
-            self.fail_all(Failure::LinkDown);
+            self.fail_all(Failure::LinkLost);
             match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Lost(why) => {
@@ -210,7 +210,7 @@ impl LinkActor {
             backoff = (backoff * 2).min(self.s.backoff_max);
         }
         self.set_up(false);
-        self.fail_all(Failure::LinkDown);
+        self.fail_all(Failure::LinkLost);
         self.rx.close();
         while let Some(f) = self.rx.recv().await {
             f.reply_to.send(Outcome::Failed(Failure::LinkDown));
@@ -556,7 +556,7 @@ impl LinkActor {
         wbuf: &mut BytesMut,
     ) -> SessionEnd {
         self.set_up(false);
-        self.fail_all(Failure::LinkDown);
+        self.fail_all(Failure::LinkLost);
         let pending = self.network_request(2, wbuf);
         match self
             .await_network_answer(stream, codec, rbuf, wbuf, pending)

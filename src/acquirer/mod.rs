@@ -64,8 +64,12 @@ pub enum Outcome {
 pub enum Failure {
     /// No answer within the request timeout.
     Timeout,
-    /// The link went down with the request in flight, or was down.
+    /// The link was down, or went down before the request was written:
+    /// the host never saw it.
     LinkDown,
+    /// The link went down after the request was written: the host may
+    /// have it (so it is reversed, like a timeout).
+    LinkLost,
     /// The link's in-flight table is full (a slow host).
     LinkBusy,
     /// The same key is already in flight.
@@ -145,6 +149,8 @@ pub struct AcquirerHandle {
     pub spec: &'static Spec,
     pub links: Vec<LinkHandle>,
     pub stand_in: StandInConfig,
+    /// Reversals and advices waiting to reach this acquirer.
+    pub saf: crate::saf::SafHandle,
 }
 
 impl AcquirerHandle {

@@ -213,7 +213,7 @@ shutdown_grace_ms = 3000
 [[acquirers]]
 name = "acquirer-a"
 links = [{links}]
-request_timeout_ms = 1000
+{timeout}
 connect_timeout_ms = 500
 backoff_initial_ms = 20
 backoff_max_ms = 200
@@ -224,7 +224,13 @@ backoff_max_ms = 200
 pan_key = "000102030405060708090a0b0c0d0e0f"
 {extra}
 "#,
-        links = links_toml(links)
+        links = links_toml(links),
+        // A test that sets its own timeout keeps it.
+        timeout = if acquirer.contains("request_timeout_ms") {
+            ""
+        } else {
+            "request_timeout_ms = 1000"
+        },
     )
 }
 
