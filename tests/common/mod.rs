@@ -201,11 +201,26 @@ pub fn config(links: &[SocketAddr], acquirer: &str, extra: &str) -> String {
 }
 
 pub fn config_routed(links: &[SocketAddr], acquirer: &str, routing: &str, extra: &str) -> String {
+    config_full(links, "", acquirer, routing, extra)
+}
+
+/// As `config`, with keys added to `[terminals]`.
+pub fn config_terminals(links: &[SocketAddr], terminals: &str) -> String {
+    config_full(links, terminals, "", "default = \"acquirer-a\"\n", "")
+}
+
+fn config_full(
+    links: &[SocketAddr],
+    terminals: &str,
+    acquirer: &str,
+    routing: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [terminals]
 listen = "127.0.0.1:0"
-max_in_flight_per_connection = 64
+{terminals}
 [admin]
 listen = "127.0.0.1:0"
 [limits]
@@ -226,6 +241,11 @@ pan_key = "000102030405060708090a0b0c0d0e0f"
 "#,
         links = links_toml(links),
         // A test that sets its own timeout keeps it.
+        terminals = if terminals.contains("max_in_flight_per_connection") {
+            terminals.to_owned()
+        } else {
+            format!("max_in_flight_per_connection = 64\n{terminals}")
+        },
         timeout = if acquirer.contains("request_timeout_ms") {
             ""
         } else {
