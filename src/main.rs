@@ -29,6 +29,9 @@ enum Command {
     },
     /// Run an acquirer host simulator (for tests, demos and load tests).
     Sim(switchyard::sim::cli::SimArgs),
+    /// Start a simulator, the switch and a load test on free loopback
+    /// ports, print the report, stop. Load-test flags pass through.
+    Demo(switchyard::demo::DemoArgs),
     /// Validate a config file and print every problem with its TOML path.
     CheckConfig {
         /// The config file.
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run_switch(&config),
         Command::Sim(args) => switchyard::sim::cli::run(args),
+        Command::Demo(args) => switchyard::demo::run(args),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(

@@ -1,0 +1,189 @@
+//! Figures, accumulated per worker thread (its connections share them
+//! through a `RefCell`: one thread, no locks) and merged at the end.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+
+use hdrhistogram::Histogram;
+
+use super::conn::Plan;
+
+/// Longest run the per-second series covers.
+pub const MAX_SECONDS: usize = 86_400;
+/// Highest latency the histograms hold, in µs; larger values are clamped.
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+/// Distinct (MTI, DE39) pairs tracked; more land in one "other" entry so a
+/// misbehaving peer can not grow the map.
+const MAX_CODES: usize = 256;
+/// First errors kept for the report.
+const MAX_ERRORS: usize = 8;
+/// Key of the "other" entry of the response table.
+pub const OTHER_CODE: (u16, [u8; 2]) = (9999, *b"??");
+
+/// Totals the progress line reads while the run goes on.
+#[derive(Default)]
+pub struct Live {
+    pub sent: AtomicU64,
+    pub answered: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub lost: AtomicU64,
+    pub late: AtomicU64,
+}
+
+/// What happened to the requests of one period (warmup or measured).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub sent: u64,
+    pub answered: u64,
+    pub timed_out: u64,
+    pub lost: u64,
+    /// Answered, but the answer's MTI or amount does not fit the request.
+    pub bad_echo: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.sent += o.sent;
+        self.answered += o.answered;
+        self.timed_out += o.timed_out;
+        self.lost += o.lost;
+        self.bad_echo += o.bad_echo;
+    }
+}
+
+/// One second of the measured period, by intended send time.
+pub struct Second {
+    pub sent: u64,
+    pub answered: u64,
+    pub timed_out: u64,
+    /// 2 significant digits: enough for a time series, 10x smaller.
+    pub latency: Histogram<u32>,
+}
+
+pub struct WorkerStats {
+    pub measured: Counts,
+    pub warmup: Counts,
+    /// Answers that match no request in flight (wrong STAN, TID or MTI
+    /// class, or a request we never sent).
+    pub unmatched: u64,
+    /// Answers that could not be parsed.
+    pub unparseable: u64,
+    /// Answers to requests that had already timed out.
+    pub late_answers: u64,
+    /// Latency of measured, well-matched answers, µs.
+    pub latency: Histogram<u64>,
+    /// Answered requests of the measured period by (response MTI, DE39).
+    pub by_code: HashMap<(u16, [u8; 2]), u64>,
+    pub seconds: Vec<Second>,
+    pub connects: u64,
+    pub reconnects: u64,
+    pub connect_failures: u64,
+    pub sign_on_failures: u64,
+    /// Open loop: sends made, and how late against the schedule (µs).
+    pub scheduled_sends: u64,
+    pub late_sends: u64,
+    pub lag: Histogram<u64>,
+    /// Times a connection could not send because its in-flight table was
+    /// full (open loop: the schedule slipped).
+    pub table_full: u64,
+    pub errors: Vec<String>,
+}
+
+// The bounds are constants that hdrhistogram accepts: these can not fail.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+pub fn second_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid histogram bounds")
+}
+
+impl WorkerStats {
+    pub fn new(plan: &Plan) -> WorkerStats {
+        WorkerStats {
+            measured: Counts::default(),
+            warmup: Counts::default(),
+            unmatched: 0,
+            unparseable: 0,
+            late_answers: 0,
+            latency: latency_histogram(),
+            by_code: HashMap::with_capacity(16),
+            seconds: Vec::with_capacity(plan.seconds.min(MAX_SECONDS)),
+            connects: 0,
+            reconnects: 0,
+            connect_failures: 0,
+            sign_on_failures: 0,
+            scheduled_sends: 0,
+            late_sends: 0,
+            lag: latency_histogram(),
+            table_full: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, e: String) {
+        if self.errors.len() < MAX_ERRORS && !self.errors.contains(&e) {
+            self.errors.push(e);
+        }
+    }
+
+    /// The bucket of second `i` of the measured period (`None` past the
+    /// end, which only a clock oddity could produce).
+    pub fn second(&mut self, i: usize, limit: usize) -> Option<&mut Second> {
+        if i >= limit.min(MAX_SECONDS) {
+            return None;
+        }
+        while self.seconds.len() <= i {
+            self.seconds.push(Second {
+                sent: 0,
+                answered: 0,
+                timed_out: 0,
+                latency: second_histogram(),
+            });
+        }
+        self.seconds.get_mut(i)
+    }
+
+    pub fn count_code(&mut self, mti: u16, code: [u8; 2]) {
+        let n = self.by_code.len();
+        if let Some(c) = self.by_code.get_mut(&(mti, code)) {
+            *c += 1;
+        } else if n < MAX_CODES {
+            self.by_code.insert((mti, code), 1);
+        } else {
+            *self.by_code.entry(OTHER_CODE).or_insert(0) += 1;
+        }
+    }
+
+    pub fn merge(&mut self, o: WorkerStats) {
+        self.measured.add(&o.measured);
+        self.warmup.add(&o.warmup);
+        self.unmatched += o.unmatched;
+        self.unparseable += o.unparseable;
+        self.late_answers += o.late_answers;
+        // Same bounds on both sides: adding can not fail.
+        let _ = self.latency.add(&o.latency);
+        let _ = self.lag.add(&o.lag);
+        for (k, v) in o.by_code {
+            *self.by_code.entry(k).or_insert(0) += v;
+        }
+        for (i, s) in o.seconds.into_iter().enumerate() {
+            if let Some(mine) = self.second(i, MAX_SECONDS) {
+                mine.sent += s.sent;
+                mine.answered += s.answered;
+                mine.timed_out += s.timed_out;
+                let _ = mine.latency.add(&s.latency);
+            }
+        }
+        self.connects += o.connects;
+        self.reconnects += o.reconnects;
+        self.connect_failures += o.connect_failures;
+        self.sign_on_failures += o.sign_on_failures;
+        self.scheduled_sends += o.scheduled_sends;
+        self.late_sends += o.late_sends;
+        self.table_full += o.table_full;
+        for e in o.errors {
+            self.error(e);
+        }
+    }
+}
