@@ -12,6 +12,7 @@ pub mod demo;
 pub mod frame;
 pub mod fraud;
 pub mod iso8583;
+pub mod journal;
 pub mod loadgen;
 pub mod repeats;
 pub mod router;

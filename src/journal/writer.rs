@@ -1,0 +1,234 @@
+//! The writer thread: drain, encode, one write, one sync, publish.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::Shared;
+use super::record::Record;
+use super::segment::{MAGIC, encode_frame, list_segments, segment_name};
+
+/// How long the writer sleeps while closing and an append is between
+/// reserving its slot and pushing (a few instructions), or while paused.
+const SHORT_NAP: Duration = Duration::from_millis(1);
+
+pub(super) struct Writer {
+    dir: PathBuf,
+    fsync: bool,
+    segment_bytes: u64,
+    retention: Duration,
+    shared: Arc<Shared>,
+    durable: watch::Sender<u64>,
+    /// The segment being appended to, created when its first record comes.
+    active: Option<(File, PathBuf)>,
+    active_len: u64,
+    /// Next sequence number to write. Appends take numbers and push in
+    /// separate steps, so records can arrive slightly out of order; the
+    /// writer writes only the contiguous run starting here.
+    next_write: u64,
+    /// Records popped but not yet written, in any order.
+    pending: Vec<(u64, Record)>,
+    /// Encoded frames of one group commit; reused.
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        dir: PathBuf,
+        fsync: bool,
+        segment_bytes: u64,
+        retention: Duration,
+        next_seq: u64,
+        shared: Arc<Shared>,
+        durable: watch::Sender<u64>,
+    ) -> Writer {
+        let capacity = shared.capacity;
+        Writer {
+            dir,
+            fsync,
+            segment_bytes,
+            retention,
+            shared,
+            durable,
+            active: None,
+            active_len: 0,
+            next_write: next_seq,
+            pending: Vec::with_capacity(capacity),
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        if let Err(e) = self.run_loop() {
+            // After a failed write or fsync the file's state is unknown
+            // (a failed fsync may even have dropped dirty pages), so the
+            // only safe course is to stop: appends fail (96), the watermark
+            // stops, and waiters learn the journal stopped.
+            self.shared.failed.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, dir = %self.dir.display(),
+                "journal: write failed; journal STOPPED, new transactions are declined");
+        }
+        // Dropping `self.durable` closes the watermark channel.
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
+        loop {
+            let closing = self.shared.closing.load(Ordering::SeqCst);
+            if !closing && self.shared.paused.load(Ordering::SeqCst) {
+                std::thread::park_timeout(SHORT_NAP);
+                continue;
+            }
+            let before = self.pending.len();
+            while let Some(item) = self.shared.queue.pop() {
+                self.pending.push(item);
+            }
+            if self.pending.len() == before {
+                if closing && self.shared.reserved.load(Ordering::SeqCst) == 0 {
+                    return self.finish();
+                }
+                if closing {
+                    std::thread::park_timeout(SHORT_NAP);
+                } else {
+                    // `append` unparks after every push; a push between the
+                    // drain above and this park leaves a token, so park
+                    // returns at once and nothing is missed.
+                    std::thread::park();
+                }
+                continue;
+            }
+            self.commit()?;
+        }
+    }
+
+    /// Writes the contiguous run of pending records as one group commit.
+    fn commit(&mut self) -> io::Result<()> {
+        self.pending.sort_unstable_by_key(|(seq, _)| *seq);
+        let mut run = 0;
+        for (i, (seq, _)) in self.pending.iter().enumerate() {
+            if *seq != self.next_write + i as u64 {
+                break;
+            }
+            run += 1;
+        }
+        if run == 0 {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending);
+        let mut in_buf = 0usize;
+        for (seq, record) in &records[..run] {
+            if self.active.is_none() || self.active_len >= self.segment_bytes {
+                // Everything before this record goes to the old segment.
+                if in_buf > 0 {
+                    self.flush(*seq - 1, in_buf)?;
+                    in_buf = 0;
+                }
+                self.roll(*seq)?;
+            }
+            self.active_len += encode_frame(*seq, record, &mut self.buf) as u64;
+            in_buf += 1;
+        }
+        let last = records[run - 1].0;
+        self.flush(last, in_buf)?;
+        self.next_write = last + 1;
+        self.pending = records;
+        self.pending.drain(..run);
+        Ok(())
+    }
+
+    /// One write and (with fsync durability) one `fdatasync` for
+    /// everything in the buffer, then publishes `last_seq` as durable.
+    fn flush(&mut self, last_seq: u64, count: usize) -> io::Result<()> {
+        let Some((file, _)) = &mut self.active else {
+            return Err(io::Error::other("no active segment"));
+        };
+        file.write_all(&self.buf)?;
+        if self.fsync {
+            // sync_data: the size change is metadata fdatasync does cover;
+            // mtime is not needed for recovery.
+            file.sync_data()?;
+            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        let s = &self.shared;
+        s.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        s.written.fetch_add(count as u64, Ordering::Relaxed);
+        s.reserved.fetch_sub(count, Ordering::AcqRel);
+        self.buf.clear();
+        // send_replace: publishes even when no receiver is listening.
+        self.durable.send_replace(last_seq);
+        Ok(())
+    }
+
+    /// Starts segment `journal-<first_seq>.log` and applies retention.
+    fn roll(&mut self, first_seq: u64) -> io::Result<()> {
+        let path = self.dir.join(segment_name(first_seq));
+        // create_new: a name collision means two writers or a recovery bug;
+        // refusing beats overwriting records.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.write_all(&MAGIC)?;
+        if self.fsync {
+            // The new file's directory entry must be durable before any
+            // record in it is reported durable.
+            super::sync_dir(&self.dir)?;
+        }
+        self.active = Some((file, path));
+        self.active_len = MAGIC.len() as u64;
+        self.shared.segments.fetch_add(1, Ordering::Relaxed);
+        self.apply_retention();
+        Ok(())
+    }
+
+    /// Deletes segments (other than the active one) last modified more than
+    /// `retention` ago. Failures are logged, never fatal: keeping an old
+    /// segment is harmless, stopping the journal over it is not.
+    ///
+    /// Retention is by age only: the writer does not know which records
+    /// still back open work, so `retention` must stay well above how long a
+    /// reversal or advice can wait in store-and-forward (days vs. minutes
+    /// by default), or recovery would lose the request data behind it.
+    fn apply_retention(&self) {
+        let Some((_, active)) = &self.active else {
+            return;
+        };
+        let segments = match list_segments(&self.dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "journal: listing segments for retention");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        for seg in segments.iter().filter(|s| &s.path != active) {
+            if let Err(e) = delete_if_old(&seg.path, now, self.retention) {
+                tracing::warn!(error = %e, segment = %seg.path.display(), "journal: retention");
+            }
+        }
+    }
+
+    /// Closing: everything accepted is written; sync once more so that even
+    /// without fsync durability a clean shutdown leaves it all on disk.
+    fn finish(&mut self) -> io::Result<()> {
+        if let Some((file, _)) = &self.active {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+fn delete_if_old(path: &Path, now: SystemTime, retention: Duration) -> io::Result<()> {
+    let modified = fs::metadata(path)?.modified()?;
+    // A modification time in the future (clock stepped back) counts as new.
+    let age = now.duration_since(modified).unwrap_or_default();
+    if age > retention {
+        fs::remove_file(path)?;
+        tracing::info!(segment = %path.display(), age_s = age.as_secs(), "journal: deleted segment past retention");
+    }
+    Ok(())
+}
