@@ -54,12 +54,17 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     };
     println!("  acquirer simulator  {}", sim.addr);
 
+    // A journal of its own, so the demo never mixes with a real one.
+    config.journal.dir =
+        std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&config.journal.dir);
     config.terminals.listen = LOOPBACK_ANY;
     config.admin.listen = Some(LOOPBACK_ANY);
     config.acquirers.truncate(1);
     if let Some(a) = config.acquirers.first_mut() {
         a.links = vec![sim.addr];
     }
+    let journal_dir = config.journal.dir.clone();
     let switch = match start_switch(config) {
         Ok(s) => s,
         Err(e) => {
@@ -100,6 +105,7 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
 
     switch.stop();
     sim.stop();
+    let _ = std::fs::remove_dir_all(&journal_dir);
 
     let report = match report {
         Ok(r) => r,

@@ -417,3 +417,48 @@ fn strip_sensitive(b: &mut MessageBuilder<'_>) {
         b.remove(n);
     }
 }
+
+/// Rebuilds, from what the journal kept of a request, the message that
+/// store-and-forward must deliver after a restart: the 0420 reversal
+/// (`advice_mti` `None`) or an advice of that MTI. The journal holds no
+/// full card number, so the message carries none: the host matches it by
+/// DE90 (reversals), DE11, DE37 and DE41.
+pub fn from_journal(
+    req: &crate::journal::RequestData,
+    reversal_reason: Option<[u8; 2]>,
+    advice_mti: Option<u16>,
+    host_spec: &'static Spec,
+) -> Option<(Bytes, MatchKey)> {
+    let mti = match advice_mti {
+        Some(m) => Mti::new(m)?,
+        None => Mti::REVERSAL_ADVICE,
+    };
+    let stan = format!("{:06}", req.stan);
+    let time = format!("{:010}", req.transmission_time);
+    let currency = format!("{:03}", req.currency);
+    let mut de90 = Vec::with_capacity(42);
+    de90.extend_from_slice(&Mti::new(req.mti)?.to_ascii());
+    de90.extend_from_slice(stan.as_bytes());
+    de90.extend_from_slice(time.as_bytes());
+    de90.extend_from_slice(&[b'0'; 22]);
+    let mut b = MessageBuilder::new(host_spec, mti);
+    b.set(3, b"000000")
+        .set_number(4, req.amount_minor)
+        .set(7, time.as_bytes())
+        .set(11, stan.as_bytes());
+    if !req.rrn.is_empty() {
+        b.set(37, req.rrn.as_bytes());
+    }
+    b.set(41, req.terminal_id.as_bytes());
+    if !req.merchant_id.is_empty() {
+        b.set(42, req.merchant_id.as_bytes());
+    }
+    b.set(49, currency.as_bytes());
+    if let Some(reason) = &reversal_reason {
+        b.set(39, reason).set(90, &de90);
+    } else {
+        b.set(39, b"00");
+    }
+    let key = MatchKey::new(mti, req.terminal_id.as_bytes(), req.stan)?;
+    Some((b.to_bytes().ok()?.freeze(), key))
+}

@@ -39,7 +39,10 @@ pub struct Shared {
     pub pan_key: [u8; 16],
     /// Requests forwarded and not yet answered, across all connections.
     pub in_flight: AtomicUsize,
-    /// Transaction ids (the journal's, once it is open).
+    pub journal: crate::journal::Journal,
+    /// Forward and answer only once the records are on disk.
+    pub journal_sync: bool,
+    /// Transaction ids, continuing the journal's.
     pub txn_seq: std::sync::atomic::AtomicU64,
     /// Numbers stand-in approval codes.
     pub stand_in_seq: std::sync::atomic::AtomicU32,
@@ -97,6 +100,8 @@ pub enum StartError {
     },
     #[error("routing: {0}")]
     Routing(#[from] crate::router::RouteError),
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// A running switch.
@@ -130,6 +135,22 @@ impl Switch {
             source,
         })?;
 
+        let journal_config = config.journal.clone();
+        let (journal, recovery) =
+            tokio::task::spawn_blocking(move || crate::journal::Journal::open(&journal_config))
+                .await
+                .map_err(|e| {
+                    crate::journal::JournalError::Spawn(std::io::Error::other(e.to_string()))
+                })??;
+        if config.journal.durability == crate::config::Durability::None {
+            warn!(dir = %config.journal.dir.display(),
+                "JOURNAL DURABILITY IS OFF (durability = \"none\"): requests are forwarded and \
+                 answered before their records reach the disk; a crash can lose them. For load tests only.");
+        }
+        if let Some(t) = &recovery.torn {
+            warn!(segment = %t.segment.display(), offset = t.offset, "journal: torn final record cut off");
+        }
+
         let links_stop = CancellationToken::new();
         let saf_stop = CancellationToken::new();
         let mut saf_tasks = Vec::new();
@@ -149,7 +170,7 @@ impl Switch {
                     config: config.saf.clone(),
                 },
                 handles.clone(),
-                saf_events(),
+                saf_events(journal.clone()),
                 saf_stop.clone(),
             );
             saf_tasks.push(saf_task);
@@ -194,7 +215,9 @@ impl Switch {
             ),
             pan_key: config.fraud.pan_key,
             in_flight: AtomicUsize::new(0),
-            txn_seq: std::sync::atomic::AtomicU64::new(1),
+            txn_seq: std::sync::atomic::AtomicU64::new(recovery.next_txn.max(1)),
+            journal_sync: config.journal.durability == crate::config::Durability::Fsync,
+            journal,
             stand_in_seq: std::sync::atomic::AtomicU32::new(0),
             connections: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
@@ -216,6 +239,7 @@ impl Switch {
             None => (None, None),
         };
 
+        resume_from_journal(&shared, &recovery);
         let terminals = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), terminals.clone()));
         info!(terminals = %terminal_addr, admin = ?admin_addr, acquirers = config.acquirers.len(), "switch started");
@@ -265,13 +289,142 @@ impl Switch {
         if let Some(a) = self.admin {
             a.abort();
         }
+        let journal = self.shared.journal.clone();
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         info!("stopped");
     }
 }
 
-/// What the store-and-forward actors report.
-fn saf_events() -> crate::saf::EventSink {
-    Arc::new(|e| tracing::debug!(event = ?e, "store-and-forward"))
+/// Store-and-forward progress goes to the journal, so a restart resumes
+/// where it stopped.
+fn saf_events(journal: crate::journal::Journal) -> crate::saf::EventSink {
+    use crate::journal::Record;
+    use crate::saf::{SafEvent, SafKind};
+    Arc::new(move |e| {
+        let at_ms = crate::clock::unix_now_ms();
+        let record = match e {
+            SafEvent::Sent {
+                txn,
+                kind: SafKind::Reversal,
+                attempt,
+            } => Record::ReversalSent {
+                txn,
+                at_ms,
+                attempt,
+            },
+            SafEvent::Sent {
+                txn,
+                kind: SafKind::Advice,
+                attempt,
+            } => Record::AdviceSent {
+                txn,
+                at_ms,
+                attempt,
+            },
+            SafEvent::Acked {
+                txn,
+                kind: SafKind::Reversal,
+                response_code,
+            } => Record::ReversalAcked {
+                txn,
+                at_ms,
+                response_code,
+            },
+            SafEvent::Acked {
+                txn,
+                kind: SafKind::Advice,
+                response_code,
+            } => Record::AdviceAcked {
+                txn,
+                at_ms,
+                response_code,
+            },
+            SafEvent::Expired {
+                txn,
+                kind: SafKind::Reversal,
+            } => Record::ReversalExpired { txn, at_ms },
+            SafEvent::Expired {
+                txn,
+                kind: SafKind::Advice,
+            } => Record::AdviceExpired { txn, at_ms },
+        };
+        let txn = record.txn();
+        if journal.append(record).is_err() {
+            tracing::error!(txn, "journal refused a store-and-forward record");
+        }
+    })
+}
+
+/// Puts back into store-and-forward what the journal says is still owed:
+/// reversals of requests forwarded before a crash without a final answer,
+/// and reversals and advices queued but never acknowledged.
+fn resume_from_journal(shared: &Shared, recovery: &crate::journal::Recovery) {
+    use crate::journal::{Record, SafKind as JKind};
+    use crate::saf::{SafEntry, SafKind};
+    let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let mut pushed = 0usize;
+    for u in &recovery.unfinished {
+        let Some(a) = shared.acquirers.get(u.acquirer as usize) else {
+            continue;
+        };
+        let reason = *b"91";
+        let Some((body, key)) = crate::saf::from_journal(&u.request, Some(reason), None, a.spec)
+        else {
+            continue;
+        };
+        let _ = shared.journal.append(Record::ReversalQueued {
+            txn: u.txn,
+            at_ms: crate::clock::unix_now_ms(),
+            acquirer: u.acquirer,
+            reason,
+        });
+        let entry = SafEntry {
+            txn: u.txn,
+            kind: SafKind::Reversal,
+            body,
+            key,
+            attempts: 0,
+            queued_at: at(u.forwarded_at_ms),
+        };
+        if a.saf.push(entry).is_ok() {
+            pushed += 1;
+        }
+    }
+    for e in &recovery.saf {
+        let Some(a) = shared.acquirers.get(e.acquirer as usize) else {
+            continue;
+        };
+        let (kind, rebuilt) = match e.kind {
+            JKind::Reversal { reason } => (
+                SafKind::Reversal,
+                crate::saf::from_journal(&e.request, Some(reason), None, a.spec),
+            ),
+            JKind::Advice { mti } => (
+                SafKind::Advice,
+                crate::saf::from_journal(&e.request, None, Some(mti), a.spec),
+            ),
+        };
+        let Some((body, key)) = rebuilt else { continue };
+        let entry = SafEntry {
+            txn: e.txn,
+            kind,
+            body,
+            key,
+            attempts: e.attempts,
+            queued_at: at(e.queued_at_ms),
+        };
+        if a.saf.push(entry).is_ok() {
+            pushed += 1;
+        }
+    }
+    if pushed > 0 || !recovery.unfinished.is_empty() {
+        info!(
+            reversals_for_unfinished = recovery.unfinished.len(),
+            saf_entries = recovery.saf.len(),
+            queued = pushed,
+            "journal recovery: store-and-forward resumes"
+        );
+    }
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {

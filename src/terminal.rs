@@ -25,6 +25,7 @@ use crate::acquirer::{Failure, Forward, MatchKey, Outcome, Reply, ReplyTo};
 use crate::frame::FrameCodec;
 use crate::fraud::{self, Auth, CardHash, Decision};
 use crate::iso8583::{Message, MessageBuilder, Mti, Salvage, Spec};
+use crate::journal::Record;
 use crate::repeats::{self, Seen};
 use crate::saf::{SafEntry, SafKind};
 use crate::server::Shared;
@@ -65,6 +66,24 @@ struct Pending {
     acquirer: u16,
     /// Fraud score (0 for reversals and advices), for stand-in.
     points: u16,
+    /// Journal transaction id.
+    txn: u64,
+}
+
+/// What `forward` needs to know of a journaled transaction.
+struct TxnInfo {
+    txn: u64,
+    /// Card of an authorization (for decline history).
+    card: Option<CardHash>,
+    /// Fraud score, for stand-in.
+    points: u16,
+}
+
+/// A forward waiting for its journal records to reach the disk.
+struct Held {
+    seq: u64,
+    link: crate::acquirer::LinkHandle,
+    forward: Forward,
 }
 
 struct Terminal {
@@ -77,6 +96,12 @@ struct Terminal {
     request_seconds: Histogram,
     /// Set when the connection must close after flushing.
     closing: bool,
+    /// Forwards held until the journal is durable up to their record.
+    held: std::collections::VecDeque<Held>,
+    /// Journal sequence number that must be durable before the write
+    /// buffer may go out (answers are given only once journaled).
+    wbuf_needs: u64,
+    durable: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Serves one terminal connection until it closes, idles out, or the
@@ -95,6 +120,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         counters: CodeCounters::default(),
         request_seconds: telemetry::request_seconds(),
         closing: false,
+        held: std::collections::VecDeque::new(),
+        wbuf_needs: 0,
+        durable: shared.journal.durable(),
         shared,
     };
     let shared = t.shared.clone();
@@ -160,7 +188,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     reading = false;
                 }
             }
-            r = stream.writable(), if !t.wbuf.is_empty() => {
+            r = t.durable.changed(), if t.waiting_for_disk() => {
+                if r.is_err() {
+                    t.journal_stopped();
+                }
+                t.release_held();
+            }
+            r = stream.writable(), if !t.wbuf.is_empty() && t.may_flush() => {
                 if r.is_err() {
                     break;
                 }
@@ -180,7 +214,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 reading = false;
             }
         }
-        if !t.wbuf.is_empty() {
+        if !t.wbuf.is_empty() && t.may_flush() {
             match stream.try_write(&t.wbuf) {
                 Ok(n) => t.wbuf.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -351,34 +385,127 @@ impl Terminal {
         let score = fraud::score(&rules, &auth, &self.shared.fraud_state);
         let decision = rules.decide(&score);
         self.shared.count_fraud(decision, &score);
+        let route = self.shared.routes.load().lookup(pan.digits());
+        let txn = self.shared.next_txn();
+        let record = request_record(
+            &msg,
+            txn,
+            route.map_or(u16::MAX, |r| r.primary),
+            &score,
+            card,
+        );
+        if !self.journal(record) {
+            return self.respond(&msg, codes::SYSTEM_MALFUNCTION, started);
+        }
         if decision == Decision::Decline {
             debug!(peer = %self.peer, pan = %pan, points = score.points, "declined as suspected fraud");
-            return self.respond(&msg, codes::SUSPECTED_FRAUD, started);
+            return self.respond_final(&msg, txn, codes::SUSPECTED_FRAUD, started);
         }
-        match self.forward(&msg, key, Some(card), pan.digits(), score.points, started) {
+        let Some(route) = route else {
+            return self.respond_final(&msg, txn, codes::NO_ROUTE, started);
+        };
+        match self.forward(
+            &msg,
+            key,
+            route,
+            TxnInfo {
+                txn,
+                card: Some(card),
+                points: score.points,
+            },
+            started,
+        ) {
             Ok(()) => self.shared.fraud_state.record_forwarded(&rules, &auth),
             Err(codes::ISSUER_UNAVAILABLE) => {
-                let acquirer = self
-                    .shared
-                    .routes
-                    .load()
-                    .lookup(pan.digits())
-                    .map(|t| t.primary);
-                match acquirer {
-                    Some(a) if self.stand_in(&msg, a, score.points, started) => {
-                        self.shared.fraud_state.record_forwarded(&rules, &auth)
-                    }
-                    _ => self.respond(&msg, codes::ISSUER_UNAVAILABLE, started),
+                if self.stand_in(&msg, route.primary, score.points, txn, started) {
+                    self.shared.fraud_state.record_forwarded(&rules, &auth)
+                } else {
+                    self.respond_final(&msg, txn, codes::ISSUER_UNAVAILABLE, started)
                 }
             }
-            Err(code) => self.respond(&msg, code, started),
+            Err(code) => self.respond_final(&msg, txn, code, started),
         }
+    }
+
+    /// Answers `code` to a journaled request, journaling the answer.
+    fn respond_final(&mut self, msg: &Message, txn: u64, code: [u8; 2], started: Instant) {
+        self.journal(Record::Response {
+            txn,
+            at_ms: crate::clock::unix_now_ms(),
+            response_code: code,
+            approval_code: Default::default(),
+            stand_in: false,
+        });
+        self.respond(msg, code, started);
+    }
+
+    /// Appends a record; the write buffer then waits for it to be durable.
+    /// False when the journal refused it (full or stopped).
+    fn journal(&mut self, record: Record) -> bool {
+        match self.shared.journal.append(record) {
+            Ok(seq) => {
+                self.wbuf_needs = self.wbuf_needs.max(seq);
+                true
+            }
+            Err(_) => {
+                metrics::counter!(telemetry::SHED, "reason" => "journal_full").increment(1);
+                false
+            }
+        }
+    }
+
+    fn waiting_for_disk(&self) -> bool {
+        self.shared.journal_sync
+            && (!self.held.is_empty() || (!self.wbuf.is_empty() && !self.may_flush()))
+    }
+
+    fn may_flush(&self) -> bool {
+        !self.shared.journal_sync || *self.durable.borrow() >= self.wbuf_needs
+    }
+
+    /// Sends the held forwards whose records are now on disk.
+    fn release_held(&mut self) {
+        let durable = *self.durable.borrow();
+        while self.held.front().is_some_and(|h| h.seq <= durable) {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            let token = h.forward.reply_to.token as usize;
+            if h.link.try_forward(h.forward).is_err() {
+                metrics::counter!(telemetry::SHED, "reason" => "link_queue_full").increment(1);
+                if let Some(p) = self.pending.try_remove(token) {
+                    self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    self.fail(p, Failure::LinkBusy);
+                }
+            }
+        }
+    }
+
+    /// The journal writer died: nothing held may go out as if recorded.
+    fn journal_stopped(&mut self) {
+        tracing::error!(peer = %self.peer, "journal stopped; refusing held requests");
+        while let Some(h) = self.held.pop_front() {
+            if let Some(p) = self.pending.try_remove(h.forward.reply_to.token as usize) {
+                self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                if let Ok(request) = Message::parse(p.request, self.spec()) {
+                    self.respond(&request, codes::SYSTEM_MALFUNCTION, p.started);
+                }
+            }
+        }
+        self.closing = true;
     }
 
     /// Stand-in processing: approves `msg` locally if its acquirer allows
     /// it for this amount and fraud score, and queues the advice that
     /// tells the host. Returns whether it approved (and answered).
-    fn stand_in(&mut self, msg: &Message, acquirer: u16, points: u16, started: Instant) -> bool {
+    fn stand_in(
+        &mut self,
+        msg: &Message,
+        acquirer: u16,
+        points: u16,
+        txn: u64,
+        started: Instant,
+    ) -> bool {
         let Some(a) = self.shared.acquirers.get(acquirer as usize) else {
             return false;
         };
@@ -392,8 +519,10 @@ impl Terminal {
         let Some((body, key)) = crate::saf::advice_of(msg, a.spec, approval.as_bytes()) else {
             return false;
         };
+        let advice_mti = key.class();
+        let acquirer_name = a.name.clone();
         let entry = SafEntry {
-            txn: self.shared.next_txn(),
+            txn,
             kind: SafKind::Advice,
             body,
             key,
@@ -401,12 +530,26 @@ impl Terminal {
             queued_at: std::time::SystemTime::now(),
         };
         if a.saf.push(entry).is_err() {
-            warn!(acquirer = %a.name, "stand-in refused: store-and-forward queue full");
+            warn!(acquirer = %acquirer_name, "stand-in refused: store-and-forward queue full");
             return false;
         }
         let Some(mut b) = MessageBuilder::response_to(msg, ECHO_FIELDS) else {
             return false;
         };
+        let at_ms = crate::clock::unix_now_ms();
+        self.journal(Record::AdviceQueued {
+            txn,
+            at_ms,
+            acquirer,
+            mti: advice_mti,
+        });
+        self.journal(Record::Response {
+            txn,
+            at_ms,
+            response_code: codes::APPROVED,
+            approval_code: crate::journal::ApprovalCode::from(&approval).unwrap_or_default(),
+            stand_in: true,
+        });
         b.set(38, approval.as_bytes()).set(39, &codes::APPROVED);
         metrics::counter!(telemetry::STAND_IN_APPROVED).increment(1);
         self.write_packed(&b, msg.mti(), codes::APPROVED, started)
@@ -428,13 +571,38 @@ impl Terminal {
         let Some((body, saf_key)) = crate::saf::advice_from_terminal(msg, a.spec) else {
             return self.respond(msg, codes::FORMAT_ERROR, started);
         };
-        let kind = if msg.mti().match_class() == 420 {
-            SafKind::Reversal
-        } else {
-            SafKind::Advice
+        // A terminal's 0420 goes as an advice: the journal can rebuild it
+        // after a restart only as the message it was, not as a reversal
+        // the switch builds.
+        let kind = SafKind::Advice;
+        let txn = self.shared.next_txn();
+        let card = msg
+            .pan()
+            .map(|p| fraud::card_hash(&self.shared.pan_key, p.digits()));
+        let record = request_record(
+            msg,
+            txn,
+            target.primary,
+            &fraud::Score::default(),
+            card.unwrap_or(CardHash([0; 16])),
+        );
+        let advice_mti = saf_key.class();
+        let acquirer = target.primary;
+        if !self.journal(record)
+            || !self.journal(Record::AdviceQueued {
+                txn,
+                at_ms: crate::clock::unix_now_ms(),
+                acquirer,
+                mti: advice_mti,
+            })
+        {
+            return self.respond(msg, codes::SYSTEM_MALFUNCTION, started);
+        }
+        let Some(a) = self.shared.acquirers.get(acquirer as usize) else {
+            return self.respond(msg, codes::NO_ROUTE, started);
         };
         let entry = SafEntry {
-            txn: self.shared.next_txn(),
+            txn,
             kind,
             body,
             key: saf_key,
@@ -443,8 +611,19 @@ impl Terminal {
         };
         if a.saf.push(entry).is_err() {
             warn!(acquirer = %a.name, "advice refused: store-and-forward queue full");
-            return self.respond(msg, codes::SYSTEM_MALFUNCTION, started);
+            self.journal(Record::AdviceExpired {
+                txn,
+                at_ms: crate::clock::unix_now_ms(),
+            });
+            return self.respond_final(msg, txn, codes::SYSTEM_MALFUNCTION, started);
         }
+        self.journal(Record::Response {
+            txn,
+            at_ms: crate::clock::unix_now_ms(),
+            response_code: codes::APPROVED,
+            approval_code: Default::default(),
+            stand_in: false,
+        });
         if let Some(body) = self.respond_at(msg, codes::APPROVED, started) {
             let answer = Bytes::copy_from_slice(&self.wbuf[body]);
             self.shared
@@ -454,8 +633,9 @@ impl Terminal {
     }
 
     /// Queues the 0420 reversal of a request the host may have acted on.
-    fn queue_reversal(&self, request: &Message, acquirer: u16, reason: [u8; 2]) {
-        let Some(a) = self.shared.acquirers.get(acquirer as usize) else {
+    fn queue_reversal(&mut self, request: &Message, acquirer: u16, txn: u64, reason: [u8; 2]) {
+        let shared = self.shared.clone();
+        let Some(a) = shared.acquirers.get(acquirer as usize) else {
             return;
         };
         let Some((body, key)) = crate::saf::reversal_of(request, a.spec, reason) else {
@@ -463,15 +643,23 @@ impl Terminal {
             return;
         };
         let entry = SafEntry {
-            txn: self.shared.next_txn(),
+            txn,
             kind: SafKind::Reversal,
             body,
             key,
             attempts: 0,
             queued_at: std::time::SystemTime::now(),
         };
+        let name = a.name.clone();
+        // Journaled first: if the queue is full, recovery still knows.
+        self.journal(Record::ReversalQueued {
+            txn,
+            at_ms: crate::clock::unix_now_ms(),
+            acquirer,
+            reason,
+        });
         if a.saf.push(entry).is_err() {
-            warn!(acquirer = %a.name, stan = key.stan(), "reversal dropped: store-and-forward queue full");
+            warn!(acquirer = %name, stan = key.stan(), "reversal not queued now: store-and-forward queue full; it resumes from the journal on restart");
             return;
         }
         metrics::counter!(telemetry::REVERSALS_QUEUED).increment(1);
@@ -499,8 +687,29 @@ impl Terminal {
         }
         let pan = msg.pan();
         let digits = pan.as_ref().map_or(&[][..], |p| p.digits());
-        if let Err(code) = self.forward(&msg, key, None, digits, 0, started) {
-            self.respond(&msg, code, started);
+        let Some(route) = self.shared.routes.load().lookup(digits) else {
+            return self.respond(&msg, codes::NO_ROUTE, started);
+        };
+        let txn = self.shared.next_txn();
+        let card = pan.as_ref().map_or(CardHash([0; 16]), |p| {
+            fraud::card_hash(&self.shared.pan_key, p.digits())
+        });
+        let record = request_record(&msg, txn, route.primary, &fraud::Score::default(), card);
+        if !self.journal(record) {
+            return self.respond(&msg, codes::SYSTEM_MALFUNCTION, started);
+        }
+        if let Err(code) = self.forward(
+            &msg,
+            key,
+            route,
+            TxnInfo {
+                txn,
+                card: None,
+                points: 0,
+            },
+            started,
+        ) {
+            self.respond_final(&msg, txn, code, started);
         }
     }
 
@@ -562,15 +771,11 @@ impl Terminal {
         &mut self,
         msg: &Message,
         key: MatchKey,
-        card: Option<CardHash>,
-        pan: &[u8],
-        points: u16,
+        target: crate::router::RouteTarget,
+        txn: TxnInfo,
         started: Instant,
     ) -> Result<(), [u8; 2]> {
-        let routes = self.shared.routes.load();
-        let Some(target) = routes.lookup(pan) else {
-            return Err(codes::NO_ROUTE);
-        };
+        let TxnInfo { txn, card, points } = txn;
         let hash = key.spread_hash();
         let acquirers = &self.shared.acquirers;
         let chosen = [Some(target.primary), target.backup]
@@ -596,6 +801,14 @@ impl Terminal {
                 }
             }
         };
+        let Ok(seq) = self.shared.journal.append(Record::Forwarded {
+            txn,
+            at_ms: crate::clock::unix_now_ms(),
+            acquirer: index,
+        }) else {
+            metrics::counter!(telemetry::SHED, "reason" => "journal_full").increment(1);
+            return Err(codes::SYSTEM_MALFUNCTION);
+        };
         let entry = self.pending.vacant_entry();
         let token = entry.key() as u32;
         let forward = Forward {
@@ -606,8 +819,22 @@ impl Terminal {
                 token,
             },
         };
-        if link.try_forward(forward).is_err() {
+        if self.shared.journal_sync {
+            // Forwarded only once its records are on disk.
+            self.held.push_back(Held {
+                seq,
+                link: link.clone(),
+                forward,
+            });
+        } else if link.try_forward(forward).is_err() {
             metrics::counter!(telemetry::SHED, "reason" => "link_queue_full").increment(1);
+            self.journal(Record::Response {
+                txn,
+                at_ms: crate::clock::unix_now_ms(),
+                response_code: codes::SYSTEM_MALFUNCTION,
+                approval_code: Default::default(),
+                stand_in: false,
+            });
             return Err(codes::SYSTEM_MALFUNCTION);
         }
         entry.insert(Pending {
@@ -620,8 +847,12 @@ impl Terminal {
             content: repeats::content_hash(msg),
             acquirer: index,
             points,
+            txn,
         });
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.shared.journal_sync {
+            self.release_held();
+        }
         Ok(())
     }
 
@@ -635,6 +866,26 @@ impl Terminal {
                 body,
                 response_code,
             } => {
+                let approval_code = if response_code == codes::APPROVED {
+                    Message::parse(body.clone(), p.host_spec)
+                        .ok()
+                        .and_then(|m| m.approval_code())
+                        .and_then(|c| {
+                            std::str::from_utf8(c.trimmed())
+                                .ok()
+                                .and_then(|t| crate::journal::ApprovalCode::from(t).ok())
+                        })
+                        .unwrap_or_default()
+                } else {
+                    Default::default()
+                };
+                self.journal(Record::Response {
+                    txn: p.txn,
+                    at_ms: crate::clock::unix_now_ms(),
+                    response_code,
+                    approval_code,
+                    stand_in: false,
+                });
                 if response_code != codes::APPROVED
                     && let Some(card) = p.card
                 {
@@ -688,15 +939,28 @@ impl Terminal {
         };
         // The host may have acted on it: reverse, whatever the terminal
         // is told.
-        if matches!(why, Failure::Timeout | Failure::LinkLost) {
-            self.queue_reversal(&request, p.acquirer, code);
+        let reverse = matches!(why, Failure::Timeout | Failure::LinkLost);
+        if reverse {
+            self.queue_reversal(&request, p.acquirer, p.txn, code);
         }
         let body = if code == codes::ISSUER_UNAVAILABLE
             && matches!(p.mti.match_class(), 100 | 200)
-            && self.stand_in(&request, p.acquirer, p.points, p.started)
+            && self.stand_in(&request, p.acquirer, p.points, p.txn, p.started)
         {
             None
         } else {
+            let at_ms = crate::clock::unix_now_ms();
+            self.journal(if reverse {
+                Record::Timeout { txn: p.txn, at_ms }
+            } else {
+                Record::Response {
+                    txn: p.txn,
+                    at_ms,
+                    response_code: code,
+                    approval_code: Default::default(),
+                    stand_in: false,
+                }
+            });
             self.respond_at(&request, code, p.started)
         };
         if let Some(body) = body
@@ -705,5 +969,50 @@ impl Terminal {
             let answer = Bytes::copy_from_slice(&self.wbuf[body]);
             self.remember(&p, answer);
         }
+    }
+}
+
+/// The journal's record of an accepted request: masked PAN and keyed hash,
+/// never the card number, track data, CVV or PIN block.
+fn request_record(
+    msg: &Message,
+    txn: u64,
+    route: u16,
+    score: &fraud::Score,
+    card: CardHash,
+) -> Record {
+    use crate::journal::{MaskedPanStr, Rrn, SmallStr};
+    fn small<const N: usize>(t: Option<crate::iso8583::SmallText>) -> arrayvec::ArrayString<N> {
+        let mut out = arrayvec::ArrayString::<N>::new();
+        if let Some(t) = t {
+            for &c in t.trimmed().iter().take(N) {
+                if c.is_ascii_graphic() || c == b' ' {
+                    out.push(c as char);
+                }
+            }
+        }
+        out
+    }
+    let mut masked = MaskedPanStr::new();
+    if let Some(p) = msg.pan() {
+        let m = p.masked().to_string();
+        let _ = masked.try_push_str(&m[..m.len().min(masked.capacity())]);
+    }
+    Record::Request {
+        txn,
+        at_ms: crate::clock::unix_now_ms(),
+        mti: msg.mti().value(),
+        stan: msg.stan().unwrap_or(0),
+        terminal_id: small::<16>(msg.terminal_id()) as SmallStr,
+        merchant_id: small::<16>(msg.merchant_id()) as SmallStr,
+        rrn: small::<12>(msg.rrn()) as Rrn,
+        masked_pan: masked,
+        card_hash: card.0,
+        amount_minor: msg.amount_minor().unwrap_or(0),
+        currency: msg.currency().unwrap_or(0),
+        transmission_time: msg.transmission_time().unwrap_or(0),
+        route,
+        fraud_points: score.points,
+        fraud_reasons: score.reasons.bits(),
     }
 }

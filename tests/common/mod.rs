@@ -235,10 +235,13 @@ backoff_max_ms = 200
 {acquirer}
 [routing]
 {routing}
+[journal]
+dir = "{journal}"
 [fraud]
 pan_key = "000102030405060708090a0b0c0d0e0f"
 {extra}
 "#,
+        journal = fresh_journal_dir().display(),
         links = links_toml(links),
         // A test that sets its own timeout keeps it.
         terminals = if terminals.contains("max_in_flight_per_connection") {
@@ -252,6 +255,21 @@ pan_key = "000102030405060708090a0b0c0d0e0f"
             "request_timeout_ms = 1000"
         },
     )
+}
+
+/// A new, empty journal directory for one switch.
+pub fn fresh_journal_dir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-test-{}-{n}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 pub async fn start_switch(toml: &str) -> Switch {
