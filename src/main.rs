@@ -32,6 +32,9 @@ enum Command {
     /// Start a simulator, the switch and a load test on free loopback
     /// ports, print the report, stop. Load-test flags pass through.
     Demo(switchyard::demo::DemoArgs),
+    /// Read the transaction journal (masked): tail, show one transaction, stats.
+    #[command(subcommand)]
+    Journal(switchyard::journal::cli::JournalCommand),
     /// Validate a config file and print every problem with its TOML path.
     CheckConfig {
         /// The config file.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run_switch(&config),
         Command::Sim(args) => switchyard::sim::cli::run(args),
         Command::Demo(args) => switchyard::demo::run(args),
+        Command::Journal(cmd) => switchyard::journal::cli::run(cmd),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(

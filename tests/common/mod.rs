@@ -261,7 +261,8 @@ pan_key = "000102030405060708090a0b0c0d0e0f"
 pub fn fresh_journal_dir() -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
+    // Under target/, so `cargo clean` takes them away.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "switchyard-test-{}-{n}-{}",
         std::process::id(),
         std::time::SystemTime::now()
