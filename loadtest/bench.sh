@@ -25,6 +25,8 @@ sed -e "s/^listen = \"127.0.0.1:8583\"/listen = \"127.0.0.1:$SWITCH_PORT\"/" \
     -e "s/^listen = \"127.0.0.1:9090\"/listen = \"127.0.0.1:$ADMIN_PORT\"/" \
     -e "s/^links = \[\"127.0.0.1:9583\"\]/links = [\"127.0.0.1:$SIM_PORT\"]/" \
     -e "s/^flavor = .*/flavor = \"${FLAVOR:-current-thread}\"/" \
+    -e "s/^durability = .*/durability = \"${DURABILITY:-none}\"/" \
+    -e "s|^dir = \"journal\"|dir = \"$OUT/journal\"|" \
     config/switchyard.toml > "$config"
 
 pids=()
@@ -33,6 +35,7 @@ trap cleanup EXIT
 
 run_scenario() {
     local name=$1; shift
+    rm -rf "$OUT/journal"
     "$BIN/switchyard" sim --listen "127.0.0.1:$SIM_PORT" >/dev/null &
     pids+=($!)
     "$BIN/switchyard" run --config "$config" >"$OUT/$name.switch.log" 2>&1 &
@@ -44,7 +47,7 @@ run_scenario() {
     done
     echo "== $name: $*"
     "$BIN/loadtest" --target "127.0.0.1:$SWITCH_PORT" --duration "$DURATION" --warmup 2s \
-        --cards 1000000 --no-progress --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" "$@" \
+        --no-progress --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" "$@" \
         | tee "$OUT/$name.txt" || true
     cleanup
     pids=()
@@ -57,7 +60,7 @@ run_scenario open-50k --connections 64 --rate 50000
 {
     echo "# Switchyard load scenarios"
     echo
-    echo "Machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%d). Switch runtime: ${FLAVOR:-current-thread}."
+    echo "Machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%d). Switch runtime: ${FLAVOR:-current-thread}, journal durability ${DURABILITY:-none}."
     echo "Simulator, switch and loadtest on the same machine, loopback, $DURATION each."
     echo
     echo "| scenario | achieved/s | p50 | p99 | p99.9 | max | lost | mismatched |"

@@ -37,7 +37,7 @@ struct Answered {
 }
 
 pub struct RecentAnswers {
-    answers: DashMap<MatchKey, Answered>,
+    answers: DashMap<MatchKey, Answered, foldhash::fast::RandomState>,
     order: ArrayQueue<(MatchKey, u64)>,
     stamps: AtomicU64,
     ttl: Duration,
@@ -57,7 +57,7 @@ pub fn content_hash(msg: &Message) -> u64 {
 impl RecentAnswers {
     pub fn new(capacity: usize, ttl: Duration) -> RecentAnswers {
         RecentAnswers {
-            answers: DashMap::new(),
+            answers: DashMap::with_hasher(Default::default()),
             order: ArrayQueue::new(capacity.max(1)),
             stamps: AtomicU64::new(0),
             ttl,

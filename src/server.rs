@@ -34,6 +34,9 @@ pub struct Shared {
     pub acquirers: Vec<AcquirerHandle>,
     pub fraud_rules: ArcSwap<FraudRules>,
     pub fraud_state: FraudState,
+    /// Registered once: a registry lookup per request costs more than the
+    /// scoring it counts.
+    pub fraud_counters: FraudCounters,
     /// Answers given recently, for repeats.
     pub recent: crate::repeats::RecentAnswers,
     pub pan_key: [u8; 16],
@@ -70,13 +73,33 @@ impl Shared {
 
     pub fn count_fraud(&self, decision: Decision, score: &Score) {
         let d = match decision {
-            Decision::Allow => "allow",
-            Decision::Review => "review",
-            Decision::Decline => "decline",
+            Decision::Allow => 0,
+            Decision::Review => 1,
+            Decision::Decline => 2,
         };
-        metrics::counter!(telemetry::FRAUD_DECISIONS, "decision" => d).increment(1);
+        self.fraud_counters.decisions[d].increment(1);
         for r in score.reasons.iter() {
-            metrics::counter!(telemetry::FRAUD_REASONS, "reason" => r.name()).increment(1);
+            self.fraud_counters.reasons[r as usize].increment(1);
+        }
+    }
+}
+
+/// Fraud metric handles, by decision and by rule.
+pub struct FraudCounters {
+    decisions: [metrics::Counter; 3],
+    reasons: Vec<metrics::Counter>,
+}
+
+impl FraudCounters {
+    fn new() -> FraudCounters {
+        let d =
+            |name: &'static str| metrics::counter!(telemetry::FRAUD_DECISIONS, "decision" => name);
+        FraudCounters {
+            decisions: [d("allow"), d("review"), d("decline")],
+            reasons: crate::fraud::RuleId::ALL
+                .iter()
+                .map(|r| metrics::counter!(telemetry::FRAUD_REASONS, "reason" => r.name()))
+                .collect(),
         }
     }
 }
@@ -209,6 +232,7 @@ impl Switch {
             acquirers,
             fraud_rules: ArcSwap::from_pointee(FraudRules::from_config(&config.fraud)),
             fraud_state: FraudState::new(config.fraud.max_tracked_cards),
+            fraud_counters: FraudCounters::new(),
             recent: crate::repeats::RecentAnswers::new(
                 config.limits.recent_answers,
                 config.limits.recent_answers_ttl,

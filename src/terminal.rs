@@ -102,6 +102,8 @@ struct Terminal {
     /// buffer may go out (answers are given only once journaled).
     wbuf_needs: u64,
     durable: tokio::sync::watch::Receiver<u64>,
+    /// Records appended this turn; the writer is woken once at its end.
+    journal_dirty: bool,
 }
 
 /// Serves one terminal connection until it closes, idles out, or the
@@ -123,6 +125,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         held: std::collections::VecDeque::new(),
         wbuf_needs: 0,
         durable: shared.journal.durable(),
+        journal_dirty: false,
         shared,
     };
     let shared = t.shared.clone();
@@ -213,6 +216,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             _ = shared.stopping.cancelled(), if reading => {
                 reading = false;
             }
+        }
+        if t.journal_dirty {
+            t.journal_dirty = false;
+            t.shared.journal.wake();
         }
         if !t.wbuf.is_empty() && t.may_flush() {
             match stream.try_write(&t.wbuf) {
@@ -442,9 +449,10 @@ impl Terminal {
     /// Appends a record; the write buffer then waits for it to be durable.
     /// False when the journal refused it (full or stopped).
     fn journal(&mut self, record: Record) -> bool {
-        match self.shared.journal.append(record) {
+        match self.shared.journal.append_quiet(record) {
             Ok(seq) => {
                 self.wbuf_needs = self.wbuf_needs.max(seq);
+                self.journal_dirty = true;
                 true
             }
             Err(_) => {
@@ -801,7 +809,8 @@ impl Terminal {
                 }
             }
         };
-        let Ok(seq) = self.shared.journal.append(Record::Forwarded {
+        self.journal_dirty = true;
+        let Ok(seq) = self.shared.journal.append_quiet(Record::Forwarded {
             txn,
             at_ms: crate::clock::unix_now_ms(),
             acquirer: index,

@@ -103,7 +103,9 @@ struct Slot<T> {
 const LATE_MEMORY: usize = 4096;
 
 pub struct InFlight<T> {
-    map: HashMap<MatchKey, Slot<T>>,
+    // foldhash: far cheaper than SipHash for a 24-byte key, and seeded
+    // per process, so terminals can not aim collisions at the table.
+    map: HashMap<MatchKey, Slot<T>, foldhash::fast::RandomState>,
     deadlines: VecDeque<(Instant, MatchKey, u64)>,
     capacity: usize,
     next_generation: u64,
@@ -113,7 +115,7 @@ pub struct InFlight<T> {
 impl<T> InFlight<T> {
     pub fn new(capacity: usize) -> InFlight<T> {
         InFlight {
-            map: HashMap::with_capacity(capacity.min(4096)),
+            map: HashMap::with_capacity_and_hasher(capacity.min(4096), Default::default()),
             deadlines: VecDeque::with_capacity(capacity.min(4096)),
             capacity,
             next_generation: 0,

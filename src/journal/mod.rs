@@ -106,6 +106,10 @@ struct Shared {
     failed: AtomicBool,
     /// Test hook: the writer leaves the queue alone while set.
     paused: AtomicBool,
+    /// Durability `none`: nobody waits for the disk, so the writer wakes
+    /// on its own every `LAZY_INTERVAL` instead of on every append (a
+    /// futex wake per transaction cost more than the rest of the switch).
+    lazy: bool,
     written: AtomicU64,
     fsyncs: AtomicU64,
     bytes: AtomicU64,
@@ -151,6 +155,7 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             segments: AtomicU64::new(0),
+            lazy: config.durability == Durability::None,
         });
         // Everything recovered is on disk (the tail was synced if cut).
         let (tx, rx) = watch::channel(recovery.next_seq - 1);
@@ -185,6 +190,15 @@ impl Journal {
     /// never does I/O; the record is durable once [`Journal::durable`]
     /// reaches the returned number.
     pub fn append(&self, record: Record) -> Result<u64, JournalFull> {
+        let seq = self.append_quiet(record)?;
+        self.wake();
+        Ok(seq)
+    }
+
+    /// As [`Journal::append`] without waking the writer: a caller that
+    /// appends several records in one turn wakes it once, with
+    /// [`Journal::wake`], instead of paying a futex wake per record.
+    pub fn append_quiet(&self, record: Record) -> Result<u64, JournalFull> {
         let s = &self.inner.shared;
         if s.reserved.fetch_add(1, Ordering::AcqRel) >= s.capacity {
             s.reserved.fetch_sub(1, Ordering::AcqRel);
@@ -209,10 +223,17 @@ impl Journal {
             );
             return Err(JournalFull);
         }
-        // Cheap when the writer is awake: unpark is an atomic swap, and a
-        // futex wake only when it is parked.
-        self.inner.writer.unpark();
         Ok(seq)
+    }
+
+    /// Wakes the writer for what was appended quietly. Cheap when it is
+    /// awake: unpark is an atomic swap, and a futex wake only when parked.
+    pub fn wake(&self) {
+        let s = &self.inner.shared;
+        if s.lazy && s.reserved.load(Ordering::Relaxed) < s.capacity / 4 {
+            return;
+        }
+        self.inner.writer.unpark();
     }
 
     /// The durable watermark: the highest sequence number on disk. The

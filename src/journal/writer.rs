@@ -16,6 +16,8 @@ use super::segment::{MAGIC, encode_frame, list_segments, segment_name};
 /// How long the writer sleeps while closing and an append is between
 /// reserving its slot and pushing (a few instructions), or while paused.
 const SHORT_NAP: Duration = Duration::from_millis(1);
+/// How often a lazy writer (durability `none`) looks for records.
+const LAZY_INTERVAL: Duration = Duration::from_millis(2);
 
 pub(super) struct Writer {
     dir: PathBuf,
@@ -93,6 +95,8 @@ impl Writer {
                 }
                 if closing {
                     std::thread::park_timeout(SHORT_NAP);
+                } else if self.shared.lazy {
+                    std::thread::park_timeout(LAZY_INTERVAL);
                 } else {
                     // `append` unparks after every push; a push between the
                     // drain above and this park leaves a token, so park
