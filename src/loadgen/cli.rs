@@ -64,6 +64,10 @@ pub struct LoadArgs {
     /// No live progress line.
     #[arg(long)]
     pub no_progress: bool,
+    /// Worker threads (0: one per core, at most 2). On a box shared with
+    /// the switch, fewer threads leave it more CPU.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// "10s", "500ms", "250us", "2m", "1.5s"; a bare number is seconds.
@@ -125,6 +129,7 @@ impl LoadArgs {
             terminals: self.terminals,
             timeout: self.timeout,
             progress: !self.no_progress,
+            threads: self.threads,
         })
     }
 }

@@ -125,6 +125,8 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Live progress line on stderr.
     pub progress: bool,
+    /// Worker threads; 0 picks one per core, at most `MAX_WORKERS`.
+    pub threads: usize,
 }
 
 impl Default for LoadConfig {
@@ -143,6 +145,7 @@ impl Default for LoadConfig {
             terminals: 1_000,
             timeout: Duration::from_secs(5),
             progress: true,
+            threads: 0,
         }
     }
 }
@@ -160,10 +163,10 @@ const GRACE: Duration = Duration::from_millis(250);
 /// warmup + duration + timeout + a small grace.
 pub fn run(config: LoadConfig) -> std::io::Result<Report> {
     validate(&config)?;
+    let auto = MAX_WORKERS.min(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let workers = config
         .connections
-        .min(MAX_WORKERS)
-        .min(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .min(if config.threads == 0 { auto } else { config.threads })
         .max(1);
     let progress = Arc::new(stats::Live::default());
     let de7 = crate::clock::transmission_time(crate::clock::unix_now());
