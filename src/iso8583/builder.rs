@@ -296,7 +296,8 @@ impl<'o> MessageWriter<'o> {
             return self;
         };
         match from.field(n) {
-            Some(src) if src == def => {
+            // Same spec (the usual case): same layout, no need to compare.
+            Some(src) if std::ptr::eq(from, self.spec) || src == def => {
                 if let Length::Variable { prefix_digits, .. } = def.length {
                     encoding::write_prefix(def.prefix, prefix_digits, units, self.out);
                 }
