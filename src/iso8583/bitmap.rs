@@ -14,7 +14,6 @@ impl Bitmap {
     pub const EMPTY: Bitmap = Bitmap(0);
 
     #[inline]
-    #[inline]
     const fn bit(n: usize) -> u128 {
         // Two 64-bit shifts: a variable 128-bit shift costs several
         // instructions and a branch on x86-64.
