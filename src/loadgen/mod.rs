@@ -166,7 +166,11 @@ pub fn run(config: LoadConfig) -> std::io::Result<Report> {
     let auto = MAX_WORKERS.min(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let workers = config
         .connections
-        .min(if config.threads == 0 { auto } else { config.threads })
+        .min(if config.threads == 0 {
+            auto
+        } else {
+            config.threads
+        })
         .max(1);
     let progress = Arc::new(stats::Live::default());
     let de7 = crate::clock::transmission_time(crate::clock::unix_now());
