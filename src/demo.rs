@@ -26,6 +26,11 @@ pub struct DemoArgs {
     /// defaults; `config/switchyard.toml` when it exists.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Journal durability for the demo's switch: `fsync` (as in
+    /// production: forwards and answers wait for the group commit) or
+    /// `none` (records are written but not synced; faster).
+    #[arg(long, value_name = "fsync|none", default_value = "fsync")]
+    pub journal_durability: String,
     /// The load test's options; `--target` is ignored (the demo's own
     /// switch is the target).
     #[command(flatten)]
@@ -54,6 +59,14 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     };
     println!("  acquirer simulator  {}", sim.addr);
 
+    config.journal.durability = match args.journal_durability.as_str() {
+        "fsync" => crate::config::Durability::Fsync,
+        "none" => crate::config::Durability::None,
+        other => {
+            eprintln!("switchyard demo: --journal-durability is `fsync` or `none`, not `{other}`");
+            return ExitCode::from(2);
+        }
+    };
     // A journal of its own, so the demo never mixes with a real one.
     config.journal.dir =
         std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
@@ -73,6 +86,11 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    println!(
+        "  journal             {} (durability {}; removed at the end)",
+        journal_dir.display(),
+        args.journal_durability
+    );
     println!(
         "  switch              {} (metrics http://{}/metrics)",
         switch.terminal,
