@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,8 +16,6 @@ use common::*;
 use switchyard::iso8583::Mti;
 use switchyard::journal::Record;
 use switchyard::sim::{Latency, SimConfig, SimHandle};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use tokio::time::timeout;
 
@@ -56,35 +53,6 @@ retry_interval_ms = 200
     );
     std::fs::write(&path, toml).expect("config written");
     path
-}
-
-/// Starts `switchyard run` and returns it with its terminal address, read
-/// from the banner it prints once it listens.
-async fn start_process(config: &Path) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("switchyard starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let banner = timeout(GUARD, lines.next_line())
-        .await
-        .expect("banner in time")
-        .expect("reads")
-        .expect("a banner line");
-    // "switchyard: terminals on 127.0.0.1:PORT, metrics ..."
-    let addr = banner
-        .split("terminals on ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in banner: {banner}"));
-    (child, addr)
 }
 
 /// What the terminals saw: STAN -> response code, for every request sent.

@@ -320,3 +320,34 @@ pub fn metric(body: &str, name: &str, parts: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Starts `switchyard run` and returns it with its terminal address, read
+/// from the banner it prints once it listens.
+pub async fn start_process(
+    config: &std::path::Path,
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("switchyard starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let banner = timeout(GUARD, lines.next_line())
+        .await
+        .expect("banner in time")
+        .expect("reads")
+        .expect("a banner line");
+    // "switchyard: terminals on 127.0.0.1:PORT, metrics ..."
+    let addr = banner
+        .split("terminals on ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in banner: {banner}"));
+    (child, addr)
+}
