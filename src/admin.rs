@@ -64,7 +64,10 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => match crate::telemetry::prometheus() {
-            Some(h) => ("200 OK", "text/plain; version=0.0.4", h.render()),
+            Some(h) => {
+                sample_gauges(shared);
+                ("200 OK", "text/plain; version=0.0.4", h.render())
+            }
             None => (
                 "503 Service Unavailable",
                 "text/plain",
@@ -89,6 +92,18 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Depths and sizes are read when scraped rather than updated per
+/// request: the hot path pays nothing for them.
+fn sample_gauges(shared: &Shared) {
+    use crate::telemetry as t;
+    metrics::gauge!(t::IN_FLIGHT).set(shared.in_flight.load(Ordering::Relaxed) as f64);
+    let j = shared.journal.stats();
+    metrics::gauge!(t::JOURNAL_QUEUE).set(j.queue_depth as f64);
+    metrics::gauge!(t::JOURNAL_FSYNCS).set(j.fsyncs as f64);
+    metrics::gauge!(t::FRAUD_TRACKED_CARDS).set(shared.fraud_state.len() as f64);
+    metrics::gauge!(t::RECENT_ANSWERS).set(shared.recent.len() as f64);
 }
 
 fn health(shared: &Shared) -> (&'static str, &'static str, String) {

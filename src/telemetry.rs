@@ -43,6 +43,14 @@ pub const CONNECTIONS: &str = "switchyard_terminal_connections";
 pub const CONNECTIONS_REFUSED: &str = "switchyard_connections_refused_total";
 /// Requests in flight in the whole switch.
 pub const IN_FLIGHT: &str = "switchyard_in_flight";
+/// Journal records accepted and not yet written (the journal's queue).
+pub const JOURNAL_QUEUE: &str = "switchyard_journal_queue_depth";
+/// Journal group commits (fsyncs) since start.
+pub const JOURNAL_FSYNCS: &str = "switchyard_journal_fsyncs_total";
+/// Cards whose fraud history is held in memory.
+pub const FRAUD_TRACKED_CARDS: &str = "switchyard_fraud_tracked_cards";
+/// Answers held for repeats.
+pub const RECENT_ANSWERS: &str = "switchyard_recent_answers";
 /// Per link: 1 when signed on.
 pub const LINK_UP: &str = "switchyard_link_up";
 /// Per link: requests waiting for an answer.
@@ -104,6 +112,10 @@ fn describe() {
         "Connections refused by listener limits"
     );
     describe_gauge!(IN_FLIGHT, "Requests in flight in the switch");
+    describe_gauge!(JOURNAL_QUEUE, "Journal records waiting for the writer");
+    describe_gauge!(JOURNAL_FSYNCS, "Journal group commits since start");
+    describe_gauge!(FRAUD_TRACKED_CARDS, "Cards with fraud history in memory");
+    describe_gauge!(RECENT_ANSWERS, "Answers held for repeats");
     describe_gauge!(LINK_UP, "1 when the acquirer link is signed on");
     describe_gauge!(LINK_IN_FLIGHT, "Requests waiting for an upstream answer");
     describe_counter!(LINK_CONNECT_FAILURES, "Failed connects or sign-ons");
