@@ -472,7 +472,10 @@ async fn metrics_count_requests_by_mti_and_code() {
     assert!(n1 - n0 >= 3.0, "0200/00 went from {n0} to {n1}:\n{after}");
     assert!(after.contains("switchyard_link_up"), "{after}");
     // Sampled at scrape time: three journaled transactions, none in flight.
-    assert!(metric(&after, "switchyard_journal_fsyncs_total", &[]) >= 1.0, "{after}");
+    assert!(
+        metric(&after, "switchyard_journal_fsyncs_total", &[]) >= 1.0,
+        "{after}"
+    );
     assert_eq!(metric(&after, "switchyard_in_flight", &[]), 0.0);
     assert!(after.contains("switchyard_journal_queue_depth"), "{after}");
     switch.shutdown().await;
