@@ -190,6 +190,21 @@ fn open_loop_delivers_the_offered_rate() {
     );
 }
 
+/// Sends far apart (the pacer skips the gaps between them) still leave on
+/// time, to well under tokio's millisecond timer.
+#[test]
+fn sparse_open_loop_sends_on_time() {
+    let mut c = config(peer(Behaviour::Echo));
+    c.mode = Mode::Open { rate: 200.0 };
+    c.duration = Duration::from_secs(1);
+    let r = loadgen::run(c).expect("runs");
+    assert!((150..=250).contains(&r.sent()), "sent {}", r.sent());
+    assert!(r.is_clean(), "{r:?}");
+    // Generous for a loaded test box; typically tens of µs.
+    assert!(r.lag_us(50.0) < 500, "lag p50 {} µs", r.lag_us(50.0));
+    assert!(r.late_share() < 0.05, "late share {}", r.late_share());
+}
+
 #[test]
 fn a_seed_fixes_the_message_stream() {
     let c = LoadConfig {

@@ -24,6 +24,7 @@ use crate::frame::{DEFAULT_MAX_FRAME, FrameCodec};
 use crate::iso8583::Message;
 
 use super::messages::{Generator, Kind, Request, parse_terminal_id};
+use super::pacer::Pacer;
 use super::stats::{Live, WorkerStats};
 use super::{LoadConfig, Mode};
 
@@ -34,16 +35,6 @@ pub const MAX_IN_FLIGHT: usize = 65_536;
 const BATCH: usize = 256;
 /// A send later than this against its schedule counts as late.
 const LATE_NS: u64 = 1_000_000;
-/// Below this distance to the next scheduled send we spin (yielding to the
-/// runtime) instead of using tokio's millisecond timer: pacing precision.
-const SPIN_NS: u64 = 2_000_000;
-/// Highest total open-loop rate paced by spinning (and only with spare
-/// cores). Above it the sends are so dense that the loop rarely waits
-/// anyway, and spinning on every connection takes the CPU the peer needs
-/// (measured at 250k/s on 2 cores: half the sends late with spinning, 10%
-/// without); sends then follow tokio's millisecond timer, and lateness is
-/// still reported.
-const PRECISE_UP_TO: f64 = 50_000.0;
 const READ_CHUNK: usize = 64 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -59,8 +50,6 @@ pub struct Plan {
     pub de7: [u8; 10],
     /// Seconds in the measured period (rounded up).
     pub seconds: usize,
-    /// Enough cores that spinning workers do not take the peer's CPU.
-    pub spare_cores: bool,
 }
 
 impl Plan {
@@ -76,13 +65,10 @@ impl Plan {
             hard_end: send_end + ns(config.timeout) + ns(grace),
             de7,
             seconds: config.duration.as_secs_f64().ceil() as usize,
-            // Measured on 2 cores with the peer beside us: spinning workers
-            // got preempted for whole time slices, making sends ms late.
-            spare_cores: std::thread::available_parallelism().map_or(1, |n| n.get()) >= 6,
         }
     }
 
-    fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
 
@@ -99,10 +85,21 @@ pub fn worker(plan: Arc<Plan>, conns: Vec<usize>, live: Arc<Live>) -> io::Result
     let stats = Rc::new(RefCell::new(WorkerStats::new(&plan)));
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
+        // Open loop: one pacer owns the schedule of this worker's
+        // connections (see `pacer`).
+        let pacer = match plan.config.mode {
+            Mode::Open { .. } => Pacer::new(&plan, conns.len()),
+            Mode::Closed { .. } => None,
+        };
+        if let Some(p) = &pacer {
+            tokio::task::spawn_local(p.clone().run(plan.clone()));
+        }
         let tasks: Vec<_> = conns
             .into_iter()
-            .map(|c| {
-                let conn = Conn::new(plan.clone(), c, stats.clone(), live.clone());
+            .enumerate()
+            .map(|(slot, c)| {
+                let pace = pacer.clone().map(|p| (p, slot));
+                let conn = Conn::new(plan.clone(), c, pace, stats.clone(), live.clone());
                 tokio::task::spawn_local(conn.run())
             })
             .collect();
@@ -119,6 +116,15 @@ pub fn worker(plan: Arc<Plan>, conns: Vec<usize>, live: Arc<Live>) -> io::Result
     Rc::try_unwrap(stats)
         .map(RefCell::into_inner)
         .map_err(|_| io::Error::other("connection tasks outlived their runtime"))
+}
+
+/// Completes when the pacer finds this connection's send due; never
+/// without a pacer.
+async fn send_due(pace: Option<&(Rc<Pacer>, usize)>) {
+    match pace {
+        Some((p, slot)) => p.due(*slot).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -170,14 +176,15 @@ struct Conn {
     rbuf: BytesMut,
     codec: FrameCodec,
     pending_live: [u64; 5],
-    /// Open loop: spin for sub-millisecond pacing (see `PRECISE_UP_TO`).
-    precise: bool,
+    /// Open loop: the worker's pacer and this connection's place in it.
+    pace: Option<(Rc<Pacer>, usize)>,
 }
 
 impl Conn {
     fn new(
         plan: Arc<Plan>,
         index: usize,
+        pace: Option<(Rc<Pacer>, usize)>,
         stats: Rc<RefCell<WorkerStats>>,
         live: Arc<Live>,
     ) -> Conn {
@@ -232,10 +239,7 @@ impl Conn {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             codec,
             pending_live: [0; 5],
-            precise: match c.mode {
-                Mode::Open { rate } => rate <= PRECISE_UP_TO && plan.spare_cores,
-                Mode::Closed { .. } => false,
-            },
+            pace,
             plan,
         }
     }
@@ -411,6 +415,7 @@ impl Conn {
                 let oldest = self.slots[(self.tail & self.mask) as usize];
                 wake = wake.min(oldest.sent + plan.config.timeout.as_nanos() as u64);
             }
+            let other_wake = wake;
             let next_send = if open && sending && self.head - self.tail <= self.mask {
                 let t = self.scheduled(self.next_k);
                 wake = wake.min(t);
@@ -428,14 +433,16 @@ impl Conn {
                 }
                 continue;
             }
-            // Precise pacing spins (yielding to the runtime, so answers are
-            // still read) through the last stretch before a send, since
-            // tokio's timer has millisecond granularity.
-            let spin = self.precise && next_send.is_some_and(|t| t == wake && wake - now < SPIN_NS);
-            let sleep_to = if self.precise && next_send == Some(wake) {
-                wake.saturating_sub(SPIN_NS / 2)
-            } else {
-                wake
+            // A send is next: the pacer wakes us for it within its tick
+            // (50 µs), while tokio's millisecond timer covers the rest
+            // (timeouts, the end of the run).
+            let pace = match (&self.pace, next_send) {
+                (Some((p, slot)), Some(t)) if t == wake => {
+                    p.request(*slot, t);
+                    wake = other_wake;
+                    Some((p.clone(), *slot))
+                }
+                _ => None,
             };
             tokio::select! {
                 biased;
@@ -449,8 +456,8 @@ impl Conn {
                         return self.dropped(e);
                     }
                 }
-                _ = tokio::task::yield_now(), if spin => {}
-                _ = tokio::time::sleep_until(plan.at(sleep_to)), if !spin => {}
+                _ = send_due(pace.as_ref()) => {}
+                _ = tokio::time::sleep_until(plan.at(wake)) => {}
             }
         }
     }

@@ -11,14 +11,18 @@
 //! * Open loop (`Mode::Open`): each connection sends on a fixed schedule;
 //!   latency counts from the intended send time, so a stall of the peer (or
 //!   of us) shows up in the figures instead of silently slowing the rate
-//!   (coordinated omission, as wrk2 corrects it). Lateness against the
-//!   schedule is reported.
+//!   (coordinated omission, as wrk2 corrects it). One pacer per worker
+//!   ([`pacer`]: a 50 µs timerfd tick, not tokio's millisecond timer, and
+//!   no spinning) wakes each connection when its next send is due.
+//!   Lateness against the schedule is reported (p50/p99/max, share over
+//!   1 ms), and loudly when the generator falls behind.
 //! * Closed loop (`Mode::Closed`): K requests in flight per connection, the
 //!   next sent as soon as one is answered.
 
 pub mod cli;
 mod conn;
 pub mod messages;
+mod pacer;
 mod report;
 mod stats;
 

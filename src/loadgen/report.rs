@@ -170,6 +170,10 @@ impl Report {
     pub fn max_lag_us(&self) -> u64 {
         self.s.lag.max()
     }
+    /// Open loop: lag behind the schedule at `percentile` (0-100), µs.
+    pub fn lag_us(&self, percentile: f64) -> u64 {
+        self.s.lag.value_at_percentile(percentile)
+    }
     /// Why the open loop's figures are not those of the offered rate, if
     /// it fell behind its schedule.
     pub fn schedule_warning(&self) -> Option<String> {
@@ -178,11 +182,12 @@ impl Report {
         if late > LATE_SHARE_WARN || self.s.table_full > 0 {
             Some(format!(
                 "the load generator fell BEHIND SCHEDULE: {:.2}% of sends were more than 1 ms late \
-                 (max lag {}, p99 lag {}){}; latency is still counted from the intended send times, \
+                 (lag p50 {}, p99 {}, max {}){}; latency is still counted from the intended send times, \
                  but the offered rate was not delivered evenly",
                 late * 100.0,
-                fmt_us(self.s.lag.max()),
+                fmt_us(self.s.lag.value_at_percentile(50.0)),
                 fmt_us(self.s.lag.value_at_percentile(99.0)),
+                fmt_us(self.s.lag.max()),
                 if self.s.table_full > 0 {
                     format!(
                         ", and in-flight tables were full {} times (answers slower than the timeout allows)",
@@ -269,8 +274,9 @@ impl Report {
             rows.push((
                 "schedule",
                 format!(
-                    "{:.2}% of sends >1 ms late, lag p99 {} max {}",
+                    "{:.2}% of sends >1 ms late, lag p50 {} p99 {} max {}",
                     self.late_share() * 100.0,
+                    fmt_us(s.lag.value_at_percentile(50.0)),
                     fmt_us(s.lag.value_at_percentile(99.0)),
                     fmt_us(s.lag.max())
                 ),
@@ -417,6 +423,7 @@ impl Report {
                 "sends": s.scheduled_sends,
                 "late_over_1ms": s.late_sends,
                 "late_share": self.late_share(),
+                "lag_p50_us": s.lag.value_at_percentile(50.0),
                 "lag_p99_us": s.lag.value_at_percentile(99.0),
                 "lag_max_us": s.lag.max(),
                 "table_full": s.table_full,
