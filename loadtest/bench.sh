@@ -55,7 +55,7 @@ run_scenario() {
 
 run_scenario closed-64x1 --connections 64 --in-flight 1
 run_scenario pipelined-16x16 --connections 16 --in-flight 16
-run_scenario open-50k --connections 64 --rate 50000
+run_scenario open-50k --connections 64 --rate 50000 --threads 1
 
 {
     echo "# Switchyard load scenarios"
