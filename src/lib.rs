@@ -14,6 +14,7 @@ pub mod fraud;
 pub mod iso8583;
 pub mod journal;
 pub mod loadgen;
+pub mod net;
 pub mod repeats;
 pub mod router;
 pub mod runtime;

@@ -20,12 +20,12 @@ use tokio::time::sleep_until;
 use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
 
-use crate::acquirer::link::read_available;
 use crate::acquirer::{Failure, Forward, MatchKey, Outcome, Reply, ReplyTo};
 use crate::frame::FrameCodec;
 use crate::fraud::{self, Auth, CardHash, Decision};
 use crate::iso8583::{Message, MessageBuilder, Mti, Salvage, Spec};
 use crate::journal::Record;
+use crate::net::read_available;
 use crate::repeats::{self, Seen};
 use crate::saf::{SafEntry, SafKind};
 use crate::server::Shared;

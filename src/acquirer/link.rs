@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use metrics::{Counter, Gauge, Histogram};
 use tokio::net::TcpStream;
+
+use crate::net::read_available;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
@@ -569,46 +571,5 @@ impl LinkActor {
             Err(SessionEnd::Shutdown) => {}
         }
         SessionEnd::Shutdown
-    }
-}
-
-/// Reads everything the socket has now; false once the peer has closed.
-pub(crate) fn read_available(stream: &TcpStream, rbuf: &mut BytesMut) -> std::io::Result<bool> {
-    use bytes::BufMut;
-    loop {
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(64 * 1024);
-        }
-        let spare = rbuf.spare_capacity_mut();
-        let room = spare.len();
-        let mut got = None;
-        // A read that does not fill the buffer has drained the socket:
-        // telling tokio so (WouldBlock) clears its readiness now, which
-        // saves the second `recv` per wake that reading until WouldBlock
-        // costs. Readiness is cleared only for the event already seen, so
-        // data arriving meanwhile still wakes us.
-        let r = stream.try_io(tokio::io::Interest::READABLE, || {
-            let n = socket2::SockRef::from(stream).recv(spare)?;
-            got = Some(n);
-            if n > 0 && n < room {
-                Err(std::io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        match (got, r) {
-            (Some(0), _) => return Ok(false),
-            (Some(n), _) => {
-                // SAFETY: `recv` initialised the first `n` bytes of the
-                // spare capacity.
-                unsafe { rbuf.advance_mut(n) };
-                if n < room {
-                    return Ok(true);
-                }
-            }
-            (None, Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
-            (None, Err(e)) => return Err(e),
-            (None, Ok(_)) => return Ok(true),
-        }
     }
 }

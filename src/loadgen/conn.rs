@@ -359,25 +359,16 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads what is available; returns bytes read (0: closed).
+    /// Reads what is available; returns bytes read (0: closed), or
+    /// WouldBlock when there was nothing. One `recv` per wake (see
+    /// `net::read_available`).
     fn read_some(&mut self, stream: &TcpStream) -> io::Result<usize> {
-        let mut total = 0;
-        loop {
-            self.rbuf.reserve(READ_CHUNK);
-            match stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => return Ok(total),
-                Ok(n) => {
-                    total += n;
-                    // A short read means the socket is drained.
-                    if self.rbuf.capacity() > self.rbuf.len() {
-                        return Ok(total);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return if total == 0 { Err(e) } else { Ok(total) };
-                }
-                Err(e) => return Err(e),
-            }
+        let before = self.rbuf.len();
+        let open = crate::net::read_available(stream, &mut self.rbuf)?;
+        let n = self.rbuf.len() - before;
+        match (n, open) {
+            (0, true) => Err(io::ErrorKind::WouldBlock.into()),
+            (n, _) => Ok(n),
         }
     }
 
