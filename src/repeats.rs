@@ -4,15 +4,13 @@
 //! must not see the transaction twice. Same key (MTI class, DE41, DE11)
 //! with different content is a different transaction reusing a STAN: 94.
 //!
-//! Bounded: at most `capacity` answers, each kept for `ttl`; the oldest
-//! goes first. The order is a lock-free ring, the answers a `DashMap`.
+//! Bounded: room for `capacity` answers (rounded up), each kept for `ttl`;
+//! when a set is full its oldest answer goes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
-use dashmap::DashMap;
 
 use crate::acquirer::MatchKey;
 use crate::iso8583::Message;
@@ -29,54 +27,75 @@ pub enum Seen {
     Conflict,
 }
 
-struct Answered {
+/// Ways per set: a new answer replaces the oldest of its set's four.
+const WAYS: usize = 4;
+
+#[derive(Default)]
+struct Entry {
+    key: Option<MatchKey>,
     content: u64,
     answer: Bytes,
-    at: Instant,
-    stamp: u64,
+    at: Option<Instant>,
 }
 
+/// A set-associative table: the key's hash picks a set of `WAYS`
+/// entries under one small lock. One lookup touches one set, and memory
+/// is fixed at creation (no map growth, no eviction queue).
 pub struct RecentAnswers {
-    answers: DashMap<MatchKey, Answered, foldhash::fast::RandomState>,
-    order: ArrayQueue<(MatchKey, u64)>,
-    stamps: AtomicU64,
+    sets: Box<[Mutex<[Entry; WAYS]>]>,
+    mask: usize,
     ttl: Duration,
+    hasher: foldhash::fast::RandomState,
 }
 
 /// A fingerprint of a request's content: every byte after the MTI (so an
-/// x01 repeat of a request has the fingerprint of the original).
+/// x01 repeat of a request has the fingerprint of the original). Fixed
+/// seed: the same content always gives the same fingerprint.
 pub fn content_hash(msg: &Message) -> u64 {
-    use std::hash::Hasher;
+    use std::hash::BuildHasher;
     let frame = msg.frame();
     let from = msg.spec().mti_width().min(frame.len());
-    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x5357_4954_4348, 0x5941_5244);
-    h.write(&frame[from..]);
-    h.finish()
+    foldhash::quality::FixedState::with_seed(0x5357_4954_4348_5941).hash_one(&frame[from..])
 }
 
 impl RecentAnswers {
+    /// Room for at least `capacity` answers (rounded up to a power of two).
     pub fn new(capacity: usize, ttl: Duration) -> RecentAnswers {
+        let sets = capacity.div_ceil(WAYS).max(1).next_power_of_two();
         RecentAnswers {
-            answers: DashMap::with_hasher(Default::default()),
-            order: ArrayQueue::new(capacity.max(1)),
-            stamps: AtomicU64::new(0),
+            sets: (0..sets).map(|_| Mutex::new(Default::default())).collect(),
+            mask: sets - 1,
             ttl,
+            hasher: Default::default(),
         }
     }
 
+    /// Answers held (counts every set: for metrics, not the hot path).
     pub fn len(&self) -> usize {
-        self.answers.len()
+        self.sets
+            .iter()
+            .map(|s| lock(s).iter().filter(|e| e.key.is_some()).count())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.answers.is_empty()
+        self.len() == 0
+    }
+
+    fn set(&self, key: &MatchKey) -> &Mutex<[Entry; WAYS]> {
+        use std::hash::BuildHasher;
+        &self.sets[self.hasher.hash_one(key) as usize & self.mask]
     }
 
     pub fn check(&self, key: &MatchKey, content: u64, now: Instant) -> Seen {
-        match self.answers.get(key) {
-            Some(a) if now.saturating_duration_since(a.at) <= self.ttl => {
-                if a.content == content {
-                    Seen::Repeat(a.answer.clone())
+        let set = lock(self.set(key));
+        let Some(e) = set.iter().find(|e| e.key.as_ref() == Some(key)) else {
+            return Seen::New;
+        };
+        match e.at {
+            Some(at) if now.saturating_duration_since(at) <= self.ttl => {
+                if e.content == content {
+                    Seen::Repeat(e.answer.clone())
                 } else {
                     Seen::Conflict
                 }
@@ -85,28 +104,28 @@ impl RecentAnswers {
         }
     }
 
-    /// Keeps the answer given to a request.
+    /// Keeps the answer given to a request, in place of the same key's
+    /// older answer, an empty way, or the oldest answer of the set.
     pub fn remember(&self, key: MatchKey, content: u64, answer: Bytes, now: Instant) {
-        let stamp = self.stamps.fetch_add(1, Ordering::Relaxed);
-        self.answers.insert(
-            key,
-            Answered {
-                content,
-                answer,
-                at: now,
-                stamp,
-            },
-        );
-        let mut item = (key, stamp);
-        // Full: the oldest answer goes (unless its key was answered again
-        // since, which a newer ring entry then covers).
-        while let Err(back) = self.order.push(item) {
-            item = back;
-            if let Some((old, old_stamp)) = self.order.pop() {
-                self.answers.remove_if(&old, |_, a| a.stamp == old_stamp);
-            }
-        }
+        let mut set = lock(self.set(&key));
+        let i = set
+            .iter()
+            .position(|e| e.key == Some(key))
+            .or_else(|| set.iter().position(|e| e.key.is_none()))
+            .unwrap_or_else(|| (0..WAYS).min_by_key(|&i| set[i].at).unwrap_or(0));
+        set[i] = Entry {
+            key: Some(key),
+            content,
+            answer,
+            at: Some(now),
+        };
     }
+}
+
+/// A poisoned set only means a panic elsewhere mid-update of plain data;
+/// the entries are still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -158,22 +177,25 @@ mod tests {
 
     #[test]
     fn bounded_oldest_first() {
-        let r = RecentAnswers::new(3, Duration::from_secs(60));
-        let now = Instant::now();
-        let keys: Vec<_> = (1..=5)
+        // Capacity 4: one set of four ways.
+        let r = RecentAnswers::new(4, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let keys: Vec<_> = (1..=6)
             .map(|s| MatchKey::of(&msg(Mti::FINANCIAL, s, 1)).expect("key"))
             .collect();
-        for k in &keys {
-            r.remember(*k, 7, Bytes::new(), now);
+        for (i, k) in keys.iter().enumerate() {
+            r.remember(*k, 7, Bytes::new(), t0 + Duration::from_millis(i as u64));
         }
-        assert_eq!(r.len(), 3);
+        assert_eq!(r.len(), 4);
+        let now = t0 + Duration::from_secs(1);
         assert_eq!(r.check(&keys[0], 7, now), Seen::New);
         assert_eq!(r.check(&keys[1], 7, now), Seen::New);
-        assert_eq!(r.check(&keys[4], 7, now), Seen::Repeat(Bytes::new()));
-        // Answering a key again keeps it past its first ring entry.
+        assert_eq!(r.check(&keys[5], 7, now), Seen::Repeat(Bytes::new()));
+        // Answering a key again refreshes it in place.
         r.remember(keys[2], 8, Bytes::new(), now);
-        r.remember(keys[3], 7, Bytes::new(), now);
+        r.remember(keys[0], 7, Bytes::new(), now);
         assert_eq!(r.check(&keys[2], 8, now), Seen::Repeat(Bytes::new()));
-        assert!(r.len() <= 3);
+        assert_eq!(r.check(&keys[3], 7, now), Seen::New, "the oldest went");
+        assert_eq!(r.len(), 4);
     }
 }

@@ -73,6 +73,8 @@ struct Pending {
 /// What `forward` needs to know of a journaled transaction.
 struct TxnInfo {
     txn: u64,
+    /// Content fingerprint, for the recent-answers cache.
+    content: u64,
     /// Card of an authorization (for decline history).
     card: Option<CardHash>,
     /// Fraud score, for stand-in.
@@ -364,9 +366,9 @@ impl Terminal {
         let Some(key) = MatchKey::of(&msg) else {
             return self.respond(&msg, codes::FORMAT_ERROR, started);
         };
-        if self.answered_before(&msg, &key, started) {
+        let Some(content) = self.answered_before(&msg, &key, started) else {
             return;
-        }
+        };
         if let Some(code) = self.admit(&key) {
             return self.respond(&msg, code, started);
         }
@@ -417,6 +419,7 @@ impl Terminal {
             route,
             TxnInfo {
                 txn,
+                content,
                 card: Some(card),
                 points: score.points,
             },
@@ -567,7 +570,7 @@ impl Terminal {
     /// Advices from terminals (0120, 0220, 0420 and repeats): queued for
     /// the card's acquirer and acknowledged at once; the host gets them
     /// through store-and-forward.
-    fn store_advice(&mut self, msg: &Message, key: MatchKey, started: Instant) {
+    fn store_advice(&mut self, msg: &Message, key: MatchKey, content: u64, started: Instant) {
         let pan = msg.pan();
         let digits = pan.as_ref().map_or(&[][..], |p| p.digits());
         let Some(target) = self.shared.routes.load().lookup(digits) else {
@@ -634,9 +637,7 @@ impl Terminal {
         });
         if let Some(body) = self.respond_at(msg, codes::APPROVED, started) {
             let answer = Bytes::copy_from_slice(&self.wbuf[body]);
-            self.shared
-                .recent
-                .remember(key, repeats::content_hash(msg), answer, started);
+            self.shared.recent.remember(key, content, answer, started);
         }
     }
 
@@ -684,11 +685,11 @@ impl Terminal {
         {
             return self.respond(&msg, codes::UNKNOWN_TERMINAL, started);
         }
-        if self.answered_before(&msg, &key, started) {
+        let Some(content) = self.answered_before(&msg, &key, started) else {
             return;
-        }
+        };
         if matches!(msg.mti().match_class(), 120 | 220 | 420) {
-            return self.store_advice(&msg, key, started);
+            return self.store_advice(&msg, key, content, started);
         }
         if let Some(code) = self.admit(&key) {
             return self.respond(&msg, code, started);
@@ -712,6 +713,7 @@ impl Terminal {
             route,
             TxnInfo {
                 txn,
+                content,
                 card: None,
                 points: 0,
             },
@@ -723,17 +725,15 @@ impl Terminal {
 
     /// Repeats of a request answered recently get the original answer
     /// again, without going upstream; the same key with other content
-    /// gets 94. Returns whether the request was answered here.
-    fn answered_before(&mut self, msg: &Message, key: &MatchKey, started: Instant) -> bool {
-        match self
-            .shared
-            .recent
-            .check(key, repeats::content_hash(msg), started)
-        {
-            Seen::New => false,
+    /// gets 94. `None` when the request was answered here, else its
+    /// content fingerprint (for remembering its answer).
+    fn answered_before(&mut self, msg: &Message, key: &MatchKey, started: Instant) -> Option<u64> {
+        let content = repeats::content_hash(msg);
+        match self.shared.recent.check(key, content, started) {
+            Seen::New => Some(content),
             Seen::Conflict => {
                 self.respond(msg, codes::DUPLICATE, started);
-                true
+                None
             }
             Seen::Repeat(answer) => {
                 let code = Message::parse(answer.clone(), self.spec())
@@ -745,7 +745,7 @@ impl Terminal {
                 if framing.encode(&answer, &mut self.wbuf).is_ok() {
                     self.count(msg.mti(), code, started);
                 }
-                true
+                None
             }
         }
     }
@@ -783,7 +783,12 @@ impl Terminal {
         txn: TxnInfo,
         started: Instant,
     ) -> Result<(), [u8; 2]> {
-        let TxnInfo { txn, card, points } = txn;
+        let TxnInfo {
+            txn,
+            content,
+            card,
+            points,
+        } = txn;
         let hash = key.spread_hash();
         let acquirers = &self.shared.acquirers;
         let chosen = [Some(target.primary), target.backup]
@@ -853,7 +858,7 @@ impl Terminal {
             card,
             host_spec: acquirer.spec,
             started,
-            content: repeats::content_hash(msg),
+            content,
             acquirer: index,
             points,
             txn,
