@@ -41,8 +41,16 @@ struct Entry {
 /// A set-associative table: the key's hash picks a set of `WAYS`
 /// entries under one small lock. One lookup touches one set, and memory
 /// is fixed at creation (no map growth, no eviction queue).
+/// One set: a tag per way (from the key's hash; 0 = empty) ahead of the
+/// entries, so a lookup that finds nothing reads one cache line.
+#[derive(Default)]
+struct Set {
+    tags: [u32; WAYS],
+    ways: [Entry; WAYS],
+}
+
 pub struct RecentAnswers {
-    sets: Box<[Mutex<[Entry; WAYS]>]>,
+    sets: Box<[Mutex<Set>]>,
     mask: usize,
     ttl: Duration,
     hasher: foldhash::fast::RandomState,
@@ -74,7 +82,7 @@ impl RecentAnswers {
     pub fn len(&self) -> usize {
         self.sets
             .iter()
-            .map(|s| lock(s).iter().filter(|e| e.key.is_some()).count())
+            .map(|s| lock(s).tags.iter().filter(|&&t| t != 0).count())
             .sum()
     }
 
@@ -82,14 +90,22 @@ impl RecentAnswers {
         self.len() == 0
     }
 
-    fn set(&self, key: &MatchKey) -> &Mutex<[Entry; WAYS]> {
+    /// The key's set and its tag there (never 0).
+    fn place(&self, key: &MatchKey) -> (&Mutex<Set>, u32) {
         use std::hash::BuildHasher;
-        &self.sets[self.hasher.hash_one(key) as usize & self.mask]
+        let h = self.hasher.hash_one(key);
+        (
+            &self.sets[h as usize & self.mask],
+            ((h >> 32) as u32).max(1),
+        )
     }
 
     pub fn check(&self, key: &MatchKey, content: u64, now: Instant) -> Seen {
-        let set = lock(self.set(key));
-        let Some(e) = set.iter().find(|e| e.key.as_ref() == Some(key)) else {
+        let (set, tag) = self.place(key);
+        let set = lock(set);
+        let found =
+            (0..WAYS).find(|&i| set.tags[i] == tag && set.ways[i].key.as_ref() == Some(key));
+        let Some(e) = found.map(|i| &set.ways[i]) else {
             return Seen::New;
         };
         match e.at {
@@ -107,13 +123,14 @@ impl RecentAnswers {
     /// Keeps the answer given to a request, in place of the same key's
     /// older answer, an empty way, or the oldest answer of the set.
     pub fn remember(&self, key: MatchKey, content: u64, answer: Bytes, now: Instant) {
-        let mut set = lock(self.set(&key));
-        let i = set
-            .iter()
-            .position(|e| e.key == Some(key))
-            .or_else(|| set.iter().position(|e| e.key.is_none()))
-            .unwrap_or_else(|| (0..WAYS).min_by_key(|&i| set[i].at).unwrap_or(0));
-        set[i] = Entry {
+        let (set, tag) = self.place(&key);
+        let mut set = lock(set);
+        let i = (0..WAYS)
+            .find(|&i| set.tags[i] == tag && set.ways[i].key == Some(key))
+            .or_else(|| set.tags.iter().position(|&t| t == 0))
+            .unwrap_or_else(|| (0..WAYS).min_by_key(|&i| set.ways[i].at).unwrap_or(0));
+        set.tags[i] = tag;
+        set.ways[i] = Entry {
             key: Some(key),
             content,
             answer,
