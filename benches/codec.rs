@@ -17,35 +17,19 @@ use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use switchyard::iso8583::spec::BitmapEncoding;
 use switchyard::iso8583::specs::{iso87ascii, iso87binary};
-use switchyard::iso8583::{Message, MessageBuilder, Mti, Spec, pack_response};
+use switchyard::iso8583::{Message, MessageBuilder, Mti, Spec, pack_response, samples};
 
 /// Fields a 0210 echoes from its 0200.
 const ECHO_0210: [usize; 11] = [2, 3, 4, 7, 11, 12, 13, 37, 41, 42, 49];
 
-const STAN: u32 = 123_456;
-const AMOUNT: u64 = 12_345;
+const STAN: u32 = samples::TYPICAL_STAN;
+const AMOUNT: u64 = samples::TYPICAL_AMOUNT;
 
-/// A typical card-present purchase: DE 2, 3, 4, 7, 11, 12, 13, 14, 18, 22,
-/// 25, 37, 41, 42, 43, 49 (173 bytes in iso87ascii).
+/// The shared typical purchase (`switchyard::iso8583::samples`).
 fn typical_0200(spec: &'static Spec) -> Bytes {
-    let mut b = MessageBuilder::new(spec, Mti::FINANCIAL);
-    b.set(2, b"4761739001010010")
-        .set(3, b"000000")
-        .set_number(4, AMOUNT)
-        .set(7, b"0612143015")
-        .set_number(11, STAN as u64)
-        .set(12, b"143015")
-        .set(13, b"0612")
-        .set(14, b"2712")
-        .set(18, b"5411")
-        .set(22, b"051")
-        .set(25, b"00")
-        .set(37, b"416314123456")
-        .set(41, b"TERM0001")
-        .set(42, b"MERCHANT0000001")
-        .set(43, b"ACME GROCERY #42       SPRINGFIELD  ILUS")
-        .set(49, b"840");
-    b.to_bytes().expect("typical 0200 packs").freeze()
+    samples::typical_0200(spec)
+        .expect("typical 0200 packs")
+        .freeze()
 }
 
 /// Appends one BER-TLV with a one-byte length.

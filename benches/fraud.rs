@@ -42,6 +42,19 @@ fn setup() -> (FraudRules, FraudState, Vec<Vec<u8>>) {
     (rules, state, pans)
 }
 
+/// The request being scored: a purchase now, at another merchant.
+fn request(pan: &[u8]) -> Auth<'_> {
+    Auth {
+        card: fraud::card_hash(&KEY, pan),
+        pan,
+        amount_minor: 12_345,
+        mcc: Some(5411),
+        merchant_id: b"MERCHANT0002",
+        terminal_country: Some(840),
+        now_s: NOW,
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let (rules, state, pans) = setup();
     let mut i = 0usize;
@@ -57,31 +70,13 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("fraud");
     g.bench_function("score_known_card", |b| {
         b.iter(|| {
-            let p = next();
-            let a = Auth {
-                card: fraud::card_hash(&KEY, p),
-                pan: p,
-                amount_minor: 12_345,
-                mcc: Some(5411),
-                merchant_id: b"MERCHANT0002",
-                terminal_country: Some(840),
-                now_s: NOW,
-            };
+            let a = request(next());
             black_box(fraud::score(&rules, black_box(&a), &state))
         })
     });
     g.bench_function("score_and_record", |b| {
         b.iter(|| {
-            let p = next();
-            let a = Auth {
-                card: fraud::card_hash(&KEY, p),
-                pan: p,
-                amount_minor: 12_345,
-                mcc: Some(5411),
-                merchant_id: b"MERCHANT0002",
-                terminal_country: Some(840),
-                now_s: NOW,
-            };
+            let a = request(next());
             let s = fraud::score(&rules, black_box(&a), &state);
             if rules.decide(&s) != fraud::Decision::Decline {
                 state.record_forwarded(&rules, &a);

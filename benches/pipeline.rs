@@ -13,33 +13,17 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use switchyard::config::Config;
 use switchyard::frame::{FrameCodec, LengthHeader};
 use switchyard::fraud::{self, Auth, Decision, FraudRules, FraudState};
-use switchyard::iso8583::{Message, MessageBuilder, Mti, pack_response, specs};
+use switchyard::iso8583::{Message, pack_response, samples, specs};
 use switchyard::router::RoutingTable;
 use tokio_util::codec::{Decoder, Encoder};
 
 const KEY: [u8; 16] = *b"bench-pan-key-01";
 const ECHO_0210: [usize; 11] = [2, 3, 4, 7, 11, 12, 13, 37, 41, 42, 49];
 
-/// A typical card-present 0200, framed with a 2-byte header.
+/// The shared typical 0200 for `pan` and `stan`, framed with a 2-byte
+/// header.
 fn framed_0200(pan: &[u8], stan: u64) -> Bytes {
-    let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::FINANCIAL);
-    b.set(2, pan)
-        .set(3, b"000000")
-        .set_number(4, 12_345)
-        .set(7, b"0612143015")
-        .set_number(11, stan)
-        .set(12, b"143015")
-        .set(13, b"0612")
-        .set(14, b"2712")
-        .set(18, b"5411")
-        .set(22, b"051")
-        .set(25, b"00")
-        .set(37, b"416314123456")
-        .set(41, b"TERM0001")
-        .set(42, b"MERCHANT0000001")
-        .set(43, b"ACME GROCERY #42       SPRINGFIELD  ILUS")
-        .set(49, b"840");
-    let body = b.to_bytes().expect("packs");
+    let body = samples::typical_0200_for(specs::iso87ascii(), pan, stan).expect("packs");
     let mut out = BytesMut::new();
     FrameCodec::new(LengthHeader::Binary2, 8192)
         .encode(&body[..], &mut out)

@@ -7,30 +7,13 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use switchyard::iso8583::specs::iso87ascii;
-use switchyard::iso8583::{Message, MessageBuilder, Mti, pack_response};
+use switchyard::iso8583::{Message, pack_response, samples};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "parse".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let mut b = MessageBuilder::new(iso87ascii(), Mti::FINANCIAL);
-    b.set(2, b"4761739001010010")
-        .set(3, b"000000")
-        .set_number(4, 12_345)
-        .set(7, b"0612143015")
-        .set_number(11, 123_456)
-        .set(12, b"143015")
-        .set(13, b"0612")
-        .set(14, b"2712")
-        .set(18, b"5411")
-        .set(22, b"051")
-        .set(25, b"00")
-        .set(37, b"416314123456")
-        .set(41, b"TERM0001")
-        .set(42, b"MERCHANT0000001")
-        .set(43, b"ACME GROCERY #42       SPRINGFIELD  ILUS")
-        .set(49, b"840");
-    let frame = match b.to_bytes() {
+    let frame = match samples::typical_0200(iso87ascii()) {
         Ok(f) => f.freeze(),
         Err(e) => {
             eprintln!("{e}");

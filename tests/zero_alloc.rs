@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use switchyard::iso8583::specs::{iso87ascii, iso87binary};
-use switchyard::iso8583::{Message, MessageBuilder, Mti, Spec};
+use switchyard::iso8583::{Message, MessageBuilder, Mti, Spec, samples};
 
 struct Counting;
 
@@ -62,31 +62,15 @@ fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
     (after - before, r)
 }
 
-const STAN: u32 = 123_456;
-const AMOUNT: u64 = 12_345;
+const STAN: u32 = samples::TYPICAL_STAN;
+const AMOUNT: u64 = samples::TYPICAL_AMOUNT;
 const ECHO_0210: [usize; 11] = [2, 3, 4, 7, 11, 12, 13, 37, 41, 42, 49];
 
-/// The 0200 of benches/codec.rs: DE 2, 3, 4, 7, 11, 12, 13, 14, 18, 22, 25,
-/// 37, 41, 42, 43, 49.
+/// The 0200 of benches/codec.rs (`switchyard::iso8583::samples`).
 fn typical_0200(spec: &'static Spec) -> Bytes {
-    let mut b = MessageBuilder::new(spec, Mti::FINANCIAL);
-    b.set(2, b"4761739001010010")
-        .set(3, b"000000")
-        .set_number(4, AMOUNT)
-        .set(7, b"0612143015")
-        .set_number(11, STAN as u64)
-        .set(12, b"143015")
-        .set(13, b"0612")
-        .set(14, b"2712")
-        .set(18, b"5411")
-        .set(22, b"051")
-        .set(25, b"00")
-        .set(37, b"416314123456")
-        .set(41, b"TERM0001")
-        .set(42, b"MERCHANT0000001")
-        .set(43, b"ACME GROCERY #42       SPRINGFIELD  ILUS")
-        .set(49, b"840");
-    b.to_bytes().expect("typical 0200 packs").freeze()
+    samples::typical_0200(spec)
+        .expect("typical 0200 packs")
+        .freeze()
 }
 
 /// Parses `frame` and reads it the way the switch does; returns a digest

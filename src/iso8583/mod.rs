@@ -16,6 +16,7 @@ mod encoding;
 pub mod error;
 pub mod message;
 pub mod mti;
+pub mod samples;
 pub mod spec;
 pub mod spec_toml;
 pub mod specs;
