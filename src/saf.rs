@@ -81,14 +81,6 @@ pub struct SafHandle {
     depth: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Why an entry was not queued.
-#[derive(Debug, thiserror::Error)]
-#[error("store-and-forward queue of `{acquirer}` is full ({max} entries)")]
-pub struct SafFull {
-    pub acquirer: String,
-    pub max: usize,
-}
-
 impl SafHandle {
     /// Queues an entry without waiting.
     pub fn push(&self, e: SafEntry) -> Result<(), SafEntry> {

@@ -902,25 +902,13 @@ impl Terminal {
             Outcome::Answered {
                 body,
                 response_code,
+                approval_code,
             } => {
-                let approval_code = if response_code == codes::APPROVED {
-                    Message::parse(body.clone(), p.host_spec)
-                        .ok()
-                        .and_then(|m| m.approval_code())
-                        .and_then(|c| {
-                            std::str::from_utf8(c.trimmed())
-                                .ok()
-                                .and_then(|t| crate::journal::ApprovalCode::from(t).ok())
-                        })
-                        .unwrap_or_default()
-                } else {
-                    Default::default()
-                };
                 self.journal(Record::Response {
                     txn: p.txn,
                     at_ms: self.now_ms,
                     response_code,
-                    approval_code,
+                    approval_code: journal_text(approval_code),
                     stand_in: false,
                 });
                 if response_code != codes::APPROVED
@@ -1019,21 +1007,10 @@ fn request_record(
     score: &fraud::Score,
     card: CardHash,
 ) -> Record {
-    use crate::journal::{MaskedPanStr, Rrn, SmallStr};
-    fn small<const N: usize>(t: Option<crate::iso8583::SmallText>) -> arrayvec::ArrayString<N> {
-        let mut out = arrayvec::ArrayString::<N>::new();
-        if let Some(t) = t {
-            for &c in t.trimmed().iter().take(N) {
-                if c.is_ascii_graphic() || c == b' ' {
-                    out.push(c as char);
-                }
-            }
-        }
-        out
-    }
-    let mut masked = MaskedPanStr::new();
+    let mut masked = crate::journal::MaskedPanStr::new();
     if let Some(p) = msg.pan() {
-        let m = p.masked().to_string();
+        let m = p.masked();
+        let m = m.as_str();
         let _ = masked.try_push_str(&m[..m.len().min(masked.capacity())]);
     }
     Record::Request {
@@ -1041,9 +1018,9 @@ fn request_record(
         at_ms,
         mti: msg.mti().value(),
         stan: msg.stan().unwrap_or(0),
-        terminal_id: small::<16>(msg.terminal_id()) as SmallStr,
-        merchant_id: small::<16>(msg.merchant_id()) as SmallStr,
-        rrn: small::<12>(msg.rrn()) as Rrn,
+        terminal_id: journal_text(msg.terminal_id()),
+        merchant_id: journal_text(msg.merchant_id()),
+        rrn: journal_text(msg.rrn()),
         masked_pan: masked,
         card_hash: card.0,
         amount_minor: msg.amount_minor().unwrap_or(0),
@@ -1053,4 +1030,18 @@ fn request_record(
         fraud_points: score.points,
         fraud_reasons: score.reasons.bits(),
     }
+}
+
+/// A text field as the journal keeps it: trimmed, printable ASCII only, cut
+/// to the record's width.
+fn journal_text<const N: usize>(t: Option<crate::iso8583::SmallText>) -> arrayvec::ArrayString<N> {
+    let mut out = arrayvec::ArrayString::<N>::new();
+    if let Some(t) = t {
+        for &c in t.trimmed().iter().take(N) {
+            if c.is_ascii_graphic() || c == b' ' {
+                out.push(c as char);
+            }
+        }
+    }
+    out
 }

@@ -252,7 +252,7 @@ async fn crash_and_recover(kill_after: usize, first_stan: u32) {
     std::fs::create_dir_all(&dir).expect("test dir");
     let sim = start_sim_with(SimConfig {
         latency: Latency::Uniform(Duration::from_millis(2), Duration::from_millis(30)),
-        ..SimConfig::default()
+        ..sim_config()
     })
     .await;
     let config = write_config(&dir, &sim);

@@ -31,7 +31,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn far_over_capacity_the_excess_gets_fast_96s_and_memory_stays_bounded() {
     let sim = start_sim_with(SimConfig {
         record_capacity: 0,
-        ..SimConfig::default()
+        ..sim_config()
     })
     .await;
     let dir = fresh_journal_dir();

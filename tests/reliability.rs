@@ -186,7 +186,7 @@ async fn stand_in_approves_small_requests_and_advises_the_host_later() {
 
     let sim = start_sim_with(switchyard::sim::SimConfig {
         listen: addr,
-        ..Default::default()
+        ..sim_config()
     })
     .await;
     wait_links_up(&switch).await;

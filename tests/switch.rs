@@ -45,7 +45,7 @@ async fn host_declines_reach_the_terminal() {
     let sim = start_sim_with(SimConfig {
         decline_over_amount: Some(100_000),
         decline_prefixes: vec!["5".into()],
-        ..SimConfig::default()
+        ..sim_config()
     })
     .await;
     let switch = start_switch(&config(&[sim.local_addr()], "", "")).await;
@@ -158,7 +158,7 @@ async fn missing_required_field_answers_30() {
 async fn duplicate_in_flight_answers_94() {
     let sim = start_sim_with(SimConfig {
         latency: Latency::Fixed(Duration::from_millis(300)),
-        ..SimConfig::default()
+        ..sim_config()
     })
     .await;
     let switch = start_switch(&config(&[sim.local_addr()], "", "")).await;
@@ -189,7 +189,7 @@ async fn duplicate_in_flight_answers_94() {
 async fn host_timeout_answers_91_and_the_late_answer_is_dropped() {
     let sim = start_sim_with(SimConfig {
         latency: Latency::Fixed(Duration::from_millis(1500)),
-        ..SimConfig::default()
+        ..sim_config()
     })
     .await;
     // Sign-on must not time out: the latency applies from the first
@@ -229,7 +229,7 @@ async fn link_down_at_start_comes_up_with_backoff_and_sign_on() {
 
     let sim = start_sim_with(SimConfig {
         listen: addr,
-        ..SimConfig::default()
+        ..sim_config()
     })
     .await;
     wait_links_up(&switch).await;

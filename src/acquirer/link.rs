@@ -476,6 +476,7 @@ impl LinkActor {
                 reply.send(Outcome::Answered {
                     body: msg.frame().clone(),
                     response_code,
+                    approval_code: msg.approval_code(),
                 });
             }
             Matched::Late => {

@@ -52,10 +52,12 @@ pub struct Reply {
 }
 
 pub enum Outcome {
-    /// The host answered: its message (host spec) and DE39.
+    /// The host answered: its message (host spec), DE39 and DE38, read
+    /// once by the link so the terminal need not parse the answer again.
     Answered {
         body: Bytes,
         response_code: [u8; 2],
+        approval_code: Option<crate::iso8583::SmallText>,
     },
     Failed(Failure),
 }

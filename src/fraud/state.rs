@@ -163,6 +163,21 @@ impl CardState {
         }
     }
 
+    fn record(&mut self, rules: &FraudRules, a: &Auth<'_>, now: u32) {
+        self.last_seen = now;
+        for (i, w) in rules.windows.iter().enumerate() {
+            self.window_add(i, now / w.bucket_s, a.amount_minor);
+        }
+        if let Some(t) = &rules.card_testing {
+            let slot = self.recent_next as usize % RECENT_EVENTS;
+            self.recent[slot] = Recent {
+                at: now,
+                tag: merchant_tag(a.merchant_id, a.amount_minor <= t.small_amount),
+            };
+            self.recent_next = ((slot + 1) % RECENT_EVENTS) as u8;
+        }
+    }
+
     /// Count and amount of window `i` that are not older than `BUCKETS`
     /// buckets at `now_index`.
     fn window_sum(&self, i: usize, now_index: u32) -> (u64, u64) {
@@ -322,26 +337,19 @@ impl FraudState {
             return;
         }
         let now = secs32(a.now_s);
-        if !self.cards.contains_key(&a.card) && !self.make_room() {
+        // A card seen before (the common case) costs one map access.
+        if let Some(mut st) = self.cards.get_mut(&a.card) {
+            st.record(rules, a, now);
+            return;
+        }
+        if !self.make_room() {
             return;
         }
         let mut entry = self.cards.entry(a.card).or_insert_with(|| {
             self.tracked.fetch_add(1, Ordering::Relaxed);
             CardState::new()
         });
-        let st = entry.value_mut();
-        st.last_seen = now;
-        for (i, w) in rules.windows.iter().enumerate() {
-            st.window_add(i, now / w.bucket_s, a.amount_minor);
-        }
-        if let Some(t) = &rules.card_testing {
-            let slot = st.recent_next as usize % RECENT_EVENTS;
-            st.recent[slot] = Recent {
-                at: now,
-                tag: merchant_tag(a.merchant_id, a.amount_minor <= t.small_amount),
-            };
-            st.recent_next = ((slot + 1) % RECENT_EVENTS) as u8;
-        }
+        entry.value_mut().record(rules, a, now);
     }
 
     /// Records a host decline of a forwarded request for this card.

@@ -169,21 +169,20 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The simulator's defaults, on a free port (not its well-known 9583).
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        listen: free_addr(),
+        ..SimConfig::default()
+    }
+}
+
 pub async fn start_sim() -> SimHandle {
-    start_sim_with(SimConfig::default()).await
+    start_sim_with(sim_config()).await
 }
 
 pub async fn start_sim_with(config: SimConfig) -> SimHandle {
-    sim::spawn(SimConfig {
-        listen: if config.listen.port() == 9583 {
-            free_addr()
-        } else {
-            config.listen
-        },
-        ..config
-    })
-    .await
-    .expect("simulator starts")
+    sim::spawn(config).await.expect("simulator starts")
 }
 
 fn links_toml(links: &[SocketAddr]) -> String {
