@@ -5,6 +5,7 @@
 //! cost more than the rest of the hot path.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -81,9 +82,33 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            spawn_upkeep(handle.clone());
             Some(handle)
         })
         .as_ref()
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The recorder keeps every histogram sample in a queue until a scrape or
+/// an upkeep drains it: without one, memory grew about 40 bytes per
+/// request with nobody scraping (`build_recorder`, unlike `install`, does
+/// not start an upkeep). A plain thread drains it once a second, off the
+/// runtime that serves terminals, so the queue holds at most a second of
+/// samples.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the metrics upkeep thread; histograms drain only when /metrics is scraped");
+    }
 }
 
 fn describe() {
