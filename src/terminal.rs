@@ -652,8 +652,9 @@ impl Terminal {
             stand_in: false,
         });
         if let Some(body) = self.respond_at(msg, codes::APPROVED, started) {
-            let answer = Bytes::copy_from_slice(&self.wbuf[body]);
-            self.shared.recent.remember(key, content, answer, started);
+            self.shared
+                .recent
+                .remember(key, content, &self.wbuf[body], started);
         }
     }
 
@@ -774,7 +775,7 @@ impl Terminal {
     }
 
     /// Keeps the answer to a forwarded request for repeats.
-    fn remember(&self, p: &Pending, answer: Bytes) {
+    fn remember(&self, p: &Pending, answer: &[u8]) {
         self.shared
             .recent
             .remember(p.key, p.content, answer, p.started);
@@ -926,7 +927,7 @@ impl Terminal {
                         return self.fail(p, Failure::LinkLost);
                     }
                     self.count(p.mti, response_code, p.started);
-                    self.remember(&p, body);
+                    self.remember(&p, &body);
                 } else {
                     self.transcode_answer(p, body, response_code);
                 }
@@ -946,8 +947,7 @@ impl Terminal {
         let mut b = MessageBuilder::new(self.spec(), answer.mti());
         b.copy_all(&answer);
         if let Some(body) = self.write_packed(&b, p.mti, code, p.started) {
-            let answer = Bytes::copy_from_slice(&self.wbuf[body]);
-            self.remember(&p, answer);
+            self.remember(&p, &self.wbuf[body]);
         }
     }
 
@@ -991,8 +991,7 @@ impl Terminal {
         if let Some(body) = body
             && code != codes::DUPLICATE
         {
-            let answer = Bytes::copy_from_slice(&self.wbuf[body]);
-            self.remember(&p, answer);
+            self.remember(&p, &self.wbuf[body]);
         }
     }
 }
