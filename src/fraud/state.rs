@@ -1,5 +1,5 @@
 //! Per-card history for the velocity, card-testing and decline rules:
-//! a `DashMap` from keyed card hash to a fixed-size record, bounded by
+//! a sharded map from keyed card hash to a fixed-size record, bounded by
 //! `max_tracked_cards` with eviction of the cards seen least recently.
 //!
 //! Windows are bucketed: each velocity window is cut into `BUCKETS`
@@ -8,11 +8,13 @@
 //! (a 60 s window in 7.5 s steps), which bounds memory per card without
 //! keeping every event.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use dashmap::DashMap;
+use crossbeam_utils::CachePadded;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::{Auth, FraudRules, RuleId, Score};
@@ -239,32 +241,60 @@ fn within(at: u32, now: u32, window_s: u32) -> bool {
     at != 0 && at <= now && now - at < window_s
 }
 
-/// Shards of the card map. A shard grows by copying every record it holds
-/// (about 450 bytes each) while the actors wait: with DashMap's default of
-/// 4 per core (8 here) a growth step at 100,000 cards copied megabytes at
-/// once and showed as a 15-20 ms stall of every terminal in the first
-/// seconds of a load test. Many small shards make each step small; a
-/// shard's own lock and header cost about 64 bytes.
+/// Shards of the card map, each a plain hash map under its own lock. A
+/// shard grows by copying every record it holds (about 450 bytes each)
+/// while the actors wait: with 8 shards (DashMap's default of 4 per core
+/// here) a growth step at 100,000 cards copied megabytes at once and
+/// showed as a 15-20 ms stall of every terminal in the first seconds of a
+/// load test. Many small shards make each step small, and let eviction
+/// sweep a few at a time.
 const SHARDS: usize = 256;
+
+/// Records an eviction step examines at most (beyond finishing a shard):
+/// about 0.2 ms of scanning. A sweep of the whole map at a million cards
+/// took the runtime for tens of milliseconds.
+const SWEEP_STEP: usize = 4096;
+
+type Shard = HashMap<CardHash, CardState, BuildHasherDefault<PassThrough>>;
+
+/// Where the eviction sweep stands: it goes round the shards a step at a
+/// time, with a cutoff estimated at the start of each round.
+struct Sweep {
+    next_shard: usize,
+    cutoff: u64,
+}
 
 /// The history of every card seen recently. Shared by all terminal
 /// actors; no lock is held beyond one map operation (never across an
 /// await).
 pub struct FraudState {
-    cards: DashMap<CardHash, CardState, BuildHasherDefault<PassThrough>>,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
     tracked: AtomicUsize,
     max_cards: usize,
-    evicting: AtomicBool,
+    /// Held by the one caller evicting; others skip tracking meanwhile.
+    sweep: Mutex<Sweep>,
 }
 
 impl FraudState {
     pub fn new(max_cards: usize) -> FraudState {
         FraudState {
-            cards: DashMap::with_hasher_and_shard_amount(BuildHasherDefault::default(), SHARDS),
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::default()))
+                .collect(),
             tracked: AtomicUsize::new(0),
             max_cards: max_cards.max(1),
-            evicting: AtomicBool::new(false),
+            sweep: Mutex::new(Sweep {
+                next_shard: 0,
+                cutoff: 0,
+            }),
         }
+    }
+
+    /// The locked shard of a card. Bytes the in-shard hash (the first 8)
+    /// does not use pick it.
+    fn shard(&self, card: &CardHash) -> MutexGuard<'_, Shard> {
+        let i = u16::from_ne_bytes([card.0[14], card.0[15]]) as usize % SHARDS;
+        lock(&self.shards[i])
     }
 
     /// Cards currently tracked.
@@ -280,8 +310,8 @@ impl FraudState {
     /// card (reads only). The request being scored counts as one more.
     pub(super) fn score_history(&self, rules: &FraudRules, a: &Auth<'_>, s: &mut Score) {
         let now = secs32(a.now_s);
-        let entry = self.cards.get(&a.card);
-        let st = entry.as_deref();
+        let shard = self.shard(&a.card);
+        let st = shard.get(&a.card);
         for (i, w) in rules.windows.iter().enumerate() {
             let (mut count, mut amount) = (1u64, a.amount_minor);
             if let Some(st) = st {
@@ -346,23 +376,24 @@ impl FraudState {
         }
         let now = secs32(a.now_s);
         // A card seen before (the common case) costs one map access.
-        if let Some(mut st) = self.cards.get_mut(&a.card) {
+        if let Some(st) = self.shard(&a.card).get_mut(&a.card) {
             st.record(rules, a, now);
             return;
         }
         if !self.make_room() {
             return;
         }
-        let mut entry = self.cards.entry(a.card).or_insert_with(|| {
+        let mut shard = self.shard(&a.card);
+        let st = shard.entry(a.card).or_insert_with(|| {
             self.tracked.fetch_add(1, Ordering::Relaxed);
             CardState::new()
         });
-        entry.value_mut().record(rules, a, now);
+        st.record(rules, a, now);
     }
 
     /// Records a host decline of a forwarded request for this card.
     pub fn record_decline(&self, card: CardHash, now_s: u64) {
-        if let Some(mut st) = self.cards.get_mut(&card) {
+        if let Some(st) = self.shard(&card).get_mut(&card) {
             let slot = st.declines_next as usize % RECENT_EVENTS;
             st.declines[slot] = secs32(now_s);
             st.declines_next = ((slot + 1) % RECENT_EVENTS) as u8;
@@ -370,48 +401,51 @@ impl FraudState {
     }
 
     /// Keeps the map under its bound. Returns whether a new card may be
-    /// added now. When full, one caller evicts down to 90 % of the bound
-    /// (the least recently seen cards go first), so the cost of a sweep is
-    /// spread over the next tenth of new cards; meanwhile other callers
-    /// skip tracking their new card rather than wait.
+    /// added now. When full, one caller takes an eviction step: it removes
+    /// the cards seen least recently from the next few shards (about a
+    /// tenth of them, so a round of all shards brings the map to about
+    /// 90 % of its bound), and the cost of a round is spread over many
+    /// new cards. Meanwhile other callers skip tracking their new card
+    /// rather than wait.
     fn make_room(&self) -> bool {
         if self.len() < self.max_cards {
             return true;
         }
-        if self.evicting.swap(true, Ordering::Acquire) {
+        let Ok(mut sweep) = self.sweep.try_lock() else {
             return false;
-        }
+        };
         let target = self.max_cards - self.max_cards / 10;
-        // The sample is an estimate: a second pass covers a short first one.
-        for _ in 0..2 {
-            if self.len() <= target {
-                break;
+        let mut examined = 0;
+        let mut visited = 0;
+        while examined < SWEEP_STEP && visited < SHARDS {
+            if sweep.next_shard == 0 {
+                sweep.cutoff = self.eviction_cutoff(target);
             }
-            let cutoff = self.eviction_cutoff(target);
-            self.cards.retain(|card, st| {
-                let keep = age_key(card, st) > cutoff;
-                if !keep {
-                    self.tracked.fetch_sub(1, Ordering::Relaxed);
-                }
-                keep
-            });
+            let mut shard = lock(&self.shards[sweep.next_shard]);
+            examined += shard.len();
+            let before = shard.len();
+            let cutoff = sweep.cutoff;
+            shard.retain(|card, st| age_key(card, st) > cutoff);
+            self.tracked
+                .fetch_sub(before - shard.len(), Ordering::Relaxed);
+            drop(shard);
+            sweep.next_shard = (sweep.next_shard + 1) % SHARDS;
+            visited += 1;
         }
-        self.evicting.store(false, Ordering::Release);
         self.len() < self.max_cards
     }
 
     /// The `age_key` at or under which cards go, estimated from a sample
-    /// so that about `len - target` cards go.
+    /// of every shard so that about `len - target` cards go.
     fn eviction_cutoff(&self, target: usize) -> u64 {
         let len = self.len().max(1);
         let share = 1.0 - target as f64 / len as f64;
-        let mut sample: Vec<u64> = self
-            .cards
-            .iter()
-            .step_by((len / 1024).max(1))
-            .take(1024)
-            .map(|e| age_key(e.key(), e.value()))
-            .collect();
+        let per_shard = 1024usize.div_ceil(SHARDS);
+        let mut sample: Vec<u64> = Vec::with_capacity(per_shard * SHARDS);
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            sample.extend(shard.iter().take(per_shard).map(|(k, v)| age_key(k, v)));
+        }
         if sample.is_empty() {
             return u64::MAX;
         }
@@ -419,6 +453,12 @@ impl FraudState {
         let n = ((sample.len() as f64 * share).ceil() as usize).clamp(1, sample.len());
         sample[n - 1]
     }
+}
+
+/// A poisoned shard only means a panic elsewhere mid-update of plain
+/// counters; its records are still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Orders cards for eviction: least recently seen first; cards seen in

@@ -257,3 +257,51 @@ fn a_burst_inside_one_second_does_not_empty_the_map() {
     }
     assert!(st.len() >= 500, "only {} cards left", st.len());
 }
+
+#[test]
+fn eviction_at_scale_goes_in_steps_and_keeps_recent_cards() {
+    // Large enough that a step covers only some shards: eviction must go
+    // round them step by step without emptying the map or losing the
+    // newest cards.
+    const BOUND: usize = 20_000;
+    let r = rules("[fraud]\n[[fraud.velocity]]\nwindow_s = 86400\nmax_count = 1\npoints = 30\n");
+    let st = FraudState::new(BOUND);
+    let pans: Vec<&'static [u8]> = (0..60_000u64)
+        .map(|i| &*format!("4{:015}", i).into_bytes().leak())
+        .collect();
+    let (mut lowest_after_full, mut largest_step) = (usize::MAX, 0);
+    for (i, pan) in pans.iter().enumerate() {
+        let before = st.len();
+        // Ten new cards a second, so cards differ in age.
+        st.record_forwarded(&r, &auth(pan, 10, T0 + i as u64 / 10));
+        assert!(st.len() <= BOUND, "{} cards tracked after {i}", st.len());
+        largest_step = largest_step.max(before.saturating_sub(st.len()));
+        if i >= BOUND {
+            lowest_after_full = lowest_after_full.min(st.len());
+        }
+    }
+    // One step removes about a tenth of the cards it looks at, never a
+    // tenth of the whole map at once.
+    assert!(
+        largest_step > 0 && largest_step < BOUND / 20,
+        "one eviction step removed {largest_step} cards"
+    );
+    assert!(
+        lowest_after_full >= BOUND - BOUND / 10,
+        "eviction went too far: {lowest_after_full} left"
+    );
+    let now = T0 + 60_000 / 10;
+    let recent_tracked = pans[pans.len() - 1000..]
+        .iter()
+        .filter(|pan| !score(&r, &auth(pan, 10, now), &st).reasons.is_empty())
+        .count();
+    assert!(
+        recent_tracked >= 990,
+        "only {recent_tracked} of the newest 1000 cards tracked"
+    );
+    let oldest_tracked = pans[..1000]
+        .iter()
+        .filter(|pan| !score(&r, &auth(pan, 10, now), &st).reasons.is_empty())
+        .count();
+    assert_eq!(oldest_tracked, 0, "the oldest cards should have gone first");
+}
