@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The three load scenarios of README's performance table, each against a
 # fresh simulator and switch on loopback (separate processes, as in
-# production). Writes loadtest/results/<scenario>.json and a markdown
-# summary, results/summary.md.
+# production). Writes loadtest/results/<scenario>.run<N>.json (and .txt,
+# .hgrm) and a markdown summary, results/summary.md, with the median of
+# each figure over the runs and its range.
 #
-#   bash loadtest/bench.sh            # all three, 10 s each
+#   bash loadtest/bench.sh            # all three, 10 s each, once
+#   RUNS=5 bash loadtest/bench.sh     # five runs of each: medians
 #   DURATION=5s bash loadtest/bench.sh
+#
+# A fourth scenario, sim-direct-64x1, points loadtest at the simulator
+# itself (no switch): what two processes doing ping-pong over loopback
+# reach on this box, the ceiling for a chain of three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
+RUNS=${RUNS:-1}
 OUT=loadtest/results
 mkdir -p "$OUT"
 cargo build --release --quiet --bin switchyard -p switchyard
@@ -33,47 +40,70 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-run_scenario() {
-    local name=$1; shift
+start_pair() {
     rm -rf "$OUT/journal"
     "$BIN/switchyard" sim --listen "127.0.0.1:$SIM_PORT" >/dev/null &
     pids+=($!)
-    "$BIN/switchyard" run --config "$config" >"$OUT/$name.switch.log" 2>&1 &
+    "$BIN/switchyard" run --config "$config" >"$OUT/$1.switch.log" 2>&1 &
     pids+=($!)
     # Ready when /health says every link is up.
     for _ in $(seq 1 100); do
         if curl -sf "http://127.0.0.1:$ADMIN_PORT/health" >/dev/null 2>&1; then break; fi
         sleep 0.1
     done
-    echo "== $name: $*"
-    "$BIN/loadtest" --target "127.0.0.1:$SWITCH_PORT" --duration "$DURATION" --warmup 2s \
-        --no-progress --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" "$@" \
-        | tee "$OUT/$name.txt" || true
-    cleanup
-    pids=()
 }
 
-run_scenario closed-64x1 --connections 64 --in-flight 1
-run_scenario pipelined-16x16 --connections 16 --in-flight 16
-run_scenario open-50k --connections 64 --rate 50000 --threads 1
+# run_scenario NAME TARGET-PORT loadtest-flags...
+run_scenario() {
+    local name=$1 port=$2; shift 2
+    for k in $(seq 1 "$RUNS"); do
+        if [ "$port" = "$SWITCH_PORT" ]; then
+            start_pair "$name"
+        else
+            "$BIN/switchyard" sim --listen "127.0.0.1:$SIM_PORT" >/dev/null &
+            pids+=($!)
+            sleep 0.3
+        fi
+        echo "== $name (run $k of $RUNS): $*"
+        "$BIN/loadtest" --target "127.0.0.1:$port" --duration "$DURATION" --warmup 2s \
+            --no-progress --json "$OUT/$name.run$k.json" --hgrm "$OUT/$name.run$k.hgrm" "$@" \
+            | tee "$OUT/$name.run$k.txt" || true
+        cleanup
+        pids=()
+    done
+}
+
+rm -f "$OUT"/*.run*.json
+run_scenario closed-64x1 "$SWITCH_PORT" --connections 64 --in-flight 1 --threads 1
+run_scenario pipelined-16x16 "$SWITCH_PORT" --connections 16 --in-flight 16
+run_scenario open-50k "$SWITCH_PORT" --connections 64 --rate 50000 --threads 1
+run_scenario sim-direct-64x1 "$SIM_PORT" --connections 64 --in-flight 1 --threads 1
 
 {
     echo "# Switchyard load scenarios"
     echo
     echo "Machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%d). Switch runtime: ${FLAVOR:-current-thread}, journal durability ${DURABILITY:-none}."
-    echo "Simulator, switch and loadtest on the same machine, loopback, $DURATION each."
+    echo "Simulator, switch and loadtest on the same machine, loopback, $DURATION each, $RUNS run(s) of each: median (range)."
     echo
     echo "| scenario | achieved/s | p50 | p99 | p99.9 | max | lost | mismatched |"
     echo "|---|---|---|---|---|---|---|---|"
-    for s in closed-64x1 pipelined-16x16 open-50k; do
-        python3 - "$OUT/$s.json" "$s" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-lat = r.get("latency", {})
+    for s in closed-64x1 pipelined-16x16 open-50k sim-direct-64x1; do
+        python3 - "$s" "$OUT"/"$s".run*.json <<'PY'
+import json, statistics, sys
+name, files = sys.argv[1], sys.argv[2:]
+runs = [json.load(open(f)) for f in files]
+if not runs:
+    sys.exit(0)
 def us(v):
-    return f"{v/1000:.2f} ms" if v >= 1000 else f"{v} µs"
-print(f"| {sys.argv[2]} | {r.get('achieved_rate', 0):,.0f} | {us(lat.get('p50_us', 0))} | {us(lat.get('p99_us', 0))} | "
-      f"{us(lat.get('p99.9_us', 0))} | {us(lat.get('max_us', 0))} | {r.get('lost', 0)} | {r.get('mismatched', 0)} |")
+    return f"{v/1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
+def cell(values, fmt):
+    med = fmt(statistics.median(values))
+    return med if len(values) == 1 else f"{med} ({fmt(min(values))}-{fmt(max(values))})"
+lat = lambda k: [r.get("latency", {}).get(k, 0) for r in runs]
+rate = [r.get("achieved_rate", 0) for r in runs]
+print(f"| {name} | {cell(rate, lambda v: f'{v:,.0f}')} | {cell(lat('p50_us'), us)} | "
+      f"{cell(lat('p99_us'), us)} | {cell(lat('p99.9_us'), us)} | {cell(lat('max_us'), us)} | "
+      f"{sum(r.get('lost', 0) for r in runs)} | {sum(r.get('mismatched', 0) for r in runs)} |")
 PY
     done
 } > "$OUT/summary.md"
