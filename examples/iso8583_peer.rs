@@ -28,6 +28,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use switchyard::decode::parse_hex;
 use switchyard::iso8583::{FieldValue, Message, MessageBuilder, Mti, Spec, specs};
 
 fn main() {
@@ -91,7 +92,7 @@ fn decode(req: &Value, spec: &'static Spec) -> Result<Value, String> {
         .get("hex")
         .and_then(Value::as_str)
         .ok_or("missing \"hex\"")?;
-    let frame = from_hex(hex)?;
+    let frame = parse_hex(hex)?;
     let msg = Message::parse(Bytes::from(frame), spec).map_err(|e| e.to_string())?;
     let mut fields = Map::new();
     for (n, v) in msg.fields() {
@@ -116,7 +117,7 @@ fn encode(req: &Value, spec: &'static Spec) -> Result<Value, String> {
         let hex = v
             .as_str()
             .ok_or_else(|| format!("field {k}: value must be a hex string"))?;
-        values.push((n, from_hex(hex).map_err(|e| format!("field {k}: {e}"))?));
+        values.push((n, parse_hex(hex).map_err(|e| format!("field {k}: {e}"))?));
     }
     let mut b = MessageBuilder::new(spec, mti);
     for (n, v) in &values {
@@ -140,22 +141,4 @@ fn to_hex(bytes: &[u8]) -> String {
         s.push(DIGITS[(b & 0x0F) as usize] as char);
     }
     s
-}
-
-fn from_hex(text: &str) -> Result<Vec<u8>, String> {
-    let t = text.as_bytes();
-    if t.len() % 2 != 0 {
-        return Err(format!("odd number of hex digits ({})", t.len()));
-    }
-    t.chunks_exact(2)
-        .enumerate()
-        .map(|(i, p)| {
-            let hi = (p[0] as char).to_digit(16);
-            let lo = (p[1] as char).to_digit(16);
-            match (hi, lo) {
-                (Some(h), Some(l)) => Ok((h * 16 + l) as u8),
-                _ => Err(format!("not hex at digit {}", 2 * i)),
-            }
-        })
-        .collect()
 }

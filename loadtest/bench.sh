@@ -40,30 +40,38 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-start_pair() {
-    rm -rf "$OUT/journal"
+# Polls until a command succeeds (at most 10 s): the processes give no
+# other readiness signal to a shell.
+wait_until() {
+    for _ in $(seq 1 100); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "bench.sh: gave up waiting for: $*" >&2
+    return 1
+}
+
+start_sim() {
     "$BIN/switchyard" sim --listen "127.0.0.1:$SIM_PORT" >/dev/null &
     pids+=($!)
+    wait_until bash -c "exec 3<>/dev/tcp/127.0.0.1/$SIM_PORT"
+}
+
+start_switch() {
+    rm -rf "$OUT/journal"
     "$BIN/switchyard" run --config "$config" >"$OUT/$1.switch.log" 2>&1 &
     pids+=($!)
     # Ready when /health says every link is up.
-    for _ in $(seq 1 100); do
-        if curl -sf "http://127.0.0.1:$ADMIN_PORT/health" >/dev/null 2>&1; then break; fi
-        sleep 0.1
-    done
+    wait_until curl -sf "http://127.0.0.1:$ADMIN_PORT/health"
 }
 
-# run_scenario NAME TARGET-PORT loadtest-flags...
+# run_scenario NAME TARGET-PORT loadtest-flags...: the target is the
+# switch (with the simulator behind it) or the simulator alone.
 run_scenario() {
     local name=$1 port=$2; shift 2
     for k in $(seq 1 "$RUNS"); do
-        if [ "$port" = "$SWITCH_PORT" ]; then
-            start_pair "$name"
-        else
-            "$BIN/switchyard" sim --listen "127.0.0.1:$SIM_PORT" >/dev/null &
-            pids+=($!)
-            sleep 0.3
-        fi
+        start_sim
+        if [ "$port" = "$SWITCH_PORT" ]; then start_switch "$name"; fi
         echo "== $name (run $k of $RUNS): $*"
         "$BIN/loadtest" --target "127.0.0.1:$port" --duration "$DURATION" --warmup 2s \
             --no-progress --json "$OUT/$name.run$k.json" --hgrm "$OUT/$name.run$k.hgrm" "$@" \

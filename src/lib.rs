@@ -21,5 +21,6 @@ pub mod runtime;
 pub mod saf;
 pub mod server;
 pub mod sim;
+pub mod sync;
 pub mod telemetry;
 pub mod terminal;

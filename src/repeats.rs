@@ -8,6 +8,8 @@
 //! when a set is full its oldest answer goes.
 
 use std::sync::Mutex;
+
+use crate::sync::lock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -148,12 +150,6 @@ impl RecentAnswers {
         drop(set);
         drop(replaced);
     }
-}
-
-/// A poisoned set only means a panic elsewhere mid-update of plain data;
-/// the entries are still usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use std::sync::{Mutex, MutexGuard};
 use crossbeam_utils::CachePadded;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
+use crate::sync::lock;
+
 use super::{Auth, FraudRules, RuleId, Score};
 use crate::config::crate_limits::{MAX_VELOCITY_WINDOWS, RECENT_EVENTS};
 
@@ -39,17 +41,13 @@ pub fn card_hash(key: &[u8; 16], pan_digits: &[u8]) -> CardHash {
 impl CardHash {
     /// Parses the 32 hex digits that `Display` prints.
     pub fn from_hex(s: &str) -> Option<CardHash> {
-        let b = s.as_bytes();
-        if b.len() != 32 {
+        // Exactly the 32 digits: `parse_hex` alone would also take spaces
+        // and a `0x`.
+        if s.len() != 32 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
-        let mut out = [0u8; 16];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            out[i] = (hi * 16 + lo) as u8;
-        }
-        Some(CardHash(out))
+        let bytes = crate::decode::parse_hex(s).ok()?;
+        bytes.try_into().ok().map(CardHash)
     }
 }
 
@@ -422,8 +420,8 @@ impl FraudState {
                 sweep.cutoff = self.eviction_cutoff(target);
             }
             let mut shard = lock(&self.shards[sweep.next_shard]);
-            examined += shard.len();
             let before = shard.len();
+            examined += before;
             let cutoff = sweep.cutoff;
             shard.retain(|card, st| age_key(card, st) > cutoff);
             self.tracked
@@ -453,12 +451,6 @@ impl FraudState {
         let n = ((sample.len() as f64 * share).ceil() as usize).clamp(1, sample.len());
         sample[n - 1]
     }
-}
-
-/// A poisoned shard only means a panic elsewhere mid-update of plain
-/// counters; its records are still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Orders cards for eviction: least recently seen first; cards seen in

@@ -292,13 +292,7 @@ impl Inner {
     fn close(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
         self.writer.unpark();
-        // A poisoned lock only means another closer panicked; the handle
-        // inside is still valid to take.
-        let handle = self
-            .join
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let handle = crate::sync::lock(&self.join).take();
         if let Some(handle) = handle {
             if handle.join().is_err() {
                 tracing::error!("journal: writer thread panicked");

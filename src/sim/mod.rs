@@ -366,9 +366,7 @@ struct Shared {
 
 impl Shared {
     fn record(&self) -> MutexGuard<'_, Record> {
-        // Nothing panics while holding the lock, and a record is plain
-        // data: a poisoned one is still good to read.
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.record)
     }
 
     /// Moves a connection's batch of entries into the record.
