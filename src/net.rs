@@ -5,7 +5,19 @@ use tokio::net::TcpStream;
 
 /// Reads everything the socket has now; false once the peer has closed.
 pub(crate) fn read_available(stream: &TcpStream, rbuf: &mut BytesMut) -> std::io::Result<bool> {
+    read_up_to(stream, rbuf, usize::MAX)
+}
+
+/// Reads what the socket has now, stopping once `budget` bytes are in
+/// (the socket then stays readable for the next turn); false once the
+/// peer has closed.
+pub(crate) fn read_up_to(
+    stream: &TcpStream,
+    rbuf: &mut BytesMut,
+    budget: usize,
+) -> std::io::Result<bool> {
     use bytes::BufMut;
+    let mut total = 0;
     loop {
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(64 * 1024);
@@ -33,7 +45,8 @@ pub(crate) fn read_available(stream: &TcpStream, rbuf: &mut BytesMut) -> std::io
                 // SAFETY: `recv` initialised the first `n` bytes of the
                 // spare capacity.
                 unsafe { rbuf.advance_mut(n) };
-                if n < room {
+                total += n;
+                if n < room || total >= budget {
                     return Ok(true);
                 }
             }

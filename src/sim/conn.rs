@@ -139,7 +139,7 @@ impl Conn {
                 _ = close.changed() => return Ok("closed on request"),
                 r = stream.readable(), if can_read => {
                     r?;
-                    read_open = read_some(stream, &mut self.rbuf)?;
+                    read_open = crate::net::read_up_to(stream, &mut self.rbuf, READ_BUDGET)?;
                     if let Err(e) = self.on_bytes() {
                         // The stream can not be re-synchronised after a
                         // broken length header: answer what was decided,
@@ -321,24 +321,6 @@ impl Conn {
         }
         Ok(())
     }
-}
-
-/// Reads what the socket has, up to the budget; false once the peer has
-/// closed its side.
-fn read_some(stream: &TcpStream, rbuf: &mut BytesMut) -> io::Result<bool> {
-    let mut total = 0;
-    while total < READ_BUDGET {
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(64 * 1024);
-        }
-        match stream.try_read_buf(rbuf) {
-            Ok(0) => return Ok(false),
-            Ok(n) => total += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 /// An answer waiting in the heap; ordered by due time, then by when it was
