@@ -76,12 +76,18 @@ run_scenario() {
         "$BIN/loadtest" --target "127.0.0.1:$port" --duration "$DURATION" --warmup 2s \
             --no-progress --json "$OUT/$name.run$k.json" --hgrm "$OUT/$name.run$k.hgrm" "$@" \
             | tee "$OUT/$name.run$k.txt" || true
+        if [ "$port" = "$SWITCH_PORT" ]; then
+            # The switch's own view: its request-duration histogram
+            # (arrival to answer sent, warmup included), to tell its
+            # share of the latency from the loopback hops and loadtest's.
+            curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" >"$OUT/$name.run$k.metrics" || true
+        fi
         cleanup
         pids=()
     done
 }
 
-rm -f "$OUT"/*.run*.json
+rm -f "$OUT"/*.run*.json "$OUT"/*.run*.metrics
 run_scenario closed-64x1 "$SWITCH_PORT" --connections 64 --in-flight 1 --threads 1
 run_scenario pipelined-16x16 "$SWITCH_PORT" --connections 16 --in-flight 16
 run_scenario open-50k "$SWITCH_PORT" --connections 64 --rate 50000 --threads 1
@@ -93,12 +99,31 @@ run_scenario sim-direct-64x1 "$SIM_PORT" --connections 64 --in-flight 1 --thread
     echo "Machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%d). Switch runtime: ${FLAVOR:-current-thread}, journal durability ${DURABILITY:-none}."
     echo "Simulator, switch and loadtest on the same machine, loopback, $DURATION each, $RUNS run(s) of each: median (range)."
     echo
-    echo "| scenario | achieved/s | p50 | p99 | p99.9 | max | lost | mismatched |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| scenario | achieved/s | p50 | p99 | p99.9 | max | lost | mismatched | in the switch: p99 at most, share within 1 ms |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     for s in closed-64x1 pipelined-16x16 open-50k sim-direct-64x1; do
         python3 - "$s" "$OUT"/"$s".run*.json <<'PY'
-import json, statistics, sys
+import json, os, re, statistics, sys
 name, files = sys.argv[1], sys.argv[2:]
+
+def in_switch(json_file):
+    """(p99 bucket bound in µs, share within 1 ms) from the switch's
+    request-duration histogram, or None without a scrape."""
+    path = json_file[: -len(".json")] + ".metrics"
+    if not os.path.exists(path):
+        return None
+    buckets = []
+    for line in open(path):
+        m = re.match(r'switchyard_request_duration_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+        if m and m.group(1) != "+Inf":
+            buckets.append((float(m.group(1)), float(m.group(2))))
+    total = next((float(l.split()[1]) for l in open(path)
+                  if l.startswith("switchyard_request_duration_seconds_count")), 0.0)
+    if not buckets or total == 0:
+        return None
+    p99 = next((le for le, n in buckets if n >= 0.99 * total), float("inf"))
+    within_1ms = next((n for le, n in buckets if abs(le - 0.001) < 1e-9), 0.0) / total
+    return p99 * 1e6, within_1ms
 runs = [json.load(open(f)) for f in files]
 if not runs:
     sys.exit(0)
@@ -109,9 +134,14 @@ def cell(values, fmt):
     return med if len(values) == 1 else f"{med} ({fmt(min(values))}-{fmt(max(values))})"
 lat = lambda k: [r.get("latency", {}).get(k, 0) for r in runs]
 rate = [r.get("achieved_rate", 0) for r in runs]
+views = [v for v in (in_switch(f) for f in files) if v]
+inside = "-"
+if views:
+    inside = (f"{cell([v[0] for v in views], us)}, "
+              f"{cell([v[1] * 100 for v in views], lambda x: f'{x:.2f}%')}")
 print(f"| {name} | {cell(rate, lambda v: f'{v:,.0f}')} | {cell(lat('p50_us'), us)} | "
       f"{cell(lat('p99_us'), us)} | {cell(lat('p99.9_us'), us)} | {cell(lat('max_us'), us)} | "
-      f"{sum(r.get('lost', 0) for r in runs)} | {sum(r.get('mismatched', 0) for r in runs)} |")
+      f"{sum(r.get('lost', 0) for r in runs)} | {sum(r.get('mismatched', 0) for r in runs)} | {inside} |")
 PY
     done
 } > "$OUT/summary.md"
