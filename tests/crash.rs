@@ -157,7 +157,7 @@ fn journal_view(dir: &Path) -> BTreeMap<u64, JournalTxn> {
         let Ok((_, rec)) = r else { break };
         let t = txns.entry(rec.txn()).or_default();
         match rec {
-            Record::Request { stan, .. } => t.stan = stan,
+            Record::Request { request, .. } => t.stan = request.stan,
             Record::Forwarded { .. } => t.forwarded = true,
             Record::Response { response_code, .. } => {
                 t.finals += 1;

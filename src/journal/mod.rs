@@ -41,8 +41,8 @@ use tokio::sync::watch;
 
 use crate::config::{Durability, JournalConfig};
 
-pub use record::{ApprovalCode, MaskedPanStr, Record, RecordKind, Rrn, SmallStr};
-pub use recovery::{Recovery, RecoveryStats, RequestData, SafEntry, SafKind, TornTail, Unfinished};
+pub use record::{ApprovalCode, MaskedPanStr, Record, RecordKind, RequestData, Rrn, SmallStr};
+pub use recovery::{Recovery, RecoveryStats, SafEntry, SafKind, TornTail, Unfinished};
 pub use segment::{Corruption, CorruptionKind, ReadError, Reader, read_all};
 
 #[derive(Debug, thiserror::Error)]

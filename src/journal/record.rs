@@ -24,6 +24,27 @@ pub type MaskedPanStr = ArrayString<19>;
 /// Approval code (DE38).
 pub type ApprovalCode = ArrayString<6>;
 
+/// What the journal keeps of a request: enough for recovery to reverse or
+/// advise it (0420/0220) after a restart, and never the card number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestData {
+    pub mti: u16,
+    pub stan: u32,
+    pub terminal_id: SmallStr,
+    pub merchant_id: SmallStr,
+    pub rrn: Rrn,
+    pub masked_pan: MaskedPanStr,
+    /// Keyed hash of the full PAN, so one card can be found without
+    /// storing its number.
+    pub card_hash: [u8; 16],
+    pub amount_minor: u64,
+    pub currency: u16,
+    /// DE7 `MMDDhhmmss` as a number.
+    pub transmission_time: u64,
+    /// Acquirer index the router chose.
+    pub route: u16,
+}
+
 /// One event in the life of a transaction. `txn` is the switch's own id for
 /// the transaction; `at_ms` is Unix time in milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,21 +53,7 @@ pub enum Record {
     Request {
         txn: u64,
         at_ms: u64,
-        mti: u16,
-        stan: u32,
-        terminal_id: SmallStr,
-        merchant_id: SmallStr,
-        rrn: Rrn,
-        masked_pan: MaskedPanStr,
-        /// Keyed hash of the full PAN, so one card can be found without
-        /// storing its number.
-        card_hash: [u8; 16],
-        amount_minor: u64,
-        currency: u16,
-        /// DE7 `MMDDhhmmss` as a number.
-        transmission_time: u64,
-        /// Acquirer index the router chose.
-        route: u16,
+        request: RequestData,
         fraud_points: u16,
         fraud_reasons: u16,
     },
@@ -223,32 +230,22 @@ impl Record {
         out.extend_from_slice(&at_ms.to_le_bytes());
         match self {
             Record::Request {
-                mti,
-                stan,
-                terminal_id,
-                merchant_id,
-                rrn,
-                masked_pan,
-                card_hash,
-                amount_minor,
-                currency,
-                transmission_time,
-                route,
+                request: r,
                 fraud_points,
                 fraud_reasons,
                 ..
             } => {
-                out.extend_from_slice(&mti.to_le_bytes());
-                out.extend_from_slice(&stan.to_le_bytes());
-                put_str(out, terminal_id);
-                put_str(out, merchant_id);
-                put_str(out, rrn);
-                put_str(out, &safe_masked_pan(masked_pan));
-                out.extend_from_slice(card_hash);
-                out.extend_from_slice(&amount_minor.to_le_bytes());
-                out.extend_from_slice(&currency.to_le_bytes());
-                out.extend_from_slice(&transmission_time.to_le_bytes());
-                out.extend_from_slice(&route.to_le_bytes());
+                out.extend_from_slice(&r.mti.to_le_bytes());
+                out.extend_from_slice(&r.stan.to_le_bytes());
+                put_str(out, &r.terminal_id);
+                put_str(out, &r.merchant_id);
+                put_str(out, &r.rrn);
+                put_str(out, &safe_masked_pan(&r.masked_pan));
+                out.extend_from_slice(&r.card_hash);
+                out.extend_from_slice(&r.amount_minor.to_le_bytes());
+                out.extend_from_slice(&r.currency.to_le_bytes());
+                out.extend_from_slice(&r.transmission_time.to_le_bytes());
+                out.extend_from_slice(&r.route.to_le_bytes());
                 out.extend_from_slice(&fraud_points.to_le_bytes());
                 out.extend_from_slice(&fraud_reasons.to_le_bytes());
             }
@@ -293,20 +290,24 @@ impl Record {
         let txn = c.u64()?;
         let at_ms = c.u64()?;
         let record = match kind {
+            // Fields are read in the order they are written: a struct
+            // expression evaluates its fields in source order.
             RecordKind::Request => Record::Request {
                 txn,
                 at_ms,
-                mti: c.u16()?,
-                stan: c.u32()?,
-                terminal_id: c.str()?,
-                merchant_id: c.str()?,
-                rrn: c.str()?,
-                masked_pan: c.str()?,
-                card_hash: c.array()?,
-                amount_minor: c.u64()?,
-                currency: c.u16()?,
-                transmission_time: c.u64()?,
-                route: c.u16()?,
+                request: RequestData {
+                    mti: c.u16()?,
+                    stan: c.u32()?,
+                    terminal_id: c.str()?,
+                    merchant_id: c.str()?,
+                    rrn: c.str()?,
+                    masked_pan: c.str()?,
+                    card_hash: c.array()?,
+                    amount_minor: c.u64()?,
+                    currency: c.u16()?,
+                    transmission_time: c.u64()?,
+                    route: c.u16()?,
+                },
                 fraud_points: c.u16()?,
                 fraud_reasons: c.u16()?,
             },
@@ -466,25 +467,24 @@ impl fmt::Display for Record {
         )?;
         match self {
             Record::Request {
-                mti,
-                stan,
-                terminal_id,
-                merchant_id,
-                rrn,
-                masked_pan,
-                amount_minor,
-                currency,
-                transmission_time,
-                route,
+                request: r,
                 fraud_points,
                 fraud_reasons,
                 ..
             } => write!(
                 f,
-                " mti={mti:04} stan={stan:06} tid={terminal_id} mid={merchant_id} rrn={rrn} \
-                 pan={} amount={amount_minor} cur={currency:03} de7={transmission_time:010} \
-                 route={route} fraud={fraud_points}/{fraud_reasons:#06x}",
-                safe_masked_pan(masked_pan)
+                " mti={:04} stan={:06} tid={} mid={} rrn={} pan={} amount={} cur={:03} \
+                 de7={:010} route={} fraud={fraud_points}/{fraud_reasons:#06x}",
+                r.mti,
+                r.stan,
+                r.terminal_id,
+                r.merchant_id,
+                r.rrn,
+                safe_masked_pan(&r.masked_pan),
+                r.amount_minor,
+                r.currency,
+                r.transmission_time,
+                r.route,
             ),
             Record::Forwarded { acquirer, .. } => write!(f, " acquirer={acquirer}"),
             Record::Response {

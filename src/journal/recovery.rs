@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::JournalError;
-use super::record::{MaskedPanStr, Record, Rrn, SmallStr};
+use super::record::{Record, RequestData};
 use super::segment::{Corruption, CorruptionKind, MAGIC, ReadError, SegmentReader, list_segments};
 
 /// The state the journal was found in and the work left open.
@@ -55,23 +55,6 @@ pub struct TornTail {
     /// How many bytes were cut off (kept in `<segment>.torn` next to it).
     pub discarded_bytes: u64,
     pub kind: CorruptionKind,
-}
-
-/// The fields of a request needed to reverse or advise it (0420/0220).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestData {
-    pub at_ms: u64,
-    pub mti: u16,
-    pub stan: u32,
-    pub terminal_id: SmallStr,
-    pub merchant_id: SmallStr,
-    pub rrn: Rrn,
-    pub masked_pan: MaskedPanStr,
-    pub card_hash: [u8; 16],
-    pub amount_minor: u64,
-    pub currency: u16,
-    pub transmission_time: u64,
-    pub route: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,36 +157,7 @@ impl Fold {
         self.max_txn = self.max_txn.max(id);
         let txn = self.txns.entry(id).or_default();
         match *record {
-            Record::Request {
-                at_ms,
-                mti,
-                stan,
-                terminal_id,
-                merchant_id,
-                rrn,
-                masked_pan,
-                card_hash,
-                amount_minor,
-                currency,
-                transmission_time,
-                route,
-                ..
-            } => {
-                txn.request = Some(RequestData {
-                    at_ms,
-                    mti,
-                    stan,
-                    terminal_id,
-                    merchant_id,
-                    rrn,
-                    masked_pan,
-                    card_hash,
-                    amount_minor,
-                    currency,
-                    transmission_time,
-                    route,
-                })
-            }
+            Record::Request { request, .. } => txn.request = Some(request),
             Record::Forwarded {
                 acquirer, at_ms, ..
             } => txn.forwarded = Some((seq, acquirer, at_ms)),
@@ -299,7 +253,7 @@ impl Fold {
                             acquirer,
                             forwarded_at_ms: at_ms,
                             timed_out: t.timed_out,
-                            request: request.clone(),
+                            request: *request,
                         },
                     )),
                     None => {
@@ -323,7 +277,7 @@ impl Fold {
                         queued_seq: open.seq,
                         queued_at_ms: open.at_ms,
                         attempts: open.attempts,
-                        request: request.clone(),
+                        request: *request,
                     }),
                     None => {
                         orphans += 1;

@@ -28,17 +28,19 @@ fn request(txn: u64) -> Record {
     Record::Request {
         txn,
         at_ms: 1_795_592_096_123 + txn,
-        mti: 200,
-        stan: (txn % 1_000_000) as u32,
-        terminal_id: s("TERM0001"),
-        merchant_id: s("MERCHANT000001"),
-        rrn: s("612345678901"),
-        masked_pan: s("411111*1111"),
-        card_hash: [7; 16],
-        amount_minor: 12_345,
-        currency: 978,
-        transmission_time: 1_125_073_456,
-        route: 1,
+        request: RequestData {
+            mti: 200,
+            stan: (txn % 1_000_000) as u32,
+            terminal_id: s("TERM0001"),
+            merchant_id: s("MERCHANT000001"),
+            rrn: s("612345678901"),
+            masked_pan: s("411111*1111"),
+            card_hash: [7; 16],
+            amount_minor: 12_345,
+            currency: 978,
+            transmission_time: 1_125_073_456,
+            route: 1,
+        },
         fraud_points: 30,
         fraud_reasons: 0b101,
     }
@@ -154,49 +156,19 @@ fn round_trip_of_every_record_kind_through_disk() {
 fn unmasked_pan_is_masked_before_it_reaches_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (journal, _) = Journal::open(&config(dir.path())).expect("open");
-    let Record::Request {
-        txn,
-        at_ms,
-        mti,
-        stan,
-        terminal_id,
-        merchant_id,
-        rrn,
-        card_hash,
-        amount_minor,
-        currency,
-        transmission_time,
-        route,
-        fraud_points,
-        fraud_reasons,
-        ..
-    } = request(1)
-    else {
+    let mut careless = request(1);
+    let Record::Request { request, .. } = &mut careless else {
         unreachable!()
     };
-    let careless = Record::Request {
-        txn,
-        at_ms,
-        mti,
-        stan,
-        terminal_id,
-        merchant_id,
-        rrn,
-        masked_pan: s("4111111111111111"),
-        card_hash,
-        amount_minor,
-        currency,
-        transmission_time,
-        route,
-        fraud_points,
-        fraud_reasons,
-    };
+    request.masked_pan = s("4111111111111111");
     journal.append(careless).expect("append");
     journal.close();
     let raw = fs::read(only_segment(dir.path())).expect("read");
     assert!(!raw.windows(16).any(|w| w == b"4111111111111111"));
     match &read_back(dir.path())[0].1 {
-        Record::Request { masked_pan, .. } => assert_eq!(masked_pan.as_str(), "411111******1111"),
+        Record::Request { request, .. } => {
+            assert_eq!(request.masked_pan.as_str(), "411111******1111")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -796,4 +768,18 @@ fn kill_9_loses_nothing_that_was_durable() {
         back.iter().map(|(_, r)| r.txn()).max().expect("records") + 1
     );
     journal.close();
+}
+
+#[test]
+fn a_request_reads_as_one_line_for_operators() {
+    let line = request(1).to_string();
+    let fields = line.split_once("Z ").map(|(_, rest)| rest);
+    assert_eq!(
+        fields,
+        Some(
+            "mti=0200 stan=000001 tid=TERM0001 mid=MERCHANT000001 rrn=612345678901 \
+             pan=411111*1111 amount=12345 cur=978 de7=1125073456 route=1 fraud=30/0x0005"
+        ),
+        "{line}"
+    );
 }
