@@ -11,9 +11,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use switchyard::config::Config;
-use switchyard::frame::{FrameCodec, LengthHeader};
+use switchyard::frame::{DEFAULT_MAX_FRAME, FrameCodec, LengthHeader};
 use switchyard::fraud::{self, Auth, Decision, FraudRules, FraudState};
 use switchyard::iso8583::{Message, pack_response, samples, specs};
+use switchyard::loadgen::messages::card_pan;
 use switchyard::router::RoutingTable;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -25,31 +26,10 @@ const ECHO_0210: [usize; 11] = [2, 3, 4, 7, 11, 12, 13, 37, 41, 42, 49];
 fn framed_0200(pan: &[u8], stan: u64) -> Bytes {
     let body = samples::typical_0200_for(specs::iso87ascii(), pan, stan).expect("packs");
     let mut out = BytesMut::new();
-    FrameCodec::new(LengthHeader::Binary2, 8192)
+    FrameCodec::new(LengthHeader::Binary2, DEFAULT_MAX_FRAME)
         .encode(&body[..], &mut out)
         .expect("frames");
     out.freeze()
-}
-
-/// A Luhn-valid 16-digit PAN in BIN 476173.
-fn pan(i: u64) -> Vec<u8> {
-    let mut d: Vec<u8> = format!("476173{:09}", i).into_bytes();
-    let sum: u32 = d
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(k, &c)| {
-            let v = (c - b'0') as u32;
-            if k % 2 == 0 {
-                let x = v * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                v
-            }
-        })
-        .sum();
-    d.push(b'0' + ((10 - sum % 10) % 10) as u8);
-    d
 }
 
 fn bench(c: &mut Criterion) {
@@ -58,7 +38,9 @@ fn bench(c: &mut Criterion) {
     let rules = FraudRules::from_config(&config.fraud);
     let state = FraudState::new(config.fraud.max_tracked_cards);
     let routes = RoutingTable::from_config(&config.routing, |_| Some(0)).expect("routes");
-    let frames: Vec<Bytes> = (0..100_000u64).map(|i| framed_0200(&pan(i), i)).collect();
+    let frames: Vec<Bytes> = (0..100_000u64)
+        .map(|i| framed_0200(&card_pan(b"476173", i), i))
+        .collect();
     // Warm the velocity map so scoring reads real history.
     for f in &frames {
         let msg = Message::parse(f.slice(2..), specs::iso87ascii()).expect("parses");
@@ -75,7 +57,7 @@ fn bench(c: &mut Criterion) {
         state.record_forwarded(&rules, &a);
     }
 
-    let mut codec = FrameCodec::new(LengthHeader::Binary2, 8192);
+    let mut codec = FrameCodec::new(LengthHeader::Binary2, DEFAULT_MAX_FRAME);
     let mut rbuf = BytesMut::with_capacity(1024);
     let mut wbuf = BytesMut::with_capacity(1024);
     let mut body = BytesMut::with_capacity(1024);

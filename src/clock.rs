@@ -4,6 +4,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The wall clock as `SystemTime`, to compare with file times.
+pub fn wall_now() -> SystemTime {
+    SystemTime::now()
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     SystemTime::now()

@@ -963,7 +963,7 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
         }
     }
     for (i, c) in f.blocked_cards.iter().enumerate() {
-        if c.len() != 32 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if crate::fraud::CardHash::from_hex(c).is_none() {
             r.problem(
                 format!("{p}.blocked_cards[{i}]"),
                 "a card hash is 32 hex digits, as the journal shows it",

@@ -110,11 +110,6 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (html, json, hgrm) = (
-        args.load.html.clone(),
-        args.load.json.clone(),
-        args.load.hgrm.clone(),
-    );
     println!(
         "  load test           {} connections, {:?}\n",
         load.connections, load.duration
@@ -135,20 +130,13 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     let stdout = std::io::stdout();
     let _ = report.print_human(&mut stdout.lock());
     let mut ok = true;
-    for (path, what) in [
-        (&html, "HTML report"),
-        (&json, "JSON"),
-        (&hgrm, "latency distribution"),
-    ] {
-        let Some(path) = path else { continue };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let paths = [&args.load.html, &args.load.json, &args.load.hgrm];
+    for dir in paths.into_iter().flatten().filter_map(|p| p.parent()) {
+        if !dir.as_os_str().is_empty() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let written = match what {
-            "HTML report" => report.write_html(path),
-            "JSON" => std::fs::write(path, report.to_json()),
-            _ => report.write_hgrm(path),
-        };
+    }
+    for (what, path, written) in loadgen::cli::write_outputs(&report, &args.load) {
         match written {
             Ok(()) => println!("{what}: {}", path.display()),
             Err(e) => {

@@ -3,6 +3,21 @@
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+/// Writes as much of `wbuf` as the socket takes now, dropping what went
+/// out; `Ok` also when the socket is full.
+pub(crate) fn write_available(stream: &TcpStream, wbuf: &mut BytesMut) -> std::io::Result<()> {
+    use bytes::Buf;
+    while !wbuf.is_empty() {
+        match stream.try_write(wbuf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => wbuf.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Reads everything the socket has now; false once the peer has closed.
 pub(crate) fn read_available(stream: &TcpStream, rbuf: &mut BytesMut) -> std::io::Result<bool> {
     read_up_to(stream, rbuf, usize::MAX)

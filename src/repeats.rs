@@ -47,9 +47,6 @@ struct Entry {
 /// pin their size in every way they pass through.
 const KEEP_BUFFER: usize = 1024;
 
-/// A set-associative table: the key's hash picks a set of `WAYS`
-/// entries under one small lock. One lookup touches one set, and memory
-/// is fixed at creation (no map growth, no eviction queue).
 /// One set: a tag per way (from the key's hash; 0 = empty) ahead of the
 /// entries, so a lookup that finds nothing reads one cache line.
 #[derive(Default)]
@@ -58,6 +55,11 @@ struct Set {
     ways: [Entry; WAYS],
 }
 
+/// A set-associative table: the key's hash picks a set of `WAYS`
+/// entries under one small lock. One lookup touches one set; the slots are
+/// fixed at creation (no map growth, no eviction queue), and each way's
+/// answer buffer is as large as the answers it has held (see
+/// `KEEP_BUFFER`).
 pub struct RecentAnswers {
     sets: Box<[Mutex<Set>]>,
     mask: usize,

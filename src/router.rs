@@ -3,8 +3,8 @@
 //! default. Sans-IO: the table maps to acquirer indices; which links are
 //! up is asked of the acquirer handles by the caller.
 //!
-//! The table is an immutable snapshot held in an `ArcSwap`, so a reload
-//! swaps it without ever blocking a lookup.
+//! The table is an immutable snapshot held in an `ArcSwap`, so that a
+//! reload could swap it without blocking a lookup; no reload exists yet.
 
 use crate::config::RoutingConfig;
 
@@ -129,10 +129,6 @@ impl<T> PrefixMap<T> {
         PrefixMap {
             nodes: vec![Node::new()],
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.len() == 1 && self.nodes[0].value.is_none()
     }
 
     pub fn insert(&mut self, prefix: &str, value: T) -> Result<(), PrefixError> {

@@ -34,7 +34,23 @@ pub struct SafEntry {
     pub key: MatchKey,
     /// Sends so far (also across restarts, from the journal).
     pub attempts: u32,
-    pub queued_at: std::time::SystemTime,
+    /// Unix ms when it was first queued (from the journal after a
+    /// restart): `expiry_s` counts from here.
+    pub queued_at_ms: u64,
+}
+
+impl SafEntry {
+    /// A new entry, not sent yet.
+    pub fn new(txn: u64, kind: SafKind, body: Bytes, key: MatchKey, queued_at_ms: u64) -> SafEntry {
+        SafEntry {
+            txn,
+            kind,
+            body,
+            key,
+            attempts: 0,
+            queued_at_ms,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,7 +277,8 @@ impl SafActor {
     }
 
     fn give_up(&self, e: &SafEntry) -> bool {
-        let age = e.queued_at.elapsed().unwrap_or(Duration::ZERO);
+        let age_ms = crate::clock::unix_now_ms().saturating_sub(e.queued_at_ms);
+        let age = Duration::from_millis(age_ms);
         e.attempts >= self.s.config.max_attempts || age > self.s.config.expiry
     }
 
@@ -312,11 +329,11 @@ fn acknowledges(code: [u8; 2]) -> bool {
 /// The same message marked as a repeat (0420 -> 0421).
 fn as_repeat(body: &Bytes, spec: &'static Spec) -> Option<Bytes> {
     let msg = Message::parse(body.clone(), spec).ok()?;
-    let mti = msg.mti();
-    if mti.value() % 2 == 1 {
+    let repeat = msg.mti().repeat();
+    if repeat == msg.mti() {
         return Some(body.clone());
     }
-    let mut b = MessageBuilder::new(spec, Mti::new(mti.value() + 1)?);
+    let mut b = MessageBuilder::new(spec, repeat);
     b.copy_all(&msg);
     Some(b.to_bytes().ok()?.freeze())
 }
@@ -350,29 +367,40 @@ pub fn reversal_of(
 ) -> Option<(Bytes, MatchKey)> {
     const FIELDS: &[usize] = &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];
     let mti = Mti::REVERSAL_ADVICE;
+    let own;
     let de90 = match request.field(90) {
-        Some(v) => v.to_vec(),
+        Some(v) => v,
         None => {
-            let mut v = Vec::with_capacity(42);
-            v.extend_from_slice(&request.mti().to_ascii());
-            v.extend_from_slice(format!("{:06}", request.stan()?).as_bytes());
-            match request.field(7) {
-                Some(t) if t.len() == 10 => v.extend_from_slice(t),
-                _ => v.extend_from_slice(b"0000000000"),
-            }
-            v.extend_from_slice(&[b'0'; 22]);
-            v
+            own = original_data(
+                request.mti(),
+                request.stan()?,
+                request.field(7).unwrap_or(&[]),
+            );
+            &own[..]
         }
     };
     let mut b = MessageBuilder::new(host_spec, mti);
-    for &n in FIELDS {
-        if request.has(n) {
-            b.copy(request, n);
-        }
-    }
-    b.set(39, &reason).set(90, &de90);
+    b.copy_fields(request, FIELDS);
+    b.set(39, &reason).set(90, de90);
     let key = MatchKey::new(mti, &request.terminal_id()?, request.stan()?)?;
     Some((b.to_bytes().ok()?.freeze(), key))
+}
+
+/// DE90, original data elements: the original MTI, STAN (6 digits) and
+/// DE7 (zeros unless it is the 10 digits `MMDDhhmmss`), then two
+/// zero-filled institution ids.
+fn original_data(mti: Mti, stan: u32, de7: &[u8]) -> [u8; 42] {
+    let mut v = [b'0'; 42];
+    v[..4].copy_from_slice(&mti.to_ascii());
+    let mut rest = stan;
+    for d in v[4..10].iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    if de7.len() == 10 {
+        v[10..20].copy_from_slice(de7);
+    }
+    v
 }
 
 /// The advice (0120 for an 0100, 0220 for an 0200) telling the host of a
@@ -428,11 +456,7 @@ pub fn from_journal(
     let stan = format!("{:06}", req.stan);
     let time = format!("{:010}", req.transmission_time);
     let currency = format!("{:03}", req.currency);
-    let mut de90 = Vec::with_capacity(42);
-    de90.extend_from_slice(&Mti::new(req.mti)?.to_ascii());
-    de90.extend_from_slice(stan.as_bytes());
-    de90.extend_from_slice(time.as_bytes());
-    de90.extend_from_slice(&[b'0'; 22]);
+    let de90 = original_data(Mti::new(req.mti)?, req.stan, time.as_bytes());
     let mut b = MessageBuilder::new(host_spec, mti);
     b.set(3, b"000000")
         .set_number(4, req.amount_minor)

@@ -22,6 +22,7 @@ use crate::acquirer::AcquirerHandle;
 use crate::acquirer::link::{self, LinkSettings};
 use crate::config::{Config, LimitsConfig, TerminalConfig};
 use crate::fraud::{Decision, FraudRules, FraudState, Score};
+use crate::iso8583::values::trim_padding;
 use crate::router::RoutingTable;
 use crate::telemetry;
 
@@ -37,6 +38,8 @@ pub struct Shared {
     /// Registered once: a registry lookup per request costs more than the
     /// scoring it counts.
     pub fraud_counters: FraudCounters,
+    /// Event counters (shed, malformed, repeats...), registered once.
+    pub events: crate::telemetry::EventCounters,
     /// Answers given recently, for repeats.
     pub recent: crate::repeats::RecentAnswers,
     pub pan_key: [u8; 16],
@@ -59,7 +62,7 @@ pub struct Shared {
 impl Shared {
     /// Is this terminal id (DE41, trailing spaces ignored) allowed?
     pub fn terminal_allowed(&self, tid: &[u8]) -> bool {
-        self.allowed.is_empty() || self.allowed.contains(trim(tid))
+        self.allowed.is_empty() || self.allowed.contains(trim_padding(tid))
     }
 
     /// A new transaction id.
@@ -68,7 +71,7 @@ impl Shared {
     }
 
     pub fn terminal_country(&self, tid: &[u8]) -> Option<u16> {
-        self.countries.get(trim(tid)).copied()
+        self.countries.get(trim_padding(tid)).copied()
     }
 
     pub fn count_fraud(&self, decision: Decision, score: &Score) {
@@ -102,11 +105,6 @@ impl FraudCounters {
                 .collect(),
         }
     }
-}
-
-fn trim(tid: &[u8]) -> &[u8] {
-    let end = tid.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
-    &tid[..end]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,13 +216,13 @@ impl Switch {
                 .terminals
                 .allowed_terminals
                 .iter()
-                .map(|t| trim(t.as_bytes()).to_vec())
+                .map(|t| trim_padding(t.as_bytes()).to_vec())
                 .collect(),
             countries: config
                 .terminals
                 .terminal_countries
                 .iter()
-                .map(|(t, c)| (trim(t.as_bytes()).to_vec(), *c))
+                .map(|(t, c)| (trim_padding(t.as_bytes()).to_vec(), *c))
                 .collect(),
             terminals: config.terminals.clone(),
             limits: config.limits.clone(),
@@ -233,6 +231,7 @@ impl Switch {
             fraud_rules: ArcSwap::from_pointee(FraudRules::from_config(&config.fraud)),
             fraud_state: FraudState::new(config.fraud.max_tracked_cards),
             fraud_counters: FraudCounters::new(),
+            events: crate::telemetry::EventCounters::new(),
             recent: crate::repeats::RecentAnswers::new(
                 config.limits.recent_answers,
                 config.limits.recent_answers_ttl,
@@ -385,7 +384,6 @@ fn saf_events(journal: crate::journal::Journal) -> crate::saf::EventSink {
 fn resume_from_journal(shared: &Shared, recovery: &crate::journal::Recovery) {
     use crate::journal::{Record, SafKind as JKind};
     use crate::saf::{SafEntry, SafKind};
-    let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     let mut pushed = 0usize;
     for u in &recovery.unfinished {
         let Some(a) = shared.acquirers.get(u.acquirer as usize) else {
@@ -402,14 +400,7 @@ fn resume_from_journal(shared: &Shared, recovery: &crate::journal::Recovery) {
             acquirer: u.acquirer,
             reason,
         });
-        let entry = SafEntry {
-            txn: u.txn,
-            kind: SafKind::Reversal,
-            body,
-            key,
-            attempts: 0,
-            queued_at: at(u.forwarded_at_ms),
-        };
+        let entry = SafEntry::new(u.txn, SafKind::Reversal, body, key, u.forwarded_at_ms);
         if a.saf.push(entry).is_ok() {
             pushed += 1;
         }
@@ -430,12 +421,8 @@ fn resume_from_journal(shared: &Shared, recovery: &crate::journal::Recovery) {
         };
         let Some((body, key)) = rebuilt else { continue };
         let entry = SafEntry {
-            txn: e.txn,
-            kind,
-            body,
-            key,
             attempts: e.attempts,
-            queued_at: at(e.queued_at_ms),
+            ..SafEntry::new(e.txn, kind, body, key, e.queued_at_ms)
         };
         if a.saf.push(entry).is_ok() {
             pushed += 1;

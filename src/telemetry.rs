@@ -1,8 +1,8 @@
 //! Metric names, the Prometheus recorder, and log setup.
 //!
-//! Metric handles with labels are looked up once and cached by the actors
-//! that use them ([`CodeCounters`]): a registry lookup per message would
-//! cost more than the rest of the hot path.
+//! Metric handles with labels are looked up once and cached by those that
+//! use them ([`CodeCounters`], [`EventCounters`]): a registry lookup per
+//! message would cost more than the rest of the hot path.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -20,8 +20,8 @@ pub const UPSTREAM_SECONDS: &str = "switchyard_upstream_duration_seconds";
 pub const FRAUD_DECISIONS: &str = "switchyard_fraud_decisions_total";
 /// Fraud rules that added points, by rule.
 pub const FRAUD_REASONS: &str = "switchyard_fraud_reasons_total";
-/// Requests refused at admission (`connection_limit`, `global_limit`,
-/// `link_queue_full`), answered 96.
+/// Requests refused for load (`connection_limit`, `global_limit`,
+/// `link_queue_full`, `journal_full`), answered 96.
 pub const SHED: &str = "switchyard_shed_total";
 /// Frames that could not be parsed, by what was done (`answered_30`,
 /// `closed`).
@@ -131,6 +131,15 @@ fn describe() {
     describe_counter!(FRAUD_REASONS, "Fraud rules that added points");
     describe_counter!(SHED, "Requests shed at admission (answered 96)");
     describe_counter!(MALFORMED, "Frames that could not be parsed");
+    describe_counter!(REPEATS_ANSWERED, "Repeats answered from recent answers");
+    describe_gauge!(SAF_DEPTH, "Store-and-forward entries waiting");
+    describe_counter!(SAF_RETRIES, "Store-and-forward resends");
+    describe_counter!(SAF_EXPIRED, "Store-and-forward entries given up");
+    describe_counter!(
+        REVERSALS_QUEUED,
+        "Reversals queued after a timeout or lost link"
+    );
+    describe_counter!(STAND_IN_APPROVED, "Requests approved in stand-in");
     describe_gauge!(CONNECTIONS, "Open terminal connections");
     describe_counter!(
         CONNECTIONS_REFUSED,
@@ -159,6 +168,46 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Handles of the counters terminals bump on events, looked up once: the
+/// shed ones run at flood rate exactly when the switch is overloaded.
+pub struct EventCounters {
+    pub shed_connection_limit: Counter,
+    pub shed_global_limit: Counter,
+    pub shed_link_queue_full: Counter,
+    pub shed_journal_full: Counter,
+    pub malformed_answered_30: Counter,
+    pub malformed_closed: Counter,
+    pub repeats_answered: Counter,
+    pub stand_in_approved: Counter,
+    pub reversals_queued: Counter,
+}
+
+impl EventCounters {
+    /// After the recorder is installed (`prometheus`), or the handles count
+    /// nowhere.
+    pub fn new() -> EventCounters {
+        let shed = |reason: &'static str| metrics::counter!(SHED, "reason" => reason);
+        let malformed = |action: &'static str| metrics::counter!(MALFORMED, "action" => action);
+        EventCounters {
+            shed_connection_limit: shed("connection_limit"),
+            shed_global_limit: shed("global_limit"),
+            shed_link_queue_full: shed("link_queue_full"),
+            shed_journal_full: shed("journal_full"),
+            malformed_answered_30: malformed("answered_30"),
+            malformed_closed: malformed("closed"),
+            repeats_answered: metrics::counter!(REPEATS_ANSWERED),
+            stand_in_approved: metrics::counter!(STAND_IN_APPROVED),
+            reversals_queued: metrics::counter!(REVERSALS_QUEUED),
+        }
+    }
+}
+
+impl Default for EventCounters {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Response counters by (request MTI, response code), cached per actor.

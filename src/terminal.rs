@@ -6,6 +6,7 @@
 //! `.await`; answers are written as they complete (pipelining), every
 //! answer ready in one loop turn going out in a single write.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -107,7 +108,8 @@ struct Terminal {
     /// Records appended this turn; the writer is woken once at its end.
     journal_dirty: bool,
     /// Clock read once per batch of frames or replies: reading it per
-    /// record and per request showed in profiles.
+    /// record and per request showed in profiles. (The latency histogram
+    /// still reads it once per answer, when the answer is packed.)
     now: Instant,
     now_ms: u64,
 }
@@ -183,7 +185,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                         Ok(None) => break,
                         Err(e) => {
                             warn!(peer = %peer, "closing connection: {e}");
-                            metrics::counter!(telemetry::MALFORMED, "action" => "closed").increment(1);
+                            t.shared.events.malformed_closed.increment(1);
                             t.closing = true;
                             break;
                         }
@@ -287,12 +289,12 @@ impl Terminal {
             Some(partial) if partial.mti().is_request() && partial.stan().is_some() => {
                 warn!(peer = %self.peer, mti = %partial.mti(), stan = partial.stan(),
                     "format error, answered 30: {}", s.error);
-                metrics::counter!(telemetry::MALFORMED, "action" => "answered_30").increment(1);
+                self.shared.events.malformed_answered_30.increment(1);
                 self.respond(&partial, codes::FORMAT_ERROR, started);
             }
             _ => {
                 warn!(peer = %self.peer, "closing connection: unreadable message: {}", s.error);
-                metrics::counter!(telemetry::MALFORMED, "action" => "closed").increment(1);
+                self.shared.events.malformed_closed.increment(1);
                 self.closing = true;
             }
         }
@@ -466,17 +468,15 @@ impl Terminal {
 
     /// Appends a record; the write buffer then waits for it to be durable.
     /// False when the journal refused it (full or stopped).
+    /// Journals a record that the next answers written must wait for
+    /// (durability `fsync`); false when the journal's queue is full.
     fn journal(&mut self, record: Record) -> bool {
-        match self.shared.journal.append_quiet(record) {
-            Ok(seq) => {
+        match append(&self.shared, &mut self.journal_dirty, record) {
+            Some(seq) => {
                 self.wbuf_needs = self.wbuf_needs.max(seq);
-                self.journal_dirty = true;
                 true
             }
-            Err(_) => {
-                metrics::counter!(telemetry::SHED, "reason" => "journal_full").increment(1);
-                false
-            }
+            None => false,
         }
     }
 
@@ -498,7 +498,7 @@ impl Terminal {
             };
             let token = h.forward.reply_to.token as usize;
             if h.link.try_forward(h.forward).is_err() {
-                metrics::counter!(telemetry::SHED, "reason" => "link_queue_full").increment(1);
+                self.shared.events.shed_link_queue_full.increment(1);
                 if let Some(p) = self.pending.try_remove(token) {
                     self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     self.fail(p, Failure::LinkBusy);
@@ -541,22 +541,16 @@ impl Terminal {
             return false;
         }
         let n = self.shared.stand_in_seq.fetch_add(1, Ordering::Relaxed) % 100_000;
-        let approval = format!("S{n:05}");
+        let mut approval = crate::journal::ApprovalCode::new();
+        // "S" and five digits: the six characters DE38 holds.
+        let _ = write!(approval, "S{n:05}");
         let Some((body, key)) = crate::saf::advice_of(msg, a.spec, approval.as_bytes()) else {
             return false;
         };
         let advice_mti = key.class();
-        let acquirer_name = a.name.clone();
-        let entry = SafEntry {
-            txn,
-            kind: SafKind::Advice,
-            body,
-            key,
-            attempts: 0,
-            queued_at: std::time::SystemTime::now(),
-        };
+        let entry = SafEntry::new(txn, SafKind::Advice, body, key, self.now_ms);
         if a.saf.push(entry).is_err() {
-            warn!(acquirer = %acquirer_name, "stand-in refused: store-and-forward queue full");
+            warn!(acquirer = %a.name, "stand-in refused: store-and-forward queue full");
             return false;
         }
         let Some(mut b) = MessageBuilder::response_to(msg, ECHO_FIELDS) else {
@@ -573,11 +567,11 @@ impl Terminal {
             txn,
             at_ms,
             response_code: codes::APPROVED,
-            approval_code: crate::journal::ApprovalCode::from(&approval).unwrap_or_default(),
+            approval_code: approval,
             stand_in: true,
         });
         b.set(38, approval.as_bytes()).set(39, &codes::APPROVED);
-        metrics::counter!(telemetry::STAND_IN_APPROVED).increment(1);
+        self.shared.events.stand_in_approved.increment(1);
         self.write_packed(&b, msg.mti(), codes::APPROVED, started)
             .is_some()
     }
@@ -628,14 +622,7 @@ impl Terminal {
         let Some(a) = self.shared.acquirers.get(acquirer as usize) else {
             return self.respond(msg, codes::NO_ROUTE, started);
         };
-        let entry = SafEntry {
-            txn,
-            kind,
-            body,
-            key: saf_key,
-            attempts: 0,
-            queued_at: std::time::SystemTime::now(),
-        };
+        let entry = SafEntry::new(txn, kind, body, saf_key, self.now_ms);
         if a.saf.push(entry).is_err() {
             warn!(acquirer = %a.name, "advice refused: store-and-forward queue full");
             self.journal(Record::AdviceExpired {
@@ -668,14 +655,7 @@ impl Terminal {
             warn!(peer = %self.peer, acquirer = %a.name, "reversal can not be built");
             return;
         };
-        let entry = SafEntry {
-            txn,
-            kind: SafKind::Reversal,
-            body,
-            key,
-            attempts: 0,
-            queued_at: std::time::SystemTime::now(),
-        };
+        let entry = SafEntry::new(txn, SafKind::Reversal, body, key, self.now_ms);
         let name = a.name.clone();
         // Journaled first: if the queue is full, recovery still knows.
         self.journal(Record::ReversalQueued {
@@ -688,7 +668,7 @@ impl Terminal {
             warn!(acquirer = %name, stan = key.stan(), "reversal not queued now: store-and-forward queue full; it resumes from the journal on restart");
             return;
         }
-        metrics::counter!(telemetry::REVERSALS_QUEUED).increment(1);
+        self.shared.events.reversals_queued.increment(1);
     }
 
     /// Reversals and advices: forwarded upstream, answered with the
@@ -764,7 +744,7 @@ impl Terminal {
                     .ok()
                     .and_then(|m| m.response_code())
                     .unwrap_or(codes::APPROVED);
-                metrics::counter!(telemetry::REPEATS_ANSWERED).increment(1);
+                self.shared.events.repeats_answered.increment(1);
                 let framing = self.shared.terminals.framing;
                 if framing.encode(&answer, &mut self.wbuf).is_ok() {
                     self.count(msg.mti(), code, started);
@@ -787,11 +767,11 @@ impl Terminal {
             return Some(codes::DUPLICATE);
         }
         if self.pending.len() >= self.shared.terminals.max_in_flight_per_connection {
-            metrics::counter!(telemetry::SHED, "reason" => "connection_limit").increment(1);
+            self.shared.events.shed_connection_limit.increment(1);
             return Some(codes::SYSTEM_MALFUNCTION);
         }
         if self.shared.in_flight.load(Ordering::Acquire) >= self.shared.limits.max_in_flight {
-            metrics::counter!(telemetry::SHED, "reason" => "global_limit").increment(1);
+            self.shared.events.shed_global_limit.increment(1);
             return Some(codes::SYSTEM_MALFUNCTION);
         }
         None
@@ -838,13 +818,16 @@ impl Terminal {
                 }
             }
         };
-        self.journal_dirty = true;
-        let Ok(seq) = self.shared.journal.append_quiet(Record::Forwarded {
-            txn,
-            at_ms: self.now_ms,
-            acquirer: index,
-        }) else {
-            metrics::counter!(telemetry::SHED, "reason" => "journal_full").increment(1);
+        // The forward, not the answers, waits for this record.
+        let Some(seq) = append(
+            &self.shared,
+            &mut self.journal_dirty,
+            Record::Forwarded {
+                txn,
+                at_ms: self.now_ms,
+                acquirer: index,
+            },
+        ) else {
             return Err(codes::SYSTEM_MALFUNCTION);
         };
         let entry = self.pending.vacant_entry();
@@ -865,7 +848,7 @@ impl Terminal {
                 forward,
             });
         } else if link.try_forward(forward).is_err() {
-            metrics::counter!(telemetry::SHED, "reason" => "link_queue_full").increment(1);
+            self.shared.events.shed_link_queue_full.increment(1);
             self.journal(Record::Response {
                 txn,
                 at_ms: self.now_ms,
@@ -1006,12 +989,10 @@ fn request_record(
     score: &fraud::Score,
     card: CardHash,
 ) -> Record {
-    let mut masked = crate::journal::MaskedPanStr::new();
-    if let Some(p) = msg.pan() {
-        let m = p.masked();
-        let m = m.as_str();
-        let _ = masked.try_push_str(&m[..m.len().min(masked.capacity())]);
-    }
+    // A masked PAN is never longer than the PAN's 19 digits.
+    let masked = msg.pan().map_or_else(Default::default, |p| {
+        crate::journal::MaskedPanStr::from(p.masked().as_str()).unwrap_or_default()
+    });
     Record::Request {
         txn,
         at_ms,
@@ -1030,6 +1011,22 @@ fn request_record(
         },
         fraud_points: score.points,
         fraud_reasons: score.reasons.bits(),
+    }
+}
+
+/// Appends a record, the journal's writer to be woken at the end of the
+/// turn (`dirty`); its sequence number, or `None` (counted) when the queue
+/// is full.
+fn append(shared: &Shared, dirty: &mut bool, record: Record) -> Option<u64> {
+    match shared.journal.append_quiet(record) {
+        Ok(seq) => {
+            *dirty = true;
+            Some(seq)
+        }
+        Err(_) => {
+            shared.events.shed_journal_full.increment(1);
+            None
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! and match answers until the connection drops, echoes (0800/301) go
 //! unanswered `max_missed_echoes` times in a row, or the switch shuts down,
 //! in which case it signs off (0800/002). Requests in flight when a link
-//! goes down are answered `LinkDown` at once.
+//! goes down are answered `LinkLost` at once (the host may have them);
+//! requests that arrive while it is down are answered `LinkDown`.
 //!
 //! One task does all the I/O: it selects on socket readiness, its inbox and
 //! one timer, and batches every frame ready into a single write.
@@ -330,15 +331,20 @@ impl LinkActor {
                         Ok(open) => open,
                         Err(e) => return SessionEnd::Lost(format!("read: {e}")),
                     };
+                    let mut framed = false;
                     loop {
                         match codec.decode(&mut rbuf) {
                             Ok(Some(frame)) => {
-                                last_rx = Instant::now();
+                                framed = true;
                                 self.on_frame(frame, &mut net, &mut missed, &mut wbuf);
                             }
                             Ok(None) => break,
                             Err(e) => return SessionEnd::Lost(format!("bad frame from host: {e}")),
                         }
+                    }
+                    // Once per read, not per frame: a clock read each.
+                    if framed {
+                        last_rx = Instant::now();
                     }
                     self.update_in_flight();
                     if !open {

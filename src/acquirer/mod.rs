@@ -69,8 +69,9 @@ pub enum Failure {
     /// The link was down, or went down before the request was written:
     /// the host never saw it.
     LinkDown,
-    /// The link went down after the request was written: the host may
-    /// have it (so it is reversed, like a timeout).
+    /// The link went down with the request in its in-flight table (entered
+    /// when it is queued for writing, so possibly not yet written): the
+    /// host may have it, so it is reversed, like a timeout.
     LinkLost,
     /// The link's in-flight table is full (a slow host).
     LinkBusy,

@@ -4,9 +4,10 @@
 //! card's recent history ([`FraudState`]) and returns points and the rules
 //! that fired; [`FraudRules::decide`] turns points into allow / review /
 //! decline. Scoring never writes: the history of a card is updated by
-//! [`FraudState::record_forwarded`] only for requests actually forwarded
-//! upstream (so a request the switch itself declines, for fraud or any
-//! other reason, does not count towards velocity), and by
+//! [`FraudState::record_forwarded`] only for requests handed on to be
+//! forwarded upstream or approved in stand-in (so a request the switch
+//! declines at once, for fraud or any other reason, does not count towards
+//! velocity), and by
 //! [`FraudState::record_decline`] when the host declines one.
 //!
 //! Cards are identified by a keyed 128-bit hash of the PAN ([`card_hash`]):
@@ -165,8 +166,9 @@ pub(crate) struct Declines {
     pub points: u16,
 }
 
-/// An immutable snapshot of the rules, built once from config and swapped
-/// whole on reload.
+/// An immutable snapshot of the rules, built once from config. It sits in
+/// an `ArcSwap` so that a reload could swap it whole without blocking a
+/// lookup; no reload exists yet (a change of rules is a restart).
 #[derive(Clone, Debug)]
 pub struct FraudRules {
     enabled: bool,
@@ -249,10 +251,6 @@ impl FraudRules {
             bin_countries,
             country_mismatch_points: c.country_mismatch_points,
         }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled
     }
 
     /// Whether any rule reads or writes the per-card history.

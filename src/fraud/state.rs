@@ -5,8 +5,8 @@
 //! Windows are bucketed: each velocity window is cut into `BUCKETS`
 //! buckets, and a window's count is the sum of the buckets that are not
 //! older than the window. The window thus slides in steps of one bucket
-//! (a 60 s window in 7.5 s steps), which bounds memory per card without
-//! keeping every event.
+//! (`window_s / BUCKETS` rounded up: a 60 s window in 8 s steps), which
+//! bounds memory per card without keeping every event.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +24,8 @@ use crate::config::crate_limits::{MAX_VELOCITY_WINDOWS, RECENT_EVENTS};
 
 /// Buckets per velocity window.
 pub(crate) const BUCKETS: usize = 8;
+/// Cards sampled per shard to estimate the eviction cutoff (1,024 in all).
+const SAMPLE_PER_SHARD: usize = 4;
 
 /// A card, as the switch remembers it: SipHash-1-3 (128-bit) of the PAN
 /// digits under the configured `pan_key`. Stable across restarts as long
@@ -409,7 +411,7 @@ impl FraudState {
         if self.len() < self.max_cards {
             return true;
         }
-        let Ok(mut sweep) = self.sweep.try_lock() else {
+        let Some(mut sweep) = crate::sync::try_lock(&self.sweep) else {
             return false;
         };
         let target = self.max_cards - self.max_cards / 10;
@@ -438,11 +440,16 @@ impl FraudState {
     fn eviction_cutoff(&self, target: usize) -> u64 {
         let len = self.len().max(1);
         let share = 1.0 - target as f64 / len as f64;
-        let per_shard = 1024usize.div_ceil(SHARDS);
-        let mut sample: Vec<u64> = Vec::with_capacity(per_shard * SHARDS);
+        // On the stack: an eviction step runs inside `record_forwarded`.
+        let mut sample = arrayvec::ArrayVec::<u64, { SAMPLE_PER_SHARD * SHARDS }>::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            sample.extend(shard.iter().take(per_shard).map(|(k, v)| age_key(k, v)));
+            sample.extend(
+                shard
+                    .iter()
+                    .take(SAMPLE_PER_SHARD)
+                    .map(|(k, v)| age_key(k, v)),
+            );
         }
         if sample.is_empty() {
             return u64::MAX;

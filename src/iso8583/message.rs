@@ -29,8 +29,9 @@ pub struct Message {
     starts: [u16; MAX_FIELD + 1],
 }
 
-/// What could be read of a message that failed to parse: the MTI and the
-/// fields before the bad one, enough to answer with a format error.
+/// What could be read of a message that failed to parse: the MTI, the
+/// fields before the bad one, and those after it whose length could still
+/// be read; enough to answer with a format error.
 #[derive(Clone)]
 pub struct Salvage {
     pub error: ParseError,

@@ -180,10 +180,14 @@ impl SmallText {
 
     /// The text with trailing spaces (fixed-field padding) removed.
     pub fn trimmed(&self) -> &[u8] {
-        let b = self.as_bytes();
-        let end = b.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
-        &b[..end]
+        trim_padding(self.as_bytes())
     }
+}
+
+/// `b` without its trailing spaces (the padding of a fixed `ans` field).
+pub fn trim_padding(b: &[u8]) -> &[u8] {
+    let end = b.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
+    &b[..end]
 }
 
 impl Deref for SmallText {

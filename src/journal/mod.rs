@@ -100,7 +100,6 @@ struct Shared {
     /// cannot fail: a sequence number once taken always reaches the writer,
     /// and the writer never waits for a gap that will not fill.
     reserved: AtomicUsize,
-    capacity: usize,
     closing: AtomicBool,
     /// The writer hit an I/O error and stopped; nothing more is accepted.
     failed: AtomicBool,
@@ -147,7 +146,6 @@ impl Journal {
             next_seq: AtomicU64::new(recovery.next_seq),
             first_seq: recovery.next_seq,
             reserved: AtomicUsize::new(0),
-            capacity,
             closing: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -200,7 +198,7 @@ impl Journal {
     /// [`Journal::wake`], instead of paying a futex wake per record.
     pub fn append_quiet(&self, record: Record) -> Result<u64, JournalFull> {
         let s = &self.inner.shared;
-        if s.reserved.fetch_add(1, Ordering::AcqRel) >= s.capacity {
+        if s.reserved.fetch_add(1, Ordering::AcqRel) >= s.queue.capacity() {
             s.reserved.fetch_sub(1, Ordering::AcqRel);
             return Err(JournalFull);
         }
@@ -230,7 +228,7 @@ impl Journal {
     /// awake: unpark is an atomic swap, and a futex wake only when parked.
     pub fn wake(&self) {
         let s = &self.inner.shared;
-        if s.lazy && s.reserved.load(Ordering::Relaxed) < s.capacity / 4 {
+        if s.lazy && s.reserved.load(Ordering::Relaxed) < s.queue.capacity() / 4 {
             return;
         }
         self.inner.writer.unpark();

@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::JournalError;
-use super::record::{Record, RequestData};
+use super::record::{Record, RecordKind, RequestData};
 use super::segment::{Corruption, CorruptionKind, MAGIC, ReadError, SegmentReader, list_segments};
 
 /// The state the journal was found in and the work left open.
@@ -52,7 +52,8 @@ pub struct TornTail {
     pub segment: PathBuf,
     /// Where the file was cut: everything before is intact.
     pub offset: u64,
-    /// How many bytes were cut off (kept in `<segment>.torn` next to it).
+    /// How many bytes were cut off (kept in `<segment>.torn-<offset>`
+    /// next to it).
     pub discarded_bytes: u64,
     pub kind: CorruptionKind,
 }
@@ -133,7 +134,7 @@ pub struct Fold {
     max_txn: u64,
     records: u64,
     orphans: u64,
-    kinds: [u64; 12],
+    kinds: [u64; RecordKind::ALL.len()],
 }
 
 impl Fold {
@@ -142,7 +143,7 @@ impl Fold {
     }
 
     /// Records seen per kind, in `RecordKind::ALL` order.
-    pub fn kinds(&self) -> &[u64; 12] {
+    pub fn kinds(&self) -> &[u64; RecordKind::ALL.len()] {
         &self.kinds
     }
 
@@ -384,7 +385,7 @@ fn read_err(e: ReadError) -> JournalError {
 }
 
 /// Cuts a damaged tail off the last segment at `good`, keeping the cut
-/// bytes in `<segment>.torn` for inspection, and syncs the result so the
+/// bytes in `<segment>.torn-<good>` for inspection, and syncs the result so the
 /// new writer never appends after garbage.
 fn cut_tail(path: &Path, c: Corruption, good: u64) -> Result<TornTail, JournalError> {
     let err = io_err(path);
@@ -402,8 +403,8 @@ fn cut_tail(path: &Path, c: Corruption, good: u64) -> Result<TornTail, JournalEr
     file.seek(SeekFrom::Start(good)).map_err(io_err(path))?;
     file.read_to_end(&mut tail).map_err(io_err(path))?;
     fs::write(&torn_path, &tail).map_err(io_err(&torn_path))?;
-    // A file that is only a header (or less) holds nothing; the caller
-    // removes it. Cut to the header so it still reads as a segment.
+    // Damage inside the header leaves nothing worth keeping: cut to empty.
+    // (A last segment left without records is removed by the caller.)
     let keep = if good < MAGIC.len() as u64 { 0 } else { good };
     file.set_len(keep).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))?;

@@ -49,7 +49,7 @@ impl Writer {
         shared: Arc<Shared>,
         durable: watch::Sender<u64>,
     ) -> Writer {
-        let capacity = shared.capacity;
+        let capacity = shared.queue.capacity();
         Writer {
             dir,
             fsync,
@@ -208,7 +208,7 @@ impl Writer {
                 return;
             }
         };
-        let now = SystemTime::now();
+        let now = crate::clock::wall_now();
         for seg in segments.iter().filter(|s| &s.path != active) {
             if let Err(e) = delete_if_old(&seg.path, now, self.retention) {
                 tracing::warn!(error = %e, segment = %seg.path.display(), "journal: retention");
@@ -216,8 +216,8 @@ impl Writer {
         }
     }
 
-    /// Closing: everything accepted is written; sync once more so that even
-    /// without fsync durability a clean shutdown leaves it all on disk.
+    /// Closing: everything accepted is written; the active segment's data
+    /// is synced once more, also without fsync durability.
     fn finish(&mut self) -> io::Result<()> {
         if let Some((file, _)) = &self.active {
             file.sync_data()?;

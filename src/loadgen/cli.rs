@@ -1,14 +1,14 @@
 //! The command line of `loadtest` (and of `switchyard demo`'s load part).
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::frame::LengthHeader;
 use crate::iso8583::specs;
 
-use super::{LoadConfig, Mix, Mode};
+use super::{LoadConfig, Mix, Mode, Report};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -137,6 +137,26 @@ impl LoadArgs {
 /// Runs the load, prints the report, writes the files asked for. Exit
 /// status 1 when the run is not clean (requests lost or answers
 /// mismatched), 2 when it could not run.
+/// Writes the report files the flags ask for (`--json`, `--hgrm`,
+/// `--html`), in that order: what each is, where, and how it went.
+pub fn write_outputs<'a>(
+    report: &'a Report,
+    args: &'a LoadArgs,
+) -> impl Iterator<Item = (&'static str, &'a Path, std::io::Result<()>)> + 'a {
+    type Write = fn(&Report, &Path) -> std::io::Result<()>;
+    let outputs: [(&'static str, &'a Option<PathBuf>, Write); 3] = [
+        ("JSON report", &args.json, |r, p| {
+            std::fs::write(p, r.to_json())
+        }),
+        ("histogram", &args.hgrm, Report::write_hgrm),
+        ("HTML report", &args.html, Report::write_html),
+    ];
+    outputs.into_iter().filter_map(move |(what, path, write)| {
+        let path = path.as_deref()?;
+        Some((what, path, write(report, path)))
+    })
+}
+
 pub fn run(args: LoadArgs) -> ExitCode {
     let config = match args.to_config() {
         Ok(c) => c,
@@ -157,21 +177,12 @@ pub fn run(args: LoadArgs) -> ExitCode {
         eprintln!("loadtest: printing the report: {e}");
         failed = true;
     }
-    let mut write = |what: &str,
-                     path: &Option<PathBuf>,
-                     f: &dyn Fn(&std::path::Path) -> std::io::Result<()>| {
-        if let Some(p) = path
-            && let Err(e) = f(p)
-        {
-            eprintln!("loadtest: writing the {what} to {}: {e}", p.display());
+    for (what, path, written) in write_outputs(&report, &args) {
+        if let Err(e) = written {
+            eprintln!("loadtest: writing the {what} to {}: {e}", path.display());
             failed = true;
         }
-    };
-    write("JSON report", &args.json, &|p| {
-        std::fs::write(p, report.to_json())
-    });
-    write("histogram", &args.hgrm, &|p| report.write_hgrm(p));
-    write("HTML report", &args.html, &|p| report.write_html(p));
+    }
     if !report.is_clean() || report.lost() > 0 {
         eprintln!(
             "loadtest: NOT CLEAN: {} lost, {} mismatched",

@@ -346,17 +346,7 @@ impl Conn {
 
     /// Writes what the socket takes now; `Ok` also on a full socket.
     fn write_some(&mut self, stream: &TcpStream) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
-            match stream.try_write(&self.wbuf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    let _ = self.wbuf.split_to(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        crate::net::write_available(stream, &mut self.wbuf)
     }
 
     /// Reads what is available; returns bytes read (0: closed), or
@@ -576,7 +566,6 @@ impl Conn {
                 }
                 self.pending_live[3] += 1;
             }
-            slot.state = State::Free;
         }
         // Late answers can not come on a new connection.
         for slot in &mut self.slots {
@@ -659,7 +648,7 @@ impl Conn {
         self.pending_live[1] += 1;
         let code = msg.response_code().unwrap_or(*b"--");
         let good =
-            mti.value() == slot.req.mti.value() + 10 && msg.amount_minor() == Some(slot.req.amount);
+            slot.req.mti.response() == Some(mti) && msg.amount_minor() == Some(slot.req.amount);
         let counts = if slot.measured {
             &mut st.measured
         } else {

@@ -263,7 +263,7 @@ impl Generator {
         let request = match kind {
             Kind::Reversal => match self.reversible.pop_front() {
                 Some(original) => {
-                    return self.pack_reversal(original, stan, rrn, out);
+                    return self.pack_reversal(original, stan, out);
                 }
                 // Nothing approved yet to reverse: a purchase instead.
                 None => self.retail(Kind::Purchase, stan, rrn),
@@ -311,7 +311,6 @@ impl Generator {
     /// (small amounts on a few cards across many merchants).
     fn fraud(&mut self, stan: u32, rrn: u64) -> Request {
         let mut r = self.retail(Kind::Fraud, stan, rrn);
-        r.mti = Mti::FINANCIAL;
         match self.rng.below(3) {
             0 => {
                 r.amount = self.rng.range(2_000_000, 9_999_999);
@@ -331,7 +330,6 @@ impl Generator {
         &mut self,
         original: Request,
         stan: u32,
-        _rrn: u64,
         out: &mut BytesMut,
     ) -> Result<Request, String> {
         let mut r = original;

@@ -223,7 +223,7 @@ pub fn run(config: LoadConfig) -> std::io::Result<Report> {
             .map_err(|_| std::io::Error::other("a load generator thread panicked"))??;
         merged.merge(s);
     }
-    let report = Report::new(&config, &plan, merged, workers);
+    let report = Report::new(&config, merged, workers);
     if let Some(warning) = report.schedule_warning() {
         eprintln!("loadtest: WARNING: {warning}");
     }

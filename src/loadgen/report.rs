@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::conn::Plan;
 use super::stats::{OTHER_CODE, WorkerStats};
 use super::{LoadConfig, Mix, Mode};
 
@@ -57,6 +56,36 @@ pub struct SecondRow {
     pub max_us: u64,
 }
 
+/// The per-second table's columns, in the order of `SecondRow::cells`.
+const SECOND_COLUMNS: [&str; 7] = ["s", "sent", "answered", "timed out", "p50", "p99", "max"];
+
+impl SecondRow {
+    /// The row as the per-second table shows it (text and HTML alike).
+    fn cells(&self) -> [String; 7] {
+        [
+            self.second.to_string(),
+            self.sent.to_string(),
+            self.answered.to_string(),
+            self.timed_out.to_string(),
+            fmt_us(self.p50_us),
+            fmt_us(self.p99_us),
+            fmt_us(self.max_us),
+        ]
+    }
+}
+
+/// One line of the text per-second table: the second, then six columns.
+fn write_second_line(
+    out: &mut impl std::io::Write,
+    cells: &[impl std::fmt::Display],
+) -> std::io::Result<()> {
+    write!(out, "  {:>4}", cells[0])?;
+    for c in &cells[1..] {
+        write!(out, " {c:>10}")?;
+    }
+    writeln!(out)
+}
+
 const PERCENTILES: [(&str, f64); 6] = [
     ("p50", 50.0),
     ("p90", 90.0),
@@ -67,7 +96,7 @@ const PERCENTILES: [(&str, f64); 6] = [
 ];
 
 impl Report {
-    pub(super) fn new(config: &LoadConfig, _plan: &Plan, s: WorkerStats, workers: usize) -> Report {
+    pub(super) fn new(config: &LoadConfig, s: WorkerStats, workers: usize) -> Report {
         Report {
             mode: config.mode,
             connections: config.connections,
@@ -115,10 +144,6 @@ impl Report {
     pub fn reconnects(&self) -> u64 {
         self.s.reconnects
     }
-    /// Requests sent during the warmup (not in the other figures).
-    pub fn warmup_sent(&self) -> u64 {
-        self.s.warmup.sent
-    }
     /// Measured answers by (response MTI, DE39), sorted.
     pub fn responses(&self) -> Vec<(u16, String, u64)> {
         let mut v: Vec<_> = self
@@ -165,10 +190,6 @@ impl Report {
         } else {
             self.s.late_sends as f64 / self.s.scheduled_sends as f64
         }
-    }
-    /// Open loop: largest lag behind the schedule, µs.
-    pub fn max_lag_us(&self) -> u64 {
-        self.s.lag.max()
     }
     /// Open loop: lag behind the schedule at `percentile` (0-100), µs.
     pub fn lag_us(&self, percentile: f64) -> u64 {
@@ -338,22 +359,10 @@ impl Report {
         writeln!(out, " {:>9}", fmt_us(h.mean() as u64))?;
         let rows = self.per_second();
         if !rows.is_empty() {
-            writeln!(
-                out,
-                "\n  per second (by intended send time)\n     s       sent   answered  timed out        p50        p99        max"
-            )?;
+            writeln!(out, "\n  per second (by intended send time)")?;
+            write_second_line(out, &SECOND_COLUMNS)?;
             for r in rows {
-                writeln!(
-                    out,
-                    "  {:>4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                    r.second,
-                    r.sent,
-                    r.answered,
-                    r.timed_out,
-                    fmt_us(r.p50_us),
-                    fmt_us(r.p99_us),
-                    fmt_us(r.max_us)
-                )?;
+                write_second_line(out, &r.cells())?;
             }
         }
         writeln!(
@@ -598,19 +607,17 @@ impl Report {
             }
         }
         svg_chart(&mut o, &[("latency", "#1f77b4", dist)], "percentile", true);
-        o.push_str("<h2>Per second</h2><table><tr><th>s</th><th>sent</th><th>answered</th><th>timed out</th><th>p50</th><th>p99</th><th>max</th></tr>");
+        o.push_str("<h2>Per second</h2><table><tr>");
+        for c in SECOND_COLUMNS {
+            let _ = write!(o, "<th>{c}</th>");
+        }
+        o.push_str("</tr>");
         for r in rows {
-            let _ = write!(
-                o,
-                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-                r.second,
-                r.sent,
-                r.answered,
-                r.timed_out,
-                fmt_us(r.p50_us),
-                fmt_us(r.p99_us),
-                fmt_us(r.max_us)
-            );
+            o.push_str("<tr>");
+            for c in r.cells() {
+                let _ = write!(o, "<td class=\"n\">{c}</td>");
+            }
+            o.push_str("</tr>");
         }
         o.push_str("</table></body></html>\n");
         o
