@@ -2,7 +2,35 @@
 //! Everything else in the switch takes time as a parameter; this is where
 //! it is read.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A moment as the cores take it: `at` (monotonic) for deadlines and
+/// latency, `unix_ms` for what is recorded. Drivers read the clock with
+/// [`Now::read`]; cores only ever get a `Now` passed in, so a test steps
+/// time by hand with [`Now::plus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub at: Instant,
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// Reads both clocks (drivers only).
+    pub fn read() -> Now {
+        Now {
+            at: Instant::now(),
+            unix_ms: unix_now_ms(),
+        }
+    }
+
+    /// This moment moved on by `d` (virtual time in tests and simulation).
+    pub fn plus(self, d: Duration) -> Now {
+        Now {
+            at: self.at + d,
+            unix_ms: self.unix_ms.saturating_add(d.as_millis() as u64),
+        }
+    }
+}
 
 /// The wall clock as `SystemTime`, to compare with file times.
 pub fn wall_now() -> SystemTime {

@@ -5,7 +5,9 @@
 
 pub mod acquirer;
 pub mod admin;
+pub mod build_info;
 pub mod clock;
+pub mod codes;
 pub mod config;
 pub mod decode;
 pub mod demo;
@@ -24,3 +26,4 @@ pub mod sim;
 pub mod sync;
 pub mod telemetry;
 pub mod terminal;
+pub mod throttle;

@@ -312,18 +312,15 @@ impl SafActor {
             _ = self.stop.cancelled() => return None,
         };
         Some(match reply.outcome {
-            Outcome::Answered { response_code, .. } if acknowledges(response_code) => {
+            Outcome::Answered { response_code, .. }
+                if crate::codes::acknowledges(response_code) =>
+            {
                 Attempt::Acked(response_code)
             }
             Outcome::Answered { .. } => Attempt::Failed("host answered with a retry code"),
             Outcome::Failed(_) => Attempt::Failed("no answer"),
         })
     }
-}
-
-/// 91 and 96 say "try again"; any other answer means the host has it.
-fn acknowledges(code: [u8; 2]) -> bool {
-    !matches!(&code, b"91" | b"96")
 }
 
 /// The same message marked as a repeat (0420 -> 0421).
@@ -414,7 +411,7 @@ pub fn advice_of(
     let mut b = MessageBuilder::new(host_spec, mti);
     b.copy_all(request);
     strip_sensitive(&mut b);
-    b.set(38, approval_code).set(39, b"00");
+    b.set(38, approval_code).set(39, &crate::codes::APPROVED);
     let key = MatchKey::new(mti, &request.terminal_id()?, request.stan()?)?;
     Some((b.to_bytes().ok()?.freeze(), key))
 }
@@ -473,7 +470,7 @@ pub fn from_journal(
     if let Some(reason) = &reversal_reason {
         b.set(39, reason).set(90, &de90);
     } else {
-        b.set(39, b"00");
+        b.set(39, &crate::codes::APPROVED);
     }
     let key = MatchKey::new(mti, req.terminal_id.as_bytes(), req.stan)?;
     Some((b.to_bytes().ok()?.freeze(), key))

@@ -389,7 +389,7 @@ fn resume_from_journal(shared: &Shared, recovery: &crate::journal::Recovery) {
         let Some(a) = shared.acquirers.get(u.acquirer as usize) else {
             continue;
         };
-        let reason = *b"91";
+        let reason = crate::codes::ISSUER_UNAVAILABLE;
         let Some((body, key)) = crate::saf::from_journal(&u.request, Some(reason), None, a.spec)
         else {
             continue;

@@ -22,6 +22,7 @@ use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
 
 use crate::acquirer::{Failure, Forward, MatchKey, Outcome, Reply, ReplyTo};
+use crate::codes;
 use crate::frame::FrameCodec;
 use crate::fraud::{self, Auth, CardHash, Decision};
 use crate::iso8583::{Message, MessageBuilder, Mti, Salvage, Spec};
@@ -38,20 +39,6 @@ pub const ECHO_FIELDS: &[usize] = &[2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];
 const NETWORK_ECHO: &[usize] = &[7, 11, 41, 70];
 /// Required in 0100/0200 requests.
 const REQUIRED_AUTH_FIELDS: &[usize] = &[2, 3, 4, 7, 11, 41, 42, 49];
-
-/// DE39 values the switch itself sets.
-pub mod codes {
-    pub const APPROVED: [u8; 2] = *b"00";
-    pub const INVALID_TRANSACTION: [u8; 2] = *b"12";
-    pub const INVALID_CARD_NUMBER: [u8; 2] = *b"14";
-    pub const FORMAT_ERROR: [u8; 2] = *b"30";
-    pub const UNKNOWN_TERMINAL: [u8; 2] = *b"58";
-    pub const SUSPECTED_FRAUD: [u8; 2] = *b"59";
-    pub const ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
-    pub const NO_ROUTE: [u8; 2] = *b"92";
-    pub const DUPLICATE: [u8; 2] = *b"94";
-    pub const SYSTEM_MALFUNCTION: [u8; 2] = *b"96";
-}
 
 /// A request of this connection waiting for its acquirer.
 struct Pending {

@@ -289,7 +289,7 @@ impl LinkActor {
                 .await_network_answer(&mut stream, &mut codec, &mut rbuf, &mut wbuf, pending)
                 .await
             {
-                Ok(code) if code == *b"00" => {}
+                Ok(crate::codes::APPROVED) => {}
                 Ok(code) => {
                     return SessionEnd::Lost(format!(
                         "sign-on refused with {}",
@@ -453,7 +453,7 @@ impl LinkActor {
             } else if mti == Mti::NETWORK {
                 // The host tests us: answer its echo.
                 if let Some(mut b) = MessageBuilder::response_to(&msg, &[7, 11, 70]) {
-                    b.set(39, b"00");
+                    b.set(39, &crate::codes::APPROVED);
                     let at = self.s.framing.begin(wbuf);
                     if b.pack(wbuf).is_ok() {
                         let _ = self.s.framing.finish(wbuf, at);

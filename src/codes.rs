@@ -1,0 +1,34 @@
+//! Response codes (DE39) the switch itself sets, and how it reads the ones
+//! hosts send. The one place these values are written down: every other
+//! module names them from here (see `../shared/DESIGN.md`, "Response codes").
+
+/// Approved (also: stand-in approvals, acknowledged advices, 0810 answers).
+pub const APPROVED: [u8; 2] = *b"00";
+/// Invalid transaction type (an MTI the switch does not handle).
+pub const INVALID_TRANSACTION: [u8; 2] = *b"12";
+/// The PAN fails the Luhn check.
+pub const INVALID_CARD_NUMBER: [u8; 2] = *b"14";
+/// Format error in the request.
+pub const FORMAT_ERROR: [u8; 2] = *b"30";
+/// Unknown or unauthorized terminal.
+pub const UNKNOWN_TERMINAL: [u8; 2] = *b"58";
+/// Suspected fraud: score at or over the decline threshold.
+pub const SUSPECTED_FRAUD: [u8; 2] = *b"59";
+/// Acquirer timeout or link down.
+pub const ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
+/// No route for the card range.
+pub const NO_ROUTE: [u8; 2] = *b"92";
+/// Duplicate transmission.
+pub const DUPLICATE: [u8; 2] = *b"94";
+/// Switch overloaded (shedding), or a part of it not answering.
+pub const SYSTEM_MALFUNCTION: [u8; 2] = *b"96";
+/// Reversal reason: the host's answer reached the switch but could not be
+/// delivered to the terminal (it had gone, or the write failed). ISO 8583
+/// "response received too late".
+pub const UNDELIVERABLE: [u8; 2] = *b"68";
+
+/// Does a host's answer to a reversal or advice mean "got it"? 91 and 96
+/// say "try again"; any other answer means the host has it.
+pub fn acknowledges(code: [u8; 2]) -> bool {
+    !matches!(code, ISSUER_UNAVAILABLE | SYSTEM_MALFUNCTION)
+}
