@@ -100,9 +100,15 @@ impl Driver {
         }
     }
 
-    /// Forwards what the core hands out and journals what it reports.
+    /// Journals what the core reports and forwards what it hands out. A
+    /// send's `Sent` is journaled before the send goes, so the attempt
+    /// count a restart finds is never short of what the host saw.
     fn carry_out(&mut self, reply_tx: &mpsc::Sender<Reply>, m: &Metrics) {
-        while let Some((key, body)) = self.core.poll_send() {
+        loop {
+            self.journal_events(m);
+            let Some((key, body)) = self.core.poll_send() else {
+                break;
+            };
             let forwarded = match self.links.iter().find(|l| l.is_up()) {
                 Some(link) => link
                     .try_forward(Forward {
@@ -121,6 +127,11 @@ impl Driver {
                 self.core.handle_answer(Now::read(), Answer::NotAnswered);
             }
         }
+        m.depth
+            .set(self.depth.load(std::sync::atomic::Ordering::Acquire) as f64);
+    }
+
+    fn journal_events(&mut self, m: &Metrics) {
         while let Some(e) = self.core.poll_event() {
             match &e {
                 SafEvent::Sent { attempt, .. } => {
@@ -146,8 +157,6 @@ impl Driver {
             }
             (self.events)(e);
         }
-        m.depth
-            .set(self.depth.load(std::sync::atomic::Ordering::Acquire) as f64);
     }
 }
 

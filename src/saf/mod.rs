@@ -34,7 +34,7 @@ use crate::iso8583::Spec;
 
 pub use self::core::{Answer, SafCore};
 pub use journal::{journal_sink, record_of, resume_from_journal};
-pub use messages::{advice_from_terminal, advice_of, as_repeat, from_journal, reversal_of};
+pub use messages::{advice_from_terminal, advice_of, from_journal, reversal_of};
 
 /// One message to deliver.
 #[derive(Clone, Debug)]
