@@ -191,7 +191,7 @@ impl Switch {
                     config: config.saf.clone(),
                 },
                 handles.clone(),
-                saf_events(journal.clone()),
+                crate::saf::journal_sink(journal.clone()),
                 saf_stop.clone(),
             );
             saf_tasks.push(saf_task);
@@ -262,7 +262,7 @@ impl Switch {
             None => (None, None),
         };
 
-        resume_from_journal(&shared, &recovery);
+        crate::saf::resume_from_journal(&shared.acquirers, &shared.journal, &recovery);
         let terminals = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), terminals.clone()));
         info!(terminals = %terminal_addr, admin = ?admin_addr, acquirers = config.acquirers.len(), "switch started");
@@ -315,126 +315,6 @@ impl Switch {
         let journal = self.shared.journal.clone();
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         info!("stopped");
-    }
-}
-
-/// Store-and-forward progress goes to the journal, so a restart resumes
-/// where it stopped.
-fn saf_events(journal: crate::journal::Journal) -> crate::saf::EventSink {
-    use crate::journal::Record;
-    use crate::saf::{SafEvent, SafKind};
-    Arc::new(move |e| {
-        let at_ms = crate::clock::unix_now_ms();
-        let record = match e {
-            SafEvent::Sent {
-                txn,
-                kind: SafKind::Reversal,
-                attempt,
-            } => Record::ReversalSent {
-                txn,
-                at_ms,
-                attempt,
-            },
-            SafEvent::Sent {
-                txn,
-                kind: SafKind::Advice,
-                attempt,
-            } => Record::AdviceSent {
-                txn,
-                at_ms,
-                attempt,
-            },
-            SafEvent::Acked {
-                txn,
-                kind: SafKind::Reversal,
-                response_code,
-            } => Record::ReversalAcked {
-                txn,
-                at_ms,
-                response_code,
-            },
-            SafEvent::Acked {
-                txn,
-                kind: SafKind::Advice,
-                response_code,
-            } => Record::AdviceAcked {
-                txn,
-                at_ms,
-                response_code,
-            },
-            SafEvent::Expired {
-                txn,
-                kind: SafKind::Reversal,
-            } => Record::ReversalExpired { txn, at_ms },
-            SafEvent::Expired {
-                txn,
-                kind: SafKind::Advice,
-            } => Record::AdviceExpired { txn, at_ms },
-        };
-        let txn = record.txn();
-        if journal.append(record).is_err() {
-            tracing::error!(txn, "journal refused a store-and-forward record");
-        }
-    })
-}
-
-/// Puts back into store-and-forward what the journal says is still owed:
-/// reversals of requests forwarded before a crash without a final answer,
-/// and reversals and advices queued but never acknowledged.
-fn resume_from_journal(shared: &Shared, recovery: &crate::journal::Recovery) {
-    use crate::journal::{Record, SafKind as JKind};
-    use crate::saf::{SafEntry, SafKind};
-    let mut pushed = 0usize;
-    for u in &recovery.unfinished {
-        let Some(a) = shared.acquirers.get(u.acquirer as usize) else {
-            continue;
-        };
-        let reason = crate::codes::ISSUER_UNAVAILABLE;
-        let Some((body, key)) = crate::saf::from_journal(&u.request, Some(reason), None, a.spec)
-        else {
-            continue;
-        };
-        let _ = shared.journal.append(Record::ReversalQueued {
-            txn: u.txn,
-            at_ms: crate::clock::unix_now_ms(),
-            acquirer: u.acquirer,
-            reason,
-        });
-        let entry = SafEntry::new(u.txn, SafKind::Reversal, body, key, u.forwarded_at_ms);
-        if a.saf.push(entry).is_ok() {
-            pushed += 1;
-        }
-    }
-    for e in &recovery.saf {
-        let Some(a) = shared.acquirers.get(e.acquirer as usize) else {
-            continue;
-        };
-        let (kind, rebuilt) = match e.kind {
-            JKind::Reversal { reason } => (
-                SafKind::Reversal,
-                crate::saf::from_journal(&e.request, Some(reason), None, a.spec),
-            ),
-            JKind::Advice { mti } => (
-                SafKind::Advice,
-                crate::saf::from_journal(&e.request, None, Some(mti), a.spec),
-            ),
-        };
-        let Some((body, key)) = rebuilt else { continue };
-        let entry = SafEntry {
-            attempts: e.attempts,
-            ..SafEntry::new(e.txn, kind, body, key, e.queued_at_ms)
-        };
-        if a.saf.push(entry).is_ok() {
-            pushed += 1;
-        }
-    }
-    if pushed > 0 || !recovery.unfinished.is_empty() {
-        info!(
-            reversals_for_unfinished = recovery.unfinished.len(),
-            saf_entries = recovery.saf.len(),
-            queued = pushed,
-            "journal recovery: store-and-forward resumes"
-        );
     }
 }
 
