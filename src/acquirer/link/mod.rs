@@ -26,6 +26,8 @@
 //!   and turns the core's events into log lines.
 
 pub mod core;
+#[cfg(test)]
+mod core_tests;
 mod driver;
 
 use std::sync::Arc;
