@@ -470,7 +470,12 @@ impl<R> LinkCore<R> {
             self.event(LinkEvent::HostRequest { mti });
             return;
         }
-        self.on_answer(now, &msg);
+        // Signing on or off nothing is in flight: answers then are to
+        // requests already answered `LinkLost` (and reversed), dropped
+        // quietly as before the split.
+        if self.state == LinkState::Up {
+            self.on_answer(now, &msg);
+        }
     }
 
     /// Timers: request timeouts, sign-on/off and echo deadlines, echoes
