@@ -159,8 +159,15 @@ pub struct AcquirerConfig {
     pub max_missed_echoes: u32,
     pub max_in_flight_per_link: usize,
     pub sign_on: bool,
+    /// Fields an answer must carry with the request's exact bytes (where
+    /// both carry them) to be delivered; see `acquirer::link`.
+    pub answer_must_match: Vec<u16>,
     pub stand_in: StandInConfig,
 }
+
+/// What an answer must echo unchanged by default: PAN, processing code,
+/// amount, RRN, terminal id, currency.
+pub const DEFAULT_ANSWER_MUST_MATCH: [u16; 6] = [2, 3, 4, 37, 41, 49];
 
 #[derive(Clone, Debug)]
 pub struct StandInConfig {
@@ -837,6 +844,7 @@ fn read_acquirer(r: &mut Reader, p: &str, t: &Table) -> AcquirerConfig {
             "max_missed_echoes",
             "max_in_flight_per_link",
             "sign_on",
+            "answer_must_match",
             "stand_in",
         ],
     );
@@ -873,8 +881,22 @@ fn read_acquirer(r: &mut Reader, p: &str, t: &Table) -> AcquirerConfig {
         max_missed_echoes: r.get(t, p, "max_missed_echoes", 2),
         max_in_flight_per_link: r.get(t, p, "max_in_flight_per_link", 10_000),
         sign_on: r.get(t, p, "sign_on", true),
+        answer_must_match: r.get(
+            t,
+            p,
+            "answer_must_match",
+            DEFAULT_ANSWER_MUST_MATCH.to_vec(),
+        ),
         stand_in,
     };
+    for (i, &n) in a.answer_must_match.iter().enumerate() {
+        if !(2..=128).contains(&n) {
+            r.problem(
+                format!("{}[{i}]", join(p, "answer_must_match")),
+                format!("{n} is not a data element number (2..=128)"),
+            );
+        }
+    }
     for (k, d) in [
         ("request_timeout_ms", a.request_timeout),
         ("connect_timeout_ms", a.connect_timeout),
@@ -1156,6 +1178,32 @@ mod tests {
             .find(|p| p.path == "terminals.listen")
             .unwrap();
         assert!(listen.message.contains("not an IP:port"), "{listen}");
+    }
+
+    #[test]
+    fn answer_must_match_defaults_and_takes_only_field_numbers() {
+        let c = Config::parse("[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n")
+            .expect("valid");
+        assert_eq!(c.acquirers[0].answer_must_match, [2, 3, 4, 37, 41, 49]);
+        let c = Config::parse(
+            "[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\nanswer_must_match = [4]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.acquirers[0].answer_must_match, [4]);
+        let problems = Config::parse(
+            "[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n\
+             answer_must_match = [4, 1, 129]\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "acquirers[0].answer_must_match[1]",
+                "acquirers[0].answer_must_match[2]"
+            ],
+            "{problems:#?}"
+        );
     }
 
     #[test]

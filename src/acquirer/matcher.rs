@@ -93,6 +93,17 @@ pub enum Matched<T> {
     Unknown,
 }
 
+/// What an answer matched when the request is checked before it is taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked<T> {
+    Found(T),
+    /// A request with this key is in flight, but the answer does not
+    /// belong to it; the request was left in the table.
+    Refused,
+    Late,
+    Unknown,
+}
+
 struct Slot<T> {
     generation: u64,
     value: T,
@@ -176,6 +187,22 @@ impl<T> InFlight<T> {
             }
             None if self.expired.contains(key) => Matched::Late,
             None => Matched::Unknown,
+        }
+    }
+
+    /// Takes the request an answer with this key belongs to, if `accept`
+    /// agrees after looking at it; a refused request stays in the table
+    /// with its deadline, waiting for its real answer.
+    pub fn take_if(&mut self, key: &MatchKey, accept: impl FnOnce(&T) -> bool) -> Checked<T> {
+        match self.map.get(key) {
+            Some(slot) if !accept(&slot.value) => Checked::Refused,
+            Some(_) => match self.take(key) {
+                Matched::Found(v) => Checked::Found(v),
+                // Just looked it up: it is there.
+                Matched::Late | Matched::Unknown => Checked::Unknown,
+            },
+            None if self.expired.contains(key) => Checked::Late,
+            None => Checked::Unknown,
         }
     }
 
@@ -310,6 +337,21 @@ mod tests {
         }
         assert!(t.deadlines.len() <= 2 * 16 + 1, "{}", t.deadlines.len());
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn take_if_leaves_a_refused_request_waiting_with_its_deadline() {
+        let t0 = Instant::now();
+        let mut t = InFlight::new(4);
+        t.insert(key(1), 10, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(t.take_if(&key(1), |&v| v == 11), Checked::Refused);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(t.take_if(&key(1), |&v| v == 10), Checked::Found(10));
+        assert_eq!(t.take_if(&key(1), |_| true), Checked::Unknown);
+        t.insert(key(2), 20, t0).unwrap();
+        t.expire(t0, |_, _| {});
+        assert_eq!(t.take_if(&key(2), |_| true), Checked::Late);
     }
 
     #[test]
