@@ -38,14 +38,21 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{}: {} problem(s):",
-            self.file.display(),
-            self.problems.len()
-        )?;
+        let file = self.file.display();
+        // A problem with no TOML path is about the file itself (unreadable,
+        // not TOML): it is named by the file, not by an empty path.
+        if let [p] = self.problems.as_slice()
+            && p.path.is_empty()
+        {
+            return writeln!(f, "{file}: {}", p.message);
+        }
+        writeln!(f, "{file}: {} problem(s):", self.problems.len())?;
         for p in &self.problems {
-            writeln!(f, "  {p}")?;
+            if p.path.is_empty() {
+                writeln!(f, "  {file}: {}", p.message)?;
+            } else {
+                writeln!(f, "  {p}")?;
+            }
         }
         Ok(())
     }
@@ -84,6 +91,9 @@ pub struct Config {
     pub fraud: FraudConfig,
     pub journal: JournalConfig,
     pub saf: SafConfig,
+    /// Top-level `test_setup = true`: a development or test configuration,
+    /// allowed to run with the development `pan_key`.
+    pub test_setup: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -491,17 +501,16 @@ impl Reader {
         default: u64,
         range: RangeInclusive<u64>,
     ) -> u64 {
-        debug_assert!(range.contains(&default), "{path}.{key} default out of range");
+        debug_assert!(
+            range.contains(&default),
+            "{path}.{key} default out of range"
+        );
         match self.opt::<u64>(t, path, key) {
             Some(v) if range.contains(&v) => v,
             Some(v) => {
                 self.problem(
                     join(path, key),
-                    format!(
-                        "{v} is out of range ({}..={})",
-                        range.start(),
-                        range.end()
-                    ),
+                    format!("{v} is out of range ({}..={})", range.start(), range.end()),
                 );
                 default
             }
@@ -557,7 +566,10 @@ fn parse_key(hex: &str) -> Option<[u8; 16]> {
 
 /// A fixed development key, used only when the config sets none (the
 /// default config says so loudly).
-const DEV_PAN_KEY: [u8; 16] = *b"switchyard-dev!!";
+pub const DEV_PAN_KEY: [u8; 16] = *b"switchyard-dev!!";
+/// The key in the shipped `config/switchyard.toml` ("Switchyard dev k"):
+/// public, so as much a development key as the built-in one.
+pub const SHIPPED_DEV_PAN_KEY: [u8; 16] = *b"Switchyard dev k";
 
 static EMPTY: std::sync::LazyLock<Table> = std::sync::LazyLock::new(Table::new);
 
@@ -575,6 +587,45 @@ impl Config {
             file: path.to_owned(),
             problems,
         })
+    }
+
+    /// Is the card-hash key one of the published development keys? Card
+    /// hashes made with it can be reversed by anyone with a card list.
+    pub fn uses_dev_key(&self) -> bool {
+        self.fraud.pan_key == DEV_PAN_KEY || self.fraud.pan_key == SHIPPED_DEV_PAN_KEY
+    }
+
+    /// What is valid but probably not meant: a switch that can route
+    /// nothing, a development key. `check-config` prints these; `run` logs
+    /// them at startup.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut w = Vec::new();
+        if self.acquirers.is_empty() {
+            w.push(Problem {
+                path: "acquirers".into(),
+                message: "no acquirer is configured: every request will be answered 92".into(),
+            });
+        } else if self.routing.routes.is_empty() && self.routing.default.is_none() {
+            w.push(Problem {
+                path: "routing".into(),
+                message: "no route and no default: every request will be answered 92".into(),
+            });
+        }
+        if self.uses_dev_key() {
+            let how = if self.fraud.pan_key == DEV_PAN_KEY {
+                "not set: the built-in development key is used"
+            } else {
+                "is the development key shipped in config/switchyard.toml"
+            };
+            w.push(Problem {
+                path: "fraud.pan_key".into(),
+                message: format!(
+                    "{how}; set your own 32 hex digits for production (`run` refuses it \
+                     unless --allow-dev-key or test_setup = true)"
+                ),
+            });
+        }
+        w
     }
 
     /// Parses and validates config text, returning every problem.
@@ -599,9 +650,11 @@ impl Config {
                 "fraud",
                 "journal",
                 "saf",
+                "test_setup",
             ],
         );
         let empty: &Table = &EMPTY;
+        let test_setup = r.get(&root, "", "test_setup", false);
 
         let p = "terminals";
         let t = r.table(&root, "", p).unwrap_or(empty);
@@ -847,6 +900,7 @@ impl Config {
                 fraud,
                 journal,
                 saf,
+                test_setup,
             })
         } else {
             Err(r.problems)
@@ -1304,6 +1358,59 @@ mod tests {
                 only_problem(key)
             );
         }
+    }
+
+    #[test]
+    fn an_empty_config_and_the_development_keys_are_warned_about() {
+        let empty = Config::parse("").expect("valid");
+        let paths: Vec<String> = empty.warnings().into_iter().map(|w| w.path).collect();
+        assert_eq!(paths, ["acquirers", "fraud.pan_key"]);
+        assert!(empty.uses_dev_key());
+        assert!(!empty.test_setup);
+
+        let shipped = Config::parse(include_str!("../config/switchyard.toml")).expect("valid");
+        assert!(
+            shipped.uses_dev_key(),
+            "the shipped key is a development key"
+        );
+        assert!(
+            shipped.test_setup,
+            "the shipped config says it is a test setup"
+        );
+        let w = shipped.warnings();
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].message.contains("shipped"), "{}", w[0]);
+
+        let own = Config::parse(
+            "[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n\
+             [routing]\ndefault = \"a\"\n[fraud]\npan_key = \"000102030405060708090a0b0c0d0e0f\"",
+        )
+        .expect("valid");
+        assert!(!own.uses_dev_key());
+        assert!(own.warnings().is_empty(), "{:#?}", own.warnings());
+
+        let unrouted =
+            Config::parse("[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]").expect("valid");
+        assert_eq!(unrouted.warnings()[0].path, "routing");
+    }
+
+    #[test]
+    fn a_file_level_problem_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[terminals\n").expect("written");
+        let e = Config::load(&bad).expect_err("not TOML").to_string();
+        assert!(
+            e.starts_with(&format!("{}: not valid TOML", bad.display())),
+            "{e}"
+        );
+        let missing = dir.path().join("missing.toml");
+        let e = Config::load(&missing).expect_err("unreadable").to_string();
+        assert!(
+            e.starts_with(&format!("{}: can not read", missing.display())),
+            "{e}"
+        );
+        assert!(!e.contains("\n  : "), "no empty path: {e}");
     }
 
     #[test]
