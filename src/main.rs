@@ -11,17 +11,28 @@ use switchyard::decode;
 use switchyard::frame::LengthHeader;
 use switchyard::iso8583::specs;
 use switchyard::server::Switch;
+use switchyard::telemetry::LogFormat;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "An ISO 8583 transaction switch")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An ISO 8583 transaction switch",
+    after_help = LOG_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+const LOG_HELP: &str = "Logging: lines go to stderr. RUST_LOG sets the level and filters, \
+e.g. RUST_LOG=debug, RUST_LOG=warn, RUST_LOG=info,switchyard::journal=debug \
+(default: info). Colour only when stderr is a terminal (and NO_COLOR is unset).";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the switch.
+    #[command(after_help = LOG_HELP)]
     Run {
         /// The config file [default: config/switchyard.toml, relative to
         /// the current directory].
@@ -32,6 +43,10 @@ enum Command {
         /// at the top of the config does the same for test setups.
         #[arg(long)]
         allow_dev_key: bool,
+        /// Log lines as text, or as one JSON object per line for log
+        /// collectors.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Run an acquirer host simulator (for tests, demos and load tests).
     Sim(switchyard::sim::cli::SimArgs),
@@ -69,7 +84,8 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             allow_dev_key,
-        } => run_switch(config, allow_dev_key),
+            log_format,
+        } => run_switch(config, allow_dev_key, log_format),
         Command::Sim(args) => switchyard::sim::cli::run(args),
         Command::Demo(args) => switchyard::demo::run(args),
         Command::Journal(cmd) => switchyard::journal::cli::run(cmd),
@@ -103,7 +119,7 @@ fn main() -> ExitCode {
 
 const DEFAULT_CONFIG: &str = "config/switchyard.toml";
 
-fn run_switch(path: Option<PathBuf>, allow_dev_key: bool) -> ExitCode {
+fn run_switch(path: Option<PathBuf>, allow_dev_key: bool, log_format: LogFormat) -> ExitCode {
     let path = match path {
         Some(p) => p,
         None => {
@@ -138,7 +154,13 @@ fn run_switch(path: Option<PathBuf>, allow_dev_key: bool) -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    switchyard::telemetry::init_logging();
+    switchyard::telemetry::init_logging(log_format);
+    tracing::info!(
+        "switchyard {} (commit {}) starting with config {}",
+        switchyard::build_info::VERSION,
+        switchyard::build_info::COMMIT,
+        path.display()
+    );
     for w in config.warnings() {
         tracing::warn!("{}: {w}", path.display());
     }
@@ -150,6 +172,9 @@ fn run_switch(path: Option<PathBuf>, allow_dev_key: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before the banner: a SIGTERM right after it must stop the switch
+        // in order, not kill it.
+        let mut signals = switchyard::runtime::StopSignals::install();
         let switch = match Switch::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -164,7 +189,8 @@ fn run_switch(path: Option<PathBuf>, allow_dev_key: bool) -> ExitCode {
             "switchyard: terminals on {}, metrics {admin}; Ctrl-C to stop",
             switch.terminal_addr
         );
-        switchyard::runtime::stop_signal().await;
+        let signal = signals.recv().await;
+        tracing::info!("{signal} received: stopping");
         switch.shutdown().await;
         ExitCode::SUCCESS
     })

@@ -262,10 +262,11 @@ impl Switch {
             None => (None, None),
         };
 
+        log_recovery(&config, &recovery);
         resume_from_journal(&shared, &recovery);
         let terminals = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), terminals.clone()));
-        info!(terminals = %terminal_addr, admin = ?admin_addr, acquirers = config.acquirers.len(), "switch started");
+        log_startup(&config, terminal_addr, admin_addr);
         Ok(Switch {
             terminal_addr,
             admin_addr,
@@ -284,19 +285,28 @@ impl Switch {
     /// Stops accepting, lets requests in flight finish within the grace
     /// period, signs the links off, and returns when everything has ended.
     pub async fn shutdown(self) {
-        info!("stopping: no new requests; finishing those in flight");
+        let in_flight_at_stop = self.shared.in_flight.load(Ordering::Acquire);
+        info!(
+            "stopping: no new requests; finishing the {in_flight_at_stop} in flight \
+             (grace period {} ms)",
+            self.grace.as_millis()
+        );
         self.shared.stopping.cancel();
         self.accept.abort();
         self.terminals.close();
-        if tokio::time::timeout(self.grace, self.terminals.wait())
+        let left = if tokio::time::timeout(self.grace, self.terminals.wait())
             .await
             .is_err()
         {
+            let left = self.shared.in_flight.load(Ordering::Acquire);
             warn!(
-                in_flight = self.shared.in_flight.load(Ordering::Acquire),
-                "grace period over; stopping links with requests still in flight"
+                in_flight = left,
+                "grace period over; stopping links with requests still in flight (they get 91)"
             );
-        }
+            left
+        } else {
+            0
+        };
         // Store-and-forward stops first: what it still holds stays for the
         // next start (from the journal).
         self.saf_stop.cancel();
@@ -313,9 +323,112 @@ impl Switch {
             a.abort();
         }
         let journal = self.shared.journal.clone();
-        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
-        info!("stopped");
+        let closed = tokio::task::spawn_blocking(move || {
+            journal.close();
+            journal.all_synced()
+        })
+        .await;
+        let stats = self.shared.journal.stats();
+        let journal = if closed.unwrap_or(false) {
+            format!("journal synced up to record {}", stats.durable)
+        } else {
+            format!(
+                "JOURNAL NOT FULLY SYNCED (durable up to record {}; see the errors above)",
+                stats.durable
+            )
+        };
+        info!(
+            "stopped: {} of {in_flight_at_stop} request(s) in flight finished within the grace \
+             period, {left} answered 91 at the end; {journal}",
+            in_flight_at_stop.saturating_sub(left)
+        );
     }
+}
+
+/// What recovery scanned, also when it found nothing to do: an operator
+/// reading the log after a restart should not have to guess.
+fn log_recovery(config: &Config, recovery: &crate::journal::Recovery) {
+    let s = &recovery.stats;
+    info!(
+        "journal recovery in {}: scanned {} segment(s), {} record(s), {} bytes; \
+         {} forwarded without a final answer (to reverse), {} store-and-forward entries \
+         to resend, {} never answered nor forwarded, {} orphaned, {} damaged place(s); \
+         next transaction id {}",
+        config.journal.dir.display(),
+        s.segments,
+        s.records,
+        s.bytes,
+        recovery.unfinished.len(),
+        recovery.saf.len(),
+        s.unanswered,
+        s.orphans,
+        recovery.corrupt.len(),
+        recovery.next_txn.max(1),
+    );
+}
+
+/// The startup lines, in plain words: listeners, acquirers and links,
+/// routes, journal, runtime.
+fn log_startup(config: &Config, terminal_addr: SocketAddr, admin_addr: Option<SocketAddr>) {
+    let t = &config.terminals;
+    info!(
+        "terminals: listening on {terminal_addr} ({} spec, {} framing, at most {} connection(s))",
+        t.spec.spec.name, t.framing, t.max_connections
+    );
+    match admin_addr {
+        Some(a) => info!("admin: http://{a}/metrics and http://{a}/health"),
+        None => info!("admin: off (admin.enabled = false)"),
+    }
+    for a in &config.acquirers {
+        let links: Vec<String> = a.links.iter().map(ToString::to_string).collect();
+        info!(
+            "acquirer {}: {} link(s) to {} ({} spec, {} framing, request timeout {} ms, sign-on {}, stand-in {})",
+            a.name,
+            a.links.len(),
+            links.join(", "),
+            a.spec.spec.name,
+            a.framing,
+            a.request_timeout.as_millis(),
+            if a.sign_on { "on" } else { "off" },
+            if a.stand_in.enabled { "on" } else { "off" },
+        );
+    }
+    let default = match &config.routing.default {
+        Some(d) => format!("other cards go to {d}"),
+        None => "other cards are answered 92".to_owned(),
+    };
+    info!(
+        "routing: {} route(s); {default}",
+        config.routing.routes.len()
+    );
+    let j = &config.journal;
+    let durability = match j.durability {
+        crate::config::Durability::Fsync => {
+            "fsync (a request is forwarded and answered only once its record is on disk)"
+        }
+        crate::config::Durability::None => "none (records are not synced: load tests only)",
+    };
+    info!(
+        "journal: {}, durability {durability}, retention {} h",
+        j.dir.display(),
+        j.retention.as_secs() / 3600
+    );
+    let runtime = match config.runtime.flavor {
+        crate::config::RuntimeFlavor::CurrentThread => "current-thread (one thread)".to_owned(),
+        crate::config::RuntimeFlavor::MultiThread if config.runtime.worker_threads == 0 => {
+            "multi-thread, one worker per core".to_owned()
+        }
+        crate::config::RuntimeFlavor::MultiThread => format!(
+            "multi-thread, {} worker threads",
+            config.runtime.worker_threads
+        ),
+    };
+    info!("runtime: {runtime}");
+    info!(
+        "switch started: {} acquirer(s), {} route(s)",
+        config.acquirers.len(),
+        config.routing.routes.len()
+    );
 }
 
 /// Store-and-forward progress goes to the journal, so a restart resumes

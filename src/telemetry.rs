@@ -158,16 +158,34 @@ fn describe() {
     describe_counter!(LINK_MISSED_ECHOES, "Echo tests not answered in time");
 }
 
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Sets up `tracing` output to stderr. `RUST_LOG` overrides the default
-/// level (`info`).
-pub fn init_logging() {
+/// level (`info`). Colour codes only when stderr is a terminal and
+/// `NO_COLOR` is unset: in a file or a collector they are noise.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).try_init()
+        }
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Handles of the counters terminals bump on events, looked up once: the

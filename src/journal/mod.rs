@@ -272,6 +272,13 @@ impl Journal {
         self.inner.close();
     }
 
+    /// After [`Journal::close`]: everything accepted was written and
+    /// synced (false when the writer failed on a write or sync).
+    pub fn all_synced(&self) -> bool {
+        let s = &self.inner.shared;
+        !s.failed.load(Ordering::SeqCst) && s.reserved.load(Ordering::SeqCst) == 0
+    }
+
     /// [`Journal::close`], consuming this handle.
     pub fn shutdown(self) {
         self.close();
