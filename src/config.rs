@@ -108,6 +108,9 @@ pub struct TerminalConfig {
     pub idle_timeout: Duration,
     /// A frame that has started must be complete within this time.
     pub frame_timeout: Duration,
+    /// Connections the kernel queues before they are accepted; `None`:
+    /// 1024, or the system's `somaxconn` if that is lower.
+    pub listen_backlog: Option<u32>,
     /// Terminal ids (DE41) allowed to transact; empty means any.
     pub allowed_terminals: BTreeSet<String>,
     /// Country (ISO 3166 numeric) of each terminal, for the fraud rule that
@@ -671,6 +674,7 @@ impl Config {
                 "max_in_flight_per_connection",
                 "idle_timeout_ms",
                 "frame_timeout_ms",
+                "listen_backlog",
                 "allowed_terminals",
                 "countries",
             ],
@@ -693,6 +697,9 @@ impl Config {
             // of silence is already far past any terminal's heartbeat.
             idle_timeout: r.ms_in(t, p, "idle_timeout_ms", 300_000, 1_000..=86_400_000),
             frame_timeout: r.ms_in(t, p, "frame_timeout_ms", 10_000, 100..=600_000),
+            listen_backlog: t
+                .contains_key("listen_backlog")
+                .then(|| r.ranged(t, p, "listen_backlog", 1024, 1..=65_535) as u32),
             allowed_terminals: r
                 .get::<Vec<String>>(t, p, "allowed_terminals", Vec::new())
                 .into_iter()
