@@ -25,6 +25,7 @@ use crate::fraud::{Decision, FraudRules, FraudState, Score};
 use crate::iso8583::values::trim_padding;
 use crate::router::RoutingTable;
 use crate::telemetry;
+use crate::throttle::LogThrottle;
 
 /// What every terminal actor reads: configuration, the routing and fraud
 /// snapshots, the acquirer handles, and the global in-flight count.
@@ -618,9 +619,45 @@ async fn accept_ready(listener: &TcpListener) -> Option<std::io::Result<(TcpStre
     .await
 }
 
+/// Repeated listener warnings of one kind: one line per this interval,
+/// with the count of those suppressed (2,002 refusal lines in 49 s were
+/// seen before).
+pub(crate) const LISTENER_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a listener waits after a failed accept before trying again.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// After a failed accept (out of file descriptors, most often): log it,
+/// rate-limited, and pause. Retrying at once spins, since the condition
+/// that failed the accept is still there. Both listeners use this.
+pub(crate) async fn pause_after_accept_error(
+    listener: &'static str,
+    e: &std::io::Error,
+    throttle: &mut LogThrottle,
+) {
+    metrics::counter!(telemetry::ACCEPT_ERRORS, "listener" => listener).increment(1);
+    if let Some(suppressed) = throttle.allow(std::time::Instant::now()) {
+        warn!(
+            "{listener} listener: accept failed: {e}; pausing {} ms ({suppressed} more failure(s) since the last line)",
+            ACCEPT_PAUSE.as_millis()
+        );
+    }
+    tokio::time::sleep(ACCEPT_PAUSE).await;
+}
+
+/// The terminal listener's warning throttles, one per kind.
+struct ListenerWarnings {
+    refused: LogThrottle,
+    accept_failed: LogThrottle,
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
     let per_ip: Arc<DashMap<IpAddr, usize>> = Arc::new(DashMap::new());
     let gauge = metrics::gauge!(telemetry::CONNECTIONS);
+    let mut warnings = ListenerWarnings {
+        refused: LogThrottle::new(LISTENER_WARN_EVERY),
+        accept_failed: LogThrottle::new(LISTENER_WARN_EVERY),
+    };
     loop {
         let first = tokio::select! {
             r = listener.accept() => r,
@@ -633,14 +670,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
             let (stream, peer) = match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of file descriptors and the like: pause, don't spin.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    pause_after_accept_error("terminals", &e, &mut warnings.accept_failed).await;
                     break;
                 }
             };
             taken += 1;
-            admit(stream, peer, &shared, &per_ip, &gauge, &tracker);
+            admit(
+                stream,
+                peer,
+                &shared,
+                &per_ip,
+                &gauge,
+                &tracker,
+                &mut warnings,
+            );
             if taken < ACCEPT_BATCH && !shared.stopping.is_cancelled() {
                 next = accept_ready(&listener).await;
             }
@@ -656,10 +699,17 @@ fn admit(
     per_ip: &Arc<DashMap<IpAddr, usize>>,
     gauge: &metrics::Gauge,
     tracker: &TaskTracker,
+    warnings: &mut ListenerWarnings,
 ) {
     let Some(guard) = ConnectionGuard::admit(shared, per_ip, peer.ip()) else {
         metrics::counter!(telemetry::CONNECTIONS_REFUSED).increment(1);
-        warn!(peer = %peer, "connection refused: connection limit reached");
+        if let Some(suppressed) = warnings.refused.allow(std::time::Instant::now()) {
+            warn!(
+                peer = %peer,
+                "connection refused: connection limit reached ({suppressed} more refused since \
+                 the last line; switchyard_connections_refused_total counts them all)"
+            );
+        }
         drop(stream);
         return;
     };

@@ -42,6 +42,9 @@ pub const STAND_IN_APPROVED: &str = "switchyard_stand_in_approved_total";
 pub const CONNECTIONS: &str = "switchyard_terminal_connections";
 /// Connections refused by the listener limits.
 pub const CONNECTIONS_REFUSED: &str = "switchyard_connections_refused_total";
+/// Failed accepts, by listener (`terminals`, `admin`); each is followed
+/// by a pause.
+pub const ACCEPT_ERRORS: &str = "switchyard_accept_errors_total";
 /// Requests in flight in the whole switch.
 pub const IN_FLIGHT: &str = "switchyard_in_flight";
 /// Journal records accepted and not yet written (the journal's queue).
@@ -145,6 +148,7 @@ fn describe() {
         CONNECTIONS_REFUSED,
         "Connections refused by listener limits"
     );
+    describe_counter!(ACCEPT_ERRORS, "Failed accepts (each followed by a pause)");
     describe_gauge!(IN_FLIGHT, "Requests in flight in the switch");
     describe_gauge!(JOURNAL_QUEUE, "Journal records waiting for the writer");
     describe_gauge!(JOURNAL_FSYNCS, "Journal group commits since start");

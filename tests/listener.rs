@@ -89,3 +89,63 @@ async fn a_burst_of_two_thousand_concurrent_connects_is_served() {
     assert_eq!(served, N, "every connection got its echo answered");
     switch.shutdown().await;
 }
+
+/// Log lines written while it is the thread's default subscriber.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn refusals_at_the_connection_limit_are_logged_once_per_interval() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // A current-thread test runtime: the switch's tasks log on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let sim = start_sim().await;
+    let switch = start_switch(&config_terminals(
+        &[sim.local_addr()],
+        "max_connections = 1",
+    ))
+    .await;
+    let mut held = Terminal::connect(switch.terminal_addr).await;
+    let echo = held.request(&network(1, "301")).await;
+    assert_eq!(code(&echo), "00");
+    const REFUSED: usize = 40;
+    for _ in 0..REFUSED {
+        let mut t = Terminal::connect(switch.terminal_addr).await;
+        t.expect_closed().await;
+    }
+    let (_, body) = http_get(switch.admin_addr.expect("admin"), "/metrics").await;
+    assert!(
+        metric(&body, "switchyard_connections_refused_total", &[]) >= REFUSED as f64,
+        "every refusal is counted"
+    );
+    switch.shutdown().await;
+    let text = log.text();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("connection refused: connection limit reached"))
+        .count();
+    // 40 refusals well within one 10 s interval: one line, not 40.
+    assert_eq!(lines, 1, "{text}");
+}
