@@ -23,12 +23,19 @@ const MAX_CONCURRENT: usize = 32;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+    let mut accept_failed = crate::throttle::LogThrottle::new(crate::server::LISTENER_WARN_EVERY);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors: the same pause as the terminal
+                // listener; retrying at once spun a core.
+                crate::server::pause_after_accept_error("admin", &e, &mut accept_failed).await;
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
