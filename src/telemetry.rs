@@ -51,6 +51,13 @@ pub const IN_FLIGHT: &str = "switchyard_in_flight";
 pub const JOURNAL_QUEUE: &str = "switchyard_journal_queue_depth";
 /// Journal group commits (fsyncs) since start.
 pub const JOURNAL_FSYNCS: &str = "switchyard_journal_fsyncs_total";
+/// Duration of each journal `fdatasync` (one per group commit): with
+/// fsync durability most of a request's latency.
+pub const JOURNAL_FSYNC_SECONDS: &str = "switchyard_journal_fsync_seconds";
+/// Bytes of journal segments on disk.
+pub const JOURNAL_BYTES: &str = "switchyard_journal_bytes";
+/// Always 1; the labels say which build runs (`version`, `commit`).
+pub const BUILD_INFO: &str = "switchyard_build_info";
 /// Cards whose fraud history is held in memory.
 pub const FRAUD_TRACKED_CARDS: &str = "switchyard_fraud_tracked_cards";
 /// Answers held for repeats.
@@ -85,6 +92,12 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            metrics::gauge!(
+                BUILD_INFO,
+                "version" => crate::build_info::VERSION,
+                "commit" => crate::build_info::COMMIT
+            )
+            .set(1.0);
             spawn_upkeep(handle.clone());
             Some(handle)
         })
@@ -152,6 +165,13 @@ fn describe() {
     describe_gauge!(IN_FLIGHT, "Requests in flight in the switch");
     describe_gauge!(JOURNAL_QUEUE, "Journal records waiting for the writer");
     describe_gauge!(JOURNAL_FSYNCS, "Journal group commits since start");
+    describe_histogram!(
+        JOURNAL_FSYNC_SECONDS,
+        metrics::Unit::Seconds,
+        "Journal fdatasync per group commit"
+    );
+    describe_gauge!(JOURNAL_BYTES, "Bytes of journal segments on disk");
+    describe_gauge!(BUILD_INFO, "1; labels: version and commit of this build");
     describe_gauge!(FRAUD_TRACKED_CARDS, "Cards with fraud history in memory");
     describe_gauge!(RECENT_ANSWERS, "Answers held for repeats");
     describe_gauge!(LINK_UP, "1 when the acquirer link is signed on");

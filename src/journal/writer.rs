@@ -37,6 +37,8 @@ pub(super) struct Writer {
     pending: Vec<(u64, Record)>,
     /// Encoded frames of one group commit; reused.
     buf: Vec<u8>,
+    /// `fdatasync` durations, looked up once (a no-op without a recorder).
+    fsync_seconds: metrics::Histogram,
 }
 
 impl Writer {
@@ -62,6 +64,7 @@ impl Writer {
             next_write: next_seq,
             pending: Vec::with_capacity(capacity),
             buf: Vec::with_capacity(64 * 1024),
+            fsync_seconds: metrics::histogram!(crate::telemetry::JOURNAL_FSYNC_SECONDS),
         }
     }
 
@@ -154,7 +157,9 @@ impl Writer {
         if self.fsync {
             // sync_data: the size change is metadata fdatasync does cover;
             // mtime is not needed for recovery.
+            let started = std::time::Instant::now();
             file.sync_data()?;
+            self.fsync_seconds.record(started.elapsed());
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         let s = &self.shared;
