@@ -278,6 +278,10 @@ pub struct JournalConfig {
     pub durability: Durability,
     pub segment_bytes: u64,
     pub retention: Duration,
+    /// Bound on the segments' total size: past it the oldest closed
+    /// segments go at roll, except those holding open work. `None`: no
+    /// size bound (age only).
+    pub max_bytes: Option<u64>,
     /// Records waiting for the journal thread; when full the switch sheds
     /// load (96).
     pub queue_capacity: usize,
@@ -851,6 +855,7 @@ impl Config {
                 "durability",
                 "segment_bytes",
                 "retention_hours",
+                "max_bytes",
                 "queue_capacity",
             ],
         );
@@ -873,8 +878,23 @@ impl Config {
             retention: Duration::from_secs(
                 3600 * r.ranged(t, p, "retention_hours", 24 * 7, 1..=87_600),
             ),
+            max_bytes: t
+                .contains_key("max_bytes")
+                .then(|| r.ranged(t, p, "max_bytes", 1 << 30, 65_536..=1 << 50)),
             queue_capacity: r.count(t, p, "queue_capacity", 65_536, 1..=16_777_216),
         };
+        if let Some(max) = journal.max_bytes
+            && max < 2 * journal.segment_bytes
+        {
+            r.problem(
+                join(p, "max_bytes"),
+                format!(
+                    "{max} is less than two segments ({} = 2 x segment_bytes): the active \
+                     segment alone could exceed it",
+                    2 * journal.segment_bytes
+                ),
+            );
+        }
 
         let p = "saf";
         let t = r.table(&root, "", p).unwrap_or(empty);
@@ -1418,6 +1438,18 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("\n  : "), "no empty path: {e}");
+    }
+
+    #[test]
+    fn max_bytes_must_hold_two_segments() {
+        let c = Config::parse("[journal]\nsegment_bytes = 4096\nmax_bytes = 65536").expect("valid");
+        assert_eq!(c.journal.max_bytes, Some(65_536));
+        assert_eq!(Config::parse("").expect("valid").journal.max_bytes, None);
+        let p = only_problem("[journal]\nmax_bytes = 100000");
+        assert!(
+            p.starts_with("journal.max_bytes: 100000 is less than two segments"),
+            "{p}"
+        );
     }
 
     #[test]

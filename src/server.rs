@@ -416,8 +416,12 @@ fn log_startup(
         }
         crate::config::Durability::None => "none (records are not synced: load tests only)",
     };
+    let size = match j.max_bytes {
+        Some(max) => format!("at most {max} bytes (never removing open work)"),
+        None => "no size bound (journal.max_bytes unset)".to_owned(),
+    };
     info!(
-        "journal: {}, durability {durability}, retention {} h",
+        "journal: {}, durability {durability}, retention {} h, {size}",
         j.dir.display(),
         j.retention.as_secs() / 3600
     );

@@ -6,7 +6,7 @@ use common::*;
 use switchyard::iso8583::Mti;
 
 #[tokio::test]
-async fn metrics_show_fsync_latency_and_build_info() {
+async fn metrics_show_fsync_latency_journal_size_and_build_info() {
     let sim = start_sim().await;
     let switch = start_switch(&config(&[sim.local_addr()], "", "")).await;
     wait_links_up(&switch).await;
@@ -23,6 +23,11 @@ async fn metrics_show_fsync_latency_and_build_info() {
     assert!(
         body.contains("switchyard_journal_fsync_seconds_bucket{le="),
         "a histogram, with buckets"
+    );
+    let journal_bytes = metric(&body, "switchyard_journal_bytes", &[]);
+    assert!(
+        journal_bytes > 0.0,
+        "the journal's size on disk is shown: {journal_bytes}"
     );
     let build = format!(
         "switchyard_build_info{{version=\"{}\",commit=\"{}\"}} 1",
