@@ -199,3 +199,25 @@ fn help_documents_rust_log() {
     assert!(help.contains("RUST_LOG"), "{help}");
     assert!(help.contains("--log-format"), "{help}");
 }
+
+#[test]
+fn journal_help_explains_open_work_and_every_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = switchyard(dir.path(), &["journal", "stats", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("unfinished  forwarded upstream"), "{help}");
+    assert!(help.contains("unanswered  arrived"), "{help}");
+    assert!(help.contains("The journal directory"), "{help}");
+    let o = switchyard(dir.path(), &["journal", "tail", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("How many records to print"), "{help}");
+    assert!(help.contains("--config"), "{help}");
+    // A directory that is not a journal is an error, not an empty journal.
+    let o = switchyard(dir.path(), &["journal", "stats", "--dir", "."]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a journal directory"),
+        "{}",
+        stderr(&o)
+    );
+}

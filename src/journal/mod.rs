@@ -41,7 +41,9 @@ use tokio::sync::watch;
 
 use crate::config::{Durability, JournalConfig};
 
-pub use record::{ApprovalCode, MaskedPanStr, Record, RecordKind, RequestData, Rrn, SmallStr};
+pub use record::{
+    ApprovalCode, MaskedPanStr, Names, Record, RecordKind, RequestData, Rrn, SmallStr,
+};
 pub use recovery::{Recovery, RecoveryStats, SafEntry, SafKind, TornTail, Unfinished};
 pub use segment::{Corruption, CorruptionKind, ReadError, Reader, read_all};
 

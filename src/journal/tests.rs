@@ -915,3 +915,98 @@ fn max_bytes_keeps_open_work_found_by_recovery_until_it_is_acknowledged() {
     );
     assert!(bytes_on_disk(dir.path()) <= 16 * 1024 + SIZE_SLACK);
 }
+
+#[test]
+fn show_names_acquirers_routes_and_fraud_rules_and_points_reversals_to_the_original() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = Journal::open(&config(dir.path())).expect("open");
+    journal.append(request(1)).expect("append");
+    journal
+        .append(Record::Forwarded {
+            txn: 1,
+            at_ms: 1,
+            acquirer: 1,
+        })
+        .expect("append");
+    journal
+        .append(Record::Timeout { txn: 1, at_ms: 2 })
+        .expect("append");
+    journal
+        .append(Record::ReversalQueued {
+            txn: 1,
+            at_ms: 2,
+            acquirer: 1,
+            reason: *b"68",
+        })
+        .expect("append");
+    journal.close();
+
+    let names = Names {
+        acquirers: vec!["visa-host".into(), "mc-host".into()],
+    };
+    let mut out = Vec::new();
+    cli::show_named(dir.path(), 1, &names, &mut out).expect("show");
+    let text = String::from_utf8(out).expect("utf8");
+    // request(1): route 1, fraud reasons 0b101 (bits 0 and 2).
+    assert!(text.contains("route=mc-host"), "{text}");
+    assert!(text.contains("fraud=30 (amount, velocity_count)"), "{text}");
+    assert!(!text.contains("0x0005"), "{text}");
+    assert!(
+        text.contains("forwarded") && text.contains("acquirer=mc-host"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "-> reverses txn 1: 0200 stan=000001 rrn=612345678901 amount=12345 (record 1)"
+        ),
+        "{text}"
+    );
+
+    // Without a config: indices, said as such.
+    let mut out = Vec::new();
+    cli::show(dir.path(), 1, &mut out).expect("show");
+    let text = String::from_utf8(out).expect("utf8");
+    assert!(text.contains("route=acquirer #1"), "{text}");
+
+    // tail without the request in its window still says what it reverses.
+    let mut out = Vec::new();
+    cli::tail_named(dir.path(), 1, &names, &mut out).expect("tail");
+    let text = String::from_utf8(out).expect("utf8");
+    assert!(
+        text.contains("-> reverses txn 1 (`switchyard journal show 1`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn journal_views_take_acquirer_names_from_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("switch.toml");
+    fs::write(
+        &path,
+        "[[acquirers]]\nname = \"visa-host\"\nlinks = [\"127.0.0.1:1\"]\n\
+         [[acquirers]]\nname = \"mc-host\"\nlinks = [\"127.0.0.1:2\"]\n",
+    )
+    .expect("written");
+    let names = cli::names(Some(&path)).expect("config reads");
+    assert_eq!(names.acquirers, ["visa-host", "mc-host"]);
+    assert!(matches!(
+        cli::names(Some(&dir.path().join("missing.toml"))),
+        Err(cli::CliError::Config(_))
+    ));
+}
+
+#[test]
+fn journal_views_of_a_directory_that_is_not_a_journal_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("notes.txt"), "hello").expect("written");
+    assert!(matches!(
+        cli::stats(dir.path(), &mut Vec::new()),
+        Err(cli::CliError::NotAJournal(_))
+    ));
+    assert!(matches!(
+        cli::tail(dir.path(), 5, &mut Vec::new()),
+        Err(cli::CliError::NotAJournal(_))
+    ));
+    assert!(cli::stats(&dir.path().join("nowhere"), &mut Vec::new()).is_err());
+}
