@@ -23,12 +23,19 @@ const MAX_CONCURRENT: usize = 32;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+    let mut accept_failed = crate::throttle::LogThrottle::new(crate::server::LISTENER_WARN_EVERY);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors: the same pause as the terminal
+                // listener; retrying at once spun a core.
+                crate::server::pause_after_accept_error("admin", &e, &mut accept_failed).await;
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -102,6 +109,7 @@ fn sample_gauges(shared: &Shared) {
     let j = shared.journal.stats();
     metrics::gauge!(t::JOURNAL_QUEUE).set(j.queue_depth as f64);
     metrics::gauge!(t::JOURNAL_FSYNCS).set(j.fsyncs as f64);
+    metrics::gauge!(t::JOURNAL_BYTES).set(j.disk_bytes as f64);
     metrics::gauge!(t::FRAUD_TRACKED_CARDS).set(shared.fraud_state.len() as f64);
     metrics::gauge!(t::RECENT_ANSWERS).set(shared.recent.len() as f64);
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,14 +38,21 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{}: {} problem(s):",
-            self.file.display(),
-            self.problems.len()
-        )?;
+        let file = self.file.display();
+        // A problem with no TOML path is about the file itself (unreadable,
+        // not TOML): it is named by the file, not by an empty path.
+        if let [p] = self.problems.as_slice()
+            && p.path.is_empty()
+        {
+            return writeln!(f, "{file}: {}", p.message);
+        }
+        writeln!(f, "{file}: {} problem(s):", self.problems.len())?;
         for p in &self.problems {
-            writeln!(f, "  {p}")?;
+            if p.path.is_empty() {
+                writeln!(f, "  {file}: {}", p.message)?;
+            } else {
+                writeln!(f, "  {p}")?;
+            }
         }
         Ok(())
     }
@@ -83,6 +91,9 @@ pub struct Config {
     pub fraud: FraudConfig,
     pub journal: JournalConfig,
     pub saf: SafConfig,
+    /// Top-level `test_setup = true`: a development or test configuration,
+    /// allowed to run with the development `pan_key`.
+    pub test_setup: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +108,9 @@ pub struct TerminalConfig {
     pub idle_timeout: Duration,
     /// A frame that has started must be complete within this time.
     pub frame_timeout: Duration,
+    /// Connections the kernel queues before they are accepted; `None`:
+    /// 1024, or the system's `somaxconn` if that is lower.
+    pub listen_backlog: Option<u32>,
     /// Terminal ids (DE41) allowed to transact; empty means any.
     pub allowed_terminals: BTreeSet<String>,
     /// Country (ISO 3166 numeric) of each terminal, for the fraud rule that
@@ -271,6 +285,10 @@ pub struct JournalConfig {
     pub durability: Durability,
     pub segment_bytes: u64,
     pub retention: Duration,
+    /// Bound on the segments' total size: past it the oldest closed
+    /// segments go at roll, except those holding open work. `None`: no
+    /// size bound (age only).
+    pub max_bytes: Option<u64>,
     /// Records waiting for the journal thread; when full the switch sheds
     /// load (96).
     pub queue_capacity: usize,
@@ -381,20 +399,6 @@ impl<T: FromValue> FromValue for Vec<T> {
     }
 }
 
-/// Durations are written in milliseconds (`*_ms` keys) or seconds (`*_s`).
-struct Millis(Duration);
-impl FromValue for Millis {
-    fn from_value(v: &Value) -> Result<Self, String> {
-        u64::from_value(v).map(|ms| Millis(Duration::from_millis(ms)))
-    }
-}
-struct Secs(Duration);
-impl FromValue for Secs {
-    fn from_value(v: &Value) -> Result<Self, String> {
-        u64::from_value(v).map(|s| Secs(Duration::from_secs(s)))
-    }
-}
-
 /// Collects problems while reading.
 #[derive(Default)]
 struct Reader {
@@ -451,16 +455,6 @@ impl Reader {
         self.opt(t, path, key).unwrap_or(default)
     }
 
-    fn ms(&mut self, t: &Table, path: &str, key: &str, default_ms: u64) -> Duration {
-        self.opt::<Millis>(t, path, key)
-            .map_or(Duration::from_millis(default_ms), |m| m.0)
-    }
-
-    fn secs(&mut self, t: &Table, path: &str, key: &str, default_s: u64) -> Duration {
-        self.opt::<Secs>(t, path, key)
-            .map_or(Duration::from_secs(default_s), |s| s.0)
-    }
-
     /// A sub-table; an empty one if absent.
     fn table<'t>(&mut self, t: &'t Table, path: &str, key: &str) -> Option<&'t Table> {
         match t.get(key) {
@@ -509,6 +503,70 @@ impl Reader {
             self.problem(join(path, key), "must be at least 1");
         }
     }
+
+    /// An integer that must lie in `range`; outside it is a problem naming
+    /// the range, and the default stands in so reading can go on. Checked
+    /// before any unit conversion, so `3600 * hours` cannot overflow.
+    fn ranged(
+        &mut self,
+        t: &Table,
+        path: &str,
+        key: &str,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> u64 {
+        debug_assert!(
+            range.contains(&default),
+            "{path}.{key} default out of range"
+        );
+        match self.opt::<u64>(t, path, key) {
+            Some(v) if range.contains(&v) => v,
+            Some(v) => {
+                self.problem(
+                    join(path, key),
+                    format!("{v} is out of range ({}..={})", range.start(), range.end()),
+                );
+                default
+            }
+            None => default,
+        }
+    }
+
+    /// [`Reader::ranged`] as a count (`usize`); ranges stay under `u32::MAX`.
+    fn count(
+        &mut self,
+        t: &Table,
+        path: &str,
+        key: &str,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> usize {
+        usize::try_from(self.ranged(t, path, key, default, range)).unwrap_or(usize::MAX)
+    }
+
+    /// A `*_ms` duration within `range` (milliseconds).
+    fn ms_in(
+        &mut self,
+        t: &Table,
+        path: &str,
+        key: &str,
+        default_ms: u64,
+        range: RangeInclusive<u64>,
+    ) -> Duration {
+        Duration::from_millis(self.ranged(t, path, key, default_ms, range))
+    }
+
+    /// A `*_s` duration within `range` (seconds).
+    fn secs_in(
+        &mut self,
+        t: &Table,
+        path: &str,
+        key: &str,
+        default_s: u64,
+        range: RangeInclusive<u64>,
+    ) -> Duration {
+        Duration::from_secs(self.ranged(t, path, key, default_s, range))
+    }
 }
 
 fn is_digits(s: &str, min: usize, max: usize) -> bool {
@@ -522,7 +580,10 @@ fn parse_key(hex: &str) -> Option<[u8; 16]> {
 
 /// A fixed development key, used only when the config sets none (the
 /// default config says so loudly).
-const DEV_PAN_KEY: [u8; 16] = *b"switchyard-dev!!";
+pub const DEV_PAN_KEY: [u8; 16] = *b"switchyard-dev!!";
+/// The key in the shipped `config/switchyard.toml` ("Switchyard dev k"):
+/// public, so as much a development key as the built-in one.
+pub const SHIPPED_DEV_PAN_KEY: [u8; 16] = *b"Switchyard dev k";
 
 static EMPTY: std::sync::LazyLock<Table> = std::sync::LazyLock::new(Table::new);
 
@@ -540,6 +601,45 @@ impl Config {
             file: path.to_owned(),
             problems,
         })
+    }
+
+    /// Is the card-hash key one of the published development keys? Card
+    /// hashes made with it can be reversed by anyone with a card list.
+    pub fn uses_dev_key(&self) -> bool {
+        self.fraud.pan_key == DEV_PAN_KEY || self.fraud.pan_key == SHIPPED_DEV_PAN_KEY
+    }
+
+    /// What is valid but probably not meant: a switch that can route
+    /// nothing, a development key. `check-config` prints these; `run` logs
+    /// them at startup.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut w = Vec::new();
+        if self.acquirers.is_empty() {
+            w.push(Problem {
+                path: "acquirers".into(),
+                message: "no acquirer is configured: every request will be answered 92".into(),
+            });
+        } else if self.routing.routes.is_empty() && self.routing.default.is_none() {
+            w.push(Problem {
+                path: "routing".into(),
+                message: "no route and no default: every request will be answered 92".into(),
+            });
+        }
+        if self.uses_dev_key() {
+            let how = if self.fraud.pan_key == DEV_PAN_KEY {
+                "not set: the built-in development key is used"
+            } else {
+                "is the development key shipped in config/switchyard.toml"
+            };
+            w.push(Problem {
+                path: "fraud.pan_key".into(),
+                message: format!(
+                    "{how}; set your own 32 hex digits for production (`run` refuses it \
+                     unless --allow-dev-key or test_setup = true)"
+                ),
+            });
+        }
+        w
     }
 
     /// Parses and validates config text, returning every problem.
@@ -564,9 +664,11 @@ impl Config {
                 "fraud",
                 "journal",
                 "saf",
+                "test_setup",
             ],
         );
         let empty: &Table = &EMPTY;
+        let test_setup = r.get(&root, "", "test_setup", false);
 
         let p = "terminals";
         let t = r.table(&root, "", p).unwrap_or(empty);
@@ -583,6 +685,7 @@ impl Config {
                 "max_in_flight_per_connection",
                 "idle_timeout_ms",
                 "frame_timeout_ms",
+                "listen_backlog",
                 "allowed_terminals",
                 "countries",
             ],
@@ -592,11 +695,22 @@ impl Config {
             spec: r.get(t, p, "spec", SpecRef::iso87ascii()),
             framing: r.get(t, p, "framing", LengthHeader::Binary2),
             max_frame: r.get(t, p, "max_frame", crate::frame::DEFAULT_MAX_FRAME),
-            max_connections: r.get(t, p, "max_connections", 4096),
-            max_connections_per_ip: r.get(t, p, "max_connections_per_ip", 4096),
-            max_in_flight_per_connection: r.get(t, p, "max_in_flight_per_connection", 64),
-            idle_timeout: r.ms(t, p, "idle_timeout_ms", 300_000),
-            frame_timeout: r.ms(t, p, "frame_timeout_ms", 10_000),
+            max_connections: r.count(t, p, "max_connections", 4096, 1..=1_000_000),
+            max_connections_per_ip: r.count(t, p, "max_connections_per_ip", 4096, 1..=1_000_000),
+            max_in_flight_per_connection: r.count(
+                t,
+                p,
+                "max_in_flight_per_connection",
+                64,
+                1..=65_536,
+            ),
+            // A connection must get time to send its first request; a day
+            // of silence is already far past any terminal's heartbeat.
+            idle_timeout: r.ms_in(t, p, "idle_timeout_ms", 300_000, 1_000..=86_400_000),
+            frame_timeout: r.ms_in(t, p, "frame_timeout_ms", 10_000, 100..=600_000),
+            listen_backlog: t
+                .contains_key("listen_backlog")
+                .then(|| r.ranged(t, p, "listen_backlog", 1024, 1..=65_535) as u32),
             allowed_terminals: r
                 .get::<Vec<String>>(t, p, "allowed_terminals", Vec::new())
                 .into_iter()
@@ -614,17 +728,7 @@ impl Config {
                 _ => r.problem(tp, "needs `terminal` and `country`"),
             }
         }
-        for (k, v) in [
-            ("max_frame", terminals.max_frame),
-            ("max_connections", terminals.max_connections),
-            ("max_connections_per_ip", terminals.max_connections_per_ip),
-            (
-                "max_in_flight_per_connection",
-                terminals.max_in_flight_per_connection,
-            ),
-        ] {
-            r.positive(p, k, v);
-        }
+        r.positive(p, "max_frame", terminals.max_frame);
         if terminals.max_frame > terminals.framing.limit() {
             r.problem(
                 join(p, "max_frame"),
@@ -659,13 +763,11 @@ impl Config {
             ],
         );
         let limits = LimitsConfig {
-            max_in_flight: r.get(t, p, "max_in_flight", 100_000),
-            shutdown_grace: r.ms(t, p, "shutdown_grace_ms", 5_000),
-            recent_answers: r.get(t, p, "recent_answers", 100_000),
-            recent_answers_ttl: r.secs(t, p, "recent_answers_ttl_s", 600),
+            max_in_flight: r.count(t, p, "max_in_flight", 100_000, 1..=10_000_000),
+            shutdown_grace: r.ms_in(t, p, "shutdown_grace_ms", 5_000, 0..=600_000),
+            recent_answers: r.count(t, p, "recent_answers", 100_000, 1..=10_000_000),
+            recent_answers_ttl: r.secs_in(t, p, "recent_answers_ttl_s", 600, 1..=86_400),
         };
-        r.positive(p, "recent_answers", limits.recent_answers);
-        r.positive(p, "max_in_flight", limits.max_in_flight);
 
         let p = "runtime";
         let t = r.table(&root, "", p).unwrap_or(empty);
@@ -683,7 +785,7 @@ impl Config {
         };
         let runtime = RuntimeConfig {
             flavor,
-            worker_threads: r.get(t, p, "worker_threads", 0),
+            worker_threads: r.count(t, p, "worker_threads", 0, 0..=1024),
         };
 
         let mut acquirers = Vec::new();
@@ -760,6 +862,7 @@ impl Config {
                 "durability",
                 "segment_bytes",
                 "retention_hours",
+                "max_bytes",
                 "queue_capacity",
             ],
         );
@@ -777,14 +880,28 @@ impl Config {
         let journal = JournalConfig {
             dir: PathBuf::from(r.get(t, p, "dir", "journal".to_owned())),
             durability,
-            segment_bytes: r.get(t, p, "segment_bytes", 64 * 1024 * 1024),
-            retention: Duration::from_secs(3600 * r.get::<u64>(t, p, "retention_hours", 24 * 7)),
-            queue_capacity: r.get(t, p, "queue_capacity", 65_536),
+            segment_bytes: r.ranged(t, p, "segment_bytes", 64 * 1024 * 1024, 4096..=1 << 32),
+            // Ranged before the multiplication: at most ten years.
+            retention: Duration::from_secs(
+                3600 * r.ranged(t, p, "retention_hours", 24 * 7, 1..=87_600),
+            ),
+            max_bytes: t
+                .contains_key("max_bytes")
+                .then(|| r.ranged(t, p, "max_bytes", 1 << 30, 65_536..=1 << 50)),
+            queue_capacity: r.count(t, p, "queue_capacity", 65_536, 1..=16_777_216),
         };
-        if journal.segment_bytes < 4096 {
-            r.problem(join(p, "segment_bytes"), "at least 4096");
+        if let Some(max) = journal.max_bytes
+            && max < 2 * journal.segment_bytes
+        {
+            r.problem(
+                join(p, "max_bytes"),
+                format!(
+                    "{max} is less than two segments ({} = 2 x segment_bytes): the active \
+                     segment alone could exceed it",
+                    2 * journal.segment_bytes
+                ),
+            );
         }
-        r.positive(p, "queue_capacity", journal.queue_capacity);
 
         let p = "saf";
         let t = r.table(&root, "", p).unwrap_or(empty);
@@ -799,13 +916,12 @@ impl Config {
             ],
         );
         let saf = SafConfig {
-            max_attempts: r.get(t, p, "max_attempts", 20),
-            retry_interval: r.ms(t, p, "retry_interval_ms", 5_000),
-            expiry: r.secs(t, p, "expiry_s", 24 * 3600),
-            max_entries: r.get(t, p, "max_entries", 100_000),
+            max_attempts: r.ranged(t, p, "max_attempts", 20, 1..=10_000) as u32,
+            retry_interval: r.ms_in(t, p, "retry_interval_ms", 5_000, 100..=3_600_000),
+            // Under a minute a reversal may expire before its first resend.
+            expiry: r.secs_in(t, p, "expiry_s", 24 * 3600, 60..=30 * 86_400),
+            max_entries: r.count(t, p, "max_entries", 100_000, 1..=10_000_000),
         };
-        r.positive(p, "max_attempts", saf.max_attempts as usize);
-        r.positive(p, "max_entries", saf.max_entries);
 
         if r.problems.is_empty() {
             Ok(Config {
@@ -818,6 +934,7 @@ impl Config {
                 fraud,
                 journal,
                 saf,
+                test_setup,
             })
         } else {
             Err(r.problems)
@@ -872,14 +989,14 @@ fn read_acquirer(r: &mut Reader, p: &str, t: &Table) -> AcquirerConfig {
         spec: r.get(t, p, "spec", SpecRef::iso87ascii()),
         framing: r.get(t, p, "framing", LengthHeader::Binary2),
         max_frame: r.get(t, p, "max_frame", crate::frame::DEFAULT_MAX_FRAME),
-        request_timeout: r.ms(t, p, "request_timeout_ms", 30_000),
-        connect_timeout: r.ms(t, p, "connect_timeout_ms", 3_000),
-        backoff_initial: r.ms(t, p, "backoff_initial_ms", 100),
-        backoff_max: r.ms(t, p, "backoff_max_ms", 10_000),
-        echo_interval: r.ms(t, p, "echo_interval_ms", 30_000),
-        echo_timeout: r.ms(t, p, "echo_timeout_ms", 5_000),
-        max_missed_echoes: r.get(t, p, "max_missed_echoes", 2),
-        max_in_flight_per_link: r.get(t, p, "max_in_flight_per_link", 10_000),
+        request_timeout: r.ms_in(t, p, "request_timeout_ms", 30_000, 10..=600_000),
+        connect_timeout: r.ms_in(t, p, "connect_timeout_ms", 3_000, 10..=600_000),
+        backoff_initial: r.ms_in(t, p, "backoff_initial_ms", 100, 1..=600_000),
+        backoff_max: r.ms_in(t, p, "backoff_max_ms", 10_000, 1..=3_600_000),
+        echo_interval: r.ms_in(t, p, "echo_interval_ms", 30_000, 10..=86_400_000),
+        echo_timeout: r.ms_in(t, p, "echo_timeout_ms", 5_000, 10..=600_000),
+        max_missed_echoes: r.ranged(t, p, "max_missed_echoes", 2, 1..=100) as u32,
+        max_in_flight_per_link: r.count(t, p, "max_in_flight_per_link", 10_000, 1..=1_000_000),
         sign_on: r.get(t, p, "sign_on", true),
         answer_must_match: r.get(
             t,
@@ -897,25 +1014,12 @@ fn read_acquirer(r: &mut Reader, p: &str, t: &Table) -> AcquirerConfig {
             );
         }
     }
-    for (k, d) in [
-        ("request_timeout_ms", a.request_timeout),
-        ("connect_timeout_ms", a.connect_timeout),
-        ("backoff_initial_ms", a.backoff_initial),
-        ("echo_interval_ms", a.echo_interval),
-        ("echo_timeout_ms", a.echo_timeout),
-    ] {
-        if d.is_zero() {
-            r.problem(join(p, k), "must be at least 1 ms");
-        }
-    }
     if a.backoff_max < a.backoff_initial {
         r.problem(
             join(p, "backoff_max_ms"),
             "must not be less than backoff_initial_ms",
         );
     }
-    r.positive(p, "max_in_flight_per_link", a.max_in_flight_per_link);
-    r.positive(p, "max_missed_echoes", a.max_missed_echoes as usize);
     a
 }
 
@@ -956,7 +1060,7 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
         review_points: r.get(t, p, "review_points", 50),
         decline_points: r.get(t, p, "decline_points", 80),
         pan_key,
-        max_tracked_cards: r.get(t, p, "max_tracked_cards", 1_000_000),
+        max_tracked_cards: r.count(t, p, "max_tracked_cards", 1_000_000, 1..=100_000_000),
         max_amount: r.get(t, p, "max_amount", u64::MAX),
         amount_points: r.get(t, p, "amount_points", 30),
         mcc_limits: Vec::new(),
@@ -975,7 +1079,6 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
             "must not be less than review_points",
         );
     }
-    r.positive(p, "max_tracked_cards", f.max_tracked_cards);
     for (i, b) in f.blocked_bins.iter().enumerate() {
         if !is_digits(b, 1, 11) {
             r.problem(
@@ -1011,10 +1114,10 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
     }
     for (vp, vt) in r.tables(t, p, "velocity") {
         r.check_keys(vt, &vp, &["window_s", "max_count", "max_amount", "points"]);
-        let window = r.secs(vt, &vp, "window_s", 0);
-        if window.is_zero() {
+        if !vt.contains_key("window_s") {
             r.problem(join(&vp, "window_s"), "required, at least 1");
         }
+        let window = r.secs_in(vt, &vp, "window_s", MAX_WINDOW_S, 1..=MAX_WINDOW_S);
         f.velocity.push(VelocityRule {
             window,
             max_count: r.get(vt, &vp, "max_count", u32::MAX),
@@ -1042,7 +1145,7 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
             ],
         );
         f.card_testing = Some(CardTestingRule {
-            window: r.secs(ct, &cp, "window_s", 600),
+            window: r.secs_in(ct, &cp, "window_s", 600, 1..=MAX_WINDOW_S),
             small_amount: r.get(ct, &cp, "small_amount", 200),
             max_small: r.get(ct, &cp, "max_small", 3),
             max_merchants: r.get(ct, &cp, "max_merchants", 3),
@@ -1083,7 +1186,7 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
         let dp = join(p, "declines");
         r.check_keys(dt, &dp, &["window_s", "max_declines", "points"]);
         f.declines = Some(DeclineRule {
-            window: r.secs(dt, &dp, "window_s", 3600),
+            window: r.secs_in(dt, &dp, "window_s", 3600, 1..=MAX_WINDOW_S),
             max_declines: r.get(dt, &dp, "max_declines", 3),
             points: r.get(dt, &dp, "points", 40),
         });
@@ -1099,6 +1202,9 @@ fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
     }
     f
 }
+
+/// Longest fraud window: a month (the fraud state counts in `u32` seconds).
+const MAX_WINDOW_S: u64 = 30 * 86_400;
 
 /// Limits that size fixed arrays in the fraud engine.
 pub mod crate_limits {
@@ -1254,6 +1360,144 @@ mod tests {
         assert_eq!(c.fraud.pan_key[15], 0x0f);
         assert_eq!(c.fraud.velocity[0].window, Duration::from_secs(60));
         assert_eq!(c.fraud.card_testing.as_ref().map(|c| c.max_small), Some(2));
+    }
+
+    fn only_problem(text: &str) -> String {
+        let problems = Config::parse(text).expect_err("refused");
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        problems[0].to_string()
+    }
+
+    #[test]
+    fn zero_durations_and_limits_are_refused_with_their_path_and_range() {
+        for (text, expected) in [
+            (
+                "[terminals]\nframe_timeout_ms = 0",
+                "terminals.frame_timeout_ms: 0 is out of range (100..=600000)",
+            ),
+            (
+                "[terminals]\nidle_timeout_ms = 0",
+                "terminals.idle_timeout_ms: 0 is out of range (1000..=86400000)",
+            ),
+            (
+                "[journal]\nretention_hours = 0",
+                "journal.retention_hours: 0 is out of range (1..=87600)",
+            ),
+            (
+                "[saf]\nexpiry_s = 0",
+                "saf.expiry_s: 0 is out of range (60..=2592000)",
+            ),
+            (
+                "[saf]\nretry_interval_ms = 0",
+                "saf.retry_interval_ms: 0 is out of range (100..=3600000)",
+            ),
+            (
+                "[limits]\nrecent_answers_ttl_s = 0",
+                "limits.recent_answers_ttl_s: 0 is out of range (1..=86400)",
+            ),
+            (
+                "[fraud.card_testing]\nwindow_s = 0",
+                "fraud.card_testing.window_s: 0 is out of range (1..=2592000)",
+            ),
+        ] {
+            assert_eq!(only_problem(text), expected, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn a_huge_retention_is_refused_not_overflowed() {
+        // 3600 * this overflows u64; it must be a problem, not a panic or a wrap.
+        let text = format!("[journal]\nretention_hours = {}", i64::MAX);
+        assert_eq!(
+            only_problem(&text),
+            format!(
+                "journal.retention_hours: {} is out of range (1..=87600)",
+                i64::MAX
+            )
+        );
+        let c = Config::parse("[journal]\nretention_hours = 87600").expect("ten years is fine");
+        assert_eq!(c.journal.retention, Duration::from_secs(87_600 * 3600));
+    }
+
+    #[test]
+    fn absurdly_large_limits_are_refused() {
+        for key in [
+            "[terminals]\nmax_connections = 100000000",
+            "[limits]\nmax_in_flight = 100000000000",
+            "[journal]\nqueue_capacity = 1000000000",
+            "[saf]\nmax_attempts = 5000000000",
+        ] {
+            assert!(
+                only_problem(key).contains("is out of range"),
+                "{key}: {}",
+                only_problem(key)
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_config_and_the_development_keys_are_warned_about() {
+        let empty = Config::parse("").expect("valid");
+        let paths: Vec<String> = empty.warnings().into_iter().map(|w| w.path).collect();
+        assert_eq!(paths, ["acquirers", "fraud.pan_key"]);
+        assert!(empty.uses_dev_key());
+        assert!(!empty.test_setup);
+
+        let shipped = Config::parse(include_str!("../config/switchyard.toml")).expect("valid");
+        assert!(
+            shipped.uses_dev_key(),
+            "the shipped key is a development key"
+        );
+        assert!(
+            shipped.test_setup,
+            "the shipped config says it is a test setup"
+        );
+        let w = shipped.warnings();
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].message.contains("shipped"), "{}", w[0]);
+
+        let own = Config::parse(
+            "[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n\
+             [routing]\ndefault = \"a\"\n[fraud]\npan_key = \"000102030405060708090a0b0c0d0e0f\"",
+        )
+        .expect("valid");
+        assert!(!own.uses_dev_key());
+        assert!(own.warnings().is_empty(), "{:#?}", own.warnings());
+
+        let unrouted =
+            Config::parse("[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]").expect("valid");
+        assert_eq!(unrouted.warnings()[0].path, "routing");
+    }
+
+    #[test]
+    fn a_file_level_problem_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[terminals\n").expect("written");
+        let e = Config::load(&bad).expect_err("not TOML").to_string();
+        assert!(
+            e.starts_with(&format!("{}: not valid TOML", bad.display())),
+            "{e}"
+        );
+        let missing = dir.path().join("missing.toml");
+        let e = Config::load(&missing).expect_err("unreadable").to_string();
+        assert!(
+            e.starts_with(&format!("{}: can not read", missing.display())),
+            "{e}"
+        );
+        assert!(!e.contains("\n  : "), "no empty path: {e}");
+    }
+
+    #[test]
+    fn max_bytes_must_hold_two_segments() {
+        let c = Config::parse("[journal]\nsegment_bytes = 4096\nmax_bytes = 65536").expect("valid");
+        assert_eq!(c.journal.max_bytes, Some(65_536));
+        assert_eq!(Config::parse("").expect("valid").journal.max_bytes, None);
+        let p = only_problem("[journal]\nmax_bytes = 100000");
+        assert!(
+            p.starts_with("journal.max_bytes: 100000 is less than two segments"),
+            "{p}"
+        );
     }
 
     #[test]

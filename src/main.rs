@@ -11,21 +11,42 @@ use switchyard::decode;
 use switchyard::frame::LengthHeader;
 use switchyard::iso8583::specs;
 use switchyard::server::Switch;
+use switchyard::telemetry::LogFormat;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "An ISO 8583 transaction switch")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An ISO 8583 transaction switch",
+    after_help = LOG_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+const LOG_HELP: &str = "Logging: lines go to stderr. RUST_LOG sets the level and filters, \
+e.g. RUST_LOG=debug, RUST_LOG=warn, RUST_LOG=info,switchyard::journal=debug \
+(default: info). Colour only when stderr is a terminal (and NO_COLOR is unset).";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the switch.
+    #[command(after_help = LOG_HELP)]
     Run {
-        /// The config file.
-        #[arg(long, default_value = "config/switchyard.toml")]
-        config: PathBuf,
+        /// The config file [default: config/switchyard.toml, relative to
+        /// the current directory].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run even though fraud.pan_key is a published development key
+        /// (the built-in one or the shipped config's). `test_setup = true`
+        /// at the top of the config does the same for test setups.
+        #[arg(long)]
+        allow_dev_key: bool,
+        /// Log lines as text, or as one JSON object per line for log
+        /// collectors.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Run an acquirer host simulator (for tests, demos and load tests).
     Sim(switchyard::sim::cli::SimArgs),
@@ -60,12 +81,19 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => run_switch(&config),
+        Command::Run {
+            config,
+            allow_dev_key,
+            log_format,
+        } => run_switch(config, allow_dev_key, log_format),
         Command::Sim(args) => switchyard::sim::cli::run(args),
         Command::Demo(args) => switchyard::demo::run(args),
         Command::Journal(cmd) => switchyard::journal::cli::run(cmd),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 println!(
                     "{}: OK ({} acquirer(s), {} route(s), terminals on {})",
                     file.display(),
@@ -89,15 +117,53 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_switch(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+const DEFAULT_CONFIG: &str = "config/switchyard.toml";
+
+fn run_switch(path: Option<PathBuf>, allow_dev_key: bool, log_format: LogFormat) -> ExitCode {
+    let path = match path {
+        Some(p) => p,
+        None => {
+            let default = PathBuf::from(DEFAULT_CONFIG);
+            if !default.exists() {
+                let cwd = std::env::current_dir()
+                    .map_or_else(|_| ".".to_owned(), |d| d.display().to_string());
+                eprintln!(
+                    "switchyard run: no config file given and none at {cwd}/{DEFAULT_CONFIG} \
+                     (the default is relative to the current directory).\n\
+                     Pass one with --config FILE; the repository ships {DEFAULT_CONFIG}, \
+                     and `switchyard check-config FILE` validates it."
+                );
+                return ExitCode::from(1);
+            }
+            default
+        }
+    };
+    let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
             return ExitCode::from(1);
         }
     };
-    switchyard::telemetry::init_logging();
+    if config.uses_dev_key() && !allow_dev_key && !config.test_setup {
+        eprintln!(
+            "switchyard run: {}: fraud.pan_key is a published development key; card hashes \
+             made with it protect nothing. Set your own key (32 hex digits), or pass \
+             --allow-dev-key, or set `test_setup = true` at the top of a test config.",
+            path.display()
+        );
+        return ExitCode::from(1);
+    }
+    switchyard::telemetry::init_logging(log_format);
+    tracing::info!(
+        "switchyard {} (commit {}) starting with config {}",
+        switchyard::build_info::VERSION,
+        switchyard::build_info::COMMIT,
+        path.display()
+    );
+    for w in config.warnings() {
+        tracing::warn!("{}: {w}", path.display());
+    }
     let runtime = match switchyard::runtime::build(&config.runtime) {
         Ok(rt) => rt,
         Err(e) => {
@@ -106,6 +172,9 @@ fn run_switch(path: &std::path::Path) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before the banner: a SIGTERM right after it must stop the switch
+        // in order, not kill it.
+        let mut signals = switchyard::runtime::StopSignals::install();
         let switch = match Switch::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -120,7 +189,8 @@ fn run_switch(path: &std::path::Path) -> ExitCode {
             "switchyard: terminals on {}, metrics {admin}; Ctrl-C to stop",
             switch.terminal_addr
         );
-        switchyard::runtime::stop_signal().await;
+        let signal = signals.recv().await;
+        tracing::info!("{signal} received: stopping");
         switch.shutdown().await;
         ExitCode::SUCCESS
     })

@@ -42,12 +42,22 @@ pub const STAND_IN_APPROVED: &str = "switchyard_stand_in_approved_total";
 pub const CONNECTIONS: &str = "switchyard_terminal_connections";
 /// Connections refused by the listener limits.
 pub const CONNECTIONS_REFUSED: &str = "switchyard_connections_refused_total";
+/// Failed accepts, by listener (`terminals`, `admin`); each is followed
+/// by a pause.
+pub const ACCEPT_ERRORS: &str = "switchyard_accept_errors_total";
 /// Requests in flight in the whole switch.
 pub const IN_FLIGHT: &str = "switchyard_in_flight";
 /// Journal records accepted and not yet written (the journal's queue).
 pub const JOURNAL_QUEUE: &str = "switchyard_journal_queue_depth";
 /// Journal group commits (fsyncs) since start.
 pub const JOURNAL_FSYNCS: &str = "switchyard_journal_fsyncs_total";
+/// Duration of each journal `fdatasync` (one per group commit): with
+/// fsync durability most of a request's latency.
+pub const JOURNAL_FSYNC_SECONDS: &str = "switchyard_journal_fsync_seconds";
+/// Bytes of journal segments on disk.
+pub const JOURNAL_BYTES: &str = "switchyard_journal_bytes";
+/// Always 1; the labels say which build runs (`version`, `commit`).
+pub const BUILD_INFO: &str = "switchyard_build_info";
 /// Cards whose fraud history is held in memory.
 pub const FRAUD_TRACKED_CARDS: &str = "switchyard_fraud_tracked_cards";
 /// Answers held for repeats.
@@ -82,6 +92,12 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            metrics::gauge!(
+                BUILD_INFO,
+                "version" => crate::build_info::VERSION,
+                "commit" => crate::build_info::COMMIT
+            )
+            .set(1.0);
             spawn_upkeep(handle.clone());
             Some(handle)
         })
@@ -145,9 +161,17 @@ fn describe() {
         CONNECTIONS_REFUSED,
         "Connections refused by listener limits"
     );
+    describe_counter!(ACCEPT_ERRORS, "Failed accepts (each followed by a pause)");
     describe_gauge!(IN_FLIGHT, "Requests in flight in the switch");
     describe_gauge!(JOURNAL_QUEUE, "Journal records waiting for the writer");
     describe_gauge!(JOURNAL_FSYNCS, "Journal group commits since start");
+    describe_histogram!(
+        JOURNAL_FSYNC_SECONDS,
+        metrics::Unit::Seconds,
+        "Journal fdatasync per group commit"
+    );
+    describe_gauge!(JOURNAL_BYTES, "Bytes of journal segments on disk");
+    describe_gauge!(BUILD_INFO, "1; labels: version and commit of this build");
     describe_gauge!(FRAUD_TRACKED_CARDS, "Cards with fraud history in memory");
     describe_gauge!(RECENT_ANSWERS, "Answers held for repeats");
     describe_gauge!(LINK_UP, "1 when the acquirer link is signed on");
@@ -158,16 +182,34 @@ fn describe() {
     describe_counter!(LINK_MISSED_ECHOES, "Echo tests not answered in time");
 }
 
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Sets up `tracing` output to stderr. `RUST_LOG` overrides the default
-/// level (`info`).
-pub fn init_logging() {
+/// level (`info`). Colour codes only when stderr is a terminal and
+/// `NO_COLOR` is unset: in a file or a collector they are noise.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).try_init()
+        }
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Handles of the counters terminals bump on events, looked up once: the

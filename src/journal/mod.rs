@@ -41,7 +41,9 @@ use tokio::sync::watch;
 
 use crate::config::{Durability, JournalConfig};
 
-pub use record::{ApprovalCode, MaskedPanStr, Record, RecordKind, RequestData, Rrn, SmallStr};
+pub use record::{
+    ApprovalCode, MaskedPanStr, Names, Record, RecordKind, RequestData, Rrn, SmallStr,
+};
 pub use recovery::{Recovery, RecoveryStats, SafEntry, SafKind, TornTail, Unfinished};
 pub use segment::{Corruption, CorruptionKind, ReadError, Reader, read_all};
 
@@ -87,6 +89,9 @@ pub struct JournalStats {
     pub segments: u64,
     /// The durable watermark.
     pub durable: u64,
+    /// Bytes of all segments on disk (those found at open, plus what was
+    /// written, minus what retention removed).
+    pub disk_bytes: u64,
 }
 
 /// What the hot path and the writer share.
@@ -113,6 +118,7 @@ struct Shared {
     fsyncs: AtomicU64,
     bytes: AtomicU64,
     segments: AtomicU64,
+    disk_bytes: AtomicU64,
 }
 
 struct Inner {
@@ -137,7 +143,16 @@ impl Journal {
             path: dir.clone(),
             source,
         })?;
-        let recovery = recovery::recover(dir)?;
+        let (recovery, fold) = recovery::recover(dir)?;
+        let disk_bytes = segment::list_segments(dir)
+            .map_err(|source| JournalError::Io {
+                path: dir.clone(),
+                source,
+            })?
+            .iter()
+            .filter_map(|s| fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
         // `ArrayQueue::new` panics on zero; config validation refuses zero,
         // this keeps a hand-built config from panicking.
         let capacity = config.queue_capacity.max(1);
@@ -153,15 +168,22 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             segments: AtomicU64::new(0),
+            disk_bytes: AtomicU64::new(disk_bytes),
             lazy: config.durability == Durability::None,
         });
         // Everything recovered is on disk (the tail was synced if cut).
         let (tx, rx) = watch::channel(recovery.next_seq - 1);
         let writer = writer::Writer::new(
-            dir.clone(),
-            config.durability == Durability::Fsync,
-            config.segment_bytes,
-            config.retention,
+            writer::Settings {
+                dir: dir.clone(),
+                fsync: config.durability == Durability::Fsync,
+                segment_bytes: config.segment_bytes,
+                retention: config.retention,
+                max_bytes: config.max_bytes,
+            },
+            // Only a size bound needs to know what open work still needs:
+            // without one the fold's memory and time are not spent.
+            config.max_bytes.map(|_| fold),
             recovery.next_seq,
             shared.clone(),
             tx,
@@ -262,6 +284,7 @@ impl Journal {
             queue_depth: s.reserved.load(Ordering::Relaxed),
             segments: s.segments.load(Ordering::Relaxed),
             durable: *self.inner.durable.borrow(),
+            disk_bytes: s.disk_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -270,6 +293,13 @@ impl Journal {
     /// Blocks on disk I/O: call it from a blocking context at shutdown.
     pub fn close(&self) {
         self.inner.close();
+    }
+
+    /// After [`Journal::close`]: everything accepted was written and
+    /// synced (false when the writer failed on a write or sync).
+    pub fn all_synced(&self) -> bool {
+        let s = &self.inner.shared;
+        !s.failed.load(Ordering::SeqCst) && s.reserved.load(Ordering::SeqCst) == 0
     }
 
     /// [`Journal::close`], consuming this handle.

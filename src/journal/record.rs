@@ -454,8 +454,56 @@ impl Cursor<'_> {
 }
 
 /// One line for operators: `kind txn=.. time fields`.
+/// Acquirer names by index, for operator views: the journal stores
+/// indices (into the config's `[[acquirers]]`), not names.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    pub acquirers: Vec<String>,
+}
+
+impl Names {
+    fn acquirer(&self, f: &mut fmt::Formatter<'_>, i: u16) -> fmt::Result {
+        match self.acquirers.get(i as usize) {
+            Some(name) => f.write_str(name),
+            None => write!(f, "acquirer #{i}"),
+        }
+    }
+}
+
+/// A record as `journal tail|show` print it: acquirers and routes by
+/// name, fraud rules by name.
+pub struct Named<'a> {
+    pub record: &'a Record,
+    pub names: &'a Names,
+}
+
+impl fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.record.write(f, Some(self.names))
+    }
+}
+
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, None)
+    }
+}
+
+impl Record {
+    /// This record with acquirer and route names, for operators.
+    pub fn named<'a>(&'a self, names: &'a Names) -> Named<'a> {
+        Named {
+            record: self,
+            names,
+        }
+    }
+
+    /// The one-line form; with `names`, indices and bit sets in words.
+    fn write(&self, f: &mut fmt::Formatter<'_>, names: Option<&Names>) -> fmt::Result {
+        let acquirer = |f: &mut fmt::Formatter<'_>, i: u16| match names {
+            Some(n) => n.acquirer(f, i),
+            None => write!(f, "{i}"),
+        };
         let at = self.at_ms();
         write!(
             f,
@@ -471,22 +519,49 @@ impl fmt::Display for Record {
                 fraud_points,
                 fraud_reasons,
                 ..
-            } => write!(
-                f,
-                " mti={:04} stan={:06} tid={} mid={} rrn={} pan={} amount={} cur={:03} \
-                 de7={:010} route={} fraud={fraud_points}/{fraud_reasons:#06x}",
-                r.mti,
-                r.stan,
-                r.terminal_id,
-                r.merchant_id,
-                r.rrn,
-                safe_masked_pan(&r.masked_pan),
-                r.amount_minor,
-                r.currency,
-                r.transmission_time,
-                r.route,
-            ),
-            Record::Forwarded { acquirer, .. } => write!(f, " acquirer={acquirer}"),
+            } => {
+                write!(
+                    f,
+                    " mti={:04} stan={:06} tid={} mid={} rrn={} pan={} amount={} cur={:03} \
+                     de7={:010} route=",
+                    r.mti,
+                    r.stan,
+                    r.terminal_id,
+                    r.merchant_id,
+                    r.rrn,
+                    safe_masked_pan(&r.masked_pan),
+                    r.amount_minor,
+                    r.currency,
+                    r.transmission_time,
+                )?;
+                match names {
+                    None => write!(f, "{} fraud={fraud_points}/{fraud_reasons:#06x}", r.route),
+                    Some(_) => {
+                        // u16::MAX: no route matched (answered 92).
+                        if r.route == u16::MAX {
+                            f.write_str("none")?;
+                        } else {
+                            acquirer(f, r.route)?;
+                        }
+                        write!(f, " fraud={fraud_points}")?;
+                        let mut sep = " (";
+                        for rule in crate::fraud::RuleId::ALL {
+                            if fraud_reasons & (1 << rule as u8) != 0 {
+                                write!(f, "{sep}{}", rule.name())?;
+                                sep = ", ";
+                            }
+                        }
+                        if sep == ", " {
+                            f.write_str(")")?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Record::Forwarded { acquirer: a, .. } => {
+                f.write_str(" acquirer=")?;
+                acquirer(f, *a)
+            }
             Record::Response {
                 response_code,
                 approval_code,
@@ -499,10 +574,20 @@ impl fmt::Display for Record {
                 if *stand_in { " stand-in" } else { "" }
             ),
             Record::ReversalQueued {
-                acquirer, reason, ..
-            } => write!(f, " acquirer={acquirer} reason={}", code(reason)),
-            Record::AdviceQueued { acquirer, mti, .. } => {
-                write!(f, " acquirer={acquirer} mti={mti:04}")
+                acquirer: a,
+                reason,
+                ..
+            } => {
+                f.write_str(" acquirer=")?;
+                acquirer(f, *a)?;
+                write!(f, " reason={}", code(reason))
+            }
+            Record::AdviceQueued {
+                acquirer: a, mti, ..
+            } => {
+                f.write_str(" acquirer=")?;
+                acquirer(f, *a)?;
+                write!(f, " mti={mti:04}")
             }
             Record::ReversalSent { attempt, .. } | Record::AdviceSent { attempt, .. } => {
                 write!(f, " attempt={attempt}")

@@ -32,6 +32,10 @@ pub struct Recovery {
     /// oldest first.
     pub saf: Vec<SafEntry>,
     pub stats: RecoveryStats,
+    /// Sequence number of the oldest record still needed by open work
+    /// (the request record behind a reversal to send or an entry to
+    /// resend); `None` when nothing is open. Size retention keeps it.
+    pub oldest_needed_seq: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -92,6 +96,11 @@ pub struct SafEntry {
 #[derive(Default)]
 struct Txn {
     request: Option<RequestData>,
+    /// Sequence number of the request record.
+    request_seq: Option<u64>,
+    /// Found in flight at recovery: the process that held it is gone, so
+    /// no answer will come for it.
+    abandoned: bool,
     /// (seq, acquirer, at_ms) of the forward.
     forwarded: Option<(u64, u16, u64)>,
     responded: bool,
@@ -116,6 +125,16 @@ impl Txn {
     fn is_settled(&self) -> bool {
         let answered = self.responded || (self.timed_out && self.reversal_ever_queued);
         answered && self.reversal.is_none() && self.advice.is_none()
+    }
+
+    /// Does open work still depend on this transaction's request record?
+    /// In flight (an answer or a reversal may yet need it), forwarded with
+    /// no answer and no reversal queued (recovery would build one from
+    /// it), or a reversal or advice waiting in store-and-forward.
+    fn needs_request(&self) -> bool {
+        let in_flight = !self.abandoned && !self.responded && !self.timed_out;
+        let to_reverse = self.forwarded.is_some() && !self.responded && !self.reversal_ever_queued;
+        in_flight || to_reverse || self.reversal.is_some() || self.advice.is_some()
     }
 }
 
@@ -158,7 +177,10 @@ impl Fold {
         self.max_txn = self.max_txn.max(id);
         let txn = self.txns.entry(id).or_default();
         match *record {
-            Record::Request { request, .. } => txn.request = Some(request),
+            Record::Request { request, .. } => {
+                txn.request = Some(request);
+                txn.request_seq = Some(seq);
+            }
             Record::Forwarded {
                 acquirer, at_ms, ..
             } => txn.forwarded = Some((seq, acquirer, at_ms)),
@@ -228,6 +250,30 @@ impl Fold {
                     // A record after settling reopened it; watch it again.
                     t.settled = false;
                 }
+            }
+        }
+    }
+
+    /// The oldest request record open work still depends on (see
+    /// `Txn::needs_request`). A scan of the transactions held: the window
+    /// of recently settled ones plus the open ones; called at segment roll.
+    pub fn oldest_needed(&self) -> Option<u64> {
+        self.txns
+            .values()
+            .filter(|t| t.needs_request())
+            .filter_map(|t| t.request_seq)
+            .min()
+    }
+
+    /// After recovery: requests in flight belonged to the process that
+    /// stopped and will get no answer. Those never forwarded need nothing
+    /// (recovery counts them as unanswered) and must not hold retention
+    /// forever; those forwarded stay needed until their reversal is
+    /// queued and acknowledged (`needs_request`).
+    pub(super) fn abandon_in_flight(&mut self) {
+        for t in self.txns.values_mut() {
+            if !t.responded && !t.timed_out {
+                t.abandoned = true;
             }
         }
     }
@@ -310,7 +356,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
 }
 
 /// Reads every segment, repairs a torn tail, and folds the open work.
-pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
+/// Returns the fold too: a writer that bounds the journal's size goes on
+/// folding from it to know which records open work still needs.
+pub(super) fn recover(dir: &Path) -> Result<(Recovery, Fold), JournalError> {
     let segments = list_segments(dir).map_err(io_err(dir))?;
     let mut fold = Fold::new();
     let mut rec = Recovery::default();
@@ -372,7 +420,9 @@ pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
     rec.saf = saf;
     rec.stats.unanswered = unanswered;
     rec.stats.orphans = fold.orphans();
-    Ok(rec)
+    fold.abandon_in_flight();
+    rec.oldest_needed_seq = fold.oldest_needed();
+    Ok((rec, fold))
 }
 
 fn read_err(e: ReadError) -> JournalError {

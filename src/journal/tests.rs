@@ -16,6 +16,7 @@ fn config(dir: &Path) -> JournalConfig {
         durability: Durability::Fsync,
         segment_bytes: 64 * 1024 * 1024,
         retention: Duration::from_secs(7 * 24 * 3600),
+        max_bytes: None,
         queue_capacity: 1024,
     }
 }
@@ -782,4 +783,230 @@ fn a_request_reads_as_one_line_for_operators() {
         ),
         "{line}"
     );
+}
+
+fn response(txn: u64) -> Record {
+    Record::Response {
+        txn,
+        at_ms: 1,
+        response_code: *b"00",
+        approval_code: s("123456"),
+        stand_in: false,
+    }
+}
+
+fn forwarded(txn: u64) -> Record {
+    Record::Forwarded {
+        txn,
+        at_ms: 1,
+        acquirer: 0,
+    }
+}
+
+/// Transactions `txns` forwarded and answered: nothing left open.
+fn settled(journal: &Journal, txns: std::ops::RangeInclusive<u64>) {
+    for txn in txns {
+        journal.append(request(txn)).expect("append");
+        journal.append(forwarded(txn)).expect("append");
+        journal.append(response(txn)).expect("append");
+    }
+}
+
+fn bytes_on_disk(dir: &Path) -> u64 {
+    list_segments(dir)
+        .expect("list")
+        .iter()
+        .map(|s| fs::metadata(&s.path).expect("meta").len())
+        .sum()
+}
+
+fn size_bounded(dir: &Path) -> JournalConfig {
+    JournalConfig {
+        segment_bytes: 4096,
+        max_bytes: Some(16 * 1024),
+        ..config(dir)
+    }
+}
+
+/// At most `max_bytes` after the last roll, plus the active segment.
+const SIZE_SLACK: u64 = 4096 + 400;
+
+#[test]
+fn max_bytes_removes_the_oldest_closed_segments_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = size_bounded(dir.path());
+    let (journal, _) = Journal::open(&cfg).expect("open");
+    settled(&journal, 1..=300);
+    block_on(journal.wait_durable(900)).expect("durable");
+    assert_eq!(journal.stats().disk_bytes, bytes_on_disk(dir.path()));
+    journal.close();
+    let total = bytes_on_disk(dir.path());
+    assert!(total <= 16 * 1024 + SIZE_SLACK, "{total} bytes kept");
+    // What is left is the newest, contiguous, up to the last record.
+    let back = read_back(dir.path());
+    assert_eq!(back.last().map(|(seq, _)| *seq), Some(900));
+    assert!(back.first().is_some_and(|(seq, _)| *seq > 1));
+    assert!(back.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+}
+
+#[test]
+fn max_bytes_keeps_a_segment_whose_request_is_still_in_flight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = size_bounded(dir.path());
+    let (journal, _) = Journal::open(&cfg).expect("open");
+    // Txn 1 is forwarded and not yet answered while 300 others pass.
+    journal.append(request(1)).expect("append");
+    journal.append(forwarded(1)).expect("append");
+    settled(&journal, 2..=301);
+    block_on(journal.wait_durable(902)).expect("durable");
+    let first = dir.path().join(segment_name(1));
+    assert!(first.exists(), "the segment with txn 1's request is kept");
+    assert!(bytes_on_disk(dir.path()) > 16 * 1024 + SIZE_SLACK);
+    // Answered: its segment may go at the next rolls.
+    journal.append(response(1)).expect("append");
+    settled(&journal, 302..=400);
+    journal.close();
+    assert!(!first.exists(), "removed once nothing needs it");
+    assert!(bytes_on_disk(dir.path()) <= 16 * 1024 + SIZE_SLACK);
+}
+
+#[test]
+fn max_bytes_keeps_open_work_found_by_recovery_until_it_is_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = size_bounded(dir.path());
+    let (journal, _) = Journal::open(&cfg).expect("open");
+    // A crash leaves txn 1 forwarded without an answer (to reverse) and
+    // txn 2 arrived but never forwarded (nothing to do).
+    journal.append(request(1)).expect("append");
+    journal.append(forwarded(1)).expect("append");
+    journal.append(request(2)).expect("append");
+    journal.close();
+
+    let (journal, recovery) = Journal::open(&cfg).expect("reopen");
+    assert_eq!(recovery.unfinished.len(), 1);
+    assert_eq!(recovery.stats.unanswered, 1);
+    assert_eq!(recovery.oldest_needed_seq, Some(1));
+    let first = dir.path().join(segment_name(1));
+    // The switch queues the reversal; it is not acknowledged yet.
+    journal
+        .append(Record::ReversalQueued {
+            txn: 1,
+            at_ms: 1,
+            acquirer: 0,
+            reason: *b"68",
+        })
+        .expect("append");
+    settled(&journal, 3..=300);
+    block_on(journal.wait_durable(4 + 298 * 3)).expect("durable");
+    assert!(first.exists(), "txn 1's request backs a pending reversal");
+    journal
+        .append(Record::ReversalAcked {
+            txn: 1,
+            at_ms: 1,
+            response_code: *b"00",
+        })
+        .expect("append");
+    settled(&journal, 301..=400);
+    journal.close();
+    // Txn 2 (never forwarded) did not hold the segment.
+    assert!(
+        !first.exists(),
+        "removed once the reversal was acknowledged"
+    );
+    assert!(bytes_on_disk(dir.path()) <= 16 * 1024 + SIZE_SLACK);
+}
+
+#[test]
+fn show_names_acquirers_routes_and_fraud_rules_and_points_reversals_to_the_original() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = Journal::open(&config(dir.path())).expect("open");
+    journal.append(request(1)).expect("append");
+    journal
+        .append(Record::Forwarded {
+            txn: 1,
+            at_ms: 1,
+            acquirer: 1,
+        })
+        .expect("append");
+    journal
+        .append(Record::Timeout { txn: 1, at_ms: 2 })
+        .expect("append");
+    journal
+        .append(Record::ReversalQueued {
+            txn: 1,
+            at_ms: 2,
+            acquirer: 1,
+            reason: *b"68",
+        })
+        .expect("append");
+    journal.close();
+
+    let names = Names {
+        acquirers: vec!["visa-host".into(), "mc-host".into()],
+    };
+    let mut out = Vec::new();
+    cli::show_named(dir.path(), 1, &names, &mut out).expect("show");
+    let text = String::from_utf8(out).expect("utf8");
+    // request(1): route 1, fraud reasons 0b101 (bits 0 and 2).
+    assert!(text.contains("route=mc-host"), "{text}");
+    assert!(text.contains("fraud=30 (amount, velocity_count)"), "{text}");
+    assert!(!text.contains("0x0005"), "{text}");
+    assert!(
+        text.contains("forwarded") && text.contains("acquirer=mc-host"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "-> reverses txn 1: 0200 stan=000001 rrn=612345678901 amount=12345 (record 1)"
+        ),
+        "{text}"
+    );
+
+    // Without a config: indices, said as such.
+    let mut out = Vec::new();
+    cli::show(dir.path(), 1, &mut out).expect("show");
+    let text = String::from_utf8(out).expect("utf8");
+    assert!(text.contains("route=acquirer #1"), "{text}");
+
+    // tail without the request in its window still says what it reverses.
+    let mut out = Vec::new();
+    cli::tail_named(dir.path(), 1, &names, &mut out).expect("tail");
+    let text = String::from_utf8(out).expect("utf8");
+    assert!(
+        text.contains("-> reverses txn 1 (`switchyard journal show 1`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn journal_views_take_acquirer_names_from_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("switch.toml");
+    fs::write(
+        &path,
+        "[[acquirers]]\nname = \"visa-host\"\nlinks = [\"127.0.0.1:1\"]\n\
+         [[acquirers]]\nname = \"mc-host\"\nlinks = [\"127.0.0.1:2\"]\n",
+    )
+    .expect("written");
+    let names = cli::names(Some(&path)).expect("config reads");
+    assert_eq!(names.acquirers, ["visa-host", "mc-host"]);
+    assert!(matches!(
+        cli::names(Some(&dir.path().join("missing.toml"))),
+        Err(cli::CliError::Config(_))
+    ));
+}
+
+#[test]
+fn journal_views_of_a_directory_that_is_not_a_journal_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("notes.txt"), "hello").expect("written");
+    assert!(matches!(
+        cli::stats(dir.path(), &mut Vec::new()),
+        Err(cli::CliError::NotAJournal(_))
+    ));
+    assert!(matches!(
+        cli::tail(dir.path(), 5, &mut Vec::new()),
+        Err(cli::CliError::NotAJournal(_))
+    ));
+    assert!(cli::stats(&dir.path().join("nowhere"), &mut Vec::new()).is_err());
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::Shared;
 use super::record::Record;
+use super::recovery::Fold;
 use super::segment::{MAGIC, encode_frame, list_segments, segment_name};
 
 /// How long the writer sleeps while closing and an append is between
@@ -19,11 +20,24 @@ const SHORT_NAP: Duration = Duration::from_millis(1);
 /// How often a lazy writer (durability `none`) looks for records.
 const LAZY_INTERVAL: Duration = Duration::from_millis(2);
 
+/// What the writer is told by the config.
+pub(super) struct Settings {
+    pub dir: PathBuf,
+    pub fsync: bool,
+    pub segment_bytes: u64,
+    pub retention: Duration,
+    pub max_bytes: Option<u64>,
+}
+
 pub(super) struct Writer {
     dir: PathBuf,
     fsync: bool,
     segment_bytes: u64,
     retention: Duration,
+    max_bytes: Option<u64>,
+    /// With a size bound: the open work folded from recovery on, record by
+    /// record, so retention knows the oldest record still needed.
+    open_work: Option<Fold>,
     shared: Arc<Shared>,
     durable: watch::Sender<u64>,
     /// The segment being appended to, created when its first record comes.
@@ -37,24 +51,26 @@ pub(super) struct Writer {
     pending: Vec<(u64, Record)>,
     /// Encoded frames of one group commit; reused.
     buf: Vec<u8>,
+    /// `fdatasync` durations, looked up once (a no-op without a recorder).
+    fsync_seconds: metrics::Histogram,
 }
 
 impl Writer {
     pub(super) fn new(
-        dir: PathBuf,
-        fsync: bool,
-        segment_bytes: u64,
-        retention: Duration,
+        settings: Settings,
+        open_work: Option<Fold>,
         next_seq: u64,
         shared: Arc<Shared>,
         durable: watch::Sender<u64>,
     ) -> Writer {
         let capacity = shared.queue.capacity();
         Writer {
-            dir,
-            fsync,
-            segment_bytes,
-            retention,
+            dir: settings.dir,
+            fsync: settings.fsync,
+            segment_bytes: settings.segment_bytes,
+            retention: settings.retention,
+            max_bytes: settings.max_bytes,
+            open_work,
             shared,
             durable,
             active: None,
@@ -62,6 +78,7 @@ impl Writer {
             next_write: next_seq,
             pending: Vec::with_capacity(capacity),
             buf: Vec::with_capacity(64 * 1024),
+            fsync_seconds: metrics::histogram!(crate::telemetry::JOURNAL_FSYNC_SECONDS),
         }
     }
 
@@ -134,6 +151,9 @@ impl Writer {
                 self.roll(*seq)?;
             }
             self.active_len += encode_frame(*seq, record, &mut self.buf) as u64;
+            if let Some(fold) = &mut self.open_work {
+                fold.apply(*seq, record);
+            }
             in_buf += 1;
         }
         let last = records[run - 1].0;
@@ -154,11 +174,15 @@ impl Writer {
         if self.fsync {
             // sync_data: the size change is metadata fdatasync does cover;
             // mtime is not needed for recovery.
+            let started = std::time::Instant::now();
             file.sync_data()?;
+            self.fsync_seconds.record(started.elapsed());
             self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         let s = &self.shared;
         s.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        s.disk_bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         s.written.fetch_add(count as u64, Ordering::Relaxed);
         s.reserved.fetch_sub(count, Ordering::AcqRel);
         self.buf.clear();
@@ -184,19 +208,26 @@ impl Writer {
         }
         self.active = Some((file, path));
         self.active_len = MAGIC.len() as u64;
+        self.shared
+            .disk_bytes
+            .fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
         self.shared.segments.fetch_add(1, Ordering::Relaxed);
         self.apply_retention();
         Ok(())
     }
 
-    /// Deletes segments (other than the active one) last modified more than
-    /// `retention` ago. Failures are logged, never fatal: keeping an old
+    /// Deletes closed segments past `retention` (by modification time)
+    /// and, with `max_bytes`, the oldest closed segments while all of them
+    /// together exceed it. Failures are logged, never fatal: keeping an old
     /// segment is harmless, stopping the journal over it is not.
     ///
-    /// Retention is by age only: the writer does not know which records
-    /// still back open work, so `retention` must stay well above how long a
-    /// reversal or advice can wait in store-and-forward (days vs. minutes
-    /// by default), or recovery would lose the request data behind it.
+    /// With `max_bytes` the writer knows the oldest record open work still
+    /// needs (`open_work`), and neither rule removes a segment holding it
+    /// or anything after it. Without `max_bytes`, retention is by age only
+    /// and does not know about open work, so `retention` must stay well
+    /// above how long a reversal or advice can wait in store-and-forward
+    /// (days vs. minutes by default), or recovery would lose the request
+    /// data behind it.
     fn apply_retention(&self) {
         let Some((_, active)) = &self.active else {
             return;
@@ -208,10 +239,49 @@ impl Writer {
                 return;
             }
         };
+        let needed = self.open_work.as_ref().and_then(Fold::oldest_needed);
+        let mut total: u64 = segments
+            .iter()
+            .filter_map(|s| fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
         let now = crate::clock::wall_now();
-        for seg in segments.iter().filter(|s| &s.path != active) {
-            if let Err(e) = delete_if_old(&seg.path, now, self.retention) {
-                tracing::warn!(error = %e, segment = %seg.path.display(), "journal: retention");
+        // Oldest first; the active (newest) segment is never a candidate.
+        for (i, seg) in segments.iter().enumerate() {
+            if &seg.path == active {
+                break;
+            }
+            // A segment holds sequence numbers up to the next one's name.
+            let holds_needed = self.open_work.is_some()
+                && needed
+                    .is_some_and(|n| segments.get(i + 1).is_none_or(|next| next.first_seq > n));
+            if holds_needed {
+                if self.max_bytes.is_some_and(|max| total > max) {
+                    tracing::warn!(
+                        segment = %seg.path.display(),
+                        oldest_needed_seq = needed,
+                        bytes = total,
+                        max_bytes = self.max_bytes,
+                        "journal: over max_bytes, but this segment and the newer ones hold \
+                         records open work still needs (a reversal or advice not yet \
+                         acknowledged, or a request in flight); kept"
+                    );
+                }
+                break;
+            }
+            let over = self.max_bytes.is_some_and(|max| total > max);
+            match remove_if(&seg.path, now, self.retention, over) {
+                Ok(Some(len)) => {
+                    total = total.saturating_sub(len);
+                    self.shared.disk_bytes.fetch_sub(
+                        len.min(self.shared.disk_bytes.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, segment = %seg.path.display(), "journal: retention")
+                }
             }
         }
     }
@@ -226,13 +296,26 @@ impl Writer {
     }
 }
 
-fn delete_if_old(path: &Path, now: SystemTime, retention: Duration) -> io::Result<()> {
-    let modified = fs::metadata(path)?.modified()?;
+/// Removes the segment at `path` if it is older than `retention`, or if
+/// `over_size` (the journal exceeds `max_bytes`); returns its size if it
+/// was removed.
+fn remove_if(
+    path: &Path,
+    now: SystemTime,
+    retention: Duration,
+    over_size: bool,
+) -> io::Result<Option<u64>> {
+    let meta = fs::metadata(path)?;
     // A modification time in the future (clock stepped back) counts as new.
-    let age = now.duration_since(modified).unwrap_or_default();
-    if age > retention {
-        fs::remove_file(path)?;
-        tracing::info!(segment = %path.display(), age_s = age.as_secs(), "journal: deleted segment past retention");
-    }
-    Ok(())
+    let age = now.duration_since(meta.modified()?).unwrap_or_default();
+    let why = if age > retention {
+        "past retention"
+    } else if over_size {
+        "over max_bytes"
+    } else {
+        return Ok(None);
+    };
+    fs::remove_file(path)?;
+    tracing::info!(segment = %path.display(), age_s = age.as_secs(), bytes = meta.len(), "journal: deleted segment {why}");
+    Ok(Some(meta.len()))
 }

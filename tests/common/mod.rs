@@ -217,6 +217,7 @@ fn config_full(
 ) -> String {
     format!(
         r#"
+test_setup = true
 [terminals]
 listen = "127.0.0.1:0"
 {terminals}
@@ -326,7 +327,8 @@ pub async fn start_process(
     config: &std::path::Path,
 ) -> (tokio::process::Child, std::net::SocketAddr) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["run", "--config"])
+        // Test configs may leave pan_key unset (the development key).
+        .args(["run", "--allow-dev-key", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
