@@ -617,7 +617,7 @@ impl Report {
         }
         writeln!(
             out,
-            "  spec {}, framing {}, seed {} (--seed {} repeats it), timeout {:.1} s, mix purchase={} auth={} reversal={} fraud={}",
+            "  spec {}, framing {}, seed {} (--seed {} repeats it; runs with other seeds use other terminal ids and STANs but share the cards, and the switch's fraud history of them), timeout {:.1} s, mix purchase={} auth={} reversal={} fraud={}",
             self.spec,
             self.framing,
             self.seed,

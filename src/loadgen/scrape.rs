@@ -86,7 +86,8 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: a server may answer and close after the first segment.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut raw = Vec::with_capacity(16 * 1024);
     s.take(MAX_RESPONSE).read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
