@@ -1154,7 +1154,7 @@ fn svg_chart(o: &mut String, series: &[Series], axes: &Axes) {
     for d in grid {
         let y = fy(d);
         let label = if axes.log_y {
-            fmt_us(d as u64)
+            fmt_axis_us(d)
         } else {
             format!("{d}")
         };
@@ -1218,6 +1218,17 @@ fn svg_chart(o: &mut String, series: &[Series], axes: &Axes) {
             let _ = write!(o, "{:.1},{:.1} ", fx(x), fy(y));
         }
         o.push_str("\"/>");
+        // A line needs two points: short series get dots too (a 1 s run).
+        if data.len() < 3 {
+            for &(x, y) in data {
+                let _ = write!(
+                    o,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
+                    fx(x),
+                    fy(y)
+                );
+            }
+        }
         // Legend: a line sample in the series' colour, then its name.
         let lx = L + 10.0 + i as f64 * 110.0;
         let _ = write!(
@@ -1255,6 +1266,22 @@ fn pct_short(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
 
+/// A grid value in µs, as short as it can be: "10 µs", "2 ms", "1 s".
+fn fmt_axis_us(us: f64) -> String {
+    let (v, unit) = if us < 1e3 {
+        (us, "µs")
+    } else if us < 1e6 {
+        (us / 1e3, "ms")
+    } else {
+        (us / 1e6, "s")
+    };
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v} {unit}")
+    }
+}
+
 /// A bucket bound in seconds, for the switch's own latency.
 fn fmt_bound(v: Option<f64>) -> String {
     match v {
@@ -1279,5 +1306,36 @@ pub fn fmt_us(us: u64) -> String {
         format!("{:.2} ms", us as f64 / 1e3)
     } else {
         format!("{:.2} s", us as f64 / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_axes_span_the_data() {
+        let (lo, hi, grid) = y_grid(150.0, 20_000.0, true);
+        assert_eq!((lo, hi), (100.0, 100_000.0));
+        assert_eq!(grid.first(), Some(&100.0));
+        assert_eq!(fmt_axis_us(10_000.0), "10 ms");
+        // Within one decade: 2x and 5x lines so values can be read.
+        let (_, _, grid) = y_grid(120.0, 800.0, true);
+        assert!(grid.contains(&200.0) && grid.contains(&500.0), "{grid:?}");
+        let (lo, hi, grid) = y_grid(0.0, 12_345.0, false);
+        assert_eq!((lo, hi), (0.0, 14_000.0));
+        assert!(grid.len() <= 9, "{grid:?}");
+    }
+
+    #[test]
+    fn refusals_are_the_switchs_own_codes() {
+        for c in [*b"30", *b"91", *b"92", *b"94", *b"96", *b"12", NO_CODE] {
+            assert!(is_switch_refusal(c), "{c:?}");
+        }
+        for c in [*b"00", *b"05", *b"51", *b"59", *b"14"] {
+            assert!(!is_switch_refusal(c), "{c:?}");
+        }
+        assert_eq!(de39_meaning("59"), "suspected fraud (fraud decline)");
+        assert!(de39_meaning("51").contains("insufficient funds"));
     }
 }
