@@ -692,10 +692,10 @@ impl Report {
                 format!("no requests recorded by the switch at {}", sw.admin)
             }
             Ok(h) => format!(
-                "{} requests: p50 at most {}, p99 at most {}, {} within 1 ms (switchyard_request_duration_seconds from http://{}/metrics; arrival to answer written)",
+                "{} requests: {}, {}, {} within 1 ms (switchyard_request_duration_seconds from http://{}/metrics; arrival to answer written)",
                 h.count,
-                fmt_bound(h.quantile_bound(0.5)),
-                fmt_bound(h.quantile_bound(0.99)),
+                bound_phrase(h, "p50", 0.5),
+                bound_phrase(h, "p99", 0.99),
                 h.share_within(0.001).map_or_else(|| "-".to_string(), pct),
                 sw.admin
             ),
@@ -1282,12 +1282,17 @@ fn fmt_axis_us(us: f64) -> String {
     }
 }
 
-/// A bucket bound in seconds, for the switch's own latency.
-fn fmt_bound(v: Option<f64>) -> String {
-    match v {
-        None => "-".to_string(),
-        Some(v) if v.is_infinite() => "over the last bucket".to_string(),
-        Some(v) => fmt_us((v * 1e6).round() as u64),
+/// "p99 at most 500 µs" from a bucketed histogram, or "p99 over 30 s"
+/// when it lies past the last finite bucket.
+fn bound_phrase(h: &scrape::Histogram, name: &str, q: f64) -> String {
+    let us = |s: f64| fmt_us((s * 1e6).round() as u64);
+    match h.quantile_bound(q) {
+        None => format!("{name} -"),
+        Some(b) if b.is_finite() => format!("{name} at most {}", us(b)),
+        Some(_) => match h.buckets.last() {
+            Some((last, _)) => format!("{name} over {}", us(*last)),
+            None => format!("{name} unknown (no buckets)"),
+        },
     }
 }
 
