@@ -41,8 +41,8 @@ pub struct DemoArgs {
     /// `none` (records are written but not synced; faster).
     #[arg(long, value_name = "fsync|none", default_value = "fsync")]
     pub journal_durability: String,
-    /// The load test's options; `--target` is ignored (the demo's own
-    /// switch is the target).
+    /// The load test's options; `--target` and `--admin` are ignored (the
+    /// demo's own switch is the target, its admin listener the admin).
     #[command(flatten)]
     pub load: LoadArgs,
 }
