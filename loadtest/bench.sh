@@ -75,8 +75,13 @@ run_scenario() {
         start_sim
         if [ "$port" = "$SWITCH_PORT" ]; then start_switch "$name"; fi
         echo "== $name (run $k of $RUNS): $*"
+        # Through the switch, loadtest also reads the switch's own latency
+        # over the measured period from its admin listener (--admin).
+        local admin=()
+        if [ "$port" = "$SWITCH_PORT" ]; then admin=(--admin "127.0.0.1:$ADMIN_PORT"); fi
         "$BIN/loadtest" --target "127.0.0.1:$port" --duration "$DURATION" --warmup 2s \
-            --no-progress --json "$OUT/$name.run$k.json" --hgrm "$OUT/$name.run$k.hgrm" "$@" \
+            --no-progress --json "$OUT/$name.run$k.json" --hgrm "$OUT/$name.run$k.hgrm" \
+            "${admin[@]}" "$@" \
             | tee "$OUT/$name.run$k.txt" || true
         if [ "$port" = "$SWITCH_PORT" ]; then
             # The switch's own view: its request-duration histogram
@@ -106,8 +111,8 @@ done
     echo "Machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%d). Switch runtime: ${FLAVOR:-current-thread}, journal durability ${DURABILITY:-none}."
     echo "Simulator, switch and loadtest on the same machine, loopback, $DURATION each, $RUNS run(s) of each: median (range)."
     echo
-    echo "| scenario | achieved/s | p50 | p99 | p99.9 | max | lost | mismatched | in the switch: p99 at most, share within 1 ms |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| scenario | achieved/s | approved/s | p50 | p99 | p99.9 | max | lost | mismatched | errors (switch refusals) | in the switch: p99 at most, share within 1 ms |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     for s in closed-64x1 pipelined-16x16 open-50k sim-direct-64x1; do
         python3 - "$s" "$OUT"/"$s".run*.json <<'PY'
 import json, os, re, statistics, sys
@@ -140,16 +145,20 @@ def us(v):
 def cell(values, fmt):
     med = fmt(statistics.median(values))
     return med if len(values) == 1 else f"{med} ({fmt(min(values))}-{fmt(max(values))})"
-lat = lambda k: [r.get("latency", {}).get(k, 0) for r in runs]
+# A run with no answers has null latencies: left out of the medians.
+lat = lambda k: [v for v in (r.get("latency", {}).get(k) for r in runs) if v is not None] or [0]
 rate = [r.get("achieved_rate", 0) for r in runs]
 views = [v for v in (in_switch(f) for f in files) if v]
 inside = "-"
 if views:
     inside = (f"{cell([v[0] for v in views], us)}, "
               f"{cell([v[1] * 100 for v in views], lambda x: f'{x:.2f}%')}")
-print(f"| {name} | {cell(rate, lambda v: f'{v:,.0f}')} | {cell(lat('p50_us'), us)} | "
+approved = [r.get("approved_rate", 0) for r in runs]
+print(f"| {name} | {cell(rate, lambda v: f'{v:,.0f}')} | {cell(approved, lambda v: f'{v:,.0f}')} | "
+      f"{cell(lat('p50_us'), us)} | "
       f"{cell(lat('p99_us'), us)} | {cell(lat('p99.9_us'), us)} | {cell(lat('max_us'), us)} | "
-      f"{sum(r.get('lost', 0) for r in runs)} | {sum(r.get('mismatched', 0) for r in runs)} | {inside} |")
+      f"{sum(r.get('lost', 0) for r in runs)} | {sum(r.get('mismatched', 0) for r in runs)} | "
+      f"{sum(r.get('error_count', 0) for r in runs)} | {inside} |")
 PY
     done
     # The closed loop against the ceiling, round by round: a ratio that

@@ -4,7 +4,13 @@
 //!
 //! Each part gets its own runtime so that the load generator never shares
 //! a scheduler with what it measures.
+//!
+//! The demo carries its config: `config/switchyard.toml` as shipped is built
+//! into the binary, so `switchyard demo` works from any directory (it used
+//! to fall back to defaults with no acquirer outside the repository, and
+//! answer every request 92).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,11 +25,15 @@ use crate::loadgen::{self, cli::LoadArgs};
 use crate::server::Switch;
 use crate::sim::{self, SimConfig};
 
+/// The shipped config, built in: what the demo's switch runs with unless
+/// `--config` is given.
+pub const BUILT_IN_CONFIG: &str = include_str!("../config/switchyard.toml");
+
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Switch config to start from (listen addresses and links are
-    /// replaced by free loopback ports). Without it, the built-in
-    /// defaults; `config/switchyard.toml` when it exists.
+    /// Switch config to start from (listen addresses, links and the
+    /// journal directory are replaced). Without it, the shipped
+    /// `config/switchyard.toml`, built into the binary.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Journal durability for the demo's switch: `fsync` (as in
@@ -31,8 +41,8 @@ pub struct DemoArgs {
     /// `none` (records are written but not synced; faster).
     #[arg(long, value_name = "fsync|none", default_value = "fsync")]
     pub journal_durability: String,
-    /// The load test's options; `--target` is ignored (the demo's own
-    /// switch is the target).
+    /// The load test's options; `--target` and `--admin` are ignored (the
+    /// demo's own switch is the target, its admin listener the admin).
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -40,31 +50,60 @@ pub struct DemoArgs {
 const LOOPBACK_ANY: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
+/// Lines for stdout that notice a closed stdout (`switchyard demo | head`)
+/// instead of panicking as `println!` does.
+struct Out {
+    failed: Option<std::io::Error>,
+}
+
+impl Out {
+    /// Writes one line; false once stdout is gone (or failed otherwise).
+    fn line(&mut self, args: std::fmt::Arguments) -> bool {
+        if self.failed.is_none() {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_fmt(args).and_then(|()| writeln!(out)) {
+                self.failed = Some(e);
+            }
+        }
+        self.failed.is_none()
+    }
+
+    /// The exit status for a stdout that failed: quiet for a closed pipe.
+    fn failure(&mut self) -> ExitCode {
+        match self.failed.take() {
+            Some(e) if loadgen::cli::is_closed_pipe(&e) => {
+                ExitCode::from(loadgen::cli::CLOSED_STDOUT)
+            }
+            Some(e) => {
+                eprintln!("switchyard demo: writing to stdout: {e}");
+                ExitCode::from(2)
+            }
+            None => ExitCode::SUCCESS,
+        }
+    }
+}
+
 pub fn run(mut args: DemoArgs) -> ExitCode {
-    let mut config = match load_config(args.config.as_deref()) {
+    let (mut config, config_name) = match load_config(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchyard demo: {e}");
             return ExitCode::from(2);
         }
     };
-
-    println!("switchyard demo: starting the acquirer simulator, the switch and a load test");
-    let sim = match start_sim() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("switchyard demo: simulator: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    println!("  acquirer simulator  {}", sim.addr);
-
     config.journal.durability = match args.journal_durability.as_str() {
         "fsync" => crate::config::Durability::Fsync,
         "none" => crate::config::Durability::None,
         other => {
             eprintln!("switchyard demo: --journal-durability is `fsync` or `none`, not `{other}`");
             return ExitCode::from(2);
+        }
+    };
+    let sim = match start_sim() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard demo: simulator: {e}");
+            return ExitCode::from(1);
         }
     };
     // A journal of its own, so the demo never mixes with a real one.
@@ -83,52 +122,77 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
         Err(e) => {
             eprintln!("switchyard demo: switch: {e}");
             sim.stop();
+            let _ = std::fs::remove_dir_all(&journal_dir);
             return ExitCode::from(1);
         }
     };
-    println!(
-        "  journal             {} (durability {}; removed at the end)",
-        journal_dir.display(),
-        args.journal_durability
-    );
-    println!(
-        "  switch              {} (metrics http://{}/metrics)",
-        switch.terminal,
-        switch.admin.map_or_else(|| "off".into(), |a| a.to_string())
-    );
+    let stop_all = |switch: RunningSwitch, sim: Running| {
+        switch.stop();
+        sim.stop();
+        let _ = std::fs::remove_dir_all(&journal_dir);
+    };
 
     if args.load.html.is_none() {
         args.load.html = Some(PathBuf::from("target/demo-report.html"));
     }
     args.load.target = switch.terminal.to_string();
+    args.load.admin = switch.admin.map(|a| a.to_string());
     let load = match args.load.to_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchyard demo: {e}");
-            switch.stop();
-            sim.stop();
+            stop_all(switch, sim);
             return ExitCode::from(2);
         }
     };
-    println!(
-        "  load test           {} connections, {:?}\n",
-        load.connections, load.duration
-    );
+    let durability = match args.journal_durability.as_str() {
+        "fsync" => "fsync (answers wait for the group commit, as in production)",
+        _ => "none (records written, not synced)",
+    };
+    let mut out = Out { failed: None };
+    let banner = out.line(format_args!(
+        "switchyard demo: the acquirer simulator, the switch and a load test"
+    )) && out.line(format_args!("  config              {config_name}"))
+        && out.line(format_args!("  acquirer simulator  {}", sim.addr))
+        && out.line(format_args!(
+            "  journal             {} (removed at the end)",
+            journal_dir.display()
+        ))
+        && out.line(format_args!("  durability          {durability}"))
+        && out.line(format_args!(
+            "  switch              {} (metrics http://{}/metrics)",
+            switch.terminal,
+            switch.admin.map_or_else(|| "off".into(), |a| a.to_string())
+        ))
+        && out.line(format_args!(
+            "  load test           {} connections, {:?}, seed {}\n",
+            load.connections, load.duration, load.seed
+        ));
+    if !banner {
+        stop_all(switch, sim);
+        return out.failure();
+    }
     let report = loadgen::run(load);
+    stop_all(switch, sim);
 
-    switch.stop();
-    sim.stop();
-    let _ = std::fs::remove_dir_all(&journal_dir);
-
-    let report = match report {
+    let mut report = match report {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard demo: load test failed: {e}");
             return ExitCode::from(1);
         }
     };
-    let stdout = std::io::stdout();
-    let _ = report.print_human(&mut stdout.lock());
+    report.add_context("config", config_name);
+    report.add_context("durability", durability);
+    let printed = {
+        let mut stdout = std::io::stdout().lock();
+        report
+            .print_human(&mut stdout)
+            .and_then(|()| stdout.flush())
+    };
+    if let Err(e) = printed {
+        out.failed = Some(e);
+    }
     let mut ok = true;
     let paths = [&args.load.html, &args.load.json, &args.load.hgrm];
     for dir in paths.into_iter().flatten().filter_map(|p| p.parent()) {
@@ -138,29 +202,52 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     }
     for (what, path, written) in loadgen::cli::write_outputs(&report, &args.load) {
         match written {
-            Ok(()) => println!("{what}: {}", path.display()),
+            Ok(()) => {
+                out.line(format_args!("{what}: {}", path.display()));
+            }
             Err(e) => {
                 eprintln!("switchyard demo: can not write {}: {e}", path.display());
                 ok = false;
             }
         }
     }
-    if report.answered() == 0 {
-        eprintln!("switchyard demo: no request was answered");
-        return ExitCode::from(1);
+    if out.failed.is_some() {
+        return out.failure();
     }
-    if !report.is_clean() || !ok {
+    let problems = report.problems();
+    if !problems.is_empty() {
+        eprintln!("switchyard demo: NOT CLEAN: {}", problems.join("; "));
+        return ExitCode::from(report.exit_code());
+    }
+    if !ok {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
 }
 
-fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
-    let default = std::path::Path::new("config/switchyard.toml");
+/// The config to start from and how to name it in the report.
+fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), String> {
     match path {
-        Some(p) => Config::load(p).map_err(|e| e.to_string()),
-        None if default.exists() => Config::load(default).map_err(|e| e.to_string()),
-        None => Config::parse("").map_err(|e| format!("{e:?}")),
+        Some(p) => Config::load(p)
+            .map(|c| {
+                (
+                    c,
+                    format!(
+                        "{} (addresses, links and journal dir replaced)",
+                        p.display()
+                    ),
+                )
+            })
+            .map_err(|e| e.to_string()),
+        None => Config::parse(BUILT_IN_CONFIG)
+            .map(|c| {
+                (
+                    c,
+                    "built-in config/switchyard.toml (addresses, links and journal dir replaced)"
+                        .to_string(),
+                )
+            })
+            .map_err(|e| format!("the built-in config: {e:?}")),
     }
 }
 

@@ -225,8 +225,12 @@ fn run_decode(
             _ => decode::decode_lines(std::io::stdin().lock(), spec, framing, &mut out),
         }
     };
-    let _ = out.flush();
+    let result = result.and_then(|n| out.flush().map(|()| n));
     match result {
+        // The reader has gone (`decode ... | head`): stop quietly.
+        Err(e) if switchyard::loadgen::cli::is_closed_pipe(&e) => {
+            ExitCode::from(switchyard::loadgen::cli::CLOSED_STDOUT)
+        }
         Ok(0) => ExitCode::SUCCESS,
         Ok(n) => {
             eprintln!("switchyard decode: {n} message(s) could not be decoded");

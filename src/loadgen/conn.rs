@@ -165,6 +165,10 @@ struct Conn {
     /// STANs run 1..=stan_wrap, a multiple of the ring size, so that
     /// `(stan - 1) & mask` is the slot.
     stan_wrap: u64,
+    /// Where this run's STAN sequence starts (a multiple of the ring size,
+    /// from the seed): runs against a switch that stays up use different
+    /// STANs, so their keys are not taken for repeats of earlier runs'.
+    stan_offset: u64,
     head: u64,
     tail: u64,
     in_flight: usize,
@@ -220,6 +224,10 @@ impl Conn {
             },
         };
         let generator = Generator::new(c, index, plan.de7);
+        let stan_wrap = (999_999 / ring as u64) * ring as u64;
+        let stan_offset = super::messages::SplitMix64::new(c.seed ^ 0x5354_414E ^ index as u64)
+            .below(stan_wrap / ring as u64)
+            * ring as u64;
         let codec = FrameCodec::new(c.framing, DEFAULT_MAX_FRAME);
         Conn {
             index,
@@ -228,7 +236,8 @@ impl Conn {
             generator,
             slots: vec![template; ring],
             mask: ring as u64 - 1,
-            stan_wrap: (999_999 / ring as u64) * ring as u64,
+            stan_wrap,
+            stan_offset,
             head: 0,
             tail: 0,
             in_flight: 0,
@@ -481,7 +490,7 @@ impl Conn {
                 break;
             }
             let seq = self.head;
-            let stan = (seq % self.stan_wrap) as u32 + 1;
+            let stan = ((seq + self.stan_offset) % self.stan_wrap) as u32 + 1;
             let req = match self.generator.next(stan, &mut self.wbuf) {
                 Ok(r) => r,
                 Err(e) => {
@@ -667,6 +676,9 @@ impl Conn {
             let sec = ((slot.intended - self.plan.measure_from) / 1_000_000_000) as usize;
             if let Some(s) = st.second(sec, self.plan.seconds) {
                 s.answered += 1;
+                if super::is_switch_refusal(code) {
+                    s.refused += 1;
+                }
                 if good {
                     s.latency.saturating_record(latency_us);
                 }

@@ -169,6 +169,11 @@ impl Generator {
     pub fn new(config: &LoadConfig, index: usize, de7: [u8; 10]) -> Generator {
         let conns = config.connections.max(1);
         let terminals = config.terminals.clamp(conns, MAX_TERMINALS.max(conns));
+        // This run's block of terminal numbers, placed by the seed (see
+        // `stan_offset` in `conn` for the other half of the key).
+        let term_base = SplitMix64::new(config.seed ^ 0x5445_524D)
+            .below((MAX_TERMINALS + 1).saturating_sub(terminals) as u64 + 1)
+            as u32;
         let index32 = index as u32;
         let term_count = (terminals - index).div_ceil(conns).max(1) as u32;
         let Mix {
@@ -200,7 +205,7 @@ impl Generator {
             framing: config.framing,
             thresholds,
             cards: config.cards.max(1) as u64,
-            term_first: index32,
+            term_first: term_base + index32,
             term_step: conns as u32,
             term_count,
             stan: 0,

@@ -1,7 +1,8 @@
 //! The load generator behind `loadtest` and `switchyard demo`.
 //!
-//! Shape: [`run`] starts one OS thread per worker (at most two: this is
-//! meant to leave the rest of a small box to the switch), each with its own
+//! Shape: [`run`] starts one OS thread per worker (by default one per core,
+//! at most two, to leave the rest of a small box to the switch; `threads`
+//! asks for exactly N), each with its own
 //! current-thread tokio runtime; connections are dealt round-robin to the
 //! workers and each is one task that owns its socket, its generator
 //! ([`messages`]) and its in-flight table ([`conn`]). Figures are accumulated
@@ -17,13 +18,23 @@
 //!   Lateness against the schedule is reported (p50/p99/max, share over
 //!   1 ms), and loudly when the generator falls behind.
 //! * Closed loop (`Mode::Closed`): K requests in flight per connection, the
-//!   next sent as soon as one is answered.
+//!   next sent as soon as one is answered. Latency counts from the actual
+//!   send: a closed loop waits for the peer, so it is *not* corrected for
+//!   coordinated omission (a stall delays the sends it would have measured).
+//!
+//! Runs against a switch that stays up are kept apart: the seed (random
+//! unless given) places each run's terminal ids (DE41) and STAN sequences
+//! in its own part of the key space, so a later run is not answered 94
+//! (duplicate) for an earlier run's keys. What repeated runs still share
+//! is the card population, and so the switch's fraud history of those
+//! cards (velocity, declines, card testing): later runs may see more 59s.
 
 pub mod cli;
 mod conn;
 pub mod messages;
 mod pacer;
 mod report;
+pub mod scrape;
 mod stats;
 
 use std::net::SocketAddr;
@@ -35,7 +46,7 @@ use crate::frame::LengthHeader;
 use crate::iso8583::{Spec, specs};
 
 pub use messages::sample_messages;
-pub use report::{Report, SecondRow};
+pub use report::{Report, SecondRow, de39_meaning, is_switch_refusal};
 
 /// How requests are paced.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -129,8 +140,16 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Live progress line on stderr.
     pub progress: bool,
-    /// Worker threads; 0 picks one per core, at most `MAX_WORKERS`.
+    /// Worker threads; 0 picks one per core, at most `MAX_WORKERS`; N
+    /// asks for exactly N (never more than one per connection).
     pub threads: usize,
+    /// Largest share (0..1) of answers that may be the switch's own
+    /// refusals (see [`is_switch_refusal`]), and of requests that may time
+    /// out, for the run to count as clean.
+    pub max_error_rate: f64,
+    /// The target switch's admin address: its `/metrics` are read at the
+    /// start and end of the measured period for the switch's own latency.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for LoadConfig {
@@ -150,12 +169,25 @@ impl Default for LoadConfig {
             timeout: Duration::from_secs(5),
             progress: true,
             threads: 0,
+            max_error_rate: 0.001,
+            admin: None,
         }
     }
 }
 
-/// Most worker threads: the generator must leave cores to the switch
-/// when both share a small box.
+/// A seed for a run nobody gave one: random, so that each run gets its own
+/// key space (see the module doc). Kept below 2^32 so it is easy to retype
+/// with `--seed`.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::clock::unix_now_ms());
+    h.write_u32(std::process::id());
+    h.finish() & 0xFFFF_FFFF
+}
+
+/// Most worker threads picked automatically: the generator must leave
+/// cores to the switch when both share a small box.
 const MAX_WORKERS: usize = 2;
 /// Time left after the last answer's deadline before giving up on a
 /// connection (its outstanding requests then count as lost).
@@ -177,7 +209,8 @@ pub fn run(config: LoadConfig) -> std::io::Result<Report> {
         })
         .max(1);
     let progress = Arc::new(stats::Live::default());
-    let de7 = crate::clock::transmission_time(crate::clock::unix_now());
+    let started_unix_ms = crate::clock::unix_now_ms();
+    let de7 = crate::clock::transmission_time(started_unix_ms / 1000);
     // Every worker shares one start, so connection schedules interleave.
     let start = Instant::now() + Duration::from_millis(20);
     let plan = Arc::new(conn::Plan::new(&config, start, de7, GRACE));
@@ -193,8 +226,23 @@ pub fn run(config: LoadConfig) -> std::io::Result<Report> {
     }
     let total = config.warmup + config.duration;
     let bar = progress_bar(config.progress, total);
-    while !handles.iter().all(|h| h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(100));
+    // The switch's own view, read when the measured period starts and
+    // again when every answer is in (to within the 100 ms of this loop).
+    let mut scrape_before: Option<Result<scrape::Histogram, String>> = None;
+    loop {
+        if let (Some(admin), None) = (config.admin, &scrape_before)
+            && start.elapsed() >= config.warmup
+        {
+            scrape_before = Some(scrape::request_latency(admin));
+        }
+        if handles.iter().all(|h| h.is_finished()) {
+            break;
+        }
+        let mut nap = Duration::from_millis(100);
+        if config.admin.is_some() && scrape_before.is_none() {
+            nap = nap.min(config.warmup.saturating_sub(start.elapsed()));
+        }
+        std::thread::sleep(nap);
         if let Some(bar) = &bar {
             let el = start.elapsed().min(total);
             bar.set_position(el.as_millis() as u64);
@@ -223,7 +271,15 @@ pub fn run(config: LoadConfig) -> std::io::Result<Report> {
             .map_err(|_| std::io::Error::other("a load generator thread panicked"))??;
         merged.merge(s);
     }
-    let report = Report::new(&config, merged, workers);
+    let switch = config.admin.map(|admin| {
+        let before = scrape_before.unwrap_or_else(|| scrape::request_latency(admin))?;
+        let after = scrape::request_latency(admin)?;
+        Ok(after.since(&before))
+    });
+    let mut report = Report::new(&config, merged, workers, started_unix_ms);
+    if let Some(s) = switch {
+        report.set_switch_latency(s);
+    }
     if let Some(warning) = report.schedule_warning() {
         eprintln!("loadtest: WARNING: {warning}");
     }
@@ -252,6 +308,9 @@ fn validate(c: &LoadConfig) -> std::io::Result<()> {
     }
     if c.timeout.is_zero() || c.timeout > Duration::from_secs(60) {
         return bad("timeout must be between 1 ms and 60 s");
+    }
+    if !(0.0..=1.0).contains(&c.max_error_rate) {
+        return bad("max error rate must be between 0 and 100%");
     }
     Ok(())
 }

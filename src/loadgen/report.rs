@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use std::net::SocketAddr;
+
+use crate::codes;
+
+use super::scrape;
 use super::stats::{OTHER_CODE, WorkerStats};
 use super::{LoadConfig, Mix, Mode};
 
@@ -15,9 +20,80 @@ use super::{LoadConfig, Mix, Mode};
 /// to have fallen behind.
 const LATE_SHARE_WARN: f64 = 0.01;
 
+/// Is this DE39 one of the switch's own refusals, which a load test counts
+/// as errors (like wrk2's "Non-2xx")? Host declines (05, 51, ...) and fraud
+/// declines (59) are answers, not errors. An answer without DE39 is one too.
+pub fn is_switch_refusal(code: [u8; 2]) -> bool {
+    matches!(
+        code,
+        codes::FORMAT_ERROR
+            | codes::ISSUER_UNAVAILABLE
+            | codes::NO_ROUTE
+            | codes::DUPLICATE
+            | codes::SYSTEM_MALFUNCTION
+            | codes::INVALID_TRANSACTION
+            | NO_CODE
+    )
+}
+
+/// How the generator records an answer that carried no DE39.
+pub const NO_CODE: [u8; 2] = *b"--";
+
+/// What a DE39 means, for the reports (ISO 8583:1987 meanings; the
+/// switch's own codes as `crate::codes` describes them).
+pub fn de39_meaning(code: &str) -> &'static str {
+    let b = code.as_bytes();
+    let Ok(code) = <[u8; 2]>::try_from(b) else {
+        return "more codes than the report tracks";
+    };
+    match code {
+        codes::APPROVED => "approved",
+        codes::INVALID_TRANSACTION => "invalid transaction (switch refusal)",
+        codes::INVALID_CARD_NUMBER => "invalid card number (Luhn)",
+        codes::FORMAT_ERROR => "format error (switch refusal)",
+        codes::UNKNOWN_TERMINAL => "terminal not allowed",
+        codes::SUSPECTED_FRAUD => "suspected fraud (fraud decline)",
+        codes::ISSUER_UNAVAILABLE => {
+            "issuer unavailable: host timeout or link down (switch refusal)"
+        }
+        codes::NO_ROUTE => "no route for the card (switch refusal)",
+        codes::DUPLICATE => "duplicate transmission (switch refusal)",
+        codes::SYSTEM_MALFUNCTION => "system malfunction: switch overloaded (switch refusal)",
+        codes::UNDELIVERABLE => "response received too late",
+        NO_CODE => "no DE39 in the answer (error)",
+        _ => match &code {
+            b"01" => "refer to card issuer",
+            b"03" => "invalid merchant",
+            b"04" => "pick up card",
+            b"05" => "do not honour (host decline)",
+            b"13" => "invalid amount",
+            b"41" => "lost card",
+            b"43" => "stolen card",
+            b"51" => "insufficient funds (host decline)",
+            b"54" => "expired card",
+            b"55" => "incorrect PIN",
+            b"57" => "transaction not permitted to cardholder",
+            b"61" => "exceeds withdrawal limit",
+            b"62" => "restricted card",
+            b"65" => "exceeds withdrawal frequency",
+            _ => "host decline or other answer",
+        },
+    }
+}
+
+/// The switch's own latency over the measured period, from its metrics.
+#[derive(Clone, Debug)]
+struct SwitchLatency {
+    admin: SocketAddr,
+    view: Result<scrape::Histogram, String>,
+}
+
 /// Everything a run measured. Figures are for the measured period (after
 /// the warmup) unless a name says otherwise.
 pub struct Report {
+    target: SocketAddr,
+    admin: Option<SocketAddr>,
+    started_unix_ms: u64,
     mode: Mode,
     connections: usize,
     workers: usize,
@@ -28,6 +104,12 @@ pub struct Report {
     framing: String,
     seed: u64,
     mix: Mix,
+    max_error_rate: f64,
+    /// Seconds in the measured period (the per-second table's rows).
+    seconds: usize,
+    /// Extra lines of context a caller adds (the demo: durability, config).
+    context: Vec<(String, String)>,
+    switch: Option<SwitchLatency>,
     s: WorkerStats,
 }
 
@@ -51,30 +133,44 @@ pub struct SecondRow {
     pub sent: u64,
     pub answered: u64,
     pub timed_out: u64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
+    /// Answers that are switch refusals (errors).
+    pub errors: u64,
+    /// Latency of the second's well-matched answers; `None` without any.
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    pub max_us: Option<u64>,
 }
 
 /// The per-second table's columns, in the order of `SecondRow::cells`.
-const SECOND_COLUMNS: [&str; 7] = ["s", "sent", "answered", "timed out", "p50", "p99", "max"];
+const SECOND_COLUMNS: [&str; 8] = [
+    "s",
+    "sent",
+    "answered",
+    "errors",
+    "timed out",
+    "p50",
+    "p99",
+    "max",
+];
 
 impl SecondRow {
     /// The row as the per-second table shows it (text and HTML alike).
-    fn cells(&self) -> [String; 7] {
+    fn cells(&self) -> [String; 8] {
+        let lat = |v: Option<u64>| v.map_or_else(|| "-".to_string(), fmt_us);
         [
             self.second.to_string(),
             self.sent.to_string(),
             self.answered.to_string(),
+            self.errors.to_string(),
             self.timed_out.to_string(),
-            fmt_us(self.p50_us),
-            fmt_us(self.p99_us),
-            fmt_us(self.max_us),
+            lat(self.p50_us),
+            lat(self.p99_us),
+            lat(self.max_us),
         ]
     }
 }
 
-/// One line of the text per-second table: the second, then six columns.
+/// One line of the text per-second table: the second, then the others.
 fn write_second_line(
     out: &mut impl std::io::Write,
     cells: &[impl std::fmt::Display],
@@ -96,8 +192,16 @@ const PERCENTILES: [(&str, f64); 6] = [
 ];
 
 impl Report {
-    pub(super) fn new(config: &LoadConfig, s: WorkerStats, workers: usize) -> Report {
+    pub(super) fn new(
+        config: &LoadConfig,
+        s: WorkerStats,
+        workers: usize,
+        started_unix_ms: u64,
+    ) -> Report {
         Report {
+            target: config.target,
+            admin: config.admin,
+            started_unix_ms,
             mode: config.mode,
             connections: config.connections,
             workers,
@@ -108,8 +212,45 @@ impl Report {
             framing: config.framing.name().to_string(),
             seed: config.seed,
             mix: config.mix,
+            max_error_rate: config.max_error_rate,
+            seconds: config.duration.as_secs_f64().ceil() as usize,
+            context: Vec::new(),
+            switch: None,
             s,
         }
+    }
+
+    pub(super) fn set_switch_latency(&mut self, view: Result<scrape::Histogram, String>) {
+        if let Some(admin) = self.admin {
+            self.switch = Some(SwitchLatency { admin, view });
+        }
+    }
+
+    /// Adds a line of context to every output (e.g. the demo's journal
+    /// durability and config).
+    pub fn add_context(&mut self, key: &str, value: impl Into<String>) {
+        self.context.push((key.to_string(), value.into()));
+    }
+
+    /// The lines of context every output starts with.
+    fn context_rows(&self) -> Vec<(String, String)> {
+        let mut rows = vec![
+            ("target".to_string(), self.target.to_string()),
+            (
+                "started".to_string(),
+                crate::clock::rfc3339(self.started_unix_ms / 1000),
+            ),
+            (
+                "switchyard".to_string(),
+                format!(
+                    "{} (commit {})",
+                    crate::build_info::VERSION,
+                    crate::build_info::COMMIT
+                ),
+            ),
+        ];
+        rows.extend(self.context.iter().cloned());
+        rows
     }
 
     /// Requests sent in the measured period.
@@ -174,14 +315,105 @@ impl Report {
             Mode::Closed { .. } => None,
         }
     }
-    /// Answered per second over the measured period.
+    /// Answered per second over the measured period (every answer, the
+    /// switch's refusals included: see `approved_rate`, `error_rate`).
     pub fn achieved_rate(&self) -> f64 {
         self.answered() as f64 / self.duration.as_secs_f64().max(1e-9)
     }
-    /// No lost requests and no mismatched answers, warmup included;
-    /// timeouts are counted separately.
+    /// Measured answers that are the switch's own refusals
+    /// ([`is_switch_refusal`]): errors.
+    pub fn errors(&self) -> u64 {
+        self.s
+            .by_code
+            .iter()
+            .filter(|((_, code), _)| is_switch_refusal(*code))
+            .map(|(_, n)| n)
+            .sum()
+    }
+    /// Errors as a share (0..1) of the measured answers.
+    pub fn error_rate(&self) -> f64 {
+        share(self.errors(), self.answered())
+    }
+    /// Measured answers with DE39 00.
+    pub fn approved(&self) -> u64 {
+        self.s
+            .by_code
+            .iter()
+            .filter(|((_, code), _)| *code == codes::APPROVED)
+            .map(|(_, n)| n)
+            .sum()
+    }
+    /// Approved answers per second over the measured period.
+    pub fn approved_rate(&self) -> f64 {
+        self.approved() as f64 / self.duration.as_secs_f64().max(1e-9)
+    }
+    /// Why the run is not clean; empty when it is. A run is clean when it
+    /// sent, every connection came up and signed on, nothing was lost or
+    /// mismatched (warmup included), and neither the switch's refusals
+    /// (share of answers) nor timeouts (share of requests) exceed the
+    /// maximum error rate.
+    pub fn problems(&self) -> Vec<String> {
+        let s = &self.s;
+        let mut p = Vec::new();
+        if self.sent() == 0 {
+            p.push("nothing was sent".to_string());
+        } else if self.answered() == 0 {
+            p.push("no request was answered".to_string());
+        }
+        if s.connect_failures > 0 {
+            p.push(format!("{} connection attempts failed", s.connect_failures));
+        }
+        if s.sign_on_failures > 0 {
+            p.push(format!(
+                "{} sign-ons failed or were refused",
+                s.sign_on_failures
+            ));
+        }
+        let lost = self.lost() + s.warmup.lost;
+        if lost > 0 {
+            p.push(format!("{lost} requests lost"));
+        }
+        if self.mismatched() > 0 {
+            p.push(format!("{} answers mismatched", self.mismatched()));
+        }
+        if self.errors() > 0 && self.error_rate() > self.max_error_rate {
+            p.push(format!(
+                "{} errors ({}) of {} answers, over the maximum error rate {}",
+                self.errors(),
+                pct(self.error_rate()),
+                self.answered(),
+                pct(self.max_error_rate)
+            ));
+        }
+        let timeout_rate = share(self.timed_out(), self.sent());
+        if self.timed_out() > 0 && timeout_rate > self.max_error_rate {
+            p.push(format!(
+                "{} requests timed out ({}), over the maximum error rate {}",
+                self.timed_out(),
+                pct(timeout_rate),
+                pct(self.max_error_rate)
+            ));
+        }
+        p
+    }
+    /// See [`Report::problems`].
     pub fn is_clean(&self) -> bool {
-        self.lost() == 0 && self.s.warmup.lost == 0 && self.mismatched() == 0
+        self.problems().is_empty()
+    }
+    /// The exit status of a run: 0 when clean, 1 when not.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(!self.is_clean())
+    }
+    /// The target switch's request latency over the measured period, from
+    /// its `/metrics` (`--admin`): `None` without an admin address.
+    pub fn switch_latency(&self) -> Option<Result<&scrape::Histogram, &str>> {
+        self.switch
+            .as_ref()
+            .map(|s| s.view.as_ref().map_err(String::as_str))
+    }
+    /// The seed of the message stream (random unless given).
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
     /// Open loop: share of sends later than 1 ms against the schedule.
     pub fn late_share(&self) -> f64 {
@@ -222,22 +454,58 @@ impl Report {
             None
         }
     }
-    /// The per-second series of the measured period.
+    /// The per-second series of the measured period: every second, those
+    /// with no traffic too.
     pub fn per_second(&self) -> Vec<SecondRow> {
-        self.s
-            .seconds
-            .iter()
-            .enumerate()
-            .map(|(i, s)| SecondRow {
-                second: i,
-                sent: s.sent,
-                answered: s.answered,
-                timed_out: s.timed_out,
-                p50_us: s.latency.value_at_percentile(50.0),
-                p99_us: s.latency.value_at_percentile(99.0),
-                max_us: s.latency.max(),
+        (0..self.seconds.max(self.s.seconds.len()))
+            .map(|i| match self.s.seconds.get(i) {
+                Some(s) => {
+                    let some = |v: u64| (!s.latency.is_empty()).then_some(v);
+                    SecondRow {
+                        second: i,
+                        sent: s.sent,
+                        answered: s.answered,
+                        timed_out: s.timed_out,
+                        errors: s.refused,
+                        p50_us: some(s.latency.value_at_percentile(50.0)),
+                        p99_us: some(s.latency.value_at_percentile(99.0)),
+                        max_us: some(s.latency.max()),
+                    }
+                }
+                None => SecondRow {
+                    second: i,
+                    sent: 0,
+                    answered: 0,
+                    timed_out: 0,
+                    errors: 0,
+                    p50_us: None,
+                    p99_us: None,
+                    max_us: None,
+                },
             })
             .collect()
+    }
+
+    /// What the latency figures count from.
+    fn latency_basis(&self) -> &'static str {
+        match self.mode {
+            Mode::Open { .. } => {
+                "from the intended send time (open loop: corrected for coordinated omission)"
+            }
+            Mode::Closed { .. } => {
+                "from the actual send time (closed loop: NOT corrected for coordinated omission)"
+            }
+        }
+    }
+
+    /// How the per-second rows are bucketed.
+    fn second_basis(&self) -> &'static str {
+        match self.mode {
+            Mode::Open { .. } => "by intended send time",
+            Mode::Closed { .. } => {
+                "by send time; closed loop, not corrected for coordinated omission"
+            }
+        }
     }
 
     fn mode_line(&self) -> String {
@@ -259,10 +527,25 @@ impl Report {
             ),
             (
                 "achieved rate",
-                format!("{:.1}/s answered", self.achieved_rate()),
+                format!(
+                    "{:.1}/s answered, {:.1}/s approved; errors {} ({})",
+                    self.achieved_rate(),
+                    self.approved_rate(),
+                    self.errors(),
+                    pct(self.error_rate())
+                ),
             ),
             ("sent", self.sent().to_string()),
             ("answered", self.answered().to_string()),
+            (
+                "errors",
+                format!(
+                    "{} answers were the switch's own refusals (30, 91, 92, 94, 96, 12), {} of answers; maximum {}",
+                    self.errors(),
+                    pct(self.error_rate()),
+                    pct(self.max_error_rate)
+                ),
+            ),
             ("timed out", self.timed_out().to_string()),
             ("lost", self.lost().to_string()),
             (
@@ -306,6 +589,19 @@ impl Report {
         rows
     }
 
+    /// The verdict line: what "clean" means, or why the run is not.
+    fn result_line(&self) -> String {
+        let problems = self.problems();
+        if problems.is_empty() {
+            format!(
+                "clean (every request answered; nothing lost or mismatched; errors and timeouts within {})",
+                pct(self.max_error_rate)
+            )
+        } else {
+            format!("NOT CLEAN: {}", problems.join("; "))
+        }
+    }
+
     pub fn print_human(&self, out: &mut impl Write) -> io::Result<()> {
         writeln!(
             out,
@@ -316,11 +612,15 @@ impl Report {
             self.duration.as_secs_f64(),
             self.warmup.as_secs_f64()
         )?;
+        for (k, v) in self.context_rows() {
+            writeln!(out, "  {k:<15} {v}")?;
+        }
         writeln!(
             out,
-            "  spec {}, framing {}, seed {}, timeout {:.1} s, mix purchase={} auth={} reversal={} fraud={}",
+            "  spec {}, framing {}, seed {} (--seed {} repeats it; runs with other seeds use other terminal ids and STANs but share the cards, and the switch's fraud history of them), timeout {:.1} s, mix purchase={} auth={} reversal={} fraud={}",
             self.spec,
             self.framing,
+            self.seed,
             self.seed,
             self.timeout.as_secs_f64(),
             self.mix.purchase,
@@ -338,58 +638,127 @@ impl Report {
         for e in &self.s.errors {
             writeln!(out, "  error           {e}")?;
         }
-        writeln!(out, "\n  responses        MTI   DE39       count   share")?;
-        let answered = self.answered().max(1) as f64;
+        writeln!(
+            out,
+            "\n  responses        MTI   DE39       count   share  meaning"
+        )?;
+        let answered = self.answered();
         for (mti, code, n) in self.responses() {
             writeln!(
                 out,
-                "                   {mti:04}  {code:<5} {n:>10}  {:5.1}%",
-                n as f64 * 100.0 / answered
+                "                   {mti:04}  {code:<5} {n:>10}  {:>6}  {}",
+                pct_short(share(n, answered)),
+                de39_meaning(&code)
             )?;
         }
+        if answered == 0 {
+            writeln!(out, "                   (no answers)")?;
+        }
         let h = &self.s.latency;
-        write!(out, "\n  latency        ")?;
-        for (name, _) in PERCENTILES {
-            write!(out, " {name:>9}")?;
+        writeln!(out, "\n  latency {}", self.latency_basis())?;
+        if h.is_empty() {
+            writeln!(out, "                  no answers: no latency to show")?;
+        } else {
+            write!(out, "                 ")?;
+            for (name, _) in PERCENTILES {
+                write!(out, " {name:>9}")?;
+            }
+            write!(out, "      mean\n                 ")?;
+            for (_, p) in PERCENTILES {
+                write!(out, " {:>9}", fmt_us(h.value_at_percentile(p)))?;
+            }
+            writeln!(out, " {:>9}", fmt_us(h.mean() as u64))?;
         }
-        write!(out, "      mean\n                 ")?;
-        for (_, p) in PERCENTILES {
-            write!(out, " {:>9}", fmt_us(h.value_at_percentile(p)))?;
+        if let Some(line) = self.switch_line() {
+            writeln!(out, "  in the switch   {line}")?;
         }
-        writeln!(out, " {:>9}", fmt_us(h.mean() as u64))?;
         let rows = self.per_second();
         if !rows.is_empty() {
-            writeln!(out, "\n  per second (by intended send time)")?;
+            writeln!(out, "\n  per second ({})", self.second_basis())?;
             write_second_line(out, &SECOND_COLUMNS)?;
             for r in rows {
                 write_second_line(out, &r.cells())?;
             }
         }
-        writeln!(
-            out,
-            "\n  result: {}",
-            if self.is_clean() {
-                "clean (every request answered, timed out or lost as counted; nothing lost or mismatched)"
-            } else {
-                "NOT CLEAN: requests lost or answers mismatched"
+        writeln!(out, "\n  result: {}", self.result_line())
+    }
+
+    /// The switch's own latency in one line, when `--admin` was given.
+    fn switch_line(&self) -> Option<String> {
+        let sw = self.switch.as_ref()?;
+        Some(match &sw.view {
+            Err(e) => format!("(could not read the switch's metrics: {e})"),
+            Ok(h) if h.count <= 0.0 => {
+                format!("no requests recorded by the switch at {}", sw.admin)
             }
-        )
+            Ok(h) => format!(
+                "{} requests: {}, {}, {} within 1 ms (switchyard_request_duration_seconds from http://{}/metrics; arrival to answer written)",
+                h.count,
+                bound_phrase(h, "p50", 0.5),
+                bound_phrase(h, "p99", 0.99),
+                h.share_within(0.001).map_or_else(|| "-".to_string(), pct),
+                sw.admin
+            ),
+        })
     }
 
     pub fn to_json(&self) -> String {
         let h = &self.s.latency;
         let s = &self.s;
+        // No answers, no latency: null rather than a 0 that reads as fast.
         let mut latency = serde_json::Map::new();
+        let some = |v: serde_json::Value| {
+            if h.is_empty() {
+                serde_json::Value::Null
+            } else {
+                v
+            }
+        };
         for (name, p) in PERCENTILES {
-            latency.insert(format!("{name}_us"), h.value_at_percentile(p).into());
+            latency.insert(format!("{name}_us"), some(h.value_at_percentile(p).into()));
         }
-        latency.insert("mean_us".into(), h.mean().into());
+        latency.insert("mean_us".into(), some(h.mean().into()));
         latency.insert("count".into(), h.len().into());
+        latency.insert("basis".into(), self.latency_basis().into());
+        let switch_latency = self.switch.as_ref().map(|sw| match &sw.view {
+            Ok(h) => serde_json::json!({
+                "admin": sw.admin.to_string(),
+                "metric": scrape::METRIC,
+                "count": h.count,
+                "p50_at_most_s": h.quantile_bound(0.5).filter(|v| v.is_finite()),
+                "p99_at_most_s": h.quantile_bound(0.99).filter(|v| v.is_finite()),
+                "within_1ms_share": h.share_within(0.001),
+            }),
+            Err(e) => serde_json::json!({ "admin": sw.admin.to_string(), "error": e }),
+        });
+        let context: serde_json::Map<String, serde_json::Value> = self
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        let answered = self.answered();
         let (mode, rate, in_flight) = match self.mode {
             Mode::Open { rate } => ("open", Some(rate), None),
             Mode::Closed { in_flight } => ("closed", None, Some(in_flight)),
         };
-        let v = serde_json::json!({
+        // Two objects merged: one `json!` of every key exceeds the macro's
+        // recursion limit.
+        let head = serde_json::json!({
+            "target": self.target.to_string(),
+            "started_utc": crate::clock::rfc3339(self.started_unix_ms / 1000),
+            "started_unix_ms": self.started_unix_ms,
+            "switchyard_version": crate::build_info::VERSION,
+            "switchyard_commit": crate::build_info::COMMIT,
+            "context": context,
+            "approved_rate": self.approved_rate(),
+            "approved": self.approved(),
+            "error_count": self.errors(),
+            "error_rate": self.error_rate(),
+            "max_error_rate": self.max_error_rate,
+            "problems": self.problems(),
+            "switch_latency": switch_latency,
+        });
+        let mut v = serde_json::json!({
             "mode": mode,
             "offered_rate": rate,
             "in_flight_per_connection": in_flight,
@@ -439,15 +808,20 @@ impl Report {
                 "behind": self.schedule_warning().is_some(),
             },
             "responses": self.responses().into_iter().map(|(mti, code, n)| serde_json::json!({
-                "mti": format!("{mti:04}"), "de39": code, "count": n
+                "mti": format!("{mti:04}"), "de39": code, "count": n,
+                "share": share(n, answered), "meaning": de39_meaning(&code),
+                "error": code.as_bytes().try_into().is_ok_and(is_switch_refusal),
             })).collect::<Vec<_>>(),
             "latency": latency,
             "per_second": self.per_second().into_iter().map(|r| serde_json::json!({
-                "second": r.second, "sent": r.sent, "answered": r.answered,
+                "second": r.second, "sent": r.sent, "answered": r.answered, "errors": r.errors,
                 "timed_out": r.timed_out, "p50_us": r.p50_us, "p99_us": r.p99_us, "max_us": r.max_us,
             })).collect::<Vec<_>>(),
             "errors": s.errors,
         });
+        if let (Some(v), serde_json::Value::Object(head)) = (v.as_object_mut(), head) {
+            v.extend(head);
+        }
         v.to_string()
     }
 
@@ -516,82 +890,128 @@ impl Report {
             </style></head><body>");
         let _ = write!(
             o,
-            "<h1>loadtest report</h1><p>{} over {} connections, {:.1} s measured after {:.1} s warmup; spec {}, framing {}, seed {}</p>",
+            "<h1>loadtest report</h1><p>{} over {} connections ({} threads), {:.1} s measured after {:.1} s warmup; spec {}, framing {}, seed {} (<code>--seed {}</code> repeats it)</p><table>",
             esc(&self.mode_line()),
             self.connections,
+            self.workers,
             self.duration.as_secs_f64(),
             self.warmup.as_secs_f64(),
             esc(&self.spec),
             esc(&self.framing),
+            self.seed,
             self.seed
         );
+        for (k, v) in self.context_rows() {
+            let _ = write!(o, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
+        }
+        o.push_str("</table>");
         if let Some(w) = self.schedule_warning() {
             let _ = write!(o, "<p class=\"warn\">{}</p>", esc(&w));
         }
-        let _ = write!(
-            o,
-            "<p><b>{}</b></p><h2>Summary</h2><table>",
-            if self.is_clean() {
-                "Clean run"
-            } else {
-                "NOT CLEAN: requests lost or answers mismatched"
-            }
-        );
+        let verdict = self.result_line();
+        if self.is_clean() {
+            let _ = write!(o, "<p><b>{}</b></p>", esc(&verdict));
+        } else {
+            let _ = write!(o, "<p class=\"warn\">{}</p>", esc(&verdict));
+        }
+        o.push_str("<h2>Summary</h2><table>");
         for (k, v) in self.summary_rows() {
             let _ = write!(o, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
         }
-        o.push_str("</table><h2>Latency</h2><table><tr>");
-        for (name, _) in PERCENTILES {
-            let _ = write!(o, "<th>{name}</th>");
-        }
-        o.push_str("<th>mean</th></tr><tr>");
-        let h = &self.s.latency;
-        for (_, p) in PERCENTILES {
-            let _ = write!(
-                o,
-                "<td class=\"n\">{}</td>",
-                esc(&fmt_us(h.value_at_percentile(p)))
-            );
-        }
         let _ = write!(
             o,
-            "<td class=\"n\">{}</td></tr></table>",
-            esc(&fmt_us(h.mean() as u64))
+            "</table><h2>Latency</h2><p>End to end, {}.</p>",
+            esc(self.latency_basis())
         );
-        o.push_str("<h2>Responses</h2><table><tr><th>MTI</th><th>DE39</th><th>count</th></tr>");
+        let h = &self.s.latency;
+        if h.is_empty() {
+            o.push_str("<p>No answers: no latency to show.</p>");
+        } else {
+            o.push_str("<table><tr>");
+            for (name, _) in PERCENTILES {
+                let _ = write!(o, "<th>{name}</th>");
+            }
+            o.push_str("<th>mean</th></tr><tr>");
+            for (_, p) in PERCENTILES {
+                let _ = write!(
+                    o,
+                    "<td class=\"n\">{}</td>",
+                    esc(&fmt_us(h.value_at_percentile(p)))
+                );
+            }
+            let _ = write!(
+                o,
+                "<td class=\"n\">{}</td></tr></table>",
+                esc(&fmt_us(h.mean() as u64))
+            );
+        }
+        if let Some(line) = self.switch_line() {
+            let _ = write!(o, "<p>In the switch: {}</p>", esc(&line));
+        }
+        o.push_str("<h2>Responses</h2><table><tr><th>MTI</th><th>DE39</th><th>meaning</th><th>count</th><th>share</th></tr>");
+        let answered = self.answered();
         for (mti, code, n) in self.responses() {
             let _ = write!(
                 o,
-                "<tr><td>{mti:04}</td><td>{}</td><td class=\"n\">{n}</td></tr>",
-                esc(&code)
+                "<tr><td>{mti:04}</td><td>{}</td><td>{}</td><td class=\"n\">{n}</td><td class=\"n\">{}</td></tr>",
+                esc(&code),
+                esc(de39_meaning(&code)),
+                pct_short(share(n, answered))
             );
         }
-        o.push_str("</table><h2>Latency over time (by intended send time)</h2>");
+        o.push_str("</table>");
         let rows = self.per_second();
-        let series: Vec<Series> = vec![
-            (
-                "p50",
-                "#1f77b4",
-                rows.iter()
-                    .map(|r| (r.second as f64, r.p50_us as f64))
-                    .collect(),
-            ),
-            (
-                "p99",
-                "#ff7f0e",
-                rows.iter()
-                    .map(|r| (r.second as f64, r.p99_us as f64))
-                    .collect(),
-            ),
-            (
-                "max",
-                "#d62728",
-                rows.iter()
-                    .map(|r| (r.second as f64, r.max_us as f64))
-                    .collect(),
-            ),
+        let _ = write!(
+            o,
+            "<h2>Throughput over time ({})</h2>",
+            esc(self.second_basis())
+        );
+        let per_s = |f: fn(&SecondRow) -> u64| -> Vec<(f64, f64)> {
+            rows.iter()
+                .map(|r| (r.second as f64, f(r) as f64))
+                .collect()
+        };
+        let throughput: Vec<Series> = vec![
+            ("sent", "#1f77b4", per_s(|r| r.sent)),
+            ("answered", "#2ca02c", per_s(|r| r.answered)),
+            ("errors", "#d62728", per_s(|r| r.errors)),
+            ("timed out", "#9467bd", per_s(|r| r.timed_out)),
         ];
-        svg_chart(&mut o, &series, "second", false);
+        svg_chart(
+            &mut o,
+            &throughput,
+            &Axes {
+                x_title: "second of the measured period",
+                y_title: "requests per second",
+                percentile_x: false,
+                log_y: false,
+            },
+        );
+        let _ = write!(
+            o,
+            "<h2>Latency over time ({})</h2>",
+            esc(self.second_basis())
+        );
+        let lat = |f: fn(&SecondRow) -> Option<u64>| -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter_map(|r| f(r).map(|v| (r.second as f64, v as f64)))
+                .collect()
+        };
+        let series: Vec<Series> = vec![
+            ("p50", "#1f77b4", lat(|r| r.p50_us)),
+            ("p99", "#ff7f0e", lat(|r| r.p99_us)),
+            ("max", "#d62728", lat(|r| r.max_us)),
+        ];
+        svg_chart(
+            &mut o,
+            &series,
+            &Axes {
+                x_title: "second of the measured period",
+                y_title: "latency (log scale)",
+                percentile_x: false,
+                log_y: true,
+            },
+        );
         o.push_str("<h2>Percentile distribution</h2>");
         let mut dist = Vec::new();
         if !h.is_empty() {
@@ -606,8 +1026,21 @@ impl Report {
                 ));
             }
         }
-        svg_chart(&mut o, &[("latency", "#1f77b4", dist)], "percentile", true);
-        o.push_str("<h2>Per second</h2><table><tr>");
+        svg_chart(
+            &mut o,
+            &[("latency", "#1f77b4", dist)],
+            &Axes {
+                x_title: "percentile",
+                y_title: "latency (log scale)",
+                percentile_x: true,
+                log_y: true,
+            },
+        );
+        let _ = write!(
+            o,
+            "<h2>Per second ({})</h2><table><tr>",
+            esc(self.second_basis())
+        );
         for c in SECOND_COLUMNS {
             let _ = write!(o, "<th>{c}</th>");
         }
@@ -615,7 +1048,7 @@ impl Report {
         for r in rows {
             o.push_str("<tr>");
             for c in r.cells() {
-                let _ = write!(o, "<td class=\"n\">{c}</td>");
+                let _ = write!(o, "<td class=\"n\">{}</td>", esc(&c));
             }
             o.push_str("</tr>");
         }
@@ -627,54 +1060,114 @@ impl Report {
 /// A named, coloured line of (x, y) points.
 type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
-/// A line chart in inline SVG; y is latency in µs on a log scale. With
-/// `percentile_x`, x is 1/(1-p) on a log scale labelled as percentiles.
-fn svg_chart(o: &mut String, series: &[Series], x_label: &str, percentile_x: bool) {
+/// How a chart's axes read.
+struct Axes<'a> {
+    x_title: &'a str,
+    y_title: &'a str,
+    /// x is 1/(1-p) on a log scale, labelled as percentiles.
+    percentile_x: bool,
+    /// y is latency in µs on a log scale spanning the data's decades;
+    /// otherwise a count from 0 on a linear scale.
+    log_y: bool,
+}
+
+/// The y range and grid of a chart, scaled to the data.
+fn y_grid(lo: f64, hi: f64, log: bool) -> (f64, f64, Vec<f64>) {
+    if log {
+        let lo = 10f64.powf(lo.max(1.0).log10().floor());
+        let mut hi = 10f64.powf(hi.max(1.0).log10().ceil());
+        if hi <= lo {
+            hi = lo * 10.0;
+        }
+        let decades = (hi / lo).log10().round() as i32;
+        let mut grid = Vec::new();
+        let mut d = lo;
+        while d <= hi * 1.0001 {
+            grid.push(d);
+            // Few decades: 2x and 5x lines too, so values can be read.
+            if decades <= 2 && d < hi {
+                grid.push(d * 2.0);
+                grid.push(d * 5.0);
+            }
+            d *= 10.0;
+        }
+        (lo, hi, grid)
+    } else {
+        // A 1-2-5 step giving at most ~8 lines from 0.
+        let hi = hi.max(1.0);
+        let raw = hi / 8.0;
+        let mag = 10f64.powf(raw.log10().floor());
+        let step = [1.0, 2.0, 5.0, 10.0]
+            .into_iter()
+            .map(|m| m * mag)
+            .find(|s| *s >= raw)
+            .unwrap_or(10.0 * mag)
+            .max(1.0);
+        let top = (hi / step).ceil() * step;
+        let grid = (0..=((top / step) as usize))
+            .map(|i| i as f64 * step)
+            .collect();
+        (0.0, top, grid)
+    }
+}
+
+/// A line chart in inline SVG with axis titles and a legend.
+fn svg_chart(o: &mut String, series: &[Series], axes: &Axes) {
     const W: f64 = 800.0;
-    const H: f64 = 320.0;
-    const L: f64 = 70.0;
-    const B: f64 = 40.0;
-    let pts = series.iter().flat_map(|s| s.2.iter());
-    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 1.0f64);
-    for &(x, y) in pts {
+    const H: f64 = 340.0;
+    const L: f64 = 90.0;
+    const B: f64 = 44.0;
+    const T: f64 = 34.0;
+    let (mut x0, mut x1, mut ylo, mut yhi) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in series.iter().flat_map(|s| s.2.iter()) {
         x0 = x0.min(x);
         x1 = x1.max(x);
-        y1 = y1.max(y);
+        ylo = ylo.min(y);
+        yhi = yhi.max(y);
     }
     if x0 > x1 {
         o.push_str("<p>(no data)</p>");
         return;
     }
+    let (y0, y1, grid) = y_grid(ylo, yhi, axes.log_y);
     let fx = |x: f64| -> f64 {
-        if percentile_x {
-            let (a, b) = (1f64.log10(), x1.max(10.0).log10());
-            L + (x.max(1.0).log10() - a) / (b - a) * (W - L - 10.0)
+        if axes.percentile_x {
+            let b = x1.max(10.0).log10();
+            L + x.max(1.0).log10() / b * (W - L - 10.0)
         } else {
             let span = (x1 - x0).max(1.0);
             L + (x - x0) / span * (W - L - 10.0)
         }
     };
-    let ymax = 10f64.powf(y1.log10().ceil().max(1.0));
-    let fy = |y: f64| -> f64 { H - B - (y.max(1.0).log10() / ymax.log10()) * (H - B - 10.0) };
+    let fy = |y: f64| -> f64 {
+        let f = if axes.log_y {
+            (y.max(y0).log10() - y0.log10()) / (y1.log10() - y0.log10())
+        } else {
+            (y - y0) / (y1 - y0)
+        };
+        H - B - f * (H - B - T)
+    };
     let _ = write!(
         o,
         "<svg width=\"{W}\" height=\"{H}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=\"11\">"
     );
-    // Decade grid lines for latency.
-    let mut d = 1.0;
-    while d <= ymax {
+    for d in grid {
         let y = fy(d);
+        let label = if axes.log_y {
+            fmt_axis_us(d)
+        } else {
+            format!("{d}")
+        };
         let _ = write!(
             o,
             "<line x1=\"{L}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             W - 10.0,
             L - 4.0,
             y + 4.0,
-            esc(&fmt_us(d as u64))
+            esc(&label)
         );
-        d *= 10.0;
     }
-    if percentile_x {
+    if axes.percentile_x {
         for (label, inv) in [
             ("0%", 1.0),
             ("90%", 10.0),
@@ -689,7 +1182,7 @@ fn svg_chart(o: &mut String, series: &[Series], x_label: &str, percentile_x: boo
             let x = fx(inv);
             let _ = write!(
                 o,
-                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"10\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{T}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
                 H - B,
                 H - B + 14.0
             );
@@ -709,10 +1202,13 @@ fn svg_chart(o: &mut String, series: &[Series], x_label: &str, percentile_x: boo
     }
     let _ = write!(
         o,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-        W / 2.0,
-        H - 6.0,
-        esc(x_label)
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\
+         <text transform=\"translate(14,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
+        (W + L) / 2.0,
+        H - 8.0,
+        esc(axes.x_title),
+        (H - B + T) / 2.0,
+        esc(axes.y_title)
     );
     for (i, (name, color, data)) in series.iter().enumerate() {
         o.push_str("<polyline fill=\"none\" stroke-width=\"1.5\" stroke=\"");
@@ -722,15 +1218,82 @@ fn svg_chart(o: &mut String, series: &[Series], x_label: &str, percentile_x: boo
             let _ = write!(o, "{:.1},{:.1} ", fx(x), fy(y));
         }
         o.push_str("\"/>");
+        // A line needs two points: short series get dots too (a 1 s run).
+        if data.len() < 3 {
+            for &(x, y) in data {
+                let _ = write!(
+                    o,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
+                    fx(x),
+                    fy(y)
+                );
+            }
+        }
+        // Legend: a line sample in the series' colour, then its name.
+        let lx = L + 10.0 + i as f64 * 110.0;
         let _ = write!(
             o,
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>",
-            L + 10.0 + i as f64 * 70.0,
-            22.0,
+            "<line x1=\"{lx}\" x2=\"{}\" y1=\"14\" y2=\"14\" stroke=\"{color}\" stroke-width=\"2\"/><text x=\"{}\" y=\"18\">{}</text>",
+            lx + 24.0,
+            lx + 30.0,
             esc(name)
         );
     }
     o.push_str("</svg>");
+}
+
+/// `part` as a share (0..1) of `whole`; 0 of nothing.
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// A share (0..1) as a percentage with enough digits for small rates.
+fn pct(v: f64) -> String {
+    let p = v * 100.0;
+    if p == 0.0 || p >= 1.0 {
+        format!("{p:.2}%")
+    } else {
+        format!("{p:.3}%")
+    }
+}
+
+/// A share (0..1) as a percentage for table columns.
+fn pct_short(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+/// A grid value in µs, as short as it can be: "10 µs", "2 ms", "1 s".
+fn fmt_axis_us(us: f64) -> String {
+    let (v, unit) = if us < 1e3 {
+        (us, "µs")
+    } else if us < 1e6 {
+        (us / 1e3, "ms")
+    } else {
+        (us / 1e6, "s")
+    };
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v} {unit}")
+    }
+}
+
+/// "p99 at most 500 µs" from a bucketed histogram, or "p99 over 30 s"
+/// when it lies past the last finite bucket.
+fn bound_phrase(h: &scrape::Histogram, name: &str, q: f64) -> String {
+    let us = |s: f64| fmt_us((s * 1e6).round() as u64);
+    match h.quantile_bound(q) {
+        None => format!("{name} -"),
+        Some(b) if b.is_finite() => format!("{name} at most {}", us(b)),
+        Some(_) => match h.buckets.last() {
+            Some((last, _)) => format!("{name} over {}", us(*last)),
+            None => format!("{name} unknown (no buckets)"),
+        },
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -748,5 +1311,36 @@ pub fn fmt_us(us: u64) -> String {
         format!("{:.2} ms", us as f64 / 1e3)
     } else {
         format!("{:.2} s", us as f64 / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_axes_span_the_data() {
+        let (lo, hi, grid) = y_grid(150.0, 20_000.0, true);
+        assert_eq!((lo, hi), (100.0, 100_000.0));
+        assert_eq!(grid.first(), Some(&100.0));
+        assert_eq!(fmt_axis_us(10_000.0), "10 ms");
+        // Within one decade: 2x and 5x lines so values can be read.
+        let (_, _, grid) = y_grid(120.0, 800.0, true);
+        assert!(grid.contains(&200.0) && grid.contains(&500.0), "{grid:?}");
+        let (lo, hi, grid) = y_grid(0.0, 12_345.0, false);
+        assert_eq!((lo, hi), (0.0, 14_000.0));
+        assert!(grid.len() <= 9, "{grid:?}");
+    }
+
+    #[test]
+    fn refusals_are_the_switchs_own_codes() {
+        for c in [*b"30", *b"91", *b"92", *b"94", *b"96", *b"12", NO_CODE] {
+            assert!(is_switch_refusal(c), "{c:?}");
+        }
+        for c in [*b"00", *b"05", *b"51", *b"59", *b"14"] {
+            assert!(!is_switch_refusal(c), "{c:?}");
+        }
+        assert_eq!(de39_meaning("59"), "suspected fraud (fraud decline)");
+        assert!(de39_meaning("51").contains("insufficient funds"));
     }
 }

@@ -56,6 +56,9 @@ pub struct Second {
     pub sent: u64,
     pub answered: u64,
     pub timed_out: u64,
+    /// Answers that are the switch's own refusals (errors, see
+    /// `is_switch_refusal`).
+    pub refused: u64,
     /// 2 significant digits: enough for a time series, 10x smaller.
     pub latency: Histogram<u32>,
 }
@@ -138,6 +141,7 @@ impl WorkerStats {
                 sent: 0,
                 answered: 0,
                 timed_out: 0,
+                refused: 0,
                 latency: second_histogram(),
             });
         }
@@ -172,6 +176,7 @@ impl WorkerStats {
                 mine.sent += s.sent;
                 mine.answered += s.answered;
                 mine.timed_out += s.timed_out;
+                mine.refused += s.refused;
                 let _ = mine.latency.add(&s.latency);
             }
         }
