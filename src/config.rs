@@ -97,6 +97,12 @@ pub struct TerminalConfig {
     pub idle_timeout: Duration,
     /// A frame that has started must be complete within this time.
     pub frame_timeout: Duration,
+    /// Answers waiting to be written to one terminal, in bytes; past it
+    /// the switch stops reading that terminal's requests.
+    pub max_write_buffer: usize,
+    /// A terminal whose answers stay over `max_write_buffer` this long
+    /// (it does not read them) is disconnected.
+    pub write_stall_timeout: Duration,
     /// Terminal ids (DE41) allowed to transact; empty means any.
     pub allowed_terminals: BTreeSet<String>,
     /// Country (ISO 3166 numeric) of each terminal, for the fraud rule that
@@ -576,6 +582,8 @@ impl Config {
                 "max_in_flight_per_connection",
                 "idle_timeout_ms",
                 "frame_timeout_ms",
+                "max_write_buffer",
+                "write_stall_timeout_ms",
                 "allowed_terminals",
                 "countries",
             ],
@@ -590,6 +598,8 @@ impl Config {
             max_in_flight_per_connection: r.get(t, p, "max_in_flight_per_connection", 64),
             idle_timeout: r.ms(t, p, "idle_timeout_ms", 300_000),
             frame_timeout: r.ms(t, p, "frame_timeout_ms", 10_000),
+            max_write_buffer: r.get(t, p, "max_write_buffer", 1024 * 1024),
+            write_stall_timeout: r.ms(t, p, "write_stall_timeout_ms", 10_000),
             allowed_terminals: r
                 .get::<Vec<String>>(t, p, "allowed_terminals", Vec::new())
                 .into_iter()

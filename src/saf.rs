@@ -98,6 +98,14 @@ pub struct SafHandle {
 }
 
 impl SafHandle {
+    /// A queue its caller reads instead of a SAF actor (unit tests of the
+    /// terminal core; the deterministic simulation).
+    pub fn channel(capacity: usize) -> (SafHandle, mpsc::Receiver<SafEntry>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let depth = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (SafHandle { tx, depth }, rx)
+    }
+
     /// Queues an entry without waiting.
     pub fn push(&self, e: SafEntry) -> Result<(), SafEntry> {
         self.tx.try_send(e).map_err(|e| match e {
