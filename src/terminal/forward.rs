@@ -80,7 +80,14 @@ impl<J: JournalAppend> TerminalCore<J> {
         match self.forward(&msg, key, route, info, started) {
             Ok(()) => self.shared.fraud_state.record_forwarded(&rules, &auth),
             Err(codes::ISSUER_UNAVAILABLE) => {
-                if self.stand_in(&msg, route.primary, score.points, txn, started) {
+                if self.stand_in(
+                    &msg,
+                    (key, content),
+                    route.primary,
+                    score.points,
+                    txn,
+                    started,
+                ) {
                     self.shared.fraud_state.record_forwarded(&rules, &auth)
                 } else {
                     self.respond_final(&msg, txn, codes::ISSUER_UNAVAILABLE, started)

@@ -109,8 +109,14 @@ impl<J: JournalAppend> TerminalCore<J> {
         }
         let body = if code == codes::ISSUER_UNAVAILABLE
             && matches!(p.mti.match_class(), 100 | 200)
-            && self.stand_in(&request, p.acquirer, p.points, p.txn, p.started)
-        {
+            && self.stand_in(
+                &request,
+                (p.key, p.content),
+                p.acquirer,
+                p.points,
+                p.txn,
+                p.started,
+            ) {
             None
         } else {
             self.journal(final_record);

@@ -12,6 +12,7 @@ use tracing::warn;
 use super::ECHO_FIELDS;
 use super::core::TerminalCore;
 use super::records::JournalAppend;
+use crate::acquirer::MatchKey;
 use crate::codes;
 use crate::iso8583::{Message, MessageBuilder};
 use crate::journal::Record;
@@ -19,10 +20,12 @@ use crate::saf::{SafEntry, SafKind};
 
 impl<J: JournalAppend> TerminalCore<J> {
     /// Approves `msg` in stand-in if its acquirer allows it, queueing the
-    /// advice. Returns whether it approved (and so answered).
+    /// advice; the approval is kept for repeats under `key` and `content`.
+    /// Returns whether it approved (and so answered).
     pub(super) fn stand_in(
         &mut self,
         msg: &Message,
+        (key, content): (MatchKey, u64),
         acquirer: u16,
         points: u16,
         txn: u64,
@@ -41,37 +44,53 @@ impl<J: JournalAppend> TerminalCore<J> {
         let mut approval = crate::journal::ApprovalCode::new();
         // "S" and five digits: the six characters DE38 holds.
         let _ = write!(approval, "S{n:05}");
-        let Some((body, key)) = crate::saf::advice_of(msg, a.spec, approval.as_bytes()) else {
+        let Some((body, advice_key)) = crate::saf::advice_of(msg, a.spec, approval.as_bytes())
+        else {
             return false;
         };
         let Some(mut b) = MessageBuilder::response_to(msg, ECHO_FIELDS) else {
             return false;
         };
-        let advice_mti = key.class();
-        let entry = SafEntry::new(txn, SafKind::Advice, body, key, self.now.unix_ms);
-        if a.saf.push(entry).is_err() {
-            warn!(acquirer = %a.name, "stand-in refused: store-and-forward queue full");
-            return false;
-        }
         let at_ms = self.now.unix_ms;
-        self.journal(Record::AdviceQueued {
+        // Journaled before it is queued: an advice in SAF always has its
+        // record, so recovery knows of it.
+        if !self.journal(Record::AdviceQueued {
             txn,
             at_ms,
             acquirer,
-            mti: advice_mti,
-        });
-        self.journal(Record::Response {
+            mti: advice_key.class(),
+        }) {
+            warn!(acquirer = %a.name, "stand-in refused: the journal refused its advice");
+            return false;
+        }
+        let entry = SafEntry::new(txn, SafKind::Advice, body, advice_key, at_ms);
+        if a.saf.push(entry).is_err() {
+            warn!(acquirer = %a.name, "stand-in refused: store-and-forward queue full");
+            self.journal(Record::AdviceExpired { txn, at_ms });
+            return false;
+        }
+        // The advice is on its way: the host will book the approval, so it
+        // is given even if this record is refused (logged: the journal
+        // then lacks the transaction's final outcome).
+        if !self.journal(Record::Response {
             txn,
             at_ms,
             response_code: codes::APPROVED,
             approval_code: approval,
             stand_in: true,
-        });
+        }) {
+            tracing::error!(
+                txn,
+                "journal refused a stand-in approval's record; approved, advice queued"
+            );
+        }
         b.set(38, approval.as_bytes()).set(39, &codes::APPROVED);
         shared.events.stand_in_approved.increment(1);
         // Answered (counted) even if it could not be packed: the approval
         // is journaled and advised.
-        self.write_packed(&b, msg.mti(), codes::APPROVED, started);
+        if let Some(answer) = self.write_packed(&b, msg.mti(), codes::APPROVED, started) {
+            self.remember(key, content, &self.wbuf[answer], started);
+        }
         true
     }
 }

@@ -28,10 +28,16 @@ const PAN: &[u8] = samples::TYPICAL_PAN;
 struct MemJournal {
     records: Vec<(u64, Record)>,
     last: u64,
+    /// Refuses every append once this many records are in (a full or
+    /// stopped journal).
+    refuse_after: Option<u64>,
 }
 
 impl JournalAppend for MemJournal {
     fn append(&mut self, record: Record) -> Option<u64> {
+        if self.refuse_after.is_some_and(|n| self.last >= n) {
+            return None;
+        }
         self.last += 1;
         self.records.push((self.last, record));
         Some(self.last)
@@ -52,6 +58,18 @@ struct Harness {
 /// `extra` is appended to the config, `terminals` added to its
 /// `[terminals]`, `acquirer` to its acquirer.
 fn harness_with(terminals: &str, acquirer: &str, routing: &str, extra: &str, up: bool) -> Harness {
+    harness_full(terminals, acquirer, routing, extra, "", up)
+}
+
+/// As `harness_with`, with `journal` added to `[journal]`.
+fn harness_full(
+    terminals: &str,
+    acquirer: &str,
+    routing: &str,
+    extra: &str,
+    journal: &str,
+    up: bool,
+) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let toml = format!(
         r#"
@@ -65,6 +83,7 @@ links = ["127.0.0.1:9"]
 {routing}
 [journal]
 dir = "{dir}"
+{journal}
 [fraud]
 pan_key = "000102030405060708090a0b0c0d0e0f"
 {extra}
@@ -684,4 +703,63 @@ fn an_unreadable_frame_closes_after_the_answers_already_queued() {
     assert!(!h.core.is_gone(), "the 12 still goes out");
     assert_eq!(h.answers().len(), 1);
     assert!(h.core.is_gone() && h.core.is_finished());
+}
+
+fn stand_in_harness() -> Harness {
+    harness_with(
+        "",
+        "[acquirers.stand_in]\nenabled = true\nmax_amount = 5000\nmax_fraud_points = 10",
+        "default = \"acquirer-a\"",
+        "",
+        false,
+    )
+}
+
+#[test]
+fn a_repeat_of_a_stand_in_approval_gets_the_same_approval() {
+    let mut h = stand_in_harness();
+    h.send_auth(1, 1_000);
+    let first = h.one_answer();
+    assert_eq!(code(&first), codes::APPROVED);
+    let repeat = request(h.spec, Mti::FINANCIAL_REPEAT, 1, 1_000);
+    h.send(repeat);
+    let again = h.one_answer();
+    assert_eq!(again.frame(), first.frame(), "the same approval, same DE38");
+    assert_eq!(h.saf_entries().len(), 1, "one advice, not two");
+}
+
+#[test]
+fn stand_in_is_not_given_when_the_journal_refuses_its_advice() {
+    let mut h = stand_in_harness();
+    // The Request record goes in; the advice's record is refused.
+    h.core.journal_mut().refuse_after = Some(1);
+    h.send_auth(1, 1_000);
+    let a = h.one_answer();
+    assert_eq!(code(&a), codes::ISSUER_UNAVAILABLE);
+    assert!(h.saf_entries().is_empty(), "no advice without its record");
+}
+
+#[test]
+fn with_durability_none_a_full_link_queue_journals_one_final_record() {
+    let mut h = harness_full(
+        "",
+        "",
+        "default = \"acquirer-a\"",
+        "",
+        "durability = \"none\"",
+        true,
+    );
+    assert!(!h.shared.journal_sync);
+    h.send_auth(1, 100);
+    let f = h.core.poll_forward().expect("forwarded without waiting");
+    let now = h.tick(Duration::from_millis(1));
+    h.core.handle_forward_refused(now, f.token);
+    assert_eq!(code(&h.one_answer()), codes::SYSTEM_MALFUNCTION);
+    let finals = h
+        .records()
+        .into_iter()
+        .filter(|r| matches!(r, Record::Response { .. } | Record::Timeout { .. }))
+        .count();
+    assert_eq!(finals, 1);
+    assert_eq!(h.in_flight(), 0);
 }
