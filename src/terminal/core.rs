@@ -301,6 +301,12 @@ impl<J: JournalAppend> TerminalCore<J> {
             if self.pending.is_empty() && !self.gone {
                 debug!(peer = %self.peer, "closing idle connection");
                 self.peer_gone();
+            } else if self.gone {
+                // Links answer every forward by their request timeout, far
+                // shorter than this; one that never came (a link stopped
+                // with it queued) is treated as a timeout, so the actor
+                // ends and the host's view is reversed.
+                self.abandon_pending();
             }
             self.last_activity = now.at;
         }
@@ -519,6 +525,23 @@ impl<J: JournalAppend> TerminalCore<J> {
         }
         self.written += self.wbuf.len() as u64;
         self.wbuf.clear();
+    }
+
+    /// Gives up on every request still waiting for a link's reply, as if
+    /// each had timed out.
+    fn abandon_pending(&mut self) {
+        let tokens: Vec<usize> = self.pending.iter().map(|(k, _)| k).collect();
+        if !tokens.is_empty() {
+            warn!(peer = %self.peer, requests = tokens.len(),
+                "no reply from the links for requests of a closed connection; treated as timed out");
+        }
+        self.held.clear();
+        for token in tokens {
+            if let Some(p) = self.pending.try_remove(token) {
+                self.release_in_flight();
+                self.fail(p, crate::acquirer::Failure::Timeout);
+            }
+        }
     }
 
     /// Reverses a host approval its terminal never got.

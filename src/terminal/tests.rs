@@ -763,3 +763,24 @@ fn with_durability_none_a_full_link_queue_journals_one_final_record() {
     assert_eq!(finals, 1);
     assert_eq!(h.in_flight(), 0);
 }
+
+#[test]
+fn a_closed_connection_gives_up_on_replies_that_never_come() {
+    let mut h = harness();
+    h.send_auth(8, 100);
+    let f = h.forwards();
+    assert_eq!(f.len(), 1);
+    let now = h.tick(Duration::from_millis(1));
+    h.core.handle_peer_closed(now);
+    assert!(!h.core.is_finished());
+    let idle = h.shared.terminals.idle_timeout;
+    let now = h.tick(idle);
+    h.core.handle_timeout(now);
+    assert!(h.core.is_finished());
+    assert_eq!(h.in_flight(), 0);
+    let saf = h.saf_entries();
+    assert_eq!((saf.len(), saf[0].kind), (1, SafKind::Reversal));
+    // The reply, if it ever comes, finds nothing.
+    h.host_answers(&f[0], codes::APPROVED);
+    assert!(h.saf_entries().is_empty());
+}
