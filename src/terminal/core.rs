@@ -553,6 +553,21 @@ impl<J: JournalAppend> TerminalCore<J> {
             "approval could not be delivered to the terminal; reversing it");
         self.shared.events.undeliverable_reversed.increment(1);
         self.queue_reversal(&request, acquirer, txn, codes::UNDELIVERABLE);
+        // A repeat from the terminal (after it reconnects) must not be
+        // told "approved" from the recent answers, nor approved again: it
+        // learns the transaction did not go through.
+        if let (Some(key), Some(mut b)) = (
+            MatchKey::of(&request),
+            MessageBuilder::response_to(&request, super::ECHO_FIELDS),
+        ) {
+            b.set(39, &codes::ISSUER_UNAVAILABLE);
+            if let Ok(answer) = b.to_bytes() {
+                let content = crate::repeats::content_hash(&request);
+                self.shared
+                    .recent
+                    .remember(key, content, &answer, self.now.at);
+            }
+        }
     }
 
     /// Updates what follows from the state after an event, and checks the

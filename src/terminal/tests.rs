@@ -242,6 +242,18 @@ impl Harness {
         self.core.journal.records.iter().map(|(_, r)| r).collect()
     }
 
+    /// A new connection sends the 0201 repeat of STAN `stan` (amount 100);
+    /// the code it is answered (nothing forwarded).
+    fn reconnect_and_repeat(&mut self, stan: u64) -> [u8; 2] {
+        let now = self.tick(Duration::from_millis(1));
+        let peer: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+        self.core = TerminalCore::new(now, self.shared.clone(), MemJournal::default(), peer, 0);
+        let repeat = request(self.spec, Mti::FINANCIAL_REPEAT, stan, 100);
+        self.send(repeat);
+        assert!(self.forwards().is_empty(), "the repeat went upstream");
+        code(&self.one_answer())
+    }
+
     fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Acquire)
     }
@@ -581,6 +593,8 @@ fn an_approval_for_a_terminal_that_has_gone_is_reversed() {
         |r| matches!(r, Record::ReversalQueued { reason, .. } if *reason == codes::UNDELIVERABLE)
     ));
     assert_eq!(h.in_flight(), 0);
+    // Back on a new connection, its repeat is not told "approved".
+    assert_eq!(h.reconnect_and_repeat(3), codes::ISSUER_UNAVAILABLE);
 }
 
 #[test]
@@ -596,6 +610,8 @@ fn an_approval_whose_write_failed_is_reversed() {
     let saf = h.saf_entries();
     assert_eq!(saf.len(), 1);
     assert_eq!(saf[0].kind, SafKind::Reversal);
+    // The approval kept for repeats was replaced.
+    assert_eq!(h.reconnect_and_repeat(3), codes::ISSUER_UNAVAILABLE);
 }
 
 #[test]
