@@ -111,6 +111,12 @@ pub struct TerminalConfig {
     /// Connections the kernel queues before they are accepted; `None`:
     /// 1024, or the system's `somaxconn` if that is lower.
     pub listen_backlog: Option<u32>,
+    /// Answers waiting to be written to one terminal, in bytes; past it
+    /// the switch stops reading that terminal's requests.
+    pub max_write_buffer: usize,
+    /// A terminal whose answers stay over `max_write_buffer` this long
+    /// (it does not read them) is disconnected.
+    pub write_stall_timeout: Duration,
     /// Terminal ids (DE41) allowed to transact; empty means any.
     pub allowed_terminals: BTreeSet<String>,
     /// Country (ISO 3166 numeric) of each terminal, for the fraud rule that
@@ -686,6 +692,8 @@ impl Config {
                 "idle_timeout_ms",
                 "frame_timeout_ms",
                 "listen_backlog",
+                "max_write_buffer",
+                "write_stall_timeout_ms",
                 "allowed_terminals",
                 "countries",
             ],
@@ -711,6 +719,8 @@ impl Config {
             listen_backlog: t
                 .contains_key("listen_backlog")
                 .then(|| r.ranged(t, p, "listen_backlog", 1024, 1..=65_535) as u32),
+            max_write_buffer: r.count(t, p, "max_write_buffer", 1024 * 1024, 4096..=1 << 30),
+            write_stall_timeout: r.ms_in(t, p, "write_stall_timeout_ms", 10_000, 100..=3_600_000),
             allowed_terminals: r
                 .get::<Vec<String>>(t, p, "allowed_terminals", Vec::new())
                 .into_iter()

@@ -61,6 +61,59 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Everything terminals read, from `config`, the acquirers' handles
+    /// (links and store-and-forward) and the journal; transaction ids
+    /// continue from `next_txn`. Built by [`Switch::start`], and by unit
+    /// tests of the terminal core with handles of their own.
+    pub fn new(
+        config: &Config,
+        acquirers: Vec<AcquirerHandle>,
+        journal: crate::journal::Journal,
+        next_txn: u64,
+    ) -> Result<Shared, crate::router::RouteError> {
+        let routes = RoutingTable::from_config(&config.routing, |name| {
+            config
+                .acquirers
+                .iter()
+                .position(|a| a.name == name)
+                .map(|i| i as u16)
+        })?;
+        Ok(Shared {
+            allowed: config
+                .terminals
+                .allowed_terminals
+                .iter()
+                .map(|t| trim_padding(t.as_bytes()).to_vec())
+                .collect(),
+            countries: config
+                .terminals
+                .terminal_countries
+                .iter()
+                .map(|(t, c)| (trim_padding(t.as_bytes()).to_vec(), *c))
+                .collect(),
+            terminals: config.terminals.clone(),
+            limits: config.limits.clone(),
+            routes: ArcSwap::from_pointee(routes),
+            acquirers,
+            fraud_rules: ArcSwap::from_pointee(FraudRules::from_config(&config.fraud)),
+            fraud_state: FraudState::new(config.fraud.max_tracked_cards),
+            fraud_counters: FraudCounters::new(),
+            events: crate::telemetry::EventCounters::new(),
+            recent: crate::repeats::RecentAnswers::new(
+                config.limits.recent_answers,
+                config.limits.recent_answers_ttl,
+            ),
+            pan_key: config.fraud.pan_key,
+            in_flight: AtomicUsize::new(0),
+            txn_seq: std::sync::atomic::AtomicU64::new(next_txn.max(1)),
+            journal_sync: config.journal.durability == crate::config::Durability::Fsync,
+            journal,
+            stand_in_seq: std::sync::atomic::AtomicU32::new(0),
+            connections: AtomicUsize::new(0),
+            stopping: CancellationToken::new(),
+        })
+    }
+
     /// Is this terminal id (DE41, trailing spaces ignored) allowed?
     pub fn terminal_allowed(&self, tid: &[u8]) -> bool {
         self.allowed.is_empty() || self.allowed.contains(trim_padding(tid))
@@ -205,48 +258,7 @@ impl Switch {
                 saf,
             });
         }
-        let routes = RoutingTable::from_config(&config.routing, |name| {
-            config
-                .acquirers
-                .iter()
-                .position(|a| a.name == name)
-                .map(|i| i as u16)
-        })?;
-
-        let shared = Arc::new(Shared {
-            allowed: config
-                .terminals
-                .allowed_terminals
-                .iter()
-                .map(|t| trim_padding(t.as_bytes()).to_vec())
-                .collect(),
-            countries: config
-                .terminals
-                .terminal_countries
-                .iter()
-                .map(|(t, c)| (trim_padding(t.as_bytes()).to_vec(), *c))
-                .collect(),
-            terminals: config.terminals.clone(),
-            limits: config.limits.clone(),
-            routes: ArcSwap::from_pointee(routes),
-            acquirers,
-            fraud_rules: ArcSwap::from_pointee(FraudRules::from_config(&config.fraud)),
-            fraud_state: FraudState::new(config.fraud.max_tracked_cards),
-            fraud_counters: FraudCounters::new(),
-            events: crate::telemetry::EventCounters::new(),
-            recent: crate::repeats::RecentAnswers::new(
-                config.limits.recent_answers,
-                config.limits.recent_answers_ttl,
-            ),
-            pan_key: config.fraud.pan_key,
-            in_flight: AtomicUsize::new(0),
-            txn_seq: std::sync::atomic::AtomicU64::new(recovery.next_txn.max(1)),
-            journal_sync: config.journal.durability == crate::config::Durability::Fsync,
-            journal,
-            stand_in_seq: std::sync::atomic::AtomicU32::new(0),
-            connections: AtomicUsize::new(0),
-            stopping: CancellationToken::new(),
-        });
+        let shared = Arc::new(Shared::new(&config, acquirers, journal, recovery.next_txn)?);
 
         let (admin_addr, admin) = match config.admin.listen {
             Some(addr) => {

@@ -36,6 +36,11 @@ pub const SAF_RETRIES: &str = "switchyard_saf_retries_total";
 pub const SAF_EXPIRED: &str = "switchyard_saf_expired_total";
 /// Reversals queued after a timeout or a lost link.
 pub const REVERSALS_QUEUED: &str = "switchyard_reversals_queued_total";
+/// Host approvals that could not be delivered to their terminal (it had
+/// gone, or the write failed), reversed upstream.
+pub const UNDELIVERABLE_REVERSED: &str = "switchyard_undeliverable_reversed_total";
+/// Terminal connections closed because they did not read their answers.
+pub const WRITE_STALLED: &str = "switchyard_terminal_write_stalled_total";
 /// Requests approved in stand-in.
 pub const STAND_IN_APPROVED: &str = "switchyard_stand_in_approved_total";
 /// Open terminal connections.
@@ -156,6 +161,14 @@ fn describe() {
         "Reversals queued after a timeout or lost link"
     );
     describe_counter!(STAND_IN_APPROVED, "Requests approved in stand-in");
+    describe_counter!(
+        UNDELIVERABLE_REVERSED,
+        "Host approvals that could not be delivered to the terminal, reversed"
+    );
+    describe_counter!(
+        WRITE_STALLED,
+        "Terminal connections closed for not reading their answers"
+    );
     describe_gauge!(CONNECTIONS, "Open terminal connections");
     describe_counter!(
         CONNECTIONS_REFUSED,
@@ -224,6 +237,8 @@ pub struct EventCounters {
     pub repeats_answered: Counter,
     pub stand_in_approved: Counter,
     pub reversals_queued: Counter,
+    pub undeliverable_reversed: Counter,
+    pub write_stalled: Counter,
 }
 
 impl EventCounters {
@@ -242,6 +257,8 @@ impl EventCounters {
             repeats_answered: metrics::counter!(REPEATS_ANSWERED),
             stand_in_approved: metrics::counter!(STAND_IN_APPROVED),
             reversals_queued: metrics::counter!(REVERSALS_QUEUED),
+            undeliverable_reversed: metrics::counter!(UNDELIVERABLE_REVERSED),
+            write_stalled: metrics::counter!(WRITE_STALLED),
         }
     }
 }

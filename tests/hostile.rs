@@ -258,3 +258,67 @@ async fn a_very_slow_host_turns_into_fast_91s_not_memory() {
     sim.set_latency(Latency::None);
     switch.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_terminal_that_never_reads_is_cut_off_and_others_are_served() {
+    let sim = start_sim().await;
+    let switch = start_switch(&config_terminals(
+        &[sim.local_addr()],
+        "max_write_buffer = 65536\nwrite_stall_timeout_ms = 500",
+    ))
+    .await;
+    wait_links_up(&switch).await;
+    // A small receive window, so the answers back up into the switch soon.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut hog = socket
+        .connect(switch.terminal_addr)
+        .await
+        .expect("connects");
+    let batch: Vec<u8> = (0..200u32)
+        .flat_map(|stan| framed(&network(stan, "301")))
+        .collect();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = written.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            if let Err(e) = hog.write_all(&batch).await {
+                return e;
+            }
+            count.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // Meanwhile, another terminal is served as usual.
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    for stan in 1..=3 {
+        let a = t.request(&auth(Mti::FINANCIAL, stan, PAN, 100)).await;
+        assert_eq!(code(&a), "00");
+    }
+    // The one that never reads is disconnected once its answers have sat
+    // unread past the stall deadline (its writes then fail).
+    let ended = tokio::time::timeout(GUARD, writer).await;
+    let err = ended
+        .expect("the switch disconnects a terminal that never reads")
+        .expect("no panic");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{err}"
+    );
+    let sent = written.load(std::sync::atomic::Ordering::Relaxed);
+    let a = t.request(&auth(Mti::FINANCIAL, 4, PAN, 100)).await;
+    assert_eq!(
+        code(&a),
+        "00",
+        "still served after {sent} bytes from the other"
+    );
+    let admin = switch.admin_addr.expect("admin");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert!(
+        metric(&metrics, "switchyard_terminal_write_stalled_total", &[]) >= 1.0,
+        "{metrics}"
+    );
+    switch.shutdown().await;
+}

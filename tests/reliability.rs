@@ -245,3 +245,46 @@ async fn advices_from_terminals_are_acknowledged_and_stored_and_forwarded() {
     assert_eq!(reversals, 1, "one reversal acknowledged");
     switch.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_approval_the_terminal_is_gone_for_is_reversed_once() {
+    let sim = start_sim().await;
+    let switch = start_switch(&config(&[sim.local_addr()], "", "")).await;
+    wait_links_up(&switch).await;
+    sim.set_latency(Latency::Fixed(Duration::from_millis(300)));
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    t.send(&auth(Mti::FINANCIAL, 61, PAN, 100)).await;
+    assert!(
+        sim.wait_until(GUARD, |s| s
+            .received()
+            .iter()
+            .any(|r| r.mti.value() == 200 && r.stan == 61))
+            .await,
+        "the 0200 reached the host"
+    );
+    // The terminal gives up before the host's (approving) answer.
+    drop(t);
+    assert!(
+        sim.wait_until(GUARD, |s| !of_mti(s, 420).is_empty()).await,
+        "the undelivered approval is reversed"
+    );
+    // Nothing more comes: one reversal, acknowledged, not repeated.
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    t.expect_silence().await;
+    let reversals: Vec<Received> = sim
+        .received()
+        .into_iter()
+        .filter(|r| matches!(r.mti.value(), 420 | 421))
+        .collect();
+    assert_eq!(reversals.len(), 1, "{reversals:?}");
+    assert_eq!(reversals[0].stan, 61);
+    assert_eq!(reversals[0].response_code, Some(*b"00"), "acknowledged");
+    let admin = switch.admin_addr.expect("admin");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "switchyard_undeliverable_reversed_total", &[]),
+        1.0,
+        "{metrics}"
+    );
+    switch.shutdown().await;
+}

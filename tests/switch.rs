@@ -558,3 +558,34 @@ async fn repeats_get_the_original_answer_without_a_second_forward() {
     assert_eq!(forwarded, 1, "the host saw the transaction once");
     switch.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_answers_every_request_already_sent() {
+    let sim = start_sim().await;
+    let switch = start_switch(&config(&[sim.local_addr()], "", "")).await;
+    wait_links_up(&switch).await;
+    let mut terminals = Vec::new();
+    for i in 0..8u32 {
+        let mut t = Terminal::connect(switch.terminal_addr).await;
+        // Each connection's actor is up and has answered once.
+        let a = t.request(&auth(Mti::FINANCIAL, i * 100, PAN, 100)).await;
+        assert_eq!(code(&a), "00");
+        terminals.push(t);
+    }
+    // Written to the sockets (on loopback: in the switch's receive
+    // queues) before the stop, and not yet read by the switch.
+    for (i, t) in terminals.iter_mut().enumerate() {
+        t.send(&auth(Mti::FINANCIAL, i as u32 * 100 + 1, PAN, 100))
+            .await;
+    }
+    timeout(GUARD, switch.shutdown()).await.expect("stops");
+    for (i, t) in terminals.iter_mut().enumerate() {
+        let a = t.recv_or_closed().await;
+        let a = a.unwrap_or_else(|| panic!("connection {i}: closed without an answer"));
+        assert_eq!(
+            (code(&a), a.stan()),
+            ("00".into(), Some(i as u32 * 100 + 1))
+        );
+        t.expect_closed().await;
+    }
+}

@@ -134,6 +134,16 @@ pub struct LinkHandle {
 }
 
 impl LinkHandle {
+    /// A handle on a queue its caller reads instead of a link actor (unit
+    /// tests of the terminal core; the deterministic simulation).
+    pub fn channel(
+        shared: Arc<LinkShared>,
+        capacity: usize,
+    ) -> (LinkHandle, mpsc::Receiver<Forward>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (LinkHandle { tx, shared }, rx)
+    }
+
     pub fn is_up(&self) -> bool {
         self.shared.is_up()
     }

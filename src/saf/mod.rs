@@ -141,6 +141,30 @@ pub struct SafHandle {
 }
 
 impl SafHandle {
+    /// A queue its caller reads instead of a SAF task (unit tests of the
+    /// terminal core; the deterministic simulation). The caller plays the
+    /// SAF and calls [`SafHandle::entry_left`] as each entry is
+    /// acknowledged or given up.
+    pub fn channel(max_entries: usize) -> (SafHandle, mpsc::Receiver<SafEntry>) {
+        let max_entries = max_entries.max(1);
+        let (tx, rx) = mpsc::channel(max_entries);
+        let depth = Arc::new(AtomicUsize::new(0));
+        (
+            SafHandle {
+                tx,
+                depth,
+                max_entries,
+            },
+            rx,
+        )
+    }
+
+    /// An entry taken from a [`SafHandle::channel`] queue has left it
+    /// (acknowledged or given up): its place is free again.
+    pub fn entry_left(&self) {
+        release(&self.depth);
+    }
+
     /// Queues an entry without waiting; hands it back when the acquirer's
     /// queue holds `max_entries` already (or the SAF has stopped).
     pub fn push(&self, e: SafEntry) -> Result<(), SafEntry> {
