@@ -277,7 +277,17 @@ impl Switch {
         };
 
         log_recovery(&config, &recovery);
-        crate::saf::resume_from_journal(&shared.acquirers, &shared.journal, &recovery);
+        crate::saf::resume_from_journal(
+            &shared.acquirers,
+            &recovery,
+            crate::clock::unix_now_ms(),
+            |record| {
+                let txn = record.txn();
+                if shared.journal.append(record).is_err() {
+                    warn!(txn, "journal refused a recovery record; the next start queues it again");
+                }
+            },
+        );
         let terminals = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), terminals.clone()));
         log_startup(&config, terminal_addr, backlog, admin_addr);

@@ -77,8 +77,15 @@ pub fn journal_sink(journal: Journal) -> EventSink {
 /// Puts back into store-and-forward what the journal says is still owed:
 /// reversals of requests forwarded before a crash without a final answer,
 /// and reversals and advices queued but never acknowledged. `acquirers`
-/// are indexed as the journal numbers them.
-pub fn resume_from_journal(acquirers: &[AcquirerHandle], journal: &Journal, recovery: &Recovery) {
+/// are indexed as the journal numbers them; the `ReversalQueued` records
+/// of the new reversals go to `append`, stamped `at_ms` (the switch passes
+/// its journal and the wall clock; the simulation its own).
+pub fn resume_from_journal(
+    acquirers: &[AcquirerHandle],
+    recovery: &Recovery,
+    at_ms: u64,
+    mut append: impl FnMut(Record),
+) {
     use crate::journal::SafKind as JKind;
     let mut pushed = 0usize;
     let mut refused = 0usize;
@@ -97,9 +104,9 @@ pub fn resume_from_journal(acquirers: &[AcquirerHandle], journal: &Journal, reco
         let Some((body, key)) = super::from_journal(&u.request, Some(reason), None, a.spec) else {
             continue;
         };
-        let _ = journal.append(Record::ReversalQueued {
+        append(Record::ReversalQueued {
             txn: u.txn,
-            at_ms: crate::clock::unix_now_ms(),
+            at_ms,
             acquirer: u.acquirer,
             reason,
         });
