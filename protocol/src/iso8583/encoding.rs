@@ -243,7 +243,8 @@ impl Charset {
         set & ascii
     }
 
-    /// A character of the set, to fill the tail of a short chunk.
+    /// A character of the set (tests fill words with it).
+    #[cfg(test)]
     const fn filler(self) -> u8 {
         match self {
             Charset::Digits | Charset::Track => b'0',
@@ -252,21 +253,34 @@ impl Charset {
     }
 }
 
-/// Position of the first byte of `s` outside `set`, eight bytes at a time
-/// (the tail is filled up with a member of the set), branching once per
-/// chunk.
+/// Position of the first byte of `s` outside `set`, eight bytes at a time,
+/// branching once per word. A tail shorter than a word is checked as the
+/// last eight bytes (overlapping the words already found clean); fields
+/// under eight bytes go one byte at a time.
 #[inline(always)]
 pub(crate) fn first_outside(s: &[u8], set: Charset) -> Option<usize> {
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&s[at..at + 8]);
+        !set.members(u64::from_le_bytes(b)) & HIGHS
+    };
+    if s.len() < 8 {
+        return s.iter().position(|&c| !set.contains(c));
+    }
     let mut at = 0;
-    while at < s.len() {
-        let mut b = [set.filler(); 8];
-        let n = (s.len() - at).min(8);
-        b[..n].copy_from_slice(&s[at..at + n]);
-        let outside = !set.members(u64::from_le_bytes(b)) & HIGHS;
+    while at + 8 <= s.len() {
+        let outside = word(at);
         if outside != 0 {
             return Some(at + (outside.trailing_zeros() / 8) as usize);
         }
         at += 8;
+    }
+    if at < s.len() {
+        let last = s.len() - 8;
+        let outside = word(last);
+        if outside != 0 {
+            return Some(last + (outside.trailing_zeros() / 8) as usize);
+        }
     }
     None
 }
