@@ -49,7 +49,7 @@ TOML_SPEC = os.path.join(REPO, "config", "specs", "pyiso8583-default.toml")
 
 MTIS = ["0100", "0110", "0200", "0210", "0400", "0420", "0800"]
 
-# ISO 8583:1987 attribute of each data element, as src/iso8583/specs.rs
+# ISO 8583:1987 attribute of each data element, as protocol/src/iso8583/specs.rs
 # has it (`xn` is x+n, a C/D sign then digits).
 KIND = {}
 for _n in range(2, 129):
@@ -73,7 +73,7 @@ EXCLUDED = {65}
 
 
 def iso87binary_pyspec():
-    """pyiso8583 mirror of our `iso87binary` (src/iso8583/specs.rs): the
+    """pyiso8583 mirror of our `iso87binary` (protocol/src/iso8583/specs.rs): the
     1987 sizes of `default_ascii`, with
     * MTI as 2 BCD bytes, bitmaps as 8 raw bytes;
     * n and z fields packed BCD, lengths in digits (nibbles); fixed odd

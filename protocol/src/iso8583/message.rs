@@ -745,6 +745,30 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_outside_the_field_charset_is_a_parse_error_naming_the_field() {
+        let good = ascii_0200();
+        let de41 = good.len() - 8;
+        for (at, byte) in [(de41, 0xC1), (de41 + 7, 0x00), (de41 + 3, 0x7F)] {
+            let mut bad = good.clone();
+            bad[at] = byte;
+            assert_eq!(
+                parse(&bad).unwrap_err(),
+                ParseError::InvalidCharacter {
+                    part: Part::Field(41, "Card acceptor terminal identification"),
+                    offset: at,
+                    expected: "printable",
+                },
+                "{byte:#04x}"
+            );
+            // The terminal still gets its answer (30) keyed by MTI and STAN.
+            let s = Message::parse_or_salvage(Bytes::from(bad), iso87ascii()).unwrap_err();
+            let partial = s.partial.expect("MTI was readable");
+            assert_eq!(partial.stan(), Some(123));
+            assert_eq!(partial.terminal_id(), None, "the bad field is not kept");
+        }
+    }
+
+    #[test]
     fn secondary_bitmap_and_undefined_fields() {
         let mut m = b"0800".to_vec();
         m.extend_from_slice(b"8220000000000000");

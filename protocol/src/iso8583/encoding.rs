@@ -156,6 +156,185 @@ fn bcd_pad_nibble(pad: Pad, digits: usize) -> Option<usize> {
     }
 }
 
+/// The characters a textual field kind allows, as ASCII (EBCDIC data is
+/// converted first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Charset {
+    /// `n`: `0`-`9`.
+    Digits,
+    /// `a`: letters and space.
+    Alpha,
+    /// `an`: letters, digits and space.
+    Alphanumeric,
+    /// `ans`: printable ASCII, 0x20..=0x7E.
+    Printable,
+    /// `z`: the track 2/3 code set of ISO 7813 / ISO 4909 (0x30..=0x3F:
+    /// digits, `:;<=>?`, so separator and sentinels), plus `D`/`d`, the
+    /// separator as ISO 8583 messages often write it.
+    Track,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// 0x80 in each byte of `y` (every byte below 0x80) that lies in
+/// `lo..=hi`, 0 elsewhere. Each byte's sum stays below 0x100, so no carry
+/// crosses into the next byte and the answer is exact per byte.
+#[inline(always)]
+const fn in_range(y: u64, lo: u8, hi: u8) -> u64 {
+    let at_least_lo = y + ONES * (0x80 - lo as u64);
+    let above_hi = y + ONES * (0x7F - hi as u64);
+    at_least_lo & !above_hi & HIGHS
+}
+
+impl Charset {
+    pub(crate) fn of(kind: FieldKind) -> Option<Charset> {
+        match kind {
+            FieldKind::Numeric => Some(Charset::Digits),
+            FieldKind::Alpha => Some(Charset::Alpha),
+            FieldKind::Alphanumeric => Some(Charset::Alphanumeric),
+            FieldKind::Text => Some(Charset::Printable),
+            FieldKind::Track => Some(Charset::Track),
+            FieldKind::Binary | FieldKind::SignedAmount => None,
+        }
+    }
+
+    /// Names the set in a parse error ("invalid {name} character").
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Charset::Digits => "numeric",
+            Charset::Alpha => "alphabetic",
+            Charset::Alphanumeric => "alphanumeric",
+            Charset::Printable => "printable",
+            Charset::Track => "track",
+        }
+    }
+
+    /// One character at a time: the definition the wide check must match.
+    #[inline]
+    pub(crate) fn contains(self, c: u8) -> bool {
+        match self {
+            Charset::Digits => c.is_ascii_digit(),
+            Charset::Alpha => c.is_ascii_alphabetic() || c == b' ',
+            Charset::Alphanumeric => c.is_ascii_alphanumeric() || c == b' ',
+            Charset::Printable => (0x20..=0x7E).contains(&c),
+            Charset::Track => (0x30..=0x3F).contains(&c) || c == b'D' || c == b'd',
+        }
+    }
+
+    /// 0x80 in each byte of `x` that is in the set, 0 elsewhere.
+    #[inline(always)]
+    fn members(self, x: u64) -> u64 {
+        let ascii = !x & HIGHS;
+        let y = x & !HIGHS;
+        // Setting bit 5 folds upper case onto lower case; nothing else
+        // lands in `a..=z`.
+        let folded = y | (ONES * 0x20);
+        let letter = || in_range(folded, b'a', b'z');
+        let space = in_range(y, b' ', b' ');
+        let digit = in_range(y, b'0', b'9');
+        let set = match self {
+            Charset::Digits => digit,
+            Charset::Alpha => letter() | space,
+            Charset::Alphanumeric => letter() | digit | space,
+            Charset::Printable => in_range(y, 0x20, 0x7E),
+            Charset::Track => in_range(y, 0x30, 0x3F) | in_range(folded, b'd', b'd'),
+        };
+        set & ascii
+    }
+
+    /// A character of the set (tests fill words with it).
+    #[cfg(test)]
+    const fn filler(self) -> u8 {
+        match self {
+            Charset::Digits | Charset::Track => b'0',
+            _ => b' ',
+        }
+    }
+}
+
+/// Position of the first byte of `s` outside `set`, eight bytes at a time,
+/// branching once per word. A tail shorter than a word is checked as the
+/// last eight bytes (overlapping the words already found clean); fields
+/// under eight bytes go one byte at a time.
+#[inline(always)]
+pub(crate) fn first_outside(s: &[u8], set: Charset) -> Option<usize> {
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&s[at..at + 8]);
+        !set.members(u64::from_le_bytes(b)) & HIGHS
+    };
+    if s.len() < 8 {
+        return s.iter().position(|&c| !set.contains(c));
+    }
+    let mut at = 0;
+    while at + 8 <= s.len() {
+        let outside = word(at);
+        if outside != 0 {
+            return Some(at + (outside.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if at < s.len() {
+        let last = s.len() - 8;
+        let outside = word(last);
+        if outside != 0 {
+            return Some(last + (outside.trailing_zeros() / 8) as usize);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn ascii_charset(def: &FieldDef, wire: &[u8], set: Charset) -> Result<(), DataProblem> {
+    match first_outside(wire, set) {
+        None => Ok(()),
+        Some(i) => outside_declared_pad(def, wire, set, i),
+    }
+}
+
+/// The problem to report for a byte outside `set` at `i`.
+fn outside(set: Charset, i: usize) -> DataProblem {
+    match set {
+        Charset::Digits => DataProblem::NonNumeric(i),
+        _ => DataProblem::Invalid(i, set.name()),
+    }
+}
+
+/// A byte outside the set was found at `first`: still fine when the spec
+/// pads with a character outside the set and every such byte belongs to
+/// the run of padding on the side the spec pads.
+#[cold]
+fn outside_declared_pad(
+    def: &FieldDef,
+    wire: &[u8],
+    set: Charset,
+    first: usize,
+) -> Result<(), DataProblem> {
+    let (Pad::Left(pad) | Pad::Right(pad)) = def.pad;
+    if set.contains(pad) {
+        return Err(outside(set, first));
+    }
+    let ebcdic = def.data == Encoding::Ebcdic;
+    let pad_wire = if ebcdic { TO_EBCDIC[pad as usize] } else { pad };
+    let is_pad = |c: &&u8| **c == pad_wire;
+    let (body_start, body) = match def.pad {
+        Pad::Left(_) => {
+            let run = wire.iter().take_while(is_pad).count();
+            (run, &wire[run..])
+        }
+        Pad::Right(_) => {
+            let run = wire.iter().rev().take_while(is_pad).count();
+            (0, &wire[..wire.len() - run])
+        }
+    };
+    let to_ascii = |c: u8| if ebcdic { FROM_EBCDIC[c as usize] } else { c };
+    match body.iter().position(|&c| !set.contains(to_ascii(c))) {
+        None => Ok(()),
+        Some(i) => Err(outside(set, body_start + i)),
+    }
+}
+
 /// Checks a field's wire data against its kind. `units` is its length in
 /// the field's units.
 #[inline]
@@ -163,29 +342,32 @@ pub(crate) fn validate(def: &FieldDef, wire: &[u8], units: usize) -> Result<(), 
     match (def.data, def.kind) {
         (Encoding::Ascii, FieldKind::Numeric) => match first_non_digit(wire) {
             None => Ok(()),
-            Some(i) => Err(DataProblem::NonNumeric(i)),
+            Some(i) => outside_declared_pad(def, wire, Charset::Digits, i),
         },
-        (Encoding::Ascii, FieldKind::Track) => {
-            match wire
-                .iter()
-                .position(|&c| !(is_digit(c) || c == b'=' || c == b'D' || c == b'd'))
-            {
-                None => Ok(()),
-                Some(i) => Err(DataProblem::Invalid(i, "track")),
-            }
+        // One arm per charset so each inlines its own SWAR check.
+        (Encoding::Ascii, FieldKind::Alpha) => ascii_charset(def, wire, Charset::Alpha),
+        (Encoding::Ascii, FieldKind::Alphanumeric) => {
+            ascii_charset(def, wire, Charset::Alphanumeric)
         }
+        (Encoding::Ascii, FieldKind::Text) => ascii_charset(def, wire, Charset::Printable),
+        (Encoding::Ascii, FieldKind::Track) => ascii_charset(def, wire, Charset::Track),
         (Encoding::Ascii, FieldKind::SignedAmount) => signed_amount(wire, |c| c, is_digit),
-        (Encoding::Ebcdic, FieldKind::Numeric) => {
-            match wire.iter().position(|&c| c.wrapping_sub(0xF0) > 9) {
-                None => Ok(()),
-                Some(i) => Err(DataProblem::NonNumeric(i)),
-            }
-        }
         (Encoding::Ebcdic, FieldKind::SignedAmount) => signed_amount(
             wire,
             |c| FROM_EBCDIC[c as usize],
             |c| c.wrapping_sub(0xF0) <= 9,
         ),
+        // EBCDIC specs are rare: convert each byte, then check it.
+        (Encoding::Ebcdic, kind) => match Charset::of(kind) {
+            Some(set) => match wire
+                .iter()
+                .position(|&c| !set.contains(FROM_EBCDIC[c as usize]))
+            {
+                None => Ok(()),
+                Some(i) => outside_declared_pad(def, wire, set, i),
+            },
+            None => Ok(()),
+        },
         (Encoding::Hex, _) => {
             if units % 2 != 0 {
                 return Err(DataProblem::Invalid(0, "even-length hex"));
@@ -350,7 +532,26 @@ pub(crate) fn check_logical(def: &FieldDef, value: &[u8]) -> Result<usize, DataP
         FieldKind::SignedAmount => {
             signed_amount(value, |c| c, is_digit)?;
         }
-        _ => {}
+        // What parse would refuse is refused here, so a packed message
+        // always parses again (the pad character is the spec's own).
+        FieldKind::Alpha | FieldKind::Alphanumeric | FieldKind::Text | FieldKind::Track => {
+            match (def.data, Charset::of(def.kind)) {
+                (Encoding::Ascii | Encoding::Ebcdic, Some(set)) => {
+                    if let Some(i) = value.iter().position(|&c| !set.contains(c)) {
+                        return Err(DataProblem::Invalid(i, set.name()));
+                    }
+                }
+                // BCD carries digits only; anything else would be written
+                // as a 0 nibble, changing the value.
+                (Encoding::Bcd, _) => {
+                    if let Some(i) = value.iter().position(|&c| !is_digit(c)) {
+                        return Err(DataProblem::NonNumeric(i));
+                    }
+                }
+                _ => {}
+            }
+        }
+        FieldKind::Binary => {}
     }
     Ok(def.units_for_logical(value.len()))
 }
@@ -577,5 +778,145 @@ mod tests {
         let mut back = Vec::new();
         decode_logical(&d, b"ab01", 4, &mut back);
         assert_eq!(back, [0xAB, 0x01]);
+    }
+
+    /// What each kind allows, written out byte by byte apart from the code
+    /// under test.
+    fn allowed(kind: FieldKind, c: u8) -> bool {
+        match kind {
+            FieldKind::Numeric => c.is_ascii_digit(),
+            FieldKind::Alpha => matches!(c, b'A'..=b'Z' | b'a'..=b'z' | b' '),
+            FieldKind::Alphanumeric => matches!(c, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b' '),
+            FieldKind::Text => matches!(c, b' '..=b'~'),
+            FieldKind::Track => matches!(c, b'0'..=b'9' | b':'..=b'?' | b'D' | b'd'),
+            FieldKind::Binary | FieldKind::SignedAmount => unreachable!(),
+        }
+    }
+
+    const CHECKED_KINDS: [FieldKind; 5] = [
+        FieldKind::Numeric,
+        FieldKind::Alpha,
+        FieldKind::Alphanumeric,
+        FieldKind::Text,
+        FieldKind::Track,
+    ];
+
+    #[test]
+    fn the_wide_charset_check_agrees_with_the_byte_definition() {
+        for kind in CHECKED_KINDS {
+            let set = Charset::of(kind).expect("textual kind");
+            for c in 0..=255u8 {
+                assert_eq!(set.contains(c), allowed(kind, c), "{kind:?} {c:#04x}");
+            }
+            for bad in 0..=255u8 {
+                for len in [1usize, 7, 8, 9, 15, 16, 17, 24] {
+                    for at in 0..len {
+                        let mut v = vec![set.filler(); len];
+                        // Members elsewhere, to catch borrows across bytes.
+                        for (i, b) in v.iter_mut().enumerate() {
+                            if i != at && allowed(kind, b'z') && i % 3 == 1 {
+                                *b = b'z';
+                            }
+                        }
+                        v[at] = bad;
+                        let expected = v.iter().position(|&b| !allowed(kind, b));
+                        assert_eq!(first_outside(&v, set), expected, "{kind:?} {v:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_is_accepted_or_refused_as_the_kind_says_in_ascii_and_ebcdic() {
+        for kind in CHECKED_KINDS {
+            for data in [Encoding::Ascii, Encoding::Ebcdic] {
+                let d = def(kind, data, 3, FieldDef::default_pad(kind, data));
+                let to_wire = |c: u8| {
+                    if data == Encoding::Ebcdic {
+                        TO_EBCDIC[c as usize]
+                    } else {
+                        c
+                    }
+                };
+                let fill = if kind == FieldKind::Numeric || kind == FieldKind::Track {
+                    b'7'
+                } else {
+                    b'K'
+                };
+                for b in 0..=255u8 {
+                    let wire = [to_wire(fill), b, to_wire(fill)];
+                    let logical = if data == Encoding::Ebcdic {
+                        FROM_EBCDIC[b as usize]
+                    } else {
+                        b
+                    };
+                    let got = validate(&d, &wire, 3);
+                    if allowed(kind, logical) {
+                        assert_eq!(got, Ok(()), "{kind:?} {data:?} {b:#04x}");
+                    } else {
+                        let want = if kind == FieldKind::Numeric {
+                            DataProblem::NonNumeric(1)
+                        } else {
+                            DataProblem::Invalid(1, Charset::of(kind).unwrap().name())
+                        };
+                        assert_eq!(got, Err(want), "{kind:?} {data:?} {b:#04x}");
+                    }
+                    // The builder refuses exactly what parse refuses.
+                    let value = [fill, logical, fill];
+                    assert_eq!(
+                        check_logical(&d, &value).is_ok(),
+                        allowed(kind, logical),
+                        "pack {kind:?} {data:?} {b:#04x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_is_accepted_or_refused_in_bcd() {
+        let n = def(FieldKind::Numeric, Encoding::Bcd, 4, Pad::Left(0));
+        let z = def(FieldKind::Track, Encoding::Bcd, 4, Pad::Right(0));
+        for b in 0..=255u8 {
+            let (hi, lo) = (b >> 4, b & 0x0F);
+            assert_eq!(
+                validate(&n, &[0x12, b], 4).is_ok(),
+                hi <= 9 && lo <= 9,
+                "n {b:#04x}"
+            );
+            let track = |x: u8| x <= 9 || x == 0x0D;
+            assert_eq!(
+                validate(&z, &[0x12, b], 4).is_ok(),
+                track(hi) && track(lo),
+                "z {b:#04x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_declared_pad_outside_the_charset_passes_only_as_padding() {
+        let n = def(FieldKind::Numeric, Encoding::Ascii, 6, Pad::Left(b'F'));
+        assert_eq!(validate(&n, b"FF1234", 6), Ok(()));
+        assert_eq!(validate(&n, b"12F34F", 6), Err(DataProblem::NonNumeric(2)));
+        let mut out = Vec::new();
+        encode_logical(&n, b"42", 6, &mut out);
+        assert_eq!(validate(&n, &out, 6), Ok(()), "a padded value parses again");
+
+        let a = def(FieldKind::Alpha, Encoding::Ebcdic, 4, Pad::Right(b'0'));
+        let mut out = Vec::new();
+        encode_logical(&a, b"AB", 4, &mut out);
+        assert_eq!(validate(&a, &out, 4), Ok(()));
+        let wire: Vec<u8> = b"A0B0".iter().map(|&c| TO_EBCDIC[c as usize]).collect();
+        assert_eq!(
+            validate(&a, &wire, 4),
+            Err(DataProblem::Invalid(1, "alphabetic"))
+        );
+        // A pad inside the set changes nothing: 0x00 is still refused.
+        let ans = def(FieldKind::Text, Encoding::Ascii, 4, Pad::Right(b' '));
+        assert_eq!(
+            validate(&ans, b"AB\0\0", 4),
+            Err(DataProblem::Invalid(2, "printable"))
+        );
     }
 }

@@ -1,11 +1,15 @@
-//! Socket helpers shared by the actors and the load generator.
+//! Non-blocking reads and writes of a framed socket's buffers, shared by
+//! every peer (the switch's terminal and link actors, the simulator, the
+//! load generator). The one piece of I/O in this crate: it is kept here
+//! because each of them moves bytes between a `TcpStream` and the
+//! `BytesMut` the codec frames, and they should do it the same way.
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 /// Writes as much of `wbuf` as the socket takes now, dropping what went
 /// out; `Ok` also when the socket is full.
-pub(crate) fn write_available(stream: &TcpStream, wbuf: &mut BytesMut) -> std::io::Result<()> {
+pub fn write_available(stream: &TcpStream, wbuf: &mut BytesMut) -> std::io::Result<()> {
     use bytes::Buf;
     while !wbuf.is_empty() {
         match stream.try_write(wbuf) {
@@ -19,18 +23,14 @@ pub(crate) fn write_available(stream: &TcpStream, wbuf: &mut BytesMut) -> std::i
 }
 
 /// Reads everything the socket has now; false once the peer has closed.
-pub(crate) fn read_available(stream: &TcpStream, rbuf: &mut BytesMut) -> std::io::Result<bool> {
+pub fn read_available(stream: &TcpStream, rbuf: &mut BytesMut) -> std::io::Result<bool> {
     read_up_to(stream, rbuf, usize::MAX)
 }
 
 /// Reads what the socket has now, stopping once `budget` bytes are in
 /// (the socket then stays readable for the next turn); false once the
 /// peer has closed.
-pub(crate) fn read_up_to(
-    stream: &TcpStream,
-    rbuf: &mut BytesMut,
-    budget: usize,
-) -> std::io::Result<bool> {
+pub fn read_up_to(stream: &TcpStream, rbuf: &mut BytesMut, budget: usize) -> std::io::Result<bool> {
     use bytes::BufMut;
     let mut total = 0;
     loop {

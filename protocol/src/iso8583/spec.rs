@@ -15,14 +15,16 @@ pub const MAX_FIELD: usize = 128;
 pub enum FieldKind {
     /// `n`: decimal digits only.
     Numeric,
-    /// `a`, `an`: letters, digits, spaces. Not checked on parse: real traffic
-    /// carries whatever the terminal vendor chose, and rejecting it gains nothing.
+    /// `a`: letters and spaces.
+    Alpha,
+    /// `an`: letters, digits and spaces.
     Alphanumeric,
-    /// `ans`: any printable character.
+    /// `ans`: any printable ASCII character (0x20..=0x7E).
     Text,
     /// `b`: raw bytes.
     Binary,
-    /// `z`: track 2/3 data (digits and the separators `=`/`D`).
+    /// `z`: track 2/3 data (the ISO 7813 code set: digits, the separator
+    /// `=` (or `D`) and the sentinels; in BCD, digits and the `D` nibble).
     Track,
     /// `x+n`: an amount with a leading `C` (credit) or `D` (debit).
     SignedAmount,
@@ -32,6 +34,7 @@ impl FieldKind {
     pub fn code(self) -> &'static str {
         match self {
             FieldKind::Numeric => "n",
+            FieldKind::Alpha => "a",
             FieldKind::Alphanumeric => "an",
             FieldKind::Text => "ans",
             FieldKind::Binary => "b",

@@ -8,7 +8,7 @@
 //! remove = [65]            # fields the dialect does not define
 //!
 //! [fields.52]
-//! type = "b"               # n | an | ans | b | z | x+n
+//! type = "b"               # n | a | an | ans | b | z | x+n
 //! length = 8               # a fixed length, or:
 //! # prefix = "LLL"         # L | LL | LLL | LLLL, with
 //! # max = 255
@@ -84,9 +84,14 @@ enum BitmapChoice {
 enum KindChoice {
     #[serde(rename = "n")]
     N,
-    #[serde(rename = "a", alias = "an", alias = "ns", alias = "anp")]
+    #[serde(rename = "a")]
+    A,
+    // `anp`: alphanumeric and pad (space), which `an` allows already.
+    #[serde(rename = "an", alias = "anp")]
     An,
-    #[serde(rename = "ans", alias = "s")]
+    // `ns` (numeric and special) and `s` (special) are subsets of `ans`;
+    // checked as `ans`.
+    #[serde(rename = "ans", alias = "s", alias = "ns")]
     Ans,
     #[serde(rename = "b")]
     B,
@@ -236,6 +241,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Spec, SpecFileError> {
         let kind = match (entry.kind, base) {
             (Some(k), _) => match k {
                 KindChoice::N => FieldKind::Numeric,
+                KindChoice::A => FieldKind::Alpha,
                 KindChoice::An => FieldKind::Alphanumeric,
                 KindChoice::Ans => FieldKind::Text,
                 KindChoice::B => FieldKind::Binary,
@@ -363,7 +369,7 @@ fn check_def(def: &FieldDef) -> Result<(), (&'static str, String)> {
         FieldKind::Numeric | FieldKind::Track | FieldKind::SignedAmount => {
             matches!(def.data, Encoding::Ascii | Encoding::Ebcdic | Encoding::Bcd)
         }
-        FieldKind::Alphanumeric | FieldKind::Text => {
+        FieldKind::Alpha | FieldKind::Alphanumeric | FieldKind::Text => {
             matches!(def.data, Encoding::Ascii | Encoding::Ebcdic)
         }
         FieldKind::Binary => matches!(def.data, Encoding::Binary | Encoding::Hex),

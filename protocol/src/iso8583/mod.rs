@@ -10,6 +10,7 @@
 
 pub mod bitmap;
 pub mod builder;
+pub mod datetime;
 pub mod display;
 mod ebcdic;
 mod encoding;

@@ -1,0 +1,12 @@
+//! The wire side of Switchyard, shared by the switch and the tools that
+//! talk to it (simulator, load generator, decoder, fuzzers):
+//!
+//! * [`iso8583`]: the sans-IO ISO 8583 codec (specs, parse, build) and
+//!   the DE7 date/time formatting.
+//! * [`frame`]: the length-header framings that delimit messages on a
+//!   TCP stream (a tokio-util `Decoder`/`Encoder`, no socket).
+//! * [`net`]: non-blocking read/write of a framed socket's buffers.
+
+pub mod frame;
+pub mod iso8583;
+pub mod net;
