@@ -24,6 +24,8 @@ pub mod router;
 pub mod runtime;
 pub mod saf;
 pub mod server;
+#[cfg(test)]
+mod simulation;
 pub mod sim;
 pub mod sync;
 pub mod telemetry;
