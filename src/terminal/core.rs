@@ -501,11 +501,12 @@ impl<J: JournalAppend> TerminalCore<J> {
     }
 
     /// Notes that a host approval was framed into the write buffer.
-    pub(super) fn approval_buffered(&mut self, p: &Pending) {
+    /// Takes the finished request (its bytes move, no copy).
+    pub(super) fn approval_buffered(&mut self, p: Pending) {
         if matches!(p.mti.match_class(), 100 | 200) {
             self.unwritten_approvals.push_back(Unwritten {
                 end: self.written + self.wbuf.len() as u64,
-                request: p.request.clone(),
+                request: p.request,
                 acquirer: p.acquirer,
                 txn: p.txn,
             });

@@ -50,10 +50,10 @@ impl<J: JournalAppend> TerminalCore<J> {
             // The host answered: what it did must be undone.
             return self.fail(p, Failure::LinkLost);
         }
-        if code == codes::APPROVED {
-            self.approval_buffered(&p);
-        }
         self.remember(p.key, p.content, &body, p.started);
+        if code == codes::APPROVED {
+            self.approval_buffered(p);
+        }
     }
 
     fn transcode_answer(&mut self, p: Pending, body: bytes::Bytes, code: [u8; 2]) {
@@ -67,10 +67,10 @@ impl<J: JournalAppend> TerminalCore<J> {
         let mut b = MessageBuilder::new(self.spec, answer.mti());
         b.copy_all(&answer);
         if let Some(body) = self.write_packed(&b, p.mti, code, p.started) {
-            if code == codes::APPROVED {
-                self.approval_buffered(&p);
-            }
             self.remember(p.key, p.content, &self.wbuf[body], p.started);
+            if code == codes::APPROVED {
+                self.approval_buffered(p);
+            }
         }
     }
 
