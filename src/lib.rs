@@ -24,9 +24,9 @@ pub mod router;
 pub mod runtime;
 pub mod saf;
 pub mod server;
+pub mod sim;
 #[cfg(test)]
 mod simulation;
-pub mod sim;
 pub mod sync;
 pub mod telemetry;
 pub mod terminal;

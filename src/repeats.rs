@@ -64,7 +64,10 @@ pub struct RecentAnswers {
     sets: Box<[Mutex<Set>]>,
     mask: usize,
     ttl: Duration,
-    hasher: foldhash::fast::RandomState,
+    /// Seeded per process (terminals can not aim many keys at one set),
+    /// or by the caller ([`RecentAnswers::with_seed`]) for a replayable
+    /// simulation.
+    hasher: foldhash::fast::FixedState,
 }
 
 /// A fingerprint of a request's content: every byte after the MTI (so an
@@ -80,12 +83,19 @@ pub fn content_hash(msg: &Message) -> u64 {
 impl RecentAnswers {
     /// Room for at least `capacity` answers (rounded up to a power of two).
     pub fn new(capacity: usize, ttl: Duration) -> RecentAnswers {
+        use std::hash::BuildHasher;
+        let seed = foldhash::fast::RandomState::default().hash_one(0x5265_7065_6174_7321u64);
+        RecentAnswers::with_seed(capacity, ttl, seed)
+    }
+
+    /// As [`RecentAnswers::new`], with the set placement fixed by `seed`.
+    pub fn with_seed(capacity: usize, ttl: Duration, seed: u64) -> RecentAnswers {
         let sets = capacity.div_ceil(WAYS).max(1).next_power_of_two();
         RecentAnswers {
             sets: (0..sets).map(|_| Mutex::new(Default::default())).collect(),
             mask: sets - 1,
             ttl,
-            hasher: Default::default(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
         }
     }
 

@@ -284,7 +284,10 @@ impl Switch {
             |record| {
                 let txn = record.txn();
                 if shared.journal.append(record).is_err() {
-                    warn!(txn, "journal refused a recovery record; the next start queues it again");
+                    warn!(
+                        txn,
+                        "journal refused a recovery record; the next start queues it again"
+                    );
                 }
             },
         );

@@ -244,9 +244,14 @@ impl<T> InFlight<T> {
     }
 
     /// Removes everything (the link went down).
+    /// In the order the requests were entered: what follows (replies,
+    /// reversals) happens in the order the host saw them, the same on
+    /// every run (the map's own order is seeded per process).
     pub fn drain(&mut self) -> impl Iterator<Item = (MatchKey, T)> + '_ {
         self.deadlines.clear();
-        self.map.drain().map(|(k, s)| (k, s.value))
+        let mut all: Vec<(MatchKey, Slot<T>)> = self.map.drain().collect();
+        all.sort_unstable_by_key(|(_, s)| s.generation);
+        all.into_iter().map(|(k, s)| (k, s.value))
     }
 }
 

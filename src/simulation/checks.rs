@@ -3,7 +3,7 @@
 //! journal's (what the switch recorded as durable), and the host's (what
 //! it approved, and what reversals and advices reached it).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::host::TxnKey;
 use super::world::World;
@@ -54,8 +54,8 @@ struct TxnView {
     advice_settled: bool,
 }
 
-fn txn_views(w: &World) -> HashMap<u64, TxnView> {
-    let mut txns: HashMap<u64, TxnView> = HashMap::new();
+fn txn_views(w: &World) -> BTreeMap<u64, TxnView> {
+    let mut txns: BTreeMap<u64, TxnView> = BTreeMap::new();
     for (_, r) in &w.journal.borrow().records {
         let t = txns.entry(r.txn()).or_default();
         match r {
@@ -90,7 +90,10 @@ fn journal_outcomes(w: &World) -> Result<(), String> {
             return Err(format!("{} has {} final outcomes", who(), t.finals));
         }
         if t.forwarded && t.finals == 0 && !t.reversal_queued {
-            return Err(format!("{} was forwarded and neither answered nor reversed", who()));
+            return Err(format!(
+                "{} was forwarded and neither answered nor reversed",
+                who()
+            ));
         }
         if t.timed_out && !t.reversal_queued {
             return Err(format!("{} timed out with no reversal queued", who()));
@@ -106,7 +109,10 @@ fn journal_outcomes(w: &World) -> Result<(), String> {
             && !w.host.log.reversed.contains(k)
             && w.host.log.approved.contains(k)
         {
-            return Err(format!("{} timed out, the host approved it, and no reversal came", who()));
+            return Err(format!(
+                "{} timed out, the host approved it, and no reversal came",
+                who()
+            ));
         }
     }
     Ok(())
@@ -123,7 +129,10 @@ fn readable(k: &TxnKey) -> String {
 fn host_approvals_reached_or_reversed(w: &World) -> Result<(), String> {
     for k in &w.host.log.approved {
         let Some(client) = w.clients.iter().position(|c| c.tid == k.0) else {
-            return Err(format!("the host approved {} from no terminal", readable(k)));
+            return Err(format!(
+                "the host approved {} from no terminal",
+                readable(k)
+            ));
         };
         let delivered = w.sent.iter().any(|s| {
             s.client == client

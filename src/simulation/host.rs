@@ -140,12 +140,6 @@ impl Host {
             }
             Kind::Acknowledge => match mti.class() {
                 4 => {
-                    if std::env::var("SIM_TRACE").is_ok() {
-                        println!(
-                            "host: {} {mti} DE11 {stan} DE90 {:?} -> reverses {original_stan}", String::from_utf8_lossy(&tid),
-                            msg.field(90).map(String::from_utf8_lossy)
-                        );
-                    }
                     self.log.reversed.insert((tid, original_stan));
                 }
                 _ => {

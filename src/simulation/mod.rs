@@ -10,10 +10,12 @@
 //! terminal and reversed upstream, every timed-out forward is reversed, and
 //! nothing the host approved is lost without a reversal.
 //!
-//! A failing seed is printed with the command that replays it alone:
-//! `SIM_SEED=n cargo test --lib simulation -- --nocapture`. CI runs
-//! `SIM_SEEDS` seeds (10,000 by default); a longer run is
-//! `SIM_SEEDS=1000000 cargo test --release --lib simulation -- --nocapture`.
+//! A failing seed is printed with the command that replays it alone
+//! (`SIM_SEED=n`). Two tests: a hundred seeds with every other unit test,
+//! and 10,000 seeds that `scripts/test` runs optimised with every debug
+//! assertion on (`cargo test --profile sim --lib simulation -- --ignored
+//! --nocapture`, under a minute). A longer run is the same command with
+//! `SIM_SEEDS=1000000` (and `SIM_FIRST_SEED` to start elsewhere).
 
 mod checks;
 mod host;
@@ -22,9 +24,6 @@ mod world;
 use std::time::Instant;
 
 use world::{Stats, World};
-
-/// Seeds run by default (CI).
-const DEFAULT_SEEDS: u64 = 10_000;
 
 /// Runs one seed; `Err` names the first broken promise.
 fn run_seed(seed: u64, base: Instant) -> Result<Stats, String> {
@@ -40,13 +39,26 @@ fn run_seed(seed: u64, base: Instant) -> Result<Stats, String> {
 }
 
 #[test]
-fn the_whole_switch_keeps_its_promises_under_seeded_faults() {
+fn a_hundred_seeds_keep_every_promise() {
+    run_seeds(100);
+}
+
+#[test]
+#[ignore = "10,000 seeds: scripts/test runs them optimised, with --profile sim"]
+fn ten_thousand_seeds_keep_every_promise() {
+    run_seeds(10_000);
+}
+
+/// Runs `SIM_SEEDS` seeds (`default_seeds` when unset) from
+/// `SIM_FIRST_SEED` (1), or the one seed `SIM_SEED`, and prints what they
+/// covered.
+fn run_seeds(default_seeds: u64) {
     let base = Instant::now();
     let only: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok());
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEEDS);
+        .unwrap_or(default_seeds);
     let first: u64 = std::env::var("SIM_FIRST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -62,7 +74,7 @@ fn the_whole_switch_keeps_its_promises_under_seeded_faults() {
             Ok(s) => total.add(&s),
             Err(why) => panic!(
                 "simulation seed {seed} failed: {why}\n\
-                 replay it alone: SIM_SEED={seed} cargo test --lib simulation -- --nocapture"
+                 replay it alone: SIM_SEED={seed} cargo test --lib simulation::a_hundred -- --nocapture"
             ),
         }
     }

@@ -35,8 +35,8 @@ const CLIENTS: usize = 3;
 /// Requests one client keeps in flight at most.
 const CLIENT_PIPELINE: usize = 3;
 /// Virtual time with traffic and faults; then a quiet time to drain.
-const TRAFFIC: Duration = Duration::from_secs(2);
-const QUIET: Duration = Duration::from_secs(20);
+const TRAFFIC: Duration = Duration::from_secs(1);
+const QUIET: Duration = Duration::from_secs(10);
 /// Steps one run may take before it is called a livelock.
 const MAX_STEPS: u64 = 2_000_000;
 /// Amounts at or under this may be approved in stand-in (config below).
@@ -87,7 +87,9 @@ fn unused_journal() -> Journal {
     static J: OnceLock<(tempfile::TempDir, Journal)> = OnceLock::new();
     J.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config::parse(&config_text()).expect("simulation config").journal;
+        let mut config = Config::parse(&config_text())
+            .expect("simulation config")
+            .journal;
         config.dir = dir.path().to_owned();
         config.durability = crate::config::Durability::None;
         let (journal, _) = Journal::open(&config).expect("journal");
@@ -366,7 +368,11 @@ impl World {
                 s.abandoned,
                 s.answers
                     .iter()
-                    .map(|(c, si)| format!("{}{}", String::from_utf8_lossy(c), if *si { " (stand-in)" } else { "" }))
+                    .map(|(c, si)| format!(
+                        "{}{}",
+                        String::from_utf8_lossy(c),
+                        if *si { " (stand-in)" } else { "" }
+                    ))
                     .collect::<Vec<_>>()
             );
         }
@@ -441,7 +447,11 @@ impl World {
 
     fn next_moment(&self) -> Option<Instant> {
         let s = &self.switch;
-        let terminals = s.terminals.iter().flatten().filter_map(|t| t.poll_timeout());
+        let terminals = s
+            .terminals
+            .iter()
+            .flatten()
+            .filter_map(|t| t.poll_timeout());
         let links = s.links.iter().filter_map(|l| l.poll_timeout());
         [self.events.peek().map(|e| e.at), s.saf.poll_timeout()]
             .into_iter()
@@ -536,7 +546,10 @@ impl World {
             self.stats.dropped += 1;
             return;
         }
-        let mut latency = Duration::from_micros(200 + self.rng.below(20_000));
+        // A busy host during the traffic, a quick one while the backlog
+        // drains (store-and-forward sends one entry at a time).
+        let spread = if self.in_traffic() { 20_000 } else { 2_000 };
+        let mut latency = Duration::from_micros(200 + self.rng.below(spread));
         if faulty && self.rng.next_f64() < f.late {
             self.stats.late += 1;
             latency += Duration::from_millis(250);
@@ -686,7 +699,9 @@ impl World {
                 .sent
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.client == c && s.answered_in == Some(life) && s.reverses.is_none())
+                .filter(|(_, s)| {
+                    s.client == c && s.answered_in == Some(life) && s.reverses.is_none()
+                })
                 // One send per STAN at a time: answers are told apart by it.
                 .filter(|(_, s)| !self.clients[c].in_flight.contains(&s.stan))
                 .filter(|(_, s)| !self.clients[c].closed.contains(&s.stan))
@@ -972,7 +987,11 @@ impl World {
                 break;
             };
             moved = true;
-            match s.links.iter_mut().find(|l| l.is_up() && l.accepts_forwards()) {
+            match s
+                .links
+                .iter_mut()
+                .find(|l| l.is_up() && l.accepts_forwards())
+            {
                 Some(l) => l.handle_forward(now, key, body, Addr::Saf),
                 None => s.saf.handle_answer(now, Answer::NotAnswered),
             }
@@ -1032,8 +1051,15 @@ impl Switch {
         crate::saf::resume_from_journal(&acquirers, recovery, now.unix_ms, |r| {
             SimJournal(journal.clone()).append(r);
         });
-        let shared = Shared::new(config, acquirers, unused_journal(), next_txn)
-            .expect("simulation routes");
+        let mut shared =
+            Shared::new(config, acquirers, unused_journal(), next_txn).expect("simulation routes");
+        // Placement in the recent answers is seeded per process in the
+        // switch; here by the run, so a seed replays exactly.
+        shared.recent = crate::repeats::RecentAnswers::with_seed(
+            config.limits.recent_answers,
+            config.limits.recent_answers_ttl,
+            seed,
+        );
         Switch {
             life,
             shared: Arc::new(shared),
