@@ -719,7 +719,7 @@ impl Config {
             listen_backlog: t
                 .contains_key("listen_backlog")
                 .then(|| r.ranged(t, p, "listen_backlog", 1024, 1..=65_535) as u32),
-            max_write_buffer: r.count(t, p, "max_write_buffer", 1024 * 1024, 4096..=1 << 30),
+            max_write_buffer: r.count(t, p, "max_write_buffer", 1024 * 1024, 512..=1 << 30),
             write_stall_timeout: r.ms_in(t, p, "write_stall_timeout_ms", 10_000, 100..=3_600_000),
             allowed_terminals: r
                 .get::<Vec<String>>(t, p, "allowed_terminals", Vec::new())
