@@ -21,9 +21,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::loadgen::{self, cli::LoadArgs};
 use crate::server::Switch;
 use crate::sim::{self, SimConfig};
+use loadtest::{self as loadgen, cli::LoadArgs};
 
 /// The shipped config, built in: what the demo's switch runs with unless
 /// `--config` is given.

@@ -228,9 +228,7 @@ fn run_decode(
     let result = result.and_then(|n| out.flush().map(|()| n));
     match result {
         // The reader has gone (`decode ... | head`): stop quietly.
-        Err(e) if switchyard::loadgen::cli::is_closed_pipe(&e) => {
-            ExitCode::from(switchyard::loadgen::cli::CLOSED_STDOUT)
-        }
+        Err(e) if loadtest::cli::is_closed_pipe(&e) => ExitCode::from(loadtest::cli::CLOSED_STDOUT),
         Ok(0) => ExitCode::SUCCESS,
         Ok(n) => {
             eprintln!("switchyard decode: {n} message(s) could not be decoded");

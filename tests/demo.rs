@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use loadtest::{self as loadgen, LoadConfig};
 use switchyard::frame::LengthHeader;
-use switchyard::loadgen::{self, LoadConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 /// A short demo: the shortest that still measures something.

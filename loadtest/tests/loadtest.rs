@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use clap::{CommandFactory, Parser};
-use switchyard::frame::{DEFAULT_MAX_FRAME, FrameCodec, LengthHeader};
-use switchyard::iso8583::{Message, Mti, pack_response, specs};
-use switchyard::loadgen::{self, LoadConfig, Mix, Mode, Report};
+use loadtest::{LoadConfig, Mix, Mode, Report};
+use switchyard_protocol::frame::{DEFAULT_MAX_FRAME, FrameCodec, LengthHeader};
+use switchyard_protocol::iso8583::{Message, Mti, pack_response, specs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Decoder;
@@ -153,7 +153,7 @@ fn accounted(r: &Report) -> bool {
 
 #[test]
 fn closed_loop_answers_everything() {
-    let r = loadgen::run(config(peer(Behaviour::Echo))).expect("runs");
+    let r = loadtest::run(config(peer(Behaviour::Echo))).expect("runs");
     assert!(r.sent() > 100, "sent {}", r.sent());
     assert_eq!(r.sent(), r.answered());
     assert_eq!(r.lost(), 0);
@@ -186,7 +186,7 @@ fn dropped_and_closed_requests_are_each_counted_once() {
     c.mode = Mode::Open { rate: 4000.0 };
     c.warmup = Duration::ZERO;
     c.timeout = Duration::from_millis(100);
-    let r = loadgen::run(c).expect("runs");
+    let r = loadtest::run(c).expect("runs");
     assert!(accounted(&r), "{r:?}");
     assert!(r.timed_out() + r.lost() > 0, "{r:?}");
     assert!(r.reconnects() > 0, "{r:?}");
@@ -195,7 +195,7 @@ fn dropped_and_closed_requests_are_each_counted_once() {
 
 #[test]
 fn wrong_stans_are_mismatched() {
-    let r = loadgen::run(config(peer(Behaviour::WrongStan { every: 7 }))).expect("runs");
+    let r = loadtest::run(config(peer(Behaviour::WrongStan { every: 7 }))).expect("runs");
     assert!(r.mismatched() > 0, "{r:?}");
     assert!(!r.is_clean());
     assert!(accounted(&r), "{r:?}");
@@ -206,7 +206,7 @@ fn open_loop_delivers_the_offered_rate() {
     let mut c = config(peer(Behaviour::Echo));
     c.mode = Mode::Open { rate: 2000.0 };
     c.duration = Duration::from_secs(1);
-    let r = loadgen::run(c).expect("runs");
+    let r = loadtest::run(c).expect("runs");
     let achieved = r.achieved_rate();
     assert!(
         (1000.0..3000.0).contains(&achieved),
@@ -234,7 +234,7 @@ fn sparse_open_loop_sends_on_time() {
     let mut c = config(peer(Behaviour::Echo));
     c.mode = Mode::Open { rate: 200.0 };
     c.duration = Duration::from_secs(1);
-    let r = loadgen::run(c).expect("runs");
+    let r = loadtest::run(c).expect("runs");
     assert!((150..=250).contains(&r.sent()), "sent {}", r.sent());
     assert!(r.is_clean(), "{r:?}");
     assert!(r.lag_us(50.0) < 10_000, "lag p50 {} µs", r.lag_us(50.0));
@@ -251,11 +251,11 @@ fn a_seed_fixes_the_message_stream() {
         },
         ..LoadConfig::default()
     };
-    let a = loadgen::sample_messages(&c, 3, 200);
-    let b = loadgen::sample_messages(&c, 3, 200);
+    let a = loadtest::sample_messages(&c, 3, 200);
+    let b = loadtest::sample_messages(&c, 3, 200);
     assert_eq!(a.len(), 200);
     assert_eq!(a, b);
-    let other = loadgen::sample_messages(
+    let other = loadtest::sample_messages(
         &LoadConfig {
             seed: 2,
             ..c.clone()
@@ -297,7 +297,7 @@ fn json(r: &Report) -> serde_json::Value {
 fn a_run_that_sent_nothing_is_not_clean() {
     let mut c = config(closed_port());
     c.warmup = Duration::ZERO;
-    let r = loadgen::run(c).expect("runs");
+    let r = loadtest::run(c).expect("runs");
     assert_eq!(r.sent(), 0);
     assert!(!r.is_clean(), "{r:?}");
     assert_eq!(r.exit_code(), 1);
@@ -326,7 +326,7 @@ fn switch_refusals_are_errors() {
         code: b"96",
     }));
     c.warmup = Duration::ZERO;
-    let r = loadgen::run(c.clone()).expect("runs");
+    let r = loadtest::run(c.clone()).expect("runs");
     assert!(r.answered() > 100, "{r:?}");
     assert!(
         r.errors() >= r.answered() / 12,
@@ -349,7 +349,7 @@ fn switch_refusals_are_errors() {
     assert!(text.contains("system malfunction"), "{text}");
     // The same answers under a generous maximum: clean.
     c.max_error_rate = 0.5;
-    let r = loadgen::run(c).expect("runs");
+    let r = loadtest::run(c).expect("runs");
     assert!(r.errors() > 0 && r.is_clean(), "{:?}", r.problems());
 }
 
@@ -357,7 +357,7 @@ fn switch_refusals_are_errors() {
 #[test]
 fn declines_are_not_errors() {
     for code in [b"05", b"59"] {
-        let r = loadgen::run(config(peer(Behaviour::Code { every: 3, code }))).expect("runs");
+        let r = loadtest::run(config(peer(Behaviour::Code { every: 3, code }))).expect("runs");
         assert!(r.answered() > 100, "{r:?}");
         assert_eq!(r.errors(), 0);
         assert!(r.approved() < r.answered());
@@ -374,14 +374,14 @@ fn runs_with_their_own_seeds_do_not_repeat_keys() {
     let target = peer_with(Behaviour::Repeats, seen.clone());
     let mut c = config(target);
     c.seed = 11;
-    let first = loadgen::run(c.clone()).expect("runs");
+    let first = loadtest::run(c.clone()).expect("runs");
     assert!(first.is_clean(), "{:?}", first.problems());
     c.seed = 12;
-    let second = loadgen::run(c.clone()).expect("runs");
+    let second = loadtest::run(c.clone()).expect("runs");
     assert_eq!(second.errors(), 0, "{:?}", second.responses());
     assert!(second.is_clean(), "{:?}", second.problems());
     c.seed = 11;
-    let again = loadgen::run(c).expect("runs");
+    let again = loadtest::run(c).expect("runs");
     assert!(again.errors() > 0, "the same seed repeats keys");
 }
 
@@ -409,7 +409,7 @@ fn every_second_is_shown() {
     c.warmup = Duration::ZERO;
     c.duration = Duration::from_secs(2);
     c.timeout = Duration::from_millis(2100);
-    let r = loadgen::run(c).expect("runs");
+    let r = loadtest::run(c).expect("runs");
     let rows = r.per_second();
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[0].sent, 2);
@@ -465,9 +465,9 @@ fn reports_carry_their_context() {
     });
     let mut c = config(target);
     c.admin = Some(fake_admin());
-    let r = loadgen::run(c).expect("runs");
-    let version = switchyard::build_info::VERSION;
-    let commit = switchyard::build_info::COMMIT;
+    let r = loadtest::run(c).expect("runs");
+    let version = loadtest::build_info::VERSION;
+    let commit = loadtest::build_info::COMMIT;
     let text = human(&r);
     for want in [
         &target.to_string(),
@@ -534,7 +534,7 @@ fn flags_a_performance_engineer_expects() {
     let mut c = config(peer(Behaviour::Echo));
     c.threads = 3;
     c.warmup = Duration::ZERO;
-    let r = loadgen::run(c).expect("runs");
+    let r = loadtest::run(c).expect("runs");
     assert_eq!(json(&r)["threads"], 3);
     assert!(human(&r).contains("NOT corrected for coordinated omission"));
 }
@@ -542,7 +542,7 @@ fn flags_a_performance_engineer_expects() {
 #[derive(clap::Parser)]
 struct Cli {
     #[command(flatten)]
-    args: switchyard::loadgen::cli::LoadArgs,
+    args: loadtest::cli::LoadArgs,
 }
 
 /// Throughput against the echo peer (not a test: run it by hand with
@@ -564,6 +564,6 @@ fn throughput_against_echo_peer() {
     c.duration = Duration::from_secs(5);
     c.warmup = Duration::from_secs(1);
     c.timeout = Duration::from_secs(5);
-    let r = loadgen::run(c).expect("runs");
+    let r = loadtest::run(c).expect("runs");
     r.print_human(&mut std::io::stdout()).expect("prints");
 }

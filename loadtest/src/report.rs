@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 
 use std::net::SocketAddr;
 
-use crate::codes;
+use switchyard_protocol::codes;
 
 use super::scrape;
 use super::stats::{OTHER_CODE, WorkerStats};
@@ -40,7 +40,7 @@ pub fn is_switch_refusal(code: [u8; 2]) -> bool {
 pub const NO_CODE: [u8; 2] = *b"--";
 
 /// What a DE39 means, for the reports (ISO 8583:1987 meanings; the
-/// switch's own codes as `crate::codes` describes them).
+/// switch's own codes as `switchyard_protocol::codes` describes them).
 pub fn de39_meaning(code: &str) -> &'static str {
     let b = code.as_bytes();
     let Ok(code) = <[u8; 2]>::try_from(b) else {
@@ -238,7 +238,7 @@ impl Report {
             ("target".to_string(), self.target.to_string()),
             (
                 "started".to_string(),
-                crate::clock::rfc3339(self.started_unix_ms / 1000),
+                switchyard_protocol::iso8583::datetime::rfc3339(self.started_unix_ms / 1000),
             ),
             (
                 "switchyard".to_string(),
@@ -745,7 +745,7 @@ impl Report {
         // recursion limit.
         let head = serde_json::json!({
             "target": self.target.to_string(),
-            "started_utc": crate::clock::rfc3339(self.started_unix_ms / 1000),
+            "started_utc": switchyard_protocol::iso8583::datetime::rfc3339(self.started_unix_ms / 1000),
             "started_unix_ms": self.started_unix_ms,
             "switchyard_version": crate::build_info::VERSION,
             "switchyard_commit": crate::build_info::COMMIT,

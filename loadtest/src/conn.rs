@@ -20,8 +20,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
-use crate::frame::{DEFAULT_MAX_FRAME, FrameCodec};
-use crate::iso8583::Message;
+use switchyard_protocol::frame::{DEFAULT_MAX_FRAME, FrameCodec};
+use switchyard_protocol::iso8583::Message;
 
 use super::messages::{Generator, Kind, Request, parse_terminal_id};
 use super::pacer::Pacer;
@@ -213,7 +213,7 @@ impl Conn {
             sent: 0,
             req: Request {
                 kind: Kind::Purchase,
-                mti: crate::iso8583::Mti::FINANCIAL,
+                mti: switchyard_protocol::iso8583::Mti::FINANCIAL,
                 terminal: 0,
                 stan: 0,
                 amount: 0,
@@ -328,7 +328,7 @@ impl Conn {
                 {
                     let msg = Message::parse(frame, self.plan.config.spec)
                         .map_err(|e| fail(&e.to_string()))?;
-                    if msg.mti() == crate::iso8583::Mti::NETWORK_RESPONSE
+                    if msg.mti() == switchyard_protocol::iso8583::Mti::NETWORK_RESPONSE
                         && msg.stan() == Some(stan)
                     {
                         if msg.response_code() != Some(*b"00") {
@@ -355,7 +355,7 @@ impl Conn {
 
     /// Writes what the socket takes now; `Ok` also on a full socket.
     fn write_some(&mut self, stream: &TcpStream) -> io::Result<()> {
-        crate::net::write_available(stream, &mut self.wbuf)
+        switchyard_protocol::net::write_available(stream, &mut self.wbuf)
     }
 
     /// Reads what is available; returns bytes read (0: closed), or
@@ -363,7 +363,7 @@ impl Conn {
     /// `net::read_available`).
     fn read_some(&mut self, stream: &TcpStream) -> io::Result<usize> {
         let before = self.rbuf.len();
-        let open = crate::net::read_available(stream, &mut self.rbuf)?;
+        let open = switchyard_protocol::net::read_available(stream, &mut self.rbuf)?;
         let n = self.rbuf.len() - before;
         match (n, open) {
             (0, true) => Err(io::ErrorKind::WouldBlock.into()),

@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
-use crate::frame::LengthHeader;
-use crate::iso8583::{MessageWriter, Mti, Spec};
+use switchyard_protocol::frame::LengthHeader;
+use switchyard_protocol::iso8583::{MessageWriter, Mti, Spec};
 
 use super::{LoadConfig, Mix};
 
@@ -410,7 +410,7 @@ pub fn sample_messages(config: &LoadConfig, connection: usize, n: usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iso8583::values::luhn_ok;
+    use switchyard_protocol::iso8583::values::luhn_ok;
 
     #[test]
     fn pans_pass_luhn() {

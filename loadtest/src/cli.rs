@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::frame::LengthHeader;
-use crate::iso8583::specs;
+use switchyard_protocol::frame::LengthHeader;
+use switchyard_protocol::iso8583::specs;
 
 use super::{LoadConfig, Mix, Mode, Report};
 

@@ -29,6 +29,7 @@
 //! is the card population, and so the switch's fraud history of those
 //! cards (velocity, declines, card testing): later runs may see more 59s.
 
+pub mod build_info;
 pub mod cli;
 mod conn;
 pub mod messages;
@@ -40,10 +41,10 @@ mod stats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::frame::LengthHeader;
-use crate::iso8583::{Spec, specs};
+use switchyard_protocol::frame::LengthHeader;
+use switchyard_protocol::iso8583::{Spec, specs};
 
 pub use messages::sample_messages;
 pub use report::{Report, SecondRow, de39_meaning, is_switch_refusal};
@@ -181,9 +182,17 @@ impl Default for LoadConfig {
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(crate::clock::unix_now_ms());
+    h.write_u64(unix_now_ms());
     h.write_u32(std::process::id());
     h.finish() & 0xFFFF_FFFF
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it). The
+/// load generator is a tool, not a core: it reads the wall clock itself.
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Most worker threads picked automatically: the generator must leave
@@ -209,8 +218,8 @@ pub fn run(config: LoadConfig) -> std::io::Result<Report> {
         })
         .max(1);
     let progress = Arc::new(stats::Live::default());
-    let started_unix_ms = crate::clock::unix_now_ms();
-    let de7 = crate::clock::transmission_time(started_unix_ms / 1000);
+    let started_unix_ms = unix_now_ms();
+    let de7 = switchyard_protocol::iso8583::datetime::transmission_time(started_unix_ms / 1000);
     // Every worker shares one start, so connection schedules interleave.
     let start = Instant::now() + Duration::from_millis(20);
     let plan = Arc::new(conn::Plan::new(&config, start, de7, GRACE));
