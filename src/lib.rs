@@ -14,7 +14,6 @@ pub mod build_info;
 pub mod clock;
 pub mod config;
 pub mod decode;
-pub mod demo;
 pub mod fraud;
 pub mod journal;
 pub mod repeats;

@@ -1,4 +1,8 @@
-//! The `switchyard` command line.
+//! The `switchyard` command line. `demo` (simulator, switch and load
+//! generator in one process) lives here, not in the library: it is the one
+//! part that needs both the switch and the `loadtest` crate.
+
+mod demo;
 
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
@@ -52,7 +56,7 @@ enum Command {
     Sim(switchyard::sim::cli::SimArgs),
     /// Start a simulator, the switch and a load test on free loopback
     /// ports, print the report, stop. Load-test flags pass through.
-    Demo(switchyard::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Read the transaction journal (masked): tail, show one transaction, stats.
     #[command(subcommand)]
     Journal(switchyard::journal::cli::JournalCommand),
@@ -87,7 +91,7 @@ fn main() -> ExitCode {
             log_format,
         } => run_switch(config, allow_dev_key, log_format),
         Command::Sim(args) => switchyard::sim::cli::run(args),
-        Command::Demo(args) => switchyard::demo::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Journal(cmd) => switchyard::journal::cli::run(cmd),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {

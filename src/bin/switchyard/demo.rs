@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::config::Config;
-use crate::server::Switch;
-use crate::sim::{self, SimConfig};
 use loadtest::{self as loadgen, cli::LoadArgs};
+use switchyard::config::Config;
+use switchyard::server::Switch;
+use switchyard::sim::{self, SimConfig};
 
 /// The shipped config, built in: what the demo's switch runs with unless
 /// `--config` is given.
-pub const BUILT_IN_CONFIG: &str = include_str!("../config/switchyard.toml");
+pub const BUILT_IN_CONFIG: &str = include_str!("../../../config/switchyard.toml");
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -92,8 +92,8 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
         }
     };
     config.journal.durability = match args.journal_durability.as_str() {
-        "fsync" => crate::config::Durability::Fsync,
-        "none" => crate::config::Durability::None,
+        "fsync" => switchyard::config::Durability::Fsync,
+        "none" => switchyard::config::Durability::None,
         other => {
             eprintln!("switchyard demo: --journal-durability is `fsync` or `none`, not `{other}`");
             return ExitCode::from(2);
@@ -333,7 +333,7 @@ fn start_switch(config: Config) -> Result<RunningSwitch, String> {
     let thread = thread::Builder::new()
         .name("demo-switch".into())
         .spawn(move || {
-            let rt = match crate::runtime::build(&config.runtime) {
+            let rt = match switchyard::runtime::build(&config.runtime) {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
