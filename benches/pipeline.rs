@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
-use switchyard::config::Config;
 use switchyard::frame::{DEFAULT_MAX_FRAME, FrameCodec, LengthHeader};
-use switchyard::fraud::{self, Auth, Decision, FraudRules, FraudState};
 use switchyard::iso8583::values::luhn_ok;
 use switchyard::iso8583::{Message, pack_response, samples, specs};
-use switchyard::router::RoutingTable;
+use switchyard::switch::config::Config;
+use switchyard::switch::fraud::{self, Auth, Decision, FraudRules, FraudState};
+use switchyard::switch::router::RoutingTable;
 use tokio_util::codec::{Decoder, Encoder};
 
 const KEY: [u8; 16] = *b"bench-pan-key-01";

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use loadtest::{self as loadgen, cli::LoadArgs};
-use switchyard::config::Config;
-use switchyard::server::Switch;
-use switchyard::sim::{self, SimConfig};
+use loadtest::cli::LoadArgs;
+use switchyard::switch::config::Config;
+use switchyard::switch::server::Switch;
+use switchyard::tools::sim::{self, SimConfig};
 
 /// The shipped config, built in: what the demo's switch runs with unless
 /// `--config` is given.
@@ -71,8 +71,8 @@ impl Out {
     /// The exit status for a stdout that failed: quiet for a closed pipe.
     fn failure(&mut self) -> ExitCode {
         match self.failed.take() {
-            Some(e) if loadgen::cli::is_closed_pipe(&e) => {
-                ExitCode::from(loadgen::cli::CLOSED_STDOUT)
+            Some(e) if loadtest::cli::is_closed_pipe(&e) => {
+                ExitCode::from(loadtest::cli::CLOSED_STDOUT)
             }
             Some(e) => {
                 eprintln!("switchyard demo: writing to stdout: {e}");
@@ -92,8 +92,8 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
         }
     };
     config.journal.durability = match args.journal_durability.as_str() {
-        "fsync" => switchyard::config::Durability::Fsync,
-        "none" => switchyard::config::Durability::None,
+        "fsync" => switchyard::switch::config::Durability::Fsync,
+        "none" => switchyard::switch::config::Durability::None,
         other => {
             eprintln!("switchyard demo: --journal-durability is `fsync` or `none`, not `{other}`");
             return ExitCode::from(2);
@@ -172,7 +172,7 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
         stop_all(switch, sim);
         return out.failure();
     }
-    let report = loadgen::run(load);
+    let report = loadtest::run(load);
     stop_all(switch, sim);
 
     let mut report = match report {
@@ -200,7 +200,7 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
             let _ = std::fs::create_dir_all(dir);
         }
     }
-    for (what, path, written) in loadgen::cli::write_outputs(&report, &args.load) {
+    for (what, path, written) in loadtest::cli::write_outputs(&report, &args.load) {
         match written {
             Ok(()) => {
                 out.line(format_args!("{what}: {}", path.display()));

@@ -10,12 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use switchyard::config::Config;
-use switchyard::decode;
 use switchyard::frame::LengthHeader;
 use switchyard::iso8583::specs;
-use switchyard::server::Switch;
+use switchyard::switch::config::Config;
+use switchyard::switch::server::Switch;
 use switchyard::telemetry::LogFormat;
+use switchyard::tools::decode;
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +30,7 @@ struct Cli {
 }
 
 const LOG_HELP: &str = "Logging: lines go to stderr. RUST_LOG sets the level and filters, \
-e.g. RUST_LOG=debug, RUST_LOG=warn, RUST_LOG=info,switchyard::journal=debug \
+e.g. RUST_LOG=debug, RUST_LOG=warn, RUST_LOG=info,switchyard::switch::journal=debug \
 (default: info). Colour only when stderr is a terminal (and NO_COLOR is unset).";
 
 #[derive(Subcommand)]
@@ -53,13 +53,13 @@ enum Command {
         log_format: LogFormat,
     },
     /// Run an acquirer host simulator (for tests, demos and load tests).
-    Sim(switchyard::sim::cli::SimArgs),
+    Sim(switchyard::tools::sim::cli::SimArgs),
     /// Start a simulator, the switch and a load test on free loopback
     /// ports, print the report, stop. Load-test flags pass through.
     Demo(demo::DemoArgs),
     /// Read the transaction journal (masked): tail, show one transaction, stats.
     #[command(subcommand)]
-    Journal(switchyard::journal::cli::JournalCommand),
+    Journal(switchyard::switch::journal::cli::JournalCommand),
     /// Validate a config file and print every problem with its TOML path.
     CheckConfig {
         /// The config file.
@@ -90,9 +90,9 @@ fn main() -> ExitCode {
             allow_dev_key,
             log_format,
         } => run_switch(config, allow_dev_key, log_format),
-        Command::Sim(args) => switchyard::sim::cli::run(args),
+        Command::Sim(args) => switchyard::tools::sim::cli::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Journal(cmd) => switchyard::journal::cli::run(cmd),
+        Command::Journal(cmd) => switchyard::switch::journal::cli::run(cmd),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 for w in c.warnings() {
