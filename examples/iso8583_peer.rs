@@ -28,8 +28,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use switchyard::hex::parse_hex;
 use switchyard::iso8583::{FieldValue, Message, MessageBuilder, Mti, Spec, specs};
-use switchyard::tools::decode::parse_hex;
 
 fn main() {
     // Panics are reported as answers; keep the default hook's stderr noise

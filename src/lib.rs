@@ -21,6 +21,7 @@ pub use switchyard_protocol::{codes, frame, iso8583, net};
 
 pub mod build_info;
 pub mod clock;
+pub mod hex;
 pub mod runtime;
 #[cfg(test)]
 mod simulation;

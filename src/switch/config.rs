@@ -580,7 +580,7 @@ fn is_digits(s: &str, min: usize, max: usize) -> bool {
 }
 
 fn parse_key(hex: &str) -> Option<[u8; 16]> {
-    let bytes = crate::tools::decode::parse_hex(hex).ok()?;
+    let bytes = crate::hex::parse_hex(hex).ok()?;
     bytes.try_into().ok()
 }
 

@@ -6,32 +6,8 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use crate::frame::{FrameCodec, LengthHeader};
+use crate::hex::parse_hex;
 use crate::iso8583::{Message, Spec};
-
-/// Reads hex into bytes, ignoring whitespace and an optional `0x`.
-pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    let t = text.trim();
-    let t = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
-    let digits: Vec<u8> = t.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
-        return Err(format!("odd number of hex digits ({})", digits.len()));
-    }
-    digits
-        .chunks_exact(2)
-        .enumerate()
-        .map(|(i, p)| {
-            let hi = (p[0] as char).to_digit(16);
-            let lo = (p[1] as char).to_digit(16);
-            match (hi, lo) {
-                (Some(h), Some(l)) => Ok((h * 16 + l) as u8),
-                _ => Err(format!("not hex at digit {}", 2 * i)),
-            }
-        })
-        .collect()
-}
 
 /// Decodes one hex message (optionally with a length header) and writes
 /// the masked dump. Returns false if it could not be decoded.
@@ -112,13 +88,6 @@ pub fn decode_lines(
 mod tests {
     use super::*;
     use crate::iso8583::specs::iso87ascii;
-
-    #[test]
-    fn hex_parsing() {
-        assert_eq!(parse_hex("0x30 31\n"), Ok(vec![0x30, 0x31]));
-        assert!(parse_hex("303").unwrap_err().contains("odd"));
-        assert!(parse_hex("3g").unwrap_err().contains("not hex"));
-    }
 
     #[test]
     fn decodes_framed_and_unframed_lines() {

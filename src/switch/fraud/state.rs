@@ -48,7 +48,7 @@ impl CardHash {
         if s.len() != 32 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
-        let bytes = crate::tools::decode::parse_hex(s).ok()?;
+        let bytes = crate::hex::parse_hex(s).ok()?;
         bytes.try_into().ok().map(CardHash)
     }
 }
