@@ -546,7 +546,7 @@ struct Cli {
 }
 
 /// Throughput against the echo peer (not a test: run it by hand with
-/// `cargo test --release --test loadtest -- --ignored --nocapture`).
+/// `cargo test --release -p loadtest --test loadtest -- --ignored --nocapture`).
 /// `LOADTEST_RATE` (open loop), `LOADTEST_CONNECTIONS` and
 /// `LOADTEST_IN_FLIGHT` change the load.
 #[test]
