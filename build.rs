@@ -1,5 +1,5 @@
-//! Records the git commit the binary was built from, for the build-info
-//! metric and the load-test reports. Outside a git checkout it is "unknown".
+// Records the git commit the binary was built from, for the build-info
+// metric and the load-test reports. Outside a git checkout it is "unknown".
 
 use std::process::Command;
 

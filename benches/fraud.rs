@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use switchyard::config::Config;
-use switchyard::fraud::{self, Auth, FraudRules, FraudState};
+use switchyard::switch::config::Config;
+use switchyard::switch::fraud::{self, Auth, FraudRules, FraudState};
 
 const KEY: [u8; 16] = *b"bench-pan-key-01";
 const CARDS: u64 = 100_000;

@@ -28,7 +28,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use switchyard::decode::parse_hex;
+use switchyard::hex::parse_hex;
 use switchyard::iso8583::{FieldValue, Message, MessageBuilder, Mti, Spec, specs};
 
 fn main() {

@@ -1,6 +1,6 @@
 //! Runtime layout and process signals.
 
-use crate::config::{RuntimeConfig, RuntimeFlavor};
+use crate::switch::config::{RuntimeConfig, RuntimeFlavor};
 
 /// Builds the tokio runtime the config asks for.
 pub fn build(config: &RuntimeConfig) -> std::io::Result<tokio::runtime::Runtime> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use switchyard::iso8583::Mti;
-use switchyard::sim::Latency;
+use switchyard::tools::sim::Latency;
 
 const N: u32 = 6;
 
@@ -78,7 +78,7 @@ async fn an_answer_for_another_request_is_discarded_and_the_request_reversed() {
 
     sim.set_wrong_stan(false);
     sim.resume();
-    let reversed = |s: &switchyard::sim::SimHandle, stan: u32| {
+    let reversed = |s: &switchyard::tools::sim::SimHandle, stan: u32| {
         s.received()
             .iter()
             .filter(|r| {

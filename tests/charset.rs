@@ -45,7 +45,7 @@ fn request_with(stan: u32, field: usize, byte: u8) -> Vec<u8> {
 }
 
 /// The 0200s the simulator received (sign-on and echoes left out).
-fn financial(sim: &switchyard::sim::SimHandle) -> Vec<switchyard::sim::Received> {
+fn financial(sim: &switchyard::tools::sim::SimHandle) -> Vec<switchyard::tools::sim::Received> {
     sim.received()
         .into_iter()
         .filter(|r| r.mti == Mti::FINANCIAL)

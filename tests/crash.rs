@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::*;
 use switchyard::iso8583::Mti;
-use switchyard::journal::Record;
-use switchyard::sim::{Latency, SimConfig, SimHandle};
+use switchyard::switch::journal::Record;
+use switchyard::tools::sim::{Latency, SimConfig, SimHandle};
 use tokio::sync::Notify;
 use tokio::time::timeout;
 
@@ -153,7 +153,7 @@ struct JournalTxn {
 /// Reads a journal; a damaged tail (as `kill -9` can leave) ends the read.
 fn journal_view(dir: &Path) -> BTreeMap<u64, JournalTxn> {
     let mut txns: BTreeMap<u64, JournalTxn> = BTreeMap::new();
-    for r in switchyard::journal::read_all(dir).expect("journal readable") {
+    for r in switchyard::switch::journal::read_all(dir).expect("journal readable") {
         let Ok((_, rec)) = r else { break };
         let t = txns.entry(rec.txn()).or_default();
         match rec {

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use loadtest::LoadConfig;
 use switchyard::frame::LengthHeader;
-use switchyard::loadgen::{self, LoadConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 /// A short demo: the shortest that still measures something.
@@ -96,7 +96,7 @@ fn the_demo_stops_quietly_when_stdout_closes() {
 /// Issue 10 item 11: `switchyard decode ... | head` says nothing.
 #[test]
 fn decode_stops_quietly_when_stdout_closes() {
-    let frame = &loadgen::sample_messages(&LoadConfig::default(), 0, 1)[0];
+    let frame = &loadtest::sample_messages(&LoadConfig::default(), 0, 1)[0];
     assert_eq!(LoadConfig::default().framing, LengthHeader::Binary2);
     let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
     let decoded = Command::new(BIN)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use switchyard::iso8583::Mti;
-use switchyard::sim::Latency;
+use switchyard::tools::sim::Latency;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -68,7 +68,7 @@ async fn a_link_down_at_start_warns_once_per_interval_then_says_when_it_is_up() 
         assert!(w.contains(part), "{part} missing from {w}");
     }
 
-    let sim = start_sim_with(switchyard::sim::SimConfig {
+    let sim = start_sim_with(switchyard::tools::sim::SimConfig {
         listen: addr,
         ..sim_config()
     })

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use switchyard::iso8583::Mti;
-use switchyard::sim::{Latency, SimConfig};
+use switchyard::tools::sim::{Latency, SimConfig};
 use tokio::io::AsyncWriteExt;
 
 const CONNECTIONS: u32 = 32;

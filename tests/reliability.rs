@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use switchyard::iso8583::Mti;
-use switchyard::sim::{Latency, Received, SimHandle};
+use switchyard::tools::sim::{Latency, Received, SimHandle};
 use tokio::time::timeout;
 
 fn of_mti(sim: &SimHandle, mti: u16) -> Vec<Received> {
@@ -184,7 +184,7 @@ async fn stand_in_approves_small_requests_and_advises_the_host_later() {
     let large = t.request(&auth(Mti::FINANCIAL, 42, PAN, 10_000)).await;
     assert_eq!(code(&large), "91", "over the stand-in limit");
 
-    let sim = start_sim_with(switchyard::sim::SimConfig {
+    let sim = start_sim_with(switchyard::tools::sim::SimConfig {
         listen: addr,
         ..sim_config()
     })

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use switchyard::frame::{FrameCodec, LengthHeader};
 use switchyard::iso8583::{Message, MessageBuilder, Mti, specs};
-use switchyard::sim::{self, Latency, Received, SimConfig, SimHandle};
+use switchyard::tools::sim::{self, Latency, Received, SimConfig, SimHandle};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use common::*;
 use switchyard::iso8583::Mti;
-use switchyard::sim::{Latency, SimConfig};
+use switchyard::tools::sim::{Latency, SimConfig};
 use tokio::time::timeout;
 
-fn mtis(sim: &switchyard::sim::SimHandle) -> Vec<u16> {
+fn mtis(sim: &switchyard::tools::sim::SimHandle) -> Vec<u16> {
     sim.received().iter().map(|r| r.mti.value()).collect()
 }
 

@@ -1,8 +1,8 @@
-//! `loadtest`: the load generator's command line; the work is done by
-//! `switchyard::loadgen`, which `switchyard demo` runs in-process too.
+//! `loadtest`: the load generator's command line; the work is done by the
+//! `loadtest` library, which `switchyard demo` runs in-process too.
 
 use clap::Parser;
-use switchyard::loadgen::cli::LoadArgs;
+use loadtest::cli::LoadArgs;
 
 /// Load generator for Switchyard and any ISO 8583 host.
 #[derive(Parser)]
@@ -13,5 +13,5 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    switchyard::loadgen::cli::run(Cli::parse().args)
+    loadtest::cli::run(Cli::parse().args)
 }

@@ -6,7 +6,10 @@
 //! * [`frame`]: the length-header framings that delimit messages on a
 //!   TCP stream (a tokio-util `Decoder`/`Encoder`, no socket).
 //! * [`net`]: non-blocking read/write of a framed socket's buffers.
+//! * [`codes`]: the response codes (DE39) the switch sets: its wire
+//!   contract with terminals, which the load generator reads them by.
 
+pub mod codes;
 pub mod frame;
 pub mod iso8583;
 pub mod net;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::host::TxnKey;
 use super::world::World;
-use crate::journal::Record;
+use crate::switch::journal::Record;
 
 /// The promises, checked one after the other; the first broken one is
 /// returned with what broke it.

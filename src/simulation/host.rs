@@ -1,5 +1,5 @@
 //! The acquirer host of the simulation: the simulator's own rules
-//! (`crate::sim::rules`) deciding and packing every answer, plus a record
+//! (`crate::tools::sim::rules`) deciding and packing every answer, plus a record
 //! of what the host saw, which the checks compare with what terminals got.
 
 use std::collections::{HashMap, HashSet};
@@ -9,7 +9,7 @@ use tokio_util::codec::Decoder;
 
 use crate::frame::{FrameCodec, LengthHeader};
 use crate::iso8583::{Message, Spec};
-use crate::sim::rules::{self, Answer, Kind, Rules, XorShift};
+use crate::tools::sim::rules::{self, Answer, Kind, Rules, XorShift};
 
 /// A transaction as the host knows it: terminal id and the STAN of the
 /// original request.

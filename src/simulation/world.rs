@@ -17,18 +17,18 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 use super::host::{Host, HostConn};
-use crate::acquirer::link::{LinkCore, LinkSettings};
-use crate::acquirer::{AcquirerHandle, LinkHandle, LinkShared, Outcome};
 use crate::clock::Now;
-use crate::config::Config;
 use crate::frame::{FrameCodec, LengthHeader};
 use crate::iso8583::{Message, MessageBuilder, Mti, specs};
-use crate::journal::recovery::Fold;
-use crate::journal::{Journal, Record, Recovery, RecoveryStats};
-use crate::saf::{Answer, SafCore, SafEntry, SafEvent, SafHandle};
-use crate::server::Shared;
-use crate::sim::rules::XorShift;
-use crate::terminal::{JournalAppend, TerminalCore};
+use crate::switch::acquirer::link::{LinkCore, LinkSettings};
+use crate::switch::acquirer::{AcquirerHandle, LinkHandle, LinkShared, Outcome};
+use crate::switch::config::Config;
+use crate::switch::journal::recovery::Fold;
+use crate::switch::journal::{Journal, Record, Recovery, RecoveryStats};
+use crate::switch::saf::{Answer, SafCore, SafEntry, SafEvent, SafHandle};
+use crate::switch::server::Shared;
+use crate::switch::terminal::{JournalAppend, TerminalCore};
+use crate::tools::sim::rules::XorShift;
 
 /// Terminals (clients) per run.
 const CLIENTS: usize = 3;
@@ -91,7 +91,7 @@ fn unused_journal() -> Journal {
             .expect("simulation config")
             .journal;
         config.dir = dir.path().to_owned();
-        config.durability = crate::config::Durability::None;
+        config.durability = crate::switch::config::Durability::None;
         let (journal, _) = Journal::open(&config).expect("journal");
         (dir, journal)
     })
@@ -980,7 +980,7 @@ impl World {
                 if matches!(e, SafEvent::Acked { .. } | SafEvent::Expired { .. }) {
                     s.saf_handle.entry_left();
                 }
-                let record = crate::saf::record_of(&e, now.unix_ms);
+                let record = crate::switch::saf::record_of(&e, now.unix_ms);
                 SimJournal(self.journal.clone()).append(record);
             }
             let Some((key, body)) = s.saf.poll_send() else {
@@ -1048,14 +1048,14 @@ impl Switch {
             stand_in: a.stand_in.clone(),
             saf: saf_handle.clone(),
         }];
-        crate::saf::resume_from_journal(&acquirers, recovery, now.unix_ms, |r| {
+        crate::switch::saf::resume_from_journal(&acquirers, recovery, now.unix_ms, |r| {
             SimJournal(journal.clone()).append(r);
         });
         let mut shared =
             Shared::new(config, acquirers, unused_journal(), next_txn).expect("simulation routes");
         // Placement in the recent answers is seeded per process in the
         // switch; here by the run, so a seed replays exactly.
-        shared.recent = crate::repeats::RecentAnswers::with_seed(
+        shared.recent = crate::switch::repeats::RecentAnswers::with_seed(
             config.limits.recent_answers,
             config.limits.recent_answers_ttl,
             seed,

@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use switchyard::config::Config;
 use switchyard::frame::{FrameCodec, LengthHeader};
 use switchyard::iso8583::{Message, MessageBuilder, Mti, specs};
-use switchyard::server::Switch;
-use switchyard::sim::{self, SimConfig, SimHandle};
+use switchyard::switch::config::Config;
+use switchyard::switch::server::Switch;
+use switchyard::tools::sim::{self, SimConfig, SimHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;

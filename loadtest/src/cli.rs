@@ -1,0 +1,268 @@
+//! The command line of `loadtest` (and of `switchyard demo`'s load part).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use switchyard_protocol::frame::LengthHeader;
+use switchyard_protocol::iso8583::specs;
+
+use super::{LoadConfig, Mix, Mode, Report};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Host to load: HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:8583")]
+    pub target: String,
+    /// TCP connections.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
+    /// Open loop: total requests per second over all connections; latency
+    /// counts from each request's intended send time (corrected for
+    /// coordinated omission, as wrk2 does). Without it the load is closed
+    /// loop (see --in-flight).
+    #[arg(short = 'R', long)]
+    pub rate: Option<f64>,
+    /// Closed loop: requests in flight per connection. Latency then counts
+    /// from the actual send and is NOT corrected for coordinated omission:
+    /// a stalled peer also stalls the sends that would have measured it
+    /// (use --rate for that).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Measured period, e.g. "10s", "500ms", "2m".
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load before the measured period, excluded from the figures.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Built-in spec name (iso87ascii, iso87binary) or a TOML spec file.
+    #[arg(long, default_value = "iso87ascii")]
+    pub spec: String,
+    /// Length header: binary2, ascii4, binary2-inclusive, binary4.
+    #[arg(long, default_value = "binary2")]
+    pub framing: String,
+    /// Seed of the message stream and of this run's key space (terminal
+    /// ids, STANs). Default: random, printed in the report, so that runs
+    /// against a switch that stays up do not repeat each other's keys (and
+    /// get 94 duplicates); give the printed seed to repeat a run exactly.
+    /// Repeated runs still share the card population, and so the switch's
+    /// fraud history of those cards (velocity, declines): later runs may
+    /// see more 59s.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Card population size.
+    #[arg(long, default_value_t = 100_000)]
+    pub cards: usize,
+    /// Terminal ids (DE41); at least one per connection is used.
+    #[arg(long, default_value_t = 1_000)]
+    pub terminals: usize,
+    /// A request unanswered this long counts as timed out.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Request mix, e.g. "purchase=70,auth=20,reversal=5,fraud=5".
+    #[arg(long, default_value = "purchase=70,auth=20,reversal=5,fraud=5")]
+    pub mix: String,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the latency distribution (HdrHistogram .hgrm text) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// Write a self-contained HTML report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Worker threads: 0 picks one per core, at most 2; N runs exactly N
+    /// (never more than one per connection). On a box shared with the
+    /// switch, fewer threads leave it more CPU.
+    #[arg(short = 't', long, default_value_t = 0)]
+    pub threads: usize,
+    /// Most errors allowed for a clean run, in percent: answers that are
+    /// the switch's own refusals (30, 91, 92, 94, 96, 12) as a share of
+    /// answers, and timeouts as a share of requests. Host and fraud
+    /// declines (05, 51, 59, ...) are not errors. Over it: exit status 1.
+    #[arg(long, default_value = "0.1%", value_parser = parse_percent)]
+    pub max_error_rate: f64,
+    /// The target switch's admin address (HOST:PORT): its /metrics are read
+    /// at the start and end of the measured period, and the switch's own
+    /// latency is shown next to the end-to-end figures.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<String>,
+}
+
+/// "0.1%" or "0.1" (percent) as a share: 0.001.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v: f64 = t
+        .strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage (e.g. 0.1%)"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("`{s}`: a percentage from 0 to 100"));
+    }
+    Ok(v / 100.0)
+}
+
+fn resolve(flag: &str, addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("{flag} {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{flag} {addr}: no address"))
+}
+
+/// "10s", "500ms", "250us", "2m", "1.5s"; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 10s, 500ms)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" | "µs" => v / 1e6,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` (s, ms, us, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+impl LoadArgs {
+    pub fn to_config(&self) -> Result<LoadConfig, String> {
+        let target = resolve("--target", &self.target)?;
+        let admin = self
+            .admin
+            .as_deref()
+            .map(|a| resolve("--admin", a))
+            .transpose()?;
+        let spec = specs::resolve(&self.spec).map_err(|e| format!("--spec: {e}"))?;
+        let framing: LengthHeader = self
+            .framing
+            .parse()
+            .map_err(|e| format!("--framing: {e}"))?;
+        let mode = match self.rate {
+            Some(rate) if rate.is_finite() && rate > 0.0 => Mode::Open { rate },
+            Some(rate) => return Err(format!("--rate {rate}: must be a positive number")),
+            None if self.in_flight == 0 => return Err("--in-flight must be at least 1".into()),
+            None => Mode::Closed {
+                in_flight: self.in_flight,
+            },
+        };
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        Ok(LoadConfig {
+            target,
+            connections: self.connections,
+            mode,
+            duration: self.duration,
+            warmup: self.warmup,
+            spec,
+            framing,
+            seed: self.seed.unwrap_or_else(super::random_seed),
+            mix: Mix::parse(&self.mix)?,
+            cards: self.cards,
+            terminals: self.terminals,
+            timeout: self.timeout,
+            progress: !self.no_progress,
+            threads: self.threads,
+            max_error_rate: self.max_error_rate,
+            admin,
+        })
+    }
+}
+
+/// Writes the report files the flags ask for (`--json`, `--hgrm`,
+/// `--html`), in that order: what each is, where, and how it went.
+pub fn write_outputs<'a>(
+    report: &'a Report,
+    args: &'a LoadArgs,
+) -> impl Iterator<Item = (&'static str, &'a Path, std::io::Result<()>)> + 'a {
+    type Write = fn(&Report, &Path) -> std::io::Result<()>;
+    let outputs: [(&'static str, &'a Option<PathBuf>, Write); 3] = [
+        ("JSON report", &args.json, |r, p| {
+            std::fs::write(p, r.to_json())
+        }),
+        ("histogram", &args.hgrm, Report::write_hgrm),
+        ("HTML report", &args.html, Report::write_html),
+    ];
+    outputs.into_iter().filter_map(move |(what, path, write)| {
+        let path = path.as_deref()?;
+        Some((what, path, write(report, path)))
+    })
+}
+
+/// The exit status of a program whose stdout was closed under it (a
+/// reader like `head` that has read enough): what a shell reports for a
+/// process ended by SIGPIPE, 128 + 13.
+pub const CLOSED_STDOUT: u8 = 141;
+
+/// Is this write error a closed stdout (the reader went away)?
+pub fn is_closed_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+/// Runs the load, prints the report, writes the files asked for. Exit
+/// status 0 when the run is clean, 1 when not ([`Report::problems`]), 2
+/// when it could not run or a file could not be written, 141 (as for
+/// SIGPIPE) when stdout was closed before the report was printed.
+pub fn run(args: LoadArgs) -> ExitCode {
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match super::run(config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut failed = false;
+    let mut closed = false;
+    let printed = {
+        let mut out = std::io::stdout().lock();
+        report
+            .print_human(&mut out)
+            .and_then(|()| std::io::Write::flush(&mut out))
+    };
+    match printed {
+        Ok(()) => {}
+        // The reader has gone (`loadtest ... | head`): nothing to say.
+        Err(e) if is_closed_pipe(&e) => closed = true,
+        Err(e) => {
+            eprintln!("loadtest: printing the report: {e}");
+            failed = true;
+        }
+    }
+    for (what, path, written) in write_outputs(&report, &args) {
+        if let Err(e) = written {
+            eprintln!("loadtest: writing the {what} to {}: {e}", path.display());
+            failed = true;
+        }
+    }
+    if closed {
+        return ExitCode::from(CLOSED_STDOUT);
+    }
+    let problems = report.problems();
+    if !problems.is_empty() {
+        eprintln!("loadtest: NOT CLEAN: {}", problems.join("; "));
+        return ExitCode::from(report.exit_code());
+    }
+    if failed {
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,324 @@
+//! The link's tokio task: moves bytes between the socket and the core,
+//! forwards from the inbox into it, answers back to terminals, sleeps
+//! until the core's next deadline, and logs what the core reports.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use metrics::Gauge;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::core::{LinkCore, LinkEvent};
+use super::{BATCH, LinkSettings};
+use crate::clock::Now;
+use crate::frame::FrameCodec;
+use crate::net::read_available;
+use crate::switch::acquirer::{Failure, Forward, LinkShared, Outcome, ReplyTo};
+use crate::telemetry;
+use crate::throttle::LogThrottle;
+
+/// While a link stays down, one warn line per this interval (with the
+/// count of failures not logged).
+const DOWN_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>>;
+
+struct Driver {
+    core: LinkCore<ReplyTo>,
+    rx: mpsc::Receiver<Forward>,
+    shared: Arc<LinkShared>,
+    batch: Vec<Forward>,
+    codec: FrameCodec,
+    rbuf: BytesMut,
+    up_gauge: Gauge,
+    in_flight_gauge: Gauge,
+    was_up: bool,
+    down_log: LogThrottle,
+}
+
+pub(super) async fn run(
+    settings: LinkSettings,
+    rx: mpsc::Receiver<Forward>,
+    shared: Arc<LinkShared>,
+    shutdown: CancellationToken,
+) {
+    let name = settings.name.clone();
+    let mut d = Driver {
+        codec: FrameCodec::new(settings.framing, settings.max_frame),
+        core: LinkCore::new(settings, Now::read()),
+        rx,
+        shared,
+        batch: Vec::with_capacity(BATCH),
+        rbuf: BytesMut::with_capacity(64 * 1024),
+        up_gauge: metrics::gauge!(telemetry::LINK_UP, "link" => name.clone()),
+        in_flight_gauge: metrics::gauge!(telemetry::LINK_IN_FLIGHT, "link" => name),
+        was_up: false,
+        down_log: LogThrottle::new(DOWN_LOG_INTERVAL),
+    };
+    d.run(shutdown).await;
+}
+
+async fn connect(addr: std::net::SocketAddr, within: Duration) -> Result<TcpStream, String> {
+    match tokio::time::timeout(within, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no connection within {within:?}")),
+    }
+}
+
+async fn connected(c: &mut Option<Connecting>) -> Result<TcpStream, String> {
+    match c {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn readable(s: &Option<TcpStream>) -> std::io::Result<()> {
+    match s {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn writable(s: &Option<TcpStream>) -> std::io::Result<()> {
+    match s {
+        Some(s) => s.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    async fn run(&mut self, shutdown: CancellationToken) {
+        let mut stream: Option<TcpStream> = None;
+        let mut connecting: Option<Connecting> = None;
+        let mut stopping = false;
+        let mut inbox_open = true;
+        let timer = sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        loop {
+            let now = Now::read();
+            if connecting.is_none() && stream.is_none() && self.core.poll_connect(now) {
+                let s = self.core.settings();
+                connecting = Some(Box::pin(connect(s.addr, s.connect_timeout)));
+            }
+            if let Some(s) = &stream
+                && let Err(e) = self.write_out(s)
+            {
+                self.core.handle_closed(now, format!("write: {e}"));
+            }
+            self.publish(now);
+            if !self.core.wants_socket() && stream.is_some() {
+                stream = None;
+                self.rbuf.clear();
+            }
+            if !self.core.is_connecting() {
+                connecting = None;
+            }
+            if self.core.is_closed() {
+                break;
+            }
+            let wake = self.core.poll_timeout();
+            if let Some(at) = wake
+                && timer.deadline() != at.into()
+            {
+                timer.as_mut().reset(at.into());
+            }
+            let want_write = stream.is_some() && self.core.poll_transmit().is_some();
+            let take_forwards = inbox_open && self.core.accepts_forwards();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    self.core.handle_shutdown(Now::read());
+                }
+                r = connected(&mut connecting) => {
+                    connecting = None;
+                    let now = Now::read();
+                    match r {
+                        Ok(s) => {
+                            stream = Some(s);
+                            self.rbuf.clear();
+                            self.core.handle_connected(now);
+                        }
+                        Err(e) => self.core.handle_connect_failed(now, e),
+                    }
+                }
+                r = readable(&stream) => {
+                    let now = Now::read();
+                    match r {
+                        Err(e) => self.core.handle_closed(now, format!("read: {e}")),
+                        Ok(()) => {
+                            if let Some(s) = &stream {
+                                self.read(s, now);
+                            }
+                        }
+                    }
+                }
+                n = self.rx.recv_many(&mut self.batch, BATCH), if take_forwards => {
+                    let now = Now::read();
+                    if n == 0 {
+                        // Every handle is gone: nobody can forward again.
+                        inbox_open = false;
+                        stopping = true;
+                        self.core.handle_shutdown(now);
+                    }
+                    for f in self.batch.drain(..) {
+                        self.core.handle_forward(now, f.key, f.body, f.reply_to);
+                    }
+                }
+                r = writable(&stream), if want_write => {
+                    if let Err(e) = r {
+                        self.core.handle_closed(Now::read(), format!("write: {e}"));
+                    }
+                }
+                _ = &mut timer, if wake.is_some() => {
+                    self.core.handle_timeout(Now::read());
+                }
+            }
+        }
+        self.publish(Now::read());
+        self.rx.close();
+        while let Some(f) = self.rx.recv().await {
+            f.reply_to.send(Outcome::Failed(Failure::LinkDown));
+        }
+    }
+
+    /// Reads what the socket has and hands every whole frame to the core.
+    fn read(&mut self, s: &TcpStream, now: Now) {
+        let open = match read_available(s, &mut self.rbuf) {
+            Ok(open) => open,
+            Err(e) => {
+                self.core.handle_closed(now, format!("read: {e}"));
+                return;
+            }
+        };
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => self.core.handle_frame(now, frame),
+                Ok(None) => break,
+                Err(e) => {
+                    self.core
+                        .handle_closed(now, format!("bad frame from host: {e}"));
+                    return;
+                }
+            }
+        }
+        if !open {
+            self.core.handle_closed(now, "host closed the connection");
+        }
+    }
+
+    /// Writes as much as the socket takes now.
+    fn write_out(&mut self, s: &TcpStream) -> std::io::Result<()> {
+        while let Some(buf) = self.core.poll_transmit() {
+            match s.try_write(buf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.core.handle_transmitted(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs the core's events, mirrors its state into `LinkShared` (before
+    /// any answer goes out, so a terminal told `LinkLost` sees the link
+    /// down), then delivers its answers.
+    fn publish(&mut self, now: Now) {
+        while let Some(e) = self.core.poll_event() {
+            self.log(e, now);
+        }
+        let up = self.core.is_up();
+        if up != self.was_up {
+            self.was_up = up;
+            self.shared.set_up(up);
+            self.up_gauge.set(if up { 1.0 } else { 0.0 });
+        }
+        let n = self.core.in_flight();
+        self.shared.set_in_flight(n);
+        self.in_flight_gauge.set(n as f64);
+        while let Some((to, outcome)) = self.core.poll_reply() {
+            to.send(outcome);
+        }
+    }
+
+    fn log(&mut self, e: LinkEvent, now: Now) {
+        let s = self.core.settings();
+        let (acquirer, link, addr) = (&s.acquirer, s.index, s.addr);
+        match e {
+            LinkEvent::Up { attempts } => {
+                self.down_log.reset();
+                info!(%acquirer, link, %addr, attempts, "link up");
+            }
+            LinkEvent::ConnectFailed {
+                reason,
+                attempts,
+                retry_in,
+            } => match self.down_log.allow(now.at) {
+                Some(suppressed) => warn!(%acquirer, link, %addr, attempts, ?retry_in,
+                    suppressed, "link not up: {reason}"),
+                None => {
+                    debug!(%acquirer, link, %addr, attempts, ?retry_in, "link not up: {reason}")
+                }
+            },
+            LinkEvent::Down { reason, retry_in } => {
+                // A drop is news; the failures to come back after it are
+                // rate-limited from here.
+                self.down_log.reset();
+                let _ = self.down_log.allow(now.at);
+                warn!(%acquirer, link, %addr, ?retry_in, "link down: {reason}");
+            }
+            LinkEvent::MissedEcho { missed } => {
+                warn!(%acquirer, link, %addr, missed, "echo test not answered in time");
+            }
+            LinkEvent::SignedOff => info!(%acquirer, link, %addr, "signed off"),
+            LinkEvent::SignOffUnconfirmed { reason } => {
+                info!(%acquirer, link, %addr, "sign-off not confirmed: {reason}")
+            }
+            LinkEvent::Mismatch {
+                mti,
+                stan,
+                terminal,
+                pan,
+                fields,
+            } => warn!(%acquirer, link, %mti, stan, %terminal, pan = ?pan, %fields,
+                "answer disagrees with its request in fields {fields}; discarded, the request waits for its own answer"),
+            LinkEvent::Late {
+                mti,
+                stan,
+                terminal,
+                pan,
+            } => info!(%acquirer, link, %mti, stan, %terminal, pan = ?pan,
+                "late answer after timeout dropped"),
+            LinkEvent::Unknown {
+                mti,
+                stan,
+                terminal,
+                pan,
+            } => warn!(%acquirer, link, %mti, stan, %terminal, pan = ?pan,
+                "answer matches no request; dropped"),
+            LinkEvent::Unmatchable { mti } => {
+                warn!(%acquirer, link, %mti, "answer without DE11/DE41 can not be matched")
+            }
+            LinkEvent::Unreadable { reason } => {
+                warn!(%acquirer, link, "unreadable answer from host: {reason}")
+            }
+            LinkEvent::HostRequest { mti } => warn!(%acquirer, link, %mti,
+                "host sent a request; only network management is accepted from hosts"),
+            LinkEvent::Unframeable { reason } => {
+                warn!(%acquirer, link, "request can not be framed for the host: {reason}")
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Acquirer links: one actor per persistent TCP connection to an upstream
+//! host ([`link`]), each with its own in-flight table ([`matcher`]).
+//! Terminals hold cheap [`LinkHandle`]s and forward requests with
+//! `try_send` on a bounded queue; answers come back on the terminal's own
+//! bounded inbox as [`Reply`]s.
+
+pub mod link;
+pub mod matcher;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::iso8583::Spec;
+use crate::switch::config::StandInConfig;
+pub use matcher::MatchKey;
+
+/// A request on its way upstream.
+pub struct Forward {
+    pub key: MatchKey,
+    /// The request as the host's spec lays it out.
+    pub body: Bytes,
+    pub reply_to: ReplyTo,
+}
+
+/// Where an answer goes: the terminal's inbox and the request's slot there.
+pub struct ReplyTo {
+    pub tx: mpsc::Sender<Reply>,
+    pub token: u32,
+}
+
+impl ReplyTo {
+    /// Sends the outcome. The terminal sized its inbox for every request it
+    /// has in flight, so this never finds it full; a closed inbox means the
+    /// terminal is gone and the answer has nowhere to go.
+    pub fn send(self, outcome: Outcome) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Reply {
+            token: self.token,
+            outcome,
+        }) {
+            tracing::error!("terminal inbox full; an answer was dropped (inbox sizing bug)");
+        }
+    }
+}
+
+/// An answer for a terminal.
+pub struct Reply {
+    pub token: u32,
+    pub outcome: Outcome,
+}
+
+pub enum Outcome {
+    /// The host answered: its message (host spec), DE39 and DE38, read
+    /// once by the link so the terminal need not parse the answer again.
+    Answered {
+        body: Bytes,
+        response_code: [u8; 2],
+        approval_code: Option<crate::iso8583::SmallText>,
+    },
+    Failed(Failure),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within the request timeout.
+    Timeout,
+    /// The link was down, or went down before the request was written:
+    /// the host never saw it.
+    LinkDown,
+    /// The link went down with the request in its in-flight table (entered
+    /// when it is queued for writing, so possibly not yet written): the
+    /// host may have it, so it is reversed, like a timeout.
+    LinkLost,
+    /// The link's in-flight table is full (a slow host).
+    LinkBusy,
+    /// The same key is already in flight.
+    Duplicate,
+}
+
+/// State a link shares with the rest of the switch.
+pub struct LinkShared {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    up: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Tells watchers (health checks, tests, the demo) when the link goes up
+    /// or down; the hot path reads `up` instead.
+    changes: tokio::sync::watch::Sender<bool>,
+}
+
+impl LinkShared {
+    pub(crate) fn new(name: String, addr: std::net::SocketAddr) -> LinkShared {
+        LinkShared {
+            name,
+            addr,
+            up: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            changes: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        self.changes
+            .send_if_modified(|v| std::mem::replace(v, up) != up);
+    }
+
+    /// Resolves once the link is up (`true`) or down (`false`).
+    pub async fn wait_for(&self, up: bool) {
+        let mut rx = self.changes.subscribe();
+        let _ = rx.wait_for(|&v| v == up).await;
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n, Ordering::Relaxed);
+    }
+}
+
+/// A cheap handle on a link actor.
+#[derive(Clone)]
+pub struct LinkHandle {
+    tx: mpsc::Sender<Forward>,
+    pub shared: Arc<LinkShared>,
+}
+
+impl LinkHandle {
+    /// A handle on a queue its caller reads instead of a link actor (unit
+    /// tests of the terminal core; the deterministic simulation).
+    pub fn channel(
+        shared: Arc<LinkShared>,
+        capacity: usize,
+    ) -> (LinkHandle, mpsc::Receiver<Forward>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (LinkHandle { tx, shared }, rx)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.shared.is_up()
+    }
+
+    /// Queues a request; hands it back if the link's queue is full.
+    pub fn try_forward(&self, f: Forward) -> Result<(), Forward> {
+        self.tx.try_send(f).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
+        })
+    }
+}
+
+/// One configured acquirer and its links.
+pub struct AcquirerHandle {
+    pub name: String,
+    pub spec: &'static Spec,
+    pub links: Vec<LinkHandle>,
+    pub stand_in: StandInConfig,
+    /// Reversals and advices waiting to reach this acquirer.
+    pub saf: crate::switch::saf::SafHandle,
+}
+
+impl AcquirerHandle {
+    pub fn any_up(&self) -> bool {
+        self.links.iter().any(LinkHandle::is_up)
+    }
+
+    /// A link that is up, chosen by `hash` among those up, so one key
+    /// always lands on the same link while the set of links up holds (and
+    /// the link's table catches duplicates).
+    pub fn pick(&self, hash: u64) -> Option<&LinkHandle> {
+        let up = self.links.iter().filter(|l| l.is_up()).count();
+        if up == 0 {
+            return None;
+        }
+        let n = (hash % up as u64) as usize;
+        self.links.iter().filter(|l| l.is_up()).nth(n)
+    }
+}

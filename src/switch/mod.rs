@@ -1,0 +1,25 @@
+//! The switch: what runs in `switchyard run`.
+//!
+//! * [`server`]: the assembly: journal and recovery, link and SAF actors,
+//!   the terminal listener, the admin endpoint, orderly shutdown.
+//! * [`terminal`]: one actor per terminal connection (core + driver), the
+//!   request pipeline (validate, repeats, admission, fraud, route, journal,
+//!   forward, answer, stand-in, advice).
+//! * [`acquirer`]: the links to acquirer hosts (core + driver) and the
+//!   matching of answers to requests.
+//! * [`saf`]: store-and-forward of reversals and advices (core + driver).
+//! * [`router`]: card range -> acquirer. [`fraud`]: scoring and per-card
+//!   history. [`repeats`]: recent answers for repeated requests.
+//! * [`journal`]: the append-only transaction journal and its recovery.
+//! * [`admin`]: `/metrics` and `/health`. [`config`]: the TOML config.
+
+pub mod acquirer;
+pub mod admin;
+pub mod config;
+pub mod fraud;
+pub mod journal;
+pub mod repeats;
+pub mod router;
+pub mod saf;
+pub mod server;
+pub mod terminal;

@@ -1,0 +1,194 @@
+//! The tokio task around [`SafCore`]: takes entries from the handle's
+//! channel (only while the core has room), tells the core when the set of
+//! links up changes, forwards what it hands out through a link that is up,
+//! brings back the link's answer (a link answers every forward), sleeps
+//! until the core's next deadline, and journals its events.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::{Answer, EventSink, SafCore, SafEntry, SafEvent};
+use crate::clock::Now;
+use crate::switch::acquirer::{Forward, LinkHandle, Outcome, Reply, ReplyTo};
+use crate::telemetry;
+
+pub(super) struct Driver {
+    pub acquirer: String,
+    pub core: SafCore,
+    pub links: Vec<LinkHandle>,
+    pub events: EventSink,
+    pub rx: mpsc::Receiver<SafEntry>,
+    /// The handle's reservation count, released here as entries leave.
+    pub depth: Arc<AtomicUsize>,
+    pub stop: CancellationToken,
+}
+
+struct Metrics {
+    depth: metrics::Gauge,
+    retries: metrics::Counter,
+    expired: metrics::Counter,
+}
+
+pub(super) async fn run(mut d: Driver) {
+    let m = Metrics {
+        depth: metrics::gauge!(telemetry::SAF_DEPTH, "acquirer" => d.acquirer.clone()),
+        retries: metrics::counter!(telemetry::SAF_RETRIES, "acquirer" => d.acquirer.clone()),
+        expired: metrics::counter!(telemetry::SAF_EXPIRED, "acquirer" => d.acquirer.clone()),
+    };
+    // One send at a time, so one slot is enough.
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(1);
+    let mut told_up = None;
+    loop {
+        let up_now: Vec<bool> = d.links.iter().map(LinkHandle::is_up).collect();
+        let any_up = up_now.iter().any(|&u| u);
+        if told_up != Some(any_up) {
+            d.core.handle_links_up(Now::read(), any_up);
+            told_up = Some(any_up);
+        }
+        d.carry_out(&reply_tx, &m);
+
+        let deadline = d.core.poll_timeout();
+        let timer = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let room = !d.core.is_full();
+        tokio::select! {
+            biased;
+            _ = d.stop.cancelled() => return,
+            Some(reply) = reply_rx.recv() => {
+                let answer = answer_of(&reply.outcome);
+                debug!(acquirer = %d.acquirer, ?answer, "store-and-forward answer");
+                d.core.handle_answer(Now::read(), answer);
+            }
+            e = d.rx.recv(), if room => match e {
+                Some(e) => d.accept(e),
+                None => return,
+            },
+            _ = timer => d.core.handle_timeout(Now::read()),
+            _ = any_change(&d.links, &up_now) => {}
+        }
+    }
+}
+
+impl Driver {
+    fn accept(&mut self, e: SafEntry) {
+        if let Err(e) = self.core.handle_entry(Now::read(), e) {
+            // Not reachable: the handle reserves room before it queues, and
+            // nothing is received while the core is full.
+            debug_assert!(
+                false,
+                "store-and-forward core refused an entry it had room for"
+            );
+            error!(acquirer = %self.acquirer, txn = e.txn, kind = e.kind.name(),
+                "store-and-forward core full despite its reservation; entry given up");
+            super::release(&self.depth);
+            (self.events)(SafEvent::Expired {
+                txn: e.txn,
+                kind: e.kind,
+                attempts: e.attempts,
+                reason: super::GiveUp::QueueFull,
+            });
+        }
+    }
+
+    /// Journals what the core reports and forwards what it hands out. A
+    /// send's `Sent` is journaled before the send goes, so the attempt
+    /// count a restart finds is never short of what the host saw.
+    fn carry_out(&mut self, reply_tx: &mpsc::Sender<Reply>, m: &Metrics) {
+        loop {
+            self.journal_events(m);
+            let Some((key, body)) = self.core.poll_send() else {
+                break;
+            };
+            let forwarded = match self.links.iter().find(|l| l.is_up()) {
+                Some(link) => link
+                    .try_forward(Forward {
+                        key,
+                        body,
+                        reply_to: ReplyTo {
+                            tx: reply_tx.clone(),
+                            token: 0,
+                        },
+                    })
+                    .map_err(|_| "link queue full"),
+                None => Err("no link up"),
+            };
+            if let Err(why) = forwarded {
+                debug!(acquirer = %self.acquirer, stan = key.stan(), "store-and-forward send not made: {why}");
+                self.core.handle_answer(Now::read(), Answer::NotAnswered);
+            }
+        }
+        m.depth
+            .set(self.depth.load(std::sync::atomic::Ordering::Acquire) as f64);
+    }
+
+    fn journal_events(&mut self, m: &Metrics) {
+        while let Some(e) = self.core.poll_event() {
+            match &e {
+                SafEvent::Sent { attempt, .. } => {
+                    if *attempt > 1 {
+                        m.retries.increment(1);
+                    }
+                }
+                SafEvent::Acked { txn, kind, .. } => {
+                    debug!(acquirer = %self.acquirer, txn, kind = kind.name(), "acknowledged");
+                    super::release(&self.depth);
+                }
+                SafEvent::Expired {
+                    txn,
+                    kind,
+                    attempts,
+                    reason,
+                } => {
+                    m.expired.increment(1);
+                    warn!(acquirer = %self.acquirer, txn, kind = kind.name(), attempts, reason = reason.name(),
+                        "store-and-forward gave up: expired or out of attempts");
+                    super::release(&self.depth);
+                }
+            }
+            (self.events)(e);
+        }
+    }
+}
+
+fn answer_of(outcome: &Outcome) -> Answer {
+    match outcome {
+        Outcome::Answered { response_code, .. } => Answer::Answered(*response_code),
+        Outcome::Failed(_) => Answer::NotAnswered,
+    }
+}
+
+type WaitChange = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Resolves when any link is no longer as `was` saw it (up or down).
+async fn any_change(links: &[LinkHandle], was: &[bool]) {
+    let mut waits: Vec<WaitChange> = links
+        .iter()
+        .zip(was)
+        .map(|(l, &up)| {
+            let s = l.shared.clone();
+            Box::pin(async move { s.wait_for(!up).await }) as WaitChange
+        })
+        .collect();
+    if waits.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for w in waits.iter_mut() {
+            if w.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,686 @@
+//! Assembly of a running switch: the terminal listener, the acquirer link
+//! actors, the admin endpoint, and an orderly shutdown.
+//!
+//! Shutdown order: stop accepting and stop reading new requests; give the
+//! requests in flight `shutdown_grace` to be answered; then stop the links
+//! (each signs off), which answers anything still waiting with 91.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::iso8583::values::trim_padding;
+use crate::switch::acquirer::AcquirerHandle;
+use crate::switch::acquirer::link::{self, LinkSettings};
+use crate::switch::config::{Config, LimitsConfig, TerminalConfig};
+use crate::switch::fraud::{Decision, FraudRules, FraudState, Score};
+use crate::switch::router::RoutingTable;
+use crate::telemetry;
+use crate::throttle::LogThrottle;
+
+/// What every terminal actor reads: configuration, the routing and fraud
+/// snapshots, the acquirer handles, and the global in-flight count.
+pub struct Shared {
+    pub terminals: TerminalConfig,
+    pub limits: LimitsConfig,
+    pub routes: ArcSwap<RoutingTable>,
+    pub acquirers: Vec<AcquirerHandle>,
+    pub fraud_rules: ArcSwap<FraudRules>,
+    pub fraud_state: FraudState,
+    /// Registered once: a registry lookup per request costs more than the
+    /// scoring it counts.
+    pub fraud_counters: FraudCounters,
+    /// Event counters (shed, malformed, repeats...), registered once.
+    pub events: crate::telemetry::EventCounters,
+    /// Answers given recently, for repeats.
+    pub recent: crate::switch::repeats::RecentAnswers,
+    pub pan_key: [u8; 16],
+    /// Requests forwarded and not yet answered, across all connections.
+    pub in_flight: AtomicUsize,
+    pub journal: crate::switch::journal::Journal,
+    /// Forward and answer only once the records are on disk.
+    pub journal_sync: bool,
+    /// Transaction ids, continuing the journal's.
+    pub txn_seq: std::sync::atomic::AtomicU64,
+    /// Numbers stand-in approval codes.
+    pub stand_in_seq: std::sync::atomic::AtomicU32,
+    pub connections: AtomicUsize,
+    /// Cancelled when the switch stops taking requests.
+    pub stopping: CancellationToken,
+    allowed: HashSet<Vec<u8>>,
+    countries: HashMap<Vec<u8>, u16>,
+}
+
+impl Shared {
+    /// Everything terminals read, from `config`, the acquirers' handles
+    /// (links and store-and-forward) and the journal; transaction ids
+    /// continue from `next_txn`. Built by [`Switch::start`], and by unit
+    /// tests of the terminal core with handles of their own.
+    pub fn new(
+        config: &Config,
+        acquirers: Vec<AcquirerHandle>,
+        journal: crate::switch::journal::Journal,
+        next_txn: u64,
+    ) -> Result<Shared, crate::switch::router::RouteError> {
+        let routes = RoutingTable::from_config(&config.routing, |name| {
+            config
+                .acquirers
+                .iter()
+                .position(|a| a.name == name)
+                .map(|i| i as u16)
+        })?;
+        Ok(Shared {
+            allowed: config
+                .terminals
+                .allowed_terminals
+                .iter()
+                .map(|t| trim_padding(t.as_bytes()).to_vec())
+                .collect(),
+            countries: config
+                .terminals
+                .terminal_countries
+                .iter()
+                .map(|(t, c)| (trim_padding(t.as_bytes()).to_vec(), *c))
+                .collect(),
+            terminals: config.terminals.clone(),
+            limits: config.limits.clone(),
+            routes: ArcSwap::from_pointee(routes),
+            acquirers,
+            fraud_rules: ArcSwap::from_pointee(FraudRules::from_config(&config.fraud)),
+            fraud_state: FraudState::new(config.fraud.max_tracked_cards),
+            fraud_counters: FraudCounters::new(),
+            events: crate::telemetry::EventCounters::new(),
+            recent: crate::switch::repeats::RecentAnswers::new(
+                config.limits.recent_answers,
+                config.limits.recent_answers_ttl,
+            ),
+            pan_key: config.fraud.pan_key,
+            in_flight: AtomicUsize::new(0),
+            txn_seq: std::sync::atomic::AtomicU64::new(next_txn.max(1)),
+            journal_sync: config.journal.durability == crate::switch::config::Durability::Fsync,
+            journal,
+            stand_in_seq: std::sync::atomic::AtomicU32::new(0),
+            connections: AtomicUsize::new(0),
+            stopping: CancellationToken::new(),
+        })
+    }
+
+    /// Is this terminal id (DE41, trailing spaces ignored) allowed?
+    pub fn terminal_allowed(&self, tid: &[u8]) -> bool {
+        self.allowed.is_empty() || self.allowed.contains(trim_padding(tid))
+    }
+
+    /// A new transaction id.
+    pub fn next_txn(&self) -> u64 {
+        self.txn_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn terminal_country(&self, tid: &[u8]) -> Option<u16> {
+        self.countries.get(trim_padding(tid)).copied()
+    }
+
+    pub fn count_fraud(&self, decision: Decision, score: &Score) {
+        let d = match decision {
+            Decision::Allow => 0,
+            Decision::Review => 1,
+            Decision::Decline => 2,
+        };
+        self.fraud_counters.decisions[d].increment(1);
+        for r in score.reasons.iter() {
+            self.fraud_counters.reasons[r as usize].increment(1);
+        }
+    }
+}
+
+/// Fraud metric handles, by decision and by rule.
+pub struct FraudCounters {
+    decisions: [metrics::Counter; 3],
+    reasons: Vec<metrics::Counter>,
+}
+
+impl FraudCounters {
+    fn new() -> FraudCounters {
+        let d =
+            |name: &'static str| metrics::counter!(telemetry::FRAUD_DECISIONS, "decision" => name);
+        FraudCounters {
+            decisions: [d("allow"), d("review"), d("decline")],
+            reasons: crate::switch::fraud::RuleId::ALL
+                .iter()
+                .map(|r| metrics::counter!(telemetry::FRAUD_REASONS, "reason" => r.name()))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("can not listen for terminals on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("can not serve /metrics and /health on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("routing: {0}")]
+    Routing(#[from] crate::switch::router::RouteError),
+    #[error("journal: {0}")]
+    Journal(#[from] crate::switch::journal::JournalError),
+}
+
+/// A running switch.
+pub struct Switch {
+    pub terminal_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    terminals: TaskTracker,
+    links_stop: CancellationToken,
+    saf_stop: CancellationToken,
+    saf_tasks: Vec<JoinHandle<()>>,
+    links: Vec<JoinHandle<()>>,
+    accept: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+    grace: std::time::Duration,
+}
+
+impl Switch {
+    /// Binds the listeners and starts every actor on the current runtime.
+    pub async fn start(config: Config) -> Result<Switch, StartError> {
+        // Installed before the first metric is touched, or early counts are lost.
+        let _ = crate::telemetry::prometheus();
+        let (listener, backlog) =
+            bind_terminals(config.terminals.listen, config.terminals.listen_backlog).map_err(
+                |source| StartError::Listen {
+                    addr: config.terminals.listen,
+                    source,
+                },
+            )?;
+        let terminal_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.terminals.listen,
+            source,
+        })?;
+
+        let journal_config = config.journal.clone();
+        let (journal, recovery) = tokio::task::spawn_blocking(move || {
+            crate::switch::journal::Journal::open(&journal_config)
+        })
+        .await
+        .map_err(|e| {
+            crate::switch::journal::JournalError::Spawn(std::io::Error::other(e.to_string()))
+        })??;
+        if config.journal.durability == crate::switch::config::Durability::None {
+            warn!(dir = %config.journal.dir.display(),
+                "JOURNAL DURABILITY IS OFF (durability = \"none\"): requests are forwarded and \
+                 answered before their records reach the disk; a crash can lose them. For load tests only.");
+        }
+        if let Some(t) = &recovery.torn {
+            warn!(segment = %t.segment.display(), offset = t.offset, "journal: torn final record cut off");
+        }
+
+        let links_stop = CancellationToken::new();
+        let saf_stop = CancellationToken::new();
+        let mut saf_tasks = Vec::new();
+        let mut acquirers = Vec::new();
+        let mut links = Vec::new();
+        for a in &config.acquirers {
+            let mut handles = Vec::new();
+            for i in 0..a.links.len() {
+                let (h, task) = link::spawn(LinkSettings::from_acquirer(a, i), links_stop.clone());
+                handles.push(h);
+                links.push(task);
+            }
+            let (saf, saf_task) = crate::switch::saf::spawn(
+                crate::switch::saf::SafSettings {
+                    acquirer: a.name.clone(),
+                    spec: a.spec.spec,
+                    config: config.saf.clone(),
+                },
+                handles.clone(),
+                crate::switch::saf::journal_sink(journal.clone()),
+                saf_stop.clone(),
+            );
+            saf_tasks.push(saf_task);
+            acquirers.push(AcquirerHandle {
+                name: a.name.clone(),
+                spec: a.spec.spec,
+                links: handles,
+                stand_in: a.stand_in.clone(),
+                saf,
+            });
+        }
+        let shared = Arc::new(Shared::new(&config, acquirers, journal, recovery.next_txn)?);
+
+        let (admin_addr, admin) = match config.admin.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Admin { addr, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| StartError::Admin { addr, source })?;
+                (
+                    Some(bound),
+                    Some(tokio::spawn(crate::switch::admin::serve(l, shared.clone()))),
+                )
+            }
+            None => (None, None),
+        };
+
+        log_recovery(&config, &recovery);
+        crate::switch::saf::resume_from_journal(
+            &shared.acquirers,
+            &recovery,
+            crate::clock::unix_now_ms(),
+            |record| {
+                let txn = record.txn();
+                if shared.journal.append(record).is_err() {
+                    warn!(
+                        txn,
+                        "journal refused a recovery record; the next start queues it again"
+                    );
+                }
+            },
+        );
+        let terminals = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), terminals.clone()));
+        log_startup(&config, terminal_addr, backlog, admin_addr);
+        Ok(Switch {
+            terminal_addr,
+            admin_addr,
+            shared,
+            terminals,
+            links_stop,
+            saf_stop,
+            saf_tasks,
+            links,
+            accept,
+            admin,
+            grace: config.limits.shutdown_grace,
+        })
+    }
+
+    /// Stops accepting, lets requests in flight finish within the grace
+    /// period, signs the links off, and returns when everything has ended.
+    pub async fn shutdown(self) {
+        let in_flight_at_stop = self.shared.in_flight.load(Ordering::Acquire);
+        info!(
+            "stopping: no new requests; finishing the {in_flight_at_stop} in flight \
+             (grace period {} ms)",
+            self.grace.as_millis()
+        );
+        self.shared.stopping.cancel();
+        self.accept.abort();
+        self.terminals.close();
+        let left = if tokio::time::timeout(self.grace, self.terminals.wait())
+            .await
+            .is_err()
+        {
+            let left = self.shared.in_flight.load(Ordering::Acquire);
+            warn!(
+                in_flight = left,
+                "grace period over; stopping links with requests still in flight (they get 91)"
+            );
+            left
+        } else {
+            0
+        };
+        // Store-and-forward stops first: what it still holds stays for the
+        // next start (from the journal).
+        self.saf_stop.cancel();
+        for t in self.saf_tasks {
+            let _ = t.await;
+        }
+        self.links_stop.cancel();
+        for l in self.links {
+            let _ = l.await;
+        }
+        // Terminals waiting on links got their 91s when the links stopped.
+        self.terminals.wait().await;
+        if let Some(a) = self.admin {
+            a.abort();
+        }
+        let journal = self.shared.journal.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            journal.close();
+            journal.all_synced()
+        })
+        .await;
+        let stats = self.shared.journal.stats();
+        let journal = if closed.unwrap_or(false) {
+            format!("journal synced up to record {}", stats.durable)
+        } else {
+            format!(
+                "JOURNAL NOT FULLY SYNCED (durable up to record {}; see the errors above)",
+                stats.durable
+            )
+        };
+        info!(
+            "stopped: {} of {in_flight_at_stop} request(s) in flight finished within the grace \
+             period, {left} answered 91 at the end; {journal}",
+            in_flight_at_stop.saturating_sub(left)
+        );
+    }
+}
+
+/// What recovery scanned, also when it found nothing to do: an operator
+/// reading the log after a restart should not have to guess.
+fn log_recovery(config: &Config, recovery: &crate::switch::journal::Recovery) {
+    let s = &recovery.stats;
+    info!(
+        "journal recovery in {}: scanned {} segment(s), {} record(s), {} bytes; \
+         {} forwarded without a final answer (to reverse), {} store-and-forward entries \
+         to resend, {} never answered nor forwarded, {} orphaned, {} damaged place(s); \
+         next transaction id {}",
+        config.journal.dir.display(),
+        s.segments,
+        s.records,
+        s.bytes,
+        recovery.unfinished.len(),
+        recovery.saf.len(),
+        s.unanswered,
+        s.orphans,
+        recovery.corrupt.len(),
+        recovery.next_txn.max(1),
+    );
+}
+
+/// The startup lines, in plain words: listeners, acquirers and links,
+/// routes, journal, runtime.
+fn log_startup(
+    config: &Config,
+    terminal_addr: SocketAddr,
+    backlog: u32,
+    admin_addr: Option<SocketAddr>,
+) {
+    let t = &config.terminals;
+    info!(
+        "terminals: listening on {terminal_addr} ({} spec, {} framing, at most {} connection(s), \
+         listen backlog {backlog})",
+        t.spec.spec.name, t.framing, t.max_connections
+    );
+    match admin_addr {
+        Some(a) => info!("admin: http://{a}/metrics and http://{a}/health"),
+        None => info!("admin: off (admin.enabled = false)"),
+    }
+    for a in &config.acquirers {
+        let links: Vec<String> = a.links.iter().map(ToString::to_string).collect();
+        info!(
+            "acquirer {}: {} link(s) to {} ({} spec, {} framing, request timeout {} ms, sign-on {}, stand-in {})",
+            a.name,
+            a.links.len(),
+            links.join(", "),
+            a.spec.spec.name,
+            a.framing,
+            a.request_timeout.as_millis(),
+            if a.sign_on { "on" } else { "off" },
+            if a.stand_in.enabled { "on" } else { "off" },
+        );
+    }
+    let default = match &config.routing.default {
+        Some(d) => format!("other cards go to {d}"),
+        None => "other cards are answered 92".to_owned(),
+    };
+    info!(
+        "routing: {} route(s); {default}",
+        config.routing.routes.len()
+    );
+    let j = &config.journal;
+    let durability = match j.durability {
+        crate::switch::config::Durability::Fsync => {
+            "fsync (a request is forwarded and answered only once its record is on disk)"
+        }
+        crate::switch::config::Durability::None => "none (records are not synced: load tests only)",
+    };
+    let size = match j.max_bytes {
+        Some(max) => format!("at most {max} bytes (never removing open work)"),
+        None => "no size bound (journal.max_bytes unset)".to_owned(),
+    };
+    info!(
+        "journal: {}, durability {durability}, retention {} h, {size}",
+        j.dir.display(),
+        j.retention.as_secs() / 3600
+    );
+    let runtime = match config.runtime.flavor {
+        crate::switch::config::RuntimeFlavor::CurrentThread => {
+            "current-thread (one thread)".to_owned()
+        }
+        crate::switch::config::RuntimeFlavor::MultiThread if config.runtime.worker_threads == 0 => {
+            "multi-thread, one worker per core".to_owned()
+        }
+        crate::switch::config::RuntimeFlavor::MultiThread => format!(
+            "multi-thread, {} worker threads",
+            config.runtime.worker_threads
+        ),
+    };
+    info!("runtime: {runtime}");
+    info!(
+        "switch started: {} acquirer(s), {} route(s)",
+        config.acquirers.len(),
+        config.routing.routes.len()
+    );
+}
+
+/// Listen backlog when the config sets none: enough for a burst of a few
+/// thousand connects (128 made 3,000 sequential connects stall on SYN
+/// retransmits), within what the kernel allows.
+const DEFAULT_BACKLOG: u32 = 1024;
+
+/// The kernel's cap on any listen backlog (`net.core.somaxconn`).
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Binds the terminal listener through socket2, which, unlike
+/// `TcpListener::bind` (fixed at 128 in tokio and std), lets the
+/// backlog be chosen. Returns the listener and the backlog in effect.
+fn bind_terminals(
+    addr: SocketAddr,
+    configured: Option<u32>,
+) -> std::io::Result<(TcpListener, u32)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let cap = somaxconn();
+    let backlog = match (configured, cap) {
+        (Some(b), Some(cap)) if b > cap => {
+            warn!(
+                "terminals.listen_backlog = {b} is more than the system allows \
+                 (net.core.somaxconn = {cap}); the kernel caps it at {cap}"
+            );
+            cap
+        }
+        (Some(b), _) => b,
+        (None, Some(cap)) => DEFAULT_BACKLOG.min(cap),
+        (None, None) => DEFAULT_BACKLOG,
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's bind does: a restart can reuse the port at once while old
+    // connections sit in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok((TcpListener::from_std(socket.into())?, backlog))
+}
+
+/// Connections taken per wake before yielding to the runtime: the whole
+/// queue of a burst in a few turns, without starving the terminals.
+const ACCEPT_BATCH: usize = 256;
+
+/// A connection that was already waiting, or `None` when the queue is
+/// empty for now (the waker is then registered for the next one).
+async fn accept_ready(listener: &TcpListener) -> Option<std::io::Result<(TcpStream, SocketAddr)>> {
+    std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+/// Repeated listener warnings of one kind: one line per this interval,
+/// with the count of those suppressed (2,002 refusal lines in 49 s were
+/// seen before).
+pub(crate) const LISTENER_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a listener waits after a failed accept before trying again.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// After a failed accept (out of file descriptors, most often): log it,
+/// rate-limited, and pause. Retrying at once spins, since the condition
+/// that failed the accept is still there. Both listeners use this.
+pub(crate) async fn pause_after_accept_error(
+    listener: &'static str,
+    e: &std::io::Error,
+    throttle: &mut LogThrottle,
+) {
+    metrics::counter!(telemetry::ACCEPT_ERRORS, "listener" => listener).increment(1);
+    if let Some(suppressed) = throttle.allow(std::time::Instant::now()) {
+        warn!(
+            "{listener} listener: accept failed: {e}; pausing {} ms ({suppressed} more failure(s) since the last line)",
+            ACCEPT_PAUSE.as_millis()
+        );
+    }
+    tokio::time::sleep(ACCEPT_PAUSE).await;
+}
+
+/// The terminal listener's warning throttles, one per kind.
+struct ListenerWarnings {
+    refused: LogThrottle,
+    accept_failed: LogThrottle,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let per_ip: Arc<DashMap<IpAddr, usize>> = Arc::new(DashMap::new());
+    let gauge = metrics::gauge!(telemetry::CONNECTIONS);
+    let mut warnings = ListenerWarnings {
+        refused: LogThrottle::new(LISTENER_WARN_EVERY),
+        accept_failed: LogThrottle::new(LISTENER_WARN_EVERY),
+    };
+    loop {
+        let first = tokio::select! {
+            r = listener.accept() => r,
+            _ = shared.stopping.cancelled() => return,
+        };
+        // Then everything else already queued, each through the limits.
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(r) = next.take() {
+            let (stream, peer) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    pause_after_accept_error("terminals", &e, &mut warnings.accept_failed).await;
+                    break;
+                }
+            };
+            taken += 1;
+            admit(
+                stream,
+                peer,
+                &shared,
+                &per_ip,
+                &gauge,
+                &tracker,
+                &mut warnings,
+            );
+            if taken < ACCEPT_BATCH && !shared.stopping.is_cancelled() {
+                next = accept_ready(&listener).await;
+            }
+        }
+    }
+}
+
+/// Serves a new connection if the limits allow it, else closes it.
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    per_ip: &Arc<DashMap<IpAddr, usize>>,
+    gauge: &metrics::Gauge,
+    tracker: &TaskTracker,
+    warnings: &mut ListenerWarnings,
+) {
+    let Some(guard) = ConnectionGuard::admit(shared, per_ip, peer.ip()) else {
+        metrics::counter!(telemetry::CONNECTIONS_REFUSED).increment(1);
+        if let Some(suppressed) = warnings.refused.allow(std::time::Instant::now()) {
+            warn!(
+                peer = %peer,
+                "connection refused: connection limit reached ({suppressed} more refused since \
+                 the last line; switchyard_connections_refused_total counts them all)"
+            );
+        }
+        drop(stream);
+        return;
+    };
+    gauge.set(shared.connections.load(Ordering::Relaxed) as f64);
+    let shared = shared.clone();
+    let gauge = gauge.clone();
+    tracker.spawn(async move {
+        serve_connection(stream, peer, shared.clone()).await;
+        drop(guard);
+        gauge.set(shared.connections.load(Ordering::Relaxed) as f64);
+    });
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    crate::switch::terminal::serve(stream, peer, shared).await;
+}
+
+/// Counts a connection overall and per source address while it lives.
+struct ConnectionGuard {
+    shared: Arc<Shared>,
+    per_ip: Arc<DashMap<IpAddr, usize>>,
+    ip: IpAddr,
+}
+
+impl ConnectionGuard {
+    fn admit(
+        shared: &Arc<Shared>,
+        per_ip: &Arc<DashMap<IpAddr, usize>>,
+        ip: IpAddr,
+    ) -> Option<ConnectionGuard> {
+        let t = &shared.terminals;
+        if shared.connections.fetch_add(1, Ordering::AcqRel) >= t.max_connections {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mut n = per_ip.entry(ip).or_insert(0);
+        if *n >= t.max_connections_per_ip {
+            drop(n);
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(ConnectionGuard {
+            shared: shared.clone(),
+            per_ip: per_ip.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        // The map holds only addresses with connections open: bounded by
+        // max_connections.
+        self.per_ip.remove_if_mut(&self.ip, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}

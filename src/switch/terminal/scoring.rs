@@ -1,0 +1,46 @@
+//! Fraud scoring of an authorization, and the `Request` record that
+//! carries its score into the journal.
+
+use tracing::debug;
+
+use super::core::TerminalCore;
+use super::records::{JournalAppend, request_record};
+use crate::iso8583::Message;
+use crate::switch::fraud::{self, Auth, CardHash, Decision, FraudRules, Score};
+
+impl<J: JournalAppend> TerminalCore<J> {
+    /// Scores `auth` against the card's history, counts the decision, and
+    /// journals the request with its score and `route` (the primary
+    /// acquirer, `u16::MAX` for none). `None` when the journal refused the
+    /// record.
+    pub(super) fn score_and_journal(
+        &mut self,
+        msg: &Message,
+        auth: &Auth<'_>,
+        rules: &FraudRules,
+        route: u16,
+    ) -> Option<(u64, Score, Decision)> {
+        let score = fraud::score(rules, auth, &self.shared.fraud_state);
+        let decision = rules.decide(&score);
+        self.shared.count_fraud(decision, &score);
+        let txn = self.journal_request(msg, route, &score, auth.card)?;
+        if decision == Decision::Decline {
+            debug!(peer = %self.peer, points = score.points, "declined as suspected fraud");
+        }
+        Some((txn, score, decision))
+    }
+
+    /// A new transaction id and its `Request` record; `None` when the
+    /// journal refused it.
+    pub(super) fn journal_request(
+        &mut self,
+        msg: &Message,
+        route: u16,
+        score: &Score,
+        card: CardHash,
+    ) -> Option<u64> {
+        let txn = self.shared.next_txn();
+        let record = request_record(msg, self.now.unix_ms, txn, route, score, card);
+        self.journal(record).then_some(txn)
+    }
+}
