@@ -142,6 +142,13 @@ impl Writer {
         let records = std::mem::take(&mut self.pending);
         let mut in_buf = 0usize;
         for (seq, record) in &records[..run] {
+            // Written in sequence order, each number once: what recovery
+            // reads back is the order the switch decided things in.
+            assert!(
+                *seq >= self.next_write,
+                "journal: record {seq} written after {}",
+                self.next_write
+            );
             if self.active.is_none() || self.active_len >= self.segment_bytes {
                 // Everything before this record goes to the old segment.
                 if in_buf > 0 {
@@ -184,10 +191,15 @@ impl Writer {
         s.disk_bytes
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         s.written.fetch_add(count as u64, Ordering::Relaxed);
-        s.reserved.fetch_sub(count, Ordering::AcqRel);
+        let reserved = s.reserved.fetch_sub(count, Ordering::AcqRel);
+        assert!(reserved >= count, "journal: more records written than appended");
         self.buf.clear();
-        // send_replace: publishes even when no receiver is listening.
-        self.durable.send_replace(last_seq);
+        // The durable watermark only grows: callers forward and answer on it.
+        let before = self.durable.send_replace(last_seq);
+        assert!(
+            last_seq >= before,
+            "journal: durable watermark went back from {before} to {last_seq}"
+        );
         Ok(())
     }
 
