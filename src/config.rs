@@ -320,10 +320,13 @@ pub struct SafConfig {
 // The file as written: one struct per TOML table, its fields named as the
 // keys, refusing unknown ones, each with the default a missing key takes.
 
-/// `table! { Name { key: Type = default, ... } }`: the struct, and its
-/// `Default` made of the defaults.
+/// `table! { Name { key: Type = default, in range; ... } }`: the struct,
+/// its `Default` made of the defaults, and `check_ranges`, which reports
+/// every integer key outside its range (`in` is optional).
 macro_rules! table {
-    ($name:ident { $($(#[$doc:meta])* $key:ident: $ty:ty = $default:expr,)* }) => {
+    ($name:ident {
+        $($(#[$doc:meta])* $key:ident: $ty:ty = $default:expr $(, in $range:expr)?;)*
+    }) => {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields, default)]
         struct $name {
@@ -333,6 +336,16 @@ macro_rules! table {
         impl Default for $name {
             fn default() -> Self {
                 $name { $($key: $default,)* }
+            }
+        }
+
+        impl $name {
+            /// Reports every key outside its range, and brings it to the
+            /// nearest bound (the config is refused then) so that the
+            /// conversions after cannot overflow.
+            #[allow(unused_variables)] // a table without ranges
+            fn check_ranges(&mut self, s: &mut Section) {
+                $($(s.range(stringify!($key), &mut self.$key, $range);)?)*
             }
         }
     };
@@ -355,170 +368,170 @@ struct ConfigFile {
 
 table! {
     TerminalsFile {
-        listen: String = "127.0.0.1:8583".into(),
-        spec: String = "iso87ascii".into(),
-        framing: String = LengthHeader::Binary2.name().into(),
-        max_frame: usize = crate::frame::DEFAULT_MAX_FRAME,
-        max_connections: u64 = 4096,
-        max_connections_per_ip: u64 = 4096,
-        max_in_flight_per_connection: u64 = 64,
-        idle_timeout_ms: u64 = 300_000,
-        frame_timeout_ms: u64 = 10_000,
-        listen_backlog: Option<u64> = None,
-        max_write_buffer: u64 = 1024 * 1024,
-        write_stall_timeout_ms: u64 = 10_000,
-        allowed_terminals: Vec<String> = Vec::new(),
-        countries: Vec<TerminalCountryFile> = Vec::new(),
+        listen: String = "127.0.0.1:8583".into();
+        spec: String = "iso87ascii".into();
+        framing: String = LengthHeader::Binary2.name().into();
+        max_frame: usize = crate::frame::DEFAULT_MAX_FRAME;
+        max_connections: usize = 4096, in 1..=1_000_000;
+        max_connections_per_ip: usize = 4096, in 1..=1_000_000;
+        max_in_flight_per_connection: usize = 64, in 1..=65_536;
+        idle_timeout_ms: u64 = 300_000, in 1_000..=86_400_000;
+        frame_timeout_ms: u64 = 10_000, in 100..=600_000;
+        listen_backlog: Option<u64> = None, in 1..=65_535;
+        max_write_buffer: usize = 1024 * 1024, in 4096..=1 << 30;
+        write_stall_timeout_ms: u64 = 10_000, in 100..=3_600_000;
+        allowed_terminals: Vec<String> = Vec::new();
+        countries: Vec<TerminalCountryFile> = Vec::new();
     }
 }
 
 table! {
     TerminalCountryFile {
-        terminal: Option<String> = None,
-        country: Option<u16> = None,
+        terminal: Option<String> = None;
+        country: Option<u16> = None;
     }
 }
 
 table! {
     AdminFile {
-        listen: String = "127.0.0.1:9090".into(),
-        enabled: bool = true,
+        listen: String = "127.0.0.1:9090".into();
+        enabled: bool = true;
     }
 }
 
 table! {
     LimitsFile {
-        max_in_flight: u64 = 100_000,
-        shutdown_grace_ms: u64 = 5_000,
-        recent_answers: u64 = 100_000,
-        recent_answers_ttl_s: u64 = 600,
+        max_in_flight: usize = 100_000, in 1..=10_000_000;
+        shutdown_grace_ms: u64 = 5_000, in 0..=600_000;
+        recent_answers: usize = 100_000, in 1..=10_000_000;
+        recent_answers_ttl_s: u64 = 600, in 1..=86_400;
     }
 }
 
 table! {
     RuntimeFile {
-        flavor: String = "current-thread".into(),
-        worker_threads: u64 = 0,
+        flavor: String = "current-thread".into();
+        worker_threads: usize = 0, in 0..=1024;
     }
 }
 
 table! {
     AcquirerFile {
-        name: Option<String> = None,
-        links: Option<Vec<String>> = None,
-        spec: String = "iso87ascii".into(),
-        framing: String = LengthHeader::Binary2.name().into(),
-        max_frame: usize = crate::frame::DEFAULT_MAX_FRAME,
-        request_timeout_ms: u64 = 30_000,
-        connect_timeout_ms: u64 = 3_000,
-        backoff_initial_ms: u64 = 100,
-        backoff_max_ms: u64 = 10_000,
-        echo_interval_ms: u64 = 30_000,
-        echo_timeout_ms: u64 = 5_000,
-        max_missed_echoes: u64 = 2,
-        max_in_flight_per_link: u64 = 10_000,
-        sign_on: bool = true,
-        answer_must_match: Vec<u16> = DEFAULT_ANSWER_MUST_MATCH.to_vec(),
-        stand_in: StandInConfig = StandInConfig::default(),
+        name: Option<String> = None;
+        links: Option<Vec<String>> = None;
+        spec: String = "iso87ascii".into();
+        framing: String = LengthHeader::Binary2.name().into();
+        max_frame: usize = crate::frame::DEFAULT_MAX_FRAME;
+        request_timeout_ms: u64 = 30_000, in 10..=600_000;
+        connect_timeout_ms: u64 = 3_000, in 10..=600_000;
+        backoff_initial_ms: u64 = 100, in 1..=600_000;
+        backoff_max_ms: u64 = 10_000, in 1..=3_600_000;
+        echo_interval_ms: u64 = 30_000, in 10..=86_400_000;
+        echo_timeout_ms: u64 = 5_000, in 10..=600_000;
+        max_missed_echoes: u64 = 2, in 1..=100;
+        max_in_flight_per_link: usize = 10_000, in 1..=1_000_000;
+        sign_on: bool = true;
+        answer_must_match: Vec<u16> = DEFAULT_ANSWER_MUST_MATCH.to_vec();
+        stand_in: StandInConfig = StandInConfig::default();
     }
 }
 
 table! {
     RoutingFile {
-        default: Option<String> = None,
-        routes: Vec<RouteFile> = Vec::new(),
+        default: Option<String> = None;
+        routes: Vec<RouteFile> = Vec::new();
     }
 }
 
 table! {
     RouteFile {
-        prefix: Option<String> = None,
-        acquirer: Option<String> = None,
-        backup: Option<String> = None,
+        prefix: Option<String> = None;
+        acquirer: Option<String> = None;
+        backup: Option<String> = None;
     }
 }
 
 table! {
     FraudFile {
-        enabled: bool = true,
-        review_points: u16 = 50,
-        decline_points: u16 = 80,
-        pan_key: Option<String> = None,
-        max_tracked_cards: u64 = 1_000_000,
-        max_amount: u64 = u64::MAX,
-        amount_points: u16 = 30,
-        mcc_limits: Vec<MccLimitFile> = Vec::new(),
-        velocity: Vec<VelocityFile> = Vec::new(),
-        card_testing: Option<CardTestingFile> = None,
-        blocked_bins: Vec<String> = Vec::new(),
-        blocked_cards: Vec<String> = Vec::new(),
-        blocked_points: u16 = 100,
-        bin_countries: Vec<BinCountryFile> = Vec::new(),
-        country_mismatch_points: u16 = 20,
-        declines: Option<DeclinesFile> = None,
+        enabled: bool = true;
+        review_points: u16 = 50;
+        decline_points: u16 = 80;
+        pan_key: Option<String> = None;
+        max_tracked_cards: usize = 1_000_000, in 1..=100_000_000;
+        max_amount: u64 = u64::MAX;
+        amount_points: u16 = 30;
+        mcc_limits: Vec<MccLimitFile> = Vec::new();
+        velocity: Vec<VelocityFile> = Vec::new();
+        card_testing: Option<CardTestingFile> = None;
+        blocked_bins: Vec<String> = Vec::new();
+        blocked_cards: Vec<String> = Vec::new();
+        blocked_points: u16 = 100;
+        bin_countries: Vec<BinCountryFile> = Vec::new();
+        country_mismatch_points: u16 = 20;
+        declines: Option<DeclinesFile> = None;
     }
 }
 
 table! {
     MccLimitFile {
-        mcc: Option<u16> = None,
-        max_amount: Option<u64> = None,
+        mcc: Option<u16> = None;
+        max_amount: Option<u64> = None;
         /// `None`: the fraud section's `amount_points`.
-        points: Option<u16> = None,
+        points: Option<u16> = None;
     }
 }
 
 table! {
     VelocityFile {
-        window_s: Option<u64> = None,
-        max_count: u32 = u32::MAX,
-        max_amount: u64 = u64::MAX,
-        points: u16 = 30,
+        window_s: Option<u64> = None, in 1..=MAX_WINDOW_S;
+        max_count: u32 = u32::MAX;
+        max_amount: u64 = u64::MAX;
+        points: u16 = 30;
     }
 }
 
 table! {
     CardTestingFile {
-        window_s: u64 = 600,
-        small_amount: u64 = 200,
-        max_small: u32 = 3,
-        max_merchants: u32 = 3,
-        points: u16 = 50,
+        window_s: u64 = 600, in 1..=MAX_WINDOW_S;
+        small_amount: u64 = 200;
+        max_small: u32 = 3;
+        max_merchants: u32 = 3;
+        points: u16 = 50;
     }
 }
 
 table! {
     BinCountryFile {
-        prefix: Option<String> = None,
-        country: Option<u16> = None,
+        prefix: Option<String> = None;
+        country: Option<u16> = None;
     }
 }
 
 table! {
     DeclinesFile {
-        window_s: u64 = 3600,
-        max_declines: u32 = 3,
-        points: u16 = 40,
+        window_s: u64 = 3600, in 1..=MAX_WINDOW_S;
+        max_declines: u32 = 3;
+        points: u16 = 40;
     }
 }
 
 table! {
     JournalFile {
-        dir: String = "journal".into(),
-        durability: String = "fsync".into(),
-        segment_bytes: u64 = 64 * 1024 * 1024,
-        retention_hours: u64 = 24 * 7,
-        max_bytes: Option<u64> = None,
-        queue_capacity: u64 = 65_536,
+        dir: String = "journal".into();
+        durability: String = "fsync".into();
+        segment_bytes: u64 = 64 * 1024 * 1024, in 4096..=1 << 32;
+        retention_hours: u64 = 24 * 7, in 1..=87_600;
+        max_bytes: Option<u64> = None, in 65_536..=1 << 50;
+        queue_capacity: usize = 65_536, in 1..=16_777_216;
     }
 }
 
 table! {
     SafFile {
-        max_attempts: u64 = 20,
-        retry_interval_ms: u64 = 5_000,
-        expiry_s: u64 = 24 * 3600,
-        max_entries: u64 = 100_000,
+        max_attempts: u64 = 20, in 1..=10_000;
+        retry_interval_ms: u64 = 5_000, in 100..=3_600_000;
+        expiry_s: u64 = 24 * 3600, in 60..=30 * 86_400;
+        max_entries: usize = 100_000, in 1..=10_000_000;
     }
 }
 
@@ -675,40 +688,43 @@ impl Section<'_> {
         })
     }
 
-    /// `v` if it lies in `range`; otherwise a problem naming the range, and
-    /// the nearest bound stands in so later checks and conversions stay
-    /// within range.
-    fn ranged(&mut self, key: &str, v: u64, range: RangeInclusive<u64>) -> u64 {
-        if !range.contains(&v) {
+    /// Reports `v` if it lies outside `range`, and brings it in.
+    fn range(&mut self, key: &str, v: &mut impl Ranged, range: RangeInclusive<u64>) {
+        if let Some(outside) = v.clamp_into(&range) {
             let (low, high) = (range.start(), range.end());
-            self.problem(key, format!("{v} is out of range ({low}..={high})"));
+            self.problem(key, format!("{outside} is out of range ({low}..={high})"));
         }
-        v.clamp(*range.start(), *range.end())
     }
+}
 
-    /// [`Section::ranged`] as the type the switch counts in (every range
-    /// fits it, so the fallback is never taken).
-    fn count<T: TryFrom<u64> + Default>(
-        &mut self,
-        key: &str,
-        v: u64,
-        range: RangeInclusive<u64>,
-    ) -> T {
-        T::try_from(self.ranged(key, v, range)).unwrap_or_default()
+/// An integer key that has a valid range, or an optional one.
+trait Ranged {
+    /// Brings the value into `range`; returns it if it was outside.
+    fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64>;
+}
+
+impl Ranged for u64 {
+    fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64> {
+        let v = *self;
+        *self = v.clamp(*range.start(), *range.end());
+        (v != *self).then_some(v)
     }
+}
 
-    /// A duration key (`*_ms`, `*_s` or `*_hours`) in its unit, range-checked
-    /// before it is converted, so `3600 * hours` cannot overflow.
-    fn duration(&mut self, key: &str, v: u64, range: RangeInclusive<u64>) -> Duration {
-        let v = self.ranged(key, v, range);
-        if key.ends_with("_ms") {
-            Duration::from_millis(v)
-        } else if key.ends_with("_hours") {
-            Duration::from_secs(v.saturating_mul(3600))
-        } else {
-            debug_assert!(key.ends_with("_s"), "{key} is not a duration key");
-            Duration::from_secs(v)
-        }
+impl Ranged for usize {
+    fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64> {
+        // Lossless both ways: usize is at most 64 bits, and every range
+        // fits in 32.
+        let mut v = *self as u64;
+        let outside = v.clamp_into(range);
+        *self = v as usize;
+        outside
+    }
+}
+
+impl<T: Ranged> Ranged for Option<T> {
+    fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64> {
+        self.as_mut()?.clamp_into(range)
     }
 }
 
@@ -766,7 +782,8 @@ impl ConfigFile {
 }
 
 impl TerminalsFile {
-    fn validate(self, s: &mut Section) -> TerminalConfig {
+    fn validate(mut self, s: &mut Section) -> TerminalConfig {
+        self.check_ranges(s);
         let framing = s.ok("framing", self.framing.parse(), LengthHeader::Binary2);
         if self.max_frame == 0 {
             s.problem("max_frame", "must be at least 1");
@@ -776,14 +793,13 @@ impl TerminalsFile {
             s.problem("max_frame", message);
         }
         let mut terminal_countries = Vec::new();
-        for (i, c) in self.countries.into_iter().enumerate() {
+        for (i, mut c) in self.countries.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("countries[{i}]"));
+            c.check_ranges(s);
             match (c.terminal, c.country) {
                 (Some(id), Some(c)) if c <= 999 => terminal_countries.push((id, c)),
-                (Some(_), Some(_)) => s.problem(
-                    &format!("countries[{i}].country"),
-                    "ISO 3166 numeric, 0..=999",
-                ),
-                _ => s.problem(&format!("countries[{i}]"), "needs `terminal` and `country`"),
+                (Some(_), Some(_)) => s.problem("country", "ISO 3166 numeric, 0..=999"),
+                _ => s.problem("", "needs `terminal` and `country`"),
             }
         }
         TerminalConfig {
@@ -791,28 +807,14 @@ impl TerminalsFile {
             spec: s.ok("spec", spec(&self.spec), SpecRef::iso87ascii()),
             framing,
             max_frame: self.max_frame,
-            max_connections: s.count("max_connections", self.max_connections, 1..=1_000_000),
-            max_connections_per_ip: s.count(
-                "max_connections_per_ip",
-                self.max_connections_per_ip,
-                1..=1_000_000,
-            ),
-            max_in_flight_per_connection: s.count(
-                "max_in_flight_per_connection",
-                self.max_in_flight_per_connection,
-                1..=65_536,
-            ),
-            // A connection must get time to send its first request; a day
-            // of silence is already far past any terminal's heartbeat.
-            idle_timeout: s.duration("idle_timeout_ms", self.idle_timeout_ms, 1_000..=86_400_000),
-            frame_timeout: s.duration("frame_timeout_ms", self.frame_timeout_ms, 100..=600_000),
-            listen_backlog: (self.listen_backlog).map(|v| s.count("listen_backlog", v, 1..=65_535)),
-            max_write_buffer: s.count("max_write_buffer", self.max_write_buffer, 4096..=1 << 30),
-            write_stall_timeout: s.duration(
-                "write_stall_timeout_ms",
-                self.write_stall_timeout_ms,
-                100..=3_600_000,
-            ),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_in_flight_per_connection: self.max_in_flight_per_connection,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            listen_backlog: self.listen_backlog.map(|b| b as u32), // in range
+            max_write_buffer: self.max_write_buffer,
+            write_stall_timeout: Duration::from_millis(self.write_stall_timeout_ms),
             allowed_terminals: self.allowed_terminals.into_iter().collect(),
             terminal_countries,
         }
@@ -820,7 +822,8 @@ impl TerminalsFile {
 }
 
 impl AdminFile {
-    fn validate(self, s: &mut Section) -> AdminConfig {
+    fn validate(mut self, s: &mut Section) -> AdminConfig {
+        self.check_ranges(s);
         // Checked even when disabled: turning it on must not reveal a typo.
         let listen = s.ok("listen", address(&self.listen), NO_ADDRESS);
         AdminConfig {
@@ -830,22 +833,20 @@ impl AdminFile {
 }
 
 impl LimitsFile {
-    fn validate(self, s: &mut Section) -> LimitsConfig {
+    fn validate(mut self, s: &mut Section) -> LimitsConfig {
+        self.check_ranges(s);
         LimitsConfig {
-            max_in_flight: s.count("max_in_flight", self.max_in_flight, 1..=10_000_000),
-            shutdown_grace: s.duration("shutdown_grace_ms", self.shutdown_grace_ms, 0..=600_000),
-            recent_answers: s.count("recent_answers", self.recent_answers, 1..=10_000_000),
-            recent_answers_ttl: s.duration(
-                "recent_answers_ttl_s",
-                self.recent_answers_ttl_s,
-                1..=86_400,
-            ),
+            max_in_flight: self.max_in_flight,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            recent_answers: self.recent_answers,
+            recent_answers_ttl: Duration::from_secs(self.recent_answers_ttl_s),
         }
     }
 }
 
 impl RuntimeFile {
-    fn validate(self, s: &mut Section) -> RuntimeConfig {
+    fn validate(mut self, s: &mut Section) -> RuntimeConfig {
+        self.check_ranges(s);
         let flavor = match self.flavor.as_str() {
             "current-thread" => RuntimeFlavor::CurrentThread,
             "multi-thread" => RuntimeFlavor::MultiThread,
@@ -857,13 +858,14 @@ impl RuntimeFile {
         };
         RuntimeConfig {
             flavor,
-            worker_threads: s.count("worker_threads", self.worker_threads, 0..=1024),
+            worker_threads: self.worker_threads,
         }
     }
 }
 
 impl AcquirerFile {
-    fn validate(self, s: &mut Section) -> AcquirerConfig {
+    fn validate(mut self, s: &mut Section) -> AcquirerConfig {
+        self.check_ranges(s);
         if self.name.is_none() {
             s.problem("name", "required");
         }
@@ -883,45 +885,33 @@ impl AcquirerFile {
                 s.problem(&format!("answer_must_match[{i}]"), message);
             }
         }
-        let a = AcquirerConfig {
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            s.problem("backoff_max_ms", "must not be less than backoff_initial_ms");
+        }
+        AcquirerConfig {
             name: self.name.unwrap_or_default(),
             links,
             spec: s.ok("spec", spec(&self.spec), SpecRef::iso87ascii()),
             framing: s.ok("framing", self.framing.parse(), LengthHeader::Binary2),
             max_frame: self.max_frame,
-            request_timeout: s.duration(
-                "request_timeout_ms",
-                self.request_timeout_ms,
-                10..=600_000,
-            ),
-            connect_timeout: s.duration(
-                "connect_timeout_ms",
-                self.connect_timeout_ms,
-                10..=600_000,
-            ),
-            backoff_initial: s.duration("backoff_initial_ms", self.backoff_initial_ms, 1..=600_000),
-            backoff_max: s.duration("backoff_max_ms", self.backoff_max_ms, 1..=3_600_000),
-            echo_interval: s.duration("echo_interval_ms", self.echo_interval_ms, 10..=86_400_000),
-            echo_timeout: s.duration("echo_timeout_ms", self.echo_timeout_ms, 10..=600_000),
-            max_missed_echoes: s.count("max_missed_echoes", self.max_missed_echoes, 1..=100),
-            max_in_flight_per_link: s.count(
-                "max_in_flight_per_link",
-                self.max_in_flight_per_link,
-                1..=1_000_000,
-            ),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            echo_interval: Duration::from_millis(self.echo_interval_ms),
+            echo_timeout: Duration::from_millis(self.echo_timeout_ms),
+            max_missed_echoes: self.max_missed_echoes as u32, // in range
+            max_in_flight_per_link: self.max_in_flight_per_link,
             sign_on: self.sign_on,
             answer_must_match: self.answer_must_match,
             stand_in: self.stand_in,
-        };
-        if a.backoff_max < a.backoff_initial {
-            s.problem("backoff_max_ms", "must not be less than backoff_initial_ms");
         }
-        a
     }
 }
 
 impl RoutingFile {
-    fn validate(self, s: &mut Section, acquirers: &BTreeSet<&str>) -> RoutingConfig {
+    fn validate(mut self, s: &mut Section, acquirers: &BTreeSet<&str>) -> RoutingConfig {
+        self.check_ranges(s);
         let known = |s: &mut Section, key: &str, name: &Option<String>| {
             if let Some(n) = name
                 && !acquirers.contains(n.as_str())
@@ -932,8 +922,9 @@ impl RoutingFile {
         known(s, "default", &self.default);
         let mut prefixes = BTreeSet::new();
         let mut routes = Vec::new();
-        for (i, r) in self.routes.into_iter().enumerate() {
+        for (i, mut r) in self.routes.into_iter().enumerate() {
             let s = &mut s.sub(&format!("routes[{i}]"));
+            r.check_ranges(s);
             match &r.prefix {
                 Some(p) if !is_digits(p, 1, 11) => {
                     s.problem("prefix", format!("`{p}`: a route prefix is 1 to 11 digits"))
@@ -964,7 +955,8 @@ impl RoutingFile {
 }
 
 impl FraudFile {
-    fn validate(self, s: &mut Section) -> FraudConfig {
+    fn validate(mut self, s: &mut Section) -> FraudConfig {
+        self.check_ranges(s);
         let pan_key = match &self.pan_key {
             None => DEV_PAN_KEY,
             Some(hex) => {
@@ -993,25 +985,27 @@ impl FraudFile {
             }
         }
         let mut mcc_limits = Vec::new();
-        for (i, m) in self.mcc_limits.into_iter().enumerate() {
+        for (i, mut m) in self.mcc_limits.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("mcc_limits[{i}]"));
+            m.check_ranges(s);
             match (m.mcc, m.max_amount) {
                 (Some(mcc), Some(max_amount)) => mcc_limits.push(MccLimit {
                     mcc,
                     max_amount,
                     points: m.points.unwrap_or(self.amount_points),
                 }),
-                _ => s.problem(&format!("mcc_limits[{i}]"), "needs `mcc` and `max_amount`"),
+                _ => s.problem("", "needs `mcc` and `max_amount`"),
             }
         }
         let mut velocity = Vec::new();
-        for (i, v) in self.velocity.into_iter().enumerate() {
+        for (i, mut v) in self.velocity.into_iter().enumerate() {
             let s = &mut s.sub(&format!("velocity[{i}]"));
-            let window_s = v.window_s.unwrap_or_else(|| {
+            v.check_ranges(s);
+            if v.window_s.is_none() {
                 s.problem("window_s", "required, at least 1");
-                MAX_WINDOW_S
-            });
+            }
             velocity.push(VelocityRule {
-                window: s.duration("window_s", window_s, 1..=MAX_WINDOW_S),
+                window: Duration::from_secs(v.window_s.unwrap_or(MAX_WINDOW_S)),
                 max_count: v.max_count,
                 max_amount: v.max_amount,
                 points: v.points,
@@ -1021,12 +1015,13 @@ impl FraudFile {
             let message = format!("at most {} windows", crate_limits::MAX_VELOCITY_WINDOWS);
             s.problem("velocity", message);
         }
-        let card_testing = self.card_testing.map(|c| {
+        let card_testing = self.card_testing.map(|mut c| {
             let s = &mut s.sub("card_testing");
+            c.check_ranges(s);
             below_recent_events(s, "max_small", c.max_small);
             below_recent_events(s, "max_merchants", c.max_merchants);
             CardTestingRule {
-                window: s.duration("window_s", c.window_s, 1..=MAX_WINDOW_S),
+                window: Duration::from_secs(c.window_s),
                 small_amount: c.small_amount,
                 max_small: c.max_small,
                 max_merchants: c.max_merchants,
@@ -1034,26 +1029,26 @@ impl FraudFile {
             }
         });
         let mut bin_countries = Vec::new();
-        for (i, b) in self.bin_countries.into_iter().enumerate() {
+        for (i, mut b) in self.bin_countries.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("bin_countries[{i}]"));
+            b.check_ranges(s);
             match (b.prefix, b.country) {
                 (Some(p), Some(c)) if is_digits(&p, 1, 11) && c <= 999 => {
                     bin_countries.push((p, c))
                 }
                 (Some(_), Some(_)) => s.problem(
-                    &format!("bin_countries[{i}]"),
+                    "",
                     "`prefix` is 1 to 11 digits and `country` ISO 3166 numeric (0..=999)",
                 ),
-                _ => s.problem(
-                    &format!("bin_countries[{i}]"),
-                    "needs `prefix` and `country`",
-                ),
+                _ => s.problem("", "needs `prefix` and `country`"),
             }
         }
-        let declines = self.declines.map(|d| {
+        let declines = self.declines.map(|mut d| {
             let s = &mut s.sub("declines");
+            d.check_ranges(s);
             below_recent_events(s, "max_declines", d.max_declines);
             DeclineRule {
-                window: s.duration("window_s", d.window_s, 1..=MAX_WINDOW_S),
+                window: Duration::from_secs(d.window_s),
                 max_declines: d.max_declines,
                 points: d.points,
             }
@@ -1063,11 +1058,7 @@ impl FraudFile {
             review_points: self.review_points,
             decline_points: self.decline_points,
             pan_key,
-            max_tracked_cards: s.count(
-                "max_tracked_cards",
-                self.max_tracked_cards,
-                1..=100_000_000,
-            ),
+            max_tracked_cards: self.max_tracked_cards,
             max_amount: self.max_amount,
             amount_points: self.amount_points,
             mcc_limits,
@@ -1091,7 +1082,8 @@ fn below_recent_events(s: &mut Section, key: &str, v: u32) {
 }
 
 impl JournalFile {
-    fn validate(self, s: &mut Section) -> JournalConfig {
+    fn validate(mut self, s: &mut Section) -> JournalConfig {
+        self.check_ranges(s);
         let durability = match self.durability.as_str() {
             "fsync" => Durability::Fsync,
             "none" => Durability::None,
@@ -1103,44 +1095,35 @@ impl JournalFile {
                 Durability::Fsync
             }
         };
-        let segment_bytes = s.ranged("segment_bytes", self.segment_bytes, 4096..=1 << 32);
-        let max_bytes = self
-            .max_bytes
-            .map(|v| s.ranged("max_bytes", v, 65_536..=1 << 50));
-        if let Some(max) = max_bytes
-            && max < 2 * segment_bytes
+        if let Some(max) = self.max_bytes
+            && max < 2 * self.segment_bytes
         {
             let message = format!(
                 "{max} is less than two segments ({} = 2 x segment_bytes): the active \
                  segment alone could exceed it",
-                2 * segment_bytes
+                2 * self.segment_bytes
             );
             s.problem("max_bytes", message);
         }
         JournalConfig {
             dir: PathBuf::from(self.dir),
             durability,
-            segment_bytes,
-            // At most ten years.
-            retention: s.duration("retention_hours", self.retention_hours, 1..=87_600),
-            max_bytes,
-            queue_capacity: s.count("queue_capacity", self.queue_capacity, 1..=16_777_216),
+            segment_bytes: self.segment_bytes,
+            retention: Duration::from_secs(3600 * self.retention_hours), // in range
+            max_bytes: self.max_bytes,
+            queue_capacity: self.queue_capacity,
         }
     }
 }
 
 impl SafFile {
-    fn validate(self, s: &mut Section) -> SafConfig {
+    fn validate(mut self, s: &mut Section) -> SafConfig {
+        self.check_ranges(s);
         SafConfig {
-            max_attempts: s.count("max_attempts", self.max_attempts, 1..=10_000),
-            retry_interval: s.duration(
-                "retry_interval_ms",
-                self.retry_interval_ms,
-                100..=3_600_000,
-            ),
-            // Under a minute a reversal may expire before its first resend.
-            expiry: s.duration("expiry_s", self.expiry_s, 60..=30 * 86_400),
-            max_entries: s.count("max_entries", self.max_entries, 1..=10_000_000),
+            max_attempts: self.max_attempts as u32, // in range
+            retry_interval: Duration::from_millis(self.retry_interval_ms),
+            expiry: Duration::from_secs(self.expiry_s),
+            max_entries: self.max_entries,
         }
     }
 }
@@ -1266,9 +1249,14 @@ macro_rules! unsigned {
     ($($method:ident $visit:ident $t:ty),*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
             match self.0 {
-                Value::Integer(i) => visitor.$visit(<$t>::try_from(i).map_err(|_| {
-                    de::Error::custom(format!("{i} is out of range ({}..={})", <$t>::MIN, <$t>::MAX))
-                })?),
+                Value::Integer(i) => match <$t>::try_from(i) {
+                    Ok(n) => visitor.$visit(n),
+                    Err(_) => Err(de::Error::custom(format!(
+                        "{i} is out of range ({}..={})",
+                        <$t>::MIN,
+                        <$t>::MAX
+                    ))),
+                },
                 other => Err(Bad::found("an integer", &other)),
             }
         }
@@ -1290,7 +1278,11 @@ impl<'de> Deserializer<'de> for De {
         }
     }
 
-    unsigned!(deserialize_u16 visit_u16 u16, deserialize_u32 visit_u32 u32, deserialize_u64 visit_u64 u64);
+    unsigned! {
+        deserialize_u16 visit_u16 u16,
+        deserialize_u32 visit_u32 u32,
+        deserialize_u64 visit_u64 u64
+    }
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
         match self.0 {
@@ -1668,6 +1660,85 @@ mod tests {
             p.starts_with("journal.max_bytes: 100000 is less than two segments"),
             "{p}"
         );
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_with_its_path_and_what_was_expected() {
+        for (text, expected) in [
+            (
+                "[terminals]\nmax_frame = \"big\"",
+                "terminals.max_frame: expected an integer, found a string",
+            ),
+            (
+                "[terminals]\nallowed_terminals = [\"T1\", 2]",
+                "terminals.allowed_terminals[1]: expected a string, found an integer",
+            ),
+            (
+                "[admin]\nenabled = \"yes\"",
+                "admin.enabled: expected true or false, found a string",
+            ),
+            ("saf = 3", "saf: expected a table, found an integer"),
+            (
+                "[saf]\nexpiry_s = 1e3",
+                "saf.expiry_s: expected an integer, found a float",
+            ),
+            (
+                "[saf]\nmax_attempts = -1",
+                "saf.max_attempts: -1 is out of range (0..=18446744073709551615)",
+            ),
+            (
+                "[[fraud.velocity]]\nwindow_s = 60\npoints = 70000",
+                "fraud.velocity[0].points: 70000 is out of range (0..=65535)",
+            ),
+            (
+                "[[acquirers]]\nname = 5\nlinks = [\"127.0.0.1:1\"]",
+                // Not also "required": what was refused is not missing.
+                "acquirers[0].name: expected a string, found an integer",
+            ),
+        ] {
+            assert_eq!(only_problem(text), expected, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn every_unknown_key_and_wrong_type_in_one_table_is_reported() {
+        let text = "[[fraud.velocity]]\nwindow_s = 60\n\
+                    [[fraud.velocity]]\nwindow = 60\nwindow_s = \"x\"\npoints = 1.5\n\
+                    [saf]\nretries = 1\nbackoff = 2\nmax_attempts = 0";
+        let problems = Config::parse(text).expect_err("refused");
+        let mut found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "fraud.velocity[1].points: expected an integer, found a float",
+                "fraud.velocity[1].window: unknown key (known here: window_s, max_count, \
+                 max_amount, points)",
+                "fraud.velocity[1].window_s: expected an integer, found a string",
+                "saf.backoff: unknown key (known here: max_attempts, retry_interval_ms, \
+                 expiry_s, max_entries)",
+                "saf.max_attempts: 0 is out of range (1..=10000)",
+                "saf.retries: unknown key (known here: max_attempts, retry_interval_ms, \
+                 expiry_s, max_entries)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_defaults_lie_in_their_ranges() {
+        let c = Config::parse(
+            "[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n[acquirers.stand_in]\n\
+             [fraud.card_testing]\n[fraud.declines]",
+        )
+        .expect("the defaults are valid");
+        assert_eq!(c.saf.retry_interval, Duration::from_secs(5));
+        assert_eq!(c.journal.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.terminals.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.acquirers[0].max_missed_echoes, 2);
+        let ct = c.fraud.card_testing.expect("present");
+        assert_eq!((ct.window, ct.max_small), (Duration::from_secs(600), 3));
+        let d = c.fraud.declines.expect("present");
+        assert_eq!((d.window, d.max_declines), (Duration::from_secs(3600), 3));
     }
 
     #[test]
