@@ -1,7 +1,12 @@
-//! The switch's TOML configuration: typed sections, defaults, and a
-//! validation that reports every problem at once, each with its TOML path
-//! (`acquirers[1].links[0]: ...`). Unknown keys are problems too: a typo
-//! must not silently fall back to a default.
+//! The switch's TOML configuration, in three parts: the typed sections the
+//! switch uses (`Config`, `TerminalConfig`, ...); the file as written, one
+//! serde struct per TOML table whose fields are the keys, with their
+//! defaults and ranges (`table!`); and a validation pass from the one to
+//! the other. Every problem is reported at once, each with its TOML path
+//! (`acquirers[1].links[0]: ...`): serde stops at its first error, so the
+//! reader at the end of this file reports it, drops the value and reads
+//! again. Unknown keys are problems too: a typo must not silently fall
+//! back to a default.
 
 use std::collections::BTreeSet;
 use std::fmt;
