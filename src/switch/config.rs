@@ -1,15 +1,23 @@
-//! The switch's TOML configuration: typed sections, defaults, and a
-//! validation that reports every problem at once, each with its TOML path
-//! (`acquirers[1].links[0]: ...`). Unknown keys are problems too: a typo
-//! must not silently fall back to a default.
+//! The switch's TOML configuration, in three parts: the typed sections the
+//! switch uses (`Config`, `TerminalConfig`, ...); the file as written, one
+//! serde struct per TOML table whose fields are the keys, with their
+//! defaults and ranges (`table!`); and a validation pass from the one to
+//! the other. Every problem is reported at once, each with its TOML path
+//! (`acquirers[1].links[0]: ...`): serde stops at its first error, so the
+//! reader at the end of this file reports it, drops the value and reads
+//! again. Unknown keys are problems too: a typo must not silently fall
+//! back to a default.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde::de::value::StrDeserializer;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::{Table, Value};
 
 use crate::frame::LengthHeader;
@@ -189,7 +197,8 @@ pub struct AcquirerConfig {
 /// amount, RRN, terminal id, currency.
 pub const DEFAULT_ANSWER_MUST_MATCH: [u16; 6] = [2, 3, 4, 37, 41, 49];
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StandInConfig {
     pub enabled: bool,
     /// Approve in stand-in only at or under this amount (minor units).
@@ -313,276 +322,227 @@ pub struct SafConfig {
 }
 
 // ---------------------------------------------------------------------------
-// Reading
+// The file as written: one struct per TOML table, its fields named as the
+// keys, refusing unknown ones, each with the default a missing key takes.
 
-/// Conversion of one TOML value; the error says what was expected.
-trait FromValue: Sized {
-    fn from_value(v: &Value) -> Result<Self, String>;
-}
+/// `table! { Name { key: Type = default, in range; ... } }`: the struct,
+/// its `Default` made of the defaults, and `check_ranges`, which reports
+/// every integer key outside its range (`in` is optional).
+macro_rules! table {
+    ($name:ident {
+        $($(#[$doc:meta])* $key:ident: $ty:ty = $default:expr $(, in $range:expr)?;)*
+    }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        struct $name {
+            $($(#[$doc])* $key: $ty,)*
+        }
 
-fn describe(v: &Value) -> &'static str {
-    match v {
-        Value::String(_) => "a string",
-        Value::Integer(_) => "an integer",
-        Value::Float(_) => "a float",
-        Value::Boolean(_) => "a boolean",
-        Value::Datetime(_) => "a date",
-        Value::Array(_) => "an array",
-        Value::Table(_) => "a table",
-    }
-}
-
-macro_rules! int_from_value {
-    ($($t:ty),*) => {$(
-        impl FromValue for $t {
-            fn from_value(v: &Value) -> Result<Self, String> {
-                match v {
-                    Value::Integer(i) => <$t>::try_from(*i).map_err(|_| {
-                        format!("{i} is out of range ({}..={})", <$t>::MIN, <$t>::MAX)
-                    }),
-                    other => Err(format!("expected an integer, found {}", describe(other))),
-                }
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($key: $default,)* }
             }
         }
-    )*};
-}
-int_from_value!(u16, u32, u64, usize);
 
-impl FromValue for bool {
-    fn from_value(v: &Value) -> Result<Self, String> {
-        v.as_bool()
-            .ok_or_else(|| format!("expected true or false, found {}", describe(v)))
-    }
-}
-
-impl FromValue for String {
-    fn from_value(v: &Value) -> Result<Self, String> {
-        v.as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("expected a string, found {}", describe(v)))
-    }
-}
-
-impl FromValue for SocketAddr {
-    fn from_value(v: &Value) -> Result<Self, String> {
-        let s = String::from_value(v)?;
-        s.parse()
-            .map_err(|_| format!("`{s}` is not an IP:port address (e.g. \"127.0.0.1:8583\")"))
-    }
-}
-
-impl FromValue for LengthHeader {
-    fn from_value(v: &Value) -> Result<Self, String> {
-        String::from_value(v)?.parse()
-    }
-}
-
-impl FromValue for SpecRef {
-    fn from_value(v: &Value) -> Result<Self, String> {
-        let s = String::from_value(v)?;
-        specs::resolve(&s)
-            .map(|spec| SpecRef { spec })
-            .map_err(|e| match e {
-                crate::iso8583::spec_toml::SpecFileError::Io { .. } => format!(
-                    "`{s}` is neither a built-in spec ({}) nor a readable spec file",
-                    specs::BUILT_IN.join(", ")
-                ),
-                other => other.to_string(),
-            })
-    }
-}
-
-impl<T: FromValue> FromValue for Vec<T> {
-    fn from_value(v: &Value) -> Result<Self, String> {
-        match v {
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, x)| T::from_value(x).map_err(|e| format!("[{i}]: {e}")))
-                .collect(),
-            other => Err(format!("expected an array, found {}", describe(other))),
-        }
-    }
-}
-
-/// Collects problems while reading.
-#[derive(Default)]
-struct Reader {
-    problems: Vec<Problem>,
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-impl Reader {
-    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    fn check_keys(&mut self, t: &Table, path: &str, known: &[&str]) {
-        for key in t.keys() {
-            if !known.contains(&key.as_str()) {
-                self.problem(
-                    join(path, key),
-                    format!("unknown key (known here: {})", known.join(", ")),
-                );
+        impl $name {
+            /// Reports every key outside its range, and brings it to the
+            /// nearest bound (the config is refused then) so that the
+            /// conversions after cannot overflow.
+            #[allow(unused_variables)] // a table without ranges
+            fn check_ranges(&mut self, s: &mut Section) {
+                $($(s.range(stringify!($key), &mut self.$key, $range);)?)*
             }
         }
-    }
+    };
+}
 
-    fn opt<T: FromValue>(&mut self, t: &Table, path: &str, key: &str) -> Option<T> {
-        let v = t.get(key)?;
-        match T::from_value(v) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                // Array element errors start with "[i]" and attach to the key.
-                let p = join(path, key);
-                match e.strip_prefix('[') {
-                    Some(rest) => {
-                        let (idx, msg) = rest.split_once("]: ").unwrap_or((rest, ""));
-                        self.problem(format!("{p}[{idx}]"), msg.to_owned());
-                    }
-                    None => self.problem(p, e),
-                }
-                None
-            }
-        }
-    }
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ConfigFile {
+    terminals: TerminalsFile,
+    admin: AdminFile,
+    limits: LimitsFile,
+    runtime: RuntimeFile,
+    acquirers: Vec<AcquirerFile>,
+    routing: RoutingFile,
+    fraud: FraudFile,
+    journal: JournalFile,
+    saf: SafFile,
+    test_setup: bool,
+}
 
-    fn get<T: FromValue>(&mut self, t: &Table, path: &str, key: &str, default: T) -> T {
-        self.opt(t, path, key).unwrap_or(default)
-    }
-
-    /// A sub-table; an empty one if absent.
-    fn table<'t>(&mut self, t: &'t Table, path: &str, key: &str) -> Option<&'t Table> {
-        match t.get(key) {
-            None => None,
-            Some(Value::Table(sub)) => Some(sub),
-            Some(other) => {
-                self.problem(
-                    join(path, key),
-                    format!("expected a table, found {}", describe(other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// An array of tables (`[[acquirers]]`).
-    fn tables<'t>(&mut self, t: &'t Table, path: &str, key: &str) -> Vec<(String, &'t Table)> {
-        match t.get(key) {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| {
-                    let p = format!("{}[{i}]", join(path, key));
-                    match v {
-                        Value::Table(sub) => Some((p, sub)),
-                        other => {
-                            self.problem(p, format!("expected a table, found {}", describe(other)));
-                            None
-                        }
-                    }
-                })
-                .collect(),
-            Some(other) => {
-                self.problem(
-                    join(path, key),
-                    format!("expected an array of tables, found {}", describe(other)),
-                );
-                Vec::new()
-            }
-        }
-    }
-
-    fn positive(&mut self, path: &str, key: &str, v: usize) {
-        if v == 0 {
-            self.problem(join(path, key), "must be at least 1");
-        }
-    }
-
-    /// An integer that must lie in `range`; outside it is a problem naming
-    /// the range, and the default stands in so reading can go on. Checked
-    /// before any unit conversion, so `3600 * hours` cannot overflow.
-    fn ranged(
-        &mut self,
-        t: &Table,
-        path: &str,
-        key: &str,
-        default: u64,
-        range: RangeInclusive<u64>,
-    ) -> u64 {
-        debug_assert!(
-            range.contains(&default),
-            "{path}.{key} default out of range"
-        );
-        match self.opt::<u64>(t, path, key) {
-            Some(v) if range.contains(&v) => v,
-            Some(v) => {
-                self.problem(
-                    join(path, key),
-                    format!("{v} is out of range ({}..={})", range.start(), range.end()),
-                );
-                default
-            }
-            None => default,
-        }
-    }
-
-    /// [`Reader::ranged`] as a count (`usize`); ranges stay under `u32::MAX`.
-    fn count(
-        &mut self,
-        t: &Table,
-        path: &str,
-        key: &str,
-        default: u64,
-        range: RangeInclusive<u64>,
-    ) -> usize {
-        usize::try_from(self.ranged(t, path, key, default, range)).unwrap_or(usize::MAX)
-    }
-
-    /// A `*_ms` duration within `range` (milliseconds).
-    fn ms_in(
-        &mut self,
-        t: &Table,
-        path: &str,
-        key: &str,
-        default_ms: u64,
-        range: RangeInclusive<u64>,
-    ) -> Duration {
-        Duration::from_millis(self.ranged(t, path, key, default_ms, range))
-    }
-
-    /// A `*_s` duration within `range` (seconds).
-    fn secs_in(
-        &mut self,
-        t: &Table,
-        path: &str,
-        key: &str,
-        default_s: u64,
-        range: RangeInclusive<u64>,
-    ) -> Duration {
-        Duration::from_secs(self.ranged(t, path, key, default_s, range))
+table! {
+    TerminalsFile {
+        listen: String = "127.0.0.1:8583".into();
+        spec: String = "iso87ascii".into();
+        framing: String = LengthHeader::Binary2.name().into();
+        max_frame: usize = crate::frame::DEFAULT_MAX_FRAME;
+        max_connections: usize = 4096, in 1..=1_000_000;
+        max_connections_per_ip: usize = 4096, in 1..=1_000_000;
+        max_in_flight_per_connection: usize = 64, in 1..=65_536;
+        idle_timeout_ms: u64 = 300_000, in 1_000..=86_400_000;
+        frame_timeout_ms: u64 = 10_000, in 100..=600_000;
+        listen_backlog: Option<u64> = None, in 1..=65_535;
+        max_write_buffer: usize = 1024 * 1024, in 512..=1 << 30;
+        write_stall_timeout_ms: u64 = 10_000, in 100..=3_600_000;
+        allowed_terminals: Vec<String> = Vec::new();
+        countries: Vec<TerminalCountryFile> = Vec::new();
     }
 }
 
-fn is_digits(s: &str, min: usize, max: usize) -> bool {
-    (min..=max).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit())
+table! {
+    TerminalCountryFile {
+        terminal: Option<String> = None;
+        country: Option<u16> = None;
+    }
 }
 
-fn parse_key(hex: &str) -> Option<[u8; 16]> {
-    let bytes = crate::hex::parse_hex(hex).ok()?;
-    bytes.try_into().ok()
+table! {
+    AdminFile {
+        listen: String = "127.0.0.1:9090".into();
+        enabled: bool = true;
+    }
 }
+
+table! {
+    LimitsFile {
+        max_in_flight: usize = 100_000, in 1..=10_000_000;
+        shutdown_grace_ms: u64 = 5_000, in 0..=600_000;
+        recent_answers: usize = 100_000, in 1..=10_000_000;
+        recent_answers_ttl_s: u64 = 600, in 1..=86_400;
+    }
+}
+
+table! {
+    RuntimeFile {
+        flavor: String = "current-thread".into();
+        worker_threads: usize = 0, in 0..=1024;
+    }
+}
+
+table! {
+    AcquirerFile {
+        name: Option<String> = None;
+        links: Option<Vec<String>> = None;
+        spec: String = "iso87ascii".into();
+        framing: String = LengthHeader::Binary2.name().into();
+        max_frame: usize = crate::frame::DEFAULT_MAX_FRAME;
+        request_timeout_ms: u64 = 30_000, in 10..=600_000;
+        connect_timeout_ms: u64 = 3_000, in 10..=600_000;
+        backoff_initial_ms: u64 = 100, in 1..=600_000;
+        backoff_max_ms: u64 = 10_000, in 1..=3_600_000;
+        echo_interval_ms: u64 = 30_000, in 10..=86_400_000;
+        echo_timeout_ms: u64 = 5_000, in 10..=600_000;
+        max_missed_echoes: u64 = 2, in 1..=100;
+        max_in_flight_per_link: usize = 10_000, in 1..=1_000_000;
+        sign_on: bool = true;
+        answer_must_match: Vec<u16> = DEFAULT_ANSWER_MUST_MATCH.to_vec();
+        stand_in: StandInConfig = StandInConfig::default();
+    }
+}
+
+table! {
+    RoutingFile {
+        default: Option<String> = None;
+        routes: Vec<RouteFile> = Vec::new();
+    }
+}
+
+table! {
+    RouteFile {
+        prefix: Option<String> = None;
+        acquirer: Option<String> = None;
+        backup: Option<String> = None;
+    }
+}
+
+table! {
+    FraudFile {
+        enabled: bool = true;
+        review_points: u16 = 50;
+        decline_points: u16 = 80;
+        pan_key: Option<String> = None;
+        max_tracked_cards: usize = 1_000_000, in 1..=100_000_000;
+        max_amount: u64 = u64::MAX;
+        amount_points: u16 = 30;
+        mcc_limits: Vec<MccLimitFile> = Vec::new();
+        velocity: Vec<VelocityFile> = Vec::new();
+        card_testing: Option<CardTestingFile> = None;
+        blocked_bins: Vec<String> = Vec::new();
+        blocked_cards: Vec<String> = Vec::new();
+        blocked_points: u16 = 100;
+        bin_countries: Vec<BinCountryFile> = Vec::new();
+        country_mismatch_points: u16 = 20;
+        declines: Option<DeclinesFile> = None;
+    }
+}
+
+table! {
+    MccLimitFile {
+        mcc: Option<u16> = None;
+        max_amount: Option<u64> = None;
+        /// `None`: the fraud section's `amount_points`.
+        points: Option<u16> = None;
+    }
+}
+
+table! {
+    VelocityFile {
+        window_s: Option<u64> = None, in 1..=MAX_WINDOW_S;
+        max_count: u32 = u32::MAX;
+        max_amount: u64 = u64::MAX;
+        points: u16 = 30;
+    }
+}
+
+table! {
+    CardTestingFile {
+        window_s: u64 = 600, in 1..=MAX_WINDOW_S;
+        small_amount: u64 = 200;
+        max_small: u32 = 3;
+        max_merchants: u32 = 3;
+        points: u16 = 50;
+    }
+}
+
+table! {
+    BinCountryFile {
+        prefix: Option<String> = None;
+        country: Option<u16> = None;
+    }
+}
+
+table! {
+    DeclinesFile {
+        window_s: u64 = 3600, in 1..=MAX_WINDOW_S;
+        max_declines: u32 = 3;
+        points: u16 = 40;
+    }
+}
+
+table! {
+    JournalFile {
+        dir: String = "journal".into();
+        durability: String = "fsync".into();
+        segment_bytes: u64 = 64 * 1024 * 1024, in 4096..=1 << 32;
+        retention_hours: u64 = 24 * 7, in 1..=87_600;
+        max_bytes: Option<u64> = None, in 65_536..=1 << 50;
+        queue_capacity: usize = 65_536, in 1..=16_777_216;
+    }
+}
+
+table! {
+    SafFile {
+        max_attempts: u64 = 20, in 1..=10_000;
+        retry_interval_ms: u64 = 5_000, in 100..=3_600_000;
+        expiry_s: u64 = 24 * 3600, in 60..=30 * 86_400;
+        max_entries: usize = 100_000, in 1..=10_000_000;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation: from the file as written to the typed config, every problem
+// collected with its TOML path.
 
 /// A fixed development key, used only when the config sets none (the
 /// default config says so loudly).
@@ -591,7 +551,19 @@ pub const DEV_PAN_KEY: [u8; 16] = *b"switchyard-dev!!";
 /// public, so as much a development key as the built-in one.
 pub const SHIPPED_DEV_PAN_KEY: [u8; 16] = *b"Switchyard dev k";
 
-static EMPTY: std::sync::LazyLock<Table> = std::sync::LazyLock::new(Table::new);
+/// Longest fraud window: a month (the fraud state counts in `u32` seconds).
+const MAX_WINDOW_S: u64 = 30 * 86_400;
+
+/// Limits that size fixed arrays in the fraud engine.
+pub mod crate_limits {
+    pub const MAX_VELOCITY_WINDOWS: usize = 4;
+    /// Recent events kept per card for the card-testing and decline rules;
+    /// their thresholds must stay under it.
+    pub const RECENT_EVENTS: usize = 8;
+}
+
+/// Stands in for an address that was refused (the config is refused too).
+const NO_ADDRESS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 
 impl Config {
     /// Reads and validates a config file.
@@ -607,6 +579,27 @@ impl Config {
             file: path.to_owned(),
             problems,
         })
+    }
+
+    /// Parses and validates config text, returning every problem.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let root: Table = toml::from_str(text).map_err(|e| {
+            vec![Problem {
+                path: String::new(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }]
+        })?;
+        let mut problems = Problems::default();
+        let file = read_file(root, &mut problems);
+        let config = file.validate(&mut Section {
+            problems: &mut problems,
+            path: String::new(),
+        });
+        if problems.found.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems.found)
+        }
     }
 
     /// Is the card-hash key one of the published development keys? Card
@@ -647,581 +640,745 @@ impl Config {
         }
         w
     }
+}
 
-    /// Parses and validates config text, returning every problem.
-    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-        let root: Table = toml::from_str(text).map_err(|e| {
-            vec![Problem {
-                path: String::new(),
-                message: format!("not valid TOML: {}", e.to_string().trim()),
-            }]
-        })?;
-        let mut r = Reader::default();
-        r.check_keys(
-            &root,
-            "",
-            &[
-                "terminals",
-                "admin",
-                "limits",
-                "runtime",
-                "acquirers",
-                "routing",
-                "fraud",
-                "journal",
-                "saf",
-                "test_setup",
-            ],
-        );
-        let empty: &Table = &EMPTY;
-        let test_setup = r.get(&root, "", "test_setup", false);
+#[derive(Default)]
+struct Problems {
+    found: Vec<Problem>,
+    /// Paths of the values dropped while reading (of the wrong type or
+    /// under an unknown key): not reported again as missing.
+    dropped: BTreeSet<String>,
+}
 
-        let p = "terminals";
-        let t = r.table(&root, "", p).unwrap_or(empty);
-        r.check_keys(
-            t,
-            p,
-            &[
-                "listen",
-                "spec",
-                "framing",
-                "max_frame",
-                "max_connections",
-                "max_connections_per_ip",
-                "max_in_flight_per_connection",
-                "idle_timeout_ms",
-                "frame_timeout_ms",
-                "listen_backlog",
-                "max_write_buffer",
-                "write_stall_timeout_ms",
-                "allowed_terminals",
-                "countries",
-            ],
-        );
-        let terminals = TerminalConfig {
-            listen: r.get(t, p, "listen", SocketAddr::from(([127, 0, 0, 1], 8583))),
-            spec: r.get(t, p, "spec", SpecRef::iso87ascii()),
-            framing: r.get(t, p, "framing", LengthHeader::Binary2),
-            max_frame: r.get(t, p, "max_frame", crate::frame::DEFAULT_MAX_FRAME),
-            max_connections: r.count(t, p, "max_connections", 4096, 1..=1_000_000),
-            max_connections_per_ip: r.count(t, p, "max_connections_per_ip", 4096, 1..=1_000_000),
-            max_in_flight_per_connection: r.count(
-                t,
-                p,
-                "max_in_flight_per_connection",
-                64,
-                1..=65_536,
+/// The validation of one table: its problems go under its TOML path.
+struct Section<'p> {
+    problems: &'p mut Problems,
+    path: String,
+}
+
+impl Section<'_> {
+    /// The table or array element at `key` (`"stand_in"`, `"routes[0]"`).
+    fn sub(&mut self, key: &str) -> Section<'_> {
+        Section {
+            path: self.at(key),
+            problems: self.problems,
+        }
+    }
+
+    /// The TOML path of `key`; `""` is the table itself.
+    fn at(&self, key: &str) -> String {
+        match (self.path.as_str(), key) {
+            ("", key) => key.to_owned(),
+            (path, "") => path.to_owned(),
+            (path, key) => format!("{path}.{key}"),
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        let path = self.at(key);
+        if !self.problems.dropped.contains(&path) {
+            self.problems.found.push(Problem {
+                path,
+                message: message.into(),
+            });
+        }
+    }
+
+    /// `value`, or `fallback` with the error reported at `key` (the config
+    /// is refused then, so the fallback is never used).
+    fn ok<T>(&mut self, key: &str, value: Result<T, String>, fallback: T) -> T {
+        value.unwrap_or_else(|message| {
+            self.problem(key, message);
+            fallback
+        })
+    }
+
+    /// Reports `v` if it lies outside `range`, and brings it in.
+    fn range(&mut self, key: &str, v: &mut impl Ranged, range: RangeInclusive<u64>) {
+        if let Some(outside) = v.clamp_into(&range) {
+            let (low, high) = (range.start(), range.end());
+            self.problem(key, format!("{outside} is out of range ({low}..={high})"));
+        }
+    }
+}
+
+/// An integer key that has a valid range, or an optional one.
+trait Ranged {
+    /// Brings the value into `range`; returns it if it was outside.
+    fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64>;
+}
+
+impl Ranged for u64 {
+    fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64> {
+        let v = *self;
+        *self = v.clamp(*range.start(), *range.end());
+        (v != *self).then_some(v)
+    }
+}
+
+impl Ranged for usize {
+    fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64> {
+        // Lossless both ways: usize is at most 64 bits, and every range
+        // fits in 32.
+        let mut v = *self as u64;
+        let outside = v.clamp_into(range);
+        *self = v as usize;
+        outside
+    }
+}
+
+impl<T: Ranged> Ranged for Option<T> {
+    fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64> {
+        self.as_mut()?.clamp_into(range)
+    }
+}
+
+fn address(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not an IP:port address (e.g. \"127.0.0.1:8583\")"))
+}
+
+fn spec(s: &str) -> Result<SpecRef, String> {
+    specs::resolve(s)
+        .map(|spec| SpecRef { spec })
+        .map_err(|e| match e {
+            crate::iso8583::spec_toml::SpecFileError::Io { .. } => format!(
+                "`{s}` is neither a built-in spec ({}) nor a readable spec file",
+                specs::BUILT_IN.join(", ")
             ),
-            // A connection must get time to send its first request; a day
-            // of silence is already far past any terminal's heartbeat.
-            idle_timeout: r.ms_in(t, p, "idle_timeout_ms", 300_000, 1_000..=86_400_000),
-            frame_timeout: r.ms_in(t, p, "frame_timeout_ms", 10_000, 100..=600_000),
-            listen_backlog: t
-                .contains_key("listen_backlog")
-                .then(|| r.ranged(t, p, "listen_backlog", 1024, 1..=65_535) as u32),
-            max_write_buffer: r.count(t, p, "max_write_buffer", 1024 * 1024, 512..=1 << 30),
-            write_stall_timeout: r.ms_in(t, p, "write_stall_timeout_ms", 10_000, 100..=3_600_000),
-            allowed_terminals: r
-                .get::<Vec<String>>(t, p, "allowed_terminals", Vec::new())
-                .into_iter()
-                .collect(),
-            terminal_countries: Vec::new(),
-        };
-        let mut terminals = terminals;
-        for (tp, tt) in r.tables(t, p, "countries") {
-            r.check_keys(tt, &tp, &["terminal", "country"]);
-            let id = r.opt::<String>(tt, &tp, "terminal");
-            let country = r.opt::<u16>(tt, &tp, "country");
-            match (id, country) {
-                (Some(id), Some(c)) if c <= 999 => terminals.terminal_countries.push((id, c)),
-                (Some(_), Some(_)) => r.problem(join(&tp, "country"), "ISO 3166 numeric, 0..=999"),
-                _ => r.problem(tp, "needs `terminal` and `country`"),
+            other => other.to_string(),
+        })
+}
+
+fn is_digits(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit())
+}
+
+impl ConfigFile {
+    fn validate(self, s: &mut Section) -> Config {
+        let terminals = self.terminals.validate(&mut s.sub("terminals"));
+        let admin = self.admin.validate(&mut s.sub("admin"));
+        let limits = self.limits.validate(&mut s.sub("limits"));
+        let runtime = self.runtime.validate(&mut s.sub("runtime"));
+        let acquirers: Vec<AcquirerConfig> = (self.acquirers.into_iter().enumerate())
+            .map(|(i, a)| a.validate(&mut s.sub(&format!("acquirers[{i}]"))))
+            .collect();
+        let mut names = BTreeSet::new();
+        for (i, a) in acquirers.iter().enumerate() {
+            if !names.insert(a.name.as_str()) {
+                let message = format!("`{}` is used by another acquirer", a.name);
+                s.problem(&format!("acquirers[{i}].name"), message);
             }
         }
-        r.positive(p, "max_frame", terminals.max_frame);
-        if terminals.max_frame > terminals.framing.limit() {
-            r.problem(
-                join(p, "max_frame"),
-                format!(
-                    "{} is more than a `{}` header can carry ({})",
-                    terminals.max_frame,
-                    terminals.framing,
-                    terminals.framing.limit()
-                ),
-            );
+        let routing = self.routing.validate(&mut s.sub("routing"), &names);
+        Config {
+            terminals,
+            admin,
+            limits,
+            runtime,
+            routing,
+            acquirers,
+            fraud: self.fraud.validate(&mut s.sub("fraud")),
+            journal: self.journal.validate(&mut s.sub("journal")),
+            saf: self.saf.validate(&mut s.sub("saf")),
+            test_setup: self.test_setup,
         }
+    }
+}
 
-        let p = "admin";
-        let t = r.table(&root, "", p).unwrap_or(empty);
-        r.check_keys(t, p, &["listen", "enabled"]);
-        let admin_enabled = r.get(t, p, "enabled", true);
-        let admin_listen = r.get(t, p, "listen", SocketAddr::from(([127, 0, 0, 1], 9090)));
-        let admin = AdminConfig {
-            listen: admin_enabled.then_some(admin_listen),
-        };
+impl TerminalsFile {
+    fn validate(mut self, s: &mut Section) -> TerminalConfig {
+        self.check_ranges(s);
+        let framing = s.ok("framing", self.framing.parse(), LengthHeader::Binary2);
+        if self.max_frame == 0 {
+            s.problem("max_frame", "must be at least 1");
+        } else if self.max_frame > framing.limit() {
+            let (max, limit) = (self.max_frame, framing.limit());
+            let message = format!("{max} is more than a `{framing}` header can carry ({limit})");
+            s.problem("max_frame", message);
+        }
+        let mut terminal_countries = Vec::new();
+        for (i, mut c) in self.countries.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("countries[{i}]"));
+            c.check_ranges(s);
+            match (c.terminal, c.country) {
+                (Some(id), Some(c)) if c <= 999 => terminal_countries.push((id, c)),
+                (Some(_), Some(_)) => s.problem("country", "ISO 3166 numeric, 0..=999"),
+                _ => s.problem("", "needs `terminal` and `country`"),
+            }
+        }
+        TerminalConfig {
+            listen: s.ok("listen", address(&self.listen), NO_ADDRESS),
+            spec: s.ok("spec", spec(&self.spec), SpecRef::iso87ascii()),
+            framing,
+            max_frame: self.max_frame,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_in_flight_per_connection: self.max_in_flight_per_connection,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            listen_backlog: self.listen_backlog.map(|b| b as u32), // in range
+            max_write_buffer: self.max_write_buffer,
+            write_stall_timeout: Duration::from_millis(self.write_stall_timeout_ms),
+            allowed_terminals: self.allowed_terminals.into_iter().collect(),
+            terminal_countries,
+        }
+    }
+}
 
-        let p = "limits";
-        let t = r.table(&root, "", p).unwrap_or(empty);
-        r.check_keys(
-            t,
-            p,
-            &[
-                "max_in_flight",
-                "shutdown_grace_ms",
-                "recent_answers",
-                "recent_answers_ttl_s",
-            ],
-        );
-        let limits = LimitsConfig {
-            max_in_flight: r.count(t, p, "max_in_flight", 100_000, 1..=10_000_000),
-            shutdown_grace: r.ms_in(t, p, "shutdown_grace_ms", 5_000, 0..=600_000),
-            recent_answers: r.count(t, p, "recent_answers", 100_000, 1..=10_000_000),
-            recent_answers_ttl: r.secs_in(t, p, "recent_answers_ttl_s", 600, 1..=86_400),
-        };
+impl AdminFile {
+    fn validate(mut self, s: &mut Section) -> AdminConfig {
+        self.check_ranges(s);
+        // Checked even when disabled: turning it on must not reveal a typo.
+        let listen = s.ok("listen", address(&self.listen), NO_ADDRESS);
+        AdminConfig {
+            listen: self.enabled.then_some(listen),
+        }
+    }
+}
 
-        let p = "runtime";
-        let t = r.table(&root, "", p).unwrap_or(empty);
-        r.check_keys(t, p, &["flavor", "worker_threads"]);
-        let flavor = match r.opt::<String>(t, p, "flavor").as_deref() {
-            None | Some("current-thread") => RuntimeFlavor::CurrentThread,
-            Some("multi-thread") => RuntimeFlavor::MultiThread,
-            Some(other) => {
-                r.problem(
-                    join(p, "flavor"),
-                    format!("`{other}`: expected \"current-thread\" or \"multi-thread\""),
-                );
+impl LimitsFile {
+    fn validate(mut self, s: &mut Section) -> LimitsConfig {
+        self.check_ranges(s);
+        LimitsConfig {
+            max_in_flight: self.max_in_flight,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            recent_answers: self.recent_answers,
+            recent_answers_ttl: Duration::from_secs(self.recent_answers_ttl_s),
+        }
+    }
+}
+
+impl RuntimeFile {
+    fn validate(mut self, s: &mut Section) -> RuntimeConfig {
+        self.check_ranges(s);
+        let flavor = match self.flavor.as_str() {
+            "current-thread" => RuntimeFlavor::CurrentThread,
+            "multi-thread" => RuntimeFlavor::MultiThread,
+            other => {
+                let message = format!("`{other}`: expected \"current-thread\" or \"multi-thread\"");
+                s.problem("flavor", message);
                 RuntimeFlavor::CurrentThread
             }
         };
-        let runtime = RuntimeConfig {
+        RuntimeConfig {
             flavor,
-            worker_threads: r.count(t, p, "worker_threads", 0, 0..=1024),
-        };
-
-        let mut acquirers = Vec::new();
-        for (ap, at) in r.tables(&root, "", "acquirers") {
-            acquirers.push(read_acquirer(&mut r, &ap, at));
+            worker_threads: self.worker_threads,
         }
-        let mut names = BTreeSet::new();
-        for (i, a) in acquirers.iter().enumerate() {
-            if !names.insert(a.name.clone()) {
-                r.problem(
-                    format!("acquirers[{i}].name"),
-                    format!("`{}` is used by another acquirer", a.name),
+    }
+}
+
+impl AcquirerFile {
+    fn validate(mut self, s: &mut Section) -> AcquirerConfig {
+        self.check_ranges(s);
+        if self.name.is_none() {
+            s.problem("name", "required");
+        }
+        let mut links = Vec::new();
+        match self.links {
+            None => s.problem("links", "required (one address per link)"),
+            Some(l) if l.is_empty() => s.problem("links", "at least one address"),
+            Some(l) => {
+                for (i, link) in l.iter().enumerate() {
+                    links.push(s.ok(&format!("links[{i}]"), address(link), NO_ADDRESS));
+                }
+            }
+        }
+        for (i, &n) in self.answer_must_match.iter().enumerate() {
+            if !(2..=128).contains(&n) {
+                let message = format!("{n} is not a data element number (2..=128)");
+                s.problem(&format!("answer_must_match[{i}]"), message);
+            }
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            s.problem("backoff_max_ms", "must not be less than backoff_initial_ms");
+        }
+        AcquirerConfig {
+            name: self.name.unwrap_or_default(),
+            links,
+            spec: s.ok("spec", spec(&self.spec), SpecRef::iso87ascii()),
+            framing: s.ok("framing", self.framing.parse(), LengthHeader::Binary2),
+            max_frame: self.max_frame,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            echo_interval: Duration::from_millis(self.echo_interval_ms),
+            echo_timeout: Duration::from_millis(self.echo_timeout_ms),
+            max_missed_echoes: self.max_missed_echoes as u32, // in range
+            max_in_flight_per_link: self.max_in_flight_per_link,
+            sign_on: self.sign_on,
+            answer_must_match: self.answer_must_match,
+            stand_in: self.stand_in,
+        }
+    }
+}
+
+impl RoutingFile {
+    fn validate(mut self, s: &mut Section, acquirers: &BTreeSet<&str>) -> RoutingConfig {
+        self.check_ranges(s);
+        let known = |s: &mut Section, key: &str, name: &Option<String>| {
+            if let Some(n) = name
+                && !acquirers.contains(n.as_str())
+            {
+                s.problem(key, format!("no acquirer is named `{n}`"));
+            }
+        };
+        known(s, "default", &self.default);
+        let mut prefixes = BTreeSet::new();
+        let mut routes = Vec::new();
+        for (i, mut r) in self.routes.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("routes[{i}]"));
+            r.check_ranges(s);
+            match &r.prefix {
+                Some(p) if !is_digits(p, 1, 11) => {
+                    s.problem("prefix", format!("`{p}`: a route prefix is 1 to 11 digits"))
+                }
+                Some(p) if !prefixes.insert(p.clone()) => {
+                    s.problem("prefix", format!("`{p}` is routed twice"))
+                }
+                Some(_) => {}
+                None => s.problem("prefix", "required"),
+            }
+            known(s, "acquirer", &r.acquirer);
+            known(s, "backup", &r.backup);
+            match (r.prefix, r.acquirer) {
+                (Some(prefix), Some(acquirer)) => routes.push(Route {
+                    prefix,
+                    acquirer,
+                    backup: r.backup,
+                }),
+                (_, None) => s.problem("acquirer", "required"),
+                (None, Some(_)) => {}
+            }
+        }
+        RoutingConfig {
+            routes,
+            default: self.default,
+        }
+    }
+}
+
+impl FraudFile {
+    fn validate(mut self, s: &mut Section) -> FraudConfig {
+        self.check_ranges(s);
+        let pan_key = match &self.pan_key {
+            None => DEV_PAN_KEY,
+            Some(hex) => {
+                let key = crate::hex::parse_hex(hex)
+                    .ok()
+                    .and_then(|b| b.try_into().ok());
+                let wrong = Err("expected 32 hex digits (a 128-bit key)".to_owned());
+                s.ok("pan_key", key.map_or(wrong, Ok), DEV_PAN_KEY)
+            }
+        };
+        if self.decline_points < self.review_points {
+            s.problem("decline_points", "must not be less than review_points");
+        }
+        for (i, b) in self.blocked_bins.iter().enumerate() {
+            if !is_digits(b, 1, 11) {
+                s.problem(
+                    &format!("blocked_bins[{i}]"),
+                    format!("`{b}` is not 1 to 11 digits"),
                 );
             }
         }
-
-        let p = "routing";
-        let t = r.table(&root, "", p).unwrap_or(empty);
-        r.check_keys(t, p, &["default", "routes"]);
-        let mut routing = RoutingConfig {
-            routes: Vec::new(),
-            default: r.opt(t, p, "default"),
-        };
-        if let Some(d) = &routing.default
-            && !names.contains(d)
-        {
-            r.problem(join(p, "default"), format!("no acquirer is named `{d}`"));
+        for (i, c) in self.blocked_cards.iter().enumerate() {
+            if crate::switch::fraud::CardHash::from_hex(c).is_none() {
+                let message = "a card hash is 32 hex digits, as the journal shows it";
+                s.problem(&format!("blocked_cards[{i}]"), message);
+            }
         }
-        let mut prefixes = BTreeSet::new();
-        for (rp, rt) in r.tables(t, p, "routes") {
-            r.check_keys(rt, &rp, &["prefix", "acquirer", "backup"]);
-            let prefix: Option<String> = r.opt(rt, &rp, "prefix");
-            let acquirer: Option<String> = r.opt(rt, &rp, "acquirer");
-            let backup: Option<String> = r.opt(rt, &rp, "backup");
-            match &prefix {
-                Some(pre) if !is_digits(pre, 1, 11) => r.problem(
-                    join(&rp, "prefix"),
-                    format!("`{pre}`: a route prefix is 1 to 11 digits"),
+        let mut mcc_limits = Vec::new();
+        for (i, mut m) in self.mcc_limits.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("mcc_limits[{i}]"));
+            m.check_ranges(s);
+            match (m.mcc, m.max_amount) {
+                (Some(mcc), Some(max_amount)) => mcc_limits.push(MccLimit {
+                    mcc,
+                    max_amount,
+                    points: m.points.unwrap_or(self.amount_points),
+                }),
+                _ => s.problem("", "needs `mcc` and `max_amount`"),
+            }
+        }
+        let mut velocity = Vec::new();
+        for (i, mut v) in self.velocity.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("velocity[{i}]"));
+            v.check_ranges(s);
+            if v.window_s.is_none() {
+                s.problem("window_s", "required, at least 1");
+            }
+            velocity.push(VelocityRule {
+                window: Duration::from_secs(v.window_s.unwrap_or(MAX_WINDOW_S)),
+                max_count: v.max_count,
+                max_amount: v.max_amount,
+                points: v.points,
+            });
+        }
+        if velocity.len() > crate_limits::MAX_VELOCITY_WINDOWS {
+            let message = format!("at most {} windows", crate_limits::MAX_VELOCITY_WINDOWS);
+            s.problem("velocity", message);
+        }
+        let card_testing = self.card_testing.map(|mut c| {
+            let s = &mut s.sub("card_testing");
+            c.check_ranges(s);
+            below_recent_events(s, "max_small", c.max_small);
+            below_recent_events(s, "max_merchants", c.max_merchants);
+            CardTestingRule {
+                window: Duration::from_secs(c.window_s),
+                small_amount: c.small_amount,
+                max_small: c.max_small,
+                max_merchants: c.max_merchants,
+                points: c.points,
+            }
+        });
+        let mut bin_countries = Vec::new();
+        for (i, mut b) in self.bin_countries.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("bin_countries[{i}]"));
+            b.check_ranges(s);
+            match (b.prefix, b.country) {
+                (Some(p), Some(c)) if is_digits(&p, 1, 11) && c <= 999 => {
+                    bin_countries.push((p, c))
+                }
+                (Some(_), Some(_)) => s.problem(
+                    "",
+                    "`prefix` is 1 to 11 digits and `country` ISO 3166 numeric (0..=999)",
                 ),
-                Some(pre) if !prefixes.insert(pre.clone()) => {
-                    r.problem(join(&rp, "prefix"), format!("`{pre}` is routed twice"))
-                }
-                Some(_) => {}
-                None => r.problem(join(&rp, "prefix"), "required"),
-            }
-            for (key, name) in [("acquirer", &acquirer), ("backup", &backup)] {
-                if let Some(n) = name
-                    && !names.contains(n)
-                {
-                    r.problem(join(&rp, key), format!("no acquirer is named `{n}`"));
-                }
-            }
-            if acquirer.is_none() {
-                r.problem(join(&rp, "acquirer"), "required");
-            }
-            if let (Some(prefix), Some(acquirer)) = (prefix, acquirer) {
-                routing.routes.push(Route {
-                    prefix,
-                    acquirer,
-                    backup,
-                });
+                _ => s.problem("", "needs `prefix` and `country`"),
             }
         }
+        let declines = self.declines.map(|mut d| {
+            let s = &mut s.sub("declines");
+            d.check_ranges(s);
+            below_recent_events(s, "max_declines", d.max_declines);
+            DeclineRule {
+                window: Duration::from_secs(d.window_s),
+                max_declines: d.max_declines,
+                points: d.points,
+            }
+        });
+        FraudConfig {
+            enabled: self.enabled,
+            review_points: self.review_points,
+            decline_points: self.decline_points,
+            pan_key,
+            max_tracked_cards: self.max_tracked_cards,
+            max_amount: self.max_amount,
+            amount_points: self.amount_points,
+            mcc_limits,
+            velocity,
+            card_testing,
+            blocked_bins: self.blocked_bins,
+            blocked_cards: self.blocked_cards,
+            blocked_points: self.blocked_points,
+            bin_countries,
+            country_mismatch_points: self.country_mismatch_points,
+            declines,
+        }
+    }
+}
 
-        let fraud = read_fraud(&mut r, &root, empty);
+/// The card-testing and decline thresholds count events kept per card.
+fn below_recent_events(s: &mut Section, key: &str, v: u32) {
+    if v as usize >= crate_limits::RECENT_EVENTS {
+        s.problem(key, format!("at most {}", crate_limits::RECENT_EVENTS - 1));
+    }
+}
 
-        let p = "journal";
-        let t = r.table(&root, "", p).unwrap_or(empty);
-        r.check_keys(
-            t,
-            p,
-            &[
-                "dir",
-                "durability",
-                "segment_bytes",
-                "retention_hours",
-                "max_bytes",
-                "queue_capacity",
-            ],
-        );
-        let durability = match r.opt::<String>(t, p, "durability").as_deref() {
-            None | Some("fsync") => Durability::Fsync,
-            Some("none") => Durability::None,
-            Some(other) => {
-                r.problem(
-                    join(p, "durability"),
+impl JournalFile {
+    fn validate(mut self, s: &mut Section) -> JournalConfig {
+        self.check_ranges(s);
+        let durability = match self.durability.as_str() {
+            "fsync" => Durability::Fsync,
+            "none" => Durability::None,
+            other => {
+                s.problem(
+                    "durability",
                     format!("`{other}`: expected \"fsync\" or \"none\""),
                 );
                 Durability::Fsync
             }
         };
-        let journal = JournalConfig {
-            dir: PathBuf::from(r.get(t, p, "dir", "journal".to_owned())),
+        if let Some(max) = self.max_bytes
+            && max < 2 * self.segment_bytes
+        {
+            let message = format!(
+                "{max} is less than two segments ({} = 2 x segment_bytes): the active \
+                 segment alone could exceed it",
+                2 * self.segment_bytes
+            );
+            s.problem("max_bytes", message);
+        }
+        JournalConfig {
+            dir: PathBuf::from(self.dir),
             durability,
-            segment_bytes: r.ranged(t, p, "segment_bytes", 64 * 1024 * 1024, 4096..=1 << 32),
-            // Ranged before the multiplication: at most ten years.
-            retention: Duration::from_secs(
-                3600 * r.ranged(t, p, "retention_hours", 24 * 7, 1..=87_600),
-            ),
-            max_bytes: t
-                .contains_key("max_bytes")
-                .then(|| r.ranged(t, p, "max_bytes", 1 << 30, 65_536..=1 << 50)),
-            queue_capacity: r.count(t, p, "queue_capacity", 65_536, 1..=16_777_216),
+            segment_bytes: self.segment_bytes,
+            retention: Duration::from_secs(3600 * self.retention_hours), // in range
+            max_bytes: self.max_bytes,
+            queue_capacity: self.queue_capacity,
+        }
+    }
+}
+
+impl SafFile {
+    fn validate(mut self, s: &mut Section) -> SafConfig {
+        self.check_ranges(s);
+        SafConfig {
+            max_attempts: self.max_attempts as u32, // in range
+            retry_interval: Duration::from_millis(self.retry_interval_ms),
+            expiry: Duration::from_secs(self.expiry_s),
+            max_entries: self.max_entries,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading: serde over `toml::Value`, with the path of what was wrong
+
+/// Reads the file structs from the parsed TOML, reporting every value that
+/// is of the wrong type or under an unknown key. Serde stops at the first
+/// such value, so each is reported and dropped, and reading starts again
+/// (each round drops one value: it ends).
+fn read_file(root: Table, problems: &mut Problems) -> ConfigFile {
+    let mut root = Value::Table(root);
+    loop {
+        match ConfigFile::deserialize(De(root.clone())) {
+            Ok(file) => return file,
+            Err(bad) => {
+                problems.found.push(Problem {
+                    path: path(&bad.at),
+                    message: bad.message,
+                });
+                let Some(dropped) = drop_value(&mut root, &bad.at) else {
+                    return ConfigFile::default();
+                };
+                problems.dropped.insert(path(dropped));
+            }
+        }
+    }
+}
+
+/// One step of a TOML path: `acquirers[1].links` is `acquirers`, `[1]`,
+/// `links`.
+#[derive(Debug)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn path(at: &[Step]) -> String {
+    let mut path = String::new();
+    for step in at {
+        match step {
+            Step::Key(k) if path.is_empty() => path.push_str(k),
+            Step::Key(k) => path += &format!(".{k}"),
+            Step::Index(i) => path += &format!("[{i}]"),
+        }
+    }
+    path
+}
+
+/// Drops the value at `at`, or the whole array for one of its elements so
+/// that the other elements keep their indices; returns the path dropped.
+fn drop_value<'a>(root: &mut Value, at: &'a [Step]) -> Option<&'a [Step]> {
+    let last_key = at.iter().rposition(|s| matches!(s, Step::Key(_)))?;
+    let mut v = root;
+    for step in &at[..last_key] {
+        v = match (step, v) {
+            (Step::Key(k), Value::Table(t)) => t.get_mut(k)?,
+            (Step::Index(i), Value::Array(a)) => a.get_mut(*i)?,
+            _ => return None,
         };
-        if let Some(max) = journal.max_bytes
-            && max < 2 * journal.segment_bytes
-        {
-            r.problem(
-                join(p, "max_bytes"),
-                format!(
-                    "{max} is less than two segments ({} = 2 x segment_bytes): the active \
-                     segment alone could exceed it",
-                    2 * journal.segment_bytes
-                ),
-            );
-        }
+    }
+    match (&at[last_key], v) {
+        (Step::Key(k), Value::Table(t)) => t.remove(k).map(|_| &at[..=last_key]),
+        _ => None,
+    }
+}
 
-        let p = "saf";
-        let t = r.table(&root, "", p).unwrap_or(empty);
-        r.check_keys(
-            t,
-            p,
-            &[
-                "max_attempts",
-                "retry_interval_ms",
-                "expiry_s",
-                "max_entries",
-            ],
-        );
-        let saf = SafConfig {
-            max_attempts: r.ranged(t, p, "max_attempts", 20, 1..=10_000) as u32,
-            retry_interval: r.ms_in(t, p, "retry_interval_ms", 5_000, 100..=3_600_000),
-            // Under a minute a reversal may expire before its first resend.
-            expiry: r.secs_in(t, p, "expiry_s", 24 * 3600, 60..=30 * 86_400),
-            max_entries: r.count(t, p, "max_entries", 100_000, 1..=10_000_000),
+/// What was wrong with a value, and where.
+#[derive(Debug)]
+struct Bad {
+    at: Vec<Step>,
+    message: String,
+}
+
+impl Bad {
+    fn found(expected: &str, v: &Value) -> Bad {
+        let found = match v {
+            Value::String(_) => "a string",
+            Value::Integer(_) => "an integer",
+            Value::Float(_) => "a float",
+            Value::Boolean(_) => "a boolean",
+            Value::Datetime(_) => "a date",
+            Value::Array(_) => "an array",
+            Value::Table(_) => "a table",
         };
+        de::Error::custom(format!("expected {expected}, found {found}"))
+    }
 
-        if r.problems.is_empty() {
-            Ok(Config {
-                terminals,
-                admin,
-                limits,
-                runtime,
-                acquirers,
-                routing,
-                fraud,
-                journal,
-                saf,
-                test_setup,
-            })
-        } else {
-            Err(r.problems)
-        }
+    fn under(mut self, step: Step) -> Bad {
+        self.at.insert(0, step);
+        self
     }
 }
 
-fn read_acquirer(r: &mut Reader, p: &str, t: &Table) -> AcquirerConfig {
-    r.check_keys(
-        t,
-        p,
-        &[
-            "name",
-            "links",
-            "spec",
-            "framing",
-            "max_frame",
-            "request_timeout_ms",
-            "connect_timeout_ms",
-            "backoff_initial_ms",
-            "backoff_max_ms",
-            "echo_interval_ms",
-            "echo_timeout_ms",
-            "max_missed_echoes",
-            "max_in_flight_per_link",
-            "sign_on",
-            "answer_must_match",
-            "stand_in",
-        ],
-    );
-    let name: Option<String> = r.opt(t, p, "name");
-    if name.is_none() {
-        r.problem(join(p, "name"), "required");
+impl fmt::Display for Bad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", path(&self.at), self.message)
     }
-    let links: Vec<SocketAddr> = r.get(t, p, "links", Vec::new());
-    if links.is_empty() && t.contains_key("links") {
-        r.problem(join(p, "links"), "at least one address");
-    } else if !t.contains_key("links") {
-        r.problem(join(p, "links"), "required (one address per link)");
-    }
-    let sp = join(p, "stand_in");
-    let st = r.table(t, p, "stand_in").unwrap_or(&EMPTY);
-    r.check_keys(st, &sp, &["enabled", "max_amount", "max_fraud_points"]);
-    let stand_in = StandInConfig {
-        enabled: r.get(st, &sp, "enabled", false),
-        max_amount: r.get(st, &sp, "max_amount", 0),
-        max_fraud_points: r.get(st, &sp, "max_fraud_points", 0),
-    };
-    let a = AcquirerConfig {
-        name: name.unwrap_or_default(),
-        links,
-        spec: r.get(t, p, "spec", SpecRef::iso87ascii()),
-        framing: r.get(t, p, "framing", LengthHeader::Binary2),
-        max_frame: r.get(t, p, "max_frame", crate::frame::DEFAULT_MAX_FRAME),
-        request_timeout: r.ms_in(t, p, "request_timeout_ms", 30_000, 10..=600_000),
-        connect_timeout: r.ms_in(t, p, "connect_timeout_ms", 3_000, 10..=600_000),
-        backoff_initial: r.ms_in(t, p, "backoff_initial_ms", 100, 1..=600_000),
-        backoff_max: r.ms_in(t, p, "backoff_max_ms", 10_000, 1..=3_600_000),
-        echo_interval: r.ms_in(t, p, "echo_interval_ms", 30_000, 10..=86_400_000),
-        echo_timeout: r.ms_in(t, p, "echo_timeout_ms", 5_000, 10..=600_000),
-        max_missed_echoes: r.ranged(t, p, "max_missed_echoes", 2, 1..=100) as u32,
-        max_in_flight_per_link: r.count(t, p, "max_in_flight_per_link", 10_000, 1..=1_000_000),
-        sign_on: r.get(t, p, "sign_on", true),
-        answer_must_match: r.get(
-            t,
-            p,
-            "answer_must_match",
-            DEFAULT_ANSWER_MUST_MATCH.to_vec(),
-        ),
-        stand_in,
-    };
-    for (i, &n) in a.answer_must_match.iter().enumerate() {
-        if !(2..=128).contains(&n) {
-            r.problem(
-                format!("{}[{i}]", join(p, "answer_must_match")),
-                format!("{n} is not a data element number (2..=128)"),
-            );
-        }
-    }
-    if a.backoff_max < a.backoff_initial {
-        r.problem(
-            join(p, "backoff_max_ms"),
-            "must not be less than backoff_initial_ms",
-        );
-    }
-    a
 }
 
-fn read_fraud(r: &mut Reader, root: &Table, empty: &Table) -> FraudConfig {
-    let p = "fraud";
-    let t = r.table(root, "", p).unwrap_or(empty);
-    r.check_keys(
-        t,
-        p,
-        &[
-            "enabled",
-            "review_points",
-            "decline_points",
-            "pan_key",
-            "max_tracked_cards",
-            "max_amount",
-            "amount_points",
-            "mcc_limits",
-            "velocity",
-            "card_testing",
-            "blocked_bins",
-            "blocked_cards",
-            "blocked_points",
-            "bin_countries",
-            "country_mismatch_points",
-            "declines",
-        ],
-    );
-    let pan_key = match r.opt::<String>(t, p, "pan_key") {
-        None => DEV_PAN_KEY,
-        Some(hex) => parse_key(&hex).unwrap_or_else(|| {
-            r.problem(join(p, "pan_key"), "expected 32 hex digits (a 128-bit key)");
-            DEV_PAN_KEY
-        }),
-    };
-    let mut f = FraudConfig {
-        enabled: r.get(t, p, "enabled", true),
-        review_points: r.get(t, p, "review_points", 50),
-        decline_points: r.get(t, p, "decline_points", 80),
-        pan_key,
-        max_tracked_cards: r.count(t, p, "max_tracked_cards", 1_000_000, 1..=100_000_000),
-        max_amount: r.get(t, p, "max_amount", u64::MAX),
-        amount_points: r.get(t, p, "amount_points", 30),
-        mcc_limits: Vec::new(),
-        velocity: Vec::new(),
-        card_testing: None,
-        blocked_bins: r.get(t, p, "blocked_bins", Vec::new()),
-        blocked_cards: r.get(t, p, "blocked_cards", Vec::new()),
-        blocked_points: r.get(t, p, "blocked_points", 100),
-        bin_countries: Vec::new(),
-        country_mismatch_points: r.get(t, p, "country_mismatch_points", 20),
-        declines: None,
-    };
-    if f.decline_points < f.review_points {
-        r.problem(
-            join(p, "decline_points"),
-            "must not be less than review_points",
-        );
-    }
-    for (i, b) in f.blocked_bins.iter().enumerate() {
-        if !is_digits(b, 1, 11) {
-            r.problem(
-                format!("{p}.blocked_bins[{i}]"),
-                format!("`{b}` is not 1 to 11 digits"),
-            );
+impl std::error::Error for Bad {}
+
+impl de::Error for Bad {
+    fn custom<T: fmt::Display>(message: T) -> Bad {
+        Bad {
+            at: Vec::new(),
+            message: message.to_string(),
         }
     }
-    for (i, c) in f.blocked_cards.iter().enumerate() {
-        if crate::switch::fraud::CardHash::from_hex(c).is_none() {
-            r.problem(
-                format!("{p}.blocked_cards[{i}]"),
-                "a card hash is 32 hex digits, as the journal shows it",
-            );
-        }
+
+    fn unknown_field(_: &str, known: &'static [&'static str]) -> Bad {
+        de::Error::custom(format!("unknown key (known here: {})", known.join(", ")))
     }
-    for (mp, mt) in r.tables(t, p, "mcc_limits") {
-        r.check_keys(mt, &mp, &["mcc", "max_amount", "points"]);
-        match (
-            r.opt::<u16>(mt, &mp, "mcc"),
-            r.opt::<u64>(mt, &mp, "max_amount"),
-        ) {
-            (Some(mcc), Some(max_amount)) => {
-                let points = r.get(mt, &mp, "points", f.amount_points);
-                f.mcc_limits.push(MccLimit {
-                    mcc,
-                    max_amount,
-                    points,
-                })
-            }
-            _ => r.problem(mp, "needs `mcc` and `max_amount`"),
-        }
-    }
-    for (vp, vt) in r.tables(t, p, "velocity") {
-        r.check_keys(vt, &vp, &["window_s", "max_count", "max_amount", "points"]);
-        if !vt.contains_key("window_s") {
-            r.problem(join(&vp, "window_s"), "required, at least 1");
-        }
-        let window = r.secs_in(vt, &vp, "window_s", MAX_WINDOW_S, 1..=MAX_WINDOW_S);
-        f.velocity.push(VelocityRule {
-            window,
-            max_count: r.get(vt, &vp, "max_count", u32::MAX),
-            max_amount: r.get(vt, &vp, "max_amount", u64::MAX),
-            points: r.get(vt, &vp, "points", 30),
-        });
-    }
-    if f.velocity.len() > crate_limits::MAX_VELOCITY_WINDOWS {
-        r.problem(
-            join(p, "velocity"),
-            format!("at most {} windows", crate_limits::MAX_VELOCITY_WINDOWS),
-        );
-    }
-    if let Some(ct) = r.table(t, p, "card_testing") {
-        let cp = join(p, "card_testing");
-        r.check_keys(
-            ct,
-            &cp,
-            &[
-                "window_s",
-                "small_amount",
-                "max_small",
-                "max_merchants",
-                "points",
-            ],
-        );
-        f.card_testing = Some(CardTestingRule {
-            window: r.secs_in(ct, &cp, "window_s", 600, 1..=MAX_WINDOW_S),
-            small_amount: r.get(ct, &cp, "small_amount", 200),
-            max_small: r.get(ct, &cp, "max_small", 3),
-            max_merchants: r.get(ct, &cp, "max_merchants", 3),
-            points: r.get(ct, &cp, "points", 50),
-        });
-    }
-    if let Some(ct) = &f.card_testing {
-        let cp = join(p, "card_testing");
-        for (key, v) in [
-            ("max_small", ct.max_small),
-            ("max_merchants", ct.max_merchants),
-        ] {
-            if v as usize >= crate_limits::RECENT_EVENTS {
-                r.problem(
-                    join(&cp, key),
-                    format!("at most {}", crate_limits::RECENT_EVENTS - 1),
-                );
-            }
-        }
-    }
-    for (bp, bt) in r.tables(t, p, "bin_countries") {
-        r.check_keys(bt, &bp, &["prefix", "country"]);
-        match (
-            r.opt::<String>(bt, &bp, "prefix"),
-            r.opt::<u16>(bt, &bp, "country"),
-        ) {
-            (Some(pre), Some(c)) if is_digits(&pre, 1, 11) && c <= 999 => {
-                f.bin_countries.push((pre, c))
-            }
-            (Some(_), Some(_)) => r.problem(
-                bp,
-                "`prefix` is 1 to 11 digits and `country` ISO 3166 numeric (0..=999)",
-            ),
-            _ => r.problem(bp, "needs `prefix` and `country`"),
-        }
-    }
-    if let Some(dt) = r.table(t, p, "declines") {
-        let dp = join(p, "declines");
-        r.check_keys(dt, &dp, &["window_s", "max_declines", "points"]);
-        f.declines = Some(DeclineRule {
-            window: r.secs_in(dt, &dp, "window_s", 3600, 1..=MAX_WINDOW_S),
-            max_declines: r.get(dt, &dp, "max_declines", 3),
-            points: r.get(dt, &dp, "points", 40),
-        });
-        if f.declines
-            .as_ref()
-            .is_some_and(|d| d.max_declines as usize >= crate_limits::RECENT_EVENTS)
-        {
-            r.problem(
-                join(&dp, "max_declines"),
-                format!("at most {}", crate_limits::RECENT_EVENTS - 1),
-            );
-        }
-    }
-    f
 }
 
-/// Longest fraud window: a month (the fraud state counts in `u32` seconds).
-const MAX_WINDOW_S: u64 = 30 * 86_400;
+/// A deserializer of one TOML value: it says what was expected in the
+/// config's words ("expected an integer, found a string", "70000 is out of
+/// range (0..=65535)"), and its errors carry their path.
+struct De(Value);
 
-/// Limits that size fixed arrays in the fraud engine.
-pub mod crate_limits {
-    pub const MAX_VELOCITY_WINDOWS: usize = 4;
-    /// Recent events kept per card for the card-testing and decline rules;
-    /// their thresholds must stay under it.
-    pub const RECENT_EVENTS: usize = 8;
+macro_rules! unsigned {
+    ($($method:ident $visit:ident $t:ty),*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
+            match self.0 {
+                Value::Integer(i) => match <$t>::try_from(i) {
+                    Ok(n) => visitor.$visit(n),
+                    Err(_) => Err(de::Error::custom(format!(
+                        "{i} is out of range ({}..={})",
+                        <$t>::MIN,
+                        <$t>::MAX
+                    ))),
+                },
+                other => Err(Bad::found("an integer", &other)),
+            }
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for De {
+    type Error = Bad;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
+        match self.0 {
+            Value::String(s) => visitor.visit_string(s),
+            Value::Integer(i) => visitor.visit_i64(i),
+            Value::Float(x) => visitor.visit_f64(x),
+            Value::Boolean(b) => visitor.visit_bool(b),
+            Value::Datetime(d) => visitor.visit_string(d.to_string()),
+            Value::Array(a) => visitor.visit_seq(Elements(a.into_iter().enumerate())),
+            Value::Table(t) => visitor.visit_map(Entries(t.into_iter(), None)),
+        }
+    }
+
+    unsigned! {
+        deserialize_u16 visit_u16 u16,
+        deserialize_u32 visit_u32 u32,
+        deserialize_u64 visit_u64 u64
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
+        match self.0 {
+            Value::Boolean(b) => visitor.visit_bool(b),
+            other => Err(Bad::found("true or false", &other)),
+        }
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
+        match self.0 {
+            Value::String(s) => visitor.visit_string(s),
+            other => Err(Bad::found("a string", &other)),
+        }
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
+        self.deserialize_string(visitor)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
+        match self.0 {
+            Value::Array(_) => self.deserialize_any(visitor),
+            other => Err(Bad::found("an array", &other)),
+        }
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
+        match self.0 {
+            Value::Table(_) => self.deserialize_any(visitor),
+            other => Err(Bad::found("a table", &other)),
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Bad> {
+        self.deserialize_map(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Bad> {
+        visitor.visit_some(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        i8 i16 i32 i64 i128 u8 u128 f32 f64 char bytes byte_buf unit unit_struct
+        newtype_struct tuple tuple_struct enum identifier ignored_any
+    }
+}
+
+/// A table's entries; the value of the key just read waits in `.1`.
+struct Entries(toml::map::IntoIter<String, Value>, Option<(String, Value)>);
+
+impl<'de> MapAccess<'de> for Entries {
+    type Error = Bad;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Bad> {
+        let Some((key, value)) = self.0.next() else {
+            return Ok(None);
+        };
+        let read = seed.deserialize(StrDeserializer::<Bad>::new(&key));
+        let read = read.map_err(|e| e.under(Step::Key(key.clone())))?;
+        self.1 = Some((key, value));
+        Ok(Some(read))
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Bad> {
+        let (key, value) = self.1.take().ok_or_else(|| de::Error::custom("no value"))?;
+        seed.deserialize(De(value))
+            .map_err(|e| e.under(Step::Key(key)))
+    }
+}
+
+/// An array's elements, numbered.
+struct Elements(std::iter::Enumerate<std::vec::IntoIter<Value>>);
+
+impl<'de> SeqAccess<'de> for Elements {
+    type Error = Bad;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Bad> {
+        let Some((i, value)) = self.0.next() else {
+            return Ok(None);
+        };
+        let read = seed.deserialize(De(value));
+        read.map(Some).map_err(|e| e.under(Step::Index(i)))
+    }
 }
 
 #[cfg(test)]
@@ -1508,6 +1665,85 @@ mod tests {
             p.starts_with("journal.max_bytes: 100000 is less than two segments"),
             "{p}"
         );
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_with_its_path_and_what_was_expected() {
+        for (text, expected) in [
+            (
+                "[terminals]\nmax_frame = \"big\"",
+                "terminals.max_frame: expected an integer, found a string",
+            ),
+            (
+                "[terminals]\nallowed_terminals = [\"T1\", 2]",
+                "terminals.allowed_terminals[1]: expected a string, found an integer",
+            ),
+            (
+                "[admin]\nenabled = \"yes\"",
+                "admin.enabled: expected true or false, found a string",
+            ),
+            ("saf = 3", "saf: expected a table, found an integer"),
+            (
+                "[saf]\nexpiry_s = 1e3",
+                "saf.expiry_s: expected an integer, found a float",
+            ),
+            (
+                "[saf]\nmax_attempts = -1",
+                "saf.max_attempts: -1 is out of range (0..=18446744073709551615)",
+            ),
+            (
+                "[[fraud.velocity]]\nwindow_s = 60\npoints = 70000",
+                "fraud.velocity[0].points: 70000 is out of range (0..=65535)",
+            ),
+            (
+                "[[acquirers]]\nname = 5\nlinks = [\"127.0.0.1:1\"]",
+                // Not also "required": what was refused is not missing.
+                "acquirers[0].name: expected a string, found an integer",
+            ),
+        ] {
+            assert_eq!(only_problem(text), expected, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn every_unknown_key_and_wrong_type_in_one_table_is_reported() {
+        let text = "[[fraud.velocity]]\nwindow_s = 60\n\
+                    [[fraud.velocity]]\nwindow = 60\nwindow_s = \"x\"\npoints = 1.5\n\
+                    [saf]\nretries = 1\nbackoff = 2\nmax_attempts = 0";
+        let problems = Config::parse(text).expect_err("refused");
+        let mut found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "fraud.velocity[1].points: expected an integer, found a float",
+                "fraud.velocity[1].window: unknown key (known here: window_s, max_count, \
+                 max_amount, points)",
+                "fraud.velocity[1].window_s: expected an integer, found a string",
+                "saf.backoff: unknown key (known here: max_attempts, retry_interval_ms, \
+                 expiry_s, max_entries)",
+                "saf.max_attempts: 0 is out of range (1..=10000)",
+                "saf.retries: unknown key (known here: max_attempts, retry_interval_ms, \
+                 expiry_s, max_entries)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_defaults_lie_in_their_ranges() {
+        let c = Config::parse(
+            "[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n[acquirers.stand_in]\n\
+             [fraud.card_testing]\n[fraud.declines]",
+        )
+        .expect("the defaults are valid");
+        assert_eq!(c.saf.retry_interval, Duration::from_secs(5));
+        assert_eq!(c.journal.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.terminals.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.acquirers[0].max_missed_echoes, 2);
+        let ct = c.fraud.card_testing.expect("present");
+        assert_eq!((ct.window, ct.max_small), (Duration::from_secs(600), 3));
+        let d = c.fraud.declines.expect("present");
+        assert_eq!((d.window, d.max_declines), (Duration::from_secs(3600), 3));
     }
 
     #[test]
