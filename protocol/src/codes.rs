@@ -1,9 +1,14 @@
 //! Response codes (DE39) the switch itself sets, and how it reads the ones
 //! hosts send. The one place these values are written down: every other
-//! module names them from here (see `../shared/DESIGN.md`, "Response codes").
+//! module names them from here (see `docs/DESIGN.md`, "Response codes").
 
 /// Approved (also: stand-in approvals, acknowledged advices, 0810 answers).
 pub const APPROVED: [u8; 2] = *b"00";
+/// Host decline: do not honour (the simulator's declined card ranges and
+/// random declines).
+pub const DO_NOT_HONOUR: [u8; 2] = *b"05";
+/// Host decline: insufficient funds (the simulator's amount limit).
+pub const INSUFFICIENT_FUNDS: [u8; 2] = *b"51";
 /// Invalid transaction type (an MTI the switch does not handle).
 pub const INVALID_TRANSACTION: [u8; 2] = *b"12";
 /// The PAN fails the Luhn check.

@@ -213,10 +213,10 @@ impl Conn {
         } else {
             let code = match kind {
                 Kind::Decision => self.shared.rules.decide(&msg, &mut self.decide_rng),
-                Kind::Network | Kind::Acknowledge => *b"00",
-                Kind::Other | Kind::NotRequest => *b"12",
+                Kind::Network | Kind::Acknowledge => crate::codes::APPROVED,
+                Kind::Other | Kind::NotRequest => crate::codes::INVALID_TRANSACTION,
             };
-            let approval = (kind == Kind::Decision && code == *b"00")
+            let approval = (kind == Kind::Decision && code == crate::codes::APPROVED)
                 .then(|| rules::approval_code(self.next_approval()));
             let answer = Answer {
                 response_code: code,

@@ -5,6 +5,7 @@
 use arrayvec::ArrayVec;
 use bytes::BytesMut;
 
+use crate::codes;
 use crate::frame::LengthHeader;
 use crate::iso8583::{Message, Mti, PackError, pack_response};
 
@@ -71,7 +72,7 @@ impl Rules {
         if let (Some(limit), Some(amount)) = (self.decline_over_amount, msg.amount_minor())
             && amount > limit
         {
-            return *b"51";
+            return codes::INSUFFICIENT_FUNDS;
         }
         if !self.decline_prefixes.is_empty()
             && let Some(pan) = msg.pan()
@@ -80,12 +81,12 @@ impl Rules {
                 .iter()
                 .any(|p| pan.digits().starts_with(p))
         {
-            return *b"05";
+            return codes::DO_NOT_HONOUR;
         }
         if self.decline_ratio > 0.0 && rng.next_f64() < self.decline_ratio {
-            return *b"05";
+            return codes::DO_NOT_HONOUR;
         }
-        *b"00"
+        codes::APPROVED
     }
 }
 
