@@ -22,6 +22,7 @@ use toml::{Table, Value};
 
 use crate::frame::LengthHeader;
 use crate::iso8583::{Spec, specs};
+use crate::switch::saf::{SafConfig, SafFile};
 
 /// One configuration problem.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -309,32 +310,22 @@ pub struct JournalConfig {
     pub queue_capacity: usize,
 }
 
-#[derive(Clone, Debug)]
-pub struct SafConfig {
-    /// Sends of one advice/reversal before it is given up (and journaled
-    /// as expired).
-    pub max_attempts: u32,
-    pub retry_interval: Duration,
-    /// Age after which an unacknowledged entry expires.
-    pub expiry: Duration,
-    /// Entries per acquirer; beyond it new entries are refused loudly.
-    pub max_entries: usize,
-}
-
 // ---------------------------------------------------------------------------
 // The file as written: one struct per TOML table, its fields named as the
 // keys, refusing unknown ones, each with the default a missing key takes.
 
 /// `table! { Name { key: Type = default, in range; ... } }`: the struct,
 /// its `Default` made of the defaults, and `check_ranges`, which reports
-/// every integer key outside its range (`in` is optional).
+/// every integer key outside its range (`in` is optional). A visibility
+/// before the name (`pub(crate) TerminalsFile`) lets the root file struct
+/// hold a table declared in its owner's module.
 macro_rules! table {
-    ($name:ident {
+    ($vis:vis $name:ident {
         $($(#[$doc:meta])* $key:ident: $ty:ty = $default:expr $(, in $range:expr)?;)*
     }) => {
-        #[derive(Deserialize)]
+        #[derive(::serde::Deserialize)]
         #[serde(deny_unknown_fields, default)]
-        struct $name {
+        $vis struct $name {
             $($(#[$doc])* $key: $ty,)*
         }
 
@@ -349,12 +340,13 @@ macro_rules! table {
             /// nearest bound (the config is refused then) so that the
             /// conversions after cannot overflow.
             #[allow(unused_variables)] // a table without ranges
-            fn check_ranges(&mut self, s: &mut Section) {
+            fn check_ranges(&mut self, s: &mut $crate::switch::config::Section) {
                 $($(s.range(stringify!($key), &mut self.$key, $range);)?)*
             }
         }
     };
 }
+pub(crate) use table;
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -531,15 +523,6 @@ table! {
     }
 }
 
-table! {
-    SafFile {
-        max_attempts: u64 = 20, in 1..=10_000;
-        retry_interval_ms: u64 = 5_000, in 100..=3_600_000;
-        expiry_s: u64 = 24 * 3600, in 60..=30 * 86_400;
-        max_entries: usize = 100_000, in 1..=10_000_000;
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Validation: from the file as written to the typed config, every problem
 // collected with its TOML path.
@@ -563,7 +546,8 @@ pub mod crate_limits {
 }
 
 /// Stands in for an address that was refused (the config is refused too).
-const NO_ADDRESS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+pub(crate) const NO_ADDRESS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 
 impl Config {
     /// Reads and validates a config file.
@@ -651,14 +635,14 @@ struct Problems {
 }
 
 /// The validation of one table: its problems go under its TOML path.
-struct Section<'p> {
+pub(crate) struct Section<'p> {
     problems: &'p mut Problems,
     path: String,
 }
 
 impl Section<'_> {
     /// The table or array element at `key` (`"stand_in"`, `"routes[0]"`).
-    fn sub(&mut self, key: &str) -> Section<'_> {
+    pub(crate) fn sub(&mut self, key: &str) -> Section<'_> {
         Section {
             path: self.at(key),
             problems: self.problems,
@@ -674,7 +658,7 @@ impl Section<'_> {
         }
     }
 
-    fn problem(&mut self, key: &str, message: impl Into<String>) {
+    pub(crate) fn problem(&mut self, key: &str, message: impl Into<String>) {
         let path = self.at(key);
         if !self.problems.dropped.contains(&path) {
             self.problems.found.push(Problem {
@@ -686,7 +670,7 @@ impl Section<'_> {
 
     /// `value`, or `fallback` with the error reported at `key` (the config
     /// is refused then, so the fallback is never used).
-    fn ok<T>(&mut self, key: &str, value: Result<T, String>, fallback: T) -> T {
+    pub(crate) fn ok<T>(&mut self, key: &str, value: Result<T, String>, fallback: T) -> T {
         value.unwrap_or_else(|message| {
             self.problem(key, message);
             fallback
@@ -694,7 +678,7 @@ impl Section<'_> {
     }
 
     /// Reports `v` if it lies outside `range`, and brings it in.
-    fn range(&mut self, key: &str, v: &mut impl Ranged, range: RangeInclusive<u64>) {
+    pub(crate) fn range(&mut self, key: &str, v: &mut impl Ranged, range: RangeInclusive<u64>) {
         if let Some(outside) = v.clamp_into(&range) {
             let (low, high) = (range.start(), range.end());
             self.problem(key, format!("{outside} is out of range ({low}..={high})"));
@@ -703,7 +687,7 @@ impl Section<'_> {
 }
 
 /// An integer key that has a valid range, or an optional one.
-trait Ranged {
+pub(crate) trait Ranged {
     /// Brings the value into `range`; returns it if it was outside.
     fn clamp_into(&mut self, range: &RangeInclusive<u64>) -> Option<u64>;
 }
@@ -733,12 +717,12 @@ impl<T: Ranged> Ranged for Option<T> {
     }
 }
 
-fn address(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn address(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("`{s}` is not an IP:port address (e.g. \"127.0.0.1:8583\")"))
 }
 
-fn spec(s: &str) -> Result<SpecRef, String> {
+pub(crate) fn spec(s: &str) -> Result<SpecRef, String> {
     specs::resolve(s)
         .map(|spec| SpecRef { spec })
         .map_err(|e| match e {
@@ -750,7 +734,7 @@ fn spec(s: &str) -> Result<SpecRef, String> {
         })
 }
 
-fn is_digits(s: &str, min: usize, max: usize) -> bool {
+pub(crate) fn is_digits(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit())
 }
 
@@ -1117,18 +1101,6 @@ impl JournalFile {
             retention: Duration::from_secs(3600 * self.retention_hours), // in range
             max_bytes: self.max_bytes,
             queue_capacity: self.queue_capacity,
-        }
-    }
-}
-
-impl SafFile {
-    fn validate(mut self, s: &mut Section) -> SafConfig {
-        self.check_ranges(s);
-        SafConfig {
-            max_attempts: self.max_attempts as u32, // in range
-            retry_interval: Duration::from_millis(self.retry_interval_ms),
-            expiry: Duration::from_secs(self.expiry_s),
-            max_entries: self.max_entries,
         }
     }
 }

@@ -192,7 +192,10 @@ impl Writer {
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         s.written.fetch_add(count as u64, Ordering::Relaxed);
         let reserved = s.reserved.fetch_sub(count, Ordering::AcqRel);
-        assert!(reserved >= count, "journal: more records written than appended");
+        assert!(
+            reserved >= count,
+            "journal: more records written than appended"
+        );
         self.buf.clear();
         // The durable watermark only grows: callers forward and answer on it.
         let before = self.durable.send_replace(last_seq);

@@ -17,7 +17,7 @@ use super::{GiveUp, SafEntry, SafEvent, messages};
 use crate::clock::Now;
 use crate::iso8583::Spec;
 use crate::switch::acquirer::MatchKey;
-use crate::switch::config::SafConfig;
+use crate::switch::saf::SafConfig;
 
 /// What became of a send, as the driver saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

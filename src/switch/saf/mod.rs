@@ -14,6 +14,7 @@
 //! `journal.rs` turns its events into journal records and, after a restart,
 //! queues again what the journal says is still owed.
 
+mod config;
 mod core;
 mod driver;
 mod journal;
@@ -30,9 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::iso8583::Spec;
 use crate::switch::acquirer::{LinkHandle, MatchKey};
-use crate::switch::config::SafConfig;
 
 pub use self::core::{Answer, SafCore};
+pub use config::SafConfig;
+pub(crate) use config::SafFile;
 pub use journal::{journal_sink, record_of, resume_from_journal};
 pub use messages::{advice_from_terminal, advice_of, from_journal, reversal_of};
 
