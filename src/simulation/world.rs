@@ -91,7 +91,7 @@ fn unused_journal() -> Journal {
             .expect("simulation config")
             .journal;
         config.dir = dir.path().to_owned();
-        config.durability = crate::switch::config::Durability::None;
+        config.durability = crate::switch::journal::Durability::None;
         let (journal, _) = Journal::open(&config).expect("journal");
         (dir, journal)
     })

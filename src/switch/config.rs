@@ -22,6 +22,7 @@ use toml::{Table, Value};
 
 use crate::frame::LengthHeader;
 use crate::iso8583::{Spec, specs};
+use crate::switch::journal::{JournalConfig, JournalFile};
 use crate::switch::saf::{SafConfig, SafFile};
 
 /// One configuration problem.
@@ -287,29 +288,6 @@ pub struct FraudConfig {
     pub declines: Option<DeclineRule>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// A request is forwarded and answered only once its record is on disk.
-    Fsync,
-    /// Records are written but not synced (load tests only).
-    None,
-}
-
-#[derive(Clone, Debug)]
-pub struct JournalConfig {
-    pub dir: PathBuf,
-    pub durability: Durability,
-    pub segment_bytes: u64,
-    pub retention: Duration,
-    /// Bound on the segments' total size: past it the oldest closed
-    /// segments go at roll, except those holding open work. `None`: no
-    /// size bound (age only).
-    pub max_bytes: Option<u64>,
-    /// Records waiting for the journal thread; when full the switch sheds
-    /// load (96).
-    pub queue_capacity: usize,
-}
-
 // ---------------------------------------------------------------------------
 // The file as written: one struct per TOML table, its fields named as the
 // keys, refusing unknown ones, each with the default a missing key takes.
@@ -509,17 +487,6 @@ table! {
         window_s: u64 = 3600, in 1..=MAX_WINDOW_S;
         max_declines: u32 = 3;
         points: u16 = 40;
-    }
-}
-
-table! {
-    JournalFile {
-        dir: String = "journal".into();
-        durability: String = "fsync".into();
-        segment_bytes: u64 = 64 * 1024 * 1024, in 4096..=1 << 32;
-        retention_hours: u64 = 24 * 7, in 1..=87_600;
-        max_bytes: Option<u64> = None, in 65_536..=1 << 50;
-        queue_capacity: usize = 65_536, in 1..=16_777_216;
     }
 }
 
@@ -1070,41 +1037,6 @@ fn below_recent_events(s: &mut Section, key: &str, v: u32) {
     }
 }
 
-impl JournalFile {
-    fn validate(mut self, s: &mut Section) -> JournalConfig {
-        self.check_ranges(s);
-        let durability = match self.durability.as_str() {
-            "fsync" => Durability::Fsync,
-            "none" => Durability::None,
-            other => {
-                s.problem(
-                    "durability",
-                    format!("`{other}`: expected \"fsync\" or \"none\""),
-                );
-                Durability::Fsync
-            }
-        };
-        if let Some(max) = self.max_bytes
-            && max < 2 * self.segment_bytes
-        {
-            let message = format!(
-                "{max} is less than two segments ({} = 2 x segment_bytes): the active \
-                 segment alone could exceed it",
-                2 * self.segment_bytes
-            );
-            s.problem("max_bytes", message);
-        }
-        JournalConfig {
-            dir: PathBuf::from(self.dir),
-            durability,
-            segment_bytes: self.segment_bytes,
-            retention: Duration::from_secs(3600 * self.retention_hours), // in range
-            max_bytes: self.max_bytes,
-            queue_capacity: self.queue_capacity,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Reading: serde over `toml::Value`, with the path of what was wrong
 
@@ -1354,8 +1286,9 @@ impl<'de> SeqAccess<'de> for Elements {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::switch::journal::Durability;
 
     #[test]
     fn an_empty_file_gives_the_defaults() {
@@ -1501,7 +1434,9 @@ mod tests {
         assert_eq!(c.fraud.card_testing.as_ref().map(|c| c.max_small), Some(2));
     }
 
-    fn only_problem(text: &str) -> String {
+    /// The one problem `text` has, as `check-config` prints it (for the
+    /// owners' tests too).
+    pub(crate) fn only_problem(text: &str) -> String {
         let problems = Config::parse(text).expect_err("refused");
         assert_eq!(problems.len(), 1, "{problems:#?}");
         problems[0].to_string()
@@ -1541,21 +1476,6 @@ mod tests {
         ] {
             assert_eq!(only_problem(text), expected, "for {text:?}");
         }
-    }
-
-    #[test]
-    fn a_huge_retention_is_refused_not_overflowed() {
-        // 3600 * this overflows u64; it must be a problem, not a panic or a wrap.
-        let text = format!("[journal]\nretention_hours = {}", i64::MAX);
-        assert_eq!(
-            only_problem(&text),
-            format!(
-                "journal.retention_hours: {} is out of range (1..=87600)",
-                i64::MAX
-            )
-        );
-        let c = Config::parse("[journal]\nretention_hours = 87600").expect("ten years is fine");
-        assert_eq!(c.journal.retention, Duration::from_secs(87_600 * 3600));
     }
 
     #[test]
@@ -1625,18 +1545,6 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("\n  : "), "no empty path: {e}");
-    }
-
-    #[test]
-    fn max_bytes_must_hold_two_segments() {
-        let c = Config::parse("[journal]\nsegment_bytes = 4096\nmax_bytes = 65536").expect("valid");
-        assert_eq!(c.journal.max_bytes, Some(65_536));
-        assert_eq!(Config::parse("").expect("valid").journal.max_bytes, None);
-        let p = only_problem("[journal]\nmax_bytes = 100000");
-        assert!(
-            p.starts_with("journal.max_bytes: 100000 is less than two segments"),
-            "{p}"
-        );
     }
 
     #[test]

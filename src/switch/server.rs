@@ -106,7 +106,7 @@ impl Shared {
             pan_key: config.fraud.pan_key,
             in_flight: AtomicUsize::new(0),
             txn_seq: std::sync::atomic::AtomicU64::new(next_txn.max(1)),
-            journal_sync: config.journal.durability == crate::switch::config::Durability::Fsync,
+            journal_sync: config.journal.durability == crate::switch::journal::Durability::Fsync,
             journal,
             stand_in_seq: std::sync::atomic::AtomicU32::new(0),
             connections: AtomicUsize::new(0),
@@ -219,7 +219,7 @@ impl Switch {
         .map_err(|e| {
             crate::switch::journal::JournalError::Spawn(std::io::Error::other(e.to_string()))
         })??;
-        if config.journal.durability == crate::switch::config::Durability::None {
+        if config.journal.durability == crate::switch::journal::Durability::None {
             warn!(dir = %config.journal.dir.display(),
                 "JOURNAL DURABILITY IS OFF (durability = \"none\"): requests are forwarded and \
                  answered before their records reach the disk; a crash can lose them. For load tests only.");
@@ -437,10 +437,12 @@ fn log_startup(
     );
     let j = &config.journal;
     let durability = match j.durability {
-        crate::switch::config::Durability::Fsync => {
+        crate::switch::journal::Durability::Fsync => {
             "fsync (a request is forwarded and answered only once its record is on disk)"
         }
-        crate::switch::config::Durability::None => "none (records are not synced: load tests only)",
+        crate::switch::journal::Durability::None => {
+            "none (records are not synced: load tests only)"
+        }
     };
     let size = match j.max_bytes {
         Some(max) => format!("at most {max} bytes (never removing open work)"),

@@ -92,8 +92,8 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
         }
     };
     config.journal.durability = match args.journal_durability.as_str() {
-        "fsync" => switchyard::switch::config::Durability::Fsync,
-        "none" => switchyard::switch::config::Durability::None,
+        "fsync" => switchyard::switch::journal::Durability::Fsync,
+        "none" => switchyard::switch::journal::Durability::None,
         other => {
             eprintln!("switchyard demo: --journal-durability is `fsync` or `none`, not `{other}`");
             return ExitCode::from(2);

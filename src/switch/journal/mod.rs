@@ -21,6 +21,7 @@
 //! `cli.rs` (`switchyard journal tail|show|stats`).
 
 pub mod cli;
+mod config;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -39,8 +40,8 @@ use std::thread::{JoinHandle, Thread};
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::watch;
 
-use crate::switch::config::{Durability, JournalConfig};
-
+pub(crate) use config::JournalFile;
+pub use config::{Durability, JournalConfig};
 pub use record::{
     ApprovalCode, MaskedPanStr, Names, Record, RecordKind, RequestData, Rrn, SmallStr,
 };

@@ -8,7 +8,7 @@ use arrayvec::ArrayString;
 
 use super::segment::{MAGIC, list_segments, segment_name};
 use super::*;
-use crate::switch::config::{Durability, JournalConfig};
+use crate::switch::journal::{Durability, JournalConfig};
 
 fn config(dir: &Path) -> JournalConfig {
     JournalConfig {
