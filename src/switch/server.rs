@@ -21,9 +21,10 @@ use tracing::{info, warn};
 use crate::iso8583::values::trim_padding;
 use crate::switch::acquirer::AcquirerHandle;
 use crate::switch::acquirer::link::{self, LinkSettings};
-use crate::switch::config::{Config, LimitsConfig, TerminalConfig};
+use crate::switch::config::{Config, LimitsConfig};
 use crate::switch::fraud::{Decision, FraudRules, FraudState, Score};
 use crate::switch::router::RoutingTable;
+use crate::switch::terminal::TerminalConfig;
 use crate::telemetry;
 use crate::throttle::LogThrottle;
 

@@ -42,6 +42,7 @@
 pub mod admission;
 pub mod advice;
 pub mod answer;
+mod config;
 pub mod core;
 pub mod driver;
 pub mod forward;
@@ -56,6 +57,8 @@ pub mod validate;
 mod tests;
 
 pub use self::core::{ForwardOut, TerminalCore};
+pub use config::TerminalConfig;
+pub(crate) use config::TerminalsFile;
 pub use driver::serve;
 pub use records::{JournalAppend, JournalQueue};
 
