@@ -4,6 +4,7 @@
 //! `try_send` on a bounded queue; answers come back on the terminal's own
 //! bounded inbox as [`Reply`]s.
 
+mod config;
 pub mod link;
 pub mod matcher;
 
@@ -14,7 +15,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::iso8583::Spec;
-use crate::switch::config::StandInConfig;
+pub(crate) use config::AcquirerFile;
+pub use config::{AcquirerConfig, DEFAULT_ANSWER_MUST_MATCH, StandInConfig};
 pub use matcher::MatchKey;
 
 /// A request on its way upstream.

@@ -36,7 +36,7 @@ fn settings() -> LinkSettings {
         max_missed_echoes: 2,
         max_in_flight: 8,
         sign_on: true,
-        answer_must_match: FieldSet::of(&crate::switch::config::DEFAULT_ANSWER_MUST_MATCH),
+        answer_must_match: FieldSet::of(&crate::switch::acquirer::DEFAULT_ANSWER_MUST_MATCH),
         seed: 7,
     }
 }

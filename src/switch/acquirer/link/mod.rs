@@ -72,7 +72,10 @@ pub struct LinkSettings {
 }
 
 impl LinkSettings {
-    pub fn from_acquirer(a: &crate::switch::config::AcquirerConfig, index: usize) -> LinkSettings {
+    pub fn from_acquirer(
+        a: &crate::switch::acquirer::AcquirerConfig,
+        index: usize,
+    ) -> LinkSettings {
         LinkSettings {
             name: format!("{}#{index}", a.name),
             acquirer: a.name.clone(),
