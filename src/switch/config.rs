@@ -23,6 +23,7 @@ use toml::{Table, Value};
 use crate::iso8583::{Spec, specs};
 use crate::switch::acquirer::{AcquirerConfig, AcquirerFile};
 use crate::switch::journal::{JournalConfig, JournalFile};
+use crate::switch::router::{RoutingConfig, RoutingFile};
 use crate::switch::saf::{SafConfig, SafFile};
 use crate::switch::terminal::{TerminalConfig, TerminalsFile};
 
@@ -139,21 +140,6 @@ pub struct RuntimeConfig {
     pub flavor: RuntimeFlavor,
     /// 0 means one per core.
     pub worker_threads: usize,
-}
-
-#[derive(Clone, Debug)]
-pub struct Route {
-    /// 1 to 11 PAN digits.
-    pub prefix: String,
-    pub acquirer: String,
-    pub backup: Option<String>,
-}
-
-#[derive(Clone, Debug)]
-pub struct RoutingConfig {
-    pub routes: Vec<Route>,
-    /// Acquirer for cards that match no route; `None`: answer 92.
-    pub default: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -293,21 +279,6 @@ table! {
     RuntimeFile {
         flavor: String = "current-thread".into();
         worker_threads: usize = 0, in 0..=1024;
-    }
-}
-
-table! {
-    RoutingFile {
-        default: Option<String> = None;
-        routes: Vec<RouteFile> = Vec::new();
-    }
-}
-
-table! {
-    RouteFile {
-        prefix: Option<String> = None;
-        acquirer: Option<String> = None;
-        backup: Option<String> = None;
     }
 }
 
@@ -660,51 +631,6 @@ impl RuntimeFile {
         RuntimeConfig {
             flavor,
             worker_threads: self.worker_threads,
-        }
-    }
-}
-
-impl RoutingFile {
-    fn validate(mut self, s: &mut Section, acquirers: &BTreeSet<&str>) -> RoutingConfig {
-        self.check_ranges(s);
-        let known = |s: &mut Section, key: &str, name: &Option<String>| {
-            if let Some(n) = name
-                && !acquirers.contains(n.as_str())
-            {
-                s.problem(key, format!("no acquirer is named `{n}`"));
-            }
-        };
-        known(s, "default", &self.default);
-        let mut prefixes = BTreeSet::new();
-        let mut routes = Vec::new();
-        for (i, mut r) in self.routes.into_iter().enumerate() {
-            let s = &mut s.sub(&format!("routes[{i}]"));
-            r.check_ranges(s);
-            match &r.prefix {
-                Some(p) if !is_digits(p, 1, 11) => {
-                    s.problem("prefix", format!("`{p}`: a route prefix is 1 to 11 digits"))
-                }
-                Some(p) if !prefixes.insert(p.clone()) => {
-                    s.problem("prefix", format!("`{p}` is routed twice"))
-                }
-                Some(_) => {}
-                None => s.problem("prefix", "required"),
-            }
-            known(s, "acquirer", &r.acquirer);
-            known(s, "backup", &r.backup);
-            match (r.prefix, r.acquirer) {
-                (Some(prefix), Some(acquirer)) => routes.push(Route {
-                    prefix,
-                    acquirer,
-                    backup: r.backup,
-                }),
-                (_, None) => s.problem("acquirer", "required"),
-                (None, Some(_)) => {}
-            }
-        }
-        RoutingConfig {
-            routes,
-            default: self.default,
         }
     }
 }

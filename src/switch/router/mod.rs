@@ -6,7 +6,10 @@
 //! The table is an immutable snapshot held in an `ArcSwap`, so that a
 //! reload could swap it without blocking a lookup; no reload exists yet.
 
-use crate::switch::config::RoutingConfig;
+mod config;
+
+pub(crate) use config::RoutingFile;
+pub use config::{Route, RoutingConfig};
 
 /// Where a card range goes: indices into the switch's acquirer list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,7 +187,6 @@ impl<T> PrefixMap<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::switch::config::Route;
 
     fn t(p: u16) -> RouteTarget {
         RouteTarget {
