@@ -13,12 +13,17 @@
 //! Cards are identified by a keyed 128-bit hash of the PAN ([`card_hash`]):
 //! the map never holds a card number.
 
+mod config;
 mod state;
 
+pub(crate) use config::FraudFile;
+pub use config::{
+    CardTestingRule, DEV_PAN_KEY, DeclineRule, FraudConfig, MccLimit, SHIPPED_DEV_PAN_KEY,
+    VelocityRule, crate_limits,
+};
 pub use state::{CardHash, FraudState, card_hash};
 
-use crate::switch::config::FraudConfig;
-use crate::switch::config::crate_limits::MAX_VELOCITY_WINDOWS;
+use self::crate_limits::MAX_VELOCITY_WINDOWS;
 use crate::switch::router::PrefixMap;
 
 /// One rule of the engine; `name()` is the label in metrics and logs.

@@ -20,7 +20,7 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use crate::sync::lock;
 
 use super::{Auth, FraudRules, RuleId, Score};
-use crate::switch::config::crate_limits::{MAX_VELOCITY_WINDOWS, RECENT_EVENTS};
+use crate::switch::fraud::crate_limits::{MAX_VELOCITY_WINDOWS, RECENT_EVENTS};
 
 /// Buckets per velocity window.
 pub(crate) const BUCKETS: usize = 8;
