@@ -1,6 +1,6 @@
 //! Runtime layout and process signals.
 
-use crate::switch::config::{RuntimeConfig, RuntimeFlavor};
+use crate::switch::config::{Section, table};
 
 /// Builds the tokio runtime the config asks for.
 pub fn build(config: &RuntimeConfig) -> std::io::Result<tokio::runtime::Runtime> {
@@ -97,4 +97,49 @@ impl StopSignals {
 /// in place before announcing readiness.
 pub async fn stop_signal() -> StopSignal {
     StopSignals::install().recv().await
+}
+
+// ---------------------------------------------------------------------------
+// Its config: the `[runtime]` table.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeFlavor {
+    /// One tokio work-stealing runtime over `worker_threads` threads.
+    MultiThread,
+    /// One single-threaded runtime; the fastest on small machines where
+    /// the load generator and the acquirer share the cores.
+    CurrentThread,
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub flavor: RuntimeFlavor,
+    /// 0 means one per core.
+    pub worker_threads: usize,
+}
+
+table! {
+    pub(crate) RuntimeFile {
+        flavor: String = "current-thread".into();
+        worker_threads: usize = 0, in 0..=1024;
+    }
+}
+
+impl RuntimeFile {
+    pub(crate) fn validate(mut self, s: &mut Section) -> RuntimeConfig {
+        self.check_ranges(s);
+        let flavor = match self.flavor.as_str() {
+            "current-thread" => RuntimeFlavor::CurrentThread,
+            "multi-thread" => RuntimeFlavor::MultiThread,
+            other => {
+                let message = format!("`{other}`: expected \"current-thread\" or \"multi-thread\"");
+                s.problem("flavor", message);
+                RuntimeFlavor::CurrentThread
+            }
+        };
+        RuntimeConfig {
+            flavor,
+            worker_threads: self.worker_threads,
+        }
+    }
 }

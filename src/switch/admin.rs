@@ -4,6 +4,7 @@
 //! scraped every few seconds, not a hot path, and needs no web framework.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
+use crate::switch::config::{NO_ADDRESS, Section, address, table};
 use crate::switch::server::Shared;
 
 /// Longest request head read.
@@ -170,4 +172,31 @@ fn json_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+// ---------------------------------------------------------------------------
+// Its config: the `[admin]` table.
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// `/metrics` and `/health`; `None` disables the endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+table! {
+    pub(crate) AdminFile {
+        listen: String = "127.0.0.1:9090".into();
+        enabled: bool = true;
+    }
+}
+
+impl AdminFile {
+    pub(crate) fn validate(mut self, s: &mut Section) -> AdminConfig {
+        self.check_ranges(s);
+        // Checked even when disabled: turning it on must not reveal a typo.
+        let listen = s.ok("listen", address(&self.listen), NO_ADDRESS);
+        AdminConfig {
+            listen: self.enabled.then_some(listen),
+        }
+    }
 }

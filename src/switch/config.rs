@@ -13,7 +13,6 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::value::StrDeserializer;
@@ -21,11 +20,14 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use toml::{Table, Value};
 
 use crate::iso8583::{Spec, specs};
+use crate::runtime::{RuntimeConfig, RuntimeFile};
 use crate::switch::acquirer::{AcquirerConfig, AcquirerFile};
+use crate::switch::admin::{AdminConfig, AdminFile};
 use crate::switch::fraud::{DEV_PAN_KEY, FraudConfig, FraudFile, SHIPPED_DEV_PAN_KEY};
 use crate::switch::journal::{JournalConfig, JournalFile};
 use crate::switch::router::{RoutingConfig, RoutingFile};
 use crate::switch::saf::{SafConfig, SafFile};
+use crate::switch::server::{LimitsConfig, LimitsFile};
 use crate::switch::terminal::{TerminalConfig, TerminalsFile};
 
 /// One configuration problem.
@@ -109,40 +111,6 @@ pub struct Config {
     pub test_setup: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct AdminConfig {
-    /// `/metrics` and `/health`; `None` disables the endpoint.
-    pub listen: Option<SocketAddr>,
-}
-
-#[derive(Clone, Debug)]
-pub struct LimitsConfig {
-    /// Requests in flight across the whole switch; over it, 96 at once.
-    pub max_in_flight: usize,
-    /// On SIGINT/SIGTERM, how long in-flight requests get to finish.
-    pub shutdown_grace: Duration,
-    /// Answers kept for repeats (x01 or resent requests), oldest out first.
-    pub recent_answers: usize,
-    /// How long an answer is kept for repeats.
-    pub recent_answers_ttl: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RuntimeFlavor {
-    /// One tokio work-stealing runtime over `worker_threads` threads.
-    MultiThread,
-    /// One single-threaded runtime; the fastest on small machines where
-    /// the load generator and the acquirer share the cores.
-    CurrentThread,
-}
-
-#[derive(Clone, Debug)]
-pub struct RuntimeConfig {
-    pub flavor: RuntimeFlavor,
-    /// 0 means one per core.
-    pub worker_threads: usize,
-}
-
 // ---------------------------------------------------------------------------
 // The file as written: one struct per TOML table, its fields named as the
 // keys, refusing unknown ones, each with the default a missing key takes.
@@ -194,29 +162,6 @@ struct ConfigFile {
     journal: JournalFile,
     saf: SafFile,
     test_setup: bool,
-}
-
-table! {
-    AdminFile {
-        listen: String = "127.0.0.1:9090".into();
-        enabled: bool = true;
-    }
-}
-
-table! {
-    LimitsFile {
-        max_in_flight: usize = 100_000, in 1..=10_000_000;
-        shutdown_grace_ms: u64 = 5_000, in 0..=600_000;
-        recent_answers: usize = 100_000, in 1..=10_000_000;
-        recent_answers_ttl_s: u64 = 600, in 1..=86_400;
-    }
-}
-
-table! {
-    RuntimeFile {
-        flavor: String = "current-thread".into();
-        worker_threads: usize = 0, in 0..=1024;
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -444,48 +389,6 @@ impl ConfigFile {
             journal: self.journal.validate(&mut s.sub("journal")),
             saf: self.saf.validate(&mut s.sub("saf")),
             test_setup: self.test_setup,
-        }
-    }
-}
-
-impl AdminFile {
-    fn validate(mut self, s: &mut Section) -> AdminConfig {
-        self.check_ranges(s);
-        // Checked even when disabled: turning it on must not reveal a typo.
-        let listen = s.ok("listen", address(&self.listen), NO_ADDRESS);
-        AdminConfig {
-            listen: self.enabled.then_some(listen),
-        }
-    }
-}
-
-impl LimitsFile {
-    fn validate(mut self, s: &mut Section) -> LimitsConfig {
-        self.check_ranges(s);
-        LimitsConfig {
-            max_in_flight: self.max_in_flight,
-            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
-            recent_answers: self.recent_answers,
-            recent_answers_ttl: Duration::from_secs(self.recent_answers_ttl_s),
-        }
-    }
-}
-
-impl RuntimeFile {
-    fn validate(mut self, s: &mut Section) -> RuntimeConfig {
-        self.check_ranges(s);
-        let flavor = match self.flavor.as_str() {
-            "current-thread" => RuntimeFlavor::CurrentThread,
-            "multi-thread" => RuntimeFlavor::MultiThread,
-            other => {
-                let message = format!("`{other}`: expected \"current-thread\" or \"multi-thread\"");
-                s.problem("flavor", message);
-                RuntimeFlavor::CurrentThread
-            }
-        };
-        RuntimeConfig {
-            flavor,
-            worker_threads: self.worker_threads,
         }
     }
 }
@@ -740,6 +643,8 @@ impl<'de> SeqAccess<'de> for Elements {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::frame::LengthHeader;
     use crate::switch::journal::Durability;

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -21,7 +22,7 @@ use tracing::{info, warn};
 use crate::iso8583::values::trim_padding;
 use crate::switch::acquirer::AcquirerHandle;
 use crate::switch::acquirer::link::{self, LinkSettings};
-use crate::switch::config::{Config, LimitsConfig};
+use crate::switch::config::{Config, Section, table};
 use crate::switch::fraud::{Decision, FraudRules, FraudState, Score};
 use crate::switch::router::RoutingTable;
 use crate::switch::terminal::TerminalConfig;
@@ -455,13 +456,11 @@ fn log_startup(
         j.retention.as_secs() / 3600
     );
     let runtime = match config.runtime.flavor {
-        crate::switch::config::RuntimeFlavor::CurrentThread => {
-            "current-thread (one thread)".to_owned()
-        }
-        crate::switch::config::RuntimeFlavor::MultiThread if config.runtime.worker_threads == 0 => {
+        crate::runtime::RuntimeFlavor::CurrentThread => "current-thread (one thread)".to_owned(),
+        crate::runtime::RuntimeFlavor::MultiThread if config.runtime.worker_threads == 0 => {
             "multi-thread, one worker per core".to_owned()
         }
-        crate::switch::config::RuntimeFlavor::MultiThread => format!(
+        crate::runtime::RuntimeFlavor::MultiThread => format!(
             "multi-thread, {} worker threads",
             config.runtime.worker_threads
         ),
@@ -685,5 +684,41 @@ impl Drop for ConnectionGuard {
             *n -= 1;
             *n == 0
         });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The switch-wide limits: the `[limits]` table.
+
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    /// Requests in flight across the whole switch; over it, 96 at once.
+    pub max_in_flight: usize,
+    /// On SIGINT/SIGTERM, how long in-flight requests get to finish.
+    pub shutdown_grace: Duration,
+    /// Answers kept for repeats (x01 or resent requests), oldest out first.
+    pub recent_answers: usize,
+    /// How long an answer is kept for repeats.
+    pub recent_answers_ttl: Duration,
+}
+
+table! {
+    pub(crate) LimitsFile {
+        max_in_flight: usize = 100_000, in 1..=10_000_000;
+        shutdown_grace_ms: u64 = 5_000, in 0..=600_000;
+        recent_answers: usize = 100_000, in 1..=10_000_000;
+        recent_answers_ttl_s: u64 = 600, in 1..=86_400;
+    }
+}
+
+impl LimitsFile {
+    pub(crate) fn validate(mut self, s: &mut Section) -> LimitsConfig {
+        self.check_ranges(s);
+        LimitsConfig {
+            max_in_flight: self.max_in_flight,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            recent_answers: self.recent_answers,
+            recent_answers_ttl: Duration::from_secs(self.recent_answers_ttl_s),
+        }
     }
 }
