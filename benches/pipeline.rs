@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
+use loadtest::messages::card_pan;
 use switchyard::frame::{DEFAULT_MAX_FRAME, FrameCodec, LengthHeader};
-use switchyard::iso8583::values::luhn_ok;
 use switchyard::iso8583::{Message, pack_response, samples, specs};
 use switchyard::switch::config::Config;
 use switchyard::switch::fraud::{self, Auth, Decision, FraudRules, FraudState};
@@ -20,25 +20,6 @@ use tokio_util::codec::{Decoder, Encoder};
 
 const KEY: [u8; 16] = *b"bench-pan-key-01";
 const ECHO_0210: [usize; 11] = [2, 3, 4, 7, 11, 12, 13, 37, 41, 42, 49];
-
-/// The 16-digit card number `bin` + `account` (9 digits) + the check digit
-/// that passes Luhn: the same cards the load generator sends.
-fn card_pan(bin: &[u8; 6], account: u64) -> [u8; 16] {
-    let mut pan = [b'0'; 16];
-    pan[..6].copy_from_slice(bin);
-    let mut a = account % 1_000_000_000;
-    for i in (6..15).rev() {
-        pan[i] = b'0' + (a % 10) as u8;
-        a /= 10;
-    }
-    pan[15] = (b'0'..=b'9')
-        .find(|&d| {
-            pan[15] = d;
-            luhn_ok(&pan)
-        })
-        .expect("one check digit passes");
-    pan
-}
 
 /// The shared typical 0200 for `pan` and `stan`, framed with a 2-byte
 /// header.

@@ -7,6 +7,11 @@
 #   B=target/release/switchyard B_CONFIG=config/switchyard.toml \
 #   ROUNDS=3 DURATION=5s bash loadtest/ab.sh
 #
+# With RATE=R it measures CPU instead: each build under the same open-loop
+# rate (64 connections), the switch process's CPU time (user + system, from
+# /proc) per answered request, which the machine's other load disturbs far
+# less than throughput.
+#
 # The configs are rewritten for free ports, a temporary journal and
 # durability "none", as ../shared/limit/compare.sh does. One loadtest
 # (target/release/loadtest) drives all three.
@@ -67,6 +72,37 @@ switch_rate() { # binary config c k
     rate "$work/ours.json"
 }
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+switch_cpu() { # binary config -> microseconds of switch CPU per answered request
+    "$1" sim --listen 127.0.0.1:39583 >/dev/null 2>&1 & pids+=($!)
+    wait_port 39583
+    "$1" run --config "$2" >"$work/switch.log" 2>&1 & local sw=$!; pids+=($sw)
+    wait_port 38583; sleep 1
+    local t0; t0=$(cpu_ticks "$sw")
+    "$LOADTEST" --target 127.0.0.1:38583 --connections 64 --rate "$RATE" --duration "$DURATION" \
+        --warmup 0s --cards "$CARDS" --no-progress --json "$work/cpu.json" >"$work/cpu.txt" 2>&1 || true
+    local t1; t1=$(cpu_ticks "$sw")
+    stop
+    python3 -c 'import json,os,sys; d=json.load(open(sys.argv[1])); n=d["answered"]; t=(int(sys.argv[3])-int(sys.argv[2]))/os.sysconf("SC_CLK_TCK"); print(f"{t*1e6/max(n,1):.2f}")' \
+        "$work/cpu.json" "$t0" "$t1"
+}
+
+if [ -n "${RATE:-}" ]; then
+    for round in $(seq 1 "$ROUNDS"); do
+        a=$(switch_cpu "$A" "$work/a.toml"); b=$(switch_cpu "$B" "$work/b.toml")
+        echo "round $round at $RATE/s: switch CPU per request A $a us, B $b us"
+        echo "$a $b" >> "$work/cpu_results"
+    done
+    python3 - "$work/cpu_results" <<'EOF2'
+import statistics, sys
+rows = [tuple(map(float, l.split())) for l in open(sys.argv[1])]
+a = statistics.median(r[0] for r in rows); b = statistics.median(r[1] for r in rows)
+print(f"median switch CPU per request: A {a:.2f} us, B {b:.2f} us (B/A {b/a:.2f}, {len(rows)} rounds)")
+EOF2
+    exit 0
+fi
+
 results="$work/results"
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
@@ -76,7 +112,7 @@ for round in $(seq 1 "$ROUNDS"); do
         l=$(limit_rate "$c" "$k")
         b=$(switch_rate "$B" "$work/b.toml" "$c" "$k")
         echo "$shape $a $l $b" >> "$results"
-        python3 -c "import sys; a,l,b=map(float,sys.argv[2:]); print(f'round {sys.argv[5]} {sys.argv[1]:>6}: A {a:,.0f}/s ({a/l:.2f})  limit {l:,.0f}/s  B {b:,.0f}/s ({b/l:.2f})')" "$shape" "$a" "$l" "$b" "$round"
+        python3 -c "import sys; a,l,b=map(float,sys.argv[2:5]); print(f'round {sys.argv[5]} {sys.argv[1]:>6}: A {a:,.0f}/s ({a/l:.2f})  limit {l:,.0f}/s  B {b:,.0f}/s ({b/l:.2f})')" "$shape" "$a" "$l" "$b" "$round"
     done
 done
 python3 - "$results" <<'EOF'

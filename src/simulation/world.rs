@@ -21,7 +21,7 @@ use crate::clock::Now;
 use crate::frame::{FrameCodec, LengthHeader};
 use crate::iso8583::{Message, MessageBuilder, Mti, specs};
 use crate::switch::acquirer::link::{LinkCore, LinkSettings};
-use crate::switch::acquirer::{AcquirerHandle, LinkHandle, LinkShared, Outcome};
+use crate::switch::acquirer::{AcquirerHandle, EchoSpans, LinkHandle, LinkShared, Outcome};
 use crate::switch::config::Config;
 use crate::switch::journal::recovery::Fold;
 use crate::switch::journal::{Journal, Record, Recovery, RecoveryStats};
@@ -271,23 +271,6 @@ pub struct World {
     host_conns: HashMap<u64, HostConn>,
     next_conn: u64,
     pub stats: Stats,
-}
-
-fn luhn_complete(prefix: &[u8]) -> Vec<u8> {
-    let mut sum = 0;
-    for (i, &c) in prefix.iter().rev().enumerate() {
-        let mut d = u32::from(c - b'0');
-        if i % 2 == 0 {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
-            }
-        }
-        sum += d;
-    }
-    let mut pan = prefix.to_vec();
-    pan.push(b'0' + ((10 - sum % 10) % 10) as u8);
-    pan
 }
 
 impl World {
@@ -737,7 +720,8 @@ impl World {
 
     fn send_new(&mut self, c: usize, slot: usize, mti: Mti, amount: u64, card: u64) {
         let stan = self.next_stan(c);
-        let pan = luhn_complete(format!("476173900101{card:03}").as_bytes());
+        // The load generator's cards: Luhn-valid, one BIN.
+        let pan = loadtest::messages::card_pan(b"476173", 900_101_000 + card);
         let tid = self.clients[c].tid.clone();
         let rrn = format!("{:012}", u64::from(stan) + 100_000 * c as u64);
         let de7 = crate::clock::transmission_time(self.now.unix_ms / 1000);
@@ -892,6 +876,7 @@ impl World {
                         now,
                         f.key,
                         f.body,
+                        f.echo,
                         Addr::Terminal {
                             slot,
                             token: f.token,
@@ -992,7 +977,7 @@ impl World {
                 .iter_mut()
                 .find(|l| l.is_up() && l.accepts_forwards())
             {
-                Some(l) => l.handle_forward(now, key, body, Addr::Saf),
+                Some(l) => l.handle_forward(now, key, body, EchoSpans::UNKNOWN, Addr::Saf),
                 None => s.saf.handle_answer(now, Answer::NotAnswered),
             }
         }
@@ -1046,6 +1031,7 @@ impl Switch {
             spec: a.spec.spec,
             links: handles,
             stand_in: a.stand_in.clone(),
+            answer_must_match: crate::switch::acquirer::link::FieldSet::of(&a.answer_must_match),
             saf: saf_handle.clone(),
         }];
         crate::switch::saf::resume_from_journal(&acquirers, recovery, now.unix_ms, |r| {

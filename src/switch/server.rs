@@ -258,6 +258,9 @@ impl Switch {
                 spec: a.spec.spec,
                 links: handles,
                 stand_in: a.stand_in.clone(),
+                answer_must_match: crate::switch::acquirer::link::FieldSet::of(
+                    &a.answer_must_match,
+                ),
                 saf,
             });
         }

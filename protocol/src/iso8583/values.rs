@@ -158,8 +158,15 @@ impl SmallText {
 
     /// `None` if `bytes` is longer than the capacity.
     pub fn new(bytes: &[u8]) -> Option<SmallText> {
+        // One copy, not a byte at a time: terminal and merchant ids are
+        // read several times per request.
+        if bytes.len() > SMALL_TEXT_CAP {
+            return None;
+        }
         let mut t = SmallText::EMPTY;
-        t.try_extend(bytes.iter().copied()).then_some(t)
+        t.buf[..bytes.len()].copy_from_slice(bytes);
+        t.len = bytes.len() as u8;
+        Some(t)
     }
 
     pub(crate) fn try_extend(&mut self, it: impl IntoIterator<Item = u8>) -> bool {

@@ -24,7 +24,75 @@ pub struct Forward {
     pub key: MatchKey,
     /// The request as the host's spec lays it out.
     pub body: Bytes,
+    /// Where the fields its answer must echo lie in `body`, when the
+    /// sender knows (it parsed the request); else the link parses it.
+    pub echo: EchoSpans,
     pub reply_to: ReplyTo,
+}
+
+/// Most fields an answer is checked against (`answer_must_match`) whose
+/// place in the request travels with a forward; a longer list is checked
+/// by parsing the request again.
+pub const MAX_ECHO_SPANS: usize = 8;
+
+/// Where in a forwarded request the fields of `answer_must_match` lie
+/// (field, length, start), found by the terminal when it parsed the
+/// request, so that the link checks each answer without parsing the
+/// request a second time. `UNKNOWN` (store-and-forward, a request written
+/// in another spec, a list over `MAX_ECHO_SPANS`, a field over 255
+/// bytes): the link parses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EchoSpans {
+    known: bool,
+    len: u8,
+    spans: [(u8, u8, u16); MAX_ECHO_SPANS],
+}
+
+impl EchoSpans {
+    pub const UNKNOWN: EchoSpans = EchoSpans {
+        known: false,
+        len: 0,
+        spans: [(0, 0, 0); MAX_ECHO_SPANS],
+    };
+
+    /// The spans in `msg` (whose frame is the forwarded body) of the
+    /// fields of `must` it carries.
+    pub fn of(msg: &crate::iso8583::Message, must: link::FieldSet) -> EchoSpans {
+        let mut out = EchoSpans {
+            known: true,
+            ..EchoSpans::UNKNOWN
+        };
+        let frame = msg.frame();
+        for n in must.iter() {
+            let Some(value) = msg.field(n) else { continue };
+            // A field is a slice of the frame: its place is its offset.
+            let start = value.as_ptr() as usize - frame.as_ptr() as usize;
+            debug_assert!(start + value.len() <= frame.len());
+            let (Ok(len), Ok(start)) = (u8::try_from(value.len()), u16::try_from(start)) else {
+                return EchoSpans::UNKNOWN;
+            };
+            if out.len as usize == MAX_ECHO_SPANS {
+                return EchoSpans::UNKNOWN;
+            }
+            out.spans[out.len as usize] = (n as u8, len, start);
+            out.len += 1;
+        }
+        out
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.known
+    }
+
+    /// (field, bytes) of each span, read from the forwarded `body`.
+    pub fn fields<'a>(&'a self, body: &'a [u8]) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
+        self.spans[..self.len as usize]
+            .iter()
+            .filter_map(move |&(n, len, start)| {
+                let (start, len) = (start as usize, len as usize);
+                body.get(start..start + len).map(|v| (n as usize, v))
+            })
+    }
 }
 
 /// Where an answer goes: the terminal's inbox and the request's slot there.
@@ -164,6 +232,9 @@ pub struct AcquirerHandle {
     pub spec: &'static Spec,
     pub links: Vec<LinkHandle>,
     pub stand_in: StandInConfig,
+    /// The fields an answer must echo (`answer_must_match`), for the spans
+    /// that travel with each forward.
+    pub answer_must_match: link::FieldSet,
     /// Reversals and advices waiting to reach this acquirer.
     pub saf: crate::switch::saf::SafHandle,
 }

@@ -15,7 +15,7 @@ use tracing::{debug, error, warn};
 
 use super::{Answer, EventSink, SafCore, SafEntry, SafEvent};
 use crate::clock::Now;
-use crate::switch::acquirer::{Forward, LinkHandle, Outcome, Reply, ReplyTo};
+use crate::switch::acquirer::{EchoSpans, Forward, LinkHandle, Outcome, Reply, ReplyTo};
 use crate::telemetry;
 
 pub(super) struct Driver {
@@ -114,6 +114,8 @@ impl Driver {
                     .try_forward(Forward {
                         key,
                         body,
+                        // Rebuilt messages: the link parses them to check.
+                        echo: EchoSpans::UNKNOWN,
                         reply_to: ReplyTo {
                             tx: reply_tx.clone(),
                             token: 0,

@@ -23,7 +23,7 @@ use crate::clock::Now;
 use crate::codes;
 use crate::frame::LengthHeader;
 use crate::iso8583::{Message, MessageBuilder, Mti, Salvage, Spec};
-use crate::switch::acquirer::{MatchKey, Outcome};
+use crate::switch::acquirer::{EchoSpans, MatchKey, Outcome};
 use crate::switch::fraud::CardHash;
 use crate::switch::journal::Record;
 use crate::switch::server::Shared;
@@ -62,6 +62,8 @@ pub struct ForwardOut {
     pub key: MatchKey,
     /// The request in the host's spec.
     pub body: Bytes,
+    /// Where its answer's echoed fields lie in `body`.
+    pub echo: EchoSpans,
     pub token: u32,
 }
 

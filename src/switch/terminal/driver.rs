@@ -110,6 +110,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let forward = Forward {
                 key: f.key,
                 body: f.body,
+                echo: f.echo,
                 reply_to: ReplyTo {
                     tx: inbox_tx.clone(),
                     token,

@@ -11,7 +11,7 @@ use super::records::JournalAppend;
 use super::validate::{check_authorization, check_other};
 use crate::codes;
 use crate::iso8583::{Message, MessageBuilder, SmallText};
-use crate::switch::acquirer::{AcquirerHandle, MatchKey};
+use crate::switch::acquirer::{AcquirerHandle, EchoSpans, MatchKey};
 use crate::switch::fraud::{self, Auth, CardHash, Decision, Score};
 use crate::switch::journal::Record;
 use crate::switch::router::RouteTarget;
@@ -165,7 +165,10 @@ impl<J: JournalAppend> TerminalCore<J> {
             return Err(codes::ISSUER_UNAVAILABLE);
         };
         let host_spec = acquirer.spec;
+        let mut echo = EchoSpans::UNKNOWN;
         let body = if std::ptr::eq(host_spec, self.spec) {
+            // Parsed already: the link checks the answer against these.
+            echo = EchoSpans::of(msg, acquirer.answer_must_match);
             msg.frame().clone()
         } else {
             let mut b = MessageBuilder::new(host_spec, msg.mti());
@@ -209,6 +212,7 @@ impl<J: JournalAppend> TerminalCore<J> {
                 link,
                 key,
                 body,
+                echo,
                 token,
             },
         );

@@ -18,7 +18,7 @@ use crate::clock::{self, Now};
 use crate::codes;
 use crate::iso8583::{MaskedPan, Message, MessageBuilder, Mti, SmallText, Spec};
 use crate::switch::acquirer::matcher::{Checked, InFlight, MatchKey, Refused};
-use crate::switch::acquirer::{Failure, Outcome};
+use crate::switch::acquirer::{EchoSpans, Failure, Outcome};
 use crate::telemetry;
 
 /// DE70 network management codes the link sends.
@@ -217,6 +217,8 @@ struct Pending<R> {
     /// The request as forwarded (a `Bytes` clone, no copy), to check its
     /// answer against.
     request: Bytes,
+    /// Where the fields to check lie in it, when the sender knew.
+    echo: EchoSpans,
 }
 
 /// Our echo awaiting its 0810.
@@ -407,7 +409,14 @@ impl<R> LinkCore<R> {
     /// A request to forward. Answered at once (`LinkDown`, `Duplicate`,
     /// `LinkBusy`) if it can not be; else framed into the write buffer and
     /// entered in the in-flight table.
-    pub fn handle_forward(&mut self, now: Now, key: MatchKey, body: Bytes, reply: R) {
+    pub fn handle_forward(
+        &mut self,
+        now: Now,
+        key: MatchKey,
+        body: Bytes,
+        echo: EchoSpans,
+        reply: R,
+    ) {
         if self.state != LinkState::Up {
             self.replies
                 .push_back((reply, Outcome::Failed(Failure::LinkDown)));
@@ -427,6 +436,7 @@ impl<R> LinkCore<R> {
             reply,
             sent_at: now.at,
             request: body,
+            echo,
         };
         if let Err((why, p)) = self
             .table
@@ -712,11 +722,13 @@ impl<R> LinkCore<R> {
         let spec = self.s.spec;
         let mut disagree = FieldSet::EMPTY;
         let checked = self.table.take_if(&key, |p| {
-            disagree = disagreeing(spec, must, &p.request, msg);
+            disagree = disagreeing(spec, must, &p.request, &p.echo, msg);
             disagree.is_empty()
         });
-        let terminal = SmallText::new(key.terminal_id()).unwrap_or(SmallText::EMPTY);
-        let pan = msg.pan().map(|p| p.masked());
+        // What the log lines of the unhappy cases name; not worked out for
+        // the answers that are delivered.
+        let terminal = || SmallText::new(key.terminal_id()).unwrap_or(SmallText::EMPTY);
+        let pan = || msg.pan().map(|p| p.masked());
         let stan = key.stan();
         match checked {
             Checked::Found(p) => {
@@ -738,8 +750,8 @@ impl<R> LinkCore<R> {
                 self.event(LinkEvent::Mismatch {
                     mti,
                     stan,
-                    terminal,
-                    pan,
+                    terminal: terminal(),
+                    pan: pan(),
                     fields: disagree,
                 });
             }
@@ -748,8 +760,8 @@ impl<R> LinkCore<R> {
                 self.event(LinkEvent::Late {
                     mti,
                     stan,
-                    terminal,
-                    pan,
+                    terminal: terminal(),
+                    pan: pan(),
                 });
             }
             Checked::Unknown => {
@@ -757,8 +769,8 @@ impl<R> LinkCore<R> {
                 self.event(LinkEvent::Unknown {
                     mti,
                     stan,
-                    terminal,
-                    pan,
+                    terminal: terminal(),
+                    pan: pan(),
                 });
             }
         }
@@ -767,9 +779,27 @@ impl<R> LinkCore<R> {
 
 /// The fields of `must` that `request` and `answer` both carry with
 /// different bytes.
-fn disagreeing(spec: &'static Spec, must: FieldSet, request: &Bytes, answer: &Message) -> FieldSet {
+fn disagreeing(
+    spec: &'static Spec,
+    must: FieldSet,
+    request: &Bytes,
+    echo: &EchoSpans,
+    answer: &Message,
+) -> FieldSet {
     let mut out = FieldSet::EMPTY;
     if must.is_empty() {
+        return out;
+    }
+    if echo.is_known() {
+        // The terminal found the fields when it parsed the request.
+        for (n, a) in echo.fields(request) {
+            if must.contains(n)
+                && let Some(b) = answer.field(n)
+                && a != b
+            {
+                out.insert(n);
+            }
+        }
         return out;
     }
     // The request is what this link framed from the switch's own packing:

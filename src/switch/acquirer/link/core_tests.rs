@@ -13,7 +13,7 @@ use crate::frame::LengthHeader;
 use crate::iso8583::specs;
 use crate::iso8583::{Message, MessageBuilder, Mti};
 use crate::switch::acquirer::matcher::MatchKey;
-use crate::switch::acquirer::{Failure, Outcome};
+use crate::switch::acquirer::{EchoSpans, Failure, Outcome};
 
 const TID: &[u8] = b"TERM0001";
 const PAN: &[u8] = b"4761739001010010";
@@ -126,7 +126,7 @@ fn up_core(s: LinkSettings) -> (Core, Now) {
 /// message as the host sees it.
 fn forward(c: &mut Core, now: Now, stan: u32, amount: u64) -> Message {
     let (key, body) = request(stan, amount);
-    c.handle_forward(now, key, body, stan);
+    c.handle_forward(now, key, body, EchoSpans::UNKNOWN, stan);
     sent(c).pop().expect("forwarded")
 }
 
@@ -307,10 +307,10 @@ fn forwards_while_down_are_answered_link_down() {
     let now = t0();
     let mut c = Core::new(settings(), now);
     let (key, body) = request(1, 100);
-    c.handle_forward(now, key, body.clone(), 1);
+    c.handle_forward(now, key, body.clone(), EchoSpans::UNKNOWN, 1);
     c.poll_connect(now);
     c.handle_connected(now);
-    c.handle_forward(now, key, body, 2);
+    c.handle_forward(now, key, body, EchoSpans::UNKNOWN, 2);
     assert_eq!(
         replies(&mut c),
         [(1, Err(Failure::LinkDown)), (2, Err(Failure::LinkDown))]
@@ -375,10 +375,10 @@ fn duplicate_keys_and_a_full_table_are_refused() {
     });
     forward(&mut c, t, 1, 100);
     let (key, body) = request(1, 100);
-    c.handle_forward(t, key, body, 91);
+    c.handle_forward(t, key, body, EchoSpans::UNKNOWN, 91);
     forward(&mut c, t, 2, 100);
     let (key, body) = request(3, 100);
-    c.handle_forward(t, key, body, 93);
+    c.handle_forward(t, key, body, EchoSpans::UNKNOWN, 93);
     assert_eq!(
         replies(&mut c),
         [(91, Err(Failure::Duplicate)), (93, Err(Failure::LinkBusy))]
@@ -431,6 +431,27 @@ fn a_mismatched_answer_is_discarded_and_the_right_one_delivered_later() {
 }
 
 #[test]
+fn spans_from_the_terminal_check_the_answer_without_a_second_parse() {
+    let (mut c, t) = up_core(settings());
+    let (key, body) = request(1, 100);
+    let parsed = Message::parse(body.clone(), specs::iso87ascii()).unwrap();
+    let echo = EchoSpans::of(&parsed, settings().answer_must_match);
+    assert!(echo.is_known());
+    c.handle_forward(t, key, body, echo, 1);
+    let host_sees = sent(&mut c).pop().expect("forwarded");
+    // Same key, another amount: discarded, the request waits on.
+    let mut b = MessageBuilder::response_to(&host_sees, &[2, 3, 7, 11, 37, 41, 49]).unwrap();
+    b.set_number(4, 999).set(39, b"00");
+    c.handle_frame(t.plus(ms(5)), b.to_bytes().unwrap().freeze());
+    assert!(replies(&mut c).is_empty());
+    assert!(
+        matches!(&events(&mut c)[..], [LinkEvent::Mismatch { fields, .. }] if fields.to_string() == "4")
+    );
+    c.handle_frame(t.plus(ms(6)), answer_to(&host_sees, b"00"));
+    assert_eq!(replies(&mut c), [(1, Ok(*b"00"))]);
+}
+
+#[test]
 fn a_mismatched_answer_leaves_its_request_to_time_out() {
     let (mut c, t) = up_core(settings());
     forward(&mut c, t, 1, 100);
@@ -465,7 +486,7 @@ fn shutdown_signs_off_and_answers_what_is_in_flight_lost() {
     let off = sent(&mut c);
     assert_eq!(off[0].network_code(), Some(2));
     let (key, body) = request(2, 100);
-    c.handle_forward(t, key, body, 2);
+    c.handle_forward(t, key, body, EchoSpans::UNKNOWN, 2);
     assert_eq!(replies(&mut c), [(2, Err(Failure::LinkDown))]);
     c.handle_frame(t.plus(ms(5)), answer_to(&off[0], b"00"));
     assert!(c.is_closed() && !c.wants_socket());
@@ -496,7 +517,7 @@ fn a_full_write_buffer_stops_taking_forwards() {
     while c.accepts_forwards() {
         stan += 1;
         let (key, body) = request(stan, 100);
-        c.handle_forward(t, key, body, stan);
+        c.handle_forward(t, key, body, EchoSpans::UNKNOWN, stan);
     }
     assert!(c.poll_transmit().unwrap().len() >= MAX_PENDING_WRITE);
     c.handle_transmitted(c.poll_transmit().unwrap().len());

@@ -174,7 +174,7 @@ impl Driver {
                         self.core.handle_shutdown(now);
                     }
                     for f in self.batch.drain(..) {
-                        self.core.handle_forward(now, f.key, f.body, f.reply_to);
+                        self.core.handle_forward(now, f.key, f.body, f.echo, f.reply_to);
                     }
                 }
                 r = writable(&stream), if want_write => {
