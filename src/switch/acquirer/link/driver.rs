@@ -106,8 +106,10 @@ impl Driver {
         let mut inbox_open = true;
         let timer = sleep_until(tokio::time::Instant::now());
         tokio::pin!(timer);
+        // Read once per wake, in the branch that woke: the top of the loop
+        // acts on the moment of the event it just handled.
+        let mut now = Now::read();
         loop {
-            let now = Now::read();
             if connecting.is_none() && stream.is_none() && self.core.poll_connect(now) {
                 let s = self.core.settings();
                 connecting = Some(Box::pin(connect(s.addr, s.connect_timeout)));
@@ -140,11 +142,12 @@ impl Driver {
                 biased;
                 _ = shutdown.cancelled(), if !stopping => {
                     stopping = true;
-                    self.core.handle_shutdown(Now::read());
+                    now = Now::read();
+                    self.core.handle_shutdown(now);
                 }
                 r = connected(&mut connecting) => {
                     connecting = None;
-                    let now = Now::read();
+                    now = Now::read();
                     match r {
                         Ok(s) => {
                             stream = Some(s);
@@ -155,7 +158,7 @@ impl Driver {
                     }
                 }
                 r = readable(&stream) => {
-                    let now = Now::read();
+                    now = Now::read();
                     match r {
                         Err(e) => self.core.handle_closed(now, format!("read: {e}")),
                         Ok(()) => {
@@ -166,7 +169,7 @@ impl Driver {
                     }
                 }
                 n = self.rx.recv_many(&mut self.batch, BATCH), if take_forwards => {
-                    let now = Now::read();
+                    now = Now::read();
                     if n == 0 {
                         // Every handle is gone: nobody can forward again.
                         inbox_open = false;
@@ -178,12 +181,14 @@ impl Driver {
                     }
                 }
                 r = writable(&stream), if want_write => {
+                    now = Now::read();
                     if let Err(e) = r {
-                        self.core.handle_closed(Now::read(), format!("write: {e}"));
+                        self.core.handle_closed(now, format!("write: {e}"));
                     }
                 }
                 _ = &mut timer, if wake.is_some() => {
-                    self.core.handle_timeout(Now::read());
+                    now = Now::read();
+                    self.core.handle_timeout(now);
                 }
             }
         }
