@@ -63,6 +63,7 @@ limit_rate() { # c k
 }
 
 switch_rate() { # binary config c k
+    rm -rf "$work/journal"   # each run recovers an empty journal, not the last runs'
     "$1" sim --listen 127.0.0.1:39583 >/dev/null 2>&1 & pids+=($!)
     wait_port 39583
     "$1" run --config "$2" >"$work/switch.log" 2>&1 & pids+=($!)
@@ -75,6 +76,7 @@ switch_rate() { # binary config c k
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 switch_cpu() { # binary config -> microseconds of switch CPU per answered request
+    rm -rf "$work/journal"
     "$1" sim --listen 127.0.0.1:39583 >/dev/null 2>&1 & pids+=($!)
     wait_port 39583
     "$1" run --config "$2" >"$work/switch.log" 2>&1 & local sw=$!; pids+=($sw)
