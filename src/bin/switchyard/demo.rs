@@ -133,7 +133,15 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     };
 
     if args.load.html.is_none() {
-        args.load.html = Some(PathBuf::from("target/demo-report.html"));
+        // Beside the build in a checkout's root; elsewhere (run from a
+        // subdirectory, or an installed binary) in the temp dir rather than
+        // a new `target/` wherever the user stands.
+        let dir = if std::path::Path::new("target").is_dir() {
+            PathBuf::from("target")
+        } else {
+            std::env::temp_dir()
+        };
+        args.load.html = Some(dir.join("demo-report.html"));
     }
     args.load.target = switch.terminal.to_string();
     args.load.admin = switch.admin.map(|a| a.to_string());
