@@ -277,10 +277,10 @@ impl<R> LinkCore<R> {
     pub fn new(settings: LinkSettings, now: Now) -> LinkCore<R> {
         let m = Metrics::new(&settings.name);
         LinkCore {
-            table: InFlight::new(settings.max_in_flight),
+            table: InFlight::new(settings.acquirer.max_in_flight_per_link),
             backoff: Backoff::new(
-                settings.backoff_initial,
-                settings.backoff_max,
+                settings.acquirer.backoff_initial,
+                settings.acquirer.backoff_max,
                 settings.seed,
             ),
             s: settings,
@@ -358,11 +358,11 @@ impl<R> LinkCore<R> {
         }
         self.wbuf.clear();
         self.last_rx = now.at;
-        if self.s.sign_on {
+        if self.s.acquirer.sign_on {
             let stan = self.network_request(now, SIGN_ON);
             self.state = LinkState::SigningOn {
                 stan,
-                deadline: now.at + self.s.echo_timeout,
+                deadline: now.at + self.s.acquirer.echo_timeout,
             };
         } else {
             self.come_up(now);
@@ -396,7 +396,7 @@ impl<R> LinkCore<R> {
                 let stan = self.network_request(now, SIGN_OFF);
                 self.state = LinkState::SigningOff {
                     stan,
-                    deadline: now.at + self.s.echo_timeout,
+                    deadline: now.at + self.s.acquirer.echo_timeout,
                 };
             }
             LinkState::SigningOff { .. } | LinkState::Closed => {}
@@ -423,7 +423,7 @@ impl<R> LinkCore<R> {
             return;
         }
         let at = self.wbuf.len();
-        if let Err(e) = self.s.framing.encode(&body, &mut self.wbuf) {
+        if let Err(e) = self.s.acquirer.framing.encode(&body, &mut self.wbuf) {
             self.wbuf.truncate(at);
             self.event(LinkEvent::Unframeable {
                 reason: e.to_string(),
@@ -438,9 +438,9 @@ impl<R> LinkCore<R> {
             request: body,
             echo,
         };
-        if let Err((why, p)) = self
-            .table
-            .insert(key, pending, now.at + self.s.request_timeout)
+        if let Err((why, p)) =
+            self.table
+                .insert(key, pending, now.at + self.s.acquirer.request_timeout)
         {
             self.wbuf.truncate(at);
             let failure = match why {
@@ -457,7 +457,7 @@ impl<R> LinkCore<R> {
             return;
         }
         self.last_rx = now.at;
-        let msg = match Message::parse(frame, self.s.spec) {
+        let msg = match Message::parse(frame, self.s.acquirer.spec.spec) {
             Ok(m) => m,
             Err(e) => {
                 self.m.unknown.increment(1);
@@ -495,14 +495,14 @@ impl<R> LinkCore<R> {
             LinkState::SigningOn { deadline, .. } if now.at >= deadline => {
                 let reason = format!(
                     "no answer to 0800/{SIGN_ON:03} within {:?}",
-                    self.s.echo_timeout
+                    self.s.acquirer.echo_timeout
                 );
                 self.not_up(now, reason);
             }
             LinkState::SigningOff { deadline, .. } if now.at >= deadline => {
                 let reason = format!(
                     "no answer to 0800/{SIGN_OFF:03} within {:?}",
-                    self.s.echo_timeout
+                    self.s.acquirer.echo_timeout
                 );
                 self.close(Some(reason));
             }
@@ -540,7 +540,7 @@ impl<R> LinkCore<R> {
             LinkState::Up => {
                 let echo = self
                     .echo
-                    .map_or(self.last_rx + self.s.echo_interval, |e| e.deadline);
+                    .map_or(self.last_rx + self.s.acquirer.echo_interval, |e| e.deadline);
                 Some(self.table.next_deadline().map_or(echo, |d| d.min(echo)))
             }
             LinkState::Connecting | LinkState::Closed => None,
@@ -562,14 +562,14 @@ impl<R> LinkCore<R> {
     fn network_request(&mut self, now: Now, code: u16) -> u32 {
         let stan = self.next_stan();
         let time = clock::transmission_time(now.unix_ms / 1000);
-        let mut b = MessageBuilder::new(self.s.spec, Mti::NETWORK);
+        let mut b = MessageBuilder::new(self.s.acquirer.spec.spec, Mti::NETWORK);
         b.set(7, &time)
             .set_number(11, u64::from(stan))
             .set_number(70, u64::from(code));
-        let at = self.s.framing.begin(&mut self.wbuf);
+        let at = self.s.acquirer.framing.begin(&mut self.wbuf);
         // Built from constants and a clock: it always packs.
         if b.pack(&mut self.wbuf).is_ok() {
-            let _ = self.s.framing.finish(&mut self.wbuf, at);
+            let _ = self.s.acquirer.framing.finish(&mut self.wbuf, at);
         } else {
             self.wbuf.truncate(at);
         }
@@ -640,7 +640,7 @@ impl<R> LinkCore<R> {
             timeouts.increment(1);
             replies.push_back((p.reply, Outcome::Failed(Failure::Timeout)));
         });
-        let echo_due = self.last_rx + self.s.echo_interval;
+        let echo_due = self.last_rx + self.s.acquirer.echo_interval;
         match self.echo {
             Some(e) if now.at >= e.deadline => {
                 self.echo = None;
@@ -648,7 +648,7 @@ impl<R> LinkCore<R> {
                 self.m.missed_echoes.increment(1);
                 let missed = self.missed;
                 self.event(LinkEvent::MissedEcho { missed });
-                if missed >= self.s.max_missed_echoes {
+                if missed >= self.s.acquirer.max_missed_echoes {
                     self.drop_link(now, format!("{missed} echo tests unanswered"));
                     return;
                 }
@@ -657,7 +657,7 @@ impl<R> LinkCore<R> {
                 let stan = self.network_request(now, ECHO);
                 self.echo = Some(EchoPending {
                     stan,
-                    deadline: now.at + self.s.echo_timeout,
+                    deadline: now.at + self.s.acquirer.echo_timeout,
                 });
             }
             _ => {}
@@ -696,9 +696,9 @@ impl<R> LinkCore<R> {
     fn answer_host_network(&mut self, msg: &Message) {
         if let Some(mut b) = MessageBuilder::response_to(msg, &[7, 11, 70]) {
             b.set(39, &codes::APPROVED);
-            let at = self.s.framing.begin(&mut self.wbuf);
+            let at = self.s.acquirer.framing.begin(&mut self.wbuf);
             if b.pack(&mut self.wbuf).is_ok() {
-                let _ = self.s.framing.finish(&mut self.wbuf, at);
+                let _ = self.s.acquirer.framing.finish(&mut self.wbuf, at);
             } else {
                 self.wbuf.truncate(at);
             }
@@ -719,7 +719,7 @@ impl<R> LinkCore<R> {
         } else {
             FieldSet::EMPTY
         };
-        let spec = self.s.spec;
+        let spec = self.s.acquirer.spec.spec;
         let mut disagree = FieldSet::EMPTY;
         let checked = self.table.take_if(&key, |p| {
             disagree = disagreeing(spec, must, &p.request, &p.echo, msg);

@@ -13,32 +13,40 @@ use crate::frame::LengthHeader;
 use crate::iso8583::specs;
 use crate::iso8583::{Message, MessageBuilder, Mti};
 use crate::switch::acquirer::matcher::MatchKey;
-use crate::switch::acquirer::{EchoSpans, Failure, Outcome};
+use crate::switch::acquirer::{AcquirerConfig, EchoSpans, Failure, Outcome};
 
 const TID: &[u8] = b"TERM0001";
 const PAN: &[u8] = b"4761739001010010";
 
 fn settings() -> LinkSettings {
+    let config = crate::switch::config::Config::parse(
+        r#"
+test_setup = true
+[[acquirers]]
+name = "acq"
+links = ["127.0.0.1:9"]
+request_timeout_ms = 1000
+connect_timeout_ms = 500
+backoff_initial_ms = 100
+backoff_max_ms = 1600
+echo_interval_ms = 5000
+echo_timeout_ms = 500
+max_missed_echoes = 2
+max_in_flight_per_link = 8
+"#,
+    )
+    .expect("the test's config is valid");
     LinkSettings {
-        name: "acq#0".into(),
-        acquirer: "acq".into(),
-        index: 0,
-        addr: "127.0.0.1:9".parse().unwrap(),
-        spec: specs::iso87ascii(),
-        framing: LengthHeader::Binary2,
-        max_frame: 8192,
-        request_timeout: Duration::from_millis(1000),
-        connect_timeout: Duration::from_millis(500),
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_millis(1600),
-        echo_interval: Duration::from_millis(5000),
-        echo_timeout: Duration::from_millis(500),
-        max_missed_echoes: 2,
-        max_in_flight: 8,
-        sign_on: true,
-        answer_must_match: FieldSet::of(&crate::switch::acquirer::DEFAULT_ANSWER_MUST_MATCH),
         seed: 7,
+        ..LinkSettings::from_acquirer(&config.acquirers[0], 0)
     }
+}
+
+/// `settings()` with its acquirer's config changed by `change`.
+fn settings_with(change: impl FnOnce(&mut AcquirerConfig)) -> LinkSettings {
+    let mut s = settings();
+    change(&mut s.acquirer);
+    s
 }
 
 fn t0() -> Now {
@@ -197,13 +205,7 @@ fn sign_on_not_answered_by_echo_timeout_fails() {
 #[test]
 fn without_sign_on_a_connection_is_up() {
     let now = t0();
-    let mut c = Core::new(
-        LinkSettings {
-            sign_on: false,
-            ..settings()
-        },
-        now,
-    );
+    let mut c = Core::new(settings_with(|a| a.sign_on = false), now);
     c.poll_connect(now);
     c.handle_connected(now);
     assert!(c.is_up());
@@ -369,10 +371,7 @@ fn a_late_answer_after_timeout_is_dropped() {
 
 #[test]
 fn duplicate_keys_and_a_full_table_are_refused() {
-    let (mut c, t) = up_core(LinkSettings {
-        max_in_flight: 2,
-        ..settings()
-    });
+    let (mut c, t) = up_core(settings_with(|a| a.max_in_flight_per_link = 2));
     forward(&mut c, t, 1, 100);
     let (key, body) = request(1, 100);
     c.handle_forward(t, key, body, EchoSpans::UNKNOWN, 91);
@@ -509,10 +508,7 @@ fn an_unanswered_sign_off_closes_by_the_echo_timeout() {
 
 #[test]
 fn a_full_write_buffer_stops_taking_forwards() {
-    let (mut c, t) = up_core(LinkSettings {
-        max_in_flight: 100_000,
-        ..settings()
-    });
+    let (mut c, t) = up_core(settings_with(|a| a.max_in_flight_per_link = 100_000));
     let mut stan = 0;
     while c.accepts_forwards() {
         stan += 1;

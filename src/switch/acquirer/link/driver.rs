@@ -52,7 +52,7 @@ pub(super) async fn run(
 ) {
     let name = settings.name.clone();
     let mut d = Driver {
-        codec: FrameCodec::new(settings.framing, settings.max_frame),
+        codec: FrameCodec::new(settings.acquirer.framing, settings.acquirer.max_frame),
         core: LinkCore::new(settings, Now::read()),
         rx,
         shared,
@@ -112,7 +112,7 @@ impl Driver {
         loop {
             if connecting.is_none() && stream.is_none() && self.core.poll_connect(now) {
                 let s = self.core.settings();
-                connecting = Some(Box::pin(connect(s.addr, s.connect_timeout)));
+                connecting = Some(Box::pin(connect(s.addr, s.acquirer.connect_timeout)));
             }
             if let Some(s) = &stream
                 && let Err(e) = self.write_out(s)
@@ -260,7 +260,7 @@ impl Driver {
 
     fn log(&mut self, e: LinkEvent, now: Now) {
         let s = self.core.settings();
-        let (acquirer, link, addr) = (&s.acquirer, s.index, s.addr);
+        let (acquirer, link, addr) = (&s.acquirer.name, s.index, s.addr);
         match e {
             LinkEvent::Up { attempts } => {
                 self.down_log.reset();

@@ -31,40 +31,28 @@ mod core_tests;
 mod driver;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{LinkHandle, LinkShared};
-use crate::frame::LengthHeader;
+use super::{AcquirerConfig, LinkHandle, LinkShared};
 use crate::iso8583::Spec;
 pub use core::{FieldSet, LinkCore, LinkEvent, LinkState};
 
-/// Everything a link needs to know.
+/// Everything a link needs to know: its acquirer's config (timeouts,
+/// spec, framing, limits: read from there, not copied field by field) and
+/// what is its own.
 #[derive(Clone, Debug)]
 pub struct LinkSettings {
     /// `acquirer#index`, for logs and metric labels.
     pub name: String,
-    /// The acquirer's name alone, for log lines.
-    pub acquirer: String,
     /// Which of the acquirer's links this is.
     pub index: usize,
     pub addr: std::net::SocketAddr,
-    pub spec: &'static Spec,
-    pub framing: LengthHeader,
-    pub max_frame: usize,
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub echo_interval: Duration,
-    pub echo_timeout: Duration,
-    pub max_missed_echoes: u32,
-    pub max_in_flight: usize,
-    pub sign_on: bool,
-    /// Fields an answer must echo with the request's bytes.
+    /// The `[[acquirers]]` entry this link belongs to.
+    pub acquirer: AcquirerConfig,
+    /// `acquirer.answer_must_match` as a set.
     pub answer_must_match: FieldSet,
     /// Seeds the backoff jitter; differs between links so they do not
     /// reconnect in lockstep.
@@ -72,30 +60,21 @@ pub struct LinkSettings {
 }
 
 impl LinkSettings {
-    pub fn from_acquirer(
-        a: &crate::switch::acquirer::AcquirerConfig,
-        index: usize,
-    ) -> LinkSettings {
+    /// The settings of link `index` of acquirer `a` (an index into its
+    /// `links`, which the caller iterates).
+    pub fn from_acquirer(a: &AcquirerConfig, index: usize) -> LinkSettings {
         LinkSettings {
             name: format!("{}#{index}", a.name),
-            acquirer: a.name.clone(),
             index,
             addr: a.links[index],
-            spec: a.spec.spec,
-            framing: a.framing,
-            max_frame: a.max_frame,
-            request_timeout: a.request_timeout,
-            connect_timeout: a.connect_timeout,
-            backoff_initial: a.backoff_initial,
-            backoff_max: a.backoff_max,
-            echo_interval: a.echo_interval,
-            echo_timeout: a.echo_timeout,
-            max_missed_echoes: a.max_missed_echoes,
-            max_in_flight: a.max_in_flight_per_link,
-            sign_on: a.sign_on,
+            acquirer: a.clone(),
             answer_must_match: FieldSet::of(&a.answer_must_match),
             seed: link_seed(&a.name, index),
         }
+    }
+
+    pub fn spec(&self) -> &'static Spec {
+        self.acquirer.spec.spec
     }
 }
 
@@ -121,7 +100,7 @@ pub const MAX_PENDING_WRITE: usize = 1 << 20;
 pub fn spawn(settings: LinkSettings, shutdown: CancellationToken) -> (LinkHandle, JoinHandle<()>) {
     // The queue in front of a link absorbs bursts; the in-flight table
     // behind it is the real bound.
-    let (tx, rx) = mpsc::channel(settings.max_in_flight.clamp(64, 16_384));
+    let (tx, rx) = mpsc::channel(settings.acquirer.max_in_flight_per_link.clamp(64, 16_384));
     let shared = Arc::new(LinkShared::new(settings.name.clone(), settings.addr));
     let task = tokio::spawn(driver::run(settings, rx, shared.clone(), shutdown));
     (LinkHandle { tx, shared }, task)
