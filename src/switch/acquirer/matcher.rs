@@ -194,15 +194,17 @@ impl<T> InFlight<T> {
     /// agrees after looking at it; a refused request stays in the table
     /// with its deadline, waiting for its real answer.
     pub fn take_if(&mut self, key: &MatchKey, accept: impl FnOnce(&T) -> bool) -> Checked<T> {
-        match self.map.get(key) {
-            Some(slot) if !accept(&slot.value) => Checked::Refused,
-            Some(_) => match self.take(key) {
-                Matched::Found(v) => Checked::Found(v),
-                // Just looked it up: it is there.
-                Matched::Late | Matched::Unknown => Checked::Unknown,
-            },
-            None if self.expired.contains(key) => Checked::Late,
-            None => Checked::Unknown,
+        use std::collections::hash_map::Entry;
+        // One lookup for the check and the removal: this runs per answer.
+        match self.map.entry(*key) {
+            Entry::Occupied(slot) if !accept(&slot.get().value) => Checked::Refused,
+            Entry::Occupied(slot) => {
+                let value = slot.remove().value;
+                self.drop_stale_heads();
+                Checked::Found(value)
+            }
+            Entry::Vacant(_) if self.expired.contains(key) => Checked::Late,
+            Entry::Vacant(_) => Checked::Unknown,
         }
     }
 
