@@ -8,7 +8,6 @@ use tracing::warn;
 
 use super::core::TerminalCore;
 use super::records::{JournalAppend, response};
-use super::validate::check_other;
 use crate::codes;
 use crate::iso8583::Message;
 use crate::switch::acquirer::MatchKey;
@@ -18,13 +17,7 @@ use crate::switch::saf::{SafEntry, SafKind};
 
 impl<J: JournalAppend> TerminalCore<J> {
     pub(super) fn advise(&mut self, msg: Message, started: Instant) {
-        let Some(key) = MatchKey::of(&msg) else {
-            return self.respond(&msg, codes::FORMAT_ERROR, started);
-        };
-        if let Err(code) = check_other(&msg, &self.shared) {
-            return self.respond(&msg, code, started);
-        }
-        let Some(content) = self.answered_before(&msg, &key, started) else {
+        let Some((key, content)) = self.accept_other(&msg, started) else {
             return;
         };
         self.store_advice(&msg, key, content, started);

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::core::{ForwardOut, Pending, TerminalCore};
 use super::records::JournalAppend;
-use super::validate::{check_authorization, check_other};
+use super::validate::check_authorization;
 use crate::codes;
 use crate::iso8583::{Message, MessageBuilder, SmallText};
 use crate::switch::acquirer::{AcquirerHandle, EchoSpans, MatchKey};
@@ -100,13 +100,7 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// 0400/0401 from a terminal: forwarded like an authorization, without
     /// fraud scoring or stand-in, and answered with the host's answer.
     pub(super) fn reverse_online(&mut self, msg: Message, started: Instant) {
-        let Some(key) = MatchKey::of(&msg) else {
-            return self.respond(&msg, codes::FORMAT_ERROR, started);
-        };
-        if let Err(code) = check_other(&msg, &self.shared) {
-            return self.respond(&msg, code, started);
-        }
-        let Some(content) = self.answered_before(&msg, &key, started) else {
+        let Some((key, content)) = self.accept_other(&msg, started) else {
             return;
         };
         if let Some(code) = self.admit(&key) {

@@ -1,9 +1,15 @@
 //! Checks of a request before anything is looked up for it: required
 //! fields and their form (30), the card number's Luhn digit (14), and
-//! whether the terminal may transact at all (58).
+//! whether the terminal may transact at all (58); and the entry steps
+//! reversals and advices share (`accept_other`).
 
+use std::time::Instant;
+
+use super::core::TerminalCore;
+use super::records::JournalAppend;
 use crate::codes;
 use crate::iso8583::{Message, Pan, SmallText};
+use crate::switch::acquirer::MatchKey;
 use crate::switch::server::Shared;
 
 /// Required in 0100/0200 requests.
@@ -46,5 +52,28 @@ pub fn check_other(msg: &Message, shared: &Shared) -> Result<(), [u8; 2]> {
     match msg.terminal_id() {
         Some(tid) if !shared.terminal_allowed(&tid) => Err(codes::UNKNOWN_TERMINAL),
         _ => Ok(()),
+    }
+}
+
+impl<J: JournalAppend> TerminalCore<J> {
+    /// The steps reversals and advices share before their own: the key
+    /// (30 without DE11 or DE41), [`check_other`] (30, 58), and repeats
+    /// (the earlier answer again, or 94). `None` when the request was
+    /// answered here; else its key and content fingerprint.
+    pub(super) fn accept_other(
+        &mut self,
+        msg: &Message,
+        started: Instant,
+    ) -> Option<(MatchKey, u64)> {
+        let Some(key) = MatchKey::of(msg) else {
+            self.respond(msg, codes::FORMAT_ERROR, started);
+            return None;
+        };
+        if let Err(code) = check_other(msg, &self.shared) {
+            self.respond(msg, code, started);
+            return None;
+        }
+        let content = self.answered_before(msg, &key, started)?;
+        Some((key, content))
     }
 }
