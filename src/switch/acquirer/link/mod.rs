@@ -37,7 +37,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{AcquirerConfig, LinkHandle, LinkShared};
-use crate::iso8583::Spec;
 pub use core::{FieldSet, LinkCore, LinkEvent, LinkState};
 
 /// Everything a link needs to know: its acquirer's config (timeouts,
@@ -71,10 +70,6 @@ impl LinkSettings {
             answer_must_match: FieldSet::of(&a.answer_must_match),
             seed: link_seed(&a.name, index),
         }
-    }
-
-    pub fn spec(&self) -> &'static Spec {
-        self.acquirer.spec.spec
     }
 }
 
