@@ -5,7 +5,9 @@
 //!   the DE7 date/time formatting.
 //! * [`frame`]: the length-header framings that delimit messages on a
 //!   TCP stream (a tokio-util `Decoder`/`Encoder`, no socket).
-//! * [`net`]: non-blocking read/write of a framed socket's buffers.
+//! * [`net`]: non-blocking read/write of a framed socket's buffers,
+//!   plain or TLS ([`net::Conn`]).
+//! * [`tls`]: TLS material (PEM files) and rustls configurations.
 //! * [`codes`]: the response codes (DE39) the switch sets: its wire
 //!   contract with terminals, which the load generator reads them by.
 
@@ -13,3 +15,4 @@ pub mod codes;
 pub mod frame;
 pub mod iso8583;
 pub mod net;
+pub mod tls;
