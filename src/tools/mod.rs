@@ -3,5 +3,7 @@
 //! tests and the demo) and the message decoder ([`decode`],
 //! `switchyard decode`). The load generator is the `loadtest` crate.
 
+#[cfg(feature = "cli")]
+pub mod certs;
 pub mod decode;
 pub mod sim;
