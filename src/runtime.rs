@@ -92,6 +92,41 @@ impl StopSignals {
     }
 }
 
+/// SIGHUP, which asks the switch to re-read its TLS material. Installed
+/// before the switch announces itself: SIGHUP's default action ends the
+/// process.
+pub struct Hangups {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Installs the handler; inside a runtime.
+    pub fn install() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Hangups {
+                hangup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Hangups {}
+        }
+    }
+
+    /// Resolves on each SIGHUP (never without a handler).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(h) = &mut self.hangup {
+            h.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM, saying which came. Handlers are
 /// installed on the first poll; use [`StopSignals::install`] to have them
 /// in place before announcing readiness.

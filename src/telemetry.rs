@@ -78,6 +78,18 @@ pub const LINK_TIMEOUTS: &str = "switchyard_link_timeouts_total";
 /// Per link: answers that matched no request (`late` or `unknown`).
 pub const LINK_UNMATCHED: &str = "switchyard_link_unmatched_total";
 /// Per link: echo tests not answered in time.
+/// TLS handshakes refused or failed, by listener and reason.
+pub const TLS_HANDSHAKE_FAILURES: &str = "switchyard_tls_handshake_failures_total";
+/// TLS handshakes completed, by listener.
+pub const TLS_HANDSHAKES: &str = "switchyard_tls_handshakes_total";
+/// Terminal TLS handshakes running now.
+pub const TLS_HANDSHAKES_IN_FLIGHT: &str = "switchyard_tls_handshakes_in_flight";
+/// Terminal connections that waited for a handshake slot.
+pub const TLS_HANDSHAKE_WAITS: &str = "switchyard_tls_handshake_waits_total";
+/// Requests refused (58) because DE41 is not the client certificate's.
+pub const TLS_TERMINAL_ID_MISMATCH: &str = "switchyard_tls_terminal_id_mismatch_total";
+/// Re-reads of the TLS material (SIGHUP), by result.
+pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
 pub const LINK_MISSED_ECHOES: &str = "switchyard_link_missed_echoes_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -137,6 +149,27 @@ fn describe() {
     describe_counter!(
         REQUESTS,
         "Responses sent to terminals, by request MTI and DE39"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes refused or failed, by listener (terminals, link) and reason"
+    );
+    describe_counter!(TLS_HANDSHAKES, "TLS handshakes completed, by listener");
+    describe_gauge!(
+        TLS_HANDSHAKES_IN_FLIGHT,
+        "Terminal TLS handshakes running now"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_WAITS,
+        "Terminal connections that waited for a handshake slot (max_handshakes_in_flight)"
+    );
+    describe_counter!(
+        TLS_TERMINAL_ID_MISMATCH,
+        "Requests answered 58 because DE41 is not bound to the client certificate"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "Re-reads of the terminal TLS material, by result"
     );
     describe_histogram!(
         REQUEST_SECONDS,

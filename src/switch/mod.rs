@@ -23,3 +23,4 @@ pub mod router;
 pub mod saf;
 pub mod server;
 pub mod terminal;
+pub mod tls;

@@ -20,12 +20,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::iso8583::values::trim_padding;
+use crate::net::Conn;
 use crate::switch::acquirer::AcquirerHandle;
 use crate::switch::acquirer::link::{self, LinkSettings};
 use crate::switch::config::{Config, Section, table};
 use crate::switch::fraud::{Decision, FraudRules, FraudState, Score};
 use crate::switch::router::RoutingTable;
 use crate::switch::terminal::TerminalConfig;
+use crate::switch::tls::TerminalTls;
 use crate::telemetry;
 use crate::throttle::LogThrottle;
 
@@ -165,6 +167,8 @@ impl FraudCounters {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("terminals.tls: {0}")]
+    Tls(String),
     #[error("can not listen for terminals on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -183,7 +187,12 @@ pub enum StartError {
 
 /// A running switch.
 pub struct Switch {
+    /// `[terminals] listen`, as bound (TLS when `[terminals.tls]` has no
+    /// listen of its own).
     pub terminal_addr: SocketAddr,
+    /// The TLS listener, as bound, if any.
+    pub tls_addr: Option<SocketAddr>,
+    terminal_tls: Option<Arc<TerminalTls>>,
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     terminals: TaskTracker,
@@ -191,7 +200,7 @@ pub struct Switch {
     saf_stop: CancellationToken,
     saf_tasks: Vec<JoinHandle<()>>,
     links: Vec<JoinHandle<()>>,
-    accept: JoinHandle<()>,
+    accept: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
     grace: std::time::Duration,
 }
@@ -201,17 +210,11 @@ impl Switch {
     pub async fn start(config: Config) -> Result<Switch, StartError> {
         // Installed before the first metric is touched, or early counts are lost.
         let _ = crate::telemetry::prometheus();
-        let (listener, backlog) =
-            bind_terminals(config.terminals.listen, config.terminals.listen_backlog).map_err(
-                |source| StartError::Listen {
-                    addr: config.terminals.listen,
-                    source,
-                },
-            )?;
-        let terminal_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.terminals.listen,
-            source,
-        })?;
+        let listeners = bind_listeners(&config)?;
+        let terminal_addr = listeners[0].addr;
+        let backlog = listeners[0].backlog;
+        let tls_addr = listeners.iter().find(|l| l.tls.is_some()).map(|l| l.addr);
+        let terminal_tls = listeners.iter().find_map(|l| l.tls.clone());
 
         let journal_config = config.journal.clone();
         let (journal, recovery) = tokio::task::spawn_blocking(move || {
@@ -298,10 +301,24 @@ impl Switch {
             },
         );
         let terminals = TaskTracker::new();
-        let accept = tokio::spawn(accept_loop(listener, shared.clone(), terminals.clone()));
-        log_startup(&config, terminal_addr, backlog, admin_addr);
+        let per_ip: Arc<DashMap<IpAddr, usize>> = Arc::new(DashMap::new());
+        let accept = listeners
+            .into_iter()
+            .map(|l| {
+                tokio::spawn(accept_loop(
+                    l.listener,
+                    l.tls,
+                    shared.clone(),
+                    per_ip.clone(),
+                    terminals.clone(),
+                ))
+            })
+            .collect();
+        log_startup(&config, terminal_addr, backlog, tls_addr, admin_addr);
         Ok(Switch {
             terminal_addr,
+            tls_addr,
+            terminal_tls,
             admin_addr,
             shared,
             terminals,
@@ -315,6 +332,17 @@ impl Switch {
         })
     }
 
+    /// Re-reads the terminal TLS material (SIGHUP): new handshakes use it,
+    /// established connections keep theirs. `Ok` without TLS.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let result = match &self.terminal_tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        };
+        crate::switch::tls::log_reload(&result);
+        result
+    }
+
     /// Stops accepting, lets requests in flight finish within the grace
     /// period, signs the links off, and returns when everything has ended.
     pub async fn shutdown(self) {
@@ -325,7 +353,9 @@ impl Switch {
             self.grace.as_millis()
         );
         self.shared.stopping.cancel();
-        self.accept.abort();
+        for a in &self.accept {
+            a.abort();
+        }
         self.terminals.close();
         let left = if tokio::time::timeout(self.grace, self.terminals.wait())
             .await
@@ -406,14 +436,37 @@ fn log_startup(
     config: &Config,
     terminal_addr: SocketAddr,
     backlog: u32,
+    tls_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
 ) {
     let t = &config.terminals;
+    let plain = if tls_addr == Some(terminal_addr) {
+        "TLS"
+    } else {
+        "plain TCP"
+    };
     info!(
-        "terminals: listening on {terminal_addr} ({} spec, {} framing, at most {} connection(s), \
+        "terminals: listening on {terminal_addr} ({plain}, {} spec, {} framing, at most {} connection(s), \
          listen backlog {backlog})",
         t.spec.spec.name, t.framing, t.max_connections
     );
+    if let (Some(addr), Some(tls)) = (tls_addr, &t.tls) {
+        let client = match (&tls.server.client_ca, tls.server.require_client_cert) {
+            (None, _) => "no client certificate asked",
+            (Some(_), true) => "client certificate required",
+            (Some(_), false) => "client certificate optional",
+        };
+        info!(
+            "terminals: TLS on {addr} (TLS {}+, {client}, DE41 bound to certificate: {:?}, \
+             at most {} handshake(s) at once)",
+            match tls.server.min_version {
+                switchyard_protocol::tls::MinVersion::Tls12 => "1.2",
+                switchyard_protocol::tls::MinVersion::Tls13 => "1.3",
+            },
+            tls.bind_terminal_id,
+            tls.max_handshakes_in_flight
+        );
+    }
     match admin_addr {
         Some(a) => info!("admin: http://{a}/metrics and http://{a}/health"),
         None => info!("admin: off (admin.enabled = false)"),
@@ -488,6 +541,51 @@ fn somaxconn() -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// A bound terminal listener.
+struct Listener {
+    listener: TcpListener,
+    addr: SocketAddr,
+    backlog: u32,
+    tls: Option<Arc<TerminalTls>>,
+}
+
+/// `[terminals] listen` (plain, or TLS when `[terminals.tls]` has no
+/// listen of its own), then the TLS listener if it has one.
+fn bind_listeners(config: &Config) -> Result<Vec<Listener>, StartError> {
+    let t = &config.terminals;
+    let tls = match &t.tls {
+        Some(c) => Some(Arc::new(
+            TerminalTls::new(c.clone()).map_err(StartError::Tls)?,
+        )),
+        None => None,
+    };
+    let separate = tls.as_ref().and_then(|x| x.settings().listen);
+    let mut wanted = vec![(
+        t.listen,
+        if separate.is_some() {
+            None
+        } else {
+            tls.clone()
+        },
+    )];
+    if let Some(addr) = separate {
+        wanted.push((addr, tls));
+    }
+    let mut bound = Vec::new();
+    for (addr, tls) in wanted {
+        let fail = |source| StartError::Listen { addr, source };
+        let (listener, backlog) = bind_terminals(addr, t.listen_backlog).map_err(fail)?;
+        let addr = listener.local_addr().map_err(fail)?;
+        bound.push(Listener {
+            listener,
+            addr,
+            backlog,
+            tls,
+        });
+    }
+    Ok(bound)
 }
 
 /// Binds the terminal listener through socket2, which, unlike
@@ -568,8 +666,13 @@ struct ListenerWarnings {
     accept_failed: LogThrottle,
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
-    let per_ip: Arc<DashMap<IpAddr, usize>> = Arc::new(DashMap::new());
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<TerminalTls>>,
+    shared: Arc<Shared>,
+    per_ip: Arc<DashMap<IpAddr, usize>>,
+    tracker: TaskTracker,
+) {
     let gauge = metrics::gauge!(telemetry::CONNECTIONS);
     let mut warnings = ListenerWarnings {
         refused: LogThrottle::new(LISTENER_WARN_EVERY),
@@ -595,6 +698,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
             admit(
                 stream,
                 peer,
+                &tls,
                 &shared,
                 &per_ip,
                 &gauge,
@@ -609,9 +713,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
 }
 
 /// Serves a new connection if the limits allow it, else closes it.
+#[allow(clippy::too_many_arguments)]
 fn admit(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: &Option<Arc<TerminalTls>>,
     shared: &Arc<Shared>,
     per_ip: &Arc<DashMap<IpAddr, usize>>,
     gauge: &metrics::Gauge,
@@ -633,15 +739,38 @@ fn admit(
     gauge.set(shared.connections.load(Ordering::Relaxed) as f64);
     let shared = shared.clone();
     let gauge = gauge.clone();
+    let tls = tls.clone();
     tracker.spawn(async move {
-        serve_connection(stream, peer, shared.clone()).await;
+        serve_connection(stream, peer, tls, shared.clone()).await;
         drop(guard);
         gauge.set(shared.connections.load(Ordering::Relaxed) as f64);
     });
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    crate::switch::terminal::serve(stream, peer, shared).await;
+/// The handshake first on a TLS listener (the connection already counts
+/// against the limits while it runs), then the terminal's actor.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<TerminalTls>>,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (conn, bound) = match tls {
+        None => (Conn::Plain(stream), None),
+        Some(tls) => {
+            let handshake = tls.accept(stream, peer);
+            let accepted = tokio::select! {
+                a = handshake => a,
+                _ = shared.stopping.cancelled() => None,
+            };
+            match accepted {
+                Some(a) => (a.conn, a.bound),
+                None => return,
+            }
+        }
+    };
+    crate::switch::terminal::serve(conn, peer, shared, bound).await;
 }
 
 /// Counts a connection overall and per source address while it lives.

@@ -179,6 +179,7 @@ fn run_switch(path: Option<PathBuf>, allow_dev_key: bool, log_format: LogFormat)
         // Before the banner: a SIGTERM right after it must stop the switch
         // in order, not kill it.
         let mut signals = switchyard::runtime::StopSignals::install();
+        let mut hangups = switchyard::runtime::Hangups::install();
         let switch = match Switch::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -189,11 +190,22 @@ fn run_switch(path: Option<PathBuf>, allow_dev_key: bool, log_format: LogFormat)
         let admin = switch
             .admin_addr
             .map_or(String::from("off"), |a| format!("http://{a}/metrics"));
+        let tls = switch
+            .tls_addr
+            .map_or(String::new(), |a| format!(", TLS terminals on {a}"));
         println!(
-            "switchyard: terminals on {}, metrics {admin}; Ctrl-C to stop",
+            "switchyard: terminals on {}{tls}, metrics {admin}; Ctrl-C to stop",
             switch.terminal_addr
         );
-        let signal = signals.recv().await;
+        let signal = loop {
+            tokio::select! {
+                s = signals.recv() => break s,
+                () = hangups.recv() => {
+                    tracing::info!("SIGHUP received: re-reading the TLS material");
+                    let _ = switch.reload_tls();
+                }
+            }
+        };
         tracing::info!("{signal} received: stopping");
         switch.shutdown().await;
         ExitCode::SUCCESS

@@ -34,6 +34,8 @@ pub struct AcquirerConfig {
     /// both carry them) to be delivered; see `acquirer::link`.
     pub answer_must_match: Vec<u16>,
     pub stand_in: StandInConfig,
+    /// `[acquirers.tls]`: the links speak TLS to the host.
+    pub tls: Option<crate::switch::tls::AcquirerTlsConfig>,
 }
 
 /// What an answer must echo unchanged by default: PAN, processing code,
@@ -68,6 +70,7 @@ table! {
         sign_on: bool = true;
         answer_must_match: Vec<u16> = DEFAULT_ANSWER_MUST_MATCH.to_vec();
         stand_in: StandInConfig = StandInConfig::default();
+        tls: Option<crate::switch::tls::config::AcquirerTlsFile> = None;
     }
 }
 
@@ -96,7 +99,9 @@ impl AcquirerFile {
         if self.backoff_max_ms < self.backoff_initial_ms {
             s.problem("backoff_max_ms", "must not be less than backoff_initial_ms");
         }
+        let tls = self.tls.map(|t| t.validate(&mut s.sub("tls")));
         AcquirerConfig {
+            tls,
             name: self.name.unwrap_or_default(),
             links,
             spec: s.ok("spec", spec(&self.spec), SpecRef::iso87ascii()),

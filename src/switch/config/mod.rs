@@ -296,6 +296,14 @@ impl Section<'_> {
         }
     }
 
+    /// No problem found so far in this table or under it.
+    pub(crate) fn is_clean(&self) -> bool {
+        let prefix = self.at("");
+        !self.problems.found.iter().any(|p| {
+            p.path == prefix || p.path.starts_with(&format!("{prefix}.")) || prefix.is_empty()
+        })
+    }
+
     /// `value`, or `fallback` with the error reported at `key` (the config
     /// is refused then, so the fallback is never used).
     pub(crate) fn ok<T>(&mut self, key: &str, value: Result<T, String>, fallback: T) -> T {

@@ -34,6 +34,8 @@ pub struct TerminalConfig {
     /// Country (ISO 3166 numeric) of each terminal, for the fraud rule that
     /// compares it with the card's issuing country; DE19 is used otherwise.
     pub terminal_countries: Vec<(String, u16)>,
+    /// `[terminals.tls]`: TLS on `listen`, or on a listener of its own.
+    pub tls: Option<crate::switch::tls::TerminalTlsConfig>,
 }
 
 table! {
@@ -52,6 +54,7 @@ table! {
         write_stall_timeout_ms: u64 = 10_000, in 100..=3_600_000;
         allowed_terminals: Vec<String> = Vec::new();
         countries: Vec<TerminalCountryFile> = Vec::new();
+        tls: Option<crate::switch::tls::config::TerminalTlsFile> = None;
     }
 }
 
@@ -83,8 +86,17 @@ impl TerminalsFile {
                 _ => s.problem("", "needs `terminal` and `country`"),
             }
         }
+        let tls = self.tls.map(|t| t.validate(&mut s.sub("tls")));
+        let listen = s.ok("listen", address(&self.listen), NO_ADDRESS);
+        if let Some(t) = &tls
+            && t.listen == Some(listen)
+            && listen.port() != 0
+        {
+            s.problem("tls.listen", "is the same address as terminals.listen; leave it out to make that listener TLS");
+        }
         TerminalConfig {
-            listen: s.ok("listen", address(&self.listen), NO_ADDRESS),
+            tls,
+            listen,
             spec: s.ok("spec", spec(&self.spec), SpecRef::iso87ascii()),
             framing,
             max_frame: self.max_frame,

@@ -27,7 +27,13 @@ use crate::switch::acquirer::{EchoSpans, MatchKey, Outcome};
 use crate::switch::fraud::CardHash;
 use crate::switch::journal::Record;
 use crate::switch::server::Shared;
+use crate::switch::tls::identity::BoundTerminals;
 use crate::telemetry::{self, CodeCounters};
+use crate::throttle::LogThrottle;
+
+/// DE41 not bound to the certificate: one warn line per connection per
+/// this interval.
+const MISMATCH_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Fields an 0810 echoes from its 0800.
 const NETWORK_ECHO: &[usize] = &[7, 11, 41, 70];
@@ -123,9 +129,37 @@ pub struct TerminalCore<J> {
     /// (an answer, or a drop once the peer is gone).
     requests: u64,
     pub(super) outcomes: u64,
+    /// The terminal ids this connection's client certificate may use,
+    /// when DE41 is bound to certificates (`[terminals.tls]`).
+    bound: Option<BoundTerminals>,
+    mismatch_log: LogThrottle,
 }
 
 impl<J: JournalAppend> TerminalCore<J> {
+    /// Binds this connection to the terminal ids its client certificate
+    /// may use: a request naming another DE41 gets 58.
+    pub fn bind_terminals(&mut self, bound: BoundTerminals) {
+        self.bound = Some(bound);
+    }
+
+    /// `tid` may be used on this connection (always, when unbound);
+    /// counted and logged when not.
+    pub(super) fn terminal_bound(&mut self, tid: &[u8]) -> bool {
+        let Some(b) = &self.bound else {
+            return true;
+        };
+        if b.allows(tid) {
+            return true;
+        }
+        metrics::counter!(telemetry::TLS_TERMINAL_ID_MISMATCH).increment(1);
+        if let Some(suppressed) = self.mismatch_log.allow(self.now.at) {
+            let terminal = String::from_utf8_lossy(tid);
+            warn!(peer = %self.peer, %terminal, certificate = %b.identity, suppressed,
+                "DE41 is not a terminal id of the client certificate; answered 58");
+        }
+        false
+    }
+
     /// A new connection from `peer`; `durable` is the journal's durable
     /// watermark now.
     pub fn new(
@@ -157,6 +191,8 @@ impl<J: JournalAppend> TerminalCore<J> {
             stalled_since: None,
             requests: 0,
             outcomes: 0,
+            bound: None,
+            mismatch_log: LogThrottle::new(MISMATCH_LOG_INTERVAL),
             journal,
             peer,
             shared,

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::Decoder;
@@ -17,9 +16,10 @@ use super::core::TerminalCore;
 use super::records::JournalQueue;
 use crate::clock::Now;
 use crate::frame::FrameCodec;
-use crate::net::read_up_to;
+use crate::net::Conn;
 use crate::switch::acquirer::{Forward, Reply, ReplyTo};
 use crate::switch::server::Shared;
+use crate::switch::tls::identity::BoundTerminals;
 
 /// Bytes read per wake at most: what one read can add to the write
 /// buffer stays near `max_write_buffer`.
@@ -27,9 +27,14 @@ const READ_BUDGET: usize = 256 * 1024;
 
 /// Serves one terminal connection until it closes, idles out, or the
 /// switch stops (after answering what is in flight), and until every
-/// request it forwarded has its reply.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+/// request it forwarded has its reply. Over TLS the handshake is done;
+/// `bound` are the terminal ids its certificate may use.
+pub async fn serve(
+    mut conn: Conn,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    bound: Option<BoundTerminals>,
+) {
     let max = shared.terminals.max_in_flight_per_connection;
     // Every request in flight gets exactly one reply: an inbox this size
     // never refuses a link.
@@ -38,6 +43,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let start = *durable.borrow_and_update();
     let journal = JournalQueue::new(shared.journal.clone());
     let mut core = TerminalCore::new(Now::read(), shared.clone(), journal, peer, start);
+    if let Some(b) = bound {
+        core.bind_terminals(b);
+    }
     let mut codec = FrameCodec::new(shared.terminals.framing, shared.terminals.max_frame);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut replies = Vec::with_capacity(64);
@@ -54,7 +62,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             timer.as_mut().reset(at.into());
         }
         let reading = core.wants_read();
-        let flushing = core.poll_transmit().is_some();
+        let flushing = core.poll_transmit().is_some() || conn.wants_flush();
         let waiting = core.waiting_for_disk();
         let now = tokio::select! {
             biased;
@@ -65,10 +73,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 }
                 now
             }
-            r = stream.readable(), if reading => {
+            r = readable(&conn), if reading => {
                 let now = Now::read();
                 match r {
-                    Ok(()) => read_frames(&stream, &mut rbuf, &mut codec, &mut core, now, false),
+                    Ok(()) => read_frames(&mut conn, &mut rbuf, &mut codec, &mut core, now, false),
                     Err(_) => core.handle_write_failed(now),
                 }
                 now
@@ -81,9 +89,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 }
                 now
             }
-            r = stream.writable(), if flushing => {
+            r = conn.tcp().writable(), if flushing => {
                 let now = Now::read();
-                if r.is_err() {
+                if r.is_err() || conn.flush().is_err() {
                     core.handle_write_failed(now);
                 }
                 now
@@ -99,7 +107,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 // What the terminal sent before the stop is answered: read
                 // what is in the socket now, whatever tokio's readiness says.
                 if core.accepts_frames() {
-                    read_frames(&stream, &mut rbuf, &mut codec, &mut core, now, true);
+                    read_frames(&mut conn, &mut rbuf, &mut codec, &mut core, now, true);
                 }
                 core.handle_stop(now);
                 now
@@ -126,7 +134,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
         core.journal_mut().flush();
         if let Some(out) = core.poll_transmit() {
-            match stream.try_write(out) {
+            match conn.try_write(out) {
                 Ok(n) => core.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -139,7 +147,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             // The terminal sees the close now, though replies may still be
             // awaited.
             shut = true;
-            let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
+            conn.shutdown();
         }
         if core.is_finished() {
             break;
@@ -147,11 +155,20 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
+/// The socket is readable, or plaintext that came with the end of the
+/// TLS handshake waits (no readiness will announce it).
+async fn readable(conn: &Conn) -> std::io::Result<()> {
+    if conn.has_buffered() {
+        return Ok(());
+    }
+    conn.tcp().readable().await
+}
+
 /// Reads what the socket has and hands every complete frame to the core.
 /// `drain` reads past tokio's readiness (on stop, when data that has
 /// arrived may not have been seen yet).
 fn read_frames(
-    stream: &TcpStream,
+    conn: &mut Conn,
     rbuf: &mut BytesMut,
     codec: &mut FrameCodec,
     core: &mut TerminalCore<JournalQueue>,
@@ -159,9 +176,9 @@ fn read_frames(
     drain: bool,
 ) {
     let read = if drain {
-        drain_socket(stream, rbuf)
+        conn.drain(rbuf, READ_BUDGET)
     } else {
-        read_up_to(stream, rbuf, READ_BUDGET)
+        conn.read_up_to(rbuf, READ_BUDGET)
     };
     let open = match read {
         Ok(open) => open,
@@ -188,30 +205,4 @@ fn read_frames(
     if !open {
         core.handle_peer_closed(now);
     }
-}
-
-/// Reads until the socket has nothing more now (or `READ_BUDGET`), with
-/// plain non-blocking `recv`s; false once the peer has closed.
-fn drain_socket(stream: &TcpStream, rbuf: &mut BytesMut) -> std::io::Result<bool> {
-    use bytes::BufMut;
-    let sock = socket2::SockRef::from(stream);
-    let mut total = 0;
-    while total < READ_BUDGET {
-        if rbuf.capacity() - rbuf.len() < 4096 {
-            rbuf.reserve(64 * 1024);
-        }
-        match sock.recv(rbuf.spare_capacity_mut()) {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                // SAFETY: `recv` initialised the first `n` bytes of the
-                // spare capacity.
-                unsafe { rbuf.advance_mut(n) };
-                total += n;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }

@@ -35,6 +35,9 @@ impl<J: JournalAppend> TerminalCore<J> {
             Ok(c) => c,
             Err(code) => return self.respond(&msg, code, started),
         };
+        if !self.terminal_bound(&checked.terminal_id) {
+            return self.respond(&msg, codes::UNKNOWN_TERMINAL, started);
+        }
         let Some(key) = MatchKey::of(&msg) else {
             return self.respond(&msg, codes::FORMAT_ERROR, started);
         };

@@ -73,6 +73,12 @@ impl<J: JournalAppend> TerminalCore<J> {
             self.respond(msg, code, started);
             return None;
         }
+        if let Some(tid) = msg.terminal_id()
+            && !self.terminal_bound(&tid)
+        {
+            self.respond(msg, codes::UNKNOWN_TERMINAL, started);
+            return None;
+        }
         let content = self.answered_before(msg, &key, started)?;
         Some((key, content))
     }

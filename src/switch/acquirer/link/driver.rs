@@ -20,8 +20,9 @@ use super::core::{LinkCore, LinkEvent};
 use super::{BATCH, LinkSettings};
 use crate::clock::Now;
 use crate::frame::FrameCodec;
-use crate::net::read_available;
+use crate::net::Conn;
 use crate::switch::acquirer::{Failure, Forward, LinkShared, Outcome, ReplyTo};
+use crate::switch::tls::LinkTls;
 use crate::telemetry;
 use crate::throttle::LogThrottle;
 
@@ -29,7 +30,7 @@ use crate::throttle::LogThrottle;
 /// count of failures not logged).
 const DOWN_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-type Connecting = Pin<Box<dyn Future<Output = Result<TcpStream, String>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Conn, String>> + Send>>;
 
 struct Driver {
     core: LinkCore<ReplyTo>,
@@ -42,6 +43,9 @@ struct Driver {
     in_flight_gauge: Gauge,
     was_up: bool,
     down_log: LogThrottle,
+    /// The TLS client when `[acquirers.tls]` is set (or why it could not
+    /// be made: every connect then fails with that reason).
+    tls: Option<Result<LinkTls, String>>,
 }
 
 pub(super) async fn run(
@@ -51,7 +55,9 @@ pub(super) async fn run(
     shutdown: CancellationToken,
 ) {
     let name = settings.name.clone();
+    let tls = settings.acquirer.tls.as_ref().map(LinkTls::new);
     let mut d = Driver {
+        tls,
         codec: FrameCodec::new(settings.acquirer.framing, settings.acquirer.max_frame),
         core: LinkCore::new(settings, Now::read()),
         rx,
@@ -66,41 +72,54 @@ pub(super) async fn run(
     d.run(shutdown).await;
 }
 
-async fn connect(addr: std::net::SocketAddr, within: Duration) -> Result<TcpStream, String> {
-    match tokio::time::timeout(within, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
+/// TCP connect and, with TLS, the handshake, both within `within`.
+async fn connect(
+    addr: std::net::SocketAddr,
+    within: Duration,
+    tls: Option<Result<LinkTls, String>>,
+) -> Result<Conn, String> {
+    let attempt = async {
+        let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        match tls {
+            None => Ok(Conn::Plain(s)),
+            Some(Ok(tls)) => tls.connect(s).await,
+            Some(Err(e)) => Err(format!("TLS client not usable: {e}")),
         }
-        Ok(Err(e)) => Err(e.to_string()),
+    };
+    match tokio::time::timeout(within, attempt).await {
+        Ok(r) => r,
         Err(_) => Err(format!("no connection within {within:?}")),
     }
 }
 
-async fn connected(c: &mut Option<Connecting>) -> Result<TcpStream, String> {
+async fn connected(c: &mut Option<Connecting>) -> Result<Conn, String> {
     match c {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
 }
 
-async fn readable(s: &Option<TcpStream>) -> std::io::Result<()> {
+async fn readable(s: &Option<Conn>) -> std::io::Result<()> {
     match s {
-        Some(s) => s.readable().await,
+        // Plaintext that came with the handshake's end: no readiness
+        // announces it.
+        Some(s) if s.has_buffered() => Ok(()),
+        Some(s) => s.tcp().readable().await,
         None => std::future::pending().await,
     }
 }
 
-async fn writable(s: &Option<TcpStream>) -> std::io::Result<()> {
+async fn writable(s: &Option<Conn>) -> std::io::Result<()> {
     match s {
-        Some(s) => s.writable().await,
+        Some(s) => s.tcp().writable().await,
         None => std::future::pending().await,
     }
 }
 
 impl Driver {
     async fn run(&mut self, shutdown: CancellationToken) {
-        let mut stream: Option<TcpStream> = None;
+        let mut stream: Option<Conn> = None;
         let mut connecting: Option<Connecting> = None;
         let mut stopping = false;
         let mut inbox_open = true;
@@ -112,9 +131,10 @@ impl Driver {
         loop {
             if connecting.is_none() && stream.is_none() && self.core.poll_connect(now) {
                 let s = self.core.settings();
-                connecting = Some(Box::pin(connect(s.addr, s.acquirer.connect_timeout)));
+                let tls = self.tls.clone();
+                connecting = Some(Box::pin(connect(s.addr, s.acquirer.connect_timeout, tls)));
             }
-            if let Some(s) = &stream
+            if let Some(s) = &mut stream
                 && let Err(e) = self.write_out(s)
             {
                 self.core.handle_closed(now, format!("write: {e}"));
@@ -136,7 +156,9 @@ impl Driver {
             {
                 timer.as_mut().reset(at.into());
             }
-            let want_write = stream.is_some() && self.core.poll_transmit().is_some();
+            let want_write = stream
+                .as_ref()
+                .is_some_and(|s| s.wants_flush() || self.core.poll_transmit().is_some());
             let take_forwards = inbox_open && self.core.accepts_forwards();
             tokio::select! {
                 biased;
@@ -162,7 +184,7 @@ impl Driver {
                     match r {
                         Err(e) => self.core.handle_closed(now, format!("read: {e}")),
                         Ok(()) => {
-                            if let Some(s) = &stream {
+                            if let Some(s) = &mut stream {
                                 self.read(s, now);
                             }
                         }
@@ -200,8 +222,8 @@ impl Driver {
     }
 
     /// Reads what the socket has and hands every whole frame to the core.
-    fn read(&mut self, s: &TcpStream, now: Now) {
-        let open = match read_available(s, &mut self.rbuf) {
+    fn read(&mut self, s: &mut Conn, now: Now) {
+        let open = match s.read_available(&mut self.rbuf) {
             Ok(open) => open,
             Err(e) => {
                 self.core.handle_closed(now, format!("read: {e}"));
@@ -225,7 +247,8 @@ impl Driver {
     }
 
     /// Writes as much as the socket takes now.
-    fn write_out(&mut self, s: &TcpStream) -> std::io::Result<()> {
+    fn write_out(&mut self, s: &mut Conn) -> std::io::Result<()> {
+        s.flush()?;
         while let Some(buf) = self.core.poll_transmit() {
             match s.try_write(buf) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
