@@ -518,3 +518,76 @@ fn sim_tls_flags_are_refused_by_name() {
         );
     }
 }
+
+/// `switchyard certs --dir D` (hidden): the files it lists exist, keys
+/// are readable by their owner only, and they make a working server
+/// configuration that requires client certificates.
+#[test]
+fn the_certs_command_writes_usable_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("made");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["certs", "--dir", path(&out_dir)])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{:?}", out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let file = |what: &str| -> PathBuf {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{what}: ")))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no {what:?} in {stdout}"))
+    };
+    for what in ["ca", "server cert", "server key", "client key"] {
+        assert!(file(what).starts_with(&out_dir), "{what}: {stdout}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file("client key"))
+            .expect("key written")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    ServerSettings {
+        cert: file("server cert"),
+        key: file("server key"),
+        client_ca: Some(file("ca")),
+        require_client_cert: true,
+        ..ServerSettings::default()
+    }
+    .build()
+    .expect("a server configuration");
+    ClientSettings {
+        ca: file("ca"),
+        cert: Some(file("client cert (CN TERM0001)")),
+        key: Some(file("client key")),
+        ..ClientSettings::default()
+    }
+    .build()
+    .expect("a client configuration");
+    let help = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("decode") && !help.contains("certs"), "{help}");
+}
+
+/// The demo takes the load test's flags, but its switch has no TLS: it
+/// refuses --tls at once rather than fail every handshake.
+#[test]
+fn the_demo_refuses_tls() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["demo", "--tls", "--ca", "ca.pem", "-d", "1s"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("switchyard demo: --tls: the demo's switch does not listen with TLS"),
+        "{stderr}"
+    );
+}
