@@ -172,10 +172,24 @@ pub struct LoadConfig {
 
 /// How to reach a TLS target: whom to trust and what to present
 /// (`tls::ClientSettings::build`), and the name its certificate must carry.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TlsTarget {
     pub config: Arc<rustls::ClientConfig>,
     pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    // By hand: the configuration holds the client's key, which has no
+    // business in a debug print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTarget")
+            .field("server_name", &self.server_name)
+            .field(
+                "client_certificate",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for LoadConfig {
