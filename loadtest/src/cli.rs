@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use switchyard_protocol::frame::LengthHeader;
 use switchyard_protocol::iso8583::specs;
+use switchyard_protocol::tls::{self, ClientSettings, TlsError};
 
-use super::{LoadConfig, Mix, Mode, Report};
+use super::{LoadConfig, Mix, Mode, Report, TlsTarget};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -91,6 +92,31 @@ pub struct LoadArgs {
     /// latency is shown next to the end-to-end figures.
     #[arg(long, value_name = "HOST:PORT")]
     pub admin: Option<String>,
+    /// TLS to the target: each connection's TLS handshake (the server's
+    /// certificate checked against --ca and --server-name) comes before
+    /// its sign-on. The report counts handshakes, their rate and failures.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: the CA certificate(s) (PEM) the server's certificate
+    /// must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// With --tls: a client certificate chain (PEM) to present to servers
+    /// that ask for one; needs --key.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// With --tls: the private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// With --tls: the name the server's certificate must carry (a DNS
+    /// name or an IP address) [default: localhost].
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// Close each connection after N requests on it (once they are
+    /// answered or timed out) and open a new one: TCP connect, TLS
+    /// handshake, sign-on. Loads connection set-up; 0: never.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub reconnect_every: u64,
 }
 
 /// "0.1%" or "0.1" (percent) as a share: 0.001.
@@ -177,7 +203,64 @@ impl LoadArgs {
             threads: self.threads,
             max_error_rate: self.max_error_rate,
             admin,
+            tls: self.tls_target()?,
+            reconnect_every: self.reconnect_every,
         })
+    }
+
+    /// The TLS flags as a client configuration, every file read now: a
+    /// bad one is refused before the run, named with its flag.
+    fn tls_target(&self) -> Result<Option<TlsTarget>, String> {
+        if !self.tls {
+            let given = [
+                ("--ca", self.ca.is_some()),
+                ("--cert", self.cert.is_some()),
+                ("--key", self.key.is_some()),
+                ("--server-name", self.server_name.is_some()),
+            ];
+            return match given.into_iter().find(|(_, given)| *given) {
+                Some((flag, _)) => Err(format!("{flag} needs --tls")),
+                None => Ok(None),
+            };
+        }
+        let Some(ca) = self.ca.clone() else {
+            return Err(
+                "--tls needs --ca FILE: the CA certificate (PEM) that signed the server's".into(),
+            );
+        };
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return Err("--cert needs --key FILE: its private key".into()),
+            (None, Some(_)) => return Err("--key needs --cert FILE: its certificate".into()),
+            _ => {}
+        }
+        let settings = ClientSettings {
+            ca,
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ..ClientSettings::default()
+        };
+        let config = settings.build().map_err(|e| self.tls_flag_error(&e))?;
+        let name = self.server_name.as_deref().unwrap_or("localhost");
+        let server_name = tls::server_name(name).map_err(|e| format!("--server-name: {e}"))?;
+        Ok(Some(TlsTarget {
+            config,
+            server_name,
+        }))
+    }
+
+    /// A TLS material error with the flag of the file it names.
+    fn tls_flag_error(&self, e: &TlsError) -> String {
+        if let TlsError::File { path, .. } = e {
+            let flags = [
+                ("--ca", self.ca.as_ref()),
+                ("--cert", self.cert.as_ref()),
+                ("--key", self.key.as_ref()),
+            ];
+            if let Some((flag, _)) = flags.iter().find(|(_, p)| *p == Some(path)) {
+                return format!("{flag} {e}");
+            }
+        }
+        format!("--tls: {e}")
     }
 }
 

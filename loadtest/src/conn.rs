@@ -1,5 +1,11 @@
-//! One connection: connect, sign on, send on schedule (open loop) or
-//! keep K in flight (closed loop), match answers, time out, reconnect.
+//! One connection: connect (and with TLS, handshake), sign on, send on
+//! schedule (open loop) or keep K in flight (closed loop), match answers,
+//! time out, reconnect; with `reconnect_every`, close and open again
+//! after that many requests.
+//!
+//! The socket is a `net::Conn`, plain or TLS, driven from the TCP
+//! socket's readiness either way: the plain path makes the same calls as
+//! a bare `TcpStream` would (one `recv` per wake, one `send` per batch).
 //!
 //! Requests in flight live in a ring indexed by sequence number; a
 //! request's STAN is derived from its sequence number so that the slot of
@@ -22,10 +28,11 @@ use tokio_util::codec::Decoder;
 
 use switchyard_protocol::frame::{DEFAULT_MAX_FRAME, FrameCodec};
 use switchyard_protocol::iso8583::Message;
+use switchyard_protocol::net::{self, TlsConn};
 
 use super::messages::{Generator, Kind, Request, parse_terminal_id};
 use super::pacer::Pacer;
-use super::stats::{Live, WorkerStats};
+use super::stats::{HandshakeFailure, Live, WorkerStats};
 use super::{LoadConfig, Mode};
 
 /// Largest in-flight table per connection.
@@ -151,6 +158,28 @@ enum End {
     Done,
     /// The connection broke; reconnect.
     Dropped,
+    /// `reconnect_every` requests were made on it: close it, open another.
+    Reopen,
+}
+
+/// Why a connection could not be opened.
+enum OpenError {
+    /// The TCP connection.
+    Connect(io::Error),
+    /// The TLS handshake.
+    Handshake {
+        reason: HandshakeFailure,
+        error: io::Error,
+    },
+    /// The sign-on (`sign_on_failed` has counted it).
+    SignOn(io::Error),
+}
+
+/// A sign-on that did not complete.
+struct SignOnFailure {
+    error: io::Error,
+    /// Some bytes of an answer came back before it failed.
+    answered: bool,
 }
 
 struct Conn {
@@ -182,6 +211,9 @@ struct Conn {
     pending_live: [u64; 5],
     /// Open loop: the worker's pacer and this connection's place in it.
     pace: Option<(Rc<Pacer>, usize)>,
+    /// Requests this session may still send before it is closed and
+    /// opened again (`reconnect_every`); u64::MAX when it never is.
+    session_left: u64,
 }
 
 impl Conn {
@@ -249,20 +281,31 @@ impl Conn {
             codec,
             pending_live: [0; 5],
             pace,
+            session_left: u64::MAX,
             plan,
         }
     }
 
     async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
-        let mut first = true;
+        // How the last session ended: tells a reconnect from a reopen.
+        let mut last = None;
         while self.plan.now() < self.plan.send_end {
-            let stream = match self.connect().await {
-                Ok(s) => s,
+            let mut conn = match self.open().await {
+                Ok(c) => c,
                 Err(e) => {
                     {
                         let mut st = self.stats.borrow_mut();
-                        st.connect_failures += 1;
+                        let e = match e {
+                            OpenError::Connect(e) | OpenError::SignOn(e) => {
+                                st.connect_failures += 1;
+                                e
+                            }
+                            OpenError::Handshake { reason, error } => {
+                                st.tls.failed(reason);
+                                error
+                            }
+                        };
                         st.error(format!("connection {}: {e}", self.index));
                     }
                     tokio::time::sleep(backoff).await;
@@ -274,51 +317,129 @@ impl Conn {
             {
                 let mut st = self.stats.borrow_mut();
                 st.connects += 1;
-                if !first {
-                    st.reconnects += 1;
+                match last {
+                    Some(End::Dropped) => st.reconnects += 1,
+                    Some(End::Reopen) => st.reopens += 1,
+                    _ => {}
                 }
             }
-            first = false;
-            let end = self.session(&stream).await;
+            let end = self.session(&mut conn).await;
             self.lose_all();
-            if let End::Done = end {
-                break;
+            match end {
+                End::Done => {
+                    // A TLS peer is told it was a clean end (close_notify);
+                    // a plain one sees the close as before.
+                    if conn.is_tls() {
+                        conn.shutdown();
+                    }
+                    break;
+                }
+                End::Reopen => conn.shutdown(),
+                End::Dropped => {}
             }
+            last = Some(end);
         }
         self.flush_live();
     }
 
-    async fn connect(&mut self) -> io::Result<TcpStream> {
-        let target = self.plan.config.target;
-        let stream = tokio::time::timeout(self.plan.config.timeout, TcpStream::connect(target))
-            .await
-            .map_err(|_| {
-                io::Error::new(
+    /// Connects, does the TLS handshake if asked, and signs on.
+    async fn open(&mut self) -> Result<net::Conn, OpenError> {
+        let plan = self.plan.clone();
+        let target = plan.config.target;
+        let timeout = plan.config.timeout;
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                let e = io::Error::new(e.kind(), format!("connect {target}: {e}"));
+                return Err(OpenError::Connect(e));
+            }
+            Err(_) => {
+                let e = io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("connect {target}: timed out"),
-                )
-            })?
-            .map_err(|e| io::Error::new(e.kind(), format!("connect {target}: {e}")))?;
-        stream.set_nodelay(true)?;
+                );
+                return Err(OpenError::Connect(e));
+            }
+        };
+        tcp.set_nodelay(true).map_err(OpenError::Connect)?;
         self.rbuf.clear();
         self.wbuf.clear();
-        self.sign_on(&stream).await?;
-        Ok(stream)
+        let Some(tls) = &plan.config.tls else {
+            let mut conn = net::Conn::Plain(tcp);
+            return match self.sign_on(&mut conn).await {
+                Ok(()) => Ok(conn),
+                Err(f) => Err(self.sign_on_failed(f)),
+            };
+        };
+        let refused = |e: io::Error| OpenError::Handshake {
+            reason: HandshakeFailure::of(&e),
+            error: io::Error::new(e.kind(), format!("TLS handshake with {target}: {e}")),
+        };
+        // Not the plan's clock: the first connections open before its start.
+        let started = Instant::now();
+        let handshake = async {
+            TlsConn::client(tcp, tls.config.clone(), tls.server_name.clone())?
+                .handshake()
+                .await
+        };
+        let mut conn = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(refused(e)),
+            Err(_) => return Err(refused(io::ErrorKind::TimedOut.into())),
+        };
+        let took = started.elapsed();
+        let done = plan.now();
+        match self.sign_on(&mut conn).await {
+            // A server may refuse the handshake after the client's side of
+            // it has ended: TLS 1.3 checks the client's certificate there.
+            // The client learns it at its first read, which brings the
+            // alert, or the end of the connection, instead of an answer.
+            Err(f) if !f.answered && f.error.kind() != io::ErrorKind::TimedOut => {
+                Err(refused(f.error))
+            }
+            signed_on => {
+                self.handshake_done(&conn, took, done);
+                match signed_on {
+                    Ok(()) => Ok(conn),
+                    Err(f) => Err(self.sign_on_failed(f)),
+                }
+            }
+        }
+    }
+
+    /// Counts a completed handshake that took `took` and ended at `done`
+    /// (the plan's nanoseconds).
+    fn handshake_done(&self, conn: &net::Conn, took: Duration, done: u64) {
+        let resumed =
+            conn.tls().and_then(|t| t.handshake_kind()) == Some(rustls::HandshakeKind::Resumed);
+        let plan = &self.plan;
+        let mut st = self.stats.borrow_mut();
+        let tls = &mut st.tls;
+        tls.handshakes += 1;
+        tls.resumed += u64::from(resumed);
+        if (plan.measure_from..plan.send_end).contains(&done) {
+            tls.measured += 1;
+        }
+        tls.time.saturating_record(took.as_micros() as u64);
     }
 
     /// 0800/001 and its 0810; a refusal (DE39 not 00) is counted but the
     /// load goes on, so a misconfigured peer still shows its behaviour.
-    async fn sign_on(&mut self, stream: &TcpStream) -> io::Result<()> {
+    /// A sign-on that fails is counted by the caller, which may find it
+    /// was the TLS handshake that failed.
+    async fn sign_on(&mut self, conn: &mut net::Conn) -> Result<(), SignOnFailure> {
+        let failure = |error, answered| SignOnFailure { error, answered };
         let stan = self
             .generator
             .sign_on(&mut self.wbuf)
-            .map_err(io::Error::other)?;
+            .map_err(|e| failure(io::Error::other(e), false))?;
         let deadline = tokio::time::Instant::now() + self.plan.config.timeout;
         let fail = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sign-on: {m}"));
+        let mut answered = false;
         let work = async {
-            while !self.wbuf.is_empty() {
-                stream.writable().await?;
-                self.write_some(stream)?;
+            while !self.wbuf.is_empty() || conn.wants_flush() {
+                conn.tcp().writable().await?;
+                self.write_some(conn)?;
             }
             loop {
                 while let Some(frame) = self
@@ -338,32 +459,53 @@ impl Conn {
                     }
                     self.stats.borrow_mut().unmatched += 1;
                 }
-                stream.readable().await?;
-                if self.read_some(stream)? == 0 {
-                    return Err(fail("connection closed"));
+                // Plaintext that came with the TLS handshake's end has no
+                // readiness event of its own.
+                if !conn.has_buffered() {
+                    conn.tcp().readable().await?;
+                }
+                match self.read_some(conn) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "sign-on: connection closed",
+                        ));
+                    }
+                    Ok(_) => answered = true,
+                    // Readiness without plaintext: a TLS record not yet
+                    // whole, or one that carries none (session tickets).
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
             }
         };
-        match tokio::time::timeout_at(deadline, work).await {
-            Ok(r) => r.inspect_err(|_| self.stats.borrow_mut().sign_on_failures += 1),
-            Err(_) => {
-                self.stats.borrow_mut().sign_on_failures += 1;
-                Err(fail("no 0810 within the timeout"))
-            }
-        }
+        let result = tokio::time::timeout_at(deadline, work).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "sign-on: no 0810 within the timeout",
+            )),
+        };
+        result.map_err(|e| failure(e, answered))
     }
 
-    /// Writes what the socket takes now; `Ok` also on a full socket.
-    fn write_some(&mut self, stream: &TcpStream) -> io::Result<()> {
-        switchyard_protocol::net::write_available(stream, &mut self.wbuf)
+    fn sign_on_failed(&self, f: SignOnFailure) -> OpenError {
+        self.stats.borrow_mut().sign_on_failures += 1;
+        OpenError::SignOn(f.error)
+    }
+
+    /// Writes what the connection takes now; `Ok` also on a full socket.
+    fn write_some(&mut self, conn: &mut net::Conn) -> io::Result<()> {
+        conn.write_available(&mut self.wbuf)
     }
 
     /// Reads what is available; returns bytes read (0: closed), or
     /// WouldBlock when there was nothing. One `recv` per wake (see
     /// `net::read_available`).
-    fn read_some(&mut self, stream: &TcpStream) -> io::Result<usize> {
+    fn read_some(&mut self, conn: &mut net::Conn) -> io::Result<usize> {
         let before = self.rbuf.len();
-        let open = switchyard_protocol::net::read_available(stream, &mut self.rbuf)?;
+        let open = conn.read_available(&mut self.rbuf)?;
         let n = self.rbuf.len() - before;
         match (n, open) {
             (0, true) => Err(io::ErrorKind::WouldBlock.into()),
@@ -371,12 +513,16 @@ impl Conn {
         }
     }
 
-    async fn session(&mut self, stream: &TcpStream) -> End {
+    async fn session(&mut self, conn: &mut net::Conn) -> End {
         let plan = self.plan.clone();
         let open = matches!(plan.config.mode, Mode::Open { .. });
         let k_limit = match plan.config.mode {
             Mode::Closed { in_flight } => in_flight,
             Mode::Open { .. } => usize::MAX,
+        };
+        self.session_left = match plan.config.reconnect_every {
+            0 => u64::MAX,
+            n => n,
         };
         loop {
             let now = plan.now();
@@ -387,7 +533,7 @@ impl Conn {
             if sending {
                 self.produce(now, open, k_limit);
             }
-            if let Err(e) = self.write_some(stream) {
+            if let Err(e) = self.write_some(conn) {
                 self.stats.borrow_mut().error(format!("write: {e}"));
                 return End::Dropped;
             }
@@ -395,6 +541,9 @@ impl Conn {
             self.flush_live();
             if !sending && self.in_flight == 0 {
                 return End::Done;
+            }
+            if self.session_left == 0 && self.in_flight == 0 {
+                return End::Reopen;
             }
             // When to look again if nothing arrives.
             let mut wake = plan.hard_end;
@@ -406,19 +555,20 @@ impl Conn {
                 wake = wake.min(oldest.sent + plan.config.timeout.as_nanos() as u64);
             }
             let other_wake = wake;
-            let next_send = if open && sending && self.head - self.tail <= self.mask {
-                let t = self.scheduled(self.next_k);
-                wake = wake.min(t);
-                Some(t)
-            } else {
-                None
-            };
+            let next_send =
+                if open && sending && self.session_left > 0 && self.head - self.tail <= self.mask {
+                    let t = self.scheduled(self.next_k);
+                    wake = wake.min(t);
+                    Some(t)
+                } else {
+                    None
+                };
             let now = plan.now();
             if wake <= now {
                 // Something is due already; still look at the socket
                 // without blocking so answers keep flowing.
                 tokio::task::yield_now().await;
-                if let Err(e) = self.receive(stream) {
+                if let Err(e) = self.receive(conn) {
                     return self.dropped(e);
                 }
                 continue;
@@ -434,14 +584,16 @@ impl Conn {
                 }
                 _ => None,
             };
+            // The branches' futures borrow `conn` only until one is picked:
+            // the handler may use it mutably.
             tokio::select! {
                 biased;
-                r = stream.readable() => {
-                    if let Err(e) = r.and_then(|_| self.receive(stream)) {
+                r = conn.tcp().readable() => {
+                    if let Err(e) = r.and_then(|_| self.receive(conn)) {
                         return self.dropped(e);
                     }
                 }
-                r = stream.writable(), if !self.wbuf.is_empty() => {
+                r = conn.tcp().writable(), if !self.wbuf.is_empty() || conn.wants_flush() => {
                     if let Err(e) = r {
                         return self.dropped(e);
                     }
@@ -472,6 +624,10 @@ impl Conn {
         let mut st = self.stats.borrow_mut();
         let mut n = 0;
         while n < BATCH {
+            if self.session_left == 0 {
+                // Due for a new connection once the rest is answered.
+                break;
+            }
             let intended = if open {
                 let t = self.scheduled(self.next_k);
                 if t > now || t >= plan.send_end {
@@ -509,6 +665,7 @@ impl Conn {
             };
             self.head += 1;
             self.in_flight += 1;
+            self.session_left -= 1;
             n += 1;
             if measured {
                 st.measured.sent += 1;
@@ -599,8 +756,8 @@ impl Conn {
     }
 
     /// Reads and handles every answer available.
-    fn receive(&mut self, stream: &TcpStream) -> io::Result<()> {
-        match self.read_some(stream) {
+    fn receive(&mut self, conn: &mut net::Conn) -> io::Result<()> {
+        match self.read_some(conn) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),

@@ -22,6 +22,16 @@
 //!   send: a closed loop waits for the peer, so it is *not* corrected for
 //!   coordinated omission (a stall delays the sends it would have measured).
 //!
+//! Connections are plain TCP or, with [`LoadConfig::tls`], TLS
+//! (`switchyard_protocol::net::Conn` either way, so the plain path costs
+//! what a bare socket does). Each connection signs on (0800) once it is
+//! open; with [`LoadConfig::reconnect_every`] it is closed after N
+//! requests and opened again, to load connection set-up. A TLS 1.3
+//! server checks a client certificate after the client's handshake has
+//! ended, so a refusal reaches the client at its first read, as an alert
+//! or a close before any answer: that counts as a failed handshake, not a
+//! failed sign-on. Failed handshakes make a run not clean.
+//!
 //! Runs against a switch that stays up are kept apart: the seed (random
 //! unless given) places each run's terminal ids (DE41) and STAN sequences
 //! in its own part of the key space, so a later run is not answered 94
@@ -48,6 +58,7 @@ use switchyard_protocol::iso8583::{Spec, specs};
 
 pub use messages::sample_messages;
 pub use report::{Report, SecondRow, de39_meaning, is_switch_refusal};
+pub use stats::HandshakeFailure;
 
 /// How requests are paced.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -151,6 +162,34 @@ pub struct LoadConfig {
     /// The target switch's admin address: its `/metrics` are read at the
     /// start and end of the measured period for the switch's own latency.
     pub admin: Option<SocketAddr>,
+    /// TLS to the target (each connection's handshake before its
+    /// sign-on); `None`: plain TCP.
+    pub tls: Option<TlsTarget>,
+    /// Close each connection after this many requests on it and open a
+    /// new one (TCP connect, TLS handshake, sign-on); 0: never.
+    pub reconnect_every: u64,
+}
+
+/// How to reach a TLS target: whom to trust and what to present
+/// (`tls::ClientSettings::build`), and the name its certificate must carry.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    // By hand: the configuration holds the client's key, which has no
+    // business in a debug print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTarget")
+            .field("server_name", &self.server_name)
+            .field(
+                "client_certificate",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for LoadConfig {
@@ -172,6 +211,8 @@ impl Default for LoadConfig {
             threads: 0,
             max_error_rate: 0.001,
             admin: None,
+            tls: None,
+            reconnect_every: 0,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use switchyard_protocol::codes;
 
 use super::scrape;
-use super::stats::{OTHER_CODE, WorkerStats};
+use super::stats::{HandshakeFailure, OTHER_CODE, WorkerStats};
 use super::{LoadConfig, Mix, Mode};
 
 /// Share of scheduled sends later than 1 ms above which the run is said
@@ -105,6 +105,9 @@ pub struct Report {
     seed: u64,
     mix: Mix,
     max_error_rate: f64,
+    /// The connections were TLS.
+    tls: bool,
+    reconnect_every: u64,
     /// Seconds in the measured period (the per-second table's rows).
     seconds: usize,
     /// Extra lines of context a caller adds (the demo: durability, config).
@@ -213,6 +216,8 @@ impl Report {
             seed: config.seed,
             mix: config.mix,
             max_error_rate: config.max_error_rate,
+            tls: config.tls.is_some(),
+            reconnect_every: config.reconnect_every,
             seconds: config.duration.as_secs_f64().ceil() as usize,
             context: Vec::new(),
             switch: None,
@@ -284,6 +289,30 @@ impl Report {
     }
     pub fn reconnects(&self) -> u64 {
         self.s.reconnects
+    }
+    /// Connections opened (whole run).
+    pub fn connections_opened(&self) -> u64 {
+        self.s.connects
+    }
+    /// Connections closed and opened again by `reconnect_every`.
+    pub fn reopens(&self) -> u64 {
+        self.s.reopens
+    }
+    /// TLS handshakes completed (whole run).
+    pub fn handshakes(&self) -> u64 {
+        self.s.tls.handshakes
+    }
+    /// TLS handshakes that failed (whole run), by reason (the word of
+    /// `tls::failure_reason`, and the server's alert if one came), most
+    /// frequent first.
+    pub fn handshake_failures(&self) -> (u64, Vec<(HandshakeFailure, u64)>) {
+        let mut reasons = self.s.tls.reasons.clone();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        (self.s.tls.failures, reasons)
+    }
+    /// Handshakes completed in the measured period, per second.
+    pub fn handshake_rate(&self) -> f64 {
+        self.s.tls.measured as f64 / self.duration.as_secs_f64().max(1e-9)
     }
     /// Measured answers by (response MTI, DE39), sorted.
     pub fn responses(&self) -> Vec<(u16, String, u64)> {
@@ -367,6 +396,13 @@ impl Report {
             p.push(format!(
                 "{} sign-ons failed or were refused",
                 s.sign_on_failures
+            ));
+        }
+        if s.tls.failures > 0 {
+            p.push(format!(
+                "{} TLS handshakes failed ({})",
+                s.tls.failures,
+                self.failure_reasons()
             ));
         }
         let lost = self.lost() + s.warmup.lost;
@@ -508,6 +544,41 @@ impl Report {
         }
     }
 
+    /// "no_certificate 3, timeout 1".
+    fn failure_reasons(&self) -> String {
+        let (_, reasons) = self.handshake_failures();
+        let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        parts.join(", ")
+    }
+
+    /// The TLS line of the summary.
+    fn tls_line(&self) -> String {
+        let t = &self.s.tls;
+        if !self.tls {
+            return "off (plain TCP)".to_string();
+        }
+        let mut line = format!(
+            "{} handshakes completed ({} resumed), {:.1}/s in the measured period; {} failed",
+            t.handshakes,
+            t.resumed,
+            self.handshake_rate(),
+            t.failures
+        );
+        if t.failures > 0 {
+            let _ = write!(line, " ({})", self.failure_reasons());
+        }
+        if !t.time.is_empty() {
+            let _ = write!(
+                line,
+                "; handshake time p50 {} p99 {} max {}",
+                fmt_us(t.time.value_at_percentile(50.0)),
+                fmt_us(t.time.value_at_percentile(99.0)),
+                fmt_us(t.time.max())
+            );
+        }
+        line
+    }
+
     fn mode_line(&self) -> String {
         match self.mode {
             Mode::Open { rate } => format!("open loop, {rate:.0}/s offered"),
@@ -562,10 +633,19 @@ impl Report {
             (
                 "connections",
                 format!(
-                    "{} opened, {} reconnects, {} connect failures, {} sign-on failures",
-                    s.connects, s.reconnects, s.connect_failures, s.sign_on_failures
+                    "{} opened, {} reopened{}, {} reconnects, {} connect failures, {} sign-on failures",
+                    s.connects,
+                    s.reopens,
+                    match self.reconnect_every {
+                        0 => String::new(),
+                        n => format!(" (--reconnect-every {n})"),
+                    },
+                    s.reconnects,
+                    s.connect_failures,
+                    s.sign_on_failures
                 ),
             ),
+            ("TLS", self.tls_line()),
             (
                 "warmup",
                 format!(
@@ -757,6 +837,9 @@ impl Report {
             "max_error_rate": self.max_error_rate,
             "problems": self.problems(),
             "switch_latency": switch_latency,
+            "reopens": s.reopens,
+            "reconnect_every": self.reconnect_every,
+            "tls": self.tls_json(),
         });
         let mut v = serde_json::json!({
             "mode": mode,
@@ -823,6 +906,31 @@ impl Report {
             v.extend(head);
         }
         v.to_string()
+    }
+
+    /// The TLS figures; `null` for a plain run.
+    fn tls_json(&self) -> serde_json::Value {
+        if !self.tls {
+            return serde_json::Value::Null;
+        }
+        let t = &self.s.tls;
+        let (failures, reasons) = self.handshake_failures();
+        let reasons: serde_json::Map<String, serde_json::Value> = reasons
+            .into_iter()
+            .map(|(r, n)| (r.to_string(), n.into()))
+            .collect();
+        let time = |p: f64| (!t.time.is_empty()).then(|| t.time.value_at_percentile(p));
+        serde_json::json!({
+            "handshakes": t.handshakes,
+            "resumed": t.resumed,
+            "handshakes_measured": t.measured,
+            "handshake_rate": self.handshake_rate(),
+            "handshake_failures": failures,
+            "failure_reasons": reasons,
+            "handshake_p50_us": time(50.0),
+            "handshake_p99_us": time(99.0),
+            "handshake_max_us": time(100.0),
+        })
     }
 
     /// The percentile distribution in HdrHistogram's text format (as

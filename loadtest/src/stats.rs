@@ -30,6 +30,88 @@ pub struct Live {
     pub late: AtomicU64,
 }
 
+/// Why a handshake failed: `tls::failure_reason`'s word, and for an
+/// alert from the server, which one (a client mostly learns of a refusal
+/// that way: "alert_received:CertificateRequired").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HandshakeFailure {
+    pub reason: &'static str,
+    pub alert: Option<&'static str>,
+}
+
+impl HandshakeFailure {
+    pub fn of(e: &std::io::Error) -> HandshakeFailure {
+        let alert = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(a)) => a.as_str(),
+            _ => None,
+        };
+        HandshakeFailure {
+            reason: switchyard_protocol::tls::failure_reason(e),
+            alert,
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.alert {
+            Some(a) => write!(f, "{}:{a}", self.reason),
+            None => f.write_str(self.reason),
+        }
+    }
+}
+
+/// TLS handshakes, whole run unless a name says otherwise.
+pub struct TlsStats {
+    pub handshakes: u64,
+    /// Of `handshakes`, those that resumed an earlier session.
+    pub resumed: u64,
+    /// Handshakes completed within the measured period.
+    pub measured: u64,
+    pub failures: u64,
+    /// Failures by reason: a fixed set, so the list stays short.
+    pub reasons: Vec<(HandshakeFailure, u64)>,
+    /// From the TCP connection to the handshake's end, µs.
+    pub time: Histogram<u64>,
+}
+
+impl TlsStats {
+    fn new() -> TlsStats {
+        TlsStats {
+            handshakes: 0,
+            resumed: 0,
+            measured: 0,
+            failures: 0,
+            reasons: Vec::new(),
+            time: latency_histogram(),
+        }
+    }
+
+    pub fn failed(&mut self, reason: HandshakeFailure) {
+        self.failures += 1;
+        self.count_reason(reason, 1);
+    }
+
+    fn count_reason(&mut self, reason: HandshakeFailure, n: u64) {
+        match self.reasons.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, c)) => *c += n,
+            None => self.reasons.push((reason, n)),
+        }
+    }
+
+    fn merge(&mut self, o: TlsStats) {
+        self.handshakes += o.handshakes;
+        self.resumed += o.resumed;
+        self.measured += o.measured;
+        self.failures += o.failures;
+        for (r, n) in o.reasons {
+            self.count_reason(r, n);
+        }
+        // Same bounds on both sides: adding can not fail.
+        let _ = self.time.add(&o.time);
+    }
+}
+
 /// What happened to the requests of one period (warmup or measured).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counts {
@@ -78,10 +160,15 @@ pub struct WorkerStats {
     /// Answered requests of the measured period by (response MTI, DE39).
     pub by_code: HashMap<(u16, [u8; 2]), u64>,
     pub seconds: Vec<Second>,
+    /// Connections opened (connected, handshaken, signed on or not).
     pub connects: u64,
+    /// Connections opened again after one broke.
     pub reconnects: u64,
+    /// Connections closed and opened again by plan (`reconnect_every`).
+    pub reopens: u64,
     pub connect_failures: u64,
     pub sign_on_failures: u64,
+    pub tls: TlsStats,
     /// Open loop: sends made, and how late against the schedule (µs).
     pub scheduled_sends: u64,
     pub late_sends: u64,
@@ -114,8 +201,10 @@ impl WorkerStats {
             seconds: Vec::with_capacity(plan.seconds.min(MAX_SECONDS)),
             connects: 0,
             reconnects: 0,
+            reopens: 0,
             connect_failures: 0,
             sign_on_failures: 0,
+            tls: TlsStats::new(),
             scheduled_sends: 0,
             late_sends: 0,
             lag: latency_histogram(),
@@ -182,6 +271,8 @@ impl WorkerStats {
         }
         self.connects += o.connects;
         self.reconnects += o.reconnects;
+        self.reopens += o.reopens;
+        self.tls.merge(o.tls);
         self.connect_failures += o.connect_failures;
         self.sign_on_failures += o.sign_on_failures;
         self.scheduled_sends += o.scheduled_sends;

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,10 +49,19 @@ type Seen = Arc<Mutex<HashSet<(u8, Vec<u8>, u32)>>>;
 
 /// Starts the peer on its own thread and runtime; returns its address.
 fn peer(behaviour: Behaviour) -> SocketAddr {
-    peer_with(behaviour, Seen::default())
+    peer_with(behaviour, Seen::default(), Arc::default())
 }
 
-fn peer_with(behaviour: Behaviour, seen: Seen) -> SocketAddr {
+/// As `peer`, with the count of connections it has accepted.
+fn peer_counting(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicU64>) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    (
+        peer_with(behaviour, Seen::default(), accepted.clone()),
+        accepted,
+    )
+}
+
+fn peer_with(behaviour: Behaviour, seen: Seen, accepted: Arc<AtomicU64>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -63,6 +73,7 @@ fn peer_with(behaviour: Behaviour, seen: Seen) -> SocketAddr {
             tx.send(listener.local_addr().expect("addr"))
                 .expect("sends");
             while let Ok((s, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(s, behaviour, seen.clone()));
             }
         });
@@ -371,7 +382,7 @@ fn declines_are_not_errors() {
 #[test]
 fn runs_with_their_own_seeds_do_not_repeat_keys() {
     let seen = Seen::default();
-    let target = peer_with(Behaviour::Repeats, seen.clone());
+    let target = peer_with(Behaviour::Repeats, seen.clone(), Arc::default());
     let mut c = config(target);
     c.seed = 11;
     let first = loadtest::run(c.clone()).expect("runs");
@@ -537,6 +548,65 @@ fn flags_a_performance_engineer_expects() {
     let r = loadtest::run(c).expect("runs");
     assert_eq!(json(&r)["threads"], 3);
     assert!(human(&r).contains("NOT corrected for coordinated omission"));
+}
+
+/// `reconnect_every`: each connection is closed after N requests, once
+/// they are answered, and a new one opened; each is a new TCP connection
+/// at the peer, and nothing is lost to the closing.
+#[test]
+fn reconnect_every_opens_a_new_connection_after_n_requests() {
+    let (target, accepted) = peer_counting(Behaviour::Echo);
+    let mut c = config(target);
+    c.mode = Mode::Closed { in_flight: 2 };
+    c.reconnect_every = 5;
+    let r = loadtest::run(c).expect("runs");
+    let j = json(&r);
+    let sent = r.sent() + j["warmup"]["sent"].as_u64().expect("warmup sent");
+    assert!(r.reopens() > 10, "{r:?}");
+    assert_eq!(
+        r.connections_opened(),
+        accepted.load(Ordering::SeqCst),
+        "every opening is a new TCP connection"
+    );
+    assert_eq!(r.connections_opened(), 4 + r.reopens(), "{r:?}");
+    assert_eq!(r.reconnects(), 0, "a planned reopen is not a reconnect");
+    // A reopened connection sent exactly 5, the last of each at most 5.
+    assert!(
+        sent >= 5 * r.reopens() && sent <= 5 * r.connections_opened(),
+        "sent {sent}, {r:?}"
+    );
+    assert_eq!(r.lost(), 0, "{r:?}");
+    assert!(r.is_clean(), "{:?}", r.problems());
+    assert_eq!(j["reconnect_every"], 5);
+    assert_eq!(j["reopens"], r.reopens());
+    assert!(j["tls"].is_null(), "{}", j["tls"]);
+    let text = human(&r);
+    assert!(text.contains("reopened (--reconnect-every 5)"), "{text}");
+    assert!(text.contains("TLS             off (plain TCP)"), "{text}");
+}
+
+/// The TLS flags are checked, and their files read, before a run: each
+/// refusal names its flag (and file).
+#[test]
+fn tls_flags_are_refused_by_name() {
+    let to_config = |args: &[&str]| {
+        Cli::try_parse_from(std::iter::once("loadtest").chain(args.iter().copied()))
+            .expect("parses")
+            .args
+            .to_config()
+    };
+    let err = |args: &[&str]| to_config(args).expect_err("refused");
+    assert_eq!(err(&["--ca", "ca.pem"]), "--ca needs --tls");
+    assert_eq!(err(&["--server-name", "h"]), "--server-name needs --tls");
+    assert!(err(&["--tls"]).starts_with("--tls needs --ca FILE"));
+    assert!(err(&["--tls", "--ca", "ca.pem", "--cert", "c.pem"]).starts_with("--cert needs --key"));
+    assert!(err(&["--tls", "--ca", "ca.pem", "--key", "k.pem"]).starts_with("--key needs --cert"));
+    let e = err(&["--tls", "--ca", "/nonexistent/ca.pem"]);
+    assert!(e.starts_with("--ca /nonexistent/ca.pem: "), "{e}");
+    let c = to_config(&["--reconnect-every", "7"]).expect("plain");
+    assert_eq!(c.reconnect_every, 7);
+    assert!(c.tls.is_none());
+    assert_eq!(to_config(&[]).expect("defaults").reconnect_every, 0);
 }
 
 #[derive(clap::Parser)]

@@ -84,6 +84,13 @@ impl Out {
 }
 
 pub fn run(mut args: DemoArgs) -> ExitCode {
+    if args.load.tls {
+        // The load test's TLS flags come with the flattened load options,
+        // but the demo's switch listens without TLS: every handshake
+        // would fail.
+        eprintln!("switchyard demo: --tls: the demo's switch does not listen with TLS");
+        return ExitCode::from(2);
+    }
     let (mut config, config_name) = match load_config(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! generator in one process) lives here, not in the library: it is the one
 //! part that needs both the switch and the `loadtest` crate.
 
+mod certs;
 mod demo;
 
 use std::io::{BufReader, Write};
@@ -80,6 +81,13 @@ enum Command {
         /// Hex messages; with neither these nor --file, lines from stdin.
         hex: Vec<String>,
     },
+    /// Write a private CA and TLS test certificates into DIR (development).
+    #[command(hide = true)]
+    Certs {
+        /// Where the PEM files go (made if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,6 +126,7 @@ fn main() -> ExitCode {
             file,
             hex,
         } => run_decode(&spec, framing, file, hex),
+        Command::Certs { dir } => certs::run(&dir),
     }
 }
 

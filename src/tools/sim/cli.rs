@@ -1,7 +1,11 @@
 //! `switchyard sim`: the simulator as a process.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use switchyard_protocol::tls::{ServerSettings, TlsError};
 
 use crate::frame::{DEFAULT_MAX_FRAME, LengthHeader};
 use crate::iso8583::specs;
@@ -59,6 +63,75 @@ pub struct SimArgs {
     /// fill them in seconds.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub record_capacity: usize,
+    /// TLS on every connection, with --cert and --key. Handshakes run in
+    /// each connection's task (10 s at most); a failed one is logged and
+    /// counted, and disturbs no other connection.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: the server's certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// With --tls: the private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// With --tls: require a client certificate that chains to this CA
+    /// (PEM); clients without one are refused in the handshake.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl SimArgs {
+    /// The TLS flags as a server configuration, every file read now: a
+    /// bad one is refused at start, named with its flag.
+    pub fn tls_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        if !self.tls {
+            let given = [
+                ("--cert", self.cert.is_some()),
+                ("--key", self.key.is_some()),
+                ("--client-ca", self.client_ca.is_some()),
+            ];
+            return match given.into_iter().find(|(_, given)| *given) {
+                Some((flag, _)) => Err(format!("{flag} needs --tls")),
+                None => Ok(None),
+            };
+        }
+        let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
+            return Err(
+                "--tls needs --cert FILE and --key FILE: the server's certificate and its key"
+                    .into(),
+            );
+        };
+        let settings = ServerSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.client_ca.clone(),
+            require_client_cert: self.client_ca.is_some(),
+            ..ServerSettings::default()
+        };
+        settings.build().map(Some).map_err(|e| {
+            let flags = [
+                ("--cert", Some(cert)),
+                ("--key", Some(key)),
+                ("--client-ca", self.client_ca.as_ref()),
+            ];
+            match &e {
+                TlsError::File { path, .. } => match flags.iter().find(|(_, p)| *p == Some(path)) {
+                    Some((flag, _)) => format!("{flag} {e}"),
+                    None => format!("--tls: {e}"),
+                },
+                TlsError::Config(_) => format!("--tls: {e}"),
+            }
+        })
+    }
+
+    /// What the startup line says about TLS.
+    fn tls_summary(&self) -> &'static str {
+        match (self.tls, self.client_ca.is_some()) {
+            (false, _) => "",
+            (true, false) => ", TLS",
+            (true, true) => ", TLS with client certificates required",
+        }
+    }
 }
 
 pub fn run(args: SimArgs) -> ExitCode {
@@ -69,6 +142,16 @@ pub fn run(args: SimArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match args.tls_config() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchyard sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls_summary = args.tls_summary();
+    // Failed handshakes and failed accepts are logged (stderr).
+    crate::telemetry::init_logging(crate::telemetry::LogFormat::Text);
     let config = SimConfig {
         listen: args.listen,
         spec,
@@ -85,6 +168,8 @@ pub fn run(args: SimArgs) -> ExitCode {
         refuse_connections: args.refuse_connections,
         control: args.control,
         record_capacity: args.record_capacity,
+        tls,
+        ..SimConfig::default()
     };
     // One thread is plenty for a host stand-in, and leaves the other cores
     // to the switch and the load generator.
@@ -113,7 +198,7 @@ pub fn run(args: SimArgs) -> ExitCode {
             .control_addr()
             .map_or(String::new(), |c| format!(", control on {c}"));
         println!(
-            "switchyard sim: listening on {} (spec {spec_name}, framing {framing}{control})",
+            "switchyard sim: listening on {} (spec {spec_name}, framing {framing}{tls_summary}{control})",
             handle.local_addr()
         );
         crate::runtime::stop_signal().await;
@@ -152,6 +237,9 @@ mod tests {
         assert_eq!(a.seed, d.seed);
         assert!(!a.stopped && !a.wrong_stan && !a.refuse_connections);
         assert_eq!(a.control, None);
+        assert!(!a.tls && a.cert.is_none() && a.key.is_none() && a.client_ca.is_none());
+        assert_eq!(a.tls_config().map(|t| t.is_none()), Ok(true));
+        assert_eq!(d.tls_handshake_timeout, std::time::Duration::from_secs(10));
     }
 
     #[test]
@@ -172,8 +260,17 @@ mod tests {
             "--refuse-connections",
             "--control=127.0.0.1:7001",
             "--record-capacity=10",
+            "--tls",
+            "--cert=server.pem",
+            "--key=server.key",
+            "--client-ca=ca.pem",
         ])
         .expect("parses");
+        assert!(a.tls);
+        assert_eq!(a.cert.as_deref(), Some(std::path::Path::new("server.pem")));
+        assert_eq!(a.key.as_deref(), Some(std::path::Path::new("server.key")));
+        assert_eq!(a.client_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(a.tls_summary(), ", TLS with client certificates required");
         assert_eq!(a.framing, LengthHeader::Ascii4);
         assert_eq!(
             a.latency_ms,

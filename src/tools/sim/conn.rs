@@ -1,5 +1,7 @@
-//! One accepted connection: read every frame available, decide and pack
-//! the answers, write them in one go (now, or when their latency is up).
+//! One accepted connection: the TLS handshake if the simulator has TLS,
+//! then read every frame available, decide and pack the answers, write
+//! them in one go (now, or when their latency is up). Plain or TLS, the
+//! socket is a `net::Conn` driven from the TCP socket's readiness.
 //!
 //! Delayed answers wait in per-connection queues served by one timer: a
 //! FIFO while the delay is fixed (answers fall due in the order they were
@@ -8,6 +10,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -17,12 +20,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::Decoder;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::rules::{self, Answer, Kind, XorShift};
 use super::{Entry, Faults, Shared};
 use crate::frame::FrameCodec;
 use crate::iso8583::{Message, SmallText};
+use crate::net::{self, TlsConn};
 
 /// Bytes read per turn before the frames are handled, so one fast sender
 /// can not make a turn (and its write) arbitrarily large.
@@ -48,18 +52,63 @@ impl Drop for Open {
 
 pub(super) async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     shared: Arc<Shared>,
-    close: watch::Receiver<u64>,
+    mut close: watch::Receiver<u64>,
     id: u64,
 ) {
     let _open = Open(shared.clone());
     let _ = stream.set_nodelay(true);
+    let mut socket = match &shared.tls {
+        None => net::Conn::Plain(stream),
+        Some(config) => {
+            let limit = shared.tls_handshake_timeout;
+            let handshake = async {
+                let tls = TlsConn::server(stream, config.clone())?;
+                match tokio::time::timeout(limit, tls.handshake()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no handshake within {limit:?}"),
+                    )),
+                }
+            };
+            let done = tokio::select! {
+                r = handshake => r,
+                _ = close.changed() => return,
+            };
+            match done {
+                Ok(socket) => {
+                    shared.counters.tls_handshakes.fetch_add(1, Relaxed);
+                    shared.changed.notify_waiters();
+                    socket
+                }
+                Err(e) => return handshake_failed(&shared, peer, &e),
+            }
+        }
+    };
     let mut conn = Conn::new(shared, id);
-    match conn.run(&stream, close).await {
+    match conn.run(&mut socket, close).await {
         Ok(why) => debug!(connection = id, "sim: connection closed: {why}"),
         Err(e) => debug!(connection = id, "sim: connection lost: {e}"),
     }
     conn.flush();
+}
+
+/// Counts a failed handshake and logs it: the peer and the reason (a
+/// handshake carries no card data), at most one line a second.
+fn handshake_failed(shared: &Shared, peer: SocketAddr, e: &io::Error) {
+    shared.counters.tls_handshake_failures.fetch_add(1, Relaxed);
+    shared.changed.notify_waiters();
+    let reason = switchyard_protocol::tls::failure_reason(e);
+    let allowed = crate::sync::lock(&shared.handshake_log).allow(std::time::Instant::now());
+    if let Some(suppressed) = allowed {
+        let more = match suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more failed since the last line)"),
+        };
+        warn!(%peer, reason, "sim: TLS handshake failed: {e}{more}");
+    }
 }
 
 #[derive(Default)]
@@ -118,7 +167,7 @@ impl Conn {
     /// fails; says why it ended.
     async fn run(
         &mut self,
-        stream: &TcpStream,
+        conn: &mut net::Conn,
         mut close: watch::Receiver<u64>,
     ) -> io::Result<&'static str> {
         let timer = sleep_until(Instant::now());
@@ -134,18 +183,25 @@ impl Conn {
             let can_read = read_open
                 && self.wbuf.len() < MAX_PENDING_WRITE
                 && self.delayed.len() < MAX_DELAYED;
+            // Plaintext that came with the TLS handshake's end has no
+            // readiness event of its own: read it at once.
+            let buffered = conn.has_buffered();
+            // The branches' futures borrow `conn` only until one is
+            // picked: the handlers may use it mutably.
             tokio::select! {
                 biased;
                 _ = close.changed() => return Ok("closed on request"),
-                r = stream.readable(), if can_read => {
+                r = async {
+                    if buffered { Ok(()) } else { conn.tcp().readable().await }
+                }, if can_read => {
                     r?;
-                    read_open = crate::net::read_up_to(stream, &mut self.rbuf, READ_BUDGET)?;
+                    read_open = conn.read_up_to(&mut self.rbuf, READ_BUDGET)?;
                     if let Err(e) = self.on_bytes() {
                         // The stream can not be re-synchronised after a
                         // broken length header: answer what was decided,
                         // then give up on it.
                         self.flush();
-                        let _ = self.write(stream);
+                        let _ = self.write(conn);
                         debug!(connection = self.id, "sim: bad frame: {e}");
                         return Ok("bad frame");
                     }
@@ -154,7 +210,7 @@ impl Conn {
                         self.rbuf.clear();
                     }
                 }
-                r = stream.writable(), if !self.wbuf.is_empty() => { r?; }
+                r = conn.tcp().writable(), if !self.wbuf.is_empty() || conn.wants_flush() => { r?; }
                 _ = &mut timer, if next_due.is_some() => {}
             }
             // Checked on every turn, not only when the timer wins: under a
@@ -163,8 +219,9 @@ impl Conn {
                 self.tally.answered += self.delayed.release(Instant::now(), &mut self.wbuf);
             }
             self.flush();
-            self.write(stream)?;
-            if !read_open && self.wbuf.is_empty() && self.delayed.is_empty() {
+            self.write(conn)?;
+            if !read_open && self.wbuf.is_empty() && self.delayed.is_empty() && !conn.wants_flush()
+            {
                 return Ok("peer closed");
             }
         }
@@ -309,9 +366,9 @@ impl Conn {
         self.shared.changed.notify_waiters();
     }
 
-    /// Writes as much of the buffer as the socket takes now.
-    fn write(&mut self, stream: &TcpStream) -> io::Result<()> {
-        crate::net::write_available(stream, &mut self.wbuf)
+    /// Writes as much of the buffer as the connection takes now.
+    fn write(&mut self, conn: &mut net::Conn) -> io::Result<()> {
+        conn.write_available(&mut self.wbuf)
     }
 }
 

@@ -8,6 +8,11 @@
 //! the line-based [`control`] port. Everything it receives is kept in a
 //! bounded record so tests can check what reached the host.
 //!
+//! With [`SimConfig::tls`] every connection is TLS: the handshake runs
+//! in the connection's own task, under a timeout, so a slow or failed one
+//! holds up no other connection and never the accept loop; a failure is
+//! logged (peer address and reason, rate-limited) and counted.
+//!
 //! Shape: one accept task, one task per connection (`conn`), optionally
 //! one control task. The knobs live in atomics read once per read batch;
 //! counters and records are accumulated per connection and published once
@@ -67,6 +72,13 @@ pub struct SimConfig {
     /// Requests kept in the record; the oldest is dropped when full. 0
     /// turns recording off (load tests).
     pub record_capacity: usize,
+    /// TLS on every connection (`tls::ServerSettings::build`; with a
+    /// client CA and `require_client_cert`, clients without a certificate
+    /// it accepts are refused in the handshake). `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Longest a TLS handshake may take: a client that connects and says
+    /// nothing holds only its own task, and only this long.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for SimConfig {
@@ -87,6 +99,8 @@ impl Default for SimConfig {
             refuse_connections: false,
             control: None,
             record_capacity: DEFAULT_RECORD_CAPACITY,
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -110,6 +124,8 @@ impl fmt::Debug for SimConfig {
             .field("refuse_connections", &self.refuse_connections)
             .field("control", &self.control)
             .field("record_capacity", &self.record_capacity)
+            .field("tls", &self.tls.is_some())
+            .field("tls_handshake_timeout", &self.tls_handshake_timeout)
             .finish()
     }
 }
@@ -240,13 +256,17 @@ pub struct SimStats {
     pub refused: u64,
     /// Records dropped from the full record.
     pub evicted: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed or timed out (each logged).
+    pub tls_handshake_failures: u64,
 }
 
 impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} answered={} dropped={} unparseable={} ignored={} connections={} accepted={} refused={} evicted={}",
+            "received={} answered={} dropped={} unparseable={} ignored={} connections={} accepted={} refused={} evicted={} tls_handshakes={} tls_handshake_failures={}",
             self.received,
             self.answered,
             self.dropped,
@@ -255,7 +275,9 @@ impl fmt::Display for SimStats {
             self.connections,
             self.accepted,
             self.refused,
-            self.evicted
+            self.evicted,
+            self.tls_handshakes,
+            self.tls_handshake_failures
         )
     }
 }
@@ -306,6 +328,8 @@ struct Counters {
     connections: AtomicU64,
     accepted: AtomicU64,
     refused: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_handshake_failures: AtomicU64,
 }
 
 /// A record as kept: compact and without allocation for the common case;
@@ -362,6 +386,10 @@ struct Shared {
     approvals: AtomicU64,
     local_addr: SocketAddr,
     control_addr: Option<SocketAddr>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    tls_handshake_timeout: Duration,
+    /// One line per second about failed handshakes, however many fail.
+    handshake_log: Mutex<crate::throttle::LogThrottle>,
 }
 
 impl Shared {
@@ -497,6 +525,8 @@ impl SimHandle {
             accepted: c.accepted.load(Relaxed),
             refused: c.refused.load(Relaxed),
             evicted: self.shared.record().evicted,
+            tls_handshakes: c.tls_handshakes.load(Relaxed),
+            tls_handshake_failures: c.tls_handshake_failures.load(Relaxed),
         }
     }
 
@@ -593,6 +623,9 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
         approvals: AtomicU64::new(0),
         local_addr,
         control_addr,
+        tls: config.tls,
+        tls_handshake_timeout: config.tls_handshake_timeout,
+        handshake_log: Mutex::new(crate::throttle::LogThrottle::new(Duration::from_secs(1))),
     });
     let handle = SimHandle { shared };
     tokio::spawn(accept_loop(listener, handle.shared.clone()));
@@ -611,8 +644,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             _ = &mut shutdown => break,
             r = listener.accept() => r,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors and the like: wait instead of spinning.
                 warn!("sim: accept failed: {e}");
@@ -633,7 +666,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         shared.counters.accepted.fetch_add(1, Relaxed);
         shared.counters.connections.fetch_add(1, Relaxed);
         shared.changed.notify_waiters();
-        tokio::spawn(conn::serve(stream, shared.clone(), close, id));
+        tokio::spawn(conn::serve(stream, peer, shared.clone(), close, id));
     }
     debug!("sim: listener closed");
 }
