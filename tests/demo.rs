@@ -79,6 +79,44 @@ fn the_demo_runs_from_any_directory() {
     assert!(is_empty_dir(cwd.path()), "nothing written where it ran");
 }
 
+/// `switchyard demo --tls`: the same demo over TLS on both sides, with
+/// certificates made for the run: answered and clean, handshakes in the
+/// report, and the certificates gone afterwards.
+#[test]
+fn the_demo_runs_over_tls() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out: Output = Command::new(BIN)
+        .args(SHORT_DEMO)
+        .arg("--tls")
+        .current_dir(cwd.path())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("runs");
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("0210  00"), "{stdout}");
+    assert!(stdout.contains("result: clean"), "{stdout}");
+    assert!(
+        stdout.contains("TLS                 terminals and acquirer link"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.to_lowercase().contains("handshake"),
+        "the report counts handshakes: {stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("reads")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert_eq!(
+        left,
+        ["demo-report.html"],
+        "certificates and journal are removed"
+    );
+}
+
 /// Issue 10 item 11: `switchyard demo | head`: no panic, the temporary
 /// journal removed, the SIGPIPE-like status.
 #[test]

@@ -575,19 +575,3 @@ fn the_certs_command_writes_usable_files() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("decode") && !help.contains("certs"), "{help}");
 }
-
-/// The demo takes the load test's flags, but its switch has no TLS: it
-/// refuses --tls at once rather than fail every handshake.
-#[test]
-fn the_demo_refuses_tls() {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["demo", "--tls", "--ca", "ca.pem", "-d", "1s"])
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.starts_with("switchyard demo: --tls: the demo's switch does not listen with TLS"),
-        "{stderr}"
-    );
-}

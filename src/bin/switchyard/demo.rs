@@ -23,7 +23,9 @@ use tokio::sync::oneshot;
 use loadtest::cli::LoadArgs;
 use switchyard::switch::config::Config;
 use switchyard::switch::server::Switch;
+use switchyard::tools::certs::{CertFiles, Pki};
 use switchyard::tools::sim::{self, SimConfig};
+use switchyard_protocol::tls::{ClientSettings, ServerSettings};
 
 /// The shipped config, built in: what the demo's switch runs with unless
 /// `--config` is given.
@@ -83,14 +85,96 @@ impl Out {
     }
 }
 
-pub fn run(mut args: DemoArgs) -> ExitCode {
-    if args.load.tls {
-        // The load test's TLS flags come with the flattened load options,
-        // but the demo's switch listens without TLS: every handshake
-        // would fail.
-        eprintln!("switchyard demo: --tls: the demo's switch does not listen with TLS");
-        return ExitCode::from(2);
+/// Certificates made for a `--tls` run: one private CA; the switch's and
+/// the simulator's server certificates; client certificates for the
+/// load test's terminals and for the switch's link to the simulator.
+struct DemoTls {
+    dir: PathBuf,
+    ca: PathBuf,
+    switch: CertFiles,
+    sim: CertFiles,
+    terminal: CertFiles,
+    link: CertFiles,
+}
+
+impl DemoTls {
+    fn make() -> Result<DemoTls, String> {
+        let dir = std::env::temp_dir().join(format!("switchyard-demo-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut pki = Pki::new(&dir, "demo").map_err(|e| e.to_string())?;
+        let mut cert = |stem: &str, client: Option<&str>| match client {
+            Some(cn) => pki.client(stem, cn, &[]),
+            None => pki.server(stem, &[]),
+        };
+        let switch = cert("switch", None).map_err(|e| e.to_string())?;
+        let sim = cert("simulator", None).map_err(|e| e.to_string())?;
+        let terminal = cert("terminal", Some("demo terminal")).map_err(|e| e.to_string())?;
+        let link = cert("switch-link", Some("switchyard link")).map_err(|e| e.to_string())?;
+        Ok(DemoTls {
+            ca: pki.ca.clone(),
+            dir,
+            switch,
+            sim,
+            terminal,
+            link,
+        })
     }
+
+    /// TLS 1.2+ with client certificates required, on both sides.
+    fn apply(&self, config: &mut Config) {
+        config.terminals.tls = Some(switchyard::switch::tls::TerminalTlsConfig {
+            listen: None,
+            server: self.server(&self.switch),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes_in_flight: 64,
+            bind_terminal_id: switchyard::switch::tls::BindTerminalId::Off,
+            terminal_id_map: None,
+        });
+        for a in &mut config.acquirers {
+            a.tls = Some(switchyard::switch::tls::AcquirerTlsConfig {
+                client: ClientSettings {
+                    ca: self.ca.clone(),
+                    cert: Some(self.link.cert.clone()),
+                    key: Some(self.link.key.clone()),
+                    ..ClientSettings::default()
+                },
+                server_name: "localhost".into(),
+            });
+        }
+    }
+
+    fn server(&self, cert: &CertFiles) -> ServerSettings {
+        ServerSettings {
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+            client_ca: Some(self.ca.clone()),
+            require_client_cert: true,
+            ..ServerSettings::default()
+        }
+    }
+}
+
+impl Drop for DemoTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn run(mut args: DemoArgs) -> ExitCode {
+    // `--tls` (a load test option) makes the whole demo TLS: certificates
+    // for the run, the switch's listener and its link to the simulator.
+    let tls = if args.load.tls {
+        match DemoTls::make() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("switchyard demo: --tls: making certificates: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
     let (mut config, config_name) = match load_config(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -106,7 +190,17 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let sim = match start_sim() {
+    let sim_tls = match &tls {
+        Some(t) => match t.server(&t.sim).build() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("switchyard demo: --tls: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let sim = match start_sim(sim_tls) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("switchyard demo: simulator: {e}");
@@ -122,6 +216,16 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     config.acquirers.truncate(1);
     if let Some(a) = config.acquirers.first_mut() {
         a.links = vec![sim.addr];
+    }
+    if let Some(t) = &tls {
+        t.apply(&mut config);
+        if args.load.ca.is_none() {
+            args.load.ca = Some(t.ca.clone());
+        }
+        if args.load.cert.is_none() && args.load.key.is_none() {
+            args.load.cert = Some(t.terminal.cert.clone());
+            args.load.key = Some(t.terminal.key.clone());
+        }
     }
     let journal_dir = config.journal.dir.clone();
     let switch = match start_switch(config) {
@@ -174,6 +278,13 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
             journal_dir.display()
         ))
         && out.line(format_args!("  durability          {durability}"))
+        && tls.as_ref().is_none_or(|t| {
+            out.line(format_args!(
+                "  TLS                 terminals and acquirer link, TLS 1.2+, client certificates \
+                 required (made for this run in {}, removed at the end)",
+                t.dir.display()
+            ))
+        })
         && out.line(format_args!(
             "  switch              {} (metrics http://{}/metrics)",
             switch.terminal,
@@ -199,6 +310,9 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     };
     report.add_context("config", config_name);
     report.add_context("durability", durability);
+    if tls.is_some() {
+        report.add_context("tls", "terminals and acquirer link (TLS 1.2+, mutual)");
+    }
     let printed = {
         let mut stdout = std::io::stdout().lock();
         report
@@ -284,7 +398,7 @@ impl Running {
     }
 }
 
-fn start_sim() -> Result<Running, String> {
+fn start_sim(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> Result<Running, String> {
     let (ready_tx, ready_rx) = std_mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = thread::Builder::new()
@@ -307,6 +421,7 @@ fn start_sim() -> Result<Running, String> {
                     decline_ratio: 0.03,
                     decline_over_amount: Some(500_000),
                     record_capacity: 0,
+                    tls,
                     ..SimConfig::default()
                 };
                 match sim::spawn(config).await {
