@@ -509,3 +509,44 @@ async fn a_handshake_storm_does_not_starve_a_transacting_terminal() {
     assert!(waits > 0.0, "connections waited for a handshake slot");
     switch.shutdown().await;
 }
+
+#[test]
+fn bad_tls_settings_are_config_problems_that_name_key_and_file() {
+    let c = certs();
+    let problems = |terminals: &str| {
+        let toml = config_terminals(&["127.0.0.1:9".parse().expect("addr")], terminals);
+        match switchyard::switch::config::Config::parse(&toml) {
+            Ok(_) => panic!("accepted: {terminals}"),
+            Err(p) => p
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    };
+    let missing = problems(
+        "[terminals.tls]\ncert = \"/nonexistent/switch.pem\"\nkey = \"/nonexistent/switch.key\"\n",
+    );
+    assert!(
+        missing.contains("terminals.tls: /nonexistent/switch.pem"),
+        "{missing}"
+    );
+    let old = problems(&tls_table(&c, "min_version = \"1.1\""));
+    assert!(
+        old.contains("terminals.tls.min_version") && old.contains("not allowed"),
+        "{old}"
+    );
+    let bind = problems(&tls_table(&c, "bind_terminal_id = \"serial\""));
+    assert!(bind.contains("terminals.tls.bind_terminal_id"), "{bind}");
+    let no_ca = problems(&format!(
+        "[terminals.tls]\ncert = \"{}\"\nkey = \"{}\"\nbind_terminal_id = \"cn\"\n",
+        c.server.cert.display(),
+        c.server.key.display()
+    ));
+    assert!(no_ca.contains("needs client_ca"), "{no_ca}");
+    let suites = problems(&tls_table(
+        &c,
+        "cipher_suites = [\"TLS_RSA_WITH_RC4_128_SHA\"]",
+    ));
+    assert!(suites.contains("TLS_RSA_WITH_RC4_128_SHA"), "{suites}");
+}

@@ -45,7 +45,7 @@ table! {
         cert: Option<String> = None;
         key: Option<String> = None;
         client_ca: Option<String> = None;
-        require_client_cert: bool = true;
+        require_client_cert: Option<bool> = None;
         crl_files: Vec<String> = Vec::new();
         min_version: String = "1.2".into();
         cipher_suites: Vec<String> = Vec::new();
@@ -70,8 +70,9 @@ impl TerminalTlsFile {
         let server = ServerSettings {
             cert: required(s, "cert", self.cert),
             key: required(s, "key", self.key),
+            // Mutual TLS by default once there is a CA to check against.
+            require_client_cert: self.require_client_cert.unwrap_or(self.client_ca.is_some()),
             client_ca: self.client_ca.map(PathBuf::from),
-            require_client_cert: self.require_client_cert,
             crl_files: self.crl_files.into_iter().map(PathBuf::from).collect(),
             min_version: s.ok(
                 "min_version",
