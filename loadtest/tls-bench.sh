@@ -6,8 +6,13 @@
 # times; then handshakes per second with --reconnect-every 1. Prints each
 # run, the median of each, and TLS as a share of plain.
 #
+# Then, at a fixed open-loop rate (RATE, default 20000/s, 64 connections),
+# the switch process's own CPU (user + system, from /proc) per answered
+# request, plain and TLS: what TLS costs the switch itself, apart from
+# what it costs the load generator and the simulator on the same cores.
+#
 #   bash loadtest/tls-bench.sh
-#   ROUNDS=5 DURATION=10s bash loadtest/tls-bench.sh
+#   ROUNDS=5 DURATION=10s RATE=30000 bash loadtest/tls-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +26,7 @@ BIN=target/release
 SIM_PORT=${SIM_PORT:-19683}
 SWITCH_PORT=${SWITCH_PORT:-18683}
 ADMIN_PORT=${ADMIN_PORT:-19190}
+RATE=${RATE:-20000}
 
 certs="$OUT/certs"
 rm -rf "$certs"
@@ -84,17 +90,43 @@ start() { # plain|tls
     wait_until bash -c "exec 3<>/dev/tcp/127.0.0.1/$SIM_PORT"
     rm -rf "$OUT/journal"
     "$BIN/switchyard" run --config "$OUT/switch-$1.toml" >"$OUT/switch-$1.log" 2>&1 &
+    SWITCH_PID=$!
     pids+=($!)
     wait_until curl -sf "http://127.0.0.1:$ADMIN_PORT/health"
+}
+
+tls_flags() { # plain|tls
+    if [ "$1" = tls ]; then
+        echo --tls --ca "$certs/switchyard-ca.pem" --cert "$certs/client.pem" --key "$certs/client.key"
+    fi
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# cpu MODE NAME: prints the switch's CPU per answered request at RATE.
+cpu() {
+    local mode=$1 name=$2
+    start "$mode"
+    # The handshakes happen before the measured period: a 1 s warmup.
+    local t0 t1
+    "$BIN/loadtest" --target "127.0.0.1:$SWITCH_PORT" --connections 64 --rate "$RATE" \
+        --duration 1s --warmup 0s --no-progress $(tls_flags "$mode") >/dev/null 2>&1 || true
+    t0=$(cpu_ticks "$SWITCH_PID")
+    "$BIN/loadtest" --target "127.0.0.1:$SWITCH_PORT" --connections 64 --rate "$RATE" \
+        --duration "$DURATION" --warmup 0s --no-progress --json "$OUT/$name.json" \
+        $(tls_flags "$mode") >"$OUT/$name.txt" 2>&1 || {
+        echo "tls-bench.sh: $name not clean:" >&2; tail -3 "$OUT/$name.txt" >&2; }
+    t1=$(cpu_ticks "$SWITCH_PID")
+    cleanup
+    python3 -c 'import json,os,sys; d=json.load(open(sys.argv[1])); n=d["answered"]; t=(int(sys.argv[3])-int(sys.argv[2]))/os.sysconf("SC_CLK_TCK"); print(f"{sys.argv[4]}: {t*1e6/max(n,1):.2f} us of switch CPU per request")' \
+        "$OUT/$name.json" "$t0" "$t1" "$name"
 }
 
 # run MODE NAME loadtest-flags...: prints the answered rate.
 run() {
     local mode=$1 name=$2; shift 2
     local tls=()
-    if [ "$mode" = tls ]; then
-        tls=(--tls --ca "$certs/switchyard-ca.pem" --cert "$certs/client.pem" --key "$certs/client.key")
-    fi
+    read -r -a tls <<<"$(tls_flags "$mode")"
     start "$mode"
     "$BIN/loadtest" --target "127.0.0.1:$SWITCH_PORT" --duration "$DURATION" --warmup 1s \
         --no-progress --json "$OUT/$name.json" "${tls[@]}" "$@" >"$OUT/$name.txt" || {
@@ -119,8 +151,14 @@ for k in $(seq 1 "$ROUNDS"); do
         done
     done
 done
+for k in $(seq 1 "$ROUNDS"); do
+    for mode in plain tls; do
+        cpu "$mode" "cpu-$mode-$k" | tee -a "$OUT/rates.txt"
+    done
+done
 run tls "handshakes-tls" --connections 16 --in-flight 1 --reconnect-every 1 | tee -a "$OUT/rates.txt"
-grep -E "TLS " "$OUT/handshakes-tls.txt" || true
+run tls "handshakes-full-tls" --connections 16 --in-flight 1 --reconnect-every 1 --no-resume | tee -a "$OUT/rates.txt"
+for h in handshakes-tls handshakes-full-tls; do echo "$h:"; grep -E "TLS " "$OUT/$h.txt" || true; done
 
 python3 - "$OUT/rates.txt" <<'PY'
 import re, statistics, sys
@@ -135,4 +173,12 @@ for shape in ("closed-64x1", "pipelined-16x16"):
     p = statistics.median(rates.get((shape, "plain"), [0]))
     t = statistics.median(rates.get((shape, "tls"), [0]))
     print(f"| {shape} | {p:,.0f} | {t:,.0f} | {t / p if p else 0:.2f} |")
+cpu = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"cpu-(plain|tls)-\d+: ([\d.]+) us", line)
+    if m:
+        cpu.setdefault(m.group(1), []).append(float(m.group(2)))
+if cpu:
+    p, t = statistics.median(cpu.get("plain", [0])), statistics.median(cpu.get("tls", [0]))
+    print(f"\nswitch CPU per request (median): plain {p:.2f} us, TLS {t:.2f} us: TLS x{t / p if p else 0:.2f}")
 PY

@@ -417,6 +417,22 @@ fn reconnect_every_1_makes_a_handshake_per_request() {
     let text = String::from_utf8(text).expect("utf8");
     assert!(text.contains("reopened (--reconnect-every 1)"), "{text}");
     assert!(text.contains("handshakes completed"), "{text}");
+    assert!(
+        json(&r)["tls"]["resumed"].as_u64() > Some(0),
+        "resumption is on by default"
+    );
+}
+
+#[test]
+fn no_resume_makes_every_handshake_a_full_one() {
+    let c = certs();
+    let sim = SimProcess::start(&c);
+    let mut flags = with_client_cert(&c);
+    flags.extend(["--reconnect-every", "1", "--no-resume"]);
+    let r = load(sim.addr, &flags);
+    assert!(r.handshakes() > 10, "{r:?}");
+    assert!(r.is_clean(), "{:?}", r.problems());
+    assert_eq!(json(&r)["tls"]["resumed"], 0, "{:?}", json(&r)["tls"]);
 }
 
 /// Without a client certificate every handshake is refused: counted with

@@ -117,6 +117,11 @@ pub struct LoadArgs {
     /// handshake, sign-on. Loads connection set-up; 0: never.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub reconnect_every: u64,
+    /// With --tls: no session resumption, so every handshake is a full
+    /// one (certificates, key exchange) as for a fleet of terminals
+    /// connecting for the first time.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 /// "0.1%" or "0.1" (percent) as a share: 0.001.
@@ -239,7 +244,12 @@ impl LoadArgs {
             key: self.key.clone(),
             ..ClientSettings::default()
         };
-        let config = settings.build().map_err(|e| self.tls_flag_error(&e))?;
+        let mut config = settings.build().map_err(|e| self.tls_flag_error(&e))?;
+        if self.no_resume {
+            let mut c = (*config).clone();
+            c.resumption = rustls::client::Resumption::disabled();
+            config = std::sync::Arc::new(c);
+        }
         let name = self.server_name.as_deref().unwrap_or("localhost");
         let server_name = tls::server_name(name).map_err(|e| format!("--server-name: {e}"))?;
         Ok(Some(TlsTarget {
