@@ -550,3 +550,25 @@ fn bad_tls_settings_are_config_problems_that_name_key_and_file() {
     ));
     assert!(suites.contains("TLS_RSA_WITH_RC4_128_SHA"), "{suites}");
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_timeout() {
+    let sim = start_sim().await;
+    let c = certs();
+    let switch = tls_switch(
+        &[sim.local_addr()],
+        &tls_table(&c, "handshake_timeout_ms = 200"),
+    )
+    .await;
+    let mut silent = TcpStream::connect(switch.terminal_addr)
+        .await
+        .expect("connects");
+    // Nothing sent: the switch closes it once the timeout is over.
+    let mut buf = [0u8; 64];
+    let n = timeout(GUARD, tokio::io::AsyncReadExt::read(&mut silent, &mut buf))
+        .await
+        .expect("closed within the guard time");
+    assert!(matches!(n, Ok(0) | Err(_)), "closed, not answered: {n:?}");
+    assert_eq!(failures(&metrics(&switch).await, "timeout"), 1.0);
+    switch.shutdown().await;
+}
