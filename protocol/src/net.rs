@@ -325,8 +325,8 @@ impl TlsConn {
     }
 
     fn feed(&mut self, rbuf: &mut BytesMut) -> std::io::Result<()> {
-        use bytes::{Buf, BufMut};
-        use std::io::Read;
+        use bytes::Buf;
+        use std::io::BufRead;
         while !self.cipher.is_empty() {
             let mut wire = &self.cipher[..];
             let n = self.tls.read_tls(&mut wire)?;
@@ -339,11 +339,21 @@ impl TlsConn {
                     return Err(tls_error(e));
                 }
             };
-            let plain = state.plaintext_bytes_to_read();
+            let mut plain = state.plaintext_bytes_to_read();
             if plain > 0 {
                 rbuf.reserve(plain);
-                let mut w = rbuf.limit(plain).writer();
-                std::io::copy(&mut self.tls.reader().take(plain as u64), &mut w)?;
+                // Chunk by chunk straight from rustls's buffer: one copy.
+                let mut reader = self.tls.reader();
+                while plain > 0 {
+                    let chunk = reader.fill_buf()?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let n = chunk.len().min(plain);
+                    rbuf.extend_from_slice(&chunk[..n]);
+                    reader.consume(n);
+                    plain -= n;
+                }
             }
             if state.peer_has_closed() {
                 self.peer_closed = true;
