@@ -92,7 +92,10 @@ impl TerminalsFile {
             && t.listen == Some(listen)
             && listen.port() != 0
         {
-            s.problem("tls.listen", "is the same address as terminals.listen; leave it out to make that listener TLS");
+            s.problem(
+                "tls.listen",
+                "is the same address as terminals.listen; leave it out to make that listener TLS",
+            );
         }
         TerminalConfig {
             tls,
