@@ -417,3 +417,50 @@ pub async fn wait_metric(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// This process's log, captured: every line the switch's tracing writes
+/// (INFO and up), for tests of what operators read.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Installs the capture as this process's subscriber, once: every
+    /// test of the binary that calls it shares one log (filter lines by
+    /// what is unique to the test: an address, an acquirer's name).
+    pub fn install() -> Captured {
+        static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        LOG.get_or_init(|| {
+            let log = Captured::default();
+            let writer = log.clone();
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(move || writer.clone())
+                .init();
+            log
+        })
+        .clone()
+    }
+
+    /// Lines at `level` ("WARN", "INFO"...) that contain `text`.
+    pub fn lines(&self, level: &str, text: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .lines()
+            .filter(|l| l.contains(level) && l.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+}
