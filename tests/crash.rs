@@ -2,7 +2,9 @@
 //! journal: every request must end in exactly one known outcome. The
 //! switch runs as a real child process (`switchyard run`); terminals and
 //! the acquirer simulator run in this test, so their records are the
-//! terminal's and the host's view.
+//! terminal's and the host's view. Over plain TCP, and with TLS on both
+//! sides: terminals with client certificates, and a link to a host that
+//! requires the switch's client certificate.
 
 mod common;
 
@@ -12,9 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::tls::{Certs, TlsTerminal, certs, toml_path};
 use common::*;
-use switchyard::iso8583::Mti;
+use switchyard::iso8583::{Message, Mti};
 use switchyard::switch::journal::Record;
+use switchyard::tools::certs::CertFiles;
 use switchyard::tools::sim::{Latency, SimConfig, SimHandle};
 use tokio::sync::Notify;
 use tokio::time::timeout;
@@ -22,12 +26,104 @@ use tokio::time::timeout;
 const CONNECTIONS: usize = 8;
 const PIPELINE: u32 = 8;
 
-fn write_config(dir: &Path, sim: &SimHandle) -> PathBuf {
+/// How terminals reach the switch and the switch the host.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    /// TLS both ways: terminals present `terminal`, the link `link`; every
+    /// certificate comes from the one CA `ca`.
+    Tls {
+        ca: PathBuf,
+        server: CertFiles,
+        terminal: CertFiles,
+        link: CertFiles,
+    },
+}
+
+impl Transport {
+    fn tls(c: &mut Certs) -> Transport {
+        Transport::Tls {
+            ca: c.pki.ca.clone(),
+            server: c.server.clone(),
+            terminal: c.term1.clone(),
+            link: c.pki.client("link", "SWITCH01", &[]).expect("link cert"),
+        }
+    }
+
+    /// `[terminals.tls]` (client certificates required) and
+    /// `[acquirers.tls]` (the link presents its certificate).
+    fn tables(&self) -> (String, String) {
+        let Transport::Tls {
+            ca, server, link, ..
+        } = self
+        else {
+            return (String::new(), String::new());
+        };
+        let terminals = format!(
+            "[terminals.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+            toml_path(&server.cert),
+            toml_path(&server.key),
+            toml_path(ca)
+        );
+        let acquirer = format!(
+            "[acquirers.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nserver_name = \"localhost\"\n",
+            toml_path(ca),
+            toml_path(&link.cert),
+            toml_path(&link.key)
+        );
+        (terminals, acquirer)
+    }
+}
+
+/// A terminal over either transport.
+enum CrashTerminal {
+    Plain(Terminal),
+    Tls(TlsTerminal),
+}
+
+impl CrashTerminal {
+    async fn connect(addr: std::net::SocketAddr, transport: &Transport) -> CrashTerminal {
+        match transport {
+            Transport::Plain => CrashTerminal::Plain(Terminal::connect(addr).await),
+            Transport::Tls { ca, terminal, .. } => CrashTerminal::Tls(
+                TlsTerminal::connect(addr, ca, Some(terminal))
+                    .await
+                    .expect("TLS terminal connects"),
+            ),
+        }
+    }
+
+    /// Writes one framed request; false once the switch is gone.
+    async fn send(&mut self, req: &[u8]) -> bool {
+        match self {
+            CrashTerminal::Plain(t) => {
+                let mut framed = (req.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(req);
+                tokio::io::AsyncWriteExt::write_all(&mut t.stream, &framed)
+                    .await
+                    .is_ok()
+            }
+            CrashTerminal::Tls(t) => t.send(req).await.is_ok(),
+        }
+    }
+
+    /// The next answer; `None` once the switch is gone.
+    async fn recv(&mut self) -> Option<Message> {
+        match self {
+            CrashTerminal::Plain(t) => t.recv_or_closed().await,
+            CrashTerminal::Tls(t) => t.recv().await.ok().flatten(),
+        }
+    }
+}
+
+fn write_config(dir: &Path, sim: &SimHandle, transport: &Transport) -> PathBuf {
     let path = dir.join("switch.toml");
+    let (terminals_tls, acquirer_tls) = transport.tables();
     let toml = format!(
         r#"
 [terminals]
 listen = "127.0.0.1:0"
+{terminals_tls}
 [admin]
 enabled = false
 [limits]
@@ -38,6 +134,7 @@ links = ["{sim}"]
 request_timeout_ms = 3000
 backoff_initial_ms = 20
 backoff_max_ms = 200
+{acquirer_tls}
 [routing]
 default = "acquirer-a"
 [fraud]
@@ -65,6 +162,7 @@ struct TerminalView {
 /// Terminals sending 0200s in pipelined batches until the switch dies.
 async fn drive_until_killed(
     addr: std::net::SocketAddr,
+    transport: Transport,
     first_stan: u32,
     answered_count: Arc<AtomicUsize>,
     enough: Arc<Notify>,
@@ -74,9 +172,10 @@ async fn drive_until_killed(
     for c in 0..CONNECTIONS {
         let answered_count = answered_count.clone();
         let enough = enough.clone();
+        let transport = transport.clone();
         tasks.push(tokio::spawn(async move {
             let mut view = TerminalView::default();
-            let mut t = Terminal::connect(addr).await;
+            let mut t = CrashTerminal::connect(addr, &transport).await;
             let tid = format!("CRASH{c:03}");
             let mut stan = first_stan + c as u32 * 10_000;
             'batches: for _ in 0..1000 {
@@ -84,18 +183,13 @@ async fn drive_until_killed(
                 stan += PIPELINE;
                 for &s in &batch {
                     let req = auth_from(Mti::FINANCIAL, s, PAN, 100 + s as u64 % 1000, &tid);
-                    let mut framed = (req.len() as u16).to_be_bytes().to_vec();
-                    framed.extend_from_slice(&req);
-                    if tokio::io::AsyncWriteExt::write_all(&mut t.stream, &framed)
-                        .await
-                        .is_err()
-                    {
+                    if !t.send(&req).await {
                         break 'batches;
                     }
                     view.sent.insert(s);
                 }
                 for _ in &batch {
-                    match timeout(GUARD, t.recv_or_closed()).await {
+                    match timeout(GUARD, t.recv()).await {
                         Ok(Some(a)) => {
                             if let Some(s) = a.stan() {
                                 view.answered.insert(s, code(&a));
@@ -247,15 +341,22 @@ fn assert_one_outcome_each(view: &TerminalView, sim: &SimHandle, journal: &Path)
     }
 }
 
-async fn crash_and_recover(kill_after: usize, first_stan: u32) {
+async fn crash_and_recover(kill_after: usize, first_stan: u32, tls: bool) {
     let dir = fresh_journal_dir();
     std::fs::create_dir_all(&dir).expect("test dir");
+    let mut certs = tls.then(certs);
+    let transport = match &mut certs {
+        Some(c) => Transport::tls(c),
+        None => Transport::Plain,
+    };
     let sim = start_sim_with(SimConfig {
         latency: Latency::Uniform(Duration::from_millis(2), Duration::from_millis(30)),
+        // The host requires the link's client certificate.
+        tls: certs.as_ref().map(Certs::server_requiring_client_certs),
         ..sim_config()
     })
     .await;
-    let config = write_config(&dir, &sim);
+    let config = write_config(&dir, &sim, &transport);
     let (mut child, addr) = start_process(&config).await;
     assert!(
         sim.wait_until(GUARD, |s| s
@@ -269,13 +370,16 @@ async fn crash_and_recover(kill_after: usize, first_stan: u32) {
     // The banner comes when the listener is up; the link signs on just
     // after. Another process gives no signal for that, so probe: a request
     // answered 00 proves the link is up.
-    let mut probe = Terminal::connect(addr).await;
+    let mut probe = CrashTerminal::connect(addr, &transport).await;
     let mut stan = 999_000;
     loop {
         stan += 1;
-        let a = probe
-            .request(&auth_from(Mti::FINANCIAL, stan, PAN, 1, "PROBE001"))
-            .await;
+        assert!(
+            probe
+                .send(&auth_from(Mti::FINANCIAL, stan, PAN, 1, "PROBE001"))
+                .await
+        );
+        let a = probe.recv().await.expect("the probe is answered");
         if code(&a) == "00" {
             break;
         }
@@ -287,6 +391,7 @@ async fn crash_and_recover(kill_after: usize, first_stan: u32) {
     let enough = Arc::new(Notify::new());
     let driver = tokio::spawn(drive_until_killed(
         addr,
+        transport.clone(),
         first_stan,
         answered.clone(),
         enough.clone(),
@@ -343,20 +448,37 @@ async fn crash_and_recover(kill_after: usize, first_stan: u32) {
     assert!(exit.success(), "exit 0 after SIGTERM: {exit:?}");
 
     assert_one_outcome_each(&view, &sim, &dir.join("journal"));
+    if tls {
+        // Each of the two processes' link did its handshake, presenting
+        // the certificate the host requires.
+        let stats = sim.stats();
+        assert!(stats.tls_handshakes >= 2, "{stats:?}");
+        assert_eq!(stats.tls_handshake_failures, 0, "{stats:?}");
+    }
     sim.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_early_then_recover() {
-    crash_and_recover(20, 100_000).await;
+    crash_and_recover(20, 100_000, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_run_then_recover() {
-    crash_and_recover(300, 200_000).await;
+    crash_and_recover(300, 200_000, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_late_then_recover() {
-    crash_and_recover(1500, 300_000).await;
+    crash_and_recover(1500, 300_000, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_early_over_tls_then_recover() {
+    crash_and_recover(20, 400_000, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_over_tls_then_recover() {
+    crash_and_recover(300, 500_000, true).await;
 }

@@ -6,45 +6,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use tokio::time::timeout;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self, level: &str, text: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(level) && l.contains(text))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn a_link_down_at_start_warns_once_per_interval_then_says_when_it_is_up() {
-    let log = Captured::default();
-    let writer = log.clone();
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .init();
+    let log = Captured::install();
 
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let switch = start_switch(&config(&[addr], "", "")).await;

@@ -11,123 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use common::tls::{Certs, TlsTerminal, certs};
 use common::*;
 use switchyard::frame::{FrameCodec, LengthHeader};
-use switchyard::iso8583::{Message, Mti, specs};
-use switchyard::net::{Conn, TlsConn};
+use switchyard::iso8583::Mti;
 use switchyard::tools::certs::{CertFiles, Pki};
-use switchyard_protocol::tls::{ClientSettings, server_name};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
-use tokio_util::codec::{Decoder, Encoder};
-
-/// A terminal over TLS: framed ISO 8583 through `net::Conn`.
-struct TlsTerminal {
-    conn: Conn,
-    codec: FrameCodec,
-    rbuf: BytesMut,
-}
-
-impl TlsTerminal {
-    async fn connect(
-        addr: SocketAddr,
-        ca: &Path,
-        cert: Option<&CertFiles>,
-    ) -> std::io::Result<TlsTerminal> {
-        let settings = ClientSettings {
-            ca: ca.to_path_buf(),
-            cert: cert.map(|c| c.cert.clone()),
-            key: cert.map(|c| c.key.clone()),
-            ..ClientSettings::default()
-        };
-        let config = settings.build().expect("client config");
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = server_name("localhost").expect("name");
-        let conn = timeout(GUARD, TlsConn::client(tcp, config, name)?.handshake())
-            .await
-            .expect("handshake ends in time")?;
-        Ok(TlsTerminal {
-            conn,
-            codec: FrameCodec::new(LengthHeader::Binary2, 8192),
-            rbuf: BytesMut::new(),
-        })
-    }
-
-    fn peer_certificate(&self) -> Vec<u8> {
-        let certs = self
-            .conn
-            .tls()
-            .and_then(|t| t.peer_certificates())
-            .expect("server certificate");
-        certs[0].to_vec()
-    }
-
-    async fn send(&mut self, body: &[u8]) -> std::io::Result<()> {
-        let mut out = BytesMut::new();
-        self.codec.encode(body, &mut out).expect("frames");
-        loop {
-            self.conn.write_available(&mut out)?;
-            if out.is_empty() && !self.conn.wants_flush() {
-                return Ok(());
-            }
-            self.conn.tcp().writable().await?;
-        }
-    }
-
-    /// The next answer; `Ok(None)` once the switch closed; `Err` when
-    /// the TLS session failed (an alert from the switch, say).
-    async fn recv(&mut self) -> std::io::Result<Option<Message>> {
-        timeout(GUARD, async {
-            if self.conn.has_buffered() {
-                self.conn.read_available(&mut self.rbuf)?;
-            }
-            loop {
-                if let Some(frame) = self.codec.decode(&mut self.rbuf).expect("well framed") {
-                    return Ok(Some(
-                        Message::parse(frame, specs::iso87ascii()).expect("parses"),
-                    ));
-                }
-                self.conn.tcp().readable().await?;
-                if !self.conn.read_available(&mut self.rbuf)? {
-                    return Ok(None);
-                }
-            }
-        })
-        .await
-        .expect("an answer or a close within the guard time")
-    }
-
-    async fn request(&mut self, body: &[u8]) -> Message {
-        self.send(body).await.expect("sends");
-        self.recv()
-            .await
-            .expect("TLS session holds")
-            .expect("an answer")
-    }
-}
-
-/// A CA, the switch's server certificate, and client certificates named
-/// after terminals.
-struct Certs {
-    _dir: tempfile::TempDir,
-    pki: Pki,
-    server: CertFiles,
-    term1: CertFiles,
-}
-
-fn certs() -> Certs {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut pki = Pki::new(dir.path(), "switch").expect("CA");
-    let server = pki.server("server", &[]).expect("server cert");
-    let term1 = pki.client("term1", TID, &[]).expect("client cert");
-    Certs {
-        _dir: dir,
-        pki,
-        server,
-        term1,
-    }
-}
+use tokio_util::codec::Encoder;
 
 fn tls_table(c: &Certs, extra: &str) -> String {
     format!(

@@ -555,7 +555,14 @@ fn the_certs_command_writes_usable_files() {
             .map(PathBuf::from)
             .unwrap_or_else(|| panic!("no {what:?} in {stdout}"))
     };
-    for what in ["ca", "server cert", "server key", "client key"] {
+    for what in [
+        "ca",
+        "server cert",
+        "server key",
+        "client key",
+        "link client cert (CN SWITCH01)",
+        "link client key",
+    ] {
         assert!(file(what).starts_with(&out_dir), "{what}: {stdout}");
     }
     #[cfg(unix)]

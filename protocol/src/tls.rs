@@ -265,15 +265,50 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
             "wrong_name"
         }
         E::InvalidCertificate(_) => "bad_certificate",
+        // A TLS 1.0 or 1.1 ClientHello cannot carry signature_algorithms
+        // (it came with TLS 1.2, and TLS 1.3 requires it), and rustls
+        // checks for it before it looks at the version offered: that is
+        // how a hello of an old version is refused.
         E::PeerIncompatible(
             P::Tls12NotOffered
             | P::Tls12NotOfferedOrEnabled
             | P::Tls13RequiredForQuic
-            | P::SupportedVersionsExtensionRequired,
+            | P::SupportedVersionsExtensionRequired
+            | P::SignatureAlgorithmsExtensionRequired,
         ) => "version",
         E::PeerIncompatible(P::NoCipherSuitesInCommon) => "cipher",
         E::PeerIncompatible(_) => "incompatible",
         E::AlertReceived(_) => "alert_received",
         _ => "protocol",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(e: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn an_old_versions_hello_is_a_version_refusal() {
+        use rustls::PeerIncompatible as P;
+        // What rustls says to a TLS 1.1 ClientHello (no signature_algorithms).
+        for p in [
+            P::SignatureAlgorithmsExtensionRequired,
+            P::Tls12NotOffered,
+            P::SupportedVersionsExtensionRequired,
+        ] {
+            assert_eq!(failure_reason(&io(p.into())), "version");
+        }
+        assert_eq!(
+            failure_reason(&io(P::NoCipherSuitesInCommon.into())),
+            "cipher"
+        );
+        assert_eq!(
+            failure_reason(&io(P::NoKxGroupsInCommon.into())),
+            "incompatible"
+        );
     }
 }

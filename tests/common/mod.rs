@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -326,6 +328,51 @@ pub fn metric(body: &str, name: &str, parts: &[&str]) -> f64 {
 pub async fn start_process(
     config: &std::path::Path,
 ) -> (tokio::process::Child, std::net::SocketAddr) {
+    let (child, banner) = start_process_banner(config).await;
+    (child, banner.terminals)
+}
+
+/// What `switchyard run` says it listens on, from its banner.
+#[derive(Debug, Clone, Copy)]
+pub struct Banner {
+    pub terminals: SocketAddr,
+    /// `[terminals.tls]`: where TLS terminals connect (`terminals` itself
+    /// when the listener speaks TLS).
+    pub tls: Option<SocketAddr>,
+    /// The admin endpoint, unless disabled.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Banner {
+    /// "switchyard: terminals on ADDR[, TLS terminals on ADDR], metrics
+    /// (http://ADDR/metrics|off); Ctrl-C to stop"
+    pub fn parse(line: &str) -> Option<Banner> {
+        let after = |marker: &str| line.split(marker).nth(1);
+        let terminals = after("switchyard: terminals on ")?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        let tls = match after("TLS terminals on ") {
+            Some(rest) => Some(rest.split(',').next()?.trim().parse().ok()?),
+            None => None,
+        };
+        let admin = match after("metrics http://") {
+            Some(rest) => Some(rest.split('/').next()?.parse().ok()?),
+            None => None,
+        };
+        Some(Banner {
+            terminals,
+            tls,
+            admin,
+        })
+    }
+}
+
+/// Starts `switchyard run` (RUST_LOG=warn, stderr discarded) and returns
+/// it with what its banner says, once it printed it.
+pub async fn start_process_banner(config: &std::path::Path) -> (tokio::process::Child, Banner) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         // Test configs may leave pan_key unset (the development key).
         .args(["run", "--allow-dev-key", "--config"])
@@ -343,12 +390,77 @@ pub async fn start_process(
         .expect("banner in time")
         .expect("reads")
         .expect("a banner line");
-    // "switchyard: terminals on 127.0.0.1:PORT, metrics ..."
-    let addr = banner
-        .split("terminals on ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in banner: {banner}"));
-    (child, addr)
+    let parsed = Banner::parse(&banner).unwrap_or_else(|| panic!("no address in banner: {banner}"));
+    (child, parsed)
+}
+
+/// Polls the admin endpoint's /metrics until `done` holds for the sum of
+/// `name`'s samples with every one of `parts` (see [`metric`]); returns
+/// that value, or panics naming the metric after the guard time.
+pub async fn wait_metric(
+    admin: SocketAddr,
+    name: &str,
+    parts: &[&str],
+    done: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let (_, body) = http_get(admin, "/metrics").await;
+        let v = metric(&body, name, parts);
+        if done(v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{parts:?} is {v}, still not as awaited after {GUARD:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// This process's log, captured: every line the switch's tracing writes
+/// (INFO and up), for tests of what operators read.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Installs the capture as this process's subscriber, once: every
+    /// test of the binary that calls it shares one log (filter lines by
+    /// what is unique to the test: an address, an acquirer's name).
+    pub fn install() -> Captured {
+        static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        LOG.get_or_init(|| {
+            let log = Captured::default();
+            let writer = log.clone();
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(move || writer.clone())
+                .init();
+            log
+        })
+        .clone()
+    }
+
+    /// Lines at `level` ("WARN", "INFO"...) that contain `text`.
+    pub fn lines(&self, level: &str, text: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .lines()
+            .filter(|l| l.contains(level) && l.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
 }
