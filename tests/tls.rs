@@ -449,12 +449,12 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_timeout() {
         &tls_table(&c, "handshake_timeout_ms = 200"),
     )
     .await;
-    let mut silent = TcpStream::connect(switch.terminal_addr)
+    let mut silent = tokio::net::TcpStream::connect(switch.terminal_addr)
         .await
         .expect("connects");
     // Nothing sent: the switch closes it once the timeout is over.
     let mut buf = [0u8; 64];
-    let n = timeout(GUARD, tokio::io::AsyncReadExt::read(&mut silent, &mut buf))
+    let n = tokio::time::timeout(GUARD, tokio::io::AsyncReadExt::read(&mut silent, &mut buf))
         .await
         .expect("closed within the guard time");
     assert!(matches!(n, Ok(0) | Err(_)), "closed, not answered: {n:?}");

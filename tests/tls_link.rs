@@ -202,3 +202,47 @@ async fn a_link_with_the_right_ca_and_its_certificate_carries_a_0200() {
     );
     switch.shutdown().await;
 }
+
+/// Under TLS 1.3 the host judges the link's certificate after the link's
+/// side of the handshake is done: the refusal comes as an alert on the
+/// first read, before the sign-on is answered. The link stays down and
+/// the refusal is counted as a link handshake failure all the same.
+#[tokio::test]
+async fn a_link_whose_certificate_the_host_refuses_never_comes_up() {
+    let c = certs();
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let mut other = Pki::new(other_dir.path(), "other").expect("CA");
+    let stranger = other.client("stranger", "SWITCH01", &[]).expect("cert");
+    let host = tls_host(&c).await;
+    let switch = switch_with(
+        &[acquirer(
+            "refused",
+            host.local_addr(),
+            &c.pki.ca,
+            &stranger,
+            "localhost",
+        )],
+        "refused",
+    )
+    .await;
+    let admin = switch.admin_addr.expect("admin");
+    let refused = wait_metric(
+        admin,
+        TLS_FAILURES,
+        &["listener=\"link\"", "reason=\"refused_by_peer\""],
+        |v| v >= 2.0,
+    )
+    .await;
+    assert!(refused >= 2.0);
+    let body = http_get(admin, "/metrics").await.1;
+    assert_eq!(
+        metric(&body, "switchyard_link_up", &["link=\"refused#0\""]),
+        0.0
+    );
+    assert!(
+        host.stats().tls_handshake_failures >= 2,
+        "the host refused each attempt"
+    );
+    assert!(host.received().is_empty(), "no sign-on reached the host");
+    switch.shutdown().await;
+}

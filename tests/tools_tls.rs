@@ -222,7 +222,7 @@ async fn a_refused_handshake_disturbs_no_other_connection() {
     // The server's alert, or the close right behind it.
     let reason = switchyard_protocol::tls::failure_reason(&err);
     assert!(
-        ["alert_received", "closed"].contains(&reason),
+        ["refused_by_peer", "closed"].contains(&reason),
         "{reason}: {err}"
     );
     let counted = sim
@@ -462,7 +462,7 @@ fn loadtest_without_a_client_certificate_is_refused_and_not_clean() {
     assert!(
         reasons
             .iter()
-            .all(|r| r == "alert_received:CertificateRequired" || r == "closed"),
+            .all(|r| r == "refused_by_peer:CertificateRequired" || r == "closed"),
         "{reasons:?}"
     );
     assert!(!r.is_clean());

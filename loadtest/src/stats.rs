@@ -32,7 +32,7 @@ pub struct Live {
 
 /// Why a handshake failed: `tls::failure_reason`'s word, and for an
 /// alert from the server, which one (a client mostly learns of a refusal
-/// that way: "alert_received:CertificateRequired").
+/// that way: "refused_by_peer:CertificateRequired").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HandshakeFailure {
     pub reason: &'static str,

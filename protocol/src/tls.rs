@@ -278,7 +278,9 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
         ) => "version",
         E::PeerIncompatible(P::NoCipherSuitesInCommon) => "cipher",
         E::PeerIncompatible(_) => "incompatible",
-        E::AlertReceived(_) => "alert_received",
+        // The peer refused us (our certificate, most often); the log line
+        // has the alert's name.
+        E::AlertReceived(_) => "refused_by_peer",
         _ => "protocol",
     }
 }

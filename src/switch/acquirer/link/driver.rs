@@ -226,6 +226,15 @@ impl Driver {
         let open = match s.read_available(&mut self.rbuf) {
             Ok(open) => open,
             Err(e) => {
+                if s.is_tls() && !self.core.is_up() {
+                    // Under TLS 1.3 the host judges our certificate after
+                    // our side of the handshake is done: its refusal
+                    // arrives here, before the sign-on is answered, and
+                    // is a failed handshake all the same.
+                    let reason = switchyard_protocol::tls::failure_reason(&e);
+                    metrics::counter!(telemetry::TLS_HANDSHAKE_FAILURES, "listener" => "link", "reason" => reason)
+                        .increment(1);
+                }
                 self.core.handle_closed(now, format!("read: {e}"));
                 return;
             }
