@@ -11,7 +11,8 @@
 //! * [`router`]: card range -> acquirer. [`fraud`]: scoring and per-card
 //!   history. [`repeats`]: recent answers for repeated requests.
 //! * [`journal`]: the append-only transaction journal and its recovery.
-//! * [`admin`]: `/metrics` and `/health`. [`config`]: the TOML config.
+//! * [`admin`]: `/metrics`, `/health`, `/ready` and the read-only JSON API.
+//!   [`config`]: the TOML config.
 
 pub mod acquirer;
 pub mod admin;

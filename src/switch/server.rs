@@ -174,7 +174,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("can not serve /metrics and /health on {addr}: {source}")]
+    #[error("can not serve the admin endpoint on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
         source: std::io::Error,
@@ -279,7 +279,13 @@ impl Switch {
                     .map_err(|source| StartError::Admin { addr, source })?;
                 (
                     Some(bound),
-                    Some(tokio::spawn(crate::switch::admin::serve(l, shared.clone()))),
+                    Some(tokio::spawn(crate::switch::admin::serve(
+                        l,
+                        Arc::new(crate::switch::admin::AdminState::new(
+                            shared.clone(),
+                            config.view.clone(),
+                        )),
+                    ))),
                 )
             }
             None => (None, None),
@@ -468,7 +474,19 @@ fn log_startup(
         );
     }
     match admin_addr {
-        Some(a) => info!("admin: http://{a}/metrics and http://{a}/health"),
+        Some(a) => {
+            info!(
+                "admin: http://{a}/metrics, /health, /ready and the read-only JSON API \
+                 (/api/summary, /api/links, /api/config; no authentication yet)"
+            );
+            if !a.ip().is_loopback() {
+                warn!(
+                    "admin.listen = {a} is not a loopback address, and the admin API has no \
+                     authentication yet: anyone who reaches it reads the switch's state and \
+                     config (secrets redacted)"
+                );
+            }
+        }
         None => info!("admin: off (admin.enabled = false)"),
     }
     for a in &config.acquirers {

@@ -42,7 +42,7 @@ pub struct AcquirerConfig {
 /// amount, RRN, terminal id, currency.
 pub const DEFAULT_ANSWER_MUST_MATCH: [u16; 6] = [2, 3, 4, 37, 41, 49];
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StandInConfig {
     pub enabled: bool,

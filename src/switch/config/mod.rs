@@ -114,6 +114,8 @@ pub struct Config {
     /// Top-level `test_setup = true`: a development or test configuration,
     /// allowed to run with the development `pan_key`.
     pub test_setup: bool,
+    /// The whole config as `/api/config` shows it, secrets redacted.
+    pub view: crate::switch::admin::ConfigView,
 }
 
 // ---------------------------------------------------------------------------
@@ -129,7 +131,8 @@ macro_rules! table {
     ($vis:vis $name:ident {
         $($(#[$doc:meta])* $key:ident: $ty:ty = $default:expr $(, in $range:expr)?;)*
     }) => {
-        #[derive(::serde::Deserialize)]
+        // Serialize: `/api/config` shows the file as read (admin::ConfigView).
+        #[derive(::serde::Deserialize, ::serde::Serialize)]
         #[serde(deny_unknown_fields, default)]
         $vis struct $name {
             $($(#[$doc])* $key: $ty,)*
@@ -154,7 +157,7 @@ macro_rules! table {
 }
 pub(crate) use table;
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct ConfigFile {
     terminals: TerminalsFile,
@@ -203,10 +206,14 @@ impl Config {
         })?;
         let mut problems = Problems::default();
         let file = reader::read_file(root, &mut problems);
-        let config = file.validate(&mut Section {
-            problems: &mut problems,
-            path: String::new(),
-        });
+        let view = crate::switch::admin::ConfigView::of(&file);
+        let config = file.validate(
+            view,
+            &mut Section {
+                problems: &mut problems,
+                path: String::new(),
+            },
+        );
         if problems.found.is_empty() {
             Ok(config)
         } else {
@@ -375,7 +382,7 @@ pub(crate) fn is_digits(s: &str, min: usize, max: usize) -> bool {
 }
 
 impl ConfigFile {
-    fn validate(self, s: &mut Section) -> Config {
+    fn validate(self, view: crate::switch::admin::ConfigView, s: &mut Section) -> Config {
         let terminals = self.terminals.validate(&mut s.sub("terminals"));
         let admin = self.admin.validate(&mut s.sub("admin"));
         let limits = self.limits.validate(&mut s.sub("limits"));
@@ -402,6 +409,7 @@ impl ConfigFile {
             journal: self.journal.validate(&mut s.sub("journal")),
             saf: self.saf.validate(&mut s.sub("saf")),
             test_setup: self.test_setup,
+            view,
         }
     }
 }

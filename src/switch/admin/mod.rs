@@ -1,0 +1,252 @@
+//! The operators' endpoint: axum's router on hyper's HTTP/1 server, fed
+//! by an accept loop of our own (it pauses after a failed accept, as the
+//! terminal listener does, and holds a slot per connection).
+//!
+//! * `GET /metrics`: Prometheus text format.
+//! * `GET /health`: liveness and link states (200 when some acquirer has
+//!   a link up or none is configured, 503 when none is up).
+//! * `GET /ready`: readiness (200 while the switch takes requests and an
+//!   acquirer has a link up; 503 with the reason otherwise).
+//! * `GET /api/summary`, `/api/links`, `/api/config`: the read-only JSON
+//!   API (`api.rs`). No authentication yet: the listener defaults to
+//!   127.0.0.1, and must stay on loopback until the login step lands.
+//!
+//! Bounds: at most [`MAX_CONNECTIONS`] connections served at once (more
+//! wait in the kernel's backlog, not in memory); one request per
+//! connection; the request head within [`MAX_HEAD`] bytes and
+//! [`MAX_HEADERS`] headers (else 431, from hyper) and read within
+//! [`HEAD_TIMEOUT`]; a body of at most [`MAX_BODY`] bytes with a
+//! `Content-Length` (else 413 or 411); an answer within
+//! [`REQUEST_TIMEOUT`]; the whole connection within
+//! [`CONNECTION_TIMEOUT`] (a client that does not read its answer is cut).
+//! Every JSON answer passes through `scrub::scrub_json`: no
+//! Luhn-valid 13-19 digit number leaves here.
+
+mod api;
+mod config;
+mod scrub;
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+pub use config::AdminConfig;
+pub(crate) use config::AdminFile;
+pub use view::{ConfigView, REDACTED, is_secret};
+
+use crate::switch::server::Shared;
+
+/// Admin connections served at once; more wait in the kernel backlog.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Longest request head (request line and headers): hyper's read buffer.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most headers in a request.
+pub const MAX_HEADERS: usize = 64;
+/// Longest request body accepted (no endpoint reads one yet).
+pub const MAX_BODY: usize = 16 * 1024;
+/// A client that has not sent its request head by then is dropped.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// An answer not ready by then is a 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed by then, whatever it is doing.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the endpoints read.
+pub struct AdminState {
+    shared: Arc<Shared>,
+    config: ConfigView,
+    started: Instant,
+    started_unix_s: u64,
+}
+
+impl AdminState {
+    pub fn new(shared: Arc<Shared>, config: ConfigView) -> AdminState {
+        AdminState {
+            shared,
+            config,
+            started: Instant::now(),
+            started_unix_s: crate::clock::unix_now(),
+        }
+    }
+}
+
+/// The routes, with the request bounds.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/metrics", get(api::metrics))
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .route("/api/summary", get(api::summary))
+        .route("/api/links", get(api::links))
+        .route("/api/config", get(api::config))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(bounds))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let app = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_failed =
+        crate::throttle::LogThrottle::new(crate::switch::server::LISTENER_WARN_EVERY);
+    loop {
+        // A slot first: past MAX_CONNECTIONS nothing is accepted.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors: the same pause as the terminal
+                // listener; retrying at once spun a core.
+                crate::switch::server::pause_after_accept_error("admin", &e, &mut accept_failed)
+                    .await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, peer, service).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: TowerToHyperService<Router>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS);
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(%peer, "admin connection: {e}"),
+        Err(_) => debug!(%peer, "admin connection cut after {CONNECTION_TIMEOUT:?}"),
+    }
+}
+
+/// Refuses a body over [`MAX_BODY`] or of unknown length before any
+/// handler runs, and bounds the time to an answer.
+async fn bounds(req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return error(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a request body needs a Content-Length",
+        );
+    }
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        match len.to_str().ok().and_then(|l| l.parse::<u64>().ok()) {
+            Some(n) if n <= MAX_BODY as u64 => {}
+            Some(_) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    &format!("a request body is at most {MAX_BODY} bytes"),
+                );
+            }
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_content_length",
+                    "Content-Length is not a number",
+                );
+            }
+        }
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "no answer in time",
+        ),
+    }
+}
+
+const ENDPOINTS: &str = "/metrics, /health, /ready, /api/summary, /api/links, /api/config";
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no such endpoint; try {ENDPOINTS}"),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "GET only",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+/// A JSON error: `{"error": "<kind>", "message": "..."}`.
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+    json(
+        status,
+        &ErrorBody {
+            error: kind,
+            message,
+        },
+    )
+}
+
+/// A JSON answer, scrubbed of anything that could be a card number.
+fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_string(body) {
+        Ok(mut s) => {
+            s.push('\n');
+            text(status, "application/json", scrub::scrub_json(&s))
+        }
+        Err(e) => {
+            debug!("admin answer not serialised: {e}");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "application/json",
+                "{\"error\":\"internal\",\"message\":\"the answer could not be made\"}\n".into(),
+            )
+        }
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}
