@@ -461,3 +461,27 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_at_the_timeout() {
     assert_eq!(failures(&metrics(&switch).await, "timeout"), 1.0);
     switch.shutdown().await;
 }
+
+#[tokio::test]
+async fn de41_may_be_bound_to_the_certificates_dns_names() {
+    let sim = start_sim().await;
+    let mut c = certs();
+    // Common name TERM0001, DNS names TERM0003 and TERM0004: with
+    // san-dns only the DNS names count.
+    let multi = c
+        .pki
+        .client("multi", TID, &["TERM0003", "TERM0004"])
+        .expect("cert");
+    let extra = "bind_terminal_id = \"san-dns\"";
+    let switch = tls_switch(&[sim.local_addr()], &tls_table(&c, extra)).await;
+    let mut t = TlsTerminal::connect(switch.terminal_addr, &c.pki.ca, Some(&multi))
+        .await
+        .expect("handshake");
+    for (stan, tid, want) in [(1, "TERM0003", "00"), (2, "TERM0004", "00"), (3, TID, "58")] {
+        let m = t
+            .request(&auth_from(Mti::FINANCIAL, stan, PAN, 100, tid))
+            .await;
+        assert_eq!(code(&m), want, "{tid} under san-dns");
+    }
+    switch.shutdown().await;
+}
