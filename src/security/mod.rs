@@ -11,9 +11,12 @@
 //! * [`pinblock`]: ISO 9564 formats 0 and 4, translation between keys and
 //!   formats;
 //! * [`dukpt`]: TDES DUKPT (ANSI X9.24-1:2009), the host side;
-//! * [`card_hash`]: HMAC-SHA-256 of the PAN (PCI DSS 3.5.1.1).
+//! * [`card_hash`]: HMAC-SHA-256 of the PAN (PCI DSS 3.5.1.1);
+//! * [`keyblock`]: X9.143 / TR-31 version D key blocks.
 //!
-//! Around them, with I/O: [`random`] (the OS's random bytes).
+//! Around them, with I/O: [`lmk`] (the local master key, from components,
+//! in a file), [`store`] (the key store file), [`random`] (the OS's random
+//! bytes).
 //!
 //! Nothing here logs, and no error message carries a key, a PIN or a PIN
 //! block: errors say what was wrong, `Debug` shows KCVs.
@@ -23,10 +26,13 @@ mod cipher;
 pub mod card_hash;
 pub mod dukpt;
 pub mod kcv;
+pub mod keyblock;
 pub mod keys;
+pub mod lmk;
 pub mod mac;
 pub mod pinblock;
 pub mod random;
+pub mod store;
 
 pub use kcv::Kcv;
 pub use keys::{Algorithm, SecretKey};
