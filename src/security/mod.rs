@@ -16,7 +16,7 @@
 //!
 //! Around them, with I/O: [`lmk`] (the local master key, from components,
 //! in a file), [`store`] (the key store file), [`random`] (the OS's random
-//! bytes).
+//! bytes) and [`cli`] (`switchyard keys`).
 //!
 //! Nothing here logs, and no error message carries a key, a PIN or a PIN
 //! block: errors say what was wrong, `Debug` shows KCVs.
@@ -24,6 +24,7 @@
 mod cipher;
 
 pub mod card_hash;
+pub mod cli;
 pub mod dukpt;
 pub mod kcv;
 pub mod keyblock;
