@@ -79,13 +79,13 @@ fn fill() -> Result<[u8; 8], String> {
 fn make_mac(req: &Value) -> Result<Vec<u8>, String> {
     let data = bytes(req, "data")?;
     let k = key(req, "key", "key_alg")?;
-    Ok(match field(req, "alg")? {
+    match field(req, "alg")? {
         "retail" => mac::retail_mac(&k, &data, padding(req)?).map(|m| m.to_vec()),
         "tdes_cbc" => mac::tdes_cbc_mac(&k, &data, padding(req)?).map(|m| m.to_vec()),
         "cmac" => mac::cmac(&k, &data).map(|m| m.to_vec()),
         other => return Err(format!("unknown MAC {other:?}")),
     }
-    .map_err(|e| e.to_string())?)
+    .map_err(|e| e.to_string())
 }
 
 fn verify_mac(req: &Value) -> Result<Value, String> {
@@ -112,8 +112,14 @@ fn answer(req: &Value) -> Result<Value, String> {
         "encrypt_pin" => {
             let pin = Pin::new(field(req, "pin")?).map_err(|e| e.to_string())?;
             let k = key(req, "key", "key_alg")?;
-            let b = pinblock::encrypt(&k, pin_format(req, "format")?, &pin, field(req, "pan")?, &fill()?)
-                .map_err(|e| e.to_string())?;
+            let b = pinblock::encrypt(
+                &k,
+                pin_format(req, "format")?,
+                &pin,
+                field(req, "pan")?,
+                &fill()?,
+            )
+            .map_err(|e| e.to_string())?;
             Ok(json!({"block": hex(b.as_bytes())}))
         }
         "translate" => {
@@ -134,10 +140,12 @@ fn answer(req: &Value) -> Result<Value, String> {
         }
         "check_pin" => {
             let k = key(req, "key", "key_alg")?;
-            Ok(match pinblock::decrypt(&k, &block_of(req)?, field(req, "pan")?) {
-                Ok(pin) => json!({"ok": pin.matches(field(req, "pin")?)}),
-                Err(e) => json!({"ok": false, "error": e.to_string()}),
-            })
+            Ok(
+                match pinblock::decrypt(&k, &block_of(req)?, field(req, "pan")?) {
+                    Ok(pin) => json!({"ok": pin.matches(field(req, "pin")?)}),
+                    Err(e) => json!({"ok": false, "error": e.to_string()}),
+                },
+            )
         }
         "wrap" => {
             let kbpk = SecretKey::aes(&bytes(req, "kbpk")?).map_err(|e| e.to_string())?;

@@ -58,12 +58,20 @@ impl Transcript {
 }
 
 fn ok(run: &Run) -> &str {
-    assert_eq!(run.code, 0, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, 0,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
     &run.stdout
 }
 
 fn failed(run: &Run) -> &str {
-    assert_eq!(run.code, 1, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
     &run.stderr
 }
 
@@ -109,7 +117,17 @@ fn keys_end_to_end() {
     write(d, "c2", &c2);
     let run = t.keys(
         d,
-        &["form-lmk", "--out", "lmk", "--component-file", "c1", "--component-file", "c2", "--store", "ks.toml"],
+        &[
+            "form-lmk",
+            "--out",
+            "lmk",
+            "--component-file",
+            "c1",
+            "--component-file",
+            "c2",
+            "--store",
+            "ks.toml",
+        ],
         None,
     );
     let out = ok(&run).to_owned();
@@ -117,17 +135,41 @@ fn keys_end_to_end() {
     secrets.push(hex(lmk.key().expose_secret()));
     let c1_kcv = Lmk::parse_component(1, &c1).expect("c1").kcv();
     assert!(out.contains(&format!("component 1: KCV {c1_kcv}")), "{out}");
-    assert!(out.contains(&format!("LMK (AES-256): KCV {}", lmk.kcv())), "{out}");
+    assert!(
+        out.contains(&format!("LMK (AES-256): KCV {}", lmk.kcv())),
+        "{out}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.join("lmk")).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(d.join("lmk"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     // Never over an existing LMK; never from one component.
-    let e = failed(&t.keys(d, &["form-lmk", "--out", "lmk", "--component-file", "c1", "--component-file", "c2"], None)).to_owned();
+    let e = failed(&t.keys(
+        d,
+        &[
+            "form-lmk",
+            "--out",
+            "lmk",
+            "--component-file",
+            "c1",
+            "--component-file",
+            "c2",
+        ],
+        None,
+    ))
+    .to_owned();
     assert!(e.contains("never overwritten"), "{e}");
-    let e = failed(&t.keys(d, &["form-lmk", "--out", "lmk1", "--component-file", "c1"], None)).to_owned();
+    let e = failed(&t.keys(
+        d,
+        &["form-lmk", "--out", "lmk1", "--component-file", "c1"],
+        None,
+    ))
+    .to_owned();
     assert!(e.contains("at least two components"), "{e}");
 
     // Keys generated; the store found by its flags.
@@ -141,7 +183,17 @@ fn keys_end_to_end() {
         ("legacy.zmk", "zmk", "tdes", "128"),
         ("dukpt.bdk", "bdk", "tdes", "128"),
     ] {
-        let mut args = vec!["generate", "--name", name, "--type", ty, "--algorithm", alg, "--bits", bits];
+        let mut args = vec![
+            "generate",
+            "--name",
+            name,
+            "--type",
+            ty,
+            "--algorithm",
+            alg,
+            "--bits",
+            bits,
+        ];
         args.extend(store);
         let out = ok(&t.keys(d, &args, None)).to_owned();
         assert!(out.starts_with(&format!("{name} ({ty}, ")), "{out}");
@@ -149,7 +201,17 @@ fn keys_end_to_end() {
     let mut dup = vec!["generate", "--name", "acq1.zpk", "--type", "zpk"];
     dup.extend(store);
     assert!(failed(&t.keys(d, &dup, None)).contains("already in the store"));
-    let mut bad = vec!["generate", "--name", "x", "--type", "zpk", "--algorithm", "aes", "--bits", "100"];
+    let mut bad = vec![
+        "generate",
+        "--name",
+        "x",
+        "--type",
+        "zpk",
+        "--algorithm",
+        "aes",
+        "--bits",
+        "100",
+    ];
     bad.extend(store);
     failed(&t.keys(d, &bad, None));
 
@@ -164,20 +226,34 @@ fn keys_end_to_end() {
             .lines()
             .find(|l| l.starts_with(&e.name))
             .unwrap_or_else(|| panic!("{} not listed: {listing}", e.name));
-        assert!(line.contains(&key.kcv().to_string()) && line.contains(e.key_type.name()), "{line}");
+        assert!(
+            line.contains(&key.kcv().to_string()) && line.contains(e.key_type.name()),
+            "{line}"
+        );
     }
-    assert!(listing.contains("dukpt.bdk") && listing.contains("B0"), "{listing}");
+    assert!(
+        listing.contains("dukpt.bdk") && listing.contains("B0"),
+        "{listing}"
+    );
 
     // Export under the AES ZMK and the TDES ZMK; a BDK never.
     let mut export = vec!["export", "--name", "term0001.tpk", "--under", "acq1.zmk"];
     export.extend(store);
     let exported = ok(&t.keys(d, &export, None)).to_owned();
     let block = exported.lines().last().expect("block").trim().to_owned();
-    assert!(block.starts_with('D') && block.contains("P0TB00E"), "{exported}");
+    assert!(
+        block.starts_with('D') && block.contains("P0TB00E"),
+        "{exported}"
+    );
     let mut export = vec!["export", "--name", "term0001.tpk", "--under", "legacy.zmk"];
     export.extend(store);
     let exported = ok(&t.keys(d, &export, None)).to_owned();
-    let cryptogram = exported.lines().last().expect("cryptogram").trim().to_owned();
+    let cryptogram = exported
+        .lines()
+        .last()
+        .expect("cryptogram")
+        .trim()
+        .to_owned();
     let mut export = vec!["export", "--name", "dukpt.bdk", "--under", "acq1.zmk"];
     export.extend(store);
     assert!(failed(&t.keys(d, &export, None)).contains("not exportable"));
@@ -187,20 +263,42 @@ fn keys_end_to_end() {
     let (c3, c4, c5) = (random_hex(32), random_hex(32), random_hex(32));
     secrets.extend([c3.clone(), c4.clone(), c5.clone()]);
     let input = format!("{c3}\n{c4}\n{c5}\n");
-    ok(&t.keys(d, &["form-lmk", "--out", "lmk2", "--components", "3"], Some(&input)));
+    ok(&t.keys(
+        d,
+        &["form-lmk", "--out", "lmk2", "--components", "3"],
+        Some(&input),
+    ));
     let lmk2 = Lmk::load(&d.join("lmk2")).expect("lmk2");
     secrets.push(hex(lmk2.key().expose_secret()));
     let store2 = ["--store", "ks2.toml", "--lmk-file", "lmk2"];
-    for (name, ty, alg, bits) in [("acq1.zmk", "zmk", "aes", "256"), ("legacy.zmk", "zmk", "tdes", "128")] {
+    for (name, ty, alg, bits) in [
+        ("acq1.zmk", "zmk", "aes", "256"),
+        ("legacy.zmk", "zmk", "tdes", "128"),
+    ] {
         let (_, zmk) = ks.get(name, &lmk).expect("zmk");
         // Two components whose XOR is the ZMK.
         let len = zmk.len();
         let a = random_hex(len);
         let a_bytes = switchyard::hex::parse_hex(&a).expect("hex");
-        let b: Vec<u8> = a_bytes.iter().zip(zmk.expose_secret()).map(|(x, y)| x ^ y).collect();
+        let b: Vec<u8> = a_bytes
+            .iter()
+            .zip(zmk.expose_secret())
+            .map(|(x, y)| x ^ y)
+            .collect();
         let b = hex(&b);
         secrets.extend([a.clone(), b.clone()]);
-        let mut args = vec!["import", "--name", name, "--type", ty, "--algorithm", alg, "--bits", bits, "--kcv"];
+        let mut args = vec![
+            "import",
+            "--name",
+            name,
+            "--type",
+            ty,
+            "--algorithm",
+            alg,
+            "--bits",
+            bits,
+            "--kcv",
+        ];
         let kcv = zmk.kcv().to_string();
         args.push(&kcv);
         args.extend(store2);
@@ -209,17 +307,61 @@ fn keys_end_to_end() {
     }
     let (_, tpk) = ks.get("term0001.tpk", &lmk).expect("tpk");
     let tpk_kcv = tpk.kcv().to_string();
-    let mut args = vec!["import", "--name", "tpk.a", "--type", "tpk", "--under", "acq1.zmk", "--key-block", &block];
+    let mut args = vec![
+        "import",
+        "--name",
+        "tpk.a",
+        "--type",
+        "tpk",
+        "--under",
+        "acq1.zmk",
+        "--key-block",
+        &block,
+    ];
     args.extend(store2);
     assert!(ok(&t.keys(d, &args, None)).contains(&tpk_kcv));
-    let mut args = vec!["import", "--name", "tpk.b", "--type", "tpk", "--under", "legacy.zmk", "--cryptogram", &cryptogram, "--kcv", &tpk_kcv];
+    let mut args = vec![
+        "import",
+        "--name",
+        "tpk.b",
+        "--type",
+        "tpk",
+        "--under",
+        "legacy.zmk",
+        "--cryptogram",
+        &cryptogram,
+        "--kcv",
+        &tpk_kcv,
+    ];
     args.extend(store2);
     assert!(ok(&t.keys(d, &args, None)).contains(&tpk_kcv));
     // The wrong KCV, the wrong usage: not imported.
-    let mut args = vec!["import", "--name", "tpk.c", "--type", "tpk", "--under", "legacy.zmk", "--cryptogram", &cryptogram, "--kcv", "000000"];
+    let mut args = vec![
+        "import",
+        "--name",
+        "tpk.c",
+        "--type",
+        "tpk",
+        "--under",
+        "legacy.zmk",
+        "--cryptogram",
+        &cryptogram,
+        "--kcv",
+        "000000",
+    ];
     args.extend(store2);
     assert!(failed(&t.keys(d, &args, None)).contains("not imported"));
-    let mut args = vec!["import", "--name", "tak.d", "--type", "tak", "--under", "acq1.zmk", "--key-block", &block];
+    let mut args = vec![
+        "import",
+        "--name",
+        "tak.d",
+        "--type",
+        "tak",
+        "--under",
+        "acq1.zmk",
+        "--key-block",
+        &block,
+    ];
     args.extend(store2);
     assert!(failed(&t.keys(d, &args, None)).contains("usage P0"));
     let ks2 = KeyStore::open(&d.join("ks2.toml"), &lmk2).expect("open 2");
@@ -248,7 +390,12 @@ fn keys_end_to_end() {
     t.0.push_str(&run.stdout);
     t.0.push_str(&run.stderr);
     let e = failed(&run);
-    assert!(e.contains("wrong LMK file?") && e.contains(&lmk.kcv().to_string()) && e.contains(&lmk2.kcv().to_string()), "{e}");
+    assert!(
+        e.contains("wrong LMK file?")
+            && e.contains(&lmk.kcv().to_string())
+            && e.contains(&lmk2.kcv().to_string()),
+        "{e}"
+    );
 
     // One character of a block changed: the store is refused, the key named.
     let text = std::fs::read_to_string(d.join("ks.toml")).expect("read");

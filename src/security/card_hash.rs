@@ -111,7 +111,10 @@ mod tests {
         let pan = b"4012345678909";
         assert_ne!(card_hash(&k1, pan), card_hash(&k2, pan));
         let shown = format!("{k1:?}");
-        assert!(shown.starts_with("CardHashKey(KCV ") && !shown.contains("0011"), "{shown}");
+        assert!(
+            shown.starts_with("CardHashKey(KCV ") && !shown.contains("0011"),
+            "{shown}"
+        );
         assert_eq!(CardHashKey::new(&[0; 8]).err(), Some(CardHashKeyLength(8)));
     }
 }

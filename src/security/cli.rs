@@ -338,7 +338,9 @@ fn key_len(spec: &KeySpec) -> Result<usize, Failure> {
 }
 
 fn added(store: &mut KeyStore, lmk: &Lmk, spec: &KeySpec, key: &SecretKey) -> Result<(), Failure> {
-    let entry = store.add(lmk, &spec.name, spec.key_type.into(), key)?.clone();
+    let entry = store
+        .add(lmk, &spec.name, spec.key_type.into(), key)?
+        .clone();
     store.save()?;
     println!(
         "{} ({}, {}-{}, usage {}): KCV {}, stored in {}",
@@ -449,8 +451,7 @@ fn import(
                 (None, Some(hex), Algorithm::Tdes) => {
                     if want.is_none() {
                         return Err(Failure(
-                            "--cryptogram needs --kcv: TDES ECB carries no check of its own"
-                                .into(),
+                            "--cryptogram needs --kcv: TDES ECB carries no check of its own".into(),
                         ));
                     }
                     let mut bytes = crate::hex::parse_hex(hex)?;
@@ -560,11 +561,16 @@ fn export(args: &StoreArgs, name: &str, under: &str) -> Result<(), Failure> {
             // means nothing to the receiver.
             let mut header = header_for(&entry.name, entry.key_type, &key, &lmk);
             header.blocks.retain(|(id, _)| id != "KP");
-            header.blocks.push(("KP".into(), format!("01{}", kek.kcv())));
+            header
+                .blocks
+                .push(("KP".into(), format!("01{}", kek.kcv())));
             let mut pad = [0u8; 32];
             random::fill(&mut pad)?;
             let block = keyblock::wrap(&kek, &header, &key, &pad)?;
-            println!("{name} under {under} (TR-31 version D key block), KCV {}:", key.kcv());
+            println!(
+                "{name} under {under} (TR-31 version D key block), KCV {}:",
+                key.kcv()
+            );
             println!("{block}");
         }
         Algorithm::Tdes => {

@@ -69,8 +69,8 @@ mod tests {
     fn tdes_kcv_of_the_common_test_key() {
         // The X9.24 / jPOS test BDK; its KCV 08D7B4 is printed in many
         // published examples.
-        let key = SecretKey::from_hex(Algorithm::Tdes, "0123456789ABCDEFFEDCBA9876543210")
-            .expect("key");
+        let key =
+            SecretKey::from_hex(Algorithm::Tdes, "0123456789ABCDEFFEDCBA9876543210").expect("key");
         assert_eq!(key.kcv().to_string(), "08D7B4");
     }
 
@@ -79,8 +79,8 @@ mod tests {
         // NIST SP 800-38B's AES-128 key. The CMAC itself is checked
         // against the NIST vectors in mac.rs, and AES KCVs against Python's
         // `cryptography` in the psec oracle test.
-        let key = SecretKey::from_hex(Algorithm::Aes, "2b7e151628aed2a6abf7158809cf4f3c")
-            .expect("key");
+        let key =
+            SecretKey::from_hex(Algorithm::Aes, "2b7e151628aed2a6abf7158809cf4f3c").expect("key");
         let tag = aes_cmac(&key, &[0u8; 16]).expect("aes");
         assert_eq!(key.kcv().bytes(), [tag[0], tag[1], tag[2]]);
         assert_eq!(Kcv::parse("a1B2c3").expect("kcv").to_string(), "A1B2C3");

@@ -53,9 +53,7 @@ pub enum KeyBlockError {
     Version(char),
     #[error("malformed key block: {0}")]
     Malformed(String),
-    #[error(
-        "the key block's MAC does not verify: it was changed, or it is not under this key"
-    )]
+    #[error("the key block's MAC does not verify: it was changed, or it is not under this key")]
     Mac,
     #[error("the header says {header} but the key is {key}")]
     AlgorithmMismatch { header: Algorithm, key: Algorithm },
@@ -255,7 +253,10 @@ pub fn read_header(block: &str) -> Result<(Header, usize), KeyBlockError> {
     }
     let b = block.as_bytes();
     if b.len() < FIXED {
-        return Err(malformed(format!("{} characters, shorter than a header", b.len())));
+        return Err(malformed(format!(
+            "{} characters, shorter than a header",
+            b.len()
+        )));
     }
     if b[0] != b'D' {
         return Err(KeyBlockError::Version(char::from(b[0])));
@@ -370,7 +371,10 @@ mod tests {
     fn round_trip_and_layout() {
         let key = SecretKey::tdes(&[0x13; 16]).expect("key");
         let block = wrap(&kbpk(), &header(Algorithm::Tdes), &key, &[7; 32]).expect("wrap");
-        assert!(block.starts_with("D0160P0TB00E0100LB10tpk.term0001"), "{block}");
+        assert!(
+            block.starts_with("D0160P0TB00E0100LB10tpk.term0001"),
+            "{block}"
+        );
         assert_eq!(block.len(), 160);
         let (h, back) = unwrap(&kbpk(), &block).expect("unwrap");
         assert_eq!(h, header(Algorithm::Tdes));
@@ -391,7 +395,10 @@ mod tests {
         let other = SecretKey::aes(&[0x43; 32]).expect("key");
         assert_eq!(unwrap(&other, &block).err(), Some(KeyBlockError::Mac));
         let tdes = SecretKey::tdes(&[1; 16]).expect("key");
-        assert!(matches!(unwrap(&tdes, &block), Err(KeyBlockError::WrongKbpk(_))));
+        assert!(matches!(
+            unwrap(&tdes, &block),
+            Err(KeyBlockError::WrongKbpk(_))
+        ));
     }
 
     #[test]
@@ -404,7 +411,10 @@ mod tests {
         let mut h = header(Algorithm::Aes);
         h.blocks.push(("LB".into(), "é".into()));
         assert!(wrap(&kbpk(), &h, &key, &[0; 32]).is_err());
-        assert_eq!(read_header("B0016P0TE00N0000").err(), Some(KeyBlockError::Version('B')));
+        assert_eq!(
+            read_header("B0016P0TE00N0000").err(),
+            Some(KeyBlockError::Version('B'))
+        );
         assert!(read_header("D0017P0TE00N0000").is_err());
     }
 }

@@ -143,7 +143,11 @@ impl SecretKey {
             len: self.len,
             bytes: [0; 32],
         };
-        for (o, (a, b)) in out.bytes.iter_mut().zip(self.bytes.iter().zip(&other.bytes)) {
+        for (o, (a, b)) in out
+            .bytes
+            .iter_mut()
+            .zip(self.bytes.iter().zip(&other.bytes))
+        {
             *o = a ^ b;
         }
         Ok(out)
@@ -228,8 +232,8 @@ mod tests {
 
     #[test]
     fn debug_and_display_show_the_kcv_not_the_key() {
-        let key = SecretKey::from_hex(Algorithm::Tdes, "0123456789ABCDEFFEDCBA9876543210")
-            .expect("key");
+        let key =
+            SecretKey::from_hex(Algorithm::Tdes, "0123456789ABCDEFFEDCBA9876543210").expect("key");
         let shown = format!("{key:?} {key} {key:#?}");
         assert!(shown.contains("08D7B4"), "{shown}");
         for part in ["0123456789", "ABCDEF", "FEDCBA", "01 23", "[1, 35"] {

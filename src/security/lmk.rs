@@ -143,14 +143,12 @@ impl Lmk {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'));
         let key = match (lines.next(), lines.next()) {
-            (Some(line), None) => {
-                Lmk::parse_component(1, line).map_err(|_| {
-                    file_err(format!(
-                        "the key line is not {} hex digits (AES-256)",
-                        2 * LMK_LEN
-                    ))
-                })
-            }
+            (Some(line), None) => Lmk::parse_component(1, line).map_err(|_| {
+                file_err(format!(
+                    "the key line is not {} hex digits (AES-256)",
+                    2 * LMK_LEN
+                ))
+            }),
             _ => Err(file_err(
                 "expected one line of hex after the comments".into(),
             )),
@@ -240,8 +238,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-                .expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
             let e = Lmk::load(&path).expect_err("world-readable");
             assert!(e.to_string().contains("readable by others"), "{e}");
         }

@@ -182,8 +182,8 @@ mod tests {
     /// computed with psec (`psec.mac.generate_retail_mac`, padding 1).
     #[test]
     fn moov_issue_253() {
-        let key = SecretKey::from_hex(Algorithm::Tdes, "1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D")
-            .expect("key");
+        let key =
+            SecretKey::from_hex(Algorithm::Tdes, "1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D").expect("key");
         let data = hex(
             "0800603804010881000116837299000022446695128200000209514005310100061999001200\
              000000243139303030303239000702000430303030",
@@ -202,8 +202,8 @@ mod tests {
     /// key 0123...3210, data 1234567890ABCDEF, padding method 2.
     #[test]
     fn psec_docstring_examples() {
-        let key = SecretKey::from_hex(Algorithm::Tdes, "0123456789ABCDEFFEDCBA9876543210")
-            .expect("key");
+        let key =
+            SecretKey::from_hex(Algorithm::Tdes, "0123456789ABCDEFFEDCBA9876543210").expect("key");
         let data = hex("1234567890ABCDEF");
         assert_eq!(
             upper(&tdes_cbc_mac(&key, &data, Padding::Method2).expect("mac")),
@@ -225,8 +225,8 @@ mod tests {
             "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51\
              30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710",
         );
-        let k128 = SecretKey::from_hex(Algorithm::Aes, "2b7e151628aed2a6abf7158809cf4f3c")
-            .expect("key");
+        let k128 =
+            SecretKey::from_hex(Algorithm::Aes, "2b7e151628aed2a6abf7158809cf4f3c").expect("key");
         let k256 = SecretKey::from_hex(
             Algorithm::Aes,
             "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
@@ -251,12 +251,18 @@ mod tests {
 
     #[test]
     fn verification() {
-        let key = SecretKey::from_hex(Algorithm::Tdes, "0123456789ABCDEFFEDCBA9876543210")
-            .expect("key");
+        let key =
+            SecretKey::from_hex(Algorithm::Tdes, "0123456789ABCDEFFEDCBA9876543210").expect("key");
         let data = b"0200 and its fields";
         let mac = retail_mac(&key, data, Padding::Method1).expect("mac");
-        assert_eq!(verify_retail_mac(&key, data, Padding::Method1, &mac), Ok(()));
-        assert_eq!(verify_retail_mac(&key, data, Padding::Method1, &mac[..4]), Ok(()));
+        assert_eq!(
+            verify_retail_mac(&key, data, Padding::Method1, &mac),
+            Ok(())
+        );
+        assert_eq!(
+            verify_retail_mac(&key, data, Padding::Method1, &mac[..4]),
+            Ok(())
+        );
         let mut bad = mac;
         bad[7] ^= 1;
         assert_eq!(

@@ -108,9 +108,7 @@ impl Pin {
     pub fn matches(&self, text: &str) -> bool {
         use subtle::ConstantTimeEq;
         match Pin::new(text) {
-            Ok(other) => {
-                self.len == other.len && bool::from(self.digits.ct_eq(&other.digits))
-            }
+            Ok(other) => self.len == other.len && bool::from(self.digits.ct_eq(&other.digits)),
             Err(_) => false,
         }
     }
@@ -438,7 +436,11 @@ mod tests {
         // 4012345678909).
         let b = encode_iso0(&pin("1234"), "4012345678909").expect("block");
         assert_eq!(upper(&b), "041274EDCBA9876F");
-        assert!(decode_iso0(&b, "4012345678909").expect("pin").matches("1234"));
+        assert!(
+            decode_iso0(&b, "4012345678909")
+                .expect("pin")
+                .matches("1234")
+        );
     }
 
     #[test]
@@ -471,11 +473,26 @@ mod tests {
             b
         };
         let cases = [
-            ([0x14, 0x12, 0x34, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], PinBlockError::Control(PinFormat::Iso0)),
-            ([0x03, 0x12, 0x3F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], PinBlockError::PinLength(PinFormat::Iso0)),
-            ([0x0D, 0x12, 0x34, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], PinBlockError::PinLength(PinFormat::Iso0)),
-            ([0x04, 0x12, 0x3A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], PinBlockError::PinDigit(PinFormat::Iso0)),
-            ([0x04, 0x12, 0x34, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE], PinBlockError::Fill(PinFormat::Iso0)),
+            (
+                [0x14, 0x12, 0x34, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+                PinBlockError::Control(PinFormat::Iso0),
+            ),
+            (
+                [0x03, 0x12, 0x3F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+                PinBlockError::PinLength(PinFormat::Iso0),
+            ),
+            (
+                [0x0D, 0x12, 0x34, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+                PinBlockError::PinLength(PinFormat::Iso0),
+            ),
+            (
+                [0x04, 0x12, 0x3A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+                PinBlockError::PinDigit(PinFormat::Iso0),
+            ),
+            (
+                [0x04, 0x12, 0x34, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE],
+                PinBlockError::Fill(PinFormat::Iso0),
+            ),
         ];
         for (clear, want) in cases {
             let err = decode_iso0(&with_pan(clear), pan).err();
@@ -485,7 +502,10 @@ mod tests {
         }
         assert_eq!(Pin::new("123").err(), Some(PinBlockError::BadPin));
         assert_eq!(Pin::new("12a4").err(), Some(PinBlockError::BadPin));
-        assert_eq!(encode_iso0(&pin("1234"), "4012").err(), Some(PinBlockError::BadPan));
+        assert_eq!(
+            encode_iso0(&pin("1234"), "4012").err(),
+            Some(PinBlockError::BadPan)
+        );
         assert_eq!(format!("{:?}", pin("1234")), "Pin(****)");
     }
 

@@ -251,7 +251,10 @@ impl KeyStore {
         })?;
         let file: File = toml::from_str(&text).map_err(|e| parse(e.message().to_owned()))?;
         if file.format != FORMAT {
-            return Err(parse(format!("format {} (this build reads {FORMAT})", file.format)));
+            return Err(parse(format!(
+                "format {} (this build reads {FORMAT})",
+                file.format
+            )));
         }
         let store_kcv = Kcv::parse(&file.lmk_kcv).map_err(|e| parse(format!("lmk_kcv: {e}")))?;
         if store_kcv != lmk.kcv() {
@@ -462,8 +465,12 @@ mod tests {
         let mut store = KeyStore::create(&path, &lmk).expect("create");
         let tpk = random::key(Algorithm::Tdes, 16).expect("key");
         let zpk = random::key(Algorithm::Aes, 32).expect("key");
-        store.add(&lmk, "term0001.tpk", KeyType::Tpk, &tpk).expect("add");
-        store.add(&lmk, "acq1.zpk", KeyType::Zpk, &zpk).expect("add");
+        store
+            .add(&lmk, "term0001.tpk", KeyType::Tpk, &tpk)
+            .expect("add");
+        store
+            .add(&lmk, "acq1.zpk", KeyType::Zpk, &zpk)
+            .expect("add");
         assert!(matches!(
             store.add(&lmk, "acq1.zpk", KeyType::Zpk, &zpk),
             Err(StoreError::Duplicate(_))
@@ -476,18 +483,31 @@ mod tests {
 
         let text = std::fs::read_to_string(&path).expect("read");
         for key in [&tpk, &zpk] {
-            let hex: String = key.expose_secret().iter().map(|b| format!("{b:02X}")).collect();
-            assert!(!text.to_uppercase().contains(&hex), "clear key in the store file");
+            let hex: String = key
+                .expose_secret()
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect();
+            assert!(
+                !text.to_uppercase().contains(&hex),
+                "clear key in the store file"
+            );
         }
         let store = KeyStore::open(&path, &lmk).expect("open");
         let (e, k) = store.get("term0001.tpk", &lmk).expect("get");
         assert_eq!(k.expose_secret(), tpk.expose_secret());
-        assert_eq!((e.key_type, e.usage.as_str(), e.mode), (KeyType::Tpk, "P0", 'B'));
+        assert_eq!(
+            (e.key_type, e.usage.as_str(), e.mode),
+            (KeyType::Tpk, "P0", 'B')
+        );
         assert_eq!(e.kcv, tpk.kcv());
         let (e, k) = store.get("acq1.zpk", &lmk).expect("get");
         assert_eq!(k.expose_secret(), zpk.expose_secret());
         assert_eq!(e.bits, 256);
-        assert!(matches!(store.get("nope", &lmk), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.get("nope", &lmk),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -497,7 +517,9 @@ mod tests {
         let lmk1 = lmk(0x70);
         let mut store = KeyStore::create(&path, &lmk1).expect("create");
         let tak = random::key(Algorithm::Tdes, 16).expect("key");
-        store.add(&lmk1, "term0001.tak", KeyType::Tak, &tak).expect("add");
+        store
+            .add(&lmk1, "term0001.tak", KeyType::Tak, &tak)
+            .expect("add");
         store.save().expect("save");
 
         let e = KeyStore::open(&path, &lmk(0x71)).err().expect("wrong LMK");
