@@ -217,7 +217,11 @@ fn read_components(files: &[PathBuf], count: usize) -> Result<Vec<String>, Failu
             .iter()
             .map(|f| {
                 std::fs::read_to_string(f)
-                    .map(|t| t.trim().to_owned())
+                    .map(|mut t| {
+                        let component = t.trim().to_owned();
+                        t.zeroize();
+                        component
+                    })
                     .map_err(|e| Failure(format!("{}: {e}", f.display())))
             })
             .collect();

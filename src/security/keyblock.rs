@@ -401,6 +401,28 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn wrap_unwrap_round_trip(
+            kbpk in proptest::sample::select(vec![16usize, 24, 32]),
+            aes in proptest::bool::ANY,
+            len in proptest::sample::select(vec![16usize, 24, 32]),
+            bytes in proptest::array::uniform32(proptest::num::u8::ANY),
+            random in proptest::array::uniform32(proptest::num::u8::ANY),
+            name in "[a-z0-9.]{0,40}",
+        ) {
+            let kbpk = SecretKey::aes(&bytes[..kbpk]).expect("kbpk");
+            let (alg, len) = if aes { (Algorithm::Aes, len) } else { (Algorithm::Tdes, len.min(24)) };
+            let key = SecretKey::new(alg, &random[..len]).expect("key");
+            let mut h = header(alg);
+            h.blocks = vec![("LB".into(), name)];
+            let block = wrap(&kbpk, &h, &key, &bytes).expect("wrap");
+            let (back_h, back) = unwrap(&kbpk, &block).expect("unwrap");
+            proptest::prop_assert_eq!(back_h, h);
+            proptest::prop_assert_eq!(back.expose_secret(), key.expose_secret());
+        }
+    }
+
     #[test]
     fn header_refusals() {
         let key = SecretKey::aes(&[0x5C; 16]).expect("key");
