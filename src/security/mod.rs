@@ -11,6 +11,7 @@
 //! * [`pinblock`]: ISO 9564 formats 0 and 4, translation between keys and
 //!   formats;
 //! * [`dukpt`]: TDES DUKPT (ANSI X9.24-1:2009), the host side;
+//! * [`dukpt_aes`]: AES DUKPT (ANSI X9.24-3-2017), the host side;
 //! * [`card_hash`]: HMAC-SHA-256 of the PAN (PCI DSS 3.5.1.1);
 //! * [`keyblock`]: X9.143 / TR-31 version D key blocks.
 //!
@@ -26,6 +27,7 @@ mod cipher;
 pub mod card_hash;
 pub mod cli;
 pub mod dukpt;
+pub mod dukpt_aes;
 pub mod kcv;
 pub mod keyblock;
 pub mod keys;
