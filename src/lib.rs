@@ -6,6 +6,9 @@
 //! * [`tools`]: what runs beside the switch: the acquirer host simulator
 //!   and the message decoder. (The load generator is the `loadtest` crate;
 //!   `switchyard demo` lives in the binary.)
+//! * [`security`]: keys under a local master key, MACs, PIN blocks,
+//!   DUKPT, the keyed card hash (the primitives; not yet in the request
+//!   path).
 //! * The protocol (codec, framings, response codes) is the
 //!   `switchyard-protocol` crate, re-exported here.
 //! * At the top, the small pieces every part shares: the clock, telemetry,
@@ -23,6 +26,7 @@ pub mod build_info;
 pub mod clock;
 pub mod hex;
 pub mod runtime;
+pub mod security;
 #[cfg(test)]
 mod simulation;
 pub mod switch;

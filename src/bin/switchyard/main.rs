@@ -61,6 +61,10 @@ enum Command {
     /// Read the transaction journal (masked): tail, show one transaction, stats.
     #[command(subcommand)]
     Journal(switchyard::switch::journal::cli::JournalCommand),
+    /// Keys under the local master key: form-lmk, generate, import, list,
+    /// export (KCVs shown, never a key).
+    #[command(subcommand)]
+    Keys(switchyard::security::cli::KeysCommand),
     /// Validate a config file and print every problem with its TOML path.
     CheckConfig {
         /// The config file.
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => switchyard::tools::sim::cli::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Journal(cmd) => switchyard::switch::journal::cli::run(cmd),
+        Command::Keys(cmd) => switchyard::security::cli::run(cmd),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 for w in c.warnings() {

@@ -1,0 +1,41 @@
+//! Card security: keys, MACs, PIN blocks, DUKPT, the key store.
+//!
+//! The primitives are pure functions over byte slices (no I/O, no clock;
+//! randomness comes in as an argument), one file per concern, over the
+//! RustCrypto crates:
+//!
+//! * [`keys`]: [`keys::SecretKey`], TDES or AES, zeroized on drop, shown
+//!   only by its [`kcv`] (key check value);
+//! * [`mac`]: ISO 9797-1 MAC algorithm 3 (retail MAC), algorithm 1 with
+//!   TDES, AES-CMAC;
+//! * [`pinblock`]: ISO 9564 formats 0 and 4, translation between keys and
+//!   formats;
+//! * [`dukpt`]: TDES DUKPT (ANSI X9.24-1:2009), the host side;
+//! * [`dukpt_aes`]: AES DUKPT (ANSI X9.24-3-2017), the host side;
+//! * [`card_hash`]: HMAC-SHA-256 of the PAN (PCI DSS 3.5.1.1);
+//! * [`keyblock`]: X9.143 / TR-31 version D key blocks.
+//!
+//! Around them, with I/O: [`lmk`] (the local master key, from components,
+//! in a file), [`store`] (the key store file), [`random`] (the OS's random
+//! bytes) and [`cli`] (`switchyard keys`).
+//!
+//! Nothing here logs, and no error message carries a key, a PIN or a PIN
+//! block: errors say what was wrong, `Debug` shows KCVs.
+
+mod cipher;
+
+pub mod card_hash;
+pub mod cli;
+pub mod dukpt;
+pub mod dukpt_aes;
+pub mod kcv;
+pub mod keyblock;
+pub mod keys;
+pub mod lmk;
+pub mod mac;
+pub mod pinblock;
+pub mod random;
+pub mod store;
+
+pub use kcv::Kcv;
+pub use keys::{Algorithm, SecretKey};
