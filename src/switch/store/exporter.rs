@@ -468,8 +468,6 @@ impl Exporter {
             return Err(e.into());
         }
         if self.records.is_empty() {
-            self.metrics.lag_records.set(0.0);
-            self.metrics.lag_seconds.set(0.0);
             return Ok(0);
         }
         let mut fold = Fold {
@@ -569,7 +567,9 @@ impl Exporter {
             }
             match self.step(upto) {
                 Ok(n) => {
-                    self.report_lag(upto, now_ms);
+                    // Against the watermark as it is now: records made
+                    // durable while the batch was written are lag too.
+                    self.report_lag(*durable.borrow(), crate::clock::unix_now_ms());
                     exported.send_replace(self.position());
                     let over = draining_since.is_some_and(|t| t.elapsed() > DRAIN_LIMIT);
                     if (n == 0 && stopping) || over {
