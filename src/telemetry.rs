@@ -61,6 +61,20 @@ pub const JOURNAL_FSYNCS: &str = "switchyard_journal_fsyncs_total";
 pub const JOURNAL_FSYNC_SECONDS: &str = "switchyard_journal_fsync_seconds";
 /// Bytes of journal segments on disk.
 pub const JOURNAL_BYTES: &str = "switchyard_journal_bytes";
+/// Durable journal records not yet in the transaction store.
+pub const STORE_EXPORT_LAG_RECORDS: &str = "switchyard_store_export_lag_records";
+/// Age of the last record the store has while it is behind (0: caught up).
+pub const STORE_EXPORT_LAG_SECONDS: &str = "switchyard_store_export_lag_seconds";
+/// Row upserts written to the transaction store.
+pub const STORE_ROWS_WRITTEN: &str = "switchyard_store_rows_written_total";
+/// Journal records exported to the transaction store.
+pub const STORE_RECORDS_EXPORTED: &str = "switchyard_store_records_exported_total";
+/// Export batches committed (one SQL transaction each).
+pub const STORE_BATCHES: &str = "switchyard_store_batches_total";
+/// Export batches that failed (retried).
+pub const STORE_EXPORT_ERRORS: &str = "switchyard_store_export_errors_total";
+/// Rows deleted by `store.retention_days`.
+pub const STORE_RETENTION_DELETED: &str = "switchyard_store_retention_deleted_total";
 /// Always 1; the labels say which build runs (`version`, `commit`).
 pub const BUILD_INFO: &str = "switchyard_build_info";
 /// Cards whose fraud history is held in memory.
@@ -194,6 +208,25 @@ fn describe() {
         "Reversals queued after a timeout or lost link"
     );
     describe_counter!(STAND_IN_APPROVED, "Requests approved in stand-in");
+    describe_gauge!(
+        STORE_EXPORT_LAG_RECORDS,
+        "Durable journal records not yet in the transaction store"
+    );
+    describe_gauge!(
+        STORE_EXPORT_LAG_SECONDS,
+        "Age of the newest exported record while the store is behind"
+    );
+    describe_counter!(
+        STORE_ROWS_WRITTEN,
+        "Row upserts written to the transaction store"
+    );
+    describe_counter!(
+        STORE_RECORDS_EXPORTED,
+        "Journal records exported to the store"
+    );
+    describe_counter!(STORE_BATCHES, "Store export batches committed");
+    describe_counter!(STORE_EXPORT_ERRORS, "Store export batches that failed");
+    describe_counter!(STORE_RETENTION_DELETED, "Store rows deleted by retention");
     describe_counter!(
         UNDELIVERABLE_REVERSED,
         "Host approvals that could not be delivered to the terminal, reversed"

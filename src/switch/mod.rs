@@ -23,5 +23,6 @@ pub mod repeats;
 pub mod router;
 pub mod saf;
 pub mod server;
+pub mod store;
 pub mod terminal;
 pub mod tls;

@@ -183,6 +183,8 @@ pub enum StartError {
     Routing(#[from] crate::switch::router::RouteError),
     #[error("journal: {0}")]
     Journal(#[from] crate::switch::journal::JournalError),
+    #[error("store: {0}")]
+    Store(#[from] crate::switch::store::StoreError),
 }
 
 /// A running switch.
@@ -202,6 +204,8 @@ pub struct Switch {
     links: Vec<JoinHandle<()>>,
     accept: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
+    /// The transaction store's exporter, when `[store] enabled`.
+    store: Option<crate::switch::store::ExporterHandle>,
     grace: std::time::Duration,
 }
 
@@ -232,6 +236,12 @@ impl Switch {
         if let Some(t) = &recovery.torn {
             warn!(segment = %t.segment.display(), offset = t.offset, "journal: torn final record cut off");
         }
+
+        let store = if config.store.enabled {
+            Some(start_store(&config, &journal, recovery.next_seq - 1).await?)
+        } else {
+            None
+        };
 
         let links_stop = CancellationToken::new();
         let saf_stop = CancellationToken::new();
@@ -334,8 +344,15 @@ impl Switch {
             links,
             accept,
             admin,
+            store,
             grace: config.limits.shutdown_grace,
         })
+    }
+
+    /// The journal position the transaction store has reached, as it
+    /// moves; `None` without `[store] enabled`.
+    pub fn store_exported(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.store.as_ref().map(|s| s.exported())
     }
 
     /// Re-reads the terminal TLS material (SIGHUP): new handshakes use it,
@@ -397,6 +414,11 @@ impl Switch {
             journal.all_synced()
         })
         .await;
+        // The journal is closed: the exporter takes what it made durable
+        // and stops.
+        if let Some(store) = self.store {
+            let _ = tokio::task::spawn_blocking(move || store.stop()).await;
+        }
         let stats = self.shared.journal.stats();
         let journal = if closed.unwrap_or(false) {
             format!("journal synced up to record {}", stats.durable)
@@ -412,6 +434,37 @@ impl Switch {
             in_flight_at_stop.saturating_sub(left)
         );
     }
+}
+
+/// Opens the transaction store (migrations run here) and starts its
+/// exporter after the journal's `durable` record as it stands at start.
+async fn start_store(
+    config: &Config,
+    journal: &crate::switch::journal::Journal,
+    durable: u64,
+) -> Result<crate::switch::store::ExporterHandle, StartError> {
+    use crate::switch::store::{self, ExportSettings, Exporter};
+    let settings = ExportSettings::new(
+        &config.store,
+        config.journal.dir.clone(),
+        config.acquirers.iter().map(|a| a.name.clone()).collect(),
+    );
+    let backend = config.store.backend.clone();
+    let exporter = tokio::task::spawn_blocking(move || {
+        let exporter = Exporter::new(settings, store::open(&backend)?)?;
+        exporter.check_journal(durable)?;
+        Ok::<_, store::StoreError>(exporter)
+    })
+    .await
+    .map_err(|e| store::StoreError::Spawn(std::io::Error::other(e.to_string())))??;
+    let store::Backend::Sqlite { path } = &config.store.backend;
+    info!(
+        "store: sqlite {}, node {}, exported up to journal record {} of {durable}",
+        path.display(),
+        config.store.node_id,
+        exporter.position()
+    );
+    Ok(exporter.spawn(journal.durable())?)
 }
 
 /// What recovery scanned, also when it found nothing to do: an operator

@@ -33,6 +33,7 @@ use crate::switch::journal::{JournalConfig, JournalFile};
 use crate::switch::router::{RoutingConfig, RoutingFile};
 use crate::switch::saf::{SafConfig, SafFile};
 use crate::switch::server::{LimitsConfig, LimitsFile};
+use crate::switch::store::{StoreConfig, StoreFile};
 use crate::switch::terminal::{TerminalConfig, TerminalsFile};
 
 /// One configuration problem.
@@ -111,6 +112,7 @@ pub struct Config {
     pub fraud: FraudConfig,
     pub journal: JournalConfig,
     pub saf: SafConfig,
+    pub store: StoreConfig,
     /// Top-level `test_setup = true`: a development or test configuration,
     /// allowed to run with the development `pan_key`.
     pub test_setup: bool,
@@ -169,6 +171,7 @@ struct ConfigFile {
     fraud: FraudFile,
     journal: JournalFile,
     saf: SafFile,
+    store: StoreFile,
     test_setup: bool,
 }
 
@@ -408,6 +411,7 @@ impl ConfigFile {
             fraud: self.fraud.validate(&mut s.sub("fraud")),
             journal: self.journal.validate(&mut s.sub("journal")),
             saf: self.saf.validate(&mut s.sub("saf")),
+            store: self.store.validate(&mut s.sub("store")),
             test_setup: self.test_setup,
             view,
         }

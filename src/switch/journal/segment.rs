@@ -154,6 +154,24 @@ impl SegmentReader {
         })
     }
 
+    /// Continues a segment being followed (the store's exporter): reads
+    /// from `offset`, which a reader of the same file reported as
+    /// [`SegmentReader::good_offset`] just after the record `prev_seq`.
+    /// At offset 0 it reads the header first, as [`SegmentReader::open`].
+    pub fn resume(path: &Path, offset: u64, prev_seq: u64) -> Result<SegmentReader, ReadError> {
+        let mut reader = SegmentReader::open(path, prev_seq)?;
+        if offset > 0 {
+            use std::io::{Seek, SeekFrom};
+            let sought = reader.file.seek(SeekFrom::Start(offset));
+            if let Err(e) = sought {
+                return Err(reader.io(e));
+            }
+            reader.offset = offset;
+            reader.started = true;
+        }
+        Ok(reader)
+    }
+
     /// Byte offset just past the last good record (or header).
     pub fn good_offset(&self) -> u64 {
         self.offset
