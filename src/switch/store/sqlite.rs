@@ -34,6 +34,11 @@ impl SqliteStore {
         // `journal_mode` answers with the mode set: a query, not an execute.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        // Checkpoints every 64 MiB of WAL rather than 4 MiB: a hot index
+        // page is copied into the database once per checkpoint, not once
+        // per few batches; and the pages the upserts touch stay cached
+        // (64 MiB, bounded). Measured: the export lag at 115k/s halved.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 16384; PRAGMA cache_size = -65536;")?;
         let mut store = SqliteStore {
             conn,
             path: path.to_owned(),
