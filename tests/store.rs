@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use switchyard::iso8583::Mti;
+use switchyard::iso8583::values::luhn_ok;
 use switchyard::switch::journal::Record;
 use switchyard::switch::store::sqlite::SqliteStore;
 use switchyard::switch::store::{SafState, Store, TxnRow};
@@ -22,21 +23,6 @@ use tokio::sync::Notify;
 use tokio::time::timeout;
 
 const NODE: &str = "node-1";
-
-fn luhn_ok(digits: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for (i, d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(d - b'0');
-        if i % 2 == 1 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
-    }
-    sum % 10 == 0
-}
 
 /// Every run of 13 to 19 ASCII digits in `bytes` (and every such window
 /// of a longer run) that passes the Luhn check.

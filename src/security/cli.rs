@@ -11,7 +11,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use zeroize::Zeroize;
 
 use super::cipher::Tdes;
@@ -23,46 +23,6 @@ use super::random;
 use super::store::{KeyStore, KeyType, StoreError, header_for};
 
 pub const STORE_ENV: &str = "SWITCHYARD_KEY_STORE";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum TypeArg {
-    Tpk,
-    Tak,
-    Zpk,
-    Zak,
-    Zmk,
-    Tmk,
-    Bdk,
-}
-
-impl From<TypeArg> for KeyType {
-    fn from(t: TypeArg) -> KeyType {
-        match t {
-            TypeArg::Tpk => KeyType::Tpk,
-            TypeArg::Tak => KeyType::Tak,
-            TypeArg::Zpk => KeyType::Zpk,
-            TypeArg::Zak => KeyType::Zak,
-            TypeArg::Zmk => KeyType::Zmk,
-            TypeArg::Tmk => KeyType::Tmk,
-            TypeArg::Bdk => KeyType::Bdk,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AlgorithmArg {
-    Tdes,
-    Aes,
-}
-
-impl From<AlgorithmArg> for Algorithm {
-    fn from(a: AlgorithmArg) -> Algorithm {
-        match a {
-            AlgorithmArg::Tdes => Algorithm::Tdes,
-            AlgorithmArg::Aes => Algorithm::Aes,
-        }
-    }
-}
 
 #[derive(Args, Debug)]
 pub struct StoreArgs {
@@ -80,10 +40,10 @@ pub struct KeySpec {
     #[arg(long)]
     name: String,
     #[arg(long = "type", value_enum)]
-    key_type: TypeArg,
+    key_type: KeyType,
     /// TDES (the default) or AES.
-    #[arg(long, value_enum, default_value_t = AlgorithmArg::Tdes)]
-    algorithm: AlgorithmArg,
+    #[arg(long, value_enum, default_value_t = Algorithm::Tdes)]
+    algorithm: Algorithm,
     /// Key length in bits: 128 (default) or 192 for TDES; 128, 192 or 256
     /// for AES.
     #[arg(long, default_value_t = 128)]
@@ -330,7 +290,7 @@ fn open(args: &StoreArgs, create: bool) -> Result<(KeyStore, Lmk), Failure> {
 }
 
 fn key_len(spec: &KeySpec) -> Result<usize, Failure> {
-    let alg = Algorithm::from(spec.algorithm);
+    let alg = spec.algorithm;
     let len = spec.bits / 8;
     if spec.bits % 8 != 0 || !alg.valid_len(len) {
         return Err(Failure(format!(
@@ -342,9 +302,7 @@ fn key_len(spec: &KeySpec) -> Result<usize, Failure> {
 }
 
 fn added(store: &mut KeyStore, lmk: &Lmk, spec: &KeySpec, key: &SecretKey) -> Result<(), Failure> {
-    let entry = store
-        .add(lmk, &spec.name, spec.key_type.into(), key)?
-        .clone();
+    let entry = store.add(lmk, &spec.name, spec.key_type, key)?.clone();
     store.save()?;
     println!(
         "{} ({}, {}-{}, usage {}): KCV {}, stored in {}",
@@ -365,7 +323,7 @@ fn generate(args: &StoreArgs, spec: &KeySpec) -> Result<(), Failure> {
     if store.entry(&spec.name).is_some() {
         return Err(StoreError::Duplicate(spec.name.clone()).into());
     }
-    let key = random::key(spec.algorithm.into(), len)?;
+    let key = random::key(spec.algorithm, len)?;
     added(&mut store, &lmk, spec, &key)
 }
 
@@ -385,7 +343,7 @@ fn import(
     if store.entry(&spec.name).is_some() {
         return Err(StoreError::Duplicate(spec.name.clone()).into());
     }
-    let alg = Algorithm::from(spec.algorithm);
+    let alg = spec.algorithm;
     let key = match under {
         None => {
             if key_block.is_some() || cryptogram.is_some() {
@@ -442,7 +400,7 @@ fn import(
             match (key_block, cryptogram, kek.algorithm()) {
                 (Some(block), None, Algorithm::Aes) => {
                     let (header, key) = keyblock::unwrap(&kek, block.trim())?;
-                    let kt = KeyType::from(spec.key_type);
+                    let kt = spec.key_type;
                     if header.usage != kt.usage(key.algorithm()) {
                         return Err(Failure(format!(
                             "the key block's usage {} is not a {kt}'s ({})",

@@ -10,7 +10,7 @@ use zeroize::Zeroize;
 use super::kcv::Kcv;
 
 /// The block cipher a key is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Algorithm {
     /// Triple DES, double (16 bytes) or triple (24 bytes) length.
     Tdes,

@@ -36,7 +36,7 @@ use super::lmk::Lmk;
 use super::random;
 
 /// What a key is for, as the switch names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum KeyType {
     /// Terminal PIN key: DE52 from a terminal.
     Tpk,

@@ -11,6 +11,9 @@
 //! * [`router`]: card range -> acquirer. [`fraud`]: scoring and per-card
 //!   history. [`repeats`]: recent answers for repeated requests.
 //! * [`journal`]: the append-only transaction journal and its recovery.
+//! * [`tls`]: TLS on the terminal listeners and acquirer links (config,
+//!   handshake slots, certificate binding, SIGHUP reload).
+//! * [`store`]: the transaction store the exporter fills from the journal.
 //! * [`admin`]: `/metrics`, `/health`, `/ready` and the read-only JSON API.
 //!   [`config`]: the TOML config.
 

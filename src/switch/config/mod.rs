@@ -309,9 +309,14 @@ impl Section<'_> {
     /// No problem found so far in this table or under it.
     pub(crate) fn is_clean(&self) -> bool {
         let prefix = self.at("");
-        !self.problems.found.iter().any(|p| {
-            p.path == prefix || p.path.starts_with(&format!("{prefix}.")) || prefix.is_empty()
-        })
+        let under = |path: &str| {
+            prefix.is_empty()
+                || path == prefix
+                || path
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
+        !self.problems.found.iter().any(|p| under(&p.path))
     }
 
     /// `value`, or `fallback` with the error reported at `key` (the config

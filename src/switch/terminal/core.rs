@@ -131,7 +131,7 @@ pub struct TerminalCore<J> {
     pub(super) outcomes: u64,
     /// The terminal ids this connection's client certificate may use,
     /// when DE41 is bound to certificates (`[terminals.tls]`).
-    bound: Option<BoundTerminals>,
+    pub(super) bound: Option<BoundTerminals>,
     mismatch_log: LogThrottle,
 }
 

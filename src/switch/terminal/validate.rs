@@ -73,7 +73,10 @@ impl<J: JournalAppend> TerminalCore<J> {
             self.respond(msg, code, started);
             return None;
         }
-        if let Some(tid) = msg.terminal_id()
+        // Unbound connections (plain TCP, or no binding) skip reading
+        // DE41 again.
+        if self.bound.is_some()
+            && let Some(tid) = msg.terminal_id()
             && !self.terminal_bound(&tid)
         {
             self.respond(msg, codes::UNKNOWN_TERMINAL, started);

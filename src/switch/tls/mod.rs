@@ -71,23 +71,18 @@ impl TerminalTls {
 
     /// Re-reads every file; on any problem the material in use stays.
     pub fn reload(&self) -> Result<(), String> {
-        let result = self
+        let loaded = self
             .settings
             .server
             .build()
             .map_err(|e| e.to_string())
             .and_then(|server| Ok((server, load_map(&self.settings)?)));
-        let outcome = match result {
-            Ok((server, map)) => {
-                self.server.store(server);
-                self.id_map.store(Arc::new(map));
-                Ok(())
-            }
-            Err(e) => Err(e),
-        };
-        let label = if outcome.is_ok() { "ok" } else { "failed" };
+        let label = if loaded.is_ok() { "ok" } else { "failed" };
         metrics::counter!(telemetry::TLS_RELOADS, "result" => label).increment(1);
-        outcome
+        let (server, map) = loaded?;
+        self.server.store(server);
+        self.id_map.store(Arc::new(map));
+        Ok(())
     }
 
     /// Runs the handshake within its slot and time; `None` when refused
