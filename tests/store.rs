@@ -123,10 +123,14 @@ async fn the_store_holds_what_the_terminal_saw_and_marks_the_reversal() {
 
     // The exporter's position moves as the journal does; wait (on it)
     // until the store has every request and every reversal acknowledged.
+    // A row can be in before its answer is (the request's record was
+    // exported in one batch, the answer's not yet): wait for outcomes too.
     let done = |rows: &[TxnRow]| {
         rows.len() == seen.len()
             && rows.iter().all(|r| {
-                r.outcome.as_deref() != Some("timeout") || r.reversal.state == Some(SafState::Acked)
+                r.outcome.is_some()
+                    && (r.outcome.as_deref() != Some("timeout")
+                        || r.reversal.state == Some(SafState::Acked))
             })
     };
     let caught_up = timeout(GUARD, async {
