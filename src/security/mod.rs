@@ -13,7 +13,9 @@
 //! * [`dukpt`]: TDES DUKPT (ANSI X9.24-1:2009), the host side;
 //! * [`dukpt_aes`]: AES DUKPT (ANSI X9.24-3-2017), the host side;
 //! * [`card_hash`]: HMAC-SHA-256 of the PAN (PCI DSS 3.5.1.1);
-//! * [`keyblock`]: X9.143 / TR-31 version D key blocks.
+//! * [`keyblock`]: X9.143 / TR-31 version D key blocks;
+//! * [`hsm`]: the commands a switch asks of an HSM, and the soft HSM that
+//!   answers them in the process.
 //!
 //! Around them, with I/O: [`lmk`] (the local master key, from components,
 //! in a file), [`store`] (the key store file), [`random`] (the OS's random
@@ -28,6 +30,7 @@ pub mod card_hash;
 pub mod cli;
 pub mod dukpt;
 pub mod dukpt_aes;
+pub mod hsm;
 pub mod kcv;
 pub mod keyblock;
 pub mod keys;

@@ -1,0 +1,513 @@
+//! The soft HSM: the key store's keys unwrapped once under the LMK and
+//! held in memory (zeroized when dropped), answering every command at once
+//! with the primitives of [`crate::security`].
+//!
+//! It is the default and what the core calls in line on the hot path; its
+//! cost per command is that of the cryptography (see `benches/security.rs`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::{HsmCommand, HsmError, HsmReply, KeyName, MacAlgorithm, MacValue, PinSource};
+use zeroize::Zeroize;
+
+use crate::security::cipher::Tdes;
+use crate::security::keyblock;
+use crate::security::keys::{Algorithm, SecretKey};
+use crate::security::lmk::Lmk;
+use crate::security::mac::{self, MacError, Padding};
+use crate::security::pinblock::{self, PinFormat};
+use crate::security::random;
+use crate::security::store::{self, KeyStore, KeyType, StoreError};
+use crate::security::{Kcv, dukpt};
+
+/// Most keys a soft HSM holds: a key store is a config file, not a
+/// database of terminals (DUKPT serves fleets with one BDK).
+pub const MAX_KEYS: usize = 100_000;
+
+pub struct SoftHsm {
+    keys: HashMap<KeyName, (KeyType, SecretKey)>,
+    lmk: Lmk,
+}
+
+impl SoftHsm {
+    /// Every key of the store at `path`, unwrapped under `lmk` (each
+    /// block's authentication checked).
+    pub fn open(path: &Path, lmk: Lmk) -> Result<SoftHsm, StoreError> {
+        let store = KeyStore::open(path, &lmk)?;
+        let mut keys = HashMap::new();
+        for entry in store.entries() {
+            if keys.len() == MAX_KEYS {
+                return Err(StoreError::Parse {
+                    path: path.to_owned(),
+                    reason: format!("more than {MAX_KEYS} keys"),
+                });
+            }
+            let (entry, key) = store.get(&entry.name, &lmk)?;
+            keys.insert(KeyName::from(entry.name.as_str()), (entry.key_type, key));
+        }
+        Ok(SoftHsm { keys, lmk })
+    }
+
+    /// From keys in hand (tests, the simulator's own side).
+    pub fn from_keys(
+        lmk: Lmk,
+        keys: impl IntoIterator<Item = (String, KeyType, SecretKey)>,
+    ) -> SoftHsm {
+        let keys = keys
+            .into_iter()
+            .map(|(name, t, k)| (KeyName::from(name.as_str()), (t, k)))
+            .collect();
+        SoftHsm { keys, lmk }
+    }
+
+    pub fn lmk_kcv(&self) -> Kcv {
+        self.lmk.kcv()
+    }
+
+    /// Is a key of this name and one of these types held?
+    pub fn has(&self, name: &str, types: &[KeyType]) -> bool {
+        self.keys.get(name).is_some_and(|(t, _)| types.contains(t))
+    }
+
+    fn key(&self, name: &str, wanted: &[KeyType]) -> Result<&SecretKey, HsmError> {
+        let (t, key) = self
+            .keys
+            .get(name)
+            .ok_or_else(|| HsmError::UnknownKey(name.to_owned()))?;
+        if !wanted.contains(t) {
+            return Err(HsmError::WrongKeyType {
+                name: name.to_owned(),
+                actual: t.name(),
+                wanted: wanted[0].name(),
+            });
+        }
+        Ok(key)
+    }
+
+    pub fn execute(&self, command: &HsmCommand) -> Result<HsmReply, HsmError> {
+        match command {
+            HsmCommand::TranslatePin {
+                source,
+                to,
+                block,
+                to_format,
+                pan,
+            } => self.translate_pin(source, to, block, *to_format, pan),
+            HsmCommand::GenerateMac {
+                key,
+                algorithm,
+                data,
+                len,
+            } => {
+                let key = self.key(key, &[KeyType::Tak, KeyType::Zak])?;
+                let full = full_mac(key, *algorithm, data)?;
+                if !(4..=full.len()).contains(len) {
+                    return Err(HsmError::BadInput(format!("a MAC of {len} bytes")));
+                }
+                Ok(HsmReply::Mac(full.into_iter().take(*len).collect()))
+            }
+            HsmCommand::VerifyMac {
+                key,
+                algorithm,
+                data,
+                mac,
+            } => {
+                let key = self.key(key, &[KeyType::Tak, KeyType::Zak])?;
+                verify_mac(key, *algorithm, data, mac)?;
+                Ok(HsmReply::Verified)
+            }
+            HsmCommand::GenerateKey {
+                key_type,
+                algorithm,
+                export_under,
+            } => self.generate_key(*key_type, *algorithm, export_under.as_deref()),
+            HsmCommand::Diagnostics => Ok(HsmReply::Diagnostics {
+                lmk_kcv: self.lmk.kcv(),
+                firmware: format!("switchyard soft HSM {}", env!("CARGO_PKG_VERSION")),
+            }),
+        }
+    }
+
+    fn translate_pin(
+        &self,
+        source: &PinSource,
+        to: &str,
+        block: &pinblock::EncryptedPinBlock,
+        to_format: PinFormat,
+        pan: &str,
+    ) -> Result<HsmReply, HsmError> {
+        let derived;
+        let from = match source {
+            PinSource::Tpk(name) => self.key(name, &[KeyType::Tpk])?,
+            PinSource::Zpk(name) => self.key(name, &[KeyType::Zpk])?,
+            PinSource::Dukpt { bdk, ksn } => {
+                let bdk = self.key(bdk, &[KeyType::Bdk])?;
+                derived = dukpt::pin_key(bdk, ksn)
+                    .map_err(|e| HsmError::BadPinBlock(format!("DE53: {e}")))?;
+                &derived
+            }
+        };
+        let to = self.key(to, &[KeyType::Zpk])?;
+        let mut fill = [0u8; 8];
+        if to_format == PinFormat::Iso4 {
+            random::fill(&mut fill).map_err(|e| HsmError::Unavailable(e.to_string()))?;
+        }
+        let out = pinblock::translate(block, from, to, to_format, pan, &fill)
+            .map_err(|e| HsmError::BadPinBlock(e.to_string()))?;
+        Ok(HsmReply::Pin(out))
+    }
+
+    fn generate_key(
+        &self,
+        key_type: KeyType,
+        algorithm: Algorithm,
+        export_under: Option<&str>,
+    ) -> Result<HsmReply, HsmError> {
+        let len = match algorithm {
+            Algorithm::Tdes => 16,
+            Algorithm::Aes => 16,
+        };
+        let key = random::key(algorithm, len).map_err(|e| HsmError::Unavailable(e.to_string()))?;
+        let header = store::header_for("generated", key_type, &key, &self.lmk);
+        let block = wrap(self.lmk.key(), &header, &key)?;
+        let exported = match export_under {
+            None => None,
+            Some(name) => {
+                let kek = self.key(name, &[KeyType::Zmk, KeyType::Tmk])?;
+                Some(export_under_kek(kek, &header, &key)?)
+            }
+        };
+        Ok(HsmReply::Key {
+            block,
+            exported,
+            kcv: key.kcv(),
+        })
+    }
+}
+
+fn wrap(kbpk: &SecretKey, header: &keyblock::Header, key: &SecretKey) -> Result<String, HsmError> {
+    let mut pad = [0u8; 32];
+    random::fill(&mut pad).map_err(|e| HsmError::Unavailable(e.to_string()))?;
+    keyblock::wrap(kbpk, header, key, &pad).map_err(|e| HsmError::BadInput(e.to_string()))
+}
+
+/// A key for the other side under a key-encrypting key (ZMK or TMK): a
+/// TDES key under a TDES KEK as hex of its ECB encryption (what 0800 key
+/// exchange carries, checked by its KCV), anything under an AES KEK as a
+/// TR-31 version D block.
+pub fn export_under_kek(
+    kek: &SecretKey,
+    header: &keyblock::Header,
+    key: &SecretKey,
+) -> Result<String, HsmError> {
+    match (kek.algorithm(), key.algorithm()) {
+        (Algorithm::Aes, _) => wrap(kek, header, key),
+        (Algorithm::Tdes, Algorithm::Tdes) => {
+            let c = Tdes::new(kek)
+                .ok_or_else(|| HsmError::BadInput(format!("KEK {}", kek.describe())))?;
+            let mut out = String::with_capacity(2 * key.len());
+            for chunk in key.expose_secret().chunks(8) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                c.encrypt(&mut b);
+                out.extend(b.iter().map(|x| format!("{x:02X}")));
+                b.zeroize();
+            }
+            Ok(out)
+        }
+        (Algorithm::Tdes, Algorithm::Aes) => Err(HsmError::BadInput(
+            "an AES key can not be exported under a TDES key-encrypting key".into(),
+        )),
+    }
+}
+
+/// The inverse of [`export_under_kek`] for a TDES key under a TDES KEK.
+pub fn import_tdes_under_kek(kek: &SecretKey, hex: &str) -> Result<SecretKey, HsmError> {
+    let c = Tdes::new(kek).ok_or_else(|| HsmError::BadInput(format!("KEK {}", kek.describe())))?;
+    let mut bytes = crate::hex::parse_hex(hex)
+        .map_err(|e| HsmError::BadInput(format!("encrypted key: {e}")))?;
+    if bytes.len() != 16 && bytes.len() != 24 {
+        bytes.zeroize();
+        return Err(HsmError::BadInput(format!(
+            "an encrypted TDES key of {} bytes",
+            bytes.len()
+        )));
+    }
+    for chunk in bytes.chunks_mut(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        c.decrypt(&mut b);
+        chunk.copy_from_slice(&b);
+        b.zeroize();
+    }
+    let key = SecretKey::tdes(&bytes).map_err(|e| HsmError::BadInput(e.to_string()));
+    bytes.zeroize();
+    key
+}
+
+fn mac_error(e: MacError) -> HsmError {
+    match e {
+        MacError::Mismatch => HsmError::MacMismatch,
+        other => HsmError::BadInput(other.to_string()),
+    }
+}
+
+/// The whole MAC value (8 bytes for TDES, 16 for AES-CMAC).
+pub fn full_mac(
+    key: &SecretKey,
+    algorithm: MacAlgorithm,
+    data: &[u8],
+) -> Result<MacValue, HsmError> {
+    let mut out = MacValue::new();
+    match algorithm {
+        MacAlgorithm::Retail => out.try_extend_from_slice(
+            &mac::retail_mac(key, data, Padding::Method1).map_err(mac_error)?,
+        ),
+        MacAlgorithm::TdesCbc => out.try_extend_from_slice(
+            &mac::tdes_cbc_mac(key, data, Padding::Method1).map_err(mac_error)?,
+        ),
+        MacAlgorithm::AesCmac => {
+            out.try_extend_from_slice(&mac::cmac(key, data).map_err(mac_error)?)
+        }
+    }
+    .map_err(|_| HsmError::BadInput("MAC longer than 16 bytes".into()))?;
+    Ok(out)
+}
+
+/// Checks `received` (4 bytes or more: the left-most of the full value),
+/// in constant time.
+pub fn verify_mac(
+    key: &SecretKey,
+    algorithm: MacAlgorithm,
+    data: &[u8],
+    received: &[u8],
+) -> Result<(), HsmError> {
+    match algorithm {
+        MacAlgorithm::Retail => mac::verify_retail_mac(key, data, Padding::Method1, received),
+        MacAlgorithm::TdesCbc => mac::verify_tdes_cbc_mac(key, data, Padding::Method1, received),
+        MacAlgorithm::AesCmac => mac::verify_cmac(key, data, received),
+    }
+    .map_err(mac_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::pinblock::{EncryptedPinBlock, Pin};
+    use bytes::Bytes;
+
+    fn tdes(hex: &str) -> SecretKey {
+        SecretKey::from_hex(Algorithm::Tdes, hex).expect("key")
+    }
+
+    fn hsm() -> SoftHsm {
+        let lmk = Lmk::from_components(&[
+            SecretKey::from_hex(
+                Algorithm::Aes,
+                "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
+            )
+            .expect("c1"),
+            SecretKey::from_hex(
+                Algorithm::Aes,
+                "0F0E0D0C0B0A090807060504030201000F0E0D0C0B0A09080706050403020100",
+            )
+            .expect("c2"),
+        ])
+        .expect("lmk");
+        SoftHsm::from_keys(
+            lmk,
+            [
+                (
+                    "t.tpk".into(),
+                    KeyType::Tpk,
+                    tdes("0123456789ABCDEFFEDCBA9876543210"),
+                ),
+                (
+                    "a.zpk".into(),
+                    KeyType::Zpk,
+                    tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D"),
+                ),
+                (
+                    "t.tak".into(),
+                    KeyType::Tak,
+                    tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D"),
+                ),
+                (
+                    "z.bdk".into(),
+                    KeyType::Bdk,
+                    tdes("0123456789ABCDEFFEDCBA9876543210"),
+                ),
+                (
+                    "z.zmk".into(),
+                    KeyType::Zmk,
+                    tdes("89ABCDEF0123456776543210FEDCBA98"),
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn translates_a_pin_from_tpk_to_zpk() {
+        let h = hsm();
+        let pan = "4012345678909";
+        let pin = Pin::new("1234").expect("pin");
+        let block = pinblock::encrypt(
+            &tdes("0123456789ABCDEFFEDCBA9876543210"),
+            PinFormat::Iso0,
+            &pin,
+            pan,
+            &[0; 8],
+        )
+        .expect("encrypt");
+        let out = h
+            .execute(&HsmCommand::TranslatePin {
+                source: PinSource::Tpk("t.tpk".into()),
+                to: "a.zpk".into(),
+                block,
+                to_format: PinFormat::Iso0,
+                pan: pan.into(),
+            })
+            .expect("translate");
+        let HsmReply::Pin(out) = out else {
+            panic!("not a PIN block: {out:?}")
+        };
+        let back = pinblock::decrypt(&tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D"), &out, pan)
+            .expect("decrypt");
+        assert!(back.matches("1234"));
+    }
+
+    #[test]
+    fn dukpt_pin_of_the_published_vector_translates() {
+        // jPOS DUKPTTest: PIN 1234, PAN 4012345678909, KSN FFFF9876543210E00001.
+        let h = hsm();
+        let block = EncryptedPinBlock::from_bytes(
+            PinFormat::Iso0,
+            &crate::hex::parse_hex("1B9C1845EB993A7A").expect("hex"),
+        )
+        .expect("block");
+        let ksn = dukpt::Ksn::new(&crate::hex::parse_hex("FFFF9876543210E00001").expect("hex"))
+            .expect("ksn");
+        let out = h
+            .execute(&HsmCommand::TranslatePin {
+                source: PinSource::Dukpt {
+                    bdk: "z.bdk".into(),
+                    ksn,
+                },
+                to: "a.zpk".into(),
+                block,
+                to_format: PinFormat::Iso0,
+                pan: "4012345678909".into(),
+            })
+            .expect("translate");
+        let HsmReply::Pin(out) = out else {
+            panic!("not a PIN block")
+        };
+        let back = pinblock::decrypt(
+            &tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D"),
+            &out,
+            "4012345678909",
+        )
+        .expect("decrypt");
+        assert!(back.matches("1234"));
+    }
+
+    #[test]
+    fn a_pin_under_another_key_is_refused_as_a_bad_block() {
+        let h = hsm();
+        let pan = "4012345678909";
+        let pin = Pin::new("1234").expect("pin");
+        let block = pinblock::encrypt(
+            &tdes("1111111111111111FEDCBA9876543210"),
+            PinFormat::Iso0,
+            &pin,
+            pan,
+            &[0; 8],
+        )
+        .expect("encrypt");
+        let got = h.execute(&HsmCommand::TranslatePin {
+            source: PinSource::Tpk("t.tpk".into()),
+            to: "a.zpk".into(),
+            block,
+            to_format: PinFormat::Iso0,
+            pan: pan.into(),
+        });
+        assert!(matches!(got, Err(HsmError::BadPinBlock(_))), "{got:?}");
+    }
+
+    #[test]
+    fn macs_verify_and_a_changed_byte_does_not() {
+        let h = hsm();
+        let data = Bytes::from_static(b"0200 some message bytes");
+        let HsmReply::Mac(mac) = h
+            .execute(&HsmCommand::GenerateMac {
+                key: "t.tak".into(),
+                algorithm: MacAlgorithm::Retail,
+                data: data.clone(),
+                len: 8,
+            })
+            .expect("mac")
+        else {
+            panic!("not a MAC")
+        };
+        assert_eq!(mac.len(), 8);
+        let verify = |data: Bytes, mac: MacValue| {
+            h.execute(&HsmCommand::VerifyMac {
+                key: "t.tak".into(),
+                algorithm: MacAlgorithm::Retail,
+                data,
+                mac,
+            })
+        };
+        assert_eq!(verify(data.clone(), mac.clone()), Ok(HsmReply::Verified));
+        let mut bad = mac.clone();
+        bad[0] ^= 1;
+        assert_eq!(verify(data, bad), Err(HsmError::MacMismatch));
+    }
+
+    #[test]
+    fn keys_are_checked_by_name_and_type() {
+        let h = hsm();
+        let got = h.execute(&HsmCommand::GenerateMac {
+            key: "t.tpk".into(),
+            algorithm: MacAlgorithm::Retail,
+            data: Bytes::new(),
+            len: 8,
+        });
+        assert!(matches!(got, Err(HsmError::WrongKeyType { .. })), "{got:?}");
+        let got = h.execute(&HsmCommand::GenerateMac {
+            key: "nope".into(),
+            algorithm: MacAlgorithm::Retail,
+            data: Bytes::new(),
+            len: 8,
+        });
+        assert_eq!(got, Err(HsmError::UnknownKey("nope".into())));
+    }
+
+    #[test]
+    fn a_generated_key_comes_under_the_lmk_and_under_the_zmk() {
+        let h = hsm();
+        let HsmReply::Key {
+            block,
+            exported,
+            kcv,
+        } = h
+            .execute(&HsmCommand::GenerateKey {
+                key_type: KeyType::Zpk,
+                algorithm: Algorithm::Tdes,
+                export_under: Some("z.zmk".into()),
+            })
+            .expect("generate")
+        else {
+            panic!("not a key")
+        };
+        let (_, under_lmk) = keyblock::unwrap(h.lmk.key(), &block).expect("under the LMK");
+        let under_zmk = import_tdes_under_kek(
+            &tdes("89ABCDEF0123456776543210FEDCBA98"),
+            &exported.expect("exported"),
+        )
+        .expect("under the ZMK");
+        assert_eq!(under_lmk.kcv(), kcv);
+        assert_eq!(under_zmk.kcv(), kcv);
+    }
+}
