@@ -20,11 +20,10 @@
 // The codec, framings, socket helpers and response codes live in their own
 // crate (shared with the tools); re-exported so `crate::iso8583`,
 // `crate::frame`, `crate::net` and `crate::codes` paths stay as they were.
-pub use switchyard_protocol::{codes, frame, iso8583, net};
+pub use switchyard_protocol::{codes, frame, hex, iso8583, net};
 
 pub mod build_info;
 pub mod clock;
-pub mod hex;
 pub mod runtime;
 pub mod security;
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Card security: keys, MACs, PIN blocks, DUKPT, the key store.
 //!
-//! The primitives are pure functions over byte slices (no I/O, no clock;
-//! randomness comes in as an argument), one file per concern, over the
-//! RustCrypto crates:
+//! The primitives are pure functions over byte slices, one file per
+//! concern, in the protocol crate (`switchyard_protocol::crypto`: the load
+//! generator makes PIN blocks and MACs as a terminal would) and re-exported
+//! here:
 //!
 //! * [`keys`]: [`keys::SecretKey`], TDES or AES, zeroized on drop, shown
 //!   only by its [`kcv`] (key check value);
@@ -12,6 +13,9 @@
 //!   formats;
 //! * [`dukpt`]: TDES DUKPT (ANSI X9.24-1:2009), the host side;
 //! * [`dukpt_aes`]: AES DUKPT (ANSI X9.24-3-2017), the host side;
+//!
+//! The switch's own, in this crate:
+//!
 //! * [`card_hash`]: HMAC-SHA-256 of the PAN (PCI DSS 3.5.1.1);
 //! * [`keyblock`]: X9.143 / TR-31 version D key blocks;
 //! * [`hsm`]: the commands a switch asks of an HSM, and the soft HSM that
@@ -24,21 +28,16 @@
 //! Nothing here logs, and no error message carries a key, a PIN or a PIN
 //! block: errors say what was wrong, `Debug` shows KCVs.
 
-mod cipher;
-
 pub mod card_hash;
 pub mod cli;
-pub mod dukpt;
-pub mod dukpt_aes;
 pub mod hsm;
-pub mod kcv;
 pub mod keyblock;
-pub mod keys;
 pub mod lmk;
-pub mod mac;
-pub mod pinblock;
 pub mod random;
 pub mod store;
 
-pub use kcv::Kcv;
-pub use keys::{Algorithm, SecretKey};
+// The primitives are the protocol crate's (the load generator needs them
+// too); re-exported so `crate::security::mac` and the like stay the paths.
+pub use switchyard_protocol::crypto::{
+    Algorithm, Kcv, SecretKey, cipher, dukpt, dukpt_aes, kcv, keys, mac, pinblock,
+};

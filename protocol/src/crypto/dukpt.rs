@@ -207,9 +207,9 @@ pub fn pin_key(bdk: &SecretKey, ksn: &Ksn) -> Result<SecretKey, DukptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::mac;
+    use crate::crypto::pinblock::{self, EncryptedPinBlock, Pin, PinFormat};
     use crate::hex::parse_hex;
-    use crate::security::mac;
-    use crate::security::pinblock::{self, EncryptedPinBlock, Pin, PinFormat};
 
     fn upper(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02X}")).collect()

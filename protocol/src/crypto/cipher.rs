@@ -10,14 +10,14 @@ use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use super::keys::{Algorithm, SecretKey};
 
 /// TDES by the key's length (K1 K2 K1 or K1 K2 K3).
-pub(crate) enum Tdes {
+pub enum Tdes {
     Two(des::TdesEde2),
     Three(des::TdesEde3),
 }
 
 impl Tdes {
     /// `None` when the key is not a TDES key.
-    pub(crate) fn new(key: &SecretKey) -> Option<Tdes> {
+    pub fn new(key: &SecretKey) -> Option<Tdes> {
         if key.algorithm() != Algorithm::Tdes {
             return None;
         }
@@ -29,7 +29,7 @@ impl Tdes {
         }
     }
 
-    pub(crate) fn encrypt(&self, block: &mut [u8; 8]) {
+    pub fn encrypt(&self, block: &mut [u8; 8]) {
         let b = GenericArray::from_mut_slice(block);
         match self {
             Tdes::Two(c) => c.encrypt_block(b),
@@ -37,7 +37,7 @@ impl Tdes {
         }
     }
 
-    pub(crate) fn decrypt(&self, block: &mut [u8; 8]) {
+    pub fn decrypt(&self, block: &mut [u8; 8]) {
         let b = GenericArray::from_mut_slice(block);
         match self {
             Tdes::Two(c) => c.decrypt_block(b),
@@ -48,20 +48,20 @@ impl Tdes {
 
 /// Single DES under 8 bytes of a longer key (the retail MAC's K1 and K2,
 /// DUKPT's halves). Never used with a single-length key of its own.
-pub(crate) fn des_half(half: &[u8]) -> Option<des::Des> {
+pub fn des_half(half: &[u8]) -> Option<des::Des> {
     des::Des::new_from_slice(half).ok()
 }
 
-pub(crate) fn des_encrypt(c: &des::Des, block: &mut [u8; 8]) {
+pub fn des_encrypt(c: &des::Des, block: &mut [u8; 8]) {
     c.encrypt_block(GenericArray::from_mut_slice(block));
 }
 
-pub(crate) fn des_decrypt(c: &des::Des, block: &mut [u8; 8]) {
+pub fn des_decrypt(c: &des::Des, block: &mut [u8; 8]) {
     c.decrypt_block(GenericArray::from_mut_slice(block));
 }
 
 /// AES by the key's length.
-pub(crate) enum Aes {
+pub enum Aes {
     A128(aes::Aes128),
     A192(aes::Aes192),
     A256(aes::Aes256),
@@ -69,7 +69,7 @@ pub(crate) enum Aes {
 
 impl Aes {
     /// `None` when the key is not an AES key.
-    pub(crate) fn new(key: &SecretKey) -> Option<Aes> {
+    pub fn new(key: &SecretKey) -> Option<Aes> {
         if key.algorithm() != Algorithm::Aes {
             return None;
         }
@@ -82,7 +82,7 @@ impl Aes {
         }
     }
 
-    pub(crate) fn encrypt(&self, block: &mut [u8; 16]) {
+    pub fn encrypt(&self, block: &mut [u8; 16]) {
         let b = GenericArray::from_mut_slice(block);
         match self {
             Aes::A128(c) => c.encrypt_block(b),
@@ -91,7 +91,7 @@ impl Aes {
         }
     }
 
-    pub(crate) fn decrypt(&self, block: &mut [u8; 16]) {
+    pub fn decrypt(&self, block: &mut [u8; 16]) {
         let b = GenericArray::from_mut_slice(block);
         match self {
             Aes::A128(c) => c.decrypt_block(b),
@@ -101,7 +101,7 @@ impl Aes {
     }
 
     /// CBC encryption in place; `data` is a whole number of blocks.
-    pub(crate) fn cbc_encrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+    pub fn cbc_encrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
         debug_assert_eq!(data.len() % 16, 0);
         let mut chain = *iv;
         for chunk in data.chunks_exact_mut(16) {
@@ -116,7 +116,7 @@ impl Aes {
     }
 
     /// CBC decryption in place; `data` is a whole number of blocks.
-    pub(crate) fn cbc_decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+    pub fn cbc_decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
         debug_assert_eq!(data.len() % 16, 0);
         let mut chain = *iv;
         for chunk in data.chunks_exact_mut(16) {
@@ -133,7 +133,7 @@ impl Aes {
 }
 
 /// AES-CMAC (NIST SP 800-38B) over `data` with an AES key.
-pub(crate) fn aes_cmac(key: &SecretKey, data: &[u8]) -> Option<[u8; 16]> {
+pub fn aes_cmac(key: &SecretKey, data: &[u8]) -> Option<[u8; 16]> {
     use cmac::Mac;
     if key.algorithm() != Algorithm::Aes {
         return None;

@@ -10,7 +10,8 @@ use zeroize::Zeroize;
 use super::kcv::Kcv;
 
 /// The block cipher a key is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Algorithm {
     /// Triple DES, double (16 bytes) or triple (24 bytes) length.
     Tdes,
