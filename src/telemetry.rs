@@ -102,6 +102,10 @@ pub const TLS_HANDSHAKES_IN_FLIGHT: &str = "switchyard_tls_handshakes_in_flight"
 pub const TLS_HANDSHAKE_WAITS: &str = "switchyard_tls_handshake_waits_total";
 /// Requests refused (58) because DE41 is not the client certificate's.
 pub const TLS_TERMINAL_ID_MISMATCH: &str = "switchyard_tls_terminal_id_mismatch_total";
+/// Requests card security refused (63, 81), by reason.
+pub const SECURITY_REFUSALS: &str = "switchyard_security_refusals_total";
+/// Host answers discarded because their MAC did not verify, by link.
+pub const LINK_ANSWER_MAC_FAILURES: &str = "switchyard_link_answer_mac_failures_total";
 /// Re-reads of the TLS material (SIGHUP), by result.
 pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
 pub const LINK_MISSED_ECHOES: &str = "switchyard_link_missed_echoes_total";

@@ -82,7 +82,7 @@ pub struct LoadArgs {
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
     /// Most errors allowed for a clean run, in percent: answers that are
-    /// the switch's own refusals (30, 91, 92, 94, 96, 12) as a share of
+    /// the switch's own refusals (30, 91, 92, 94, 96, 12, 63, 81) as a share of
     /// answers, and timeouts as a share of requests. Host and fraud
     /// declines (05, 51, 59, ...) are not errors. Over it: exit status 1.
     #[arg(long, default_value = "0.1%", value_parser = parse_percent)]
@@ -112,6 +112,19 @@ pub struct LoadArgs {
     /// name or an IP address) [default: localhost].
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
+    /// Every 0100/0200 carries a PIN block (DE52, format 0 under the
+    /// terminal PIN key of --terminal-keys).
+    #[arg(long)]
+    pub pin: bool,
+    /// Every transaction request carries a MAC (DE64) under the terminal
+    /// MAC key of --terminal-keys; every answer's MAC is checked, and one
+    /// that does not verify makes the run not clean.
+    #[arg(long)]
+    pub mac: bool,
+    /// With --pin or --mac: the terminal's keys (TOML: pin_key, mac_key,
+    /// mac_algorithm, pin; see the README).
+    #[arg(long, value_name = "FILE")]
+    pub terminal_keys: Option<PathBuf>,
     /// Close each connection after N requests on it (once they are
     /// answered or timed out) and open a new one: TCP connect, TLS
     /// handshake, sign-on. Loads connection set-up; 0: never.
@@ -210,7 +223,25 @@ impl LoadArgs {
             admin,
             tls: self.tls_target()?,
             reconnect_every: self.reconnect_every,
+            terminal_keys: self.terminal_keys()?,
         })
+    }
+
+    /// `--pin` and `--mac` with the keys of `--terminal-keys`.
+    fn terminal_keys(
+        &self,
+    ) -> Result<Option<std::sync::Arc<crate::terminal_keys::TerminalKeys>>, String> {
+        if !self.pin && !self.mac {
+            return match &self.terminal_keys {
+                Some(_) => Err("--terminal-keys needs --pin or --mac".into()),
+                None => Ok(None),
+            };
+        }
+        let Some(path) = &self.terminal_keys else {
+            return Err("--pin and --mac need --terminal-keys FILE (the terminal's keys)".into());
+        };
+        crate::terminal_keys::TerminalKeys::load(path, self.pin, self.mac)
+            .map(|k| Some(std::sync::Arc::new(k)))
     }
 
     /// The TLS flags as a client configuration, every file read now: a

@@ -813,6 +813,11 @@ impl Conn {
         self.in_flight -= 1;
         self.pending_live[1] += 1;
         let code = msg.response_code().unwrap_or(*b"--");
+        if let Some(keys) = &self.plan.config.terminal_keys
+            && !keys.answer_mac_ok(&msg)
+        {
+            st.answer_mac_failures += 1;
+        }
         let good =
             slot.req.mti.response() == Some(mti) && msg.amount_minor() == Some(slot.req.amount);
         let counts = if slot.measured {

@@ -47,6 +47,7 @@ mod pacer;
 mod report;
 pub mod scrape;
 mod stats;
+pub mod terminal_keys;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -168,6 +169,9 @@ pub struct LoadConfig {
     /// Close each connection after this many requests on it and open a
     /// new one (TCP connect, TLS handshake, sign-on); 0: never.
     pub reconnect_every: u64,
+    /// `--pin` / `--mac`: PIN blocks and MACs made as a terminal would,
+    /// answers' MACs checked.
+    pub terminal_keys: Option<Arc<terminal_keys::TerminalKeys>>,
 }
 
 /// How to reach a TLS target: whom to trust and what to present
@@ -213,6 +217,7 @@ impl Default for LoadConfig {
             admin: None,
             tls: None,
             reconnect_every: 0,
+            terminal_keys: None,
         }
     }
 }

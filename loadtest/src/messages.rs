@@ -9,11 +9,14 @@
 
 use std::collections::VecDeque;
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
 use switchyard_protocol::frame::LengthHeader;
-use switchyard_protocol::iso8583::{MessageWriter, Mti, Spec};
+use switchyard_protocol::iso8583::{MessageWriter, Mti, Spec, mac_field};
 
+use super::terminal_keys::TerminalKeys;
 use super::{LoadConfig, Mix};
 
 /// splitmix64: tiny, fast, and good enough to pick cards and amounts; we
@@ -161,6 +164,8 @@ pub struct Generator {
     de7: [u8; 10],
     with_de90: bool,
     reversible: VecDeque<Request>,
+    /// `--pin` / `--mac`.
+    keys: Option<Arc<TerminalKeys>>,
 }
 
 impl Generator {
@@ -216,6 +221,7 @@ impl Generator {
             de7,
             with_de90: config.spec.field(90).is_some(),
             reversible: VecDeque::with_capacity(REVERSIBLE),
+            keys: config.terminal_keys.clone(),
         }
     }
 
@@ -353,8 +359,14 @@ impl Generator {
         out: &mut BytesMut,
     ) -> Result<(), String> {
         let at = self.framing.begin(out);
+        let start = out.len();
         let mut w = MessageWriter::begin(self.spec, r.mti, out);
         let mut digits = [0u8; 15];
+        let pin = self.keys.as_ref().and_then(|k| {
+            (r.kind != Kind::Reversal)
+                .then(|| k.pin_block(&r.pan))
+                .flatten()
+        });
         w.set(2, &r.pan)
             .set(3, b"000000")
             .set_number(4, r.amount)
@@ -366,6 +378,16 @@ impl Generator {
         let mut mid = *b"LOADGEN00000000";
         fmt_digits(r.merchant as u64, &mut mid[7..]);
         w.set(42, &mid).set(49, b"840");
+        if let Some(block) = &pin {
+            w.set(52, block);
+        }
+        // DE90 (on reversals) brings the secondary bitmap: the MAC goes in
+        // DE128 then.
+        let mac_field = match (original, self.with_de90) {
+            (Some(_), true) => 128,
+            _ => 64,
+        };
+        let mac = self.keys.as_ref().filter(|k| k.mac.is_some());
         if let (Some(o), true) = (original, self.with_de90) {
             // DE90: original MTI, STAN, DE7, acquirer and forwarding ids.
             let mut de90 = [b'0'; 42];
@@ -374,7 +396,24 @@ impl Generator {
             de90[10..20].copy_from_slice(&self.de7);
             w.set(90, &de90);
         }
+        if mac.is_some() {
+            let placeholder = mac_field::mac_placeholder(self.spec, mac_field)
+                .ok_or_else(|| format!("the spec has no DE{mac_field} for a MAC"))?;
+            w.set(mac_field, placeholder);
+        }
         w.finish().map_err(|e| e.to_string())?;
+        if let Some(keys) = mac {
+            let filled = mac_field::fill_trailing_mac(
+                self.spec,
+                mac_field,
+                &mut out[start..],
+                |data, len| keys.mac(data, len),
+            );
+            if let Err(e) = filled {
+                out.truncate(at);
+                return Err(e.to_string());
+            }
+        }
         self.framing.finish(out, at).map_err(|e| e.to_string())
     }
 }

@@ -32,6 +32,8 @@ pub fn is_switch_refusal(code: [u8; 2]) -> bool {
             | codes::DUPLICATE
             | codes::SYSTEM_MALFUNCTION
             | codes::INVALID_TRANSACTION
+            | codes::SECURITY_VIOLATION
+            | codes::BAD_PIN_BLOCK
             | NO_CODE
     )
 }
@@ -412,6 +414,12 @@ impl Report {
         if self.mismatched() > 0 {
             p.push(format!("{} answers mismatched", self.mismatched()));
         }
+        if s.answer_mac_failures > 0 {
+            p.push(format!(
+                "{} answers' MAC missing or wrong",
+                s.answer_mac_failures
+            ));
+        }
         if self.errors() > 0 && self.error_rate() > self.max_error_rate {
             p.push(format!(
                 "{} errors ({}) of {} answers, over the maximum error rate {}",
@@ -611,7 +619,7 @@ impl Report {
             (
                 "errors",
                 format!(
-                    "{} answers were the switch's own refusals (30, 91, 92, 94, 96, 12), {} of answers; maximum {}",
+                    "{} answers were the switch's own refusals (30, 91, 92, 94, 96, 12, 63, 81), {} of answers; maximum {}",
                     self.errors(),
                     pct(self.error_rate()),
                     pct(self.max_error_rate)
@@ -888,6 +896,7 @@ impl Report {
                 "lag_p99_us": s.lag.value_at_percentile(99.0),
                 "lag_max_us": s.lag.max(),
                 "table_full": s.table_full,
+                "answer_mac_failures": s.answer_mac_failures,
                 "behind": self.schedule_warning().is_some(),
             },
             "responses": self.responses().into_iter().map(|(mti, code, n)| serde_json::json!({

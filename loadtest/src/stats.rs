@@ -176,6 +176,8 @@ pub struct WorkerStats {
     /// Times a connection could not send because its in-flight table was
     /// full (open loop: the schedule slipped).
     pub table_full: u64,
+    /// With `--mac`: answers whose MAC was missing or did not verify.
+    pub answer_mac_failures: u64,
     pub errors: Vec<String>,
 }
 
@@ -209,6 +211,7 @@ impl WorkerStats {
             late_sends: 0,
             lag: latency_histogram(),
             table_full: 0,
+            answer_mac_failures: 0,
             errors: Vec::new(),
         }
     }
@@ -278,6 +281,7 @@ impl WorkerStats {
         self.scheduled_sends += o.scheduled_sends;
         self.late_sends += o.late_sends;
         self.table_full += o.table_full;
+        self.answer_mac_failures += o.answer_mac_failures;
         for e in o.errors {
             self.error(e);
         }

@@ -25,6 +25,11 @@ pub const ISSUER_UNAVAILABLE: [u8; 2] = *b"91";
 pub const NO_ROUTE: [u8; 2] = *b"92";
 /// Duplicate transmission.
 pub const DUPLICATE: [u8; 2] = *b"94";
+/// Security violation: a MAC missing or wrong.
+pub const SECURITY_VIOLATION: [u8; 2] = *b"63";
+/// The PIN block could not be translated (a wrong key, PAN or format);
+/// the default of `[security] bad_pin_code`.
+pub const BAD_PIN_BLOCK: [u8; 2] = *b"81";
 /// Switch overloaded (shedding), or a part of it not answering.
 pub const SYSTEM_MALFUNCTION: [u8; 2] = *b"96";
 /// Reversal reason: the host's answer reached the switch but could not be

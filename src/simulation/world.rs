@@ -1033,6 +1033,7 @@ impl Switch {
             stand_in: a.stand_in.clone(),
             answer_must_match: crate::switch::acquirer::link::FieldSet::of(&a.answer_must_match),
             saf: saf_handle.clone(),
+            security: a.security.clone(),
         }];
         crate::switch::saf::resume_from_journal(&acquirers, recovery, now.unix_ms, |r| {
             SimJournal(journal.clone()).append(r);

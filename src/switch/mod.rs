@@ -13,12 +13,15 @@
 //! * [`journal`]: the append-only transaction journal and its recovery.
 //! * [`tls`]: TLS on the terminal listeners and acquirer links (config,
 //!   handshake slots, certificate binding, SIGHUP reload).
+//! * [`card_security`]: terminal profiles and zone keys; the MAC and PIN
+//!   steps of a request through the HSM.
 //! * [`store`]: the transaction store the exporter fills from the journal.
 //! * [`admin`]: `/metrics`, `/health`, `/ready` and the read-only JSON API.
 //!   [`config`]: the TOML config.
 
 pub mod acquirer;
 pub mod admin;
+pub mod card_security;
 pub mod config;
 pub mod fraud;
 pub mod journal;

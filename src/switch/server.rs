@@ -60,6 +60,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Cancelled when the switch stops taking requests.
     pub stopping: CancellationToken,
+    /// `[security]`: the HSM and the terminal profiles.
+    pub security: Option<crate::switch::card_security::SecurityConfig>,
     allowed: HashSet<Vec<u8>>,
     countries: HashMap<Vec<u8>, u16>,
 }
@@ -115,6 +117,7 @@ impl Shared {
             stand_in_seq: std::sync::atomic::AtomicU32::new(0),
             connections: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
+            security: config.security.clone(),
         })
     }
 
@@ -275,6 +278,7 @@ impl Switch {
                     &a.answer_must_match,
                 ),
                 saf,
+                security: a.security.clone(),
             });
         }
         let shared = Arc::new(Shared::new(&config, acquirers, journal, recovery.next_txn)?);

@@ -146,19 +146,45 @@ impl<'v> MessageBuilder<'v> {
     /// Appends the packed message to `out`. On error `out` is left as it
     /// was.
     pub fn pack(&self, out: &mut BytesMut) -> Result<(), PackError> {
+        self.pack_except(out, Bitmap::EMPTY, None)
+    }
+
+    /// Packs the fields not in `except`, then `last` (a field after every
+    /// other: the MAC's).
+    pub(super) fn pack_except(
+        &self,
+        out: &mut BytesMut,
+        except: Bitmap,
+        last: Option<(usize, &[u8])>,
+    ) -> Result<(), PackError> {
         if let Some(field) = self.bad_field {
             return Err(PackError::NotADataElement { field });
         }
         let mut w = MessageWriter::begin(self.spec, self.mti, out);
         for e in &self.entries {
             let n = e.field as usize;
+            if except.is_set(n) {
+                continue;
+            }
             match e.value {
                 Value::Logical(v) => w.set(n, v),
                 Value::Number(x) => w.set_number(n, x),
                 Value::Wire { spec, wire, units } => w.put_wire(n, spec, wire, units as usize),
             };
         }
+        if let Some((n, v)) = last {
+            w.set(n, v);
+        }
         w.finish()
+    }
+
+    /// The fields set.
+    pub fn fields(&self) -> Bitmap {
+        let mut b = Bitmap::EMPTY;
+        for e in &self.entries {
+            b.set(e.field as usize);
+        }
+        b
     }
 
     /// Packs into a new buffer (tests and tools; the switch reuses buffers).

@@ -15,6 +15,7 @@ pub mod display;
 mod ebcdic;
 mod encoding;
 pub mod error;
+pub mod mac_field;
 pub mod message;
 pub mod mti;
 pub mod samples;

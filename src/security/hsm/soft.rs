@@ -30,6 +30,17 @@ pub struct SoftHsm {
     lmk: Lmk,
 }
 
+impl std::fmt::Debug for SoftHsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SoftHsm({} keys, LMK KCV {})",
+            self.keys.len(),
+            self.lmk.kcv()
+        )
+    }
+}
+
 impl SoftHsm {
     /// Every key of the store at `path`, unwrapped under `lmk` (each
     /// block's authentication checked).

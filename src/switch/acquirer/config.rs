@@ -36,6 +36,8 @@ pub struct AcquirerConfig {
     pub stand_in: StandInConfig,
     /// `[acquirers.tls]`: the links speak TLS to the host.
     pub tls: Option<crate::switch::tls::AcquirerTlsConfig>,
+    /// `[acquirers.security]`: the zone's MAC and PIN keys.
+    pub security: crate::switch::card_security::AcquirerSecurity,
 }
 
 /// What an answer must echo unchanged by default: PAN, processing code,
@@ -71,6 +73,7 @@ table! {
         answer_must_match: Vec<u16> = DEFAULT_ANSWER_MUST_MATCH.to_vec();
         stand_in: StandInConfig = StandInConfig::default();
         tls: Option<crate::switch::tls::config::AcquirerTlsFile> = None;
+        security: Option<crate::switch::card_security::config::AcquirerSecurityFile> = None;
     }
 }
 
@@ -100,8 +103,13 @@ impl AcquirerFile {
             s.problem("backoff_max_ms", "must not be less than backoff_initial_ms");
         }
         let tls = self.tls.map(|t| t.validate(&mut s.sub("tls")));
+        let security = self
+            .security
+            .map(|t| t.validate(&mut s.sub("security")))
+            .unwrap_or_default();
         AcquirerConfig {
             tls,
+            security,
             name: self.name.unwrap_or_default(),
             links,
             spec: s.ok("spec", spec(&self.spec), SpecRef::iso87ascii()),

@@ -147,6 +147,10 @@ pub enum Failure {
     LinkBusy,
     /// The same key is already in flight.
     Duplicate,
+    /// The host's answer came with a MAC that did not verify: discarded,
+    /// and the request treated as unanswered (the host may have acted on
+    /// it, so it is reversed).
+    BadAnswerMac,
 }
 
 /// State a link shares with the rest of the switch.
@@ -237,6 +241,8 @@ pub struct AcquirerHandle {
     pub answer_must_match: link::FieldSet,
     /// Reversals and advices waiting to reach this acquirer.
     pub saf: crate::switch::saf::SafHandle,
+    /// The zone's PIN key and format (its MAC is the links').
+    pub security: crate::switch::card_security::AcquirerSecurity,
 }
 
 impl AcquirerHandle {

@@ -113,6 +113,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub saf: SafConfig,
     pub store: StoreConfig,
+    /// `[security]`: the key store, the HSM, terminal profiles.
+    pub security: Option<crate::switch::card_security::SecurityConfig>,
     /// Top-level `test_setup = true`: a development or test configuration,
     /// allowed to run with the development `pan_key`.
     pub test_setup: bool,
@@ -172,6 +174,7 @@ struct ConfigFile {
     journal: JournalFile,
     saf: SafFile,
     store: StoreFile,
+    security: Option<crate::switch::card_security::config::SecurityFile>,
     test_setup: bool,
 }
 
@@ -395,9 +398,20 @@ impl ConfigFile {
         let admin = self.admin.validate(&mut s.sub("admin"));
         let limits = self.limits.validate(&mut s.sub("limits"));
         let runtime = self.runtime.validate(&mut s.sub("runtime"));
-        let acquirers: Vec<AcquirerConfig> = (self.acquirers.into_iter().enumerate())
+        let security = self
+            .security
+            .and_then(|t| t.validate(&mut s.sub("security")));
+        let mut acquirers: Vec<AcquirerConfig> = (self.acquirers.into_iter().enumerate())
             .map(|(i, a)| a.validate(&mut s.sub(&format!("acquirers[{i}]"))))
             .collect();
+        for (i, a) in acquirers.iter_mut().enumerate() {
+            let spec = a.spec.spec;
+            a.security.check_keys(
+                &mut s.sub(&format!("acquirers[{i}].security")),
+                security.as_ref(),
+                spec,
+            );
+        }
         let mut names = BTreeSet::new();
         for (i, a) in acquirers.iter().enumerate() {
             if !names.insert(a.name.as_str()) {
@@ -417,6 +431,7 @@ impl ConfigFile {
             journal: self.journal.validate(&mut s.sub("journal")),
             saf: self.saf.validate(&mut s.sub("saf")),
             store: self.store.validate(&mut s.sub("store")),
+            security,
             test_setup: self.test_setup,
             view,
         }

@@ -64,6 +64,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         let framing = self.framing;
         let at = framing.begin(&mut self.wbuf);
         let packed = b.pack(&mut self.wbuf).map_err(|e| e.to_string());
+        let packed = packed.and_then(|()| self.mac_answer(at + framing.width()));
         match packed.and_then(|()| {
             framing
                 .finish(&mut self.wbuf, at)
@@ -95,13 +96,22 @@ impl<J: JournalAppend> TerminalCore<J> {
             self.outcomes += 1;
             return true;
         }
-        match self.framing.encode(body, &mut self.wbuf) {
+        let framing = self.framing;
+        let at = framing.begin(&mut self.wbuf);
+        self.wbuf.extend_from_slice(body);
+        let framed = self.mac_answer(at + framing.width()).and_then(|()| {
+            framing
+                .finish(&mut self.wbuf, at)
+                .map_err(|e| e.to_string())
+        });
+        match framed {
             Ok(()) => {
                 self.outcomes += 1;
                 self.count(mti, code, started);
                 true
             }
             Err(e) => {
+                self.wbuf.truncate(at);
                 warn!(peer = %self.peer, mti = %mti, "answer can not be framed: {e}");
                 false
             }

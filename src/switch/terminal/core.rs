@@ -133,6 +133,9 @@ pub struct TerminalCore<J> {
     /// when DE41 is bound to certificates (`[terminals.tls]`).
     pub(super) bound: Option<BoundTerminals>,
     mismatch_log: LogThrottle,
+    /// Card security refusals: one warn line per this connection per
+    /// interval.
+    pub(super) security_log: LogThrottle,
 }
 
 impl<J: JournalAppend> TerminalCore<J> {
@@ -193,6 +196,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             outcomes: 0,
             bound: None,
             mismatch_log: LogThrottle::new(MISMATCH_LOG_INTERVAL),
+            security_log: LogThrottle::new(MISMATCH_LOG_INTERVAL),
             journal,
             peer,
             shared,

@@ -38,6 +38,9 @@ impl<J: JournalAppend> TerminalCore<J> {
         if !self.terminal_bound(&checked.terminal_id) {
             return self.respond(&msg, codes::UNKNOWN_TERMINAL, started);
         }
+        if !self.mac_holds(&msg, &checked.terminal_id, started) {
+            return;
+        }
         let Some(key) = MatchKey::of(&msg) else {
             return self.respond(&msg, codes::FORMAT_ERROR, started);
         };
@@ -163,7 +166,19 @@ impl<J: JournalAppend> TerminalCore<J> {
         };
         let host_spec = acquirer.spec;
         let mut echo = EchoSpans::UNKNOWN;
-        let body = if std::ptr::eq(host_spec, self.spec) {
+        let secured = match self.secured_host_body(msg, acquirer) {
+            Ok(s) => s,
+            Err((code, why)) => {
+                if let Some(why) = why {
+                    self.security_refused(msg, why);
+                }
+                return Err(code);
+            }
+        };
+        let body = if let Some(body) = secured {
+            // Rewritten: the link finds the echoed fields itself.
+            body
+        } else if std::ptr::eq(host_spec, self.spec) {
             // Parsed already: the link checks the answer against these.
             echo = EchoSpans::of(msg, acquirer.answer_must_match);
             msg.frame().clone()

@@ -50,6 +50,7 @@ pub mod outcome;
 pub mod records;
 pub mod repeats;
 pub mod scoring;
+pub mod security;
 pub mod stand_in;
 pub mod validate;
 

@@ -80,9 +80,11 @@ impl<J: JournalAppend> TerminalCore<J> {
     pub(super) fn fail(&mut self, p: Pending, why: Failure) {
         let code = match why {
             Failure::Duplicate => codes::DUPLICATE,
-            Failure::Timeout | Failure::LinkDown | Failure::LinkLost | Failure::LinkBusy => {
-                codes::ISSUER_UNAVAILABLE
-            }
+            Failure::Timeout
+            | Failure::LinkDown
+            | Failure::LinkLost
+            | Failure::LinkBusy
+            | Failure::BadAnswerMac => codes::ISSUER_UNAVAILABLE,
         };
         // The request parsed when it arrived; it parses again.
         let Ok(request) = Message::parse(p.request.clone(), self.spec) else {
@@ -91,7 +93,10 @@ impl<J: JournalAppend> TerminalCore<J> {
         };
         // The host may have acted on it: reverse, whatever the terminal
         // is told.
-        let reverse = matches!(why, Failure::Timeout | Failure::LinkLost);
+        let reverse = matches!(
+            why,
+            Failure::Timeout | Failure::LinkLost | Failure::BadAnswerMac
+        );
         if reverse {
             self.queue_reversal(&request, p.acquirer, p.txn, code);
         }

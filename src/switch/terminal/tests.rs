@@ -113,6 +113,7 @@ pan_key = "000102030405060708090a0b0c0d0e0f"
             stand_in: a.stand_in.clone(),
             answer_must_match: crate::switch::acquirer::link::FieldSet::of(&a.answer_must_match),
             saf: s,
+            security: a.security.clone(),
         });
     }
     let shared =

@@ -82,6 +82,12 @@ impl<J: JournalAppend> TerminalCore<J> {
             self.respond(msg, codes::UNKNOWN_TERMINAL, started);
             return None;
         }
+        if self.shared.security.is_some()
+            && let Some(tid) = msg.terminal_id()
+            && !self.mac_holds(msg, tid.trimmed(), started)
+        {
+            return None;
+        }
         let content = self.answered_before(msg, &key, started)?;
         Some((key, content))
     }

@@ -78,9 +78,80 @@ pub struct SimArgs {
     /// (PEM); clients without one are refused in the handshake.
     #[arg(long, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
+    /// The key store holding the zone keys (with --lmk-file, or
+    /// $SWITCHYARD_LMK_FILE).
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+    /// The LMK file of --keys.
+    #[arg(long, value_name = "FILE")]
+    pub lmk_file: Option<PathBuf>,
+    /// Zone MAC key (ZAK) in --keys: transaction requests must carry a
+    /// MAC under it (63 otherwise), answers carry one.
+    #[arg(long, value_name = "NAME")]
+    pub zak: Option<String>,
+    /// The MAC algorithm of --zak: retail, tdes-cbc or aes-cmac.
+    #[arg(long, default_value = "retail")]
+    pub mac_algorithm: String,
+    /// Zone PIN key (ZPK) in --keys: DE52 of 0100/0200 must decrypt to a
+    /// valid PIN block under it (81 otherwise).
+    #[arg(long, value_name = "NAME")]
+    pub zpk: Option<String>,
+    /// With --zpk: every card's PIN; another PIN gets 55.
+    #[arg(long, value_name = "PIN")]
+    pub expect_pin: Option<String>,
 }
 
 impl SimArgs {
+    /// The zone keys the flags name, read from the key store now.
+    pub fn zone_keys(&self) -> Result<Option<Arc<super::zone::ZoneKeys>>, String> {
+        use crate::security::lmk::Lmk;
+        use crate::security::store::KeyStore;
+        if self.zak.is_none() && self.zpk.is_none() {
+            if self.expect_pin.is_some() {
+                return Err("--expect-pin needs --zpk".into());
+            }
+            return Ok(None);
+        }
+        let Some(path) = &self.keys else {
+            return Err("--zak and --zpk need --keys FILE (a key store)".into());
+        };
+        let lmk = Lmk::path_from(self.lmk_file.as_deref())
+            .and_then(|p| Lmk::load(&p))
+            .map_err(|e| format!("--lmk-file: {e}"))?;
+        let store = KeyStore::open(path, &lmk).map_err(|e| format!("--keys: {e}"))?;
+        let get = |flag: &str, name: &str| {
+            store
+                .get(name, &lmk)
+                .map(|(_, k)| k)
+                .map_err(|e| format!("{flag}: {e}"))
+        };
+        let algorithm =
+            crate::security::hsm::MacAlgorithm::parse(&self.mac_algorithm).ok_or_else(|| {
+                format!(
+                    "--mac-algorithm {}: retail, tdes-cbc or aes-cmac",
+                    self.mac_algorithm
+                )
+            })?;
+        let mac = match &self.zak {
+            Some(n) => Some((algorithm, get("--zak", n)?)),
+            None => None,
+        };
+        let pin_key = match &self.zpk {
+            Some(n) => Some(get("--zpk", n)?),
+            None => None,
+        };
+        if let Some(p) = &self.expect_pin
+            && crate::security::pinblock::Pin::new(p).is_err()
+        {
+            return Err("--expect-pin: 4 to 12 digits".into());
+        }
+        Ok(Some(Arc::new(super::zone::ZoneKeys {
+            mac,
+            pin_key,
+            expected_pin: self.expect_pin.clone(),
+        })))
+    }
+
     /// The TLS flags as a server configuration, every file read now: a
     /// bad one is refused at start, named with its flag.
     pub fn tls_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
@@ -149,6 +220,13 @@ pub fn run(args: SimArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let zone = match args.zone_keys() {
+        Ok(z) => z,
+        Err(e) => {
+            eprintln!("switchyard sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let tls_summary = args.tls_summary();
     // Failed handshakes and failed accepts are logged (stderr).
     crate::telemetry::init_logging(crate::telemetry::LogFormat::Text);
@@ -169,6 +247,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         control: args.control,
         record_capacity: args.record_capacity,
         tls,
+        zone,
         ..SimConfig::default()
     };
     // One thread is plenty for a host stand-in, and leaves the other cores

@@ -118,12 +118,30 @@ struct Tally {
     dropped: u64,
     unparseable: u64,
     ignored: u64,
+    mac_refused: u64,
+    pin_verified: u64,
+    pin_refused: u64,
 }
 
 impl Tally {
     fn is_zero(&self) -> bool {
-        self.received | self.answered | self.dropped | self.unparseable | self.ignored == 0
+        self.received
+            | self.answered
+            | self.dropped
+            | self.unparseable
+            | self.ignored
+            | self.mac_refused
+            | self.pin_verified
+            | self.pin_refused
+            == 0
     }
+}
+
+/// Which buffer an answer was packed into.
+#[derive(Clone, Copy)]
+enum Target {
+    Wbuf,
+    Arena,
 }
 
 struct Conn {
@@ -268,10 +286,21 @@ impl Conn {
         if unanswered {
             self.tally.dropped += 1;
         } else {
-            let code = match kind {
-                Kind::Decision => self.shared.rules.decide(&msg, &mut self.decide_rng),
-                Kind::Network | Kind::Acknowledge => crate::codes::APPROVED,
-                Kind::Other | Kind::NotRequest => crate::codes::INVALID_TRANSACTION,
+            let refused = match (&self.shared.zone, transaction) {
+                (Some(z), true) => {
+                    let (code, seen) = z.check(&msg, kind == Kind::Decision);
+                    self.tally.mac_refused += u64::from(seen.mac_refused);
+                    self.tally.pin_verified += u64::from(seen.pin_verified);
+                    self.tally.pin_refused += u64::from(seen.pin_refused);
+                    code
+                }
+                _ => None,
+            };
+            let code = match (refused, kind) {
+                (Some(code), _) => code,
+                (None, Kind::Decision) => self.shared.rules.decide(&msg, &mut self.decide_rng),
+                (None, Kind::Network | Kind::Acknowledge) => crate::codes::APPROVED,
+                (None, Kind::Other | Kind::NotRequest) => crate::codes::INVALID_TRANSACTION,
             };
             let approval = (kind == Kind::Decision && code == crate::codes::APPROVED)
                 .then(|| rules::approval_code(self.next_approval()));
@@ -280,7 +309,7 @@ impl Conn {
                 approval,
                 wrong_stan: faults.wrong_stan && transaction,
             };
-            if self.emit(&msg, kind, &answer, faults, now) {
+            if self.emit(&msg, kind, &answer, faults, now, transaction) {
                 response_code = Some(code);
             } else {
                 self.tally.ignored += 1;
@@ -309,17 +338,23 @@ impl Conn {
         answer: &Answer,
         faults: &Faults,
         now: Option<Instant>,
+        transaction: bool,
     ) -> bool {
         let framing = self.shared.framing;
         let Some(now) = now else {
-            let ok = rules::pack_answer(msg, kind, answer, framing, &mut self.wbuf).is_ok();
+            let at = self.wbuf.len();
+            let ok = rules::pack_answer(msg, kind, answer, framing, &mut self.wbuf).is_ok()
+                && self.mac_answer(at, transaction, Target::Wbuf);
             self.tally.answered += u64::from(ok);
             return ok;
         };
         if self.arena.capacity() - self.arena.len() < 1024 {
             self.arena.reserve(ARENA_CHUNK);
         }
-        if rules::pack_answer(msg, kind, answer, framing, &mut self.arena).is_err() {
+        let at = self.arena.len();
+        if rules::pack_answer(msg, kind, answer, framing, &mut self.arena).is_err()
+            || !self.mac_answer(at, transaction, Target::Arena)
+        {
             return false;
         }
         let bytes = self.arena.split();
@@ -328,6 +363,25 @@ impl Conn {
         let due = now + Duration::from_micros(delay);
         self.delayed.push(due, bytes, lo == hi);
         true
+    }
+
+    /// MACs a transaction answer framed at `at` when the zone has a MAC
+    /// key; false (the answer removed) when it could not be.
+    fn mac_answer(&mut self, at: usize, transaction: bool, target: Target) -> bool {
+        let Some(zone) = self.shared.zone.clone().filter(|_| transaction) else {
+            return true;
+        };
+        let out = match target {
+            Target::Wbuf => &mut self.wbuf,
+            Target::Arena => &mut self.arena,
+        };
+        match zone.mac_framed(out, at, self.shared.framing, self.shared.spec) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("answer can not be given its MAC: {e}");
+                false
+            }
+        }
     }
 
     fn next_approval(&mut self) -> u64 {
@@ -358,6 +412,9 @@ impl Conn {
             (&c.dropped, t.dropped),
             (&c.unparseable, t.unparseable),
             (&c.ignored, t.ignored),
+            (&c.mac_refused, t.mac_refused),
+            (&c.pin_verified, t.pin_verified),
+            (&c.pin_refused, t.pin_refused),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);

@@ -22,6 +22,7 @@ pub mod cli;
 mod conn;
 pub mod control;
 pub mod rules;
+pub mod zone;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -67,6 +68,9 @@ pub struct SimConfig {
     pub wrong_stan: bool,
     /// Close every new connection at once while set.
     pub refuse_connections: bool,
+    /// The zone keys shared with the switch: requests' MACs and PINs
+    /// checked, answers MACed.
+    pub zone: Option<Arc<zone::ZoneKeys>>,
     /// Address of the line-based control port, if wanted.
     pub control: Option<SocketAddr>,
     /// Requests kept in the record; the oldest is dropped when full. 0
@@ -98,6 +102,7 @@ impl Default for SimConfig {
             wrong_stan: false,
             refuse_connections: false,
             control: None,
+            zone: None,
             record_capacity: DEFAULT_RECORD_CAPACITY,
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
@@ -123,6 +128,7 @@ impl fmt::Debug for SimConfig {
             .field("wrong_stan", &self.wrong_stan)
             .field("refuse_connections", &self.refuse_connections)
             .field("control", &self.control)
+            .field("zone", &self.zone.is_some())
             .field("record_capacity", &self.record_capacity)
             .field("tls", &self.tls.is_some())
             .field("tls_handshake_timeout", &self.tls_handshake_timeout)
@@ -260,13 +266,20 @@ pub struct SimStats {
     pub tls_handshakes: u64,
     /// TLS handshakes that failed or timed out (each logged).
     pub tls_handshake_failures: u64,
+    /// Transaction requests answered 63: their MAC missing or wrong.
+    pub mac_refused: u64,
+    /// PIN blocks that decrypted to the PIN expected (or to a valid
+    /// block, when none is expected) under the zone PIN key.
+    pub pin_verified: u64,
+    /// PIN blocks refused: 81 (not valid under the key) or 55 (another PIN).
+    pub pin_refused: u64,
 }
 
 impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received={} answered={} dropped={} unparseable={} ignored={} connections={} accepted={} refused={} evicted={} tls_handshakes={} tls_handshake_failures={}",
+            "received={} answered={} dropped={} unparseable={} ignored={} connections={} accepted={} refused={} evicted={} tls_handshakes={} tls_handshake_failures={} mac_refused={} pin_verified={} pin_refused={}",
             self.received,
             self.answered,
             self.dropped,
@@ -277,7 +290,10 @@ impl fmt::Display for SimStats {
             self.refused,
             self.evicted,
             self.tls_handshakes,
-            self.tls_handshake_failures
+            self.tls_handshake_failures,
+            self.mac_refused,
+            self.pin_verified,
+            self.pin_refused
         )
     }
 }
@@ -330,6 +346,9 @@ struct Counters {
     refused: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    mac_refused: AtomicU64,
+    pin_verified: AtomicU64,
+    pin_refused: AtomicU64,
 }
 
 /// A record as kept: compact and without allocation for the common case;
@@ -372,6 +391,7 @@ struct Shared {
     framing: LengthHeader,
     max_frame: usize,
     rules: Rules,
+    zone: Option<Arc<zone::ZoneKeys>>,
     seed: u64,
     knobs: Knobs,
     counters: Counters,
@@ -527,6 +547,9 @@ impl SimHandle {
             evicted: self.shared.record().evicted,
             tls_handshakes: c.tls_handshakes.load(Relaxed),
             tls_handshake_failures: c.tls_handshake_failures.load(Relaxed),
+            mac_refused: c.mac_refused.load(Relaxed),
+            pin_verified: c.pin_verified.load(Relaxed),
+            pin_refused: c.pin_refused.load(Relaxed),
         }
     }
 
@@ -604,6 +627,7 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
                 .collect(),
             decline_ratio: config.decline_ratio,
         },
+        zone: config.zone.clone(),
         seed: config.seed,
         knobs: Knobs {
             latency: AtomicU64::new(config.latency.pack()),

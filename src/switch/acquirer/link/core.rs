@@ -160,6 +160,17 @@ pub enum LinkEvent {
     HostRequest { mti: Mti },
     /// A request too long for the host's framing.
     Unframeable { reason: String },
+    /// A request that could not be given its MAC: not sent.
+    Unsealable { reason: String },
+    /// An answer whose MAC did not verify (`reason`): discarded, its
+    /// request failed as unanswered.
+    AnswerMacWrong {
+        mti: Mti,
+        stan: u32,
+        terminal: SmallText,
+        pan: Option<MaskedPan>,
+        reason: &'static str,
+    },
 }
 
 /// Reconnect delays: doubling from `initial` up to `max`, each drawn with
@@ -422,6 +433,15 @@ impl<R> LinkCore<R> {
                 .push_back((reply, Outcome::Failed(Failure::LinkDown)));
             return;
         }
+        let (body, echo) = match self.seal(body, echo) {
+            Ok(sealed) => sealed,
+            Err(reason) => {
+                self.event(LinkEvent::Unsealable { reason });
+                self.replies
+                    .push_back((reply, Outcome::Failed(Failure::LinkDown)));
+                return;
+            }
+        };
         let at = self.wbuf.len();
         if let Err(e) = self.s.acquirer.framing.encode(&body, &mut self.wbuf) {
             self.wbuf.truncate(at);
@@ -719,6 +739,9 @@ impl<R> LinkCore<R> {
         } else {
             FieldSet::EMPTY
         };
+        if let Some(reason) = self.answer_mac_wrong(msg) {
+            return self.refuse_answer(msg, key, reason);
+        }
         let spec = self.s.acquirer.spec.spec;
         let mut disagree = FieldSet::EMPTY;
         let checked = self.table.take_if(&key, |p| {
@@ -774,6 +797,61 @@ impl<R> LinkCore<R> {
                 });
             }
         }
+    }
+}
+
+impl<R> LinkCore<R> {
+    /// A transaction request (01xx, 02xx, 04xx) with the zone's MAC, when
+    /// the acquirer wants one. A changed layout loses the echo spans.
+    fn seal(&self, body: Bytes, echo: EchoSpans) -> Result<(Bytes, EchoSpans), String> {
+        let sec = &self.s.acquirer.security;
+        let (Some((algorithm, key)), Some(hsm)) = (&sec.mac, &sec.hsm) else {
+            return Ok((body, echo));
+        };
+        let msg = Message::parse(body, self.s.acquirer.spec.spec).map_err(|e| e.to_string())?;
+        if !matches!(msg.mti().class(), 1 | 2 | 4) {
+            return Ok((msg.frame().clone(), echo));
+        }
+        let sealed = crate::switch::card_security::seal(hsm, *algorithm, key, &msg)?;
+        Ok((sealed, EchoSpans::UNKNOWN))
+    }
+
+    /// Why a transaction answer's MAC does not hold, when the acquirer
+    /// MACs its messages.
+    fn answer_mac_wrong(&self, msg: &Message) -> Option<&'static str> {
+        let sec = &self.s.acquirer.security;
+        let (Some((algorithm, key)), Some(hsm)) = (&sec.mac, &sec.hsm) else {
+            return None;
+        };
+        if !matches!(msg.mti().class(), 1 | 2 | 4) {
+            return None;
+        }
+        use crate::switch::card_security::{MacMode, Refusal, check_mac};
+        match check_mac(hsm, MacMode::Require, *algorithm, Some(key), msg) {
+            Ok(()) => None,
+            Err(r @ (Refusal::MacMissing | Refusal::MacMisplaced | Refusal::MacWrong)) => {
+                Some(r.label())
+            }
+            Err(_) => Some("hsm_error"),
+        }
+    }
+
+    /// Discards an answer whose MAC failed; its request, if still in
+    /// flight, fails as unanswered.
+    fn refuse_answer(&mut self, msg: &Message, key: MatchKey, reason: &'static str) {
+        metrics::counter!(crate::telemetry::LINK_ANSWER_MAC_FAILURES, "link" => self.s.name.clone())
+            .increment(1);
+        if let Checked::Found(p) = self.table.take_if(&key, |_| true) {
+            self.replies
+                .push_back((p.reply, Outcome::Failed(Failure::BadAnswerMac)));
+        }
+        self.event(LinkEvent::AnswerMacWrong {
+            mti: msg.mti(),
+            stan: key.stan(),
+            terminal: SmallText::new(key.terminal_id()).unwrap_or(SmallText::EMPTY),
+            pan: msg.pan().map(|p| p.masked()),
+            reason,
+        });
     }
 }
 

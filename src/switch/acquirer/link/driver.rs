@@ -356,6 +356,17 @@ impl Driver {
             LinkEvent::Unframeable { reason } => {
                 warn!(%acquirer, link, "request can not be framed for the host: {reason}")
             }
+            LinkEvent::Unsealable { reason } => {
+                warn!(%acquirer, link, "request can not be given its MAC; not sent: {reason}")
+            }
+            LinkEvent::AnswerMacWrong {
+                mti,
+                stan,
+                terminal,
+                pan,
+                reason,
+            } => warn!(%acquirer, link, %mti, stan, %terminal, pan = ?pan, reason,
+                "answer's MAC does not verify; discarded, its request is treated as unanswered (91, reversed)"),
         }
     }
 }

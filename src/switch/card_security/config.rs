@@ -1,0 +1,321 @@
+//! The `[security]` table (the key store, the HSM, terminal profiles) and
+//! each acquirer's `[acquirers.security]`. Key names are checked against
+//! the key store while the config is checked: a missing key, or one of the
+//! wrong type, is a problem with its TOML path, not a refusal at the first
+//! transaction.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{AcquirerSecurity, MacMode, PinKey, SecurityConfig, TerminalProfile, TerminalProfiles};
+use crate::security::hsm::soft::SoftHsm;
+use crate::security::hsm::{KeyName, MacAlgorithm};
+use crate::security::lmk::Lmk;
+use crate::security::pinblock::PinFormat;
+use crate::security::store::KeyType;
+use crate::switch::config::{Section, table};
+
+table! {
+    pub(crate) SecurityFile {
+        /// The key store file (`switchyard keys` makes it).
+        key_store: Option<String> = None;
+        /// The LMK file; default: `$SWITCHYARD_LMK_FILE`.
+        lmk_file: Option<String> = None;
+        /// "soft": the key store in the process.
+        hsm: String = "soft".into();
+        /// DE39 for a PIN block that can not be translated.
+        bad_pin_code: String = "81".into();
+        terminals: Vec<TerminalProfileFile> = Vec::new();
+    }
+}
+
+table! {
+    pub(crate) TerminalProfileFile {
+        name: Option<String> = None;
+        /// DE41 values this profile is for.
+        terminal_ids: Vec<String> = Vec::new();
+        /// ... and DE41 prefixes (the longest matching one wins).
+        terminal_id_prefixes: Vec<String> = Vec::new();
+        /// "off", "verify" (a MAC, when present, must be right) or
+        /// "require" (it must be present and right).
+        mac: String = "off".into();
+        mac_algorithm: String = "retail".into();
+        /// The terminal's MAC key (TAK).
+        mac_key: Option<String> = None;
+        /// The terminal's PIN key (TPK) ...
+        pin_key: Option<String> = None;
+        /// ... or a DUKPT base derivation key, the KSN in `ksn_field`.
+        dukpt_bdk: Option<String> = None;
+        ksn_field: Option<u64> = None, in 2..=128;
+    }
+}
+
+table! {
+    pub(crate) AcquirerSecurityFile {
+        /// "off" or "require": requests carry a MAC under `mac_key`, and
+        /// answers must.
+        mac: String = "off".into();
+        mac_algorithm: String = "retail".into();
+        /// The zone MAC key (ZAK).
+        mac_key: Option<String> = None;
+        /// The zone PIN key (ZPK) DE52 is translated to.
+        pin_key: Option<String> = None;
+        /// "iso0" or "iso4".
+        pin_format: String = "iso0".into();
+        /// DE53 sent with a translated PIN (16 digits); without it, the
+        /// terminal's DE53 is removed.
+        de53: Option<String> = None;
+    }
+}
+
+fn mac_algorithm(s: &mut Section, text: &str) -> MacAlgorithm {
+    let parsed = MacAlgorithm::parse(text)
+        .ok_or_else(|| format!("`{text}` is not a MAC algorithm (retail, tdes-cbc or aes-cmac)"));
+    s.ok("mac_algorithm", parsed, MacAlgorithm::Retail)
+}
+
+/// Checks that `name` is a key of one of `types` in the store.
+fn key(s: &mut Section, hsm: Option<&SoftHsm>, at: &str, name: &str, types: &[KeyType]) -> KeyName {
+    if let Some(h) = hsm
+        && !h.has(name, types)
+    {
+        let wanted: Vec<&str> = types.iter().map(|t| t.name()).collect();
+        s.problem(
+            at,
+            format!(
+                "no {} key named `{name}` in the key store",
+                wanted.join(" or ")
+            ),
+        );
+    }
+    KeyName::from(name)
+}
+
+impl SecurityFile {
+    pub(crate) fn validate(mut self, s: &mut Section) -> Option<SecurityConfig> {
+        self.check_ranges(s);
+        if self.hsm != "soft" {
+            s.problem(
+                "hsm",
+                format!(
+                    "`{}`: only \"soft\" is in the request path so far",
+                    self.hsm
+                ),
+            );
+        }
+        let bad_pin_code = match self.bad_pin_code.as_bytes() {
+            &[a, b] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => [a, b],
+            _ => {
+                s.problem("bad_pin_code", "two letters or digits (a DE39 value)");
+                crate::codes::BAD_PIN_BLOCK
+            }
+        };
+        let hsm = self.open_hsm(s);
+        let mut profiles = TerminalProfiles::default();
+        for (i, p) in self.terminals.into_iter().enumerate() {
+            let s = &mut s.sub(&format!("terminals[{i}]"));
+            if let Some(profile) = p.validate(s, hsm.as_deref(), i) {
+                profiles.add(s, profile);
+            }
+        }
+        Some(SecurityConfig {
+            hsm: hsm?,
+            bad_pin_code,
+            profiles,
+        })
+    }
+
+    fn open_hsm(&self, s: &mut Section) -> Option<Arc<SoftHsm>> {
+        let Some(store) = &self.key_store else {
+            s.problem(
+                "key_store",
+                "required: the key store file (`switchyard keys generate` makes one)",
+            );
+            return None;
+        };
+        let lmk_path = match &self.lmk_file {
+            Some(p) => PathBuf::from(p),
+            None => match Lmk::path_from(None) {
+                Ok(p) => p,
+                Err(e) => {
+                    s.problem("lmk_file", e.to_string());
+                    return None;
+                }
+            },
+        };
+        let lmk = match Lmk::load(&lmk_path) {
+            Ok(l) => l,
+            Err(e) => {
+                s.problem("lmk_file", e.to_string());
+                return None;
+            }
+        };
+        match SoftHsm::open(std::path::Path::new(store), lmk) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                s.problem("key_store", e.to_string());
+                None
+            }
+        }
+    }
+}
+
+impl TerminalProfileFile {
+    fn validate(
+        mut self,
+        s: &mut Section,
+        hsm: Option<&SoftHsm>,
+        i: usize,
+    ) -> Option<TerminalProfile> {
+        self.check_ranges(s);
+        let mac = match self.mac.as_str() {
+            "off" => MacMode::Off,
+            "verify" => MacMode::Verify,
+            "require" => MacMode::Require,
+            other => {
+                s.problem("mac", format!("`{other}`: off, verify or require"));
+                MacMode::Off
+            }
+        };
+        let mac_algorithm = mac_algorithm(s, &self.mac_algorithm);
+        let mac_key = match (&self.mac_key, mac) {
+            (None, MacMode::Off) => None,
+            (None, _) => {
+                s.problem("mac_key", "required when mac is not \"off\"");
+                None
+            }
+            (Some(k), _) => Some(key(s, hsm, "mac_key", k, &[KeyType::Tak])),
+        };
+        let pin = match (&self.pin_key, &self.dukpt_bdk) {
+            (Some(_), Some(_)) => {
+                s.problem("dukpt_bdk", "give pin_key or dukpt_bdk, not both");
+                None
+            }
+            (Some(k), None) => Some(PinKey::Tpk(key(s, hsm, "pin_key", k, &[KeyType::Tpk]))),
+            (None, Some(k)) => {
+                let bdk = key(s, hsm, "dukpt_bdk", k, &[KeyType::Bdk]);
+                match self.ksn_field {
+                    Some(f) => Some(PinKey::Dukpt {
+                        bdk,
+                        ksn_field: f as usize, // in range
+                    }),
+                    None => {
+                        s.problem(
+                            "ksn_field",
+                            "required with dukpt_bdk: the field carrying the KSN (20 hex digits)",
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        if self.terminal_ids.is_empty() && self.terminal_id_prefixes.is_empty() {
+            s.problem(
+                "terminal_ids",
+                "a profile needs terminal_ids or terminal_id_prefixes",
+            );
+        }
+        Some(TerminalProfile {
+            name: self.name.unwrap_or_else(|| format!("terminals[{i}]")),
+            terminal_ids: self.terminal_ids,
+            terminal_id_prefixes: self.terminal_id_prefixes,
+            mac,
+            mac_algorithm,
+            mac_key,
+            pin,
+        })
+    }
+}
+
+impl AcquirerSecurityFile {
+    /// Key names are checked later, against the key store
+    /// ([`AcquirerSecurity::check_keys`]): `[security]` is its own table.
+    pub(crate) fn validate(mut self, s: &mut Section) -> AcquirerSecurity {
+        self.check_ranges(s);
+        let mac_algorithm = mac_algorithm(s, &self.mac_algorithm);
+        let mac = match (self.mac.as_str(), self.mac_key) {
+            ("off", _) => None,
+            ("require", Some(k)) => Some((mac_algorithm, KeyName::from(k.as_str()))),
+            ("require", None) => {
+                s.problem("mac_key", "required when mac = \"require\"");
+                None
+            }
+            (other, _) => {
+                s.problem("mac", format!("`{other}`: off or require"));
+                None
+            }
+        };
+        let pin_format = match self.pin_format.as_str() {
+            "iso0" => PinFormat::Iso0,
+            "iso4" => PinFormat::Iso4,
+            other => {
+                s.problem("pin_format", format!("`{other}`: iso0 or iso4"));
+                PinFormat::Iso0
+            }
+        };
+        if let Some(d) = &self.de53
+            && !crate::switch::config::is_digits(d, 16, 16)
+        {
+            s.problem("de53", "16 digits");
+        }
+        AcquirerSecurity {
+            mac,
+            pin: self
+                .pin_key
+                .map(|k| (KeyName::from(k.as_str()), pin_format)),
+            de53: self.de53,
+            hsm: None,
+        }
+    }
+}
+
+impl AcquirerSecurity {
+    /// Every key named is in the key store with the right type; `spec`
+    /// can carry what is asked of it.
+    pub(crate) fn check_keys(
+        &mut self,
+        s: &mut Section,
+        security: Option<&SecurityConfig>,
+        spec: &'static crate::iso8583::Spec,
+    ) {
+        let Some(sec) = security else {
+            if self.mac.is_some() || self.pin.is_some() {
+                s.problem("", "needs a [security] table with the key store");
+            }
+            return;
+        };
+        if self.is_on() {
+            self.hsm = Some(sec.hsm.clone());
+        }
+        if let Some((_, k)) = &self.mac {
+            key(s, Some(&sec.hsm), "mac_key", k, &[KeyType::Zak]);
+            if crate::iso8583::mac_field::mac_len(spec, 64).is_none() {
+                s.problem(
+                    "mac",
+                    format!(
+                        "the spec `{}` has no fixed binary DE64 for a MAC",
+                        spec.name
+                    ),
+                );
+            }
+        }
+        if let Some((k, format)) = &self.pin {
+            key(s, Some(&sec.hsm), "pin_key", k, &[KeyType::Zpk]);
+            let fits = spec.field(52).is_some_and(|d| match d.length {
+                crate::iso8583::Length::Fixed(u) => d.logical_len(u as usize) == format.block_len(),
+                crate::iso8583::Length::Variable { .. } => false,
+            });
+            if !fits {
+                s.problem(
+                    "pin_format",
+                    format!(
+                        "{format} is a {}-byte block; the spec `{}` has no DE52 of that length",
+                        format.block_len(),
+                        spec.name
+                    ),
+                );
+            }
+        }
+    }
+}

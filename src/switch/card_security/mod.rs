@@ -1,0 +1,344 @@
+//! Card security in the request path: which terminal has which keys
+//! (terminal profiles, by DE41), what each acquirer's zone wants (its MAC
+//! key, its PIN key and format), and the steps a request takes through the
+//! HSM: the terminal's MAC checked (63 when missing or wrong), DE52
+//! translated from the terminal's key (TPK or DUKPT) to the acquirer's
+//! zone PIN key (81, or `bad_pin_code`, when it can not be), the host's
+//! MAC made and its answers' checked (by the link), and the terminal's
+//! answers MACed under its key.
+//!
+//! The HSM here is the soft one ([`SoftHsm`]), called in line: its answers
+//! are immediate. A network HSM (payShield) answers later, so its commands
+//! will be the core's effects; these functions are the steps either way.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::iso8583::mac_field::{MacBytes, MacFieldError};
+use crate::iso8583::{Message, MessageBuilder};
+use crate::security::dukpt::Ksn;
+use crate::security::hsm::soft::SoftHsm;
+use crate::security::hsm::{HsmCommand, HsmError, HsmReply, KeyName, MacAlgorithm, PinSource};
+use crate::security::pinblock::{EncryptedPinBlock, PinFormat};
+use crate::switch::config::Section;
+
+/// Most terminal profiles (each a few ids or prefixes; fleets share one).
+pub const MAX_PROFILES: usize = 10_000;
+
+/// What a terminal's requests must carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacMode {
+    /// DE64/DE128 ignored; answers carry none.
+    Off,
+    /// A MAC, when present, must be right; answers carry one.
+    Verify,
+    /// A MAC must be present and right; answers carry one.
+    Require,
+}
+
+/// The key a terminal's PIN blocks are under.
+#[derive(Clone, Debug)]
+pub enum PinKey {
+    Tpk(KeyName),
+    /// TDES DUKPT: the KSN (20 hex digits, or 10 bytes in a binary
+    /// field) in `ksn_field`.
+    Dukpt {
+        bdk: KeyName,
+        ksn_field: usize,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct TerminalProfile {
+    pub name: String,
+    pub terminal_ids: Vec<String>,
+    pub terminal_id_prefixes: Vec<String>,
+    pub mac: MacMode,
+    pub mac_algorithm: MacAlgorithm,
+    pub mac_key: Option<KeyName>,
+    pub pin: Option<PinKey>,
+}
+
+impl TerminalProfile {
+    /// Do answers to this terminal carry a MAC?
+    pub fn macs_answers(&self) -> bool {
+        self.mac != MacMode::Off && self.mac_key.is_some()
+    }
+}
+
+/// Profiles by DE41: exact ids first, then the longest matching prefix.
+#[derive(Clone, Debug, Default)]
+pub struct TerminalProfiles {
+    list: Vec<Arc<TerminalProfile>>,
+    exact: HashMap<Vec<u8>, usize>,
+    /// Longest first.
+    prefixes: Vec<(Vec<u8>, usize)>,
+}
+
+impl TerminalProfiles {
+    pub(crate) fn add(&mut self, s: &mut Section, profile: TerminalProfile) {
+        if self.list.len() == MAX_PROFILES {
+            s.problem("", format!("more than {MAX_PROFILES} terminal profiles"));
+            return;
+        }
+        let index = self.list.len();
+        for (j, id) in profile.terminal_ids.iter().enumerate() {
+            let key = id.trim_end().as_bytes().to_vec();
+            if self.exact.insert(key, index).is_some() {
+                s.problem(
+                    &format!("terminal_ids[{j}]"),
+                    format!("`{id}` is in another profile too"),
+                );
+            }
+        }
+        for (j, p) in profile.terminal_id_prefixes.iter().enumerate() {
+            if self.prefixes.iter().any(|(q, _)| q == p.as_bytes()) {
+                s.problem(
+                    &format!("terminal_id_prefixes[{j}]"),
+                    format!("`{p}` is in another profile too"),
+                );
+            }
+            self.prefixes.push((p.as_bytes().to_vec(), index));
+        }
+        self.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        self.list.push(Arc::new(profile));
+    }
+
+    /// The profile of terminal `tid` (DE41, padding trimmed).
+    pub fn find(&self, tid: &[u8]) -> Option<&Arc<TerminalProfile>> {
+        let tid = trim(tid);
+        let i = match self.exact.get(tid) {
+            Some(&i) => i,
+            None => self.prefixes.iter().find(|(p, _)| tid.starts_with(p))?.1,
+        };
+        self.list.get(i)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Does any profile MAC its answers (so answers must be looked at)?
+    pub fn any_macs_answers(&self) -> bool {
+        self.list.iter().any(|p| p.macs_answers())
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let end = b.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
+    &b[..end]
+}
+
+/// `[security]`: the HSM and the terminal profiles.
+#[derive(Clone)]
+pub struct SecurityConfig {
+    pub hsm: Arc<SoftHsm>,
+    pub bad_pin_code: [u8; 2],
+    pub profiles: TerminalProfiles,
+}
+
+impl fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecurityConfig")
+            .field("hsm", &format_args!("soft, LMK KCV {}", self.hsm.lmk_kcv()))
+            .field("bad_pin_code", &String::from_utf8_lossy(&self.bad_pin_code))
+            .field("profiles", &self.profiles.list.len())
+            .finish()
+    }
+}
+
+/// `[acquirers.security]`: what the acquirer's zone wants.
+#[derive(Clone, Debug, Default)]
+pub struct AcquirerSecurity {
+    /// Requests carry a MAC made under this key, answers must.
+    pub mac: Option<(MacAlgorithm, KeyName)>,
+    /// DE52 translated to this zone PIN key, in this format.
+    pub pin: Option<(KeyName, PinFormat)>,
+    pub de53: Option<String>,
+    /// `[security]`'s HSM, when `mac` or `pin` is set.
+    pub hsm: Option<Arc<SoftHsm>>,
+}
+
+impl AcquirerSecurity {
+    pub fn is_on(&self) -> bool {
+        self.mac.is_some() || self.pin.is_some()
+    }
+}
+
+/// Why a request's security did not hold: the reason for the warn line
+/// and the metric's label. Never a key, PIN block or MAC value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    MacMissing,
+    MacMisplaced,
+    MacWrong,
+    /// DE52 without a PIN key for the terminal.
+    NoPinKey,
+    /// The KSN field is missing or not 10 bytes.
+    BadKsn,
+    /// The PIN block does not decrypt to a valid block.
+    BadPinBlock,
+    /// The HSM could not do it (unknown key, wrong type...).
+    Hsm,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MacMissing => "mac_missing",
+            Refusal::MacMisplaced => "mac_misplaced",
+            Refusal::MacWrong => "mac_wrong",
+            Refusal::NoPinKey => "no_pin_key",
+            Refusal::BadKsn => "bad_ksn",
+            Refusal::BadPinBlock => "bad_pin_block",
+            Refusal::Hsm => "hsm_error",
+        }
+    }
+
+    pub fn is_mac(self) -> bool {
+        matches!(
+            self,
+            Refusal::MacMissing | Refusal::MacMisplaced | Refusal::MacWrong
+        )
+    }
+}
+
+/// Checks a request's MAC as `mac` and `key` say (`None` key: MAC off).
+pub fn check_mac(
+    hsm: &SoftHsm,
+    mode: MacMode,
+    algorithm: MacAlgorithm,
+    key: Option<&KeyName>,
+    msg: &Message,
+) -> Result<(), Refusal> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    if mode == MacMode::Off {
+        return Ok(());
+    }
+    let parts = match msg.mac_parts() {
+        Ok(p) => p,
+        Err(MacFieldError::Missing) if mode == MacMode::Verify => return Ok(()),
+        Err(MacFieldError::Missing) => return Err(Refusal::MacMissing),
+        Err(_) => return Err(Refusal::MacMisplaced),
+    };
+    let data = msg.frame().slice(..parts.data.len());
+    match hsm.execute(&HsmCommand::VerifyMac {
+        key: key.clone(),
+        algorithm,
+        data,
+        mac: parts.mac,
+    }) {
+        Ok(HsmReply::Verified) => Ok(()),
+        Err(HsmError::MacMismatch) => Err(Refusal::MacWrong),
+        _ => Err(Refusal::Hsm),
+    }
+}
+
+/// Packs `b` with a MAC under `key` (replacing any it had).
+pub fn pack_with_mac(
+    hsm: &SoftHsm,
+    algorithm: MacAlgorithm,
+    key: &KeyName,
+    b: &MessageBuilder<'_>,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    b.pack_with_mac(out, |data, len| {
+        match hsm.execute(&HsmCommand::GenerateMac {
+            key: key.clone(),
+            algorithm,
+            data: Bytes::copy_from_slice(data),
+            len,
+        }) {
+            Ok(HsmReply::Mac(m)) => MacBytes::try_from(&m[..]).map_err(|e| e.to_string()),
+            Ok(other) => Err(format!("the HSM answered {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// `msg` again, with a MAC under `key`.
+pub fn seal(
+    hsm: &SoftHsm,
+    algorithm: MacAlgorithm,
+    key: &KeyName,
+    msg: &Message,
+) -> Result<Bytes, String> {
+    let mut b = MessageBuilder::new(msg.spec(), msg.mti());
+    b.copy_all(msg);
+    let mut out = BytesMut::with_capacity(msg.frame().len() + 32);
+    pack_with_mac(hsm, algorithm, key, &b, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// DE52 of `msg` under the acquirer's zone PIN key: `None` when there is
+/// nothing to translate (no DE52, or the acquirer takes it as it is).
+pub fn translate_pin(
+    hsm: &SoftHsm,
+    profile: Option<&TerminalProfile>,
+    zone: &AcquirerSecurity,
+    msg: &Message,
+    pan: &[u8],
+) -> Result<Option<EncryptedPinBlock>, Refusal> {
+    let (Some((zpk, to_format)), Some(de52)) = (&zone.pin, msg.value(52)) else {
+        return Ok(None);
+    };
+    let Some(pin_key) = profile.and_then(|p| p.pin.as_ref()) else {
+        return Err(Refusal::NoPinKey);
+    };
+    let mut raw = arrayvec::ArrayVec::<u8, 32>::new();
+    if de52.logical_len() > raw.capacity() {
+        return Err(Refusal::BadPinBlock);
+    }
+    de52.write_logical(&mut raw);
+    let format = if raw.len() == 16 {
+        PinFormat::Iso4
+    } else {
+        PinFormat::Iso0
+    };
+    let block = EncryptedPinBlock::from_bytes(format, &raw).map_err(|_| Refusal::BadPinBlock)?;
+    let source = match pin_key {
+        PinKey::Tpk(k) => PinSource::Tpk(k.clone()),
+        PinKey::Dukpt { bdk, ksn_field } => PinSource::Dukpt {
+            bdk: bdk.clone(),
+            ksn: ksn_of(msg, *ksn_field).ok_or(Refusal::BadKsn)?,
+        },
+    };
+    let pan = std::str::from_utf8(pan).map_err(|_| Refusal::BadPinBlock)?;
+    match hsm.execute(&HsmCommand::TranslatePin {
+        source,
+        to: zpk.clone(),
+        block,
+        to_format: *to_format,
+        pan: pan.to_owned(),
+    }) {
+        Ok(HsmReply::Pin(b)) => Ok(Some(b)),
+        Err(HsmError::BadPinBlock(_)) => Err(Refusal::BadPinBlock),
+        _ => Err(Refusal::Hsm),
+    }
+}
+
+/// The KSN in field `n`: 10 raw bytes, or 20 hex digits of text.
+fn ksn_of(msg: &Message, n: usize) -> Option<Ksn> {
+    let v = msg.value(n)?;
+    let mut raw = arrayvec::ArrayVec::<u8, 40>::new();
+    if v.logical_len() > raw.capacity() {
+        return None;
+    }
+    v.write_logical(&mut raw);
+    match raw.len() {
+        10 => Ksn::new(&raw).ok(),
+        20 => {
+            let bytes = crate::hex::parse_hex(std::str::from_utf8(&raw).ok()?).ok()?;
+            Ksn::new(&bytes).ok()
+        }
+        _ => None,
+    }
+}

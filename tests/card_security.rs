@@ -1,0 +1,475 @@
+//! Card security end to end: terminal profiles with a TPK/TAK or a DUKPT
+//! BDK, an acquirer zone with a ZPK and ZAK, the switch between a
+//! terminal and a simulated host that checks what it gets under its own
+//! copy of the zone keys. Real sockets on 127.0.0.1, a real key store
+//! under a real LMK file.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use switchyard::iso8583::mac_field::MacBytes;
+use switchyard::iso8583::{Message, MessageBuilder, Mti, specs};
+use switchyard::security::hsm::MacAlgorithm;
+use switchyard::security::hsm::soft::full_mac;
+use switchyard::security::lmk::Lmk;
+use switchyard::security::pinblock::{self, Pin, PinFormat};
+use switchyard::security::store::{KeyStore, KeyType};
+use switchyard::security::{Algorithm, SecretKey};
+use switchyard::tools::sim::zone::ZoneKeys;
+use switchyard::tools::sim::{SimConfig, SimHandle};
+
+const TPK: &str = "0123456789ABCDEFFEDCBA9876543210";
+const TAK: &str = "89ABCDEF0123456776543210FEDCBA98";
+const ZPK: &str = "1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D";
+const ZAK: &str = "4C4C4C4C4C4C4C4C5D5D5D5D5D5D5D5D";
+/// jPOS DUKPTTest's BDK.
+const BDK: &str = "0123456789ABCDEFFEDCBA9876543210";
+const OTHER: &str = "0E0E0E0E0E0E0E0E0F0F0F0F0F0F0F0F";
+
+fn tdes(hex: &str) -> SecretKey {
+    SecretKey::from_hex(Algorithm::Tdes, hex).expect("key")
+}
+
+/// An LMK and a key store with the test keys, in a fresh directory.
+struct Keys {
+    dir: PathBuf,
+    lmk: PathBuf,
+    store: PathBuf,
+}
+
+fn key_store() -> Keys {
+    let dir = fresh_journal_dir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let lmk_path = dir.join("lmk");
+    let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
+    let lmk = Lmk::from_components(&[c(0x11), c(0x22)]).expect("lmk");
+    lmk.save_new(&lmk_path).expect("lmk saved");
+    let store_path = dir.join("keys.toml");
+    let mut store = KeyStore::create(&store_path, &lmk).expect("store");
+    for (name, t, hex) in [
+        ("term.tpk", KeyType::Tpk, TPK),
+        ("term.tak", KeyType::Tak, TAK),
+        ("acq.zpk", KeyType::Zpk, ZPK),
+        ("acq.zak", KeyType::Zak, ZAK),
+        ("fleet.bdk", KeyType::Bdk, BDK),
+    ] {
+        store.add(&lmk, name, t, &tdes(hex)).expect("key added");
+    }
+    store.save().expect("store saved");
+    Keys {
+        dir,
+        lmk: lmk_path,
+        store: store_path,
+    }
+}
+
+fn security_toml(k: &Keys, terminal_mac: &str) -> String {
+    format!(
+        r#"
+[security]
+key_store = "{store}"
+lmk_file = "{lmk}"
+
+[[security.terminals]]
+name = "load-terminals"
+terminal_id_prefixes = ["LT", "TERM"]
+mac = "{terminal_mac}"
+mac_key = "term.tak"
+pin_key = "term.tpk"
+
+[[security.terminals]]
+name = "dukpt-fleet"
+terminal_ids = ["DUKPT001"]
+dukpt_bdk = "fleet.bdk"
+ksn_field = 62
+"#,
+        store = k.store.display(),
+        lmk = k.lmk.display(),
+    )
+}
+
+const ZONE: &str = r#"
+[acquirers.security]
+mac = "require"
+mac_key = "acq.zak"
+pin_key = "acq.zpk"
+de53 = "2001010100000000"
+"#;
+
+/// The host simulator holding the zone keys (`zak` its MAC key).
+async fn host(zak: &str) -> SimHandle {
+    start_sim_with(SimConfig {
+        zone: Some(Arc::new(ZoneKeys {
+            mac: Some((MacAlgorithm::Retail, tdes(zak))),
+            pin_key: Some(tdes(ZPK)),
+            expected_pin: Some("1234".into()),
+        })),
+        ..sim_config()
+    })
+    .await
+}
+
+/// A request as a terminal with the TPK and TAK sends it: PIN 1234 in
+/// DE52 under `pin_key`, a MAC under the TAK unless `mac` is false.
+fn secured_request(stan: u32, tid: &str, pin_key: &str, mac: bool) -> Bytes {
+    let base = auth_from(Mti::FINANCIAL, stan, PAN, 1_000, tid);
+    let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
+    let pin = Pin::new("1234").expect("pin");
+    let block =
+        pinblock::encrypt(&tdes(pin_key), PinFormat::Iso0, &pin, PAN, &[0; 8]).expect("block");
+    let mut b = MessageBuilder::new(specs::iso87ascii(), msg.mti());
+    b.copy_all(&msg).set(52, block.as_bytes());
+    let mut out = BytesMut::new();
+    if mac {
+        b.pack_with_mac(&mut out, terminal_mac).expect("packs");
+    } else {
+        b.pack(&mut out).expect("packs");
+    }
+    out.freeze()
+}
+
+fn terminal_mac(data: &[u8], len: usize) -> Result<MacBytes, String> {
+    full_mac(&tdes(TAK), MacAlgorithm::Retail, data)
+        .map(|m| m.into_iter().take(len).collect())
+        .map_err(|e| e.to_string())
+}
+
+/// Does the answer carry a right MAC under the TAK?
+fn answer_mac_is_the_terminals(answer: &Message) -> bool {
+    let Ok(parts) = answer.mac_parts() else {
+        return false;
+    };
+    terminal_mac(parts.data, parts.mac.len()).is_ok_and(|m| m == parts.mac)
+}
+
+/// Transaction requests the host got (the links' 0800s aside).
+fn transactions_at(sim: &SimHandle) -> usize {
+    sim.received().iter().filter(|r| r.mti.class() != 8).count()
+}
+
+async fn switch_with(
+    k: &Keys,
+    sim: &SimHandle,
+    terminal_mac: &str,
+) -> switchyard::switch::server::Switch {
+    let toml = config(&[sim.local_addr()], ZONE, &security_toml(k, terminal_mac));
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    switch
+}
+
+#[tokio::test]
+async fn pin_translated_and_macs_made_and_checked_on_both_sides() {
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let switch = switch_with(&k, &sim, "require").await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let answer = t.request(&secured_request(1, TID, TPK, true)).await;
+    assert_eq!(
+        code(&answer),
+        "00",
+        "approved by a host that checked PIN and MAC"
+    );
+    assert!(
+        answer_mac_is_the_terminals(&answer),
+        "the answer carries a MAC under the TAK"
+    );
+    let s = sim.stats();
+    assert_eq!(
+        (s.pin_verified, s.pin_refused, s.mac_refused),
+        (1, 0, 0),
+        "{s}"
+    );
+    switch.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tampered_or_missing_mac_gets_63_and_is_not_forwarded() {
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let switch = switch_with(&k, &sim, "require").await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let mut tampered = secured_request(2, TID, TPK, true).to_vec();
+    // The amount's last digit: the MAC no longer covers these bytes.
+    let msg = Message::parse(Bytes::from(tampered.clone()), specs::iso87ascii()).expect("parses");
+    let amount_at =
+        msg.field(4).expect("DE4").as_ptr() as usize - msg.frame().as_ptr() as usize + 11;
+    tampered[amount_at] = b'9';
+    assert_eq!(code(&t.request(&tampered).await), "63");
+    assert_eq!(
+        code(&t.request(&secured_request(3, TID, TPK, false)).await),
+        "63"
+    );
+    assert_eq!(transactions_at(&sim), 0, "nothing reached the host");
+    let admin = switch.admin_addr.expect("admin");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchyard_security_refusals_total",
+            &["mac_wrong"]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchyard_security_refusals_total",
+            &["mac_missing"]
+        ),
+        1.0
+    );
+    switch.shutdown().await;
+}
+
+#[tokio::test]
+async fn mac_verify_takes_a_request_without_one_but_not_a_wrong_one() {
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let switch = switch_with(&k, &sim, "verify").await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let answer = t.request(&secured_request(4, TID, TPK, false)).await;
+    assert_eq!(code(&answer), "00");
+    assert!(
+        answer_mac_is_the_terminals(&answer),
+        "verify mode MACs its answers too"
+    );
+    let mut wrong = secured_request(5, TID, TPK, true).to_vec();
+    let last = wrong.len() - 1;
+    wrong[last] = if wrong[last] == b'0' { b'1' } else { b'0' };
+    assert_eq!(code(&t.request(&wrong).await), "63");
+    switch.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pin_under_a_wrong_key_gets_81_and_is_not_forwarded() {
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let switch = switch_with(&k, &sim, "require").await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let answer = t.request(&secured_request(6, TID, OTHER, true)).await;
+    assert_eq!(code(&answer), "81");
+    assert!(
+        answer_mac_is_the_terminals(&answer),
+        "a refusal is MACed too"
+    );
+    assert_eq!(transactions_at(&sim), 0, "nothing reached the host");
+    switch.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dukpt_pin_is_translated_from_the_bdk() {
+    // jPOS DUKPTTest: BDK 0123..3210, KSN FFFF9876543210E00001, PIN 1234
+    // and PAN 4012345678909 give the block 1B9C1845EB993A7A.
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let switch = switch_with(&k, &sim, "off").await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let base = auth_from(Mti::FINANCIAL, 7, "4012345678909", 1_000, "DUKPT001");
+    let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
+    let block = switchyard::hex::parse_hex("1B9C1845EB993A7A").expect("hex");
+    let mut b = MessageBuilder::new(specs::iso87ascii(), msg.mti());
+    b.copy_all(&msg)
+        .set(52, &block)
+        .set(62, b"FFFF9876543210E00001");
+    let answer = t.request(&b.to_bytes().expect("packs")).await;
+    assert_eq!(code(&answer), "00");
+    assert_eq!(
+        sim.stats().pin_verified,
+        1,
+        "the host found PIN 1234 under its ZPK"
+    );
+    switch.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_with_a_wrong_mac_is_discarded_and_the_request_reversed() {
+    let k = key_store();
+    // The host has another ZAK: its answers' MACs do not verify.
+    let sim = host(OTHER).await;
+    let switch = switch_with(&k, &sim, "require").await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    assert_eq!(
+        code(&t.request(&secured_request(8, TID, TPK, true)).await),
+        "91"
+    );
+    let admin = switch.admin_addr.expect("admin");
+    let failures = wait_metric(
+        admin,
+        "switchyard_link_answer_mac_failures_total",
+        &[],
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(failures >= 1.0);
+    // The reversal reaches the host (which refuses its MAC in turn).
+    let reversed = sim
+        .wait_until(GUARD, |s| {
+            s.received().iter().any(|r| r.mti == Mti::REVERSAL_ADVICE)
+        })
+        .await;
+    assert!(
+        reversed,
+        "a 0420 was sent for the request the host may have approved"
+    );
+    switch.shutdown().await;
+}
+
+#[tokio::test]
+async fn config_names_keys_missing_from_the_store() {
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let toml = config(
+        &[sim.local_addr()],
+        &ZONE.replace("acq.zak", "acq.nope"),
+        &security_toml(&k, "require").replace("term.tak", "term.tpk"),
+    );
+    let problems = switchyard::switch::config::Config::parse(&toml).expect_err("refused");
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("security.terminals[0].mac_key: no tak key named `term.tpk`")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("acquirers[0].security.mac_key: no zak key named `acq.nope`")),
+        "{text:?}"
+    );
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            out.push((p, bytes));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
+    let log = Captured::install();
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let toml = config(&[sim.local_addr()], ZONE, &security_toml(&k, "require"));
+    let journal_dir = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("dir = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .map(PathBuf::from)
+        .expect("journal dir in the config");
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    // One request of a known card, whose PIN blocks the scan looks for.
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    assert_eq!(
+        code(&t.request(&secured_request(9, TID, TPK, true)).await),
+        "00"
+    );
+    let keys_file = k.dir.join("terminal-keys.toml");
+    std::fs::write(
+        &keys_file,
+        format!(
+            "pin_key = \"{TPK}\"\nmac_key = \"{TAK}\"\nmac_algorithm = \"retail\"\npin = \"1234\"\n"
+        ),
+    )
+    .expect("terminal keys written");
+    let target = switch.terminal_addr;
+    let report = tokio::task::spawn_blocking(move || load(target, &keys_file))
+        .await
+        .expect("load test ran");
+    assert!(report.is_clean(), "{:?}", report.problems());
+    let s = sim.stats();
+    assert!(s.pin_verified > 100, "PINs checked by the host: {s}");
+    assert_eq!((s.pin_refused, s.mac_refused), (0, 0), "{s}");
+
+    // What must never be kept: the keys and PIN blocks, raw or as hex.
+    let admin = switch.admin_addr.expect("admin");
+    let (_, api_config) = http_get(admin, "/api/config").await;
+    switch.shutdown().await;
+    let mut secrets: Vec<Vec<u8>> = Vec::new();
+    for hex in [TPK, TAK, ZPK, ZAK, BDK] {
+        secrets.push(hex.as_bytes().to_vec());
+        secrets.push(switchyard::hex::parse_hex(hex).expect("hex"));
+    }
+    // That card's PIN block as the terminal sent it and as the host got
+    // it (format 0 is deterministic).
+    let pin = Pin::new("1234").expect("pin");
+    for key in [TPK, ZPK] {
+        let block =
+            pinblock::encrypt(&tdes(key), PinFormat::Iso0, &pin, PAN, &[0; 8]).expect("block");
+        let hex: String = block
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        secrets.push(hex.into_bytes());
+        secrets.push(block.as_bytes().to_vec());
+    }
+    let logged = log.lines("", "");
+    let mut haystacks: Vec<(String, Vec<u8>)> = files_under(&journal_dir)
+        .into_iter()
+        .map(|(p, b)| (p.display().to_string(), b))
+        .collect();
+    haystacks.push(("/api/config".into(), api_config.into_bytes()));
+    haystacks.push(("log".into(), logged.join("\n").into_bytes()));
+    assert!(haystacks.len() > 2, "the journal has files");
+    for (name, hay) in &haystacks {
+        for s in &secrets {
+            assert!(
+                !hay.windows(s.len()).any(|w| w == &s[..]),
+                "{name} holds a key or PIN block"
+            );
+        }
+    }
+}
+
+#[derive(clap::Parser)]
+struct LoadCli {
+    #[command(flatten)]
+    args: loadtest::cli::LoadArgs,
+}
+
+fn load(target: SocketAddr, keys: &Path) -> loadtest::Report {
+    use clap::Parser;
+    let target = target.to_string();
+    let keys = keys.display().to_string();
+    let argv = [
+        "loadtest",
+        "--target",
+        &target,
+        "--no-progress",
+        "-c",
+        "4",
+        "-d",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--timeout",
+        "2s",
+        "--pin",
+        "--mac",
+        "--terminal-keys",
+        &keys,
+    ];
+    let config = LoadCli::try_parse_from(argv)
+        .expect("flags parse")
+        .args
+        .to_config()
+        .expect("flags are accepted");
+    loadtest::run(config).expect("runs")
+}
