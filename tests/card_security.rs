@@ -60,6 +60,10 @@ fn key_store() -> Keys {
     ] {
         store.add(&lmk, name, t, &tdes(hex)).expect("key added");
     }
+    let hmac = SecretKey::new(Algorithm::Aes, &[0x5A; 32]).expect("hmac key");
+    store
+        .add(&lmk, "rest.hmac", KeyType::Hmac, &hmac)
+        .expect("key added");
     store.save().expect("store saved");
     Keys {
         dir,
@@ -74,6 +78,7 @@ fn security_toml(k: &Keys, terminal_mac: &str) -> String {
 [security]
 key_store = "{store}"
 lmk_file = "{lmk}"
+card_hash_key = "rest.hmac"
 
 [[security.terminals]]
 name = "load-terminals"
@@ -321,6 +326,43 @@ async fn an_answer_with_a_wrong_mac_is_discarded_and_the_request_reversed() {
 }
 
 #[tokio::test]
+async fn the_journal_names_cards_by_hmac_under_the_key_stores_key() {
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let toml = config(&[sim.local_addr()], ZONE, &security_toml(&k, "require"));
+    let journal_dir = journal_dir_of(&toml);
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    assert_eq!(
+        code(&t.request(&secured_request(10, TID, TPK, true)).await),
+        "00"
+    );
+    switch.shutdown().await;
+    let key = switchyard::security::card_hash::CardHashKey::new(&[0x5A; 32]).expect("key");
+    let want = switchyard::security::card_hash::card_hash_128(&key, PAN.as_bytes());
+    let hashes: Vec<[u8; 16]> = switchyard::switch::journal::read_all(&journal_dir)
+        .expect("journal readable")
+        .filter_map(|r| match r {
+            Ok((_, switchyard::switch::journal::Record::Request { request, .. })) => {
+                Some(request.card_hash)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hashes, vec![want], "one request, named by HMAC-SHA-256/128");
+}
+
+/// The journal directory a test config names.
+fn journal_dir_of(toml: &str) -> PathBuf {
+    toml.lines()
+        .find_map(|l| l.strip_prefix("dir = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .map(PathBuf::from)
+        .expect("journal dir in the config")
+}
+
+#[tokio::test]
 async fn config_names_keys_missing_from_the_store() {
     let k = key_store();
     let sim = host(ZAK).await;
@@ -366,12 +408,7 @@ async fn a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
     let k = key_store();
     let sim = host(ZAK).await;
     let toml = config(&[sim.local_addr()], ZONE, &security_toml(&k, "require"));
-    let journal_dir = toml
-        .lines()
-        .find_map(|l| l.strip_prefix("dir = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .map(PathBuf::from)
-        .expect("journal dir in the config");
+    let journal_dir = journal_dir_of(&toml);
     let switch = start_switch(&toml).await;
     wait_links_up(&switch).await;
     // One request of a known card, whose PIN blocks the scan looks for.
@@ -402,7 +439,8 @@ async fn a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
     let (_, api_config) = http_get(admin, "/api/config").await;
     switch.shutdown().await;
     let mut secrets: Vec<Vec<u8>> = Vec::new();
-    for hex in [TPK, TAK, ZPK, ZAK, BDK] {
+    let hmac_hex = "5A".repeat(32);
+    for hex in [TPK, TAK, ZPK, ZAK, BDK, &hmac_hex] {
         secrets.push(hex.as_bytes().to_vec());
         secrets.push(switchyard::hex::parse_hex(hex).expect("hex"));
     }

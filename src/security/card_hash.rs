@@ -4,9 +4,13 @@
 //! is no protection (the PAN space is small enough to enumerate); a keyed
 //! one is, while the key stays secret.
 //!
-//! Not wired in yet: the journal and fraud still use their SipHash-based
-//! hash; moving the journal to this one changes its record format and
-//! comes with the key store's integration.
+//! The journal and the store keep [`card_hash_128`]: the tag truncated to
+//! its first 128 bits (NIST SP 800-107 allows truncated HMAC tags; 128
+//! bits leave no collision to find among the world's cards). The fraud
+//! scorer's in-memory map keeps its faster SipHash: it never leaves the
+//! process. The key comes from the key store (`[security]
+//! card_hash_key`, a key of type `hmac`), or, without one, from
+//! `fraud.pan_key`.
 
 use std::fmt;
 
@@ -73,6 +77,14 @@ pub fn card_hash(key: &CardHashKey, pan: &[u8]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+/// [`card_hash`] truncated to 128 bits: what the journal and store keep.
+pub fn card_hash_128(key: &CardHashKey, pan: &[u8]) -> [u8; 16] {
+    let full = card_hash(key, pan);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +128,6 @@ mod tests {
             "{shown}"
         );
         assert_eq!(CardHashKey::new(&[0; 8]).err(), Some(CardHashKeyLength(8)));
+        assert_eq!(card_hash_128(&k1, pan)[..], card_hash(&k1, pan)[..16]);
     }
 }

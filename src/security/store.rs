@@ -52,9 +52,12 @@ pub enum KeyType {
     Tmk,
     /// DUKPT base derivation key.
     Bdk,
+    /// The key of the keyed hash (HMAC-SHA-256) that names cards at rest,
+    /// in the journal and the store. Held as an AES-256 key's 32 bytes.
+    Hmac,
 }
 
-pub const KEY_TYPES: [KeyType; 7] = [
+pub const KEY_TYPES: [KeyType; 8] = [
     KeyType::Tpk,
     KeyType::Tak,
     KeyType::Zpk,
@@ -62,6 +65,7 @@ pub const KEY_TYPES: [KeyType; 7] = [
     KeyType::Zmk,
     KeyType::Tmk,
     KeyType::Bdk,
+    KeyType::Hmac,
 ];
 
 impl KeyType {
@@ -74,6 +78,7 @@ impl KeyType {
             KeyType::Zmk => "zmk",
             KeyType::Tmk => "tmk",
             KeyType::Bdk => "bdk",
+            KeyType::Hmac => "hmac",
         }
     }
 
@@ -84,7 +89,8 @@ impl KeyType {
     }
 
     /// TR-31 key usage: P0 PIN encryption; M3 ISO 9797-1 MAC algorithm 3
-    /// (TDES) or M6 AES-CMAC; K0 key encryption or wrapping; B0 BDK.
+    /// (TDES) or M6 AES-CMAC; K0 key encryption or wrapping; B0 BDK; M7
+    /// HMAC.
     pub fn usage(self, algorithm: Algorithm) -> [u8; 2] {
         match (self, algorithm) {
             (KeyType::Tpk | KeyType::Zpk, _) => *b"P0",
@@ -92,6 +98,7 @@ impl KeyType {
             (KeyType::Tak | KeyType::Zak, Algorithm::Aes) => *b"M6",
             (KeyType::Zmk | KeyType::Tmk, _) => *b"K0",
             (KeyType::Bdk, _) => *b"B0",
+            (KeyType::Hmac, _) => *b"M7",
         }
     }
 
@@ -99,16 +106,17 @@ impl KeyType {
     /// derivation only.
     pub fn mode(self) -> u8 {
         match self {
-            KeyType::Tak | KeyType::Zak => b'C',
+            KeyType::Tak | KeyType::Zak | KeyType::Hmac => b'C',
             KeyType::Bdk => b'X',
             _ => b'B',
         }
     }
 
     /// A BDK never leaves the switch (every device key can be derived from
-    /// it); the others may be exported under a ZMK or TMK.
+    /// it), nor does the card hash key (with it, a card list reverses every
+    /// hash at rest); the others may be exported under a ZMK or TMK.
     pub fn exportable(self) -> bool {
-        self != KeyType::Bdk
+        !matches!(self, KeyType::Bdk | KeyType::Hmac)
     }
 }
 

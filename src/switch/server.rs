@@ -48,6 +48,9 @@ pub struct Shared {
     /// Answers given recently, for repeats.
     pub recent: crate::switch::repeats::RecentAnswers,
     pub pan_key: [u8; 16],
+    /// The key of the card hash the journal and store keep (HMAC-SHA-256):
+    /// `[security] card_hash_key`, else `fraud.pan_key`.
+    pub rest_key: Arc<crate::security::card_hash::CardHashKey>,
     /// Requests forwarded and not yet answered, across all connections.
     pub in_flight: AtomicUsize,
     pub journal: crate::switch::journal::Journal,
@@ -110,6 +113,16 @@ impl Shared {
                 config.limits.recent_answers_ttl,
             ),
             pan_key: config.fraud.pan_key,
+            rest_key: config
+                .security
+                .as_ref()
+                .and_then(|s| s.card_hash_key.clone())
+                .unwrap_or_else(|| {
+                    Arc::new(
+                        crate::security::card_hash::CardHashKey::new(&config.fraud.pan_key)
+                            .unwrap_or_else(|_| unreachable!("16 bytes is a valid HMAC key")),
+                    )
+                }),
             in_flight: AtomicUsize::new(0),
             txn_seq: std::sync::atomic::AtomicU64::new(next_txn.max(1)),
             journal_sync: config.journal.durability == crate::switch::journal::Durability::Fsync,

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::{HsmCommand, HsmError, HsmReply, KeyName, MacAlgorithm, MacValue, PinSource};
 use zeroize::Zeroize;
 
+use crate::security::card_hash::CardHashKey;
 use crate::security::cipher::Tdes;
 use crate::security::keyblock;
 use crate::security::keys::{Algorithm, SecretKey};
@@ -79,6 +80,12 @@ impl SoftHsm {
     /// Is a key of this name and one of these types held?
     pub fn has(&self, name: &str, types: &[KeyType]) -> bool {
         self.keys.get(name).is_some_and(|(t, _)| types.contains(t))
+    }
+
+    /// The card hash key named `name` (a key of type `hmac`).
+    pub fn card_hash_key(&self, name: &str) -> Result<CardHashKey, HsmError> {
+        let key = self.key(name, &[KeyType::Hmac])?;
+        CardHashKey::new(key.expose_secret()).map_err(|e| HsmError::BadInput(e.to_string()))
     }
 
     fn key(&self, name: &str, wanted: &[KeyType]) -> Result<&SecretKey, HsmError> {

@@ -25,6 +25,9 @@ table! {
         hsm: String = "soft".into();
         /// DE39 for a PIN block that can not be translated.
         bad_pin_code: String = "81".into();
+        /// The key (type `hmac`) of the card hash kept in the journal and
+        /// the store; without it, `fraud.pan_key` is that key.
+        card_hash_key: Option<String> = None;
         terminals: Vec<TerminalProfileFile> = Vec::new();
     }
 }
@@ -118,7 +121,18 @@ impl SecurityFile {
                 profiles.add(s, profile);
             }
         }
+        let card_hash_key = match (&self.card_hash_key, &hsm) {
+            (Some(name), Some(h)) => match h.card_hash_key(name) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    s.problem("card_hash_key", e.to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
         Some(SecurityConfig {
+            card_hash_key,
             hsm: hsm?,
             bad_pin_code,
             profiles,

@@ -138,6 +138,9 @@ fn trim(b: &[u8]) -> &[u8] {
 #[derive(Clone)]
 pub struct SecurityConfig {
     pub hsm: Arc<SoftHsm>,
+    /// `card_hash_key`: the key of the card hash the journal and store
+    /// keep.
+    pub card_hash_key: Option<Arc<crate::security::card_hash::CardHashKey>>,
     pub bad_pin_code: [u8; 2],
     pub profiles: TerminalProfiles,
 }

@@ -11,7 +11,7 @@ use super::records::{JournalAppend, response};
 use crate::codes;
 use crate::iso8583::Message;
 use crate::switch::acquirer::MatchKey;
-use crate::switch::fraud::{self, CardHash, Score};
+use crate::switch::fraud::Score;
 use crate::switch::journal::Record;
 use crate::switch::saf::{SafEntry, SafKind};
 
@@ -37,10 +37,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         let Some((body, saf_key)) = crate::switch::saf::advice_from_terminal(msg, a.spec) else {
             return self.respond(msg, codes::FORMAT_ERROR, started);
         };
-        let card = pan.as_ref().map_or(CardHash([0; 16]), |p| {
-            fraud::card_hash(&shared.pan_key, p.digits())
-        });
-        let Some(txn) = self.journal_request(msg, acquirer, &Score::default(), card) else {
+        let Some(txn) = self.journal_request(msg, acquirer, &Score::default()) else {
             return self.respond(msg, codes::SYSTEM_MALFUNCTION, started);
         };
         let at_ms = self.now.unix_ms;

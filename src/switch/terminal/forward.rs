@@ -117,10 +117,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         let Some(route) = self.shared.routes.load().lookup(digits) else {
             return self.respond(&msg, codes::NO_ROUTE, started);
         };
-        let card = pan.as_ref().map_or(CardHash([0; 16]), |p| {
-            fraud::card_hash(&self.shared.pan_key, p.digits())
-        });
-        let Some(txn) = self.journal_request(&msg, route.primary, &Score::default(), card) else {
+        let Some(txn) = self.journal_request(&msg, route.primary, &Score::default()) else {
             return self.respond(&msg, codes::SYSTEM_MALFUNCTION, started);
         };
         let info = TxnInfo {

@@ -2,7 +2,7 @@
 //! journal: an append that returns the record's sequence number.
 
 use crate::iso8583::{Message, SmallText};
-use crate::switch::fraud::{self, CardHash};
+use crate::switch::fraud;
 use crate::switch::journal::{Journal, Record};
 
 /// The journal as the terminal core uses it: a synchronous append that
@@ -47,15 +47,16 @@ impl JournalAppend for JournalQueue {
     }
 }
 
-/// The journal's record of an accepted request: masked PAN and keyed hash,
-/// never the card number, track data, CVV or PIN block.
+/// The journal's record of an accepted request: masked PAN and keyed hash
+/// (`card_hash`: [`crate::security::card_hash::card_hash_128`]), never the
+/// card number, track data, CVV or PIN block.
 pub fn request_record(
     msg: &Message,
     at_ms: u64,
     txn: u64,
     route: u16,
     score: &fraud::Score,
-    card: CardHash,
+    card_hash: [u8; 16],
 ) -> Record {
     // A masked PAN is never longer than the PAN's 19 digits.
     let masked = msg.pan().map_or_else(Default::default, |p| {
@@ -71,7 +72,7 @@ pub fn request_record(
             merchant_id: journal_text(msg.merchant_id()),
             rrn: journal_text(msg.rrn()),
             masked_pan: masked,
-            card_hash: card.0,
+            card_hash,
             amount_minor: msg.amount_minor().unwrap_or(0),
             currency: msg.currency().unwrap_or(0),
             transmission_time: msg.transmission_time().unwrap_or(0),

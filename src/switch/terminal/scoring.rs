@@ -6,7 +6,7 @@ use tracing::debug;
 use super::core::TerminalCore;
 use super::records::{JournalAppend, request_record};
 use crate::iso8583::Message;
-use crate::switch::fraud::{self, Auth, CardHash, Decision, FraudRules, Score};
+use crate::switch::fraud::{self, Auth, Decision, FraudRules, Score};
 
 impl<J: JournalAppend> TerminalCore<J> {
     /// Scores `auth` against the card's history, counts the decision, and
@@ -23,7 +23,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         let score = fraud::score(rules, auth, &self.shared.fraud_state);
         let decision = rules.decide(&score);
         self.shared.count_fraud(decision, &score);
-        let txn = self.journal_request(msg, route, &score, auth.card)?;
+        let txn = self.journal_request(msg, route, &score)?;
         if decision == Decision::Decline {
             debug!(peer = %self.peer, points = score.points, "declined as suspected fraud");
         }
@@ -37,10 +37,13 @@ impl<J: JournalAppend> TerminalCore<J> {
         msg: &Message,
         route: u16,
         score: &Score,
-        card: CardHash,
     ) -> Option<u64> {
         let txn = self.shared.next_txn();
-        let record = request_record(msg, self.now.unix_ms, txn, route, score, card);
+        // No card, no hash (zeros, as the store reads them).
+        let at_rest = msg.pan().map_or([0; 16], |p| {
+            crate::security::card_hash::card_hash_128(&self.shared.rest_key, p.digits())
+        });
+        let record = request_record(msg, self.now.unix_ms, txn, route, score, at_rest);
         self.journal(record).then_some(txn)
     }
 }

@@ -17,7 +17,7 @@ use crate::codes;
 use crate::iso8583::{Message, MessageBuilder};
 use crate::switch::acquirer::AcquirerHandle;
 use crate::switch::card_security::{self, Refusal};
-use crate::switch::fraud::{self, CardHash, Score};
+use crate::switch::fraud::Score;
 use crate::telemetry;
 
 impl<J: JournalAppend> TerminalCore<J> {
@@ -49,10 +49,7 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// Journals the request and its answer `code`, counts and logs why.
     fn refuse(&mut self, msg: &Message, why: Refusal, code: [u8; 2], started: Instant) {
         self.security_refused(msg, why);
-        let card = msg.pan().map_or(CardHash([0; 16]), |p| {
-            fraud::card_hash(&self.shared.pan_key, p.digits())
-        });
-        match self.journal_request(msg, u16::MAX, &Score::default(), card) {
+        match self.journal_request(msg, u16::MAX, &Score::default()) {
             Some(txn) => self.respond_final(msg, txn, code, started),
             None => self.respond(msg, codes::SYSTEM_MALFUNCTION, started),
         }
