@@ -39,12 +39,14 @@ impl AdminFile {
     pub(crate) fn validate(mut self, s: &mut Section) -> AdminConfig {
         self.check_ranges(s);
         // Checked even when disabled: turning it on must not reveal a typo.
-        let listen = s.ok("listen", address(&self.listen), NO_ADDRESS);
+        let parsed = address(&self.listen);
+        let off_loopback = parsed.as_ref().is_ok_and(|a| !a.ip().is_loopback());
+        let listen = s.ok("listen", parsed, NO_ADDRESS);
         let users_file = self.users_file.filter(|f| !f.is_empty()).map(PathBuf::from);
         if self.enabled && users_file.is_none() {
             // Without operators nobody logs in: what the endpoint shows
             // is open to whoever reaches it, so only this host may.
-            if listen != NO_ADDRESS && !listen.ip().is_loopback() {
+            if off_loopback {
                 s.problem(
                     "listen",
                     format!(
@@ -88,10 +90,10 @@ mod tests {
 
     #[test]
     fn off_loopback_needs_a_users_file() {
-        let p = problems("listen = \"0.0.0.0:9090\"");
+        let p = problems("listen = \"0.0.0.0:0\"");
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[0].starts_with("admin.listen: 0.0.0.0:9090 is not a loopback address")
+            p[0].starts_with("admin.listen: 0.0.0.0:0 is not a loopback address")
                 && p[0].contains("admin.users_file"),
             "{p:?}"
         );
