@@ -54,6 +54,36 @@ const HASHING_AT_ONCE: usize = 2;
 const MAX_USER_FIELD: usize = 64;
 /// Longest TOTP code field.
 const MAX_CODE_FIELD: usize = 16;
+/// Failed logins logged and recorded per second at most: refusals of a
+/// locked key cost an attacker no argon2 time, and each record is an
+/// fsync and a line that stays. Past it they are counted, and the next
+/// one recorded says how many were not.
+const FAILURES_RECORDED_PER_SEC: u32 = 20;
+
+/// The per-second allowance of recorded failed logins.
+#[derive(Debug, Default)]
+struct FailureBudget {
+    second: u64,
+    used: u32,
+    skipped: u64,
+}
+
+impl FailureBudget {
+    /// `Some(n)` when a failure in `unix_s` may be recorded, `n` being
+    /// how many were not since the last recorded one.
+    fn take(&mut self, unix_s: u64) -> Option<u64> {
+        if unix_s != self.second {
+            self.second = unix_s;
+            self.used = 0;
+        }
+        if self.used >= FAILURES_RECORDED_PER_SEC {
+            self.skipped += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
 
 /// The peer of a connection, put in each request's extensions by the
 /// accept loop.
@@ -76,6 +106,7 @@ struct AuthState {
     /// memory: after a restart a code of the last 90 s could be used once
     /// more, with its password.
     last_step: HashMap<String, u64>,
+    failures: FailureBudget,
 }
 
 pub struct Auth {
@@ -92,7 +123,17 @@ pub struct Auth {
 impl Auth {
     /// Reads the users file and opens the audit trail.
     pub fn open(users_path: &std::path::Path, config: &AdminConfig) -> Result<Auth, String> {
-        let users = Users::load(users_path).map_err(|e| format!("admin.users_file: {e}"))?;
+        let users = Users::load(users_path).map_err(|e| {
+            let hint = if users_path.exists() {
+                String::new()
+            } else {
+                format!(
+                    " (make it with `switchyard user add NAME --role operator --users-file {}`)",
+                    users_path.display()
+                )
+            };
+            format!("admin.users_file: {e}{hint}")
+        })?;
         if let Some(w) = users::permission_warning(users_path) {
             warn!("admin.users_file: {w}");
         }
@@ -117,6 +158,7 @@ impl Auth {
                 by_addr: Limiter::default(),
                 by_user: Limiter::default(),
                 last_step: HashMap::new(),
+                failures: FailureBudget::default(),
             }),
             hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
             session_ttl: config.session_ttl,
@@ -147,6 +189,39 @@ impl Auth {
                 result: result.to_owned(),
             })
             .await
+    }
+
+    /// A refused login, logged and recorded within the budget.
+    async fn record_failure(
+        &self,
+        known: Option<&str>,
+        peer: SocketAddr,
+        refusal: Refusal,
+        lock: Option<Duration>,
+    ) {
+        let Some(skipped) = crate::sync::lock(&self.state)
+            .failures
+            .take(crate::clock::unix_now())
+        else {
+            return;
+        };
+        let user = known.unwrap_or("(unknown)");
+        match lock {
+            Some(d) => warn!(
+                %peer, user, "admin: failed login ({}); locked for {} s", refusal.name(), d.as_secs()
+            ),
+            None => warn!(%peer, user, "admin: failed login ({})", refusal.name()),
+        }
+        let mut details = json!({"reason": refusal.name()});
+        if skipped > 0 {
+            warn!(
+                "admin: {skipped} failed login(s) before this one were neither logged nor recorded (over {FAILURES_RECORDED_PER_SEC}/s)"
+            );
+            details["not_recorded_before"] = json!(skipped);
+        }
+        let _ = self
+            .record("login_failed", known, peer, details, "refused")
+            .await;
     }
 
     async fn record_expired(&self, ended: Vec<(Session, Option<Expiry>)>) {
@@ -222,6 +297,19 @@ fn refused() -> Response {
     )
 }
 
+/// 429 until the lock ends (the same for known and unknown users).
+fn locked_answer(wait: Duration) -> Response {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked",
+        "too many failed logins from this address or for this user; try again later",
+    );
+    if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 fn audit_unavailable(e: &AuditError) -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -285,24 +373,9 @@ async fn login_checked(auth: &Auth, login: LoginRequest, peer: SocketAddr) -> Re
         by_addr.max(by_user)
     };
     if let Some(wait) = locked {
-        let _ = auth
-            .record(
-                "login_failed",
-                known,
-                peer,
-                json!({"reason": Refusal::Locked.name()}),
-                "refused",
-            )
+        auth.record_failure(known, peer, Refusal::Locked, None)
             .await;
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "locked",
-            "too many failed logins from this address or for this user; try again later",
-        );
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
+        return locked_answer(wait);
     }
 
     // The argon2 verification, off the runtime's threads and at most
@@ -338,7 +411,15 @@ async fn login_checked(auth: &Auth, login: LoginRequest, peer: SocketAddr) -> Re
     let now = Instant::now();
     let outcome = {
         let mut st = crate::sync::lock(&auth.state);
+        // Locked while this attempt was hashing (by attempts in parallel
+        // with it): refused too, or 32 connections would get 32 guesses
+        // per lock instead of five.
+        let locked_now = st
+            .by_addr
+            .locked(&peer.ip(), now)
+            .max(st.by_user.locked(&name, now));
         let refusal = match (user, password_ok, step) {
+            _ if locked_now.is_some() => Some(Refusal::Locked),
             (None, _, _) => Some(Refusal::UnknownUser),
             (Some(_), false, _) => Some(Refusal::Password),
             (Some(_), true, None) => Some(Refusal::Code),
@@ -355,6 +436,7 @@ async fn login_checked(auth: &Auth, login: LoginRequest, peer: SocketAddr) -> Re
             }
         };
         match refusal {
+            Some(Refusal::Locked) => Err((Refusal::Locked, locked_now)),
             Some(r) => {
                 let a = st.by_addr.fail(&peer.ip(), now);
                 let b = st.by_user.fail(&name, now);
@@ -368,26 +450,13 @@ async fn login_checked(auth: &Auth, login: LoginRequest, peer: SocketAddr) -> Re
     };
     let user = match (outcome, user) {
         (Ok(()), Some(u)) => u,
-        (Err((refusal, lock)), _) => {
-            match lock {
-                Some(d) => warn!(
-                    %peer, user = known.unwrap_or("(unknown)"),
-                    "admin: failed login ({}); locked for {} s", refusal.name(), d.as_secs()
-                ),
-                None => warn!(
-                    %peer, user = known.unwrap_or("(unknown)"),
-                    "admin: failed login ({})", refusal.name()
-                ),
-            }
-            let _ = auth
-                .record(
-                    "login_failed",
-                    known,
-                    peer,
-                    json!({"reason": refusal.name()}),
-                    "refused",
-                )
+        (Err((Refusal::Locked, wait)), _) => {
+            auth.record_failure(known, peer, Refusal::Locked, None)
                 .await;
+            return locked_answer(wait.unwrap_or(super::limiter::FIRST_LOCK));
+        }
+        (Err((refusal, lock)), _) => {
+            auth.record_failure(known, peer, refusal, lock).await;
             return refused();
         }
         (Ok(()), None) => return refused(),
@@ -717,4 +786,21 @@ pub(super) async fn whoami(req: Request) -> Response {
             "session": session.map(|s| s.id.as_str()),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_logins_past_the_budget_are_counted_not_recorded() {
+        let mut b = FailureBudget::default();
+        for _ in 0..FAILURES_RECORDED_PER_SEC {
+            assert_eq!(b.take(100), Some(0));
+        }
+        assert_eq!(b.take(100), None);
+        assert_eq!(b.take(100), None);
+        assert_eq!(b.take(101), Some(2), "the next second says how many");
+        assert_eq!(b.take(101), Some(0));
+    }
 }
