@@ -190,7 +190,7 @@ impl AuditLog {
                 details,
                 result: "ok".into(),
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("audit_file {}: {e}", path.display()))?;
         let healthy = writer.healthy.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
