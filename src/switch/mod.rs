@@ -14,7 +14,8 @@
 //! * [`tls`]: TLS on the terminal listeners and acquirer links (config,
 //!   handshake slots, certificate binding, SIGHUP reload).
 //! * [`store`]: the transaction store the exporter fills from the journal.
-//! * [`admin`]: `/metrics`, `/health`, `/ready` and the read-only JSON API.
+//! * [`admin`]: `/metrics`, `/health`, `/ready`, the JSON API, and its
+//!   operators (login with password and TOTP, roles, the audit trail).
 //!   [`config`]: the TOML config.
 
 pub mod acquirer;
