@@ -16,7 +16,8 @@
 //! * [`card_security`]: terminal profiles and zone keys; the MAC and PIN
 //!   steps of a request through the HSM.
 //! * [`store`]: the transaction store the exporter fills from the journal.
-//! * [`admin`]: `/metrics`, `/health`, `/ready` and the read-only JSON API.
+//! * [`admin`]: `/metrics`, `/health`, `/ready`, the JSON API, and its
+//!   operators (login with password and TOTP, roles, the audit trail).
 //!   [`config`]: the TOML config.
 
 pub mod acquirer;

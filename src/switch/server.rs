@@ -195,6 +195,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    AdminAuth(String),
     #[error("routing: {0}")]
     Routing(#[from] crate::switch::router::RouteError),
     #[error("journal: {0}")]
@@ -304,16 +306,14 @@ impl Switch {
                 let bound = l
                     .local_addr()
                     .map_err(|source| StartError::Admin { addr, source })?;
-                (
-                    Some(bound),
-                    Some(tokio::spawn(crate::switch::admin::serve(
-                        l,
-                        Arc::new(crate::switch::admin::AdminState::new(
-                            shared.clone(),
-                            config.view.clone(),
-                        )),
-                    ))),
+                let state = crate::switch::admin::AdminState::with_config(
+                    shared.clone(),
+                    config.view.clone(),
+                    &config.admin,
                 )
+                .map_err(StartError::AdminAuth)?;
+                let serve = crate::switch::admin::serve(l, Arc::new(state));
+                (Some(bound), Some(tokio::spawn(serve)))
             }
             None => (None, None),
         };
@@ -545,17 +545,15 @@ fn log_startup(
     }
     match admin_addr {
         Some(a) => {
+            // Off loopback the config asks for a users file (admin/config.rs).
+            let login = match &config.admin.users_file {
+                Some(f) => format!("login with password and TOTP, operators in {}", f.display()),
+                None => "no login: loopback only, admin.users_file is not set".to_owned(),
+            };
             info!(
-                "admin: http://{a}/metrics, /health, /ready and the read-only JSON API \
-                 (/api/summary, /api/links, /api/config; no authentication yet)"
+                "admin: http://{a}/metrics, /health, /ready and the JSON API \
+                 (/api/summary, /api/links, /api/config; {login})"
             );
-            if !a.ip().is_loopback() {
-                warn!(
-                    "admin.listen = {a} is not a loopback address, and the admin API has no \
-                     authentication yet: anyone who reaches it reads the switch's state and \
-                     config (secrets redacted)"
-                );
-            }
         }
         None => info!("admin: off (admin.enabled = false)"),
     }

@@ -4,6 +4,7 @@
 
 mod certs;
 mod demo;
+mod operators;
 
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
@@ -65,6 +66,13 @@ enum Command {
     /// export (KCVs shown, never a key).
     #[command(subcommand)]
     Keys(switchyard::security::cli::KeysCommand),
+    /// Operators of the admin API (the `[admin] users_file`): add (prints
+    /// the TOTP provisioning URI once), remove, list.
+    #[command(subcommand)]
+    User(operators::UserCommand),
+    /// The admin audit trail: verify its hash chain.
+    #[command(subcommand)]
+    Audit(operators::AuditCommand),
     /// Validate a config file and print every problem with its TOML path.
     CheckConfig {
         /// The config file.
@@ -106,6 +114,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Journal(cmd) => switchyard::switch::journal::cli::run(cmd),
         Command::Keys(cmd) => switchyard::security::cli::run(cmd),
+        Command::User(cmd) => operators::run_user(cmd),
+        Command::Audit(cmd) => operators::run_audit(cmd),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 for w in c.warnings() {

@@ -8,8 +8,12 @@
 //! * `GET /ready`: readiness (200 while the switch takes requests and an
 //!   acquirer has a link up; 503 with the reason otherwise).
 //! * `GET /api/summary`, `/api/links`, `/api/config`: the read-only JSON
-//!   API (`api.rs`). No authentication yet: the listener defaults to
-//!   127.0.0.1, and must stay on loopback until the login step lands.
+//!   API (`api.rs`).
+//! * `POST /api/login`, `/api/logout`, `GET /api/session`,
+//!   `POST /api/actions/reload`: operators, sessions and roles, with the
+//!   audit trail (`auth.rs`, `audit.rs`), once `[admin] users_file` is
+//!   set. Without it there is no login, and the listener must be on
+//!   loopback (the config refuses any other address).
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections served at once (more
 //! wait in the kernel's backlog, not in memory); one request per
@@ -23,8 +27,14 @@
 //! Luhn-valid 13-19 digit number leaves here.
 
 mod api;
+pub mod audit;
+mod auth;
 mod config;
+pub mod limiter;
 mod scrub;
+pub mod sessions;
+pub mod totp;
+pub mod users;
 mod view;
 
 use std::net::SocketAddr;
@@ -36,7 +46,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
@@ -55,7 +65,7 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers in a request.
 pub const MAX_HEADERS: usize = 64;
-/// Longest request body accepted (no endpoint reads one yet).
+/// Longest request body accepted (a login's JSON).
 pub const MAX_BODY: usize = 16 * 1024;
 /// A client that has not sent its request head by then is dropped.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,16 +80,40 @@ pub struct AdminState {
     config: ConfigView,
     started: Instant,
     started_unix_s: u64,
+    /// Operators, sessions and the audit trail; `None` without
+    /// `[admin] users_file` (no login, loopback only).
+    auth: Option<auth::Auth>,
 }
 
 impl AdminState {
+    /// Without operators: every route open, as on loopback.
     pub fn new(shared: Arc<Shared>, config: ConfigView) -> AdminState {
         AdminState {
             shared,
             config,
             started: Instant::now(),
             started_unix_s: crate::clock::unix_now(),
+            auth: None,
         }
+    }
+
+    /// With `[admin] users_file` set: reads it and opens the audit trail
+    /// (refused, with the reason, if either fails).
+    pub fn with_config(
+        shared: Arc<Shared>,
+        view: ConfigView,
+        admin: &AdminConfig,
+    ) -> Result<AdminState, String> {
+        let mut s = AdminState::new(shared, view);
+        if let Some(users) = &admin.users_file {
+            s.auth = Some(auth::Auth::open(users, admin)?);
+        }
+        Ok(s)
+    }
+
+    /// Operators in the users file, when there is one.
+    pub fn operators(&self) -> Option<usize> {
+        self.auth.as_ref().map(auth::Auth::users)
     }
 }
 
@@ -92,8 +126,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/summary", get(api::summary))
         .route("/api/links", get(api::links))
         .route("/api/config", get(api::config))
+        .route("/api/login", post(auth::login))
+        .route("/api/logout", post(auth::logout))
+        .route("/api/session", get(auth::whoami))
+        .route("/api/actions/reload", post(auth::reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(middleware::from_fn(bounds))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -119,7 +158,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 continue;
             }
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The peer, for the login limits and the audit trail.
+        let service =
+            TowerToHyperService::new(app.clone().layer(axum::Extension(auth::ClientAddr(peer))));
         tokio::spawn(async move {
             serve_connection(stream, peer, service).await;
             drop(permit);
@@ -186,7 +227,8 @@ async fn bounds(req: Request, next: Next) -> Response {
     }
 }
 
-const ENDPOINTS: &str = "/metrics, /health, /ready, /api/summary, /api/links, /api/config";
+const ENDPOINTS: &str = "/metrics, /health, /ready, /api/summary, /api/links, /api/config, \
+                         /api/login, /api/logout, /api/session, /api/actions/reload";
 
 async fn not_found() -> Response {
     error(
@@ -200,10 +242,10 @@ async fn method_not_allowed() -> Response {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "GET only",
+        "GET to read; POST to /api/login, /api/logout and /api/actions/*",
     );
     r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
     r
 }
 
