@@ -106,6 +106,8 @@ pub const TLS_TERMINAL_ID_MISMATCH: &str = "switchyard_tls_terminal_id_mismatch_
 pub const SECURITY_REFUSALS: &str = "switchyard_security_refusals_total";
 /// Host answers discarded because their MAC did not verify, by link.
 pub const LINK_ANSWER_MAC_FAILURES: &str = "switchyard_link_answer_mac_failures_total";
+/// Key changes (0800, DE70 161), by side (terminal, acquirer) and result.
+pub const KEY_CHANGES: &str = "switchyard_key_changes_total";
 /// Re-reads of the TLS material (SIGHUP), by result.
 pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
 pub const LINK_MISSED_ECHOES: &str = "switchyard_link_missed_echoes_total";

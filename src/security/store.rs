@@ -328,6 +328,27 @@ impl KeyStore {
         Ok((entry.clone(), key))
     }
 
+    /// Adds a key, or replaces the one of that name (not saved until
+    /// [`KeyStore::save`]): a key change.
+    pub fn put(
+        &mut self,
+        lmk: &Lmk,
+        name: &str,
+        key_type: KeyType,
+        key: &SecretKey,
+    ) -> Result<(), StoreError> {
+        let old = self.find(name).map(|i| self.entries.remove(i));
+        match self.add(lmk, name, key_type, key) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Some(old) = old {
+                    self.entries.push(old);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Adds a key (not saved until [`KeyStore::save`]).
     pub fn add(
         &mut self,

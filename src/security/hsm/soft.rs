@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, RwLock};
 
 use super::{HsmCommand, HsmError, HsmReply, KeyName, MacAlgorithm, MacValue, PinSource};
 use zeroize::Zeroize;
@@ -26,9 +27,34 @@ use crate::security::{Kcv, dukpt};
 /// database of terminals (DUKPT serves fleets with one BDK).
 pub const MAX_KEYS: usize = 100_000;
 
+/// One key and, after a key change, the key it replaced, still valid for
+/// checks (MACs, PIN blocks arriving) until `until_ms`: the other side may
+/// still use it for what it sent before it learned of the change.
+struct Slot {
+    key_type: KeyType,
+    current: SecretKey,
+    previous: Option<(SecretKey, u64)>,
+}
+
+impl Slot {
+    /// The replaced key, if still valid at `now_ms`.
+    fn previous_at(&self, now_ms: u64) -> Option<&SecretKey> {
+        self.previous
+            .as_ref()
+            .filter(|(_, until)| now_ms < *until)
+            .map(|(k, _)| k)
+    }
+}
+
+type Keys = HashMap<KeyName, Slot>;
+
 pub struct SoftHsm {
-    keys: HashMap<KeyName, (KeyType, SecretKey)>,
+    /// Read on every command, written on a key change.
+    keys: RwLock<Keys>,
     lmk: Lmk,
+    /// The file the keys came from, rewritten on a key change; `None` for
+    /// an HSM made from keys in hand.
+    store: Option<Mutex<KeyStore>>,
 }
 
 impl std::fmt::Debug for SoftHsm {
@@ -36,10 +62,24 @@ impl std::fmt::Debug for SoftHsm {
         write!(
             f,
             "SoftHsm({} keys, LMK KCV {})",
-            self.keys.len(),
+            self.read().len(),
             self.lmk.kcv()
         )
     }
+}
+
+fn lookup<'k>(keys: &'k Keys, name: &str, wanted: &[KeyType]) -> Result<&'k Slot, HsmError> {
+    let slot = keys
+        .get(name)
+        .ok_or_else(|| HsmError::UnknownKey(name.to_owned()))?;
+    if !wanted.contains(&slot.key_type) {
+        return Err(HsmError::WrongKeyType {
+            name: name.to_owned(),
+            actual: slot.key_type.name(),
+            wanted: wanted[0].name(),
+        });
+    }
+    Ok(slot)
 }
 
 impl SoftHsm {
@@ -56,9 +96,20 @@ impl SoftHsm {
                 });
             }
             let (entry, key) = store.get(&entry.name, &lmk)?;
-            keys.insert(KeyName::from(entry.name.as_str()), (entry.key_type, key));
+            keys.insert(
+                KeyName::from(entry.name.as_str()),
+                Slot {
+                    key_type: entry.key_type,
+                    current: key,
+                    previous: None,
+                },
+            );
         }
-        Ok(SoftHsm { keys, lmk })
+        Ok(SoftHsm {
+            keys: RwLock::new(keys),
+            lmk,
+            store: Some(Mutex::new(store)),
+        })
     }
 
     /// From keys in hand (tests, the simulator's own side).
@@ -68,9 +119,28 @@ impl SoftHsm {
     ) -> SoftHsm {
         let keys = keys
             .into_iter()
-            .map(|(name, t, k)| (KeyName::from(name.as_str()), (t, k)))
+            .map(|(name, t, k)| {
+                (
+                    KeyName::from(name.as_str()),
+                    Slot {
+                        key_type: t,
+                        current: k,
+                        previous: None,
+                    },
+                )
+            })
             .collect();
-        SoftHsm { keys, lmk }
+        SoftHsm {
+            keys: RwLock::new(keys),
+            lmk,
+            store: None,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        // A panic while holding the lock leaves the map whole (inserts are
+        // single calls): carry on with it.
+        self.keys.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn lmk_kcv(&self) -> Kcv {
@@ -79,31 +149,92 @@ impl SoftHsm {
 
     /// Is a key of this name and one of these types held?
     pub fn has(&self, name: &str, types: &[KeyType]) -> bool {
-        self.keys.get(name).is_some_and(|(t, _)| types.contains(t))
+        self.read()
+            .get(name)
+            .is_some_and(|s| types.contains(&s.key_type))
     }
 
     /// The card hash key named `name` (a key of type `hmac`).
     pub fn card_hash_key(&self, name: &str) -> Result<CardHashKey, HsmError> {
-        let key = self.key(name, &[KeyType::Hmac])?;
-        CardHashKey::new(key.expose_secret()).map_err(|e| HsmError::BadInput(e.to_string()))
+        let keys = self.read();
+        let slot = lookup(&keys, name, &[KeyType::Hmac])?;
+        CardHashKey::new(slot.current.expose_secret())
+            .map_err(|e| HsmError::BadInput(e.to_string()))
     }
 
-    fn key(&self, name: &str, wanted: &[KeyType]) -> Result<&SecretKey, HsmError> {
-        let (t, key) = self
-            .keys
-            .get(name)
-            .ok_or_else(|| HsmError::UnknownKey(name.to_owned()))?;
-        if !wanted.contains(t) {
-            return Err(HsmError::WrongKeyType {
-                name: name.to_owned(),
-                actual: t.name(),
-                wanted: wanted[0].name(),
-            });
+    /// A key change: `key` becomes `name`'s key (a new name is added), the
+    /// key it replaces stays valid for checks for `overlap_ms` after
+    /// `now_ms`; the key store file is rewritten (synced, renamed over)
+    /// before this returns. On a write error nothing changes.
+    pub fn install(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        key: SecretKey,
+        now_ms: u64,
+        overlap_ms: u64,
+    ) -> Result<(), HsmError> {
+        if let Some(store) = &self.store {
+            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+            let written = store
+                .put(&self.lmk, name, key_type, &key)
+                .and_then(|()| store.save());
+            written.map_err(|e| HsmError::Unavailable(format!("the key store: {e}")))?;
+        }
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        if keys.len() >= MAX_KEYS && !keys.contains_key(name) {
+            return Err(HsmError::BadInput(format!("more than {MAX_KEYS} keys")));
+        }
+        let previous = keys
+            .remove(name)
+            .map(|old| (old.current, now_ms.saturating_add(overlap_ms)));
+        keys.insert(
+            KeyName::from(name),
+            Slot {
+                key_type,
+                current: key,
+                previous,
+            },
+        );
+        Ok(())
+    }
+
+    /// A key to go under the key-encrypting key `kek` (a TMK or ZMK): new
+    /// and random, for `install` once the other side has it.
+    pub fn new_key_under(&self, kek: &str) -> Result<(SecretKey, String), HsmError> {
+        let keys = self.read();
+        let kek = lookup(&keys, kek, &[KeyType::Tmk, KeyType::Zmk])?;
+        let key =
+            random::key(Algorithm::Tdes, 16).map_err(|e| HsmError::Unavailable(e.to_string()))?;
+        let header = store::header_for("exchanged", KeyType::Tpk, &key, &self.lmk);
+        let under = export_under_kek(&kek.current, &header, &key)?;
+        Ok((key, under))
+    }
+
+    /// A key that came under `kek` (hex of its TDES ECB encryption) and
+    /// its check value, for `install`: refused when the KCV differs.
+    pub fn key_from_under(&self, kek: &str, hex: &str, kcv: &Kcv) -> Result<SecretKey, HsmError> {
+        let keys = self.read();
+        let kek = lookup(&keys, kek, &[KeyType::Tmk, KeyType::Zmk])?;
+        let key = import_tdes_under_kek(&kek.current, hex)?;
+        if key.kcv() != *kcv {
+            return Err(HsmError::BadInput(format!(
+                "the key's check value is {}, not the {kcv} that came with it",
+                key.kcv()
+            )));
         }
         Ok(key)
     }
 
+    /// As [`SoftHsm::execute_at`] with only current keys.
     pub fn execute(&self, command: &HsmCommand) -> Result<HsmReply, HsmError> {
+        self.execute_at(command, 0)
+    }
+
+    /// Answers `command` at `now_ms`: MACs and PIN blocks that arrive are
+    /// checked against a key's predecessor too while its overlap lasts.
+    pub fn execute_at(&self, command: &HsmCommand, now_ms: u64) -> Result<HsmReply, HsmError> {
+        let keys = self.read();
         match command {
             HsmCommand::TranslatePin {
                 source,
@@ -111,15 +242,15 @@ impl SoftHsm {
                 block,
                 to_format,
                 pan,
-            } => self.translate_pin(source, to, block, *to_format, pan),
+            } => self.translate_pin(&keys, now_ms, (source, block, pan), to, *to_format),
             HsmCommand::GenerateMac {
                 key,
                 algorithm,
                 data,
                 len,
             } => {
-                let key = self.key(key, &[KeyType::Tak, KeyType::Zak])?;
-                let full = full_mac(key, *algorithm, data)?;
+                let slot = lookup(&keys, key, &[KeyType::Tak, KeyType::Zak])?;
+                let full = full_mac(&slot.current, *algorithm, data)?;
                 if !(4..=full.len()).contains(len) {
                     return Err(HsmError::BadInput(format!("a MAC of {len} bytes")));
                 }
@@ -131,15 +262,23 @@ impl SoftHsm {
                 data,
                 mac,
             } => {
-                let key = self.key(key, &[KeyType::Tak, KeyType::Zak])?;
-                verify_mac(key, *algorithm, data, mac)?;
+                let slot = lookup(&keys, key, &[KeyType::Tak, KeyType::Zak])?;
+                match (
+                    verify_mac(&slot.current, *algorithm, data, mac),
+                    slot.previous_at(now_ms),
+                ) {
+                    (Err(HsmError::MacMismatch), Some(old)) => {
+                        verify_mac(old, *algorithm, data, mac)?
+                    }
+                    (result, _) => result?,
+                }
                 Ok(HsmReply::Verified)
             }
             HsmCommand::GenerateKey {
                 key_type,
                 algorithm,
                 export_under,
-            } => self.generate_key(*key_type, *algorithm, export_under.as_deref()),
+            } => self.generate_key(&keys, *key_type, *algorithm, export_under.as_deref()),
             HsmCommand::Diagnostics => Ok(HsmReply::Diagnostics {
                 lmk_kcv: self.lmk.kcv(),
                 firmware: format!("switchyard soft HSM {}", env!("CARGO_PKG_VERSION")),
@@ -147,37 +286,52 @@ impl SoftHsm {
         }
     }
 
+    /// `(source, block, pan)`: what arrived. A block under the source
+    /// key's predecessor (within its overlap) is taken too.
     fn translate_pin(
         &self,
-        source: &PinSource,
+        keys: &Keys,
+        now_ms: u64,
+        (source, block, pan): (&PinSource, &pinblock::EncryptedPinBlock, &str),
         to: &str,
-        block: &pinblock::EncryptedPinBlock,
         to_format: PinFormat,
-        pan: &str,
     ) -> Result<HsmReply, HsmError> {
         let derived;
-        let from = match source {
-            PinSource::Tpk(name) => self.key(name, &[KeyType::Tpk])?,
-            PinSource::Zpk(name) => self.key(name, &[KeyType::Zpk])?,
+        let (from, previous) = match source {
+            PinSource::Tpk(name) | PinSource::Zpk(name) => {
+                let wanted = match source {
+                    PinSource::Tpk(_) => KeyType::Tpk,
+                    _ => KeyType::Zpk,
+                };
+                let slot = lookup(keys, name, &[wanted])?;
+                (&slot.current, slot.previous_at(now_ms))
+            }
             PinSource::Dukpt { bdk, ksn } => {
-                let bdk = self.key(bdk, &[KeyType::Bdk])?;
-                derived = dukpt::pin_key(bdk, ksn)
-                    .map_err(|e| HsmError::BadPinBlock(format!("DE53: {e}")))?;
-                &derived
+                let bdk = lookup(keys, bdk, &[KeyType::Bdk])?;
+                derived = dukpt::pin_key(&bdk.current, ksn)
+                    .map_err(|e| HsmError::BadPinBlock(format!("the KSN: {e}")))?;
+                (&derived, None)
             }
         };
-        let to = self.key(to, &[KeyType::Zpk])?;
+        let to = &lookup(keys, to, &[KeyType::Zpk])?.current;
         let mut fill = [0u8; 8];
         if to_format == PinFormat::Iso4 {
             random::fill(&mut fill).map_err(|e| HsmError::Unavailable(e.to_string()))?;
         }
-        let out = pinblock::translate(block, from, to, to_format, pan, &fill)
-            .map_err(|e| HsmError::BadPinBlock(e.to_string()))?;
+        let out = match (
+            pinblock::translate(block, from, to, to_format, pan, &fill),
+            previous,
+        ) {
+            (Err(_), Some(old)) => pinblock::translate(block, old, to, to_format, pan, &fill),
+            (result, _) => result,
+        }
+        .map_err(|e| HsmError::BadPinBlock(e.to_string()))?;
         Ok(HsmReply::Pin(out))
     }
 
     fn generate_key(
         &self,
+        keys: &Keys,
         key_type: KeyType,
         algorithm: Algorithm,
         export_under: Option<&str>,
@@ -192,8 +346,8 @@ impl SoftHsm {
         let exported = match export_under {
             None => None,
             Some(name) => {
-                let kek = self.key(name, &[KeyType::Zmk, KeyType::Tmk])?;
-                Some(export_under_kek(kek, &header, &key)?)
+                let kek = lookup(keys, name, &[KeyType::Zmk, KeyType::Tmk])?;
+                Some(export_under_kek(&kek.current, &header, &key)?)
             }
         };
         Ok(HsmReply::Key {

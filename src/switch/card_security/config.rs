@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{AcquirerSecurity, MacMode, PinKey, SecurityConfig, TerminalProfile, TerminalProfiles};
+use super::{
+    AcquirerSecurity, KeyRef, MacMode, PinKey, SecurityConfig, TerminalProfile, TerminalProfiles,
+};
 use crate::security::hsm::soft::SoftHsm;
 use crate::security::hsm::{KeyName, MacAlgorithm};
 use crate::security::lmk::Lmk;
@@ -28,6 +30,9 @@ table! {
         /// The key (type `hmac`) of the card hash kept in the journal and
         /// the store; without it, `fraud.pan_key` is that key.
         card_hash_key: Option<String> = None;
+        /// After a key change (0800, DE70 161), the replaced key is still
+        /// taken for checks this long.
+        key_overlap_ms: u64 = 300_000, in 0..=86_400_000;
         terminals: Vec<TerminalProfileFile> = Vec::new();
     }
 }
@@ -43,10 +48,15 @@ table! {
         /// "require" (it must be present and right).
         mac: String = "off".into();
         mac_algorithm: String = "retail".into();
-        /// The terminal's MAC key (TAK).
+        /// The terminal's MAC key (TAK). In key names, `{terminal}` stands
+        /// for DE41: each terminal its own key.
         mac_key: Option<String> = None;
         /// The terminal's PIN key (TPK) ...
         pin_key: Option<String> = None;
+        /// The terminal master key its TPK and TAK are exchanged under.
+        tmk: Option<String> = None;
+        /// DE70 of the terminal's 0800 asking for new keys.
+        key_change_code: u64 = 161, in 1..=999;
         /// ... or a DUKPT base derivation key, the KSN in `ksn_field`.
         dukpt_bdk: Option<String> = None;
         ksn_field: Option<u64> = None, in 2..=128;
@@ -68,6 +78,9 @@ table! {
         /// DE53 sent with a translated PIN (16 digits); without it, the
         /// terminal's DE53 is removed.
         de53: Option<String> = None;
+        /// The zone master key: the host's 0800 with DE70 161 brings a new
+        /// ZPK and ZAK under it.
+        zmk: Option<String> = None;
     }
 }
 
@@ -75,6 +88,29 @@ fn mac_algorithm(s: &mut Section, text: &str) -> MacAlgorithm {
     let parsed = MacAlgorithm::parse(text)
         .ok_or_else(|| format!("`{text}` is not a MAC algorithm (retail, tdes-cbc or aes-cmac)"));
     s.ok("mac_algorithm", parsed, MacAlgorithm::Retail)
+}
+
+/// A profile's key name: checked against the store for each of the
+/// profile's exact `ids` when it names keys per terminal, else as it is.
+fn key_ref(
+    s: &mut Section,
+    hsm: Option<&SoftHsm>,
+    at: &str,
+    (name, ids): (&str, &[String]),
+    types: &[KeyType],
+) -> KeyRef {
+    let r = KeyRef::parse(name);
+    match &r {
+        KeyRef::Fixed(n) => {
+            key(s, hsm, at, n, types);
+        }
+        KeyRef::PerTerminal { .. } => {
+            for id in ids {
+                key(s, hsm, at, &r.name(id.as_bytes()), types);
+            }
+        }
+    }
+    r
 }
 
 /// Checks that `name` is a key of one of `types` in the store.
@@ -132,6 +168,7 @@ impl SecurityFile {
             _ => None,
         };
         Some(SecurityConfig {
+            key_overlap_ms: self.key_overlap_ms,
             card_hash_key,
             hsm: hsm?,
             bad_pin_code,
@@ -198,14 +235,26 @@ impl TerminalProfileFile {
                 s.problem("mac_key", "required when mac is not \"off\"");
                 None
             }
-            (Some(k), _) => Some(key(s, hsm, "mac_key", k, &[KeyType::Tak])),
+            (Some(k), _) => Some(key_ref(
+                s,
+                hsm,
+                "mac_key",
+                (k, &self.terminal_ids),
+                &[KeyType::Tak],
+            )),
         };
         let pin = match (&self.pin_key, &self.dukpt_bdk) {
             (Some(_), Some(_)) => {
                 s.problem("dukpt_bdk", "give pin_key or dukpt_bdk, not both");
                 None
             }
-            (Some(k), None) => Some(PinKey::Tpk(key(s, hsm, "pin_key", k, &[KeyType::Tpk]))),
+            (Some(k), None) => Some(PinKey::Tpk(key_ref(
+                s,
+                hsm,
+                "pin_key",
+                (k, &self.terminal_ids),
+                &[KeyType::Tpk],
+            ))),
             (None, Some(k)) => {
                 let bdk = key(s, hsm, "dukpt_bdk", k, &[KeyType::Bdk]);
                 match self.ksn_field {
@@ -230,7 +279,29 @@ impl TerminalProfileFile {
                 "a profile needs terminal_ids or terminal_id_prefixes",
             );
         }
+        let tmk = self
+            .tmk
+            .as_deref()
+            .map(|k| key_ref(s, hsm, "tmk", (k, &self.terminal_ids), &[KeyType::Tmk]));
+        if tmk.is_some() && self.pin_key.is_none() && self.mac_key.is_none() {
+            s.problem(
+                "tmk",
+                "a TMK exchanges pin_key and mac_key; the profile has neither",
+            );
+        }
+        // A key change gives one terminal new keys: keys shared by a fleet
+        // can not change that way.
+        for (k, name) in [("pin_key", &self.pin_key), ("mac_key", &self.mac_key)] {
+            if tmk.is_some()
+                && let Some(n) = name
+                && !n.contains("{terminal}")
+            {
+                s.problem(k, "with a tmk, name the key per terminal (`t-{terminal}.tpk`): a key change changes one terminal's keys");
+            }
+        }
         Some(TerminalProfile {
+            tmk,
+            key_change_code: self.key_change_code as u16, // in range
             name: self.name.unwrap_or_else(|| format!("terminals[{i}]")),
             terminal_ids: self.terminal_ids,
             terminal_id_prefixes: self.terminal_id_prefixes,
@@ -278,6 +349,8 @@ impl AcquirerSecurityFile {
             pin: self
                 .pin_key
                 .map(|k| (KeyName::from(k.as_str()), pin_format)),
+            zmk: self.zmk.map(|k| KeyName::from(k.as_str())),
+            key_overlap_ms: 0,
             de53: self.de53,
             hsm: None,
         }
@@ -294,13 +367,17 @@ impl AcquirerSecurity {
         spec: &'static crate::iso8583::Spec,
     ) {
         let Some(sec) = security else {
-            if self.mac.is_some() || self.pin.is_some() {
+            if self.mac.is_some() || self.pin.is_some() || self.zmk.is_some() {
                 s.problem("", "needs a [security] table with the key store");
             }
             return;
         };
-        if self.is_on() {
+        if self.is_on() || self.zmk.is_some() {
             self.hsm = Some(sec.hsm.clone());
+            self.key_overlap_ms = sec.key_overlap_ms;
+        }
+        if let Some(k) = &self.zmk {
+            key(s, Some(&sec.hsm), "zmk", k, &[KeyType::Zmk]);
         }
         if let Some((_, k)) = &self.mac {
             key(s, Some(&sec.hsm), "mac_key", k, &[KeyType::Zak]);

@@ -12,6 +12,7 @@
 //! will be the core's effects; these functions are the steps either way.
 
 pub mod config;
+pub mod exchange;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -41,10 +42,42 @@ pub enum MacMode {
     Require,
 }
 
+/// A key name in a terminal profile: fixed (a fleet's key), or with
+/// `{terminal}` standing for the terminal's DE41 (`t-{terminal}.tpk`),
+/// so that each terminal has keys of its own (what key exchange needs).
+#[derive(Clone, Debug)]
+pub enum KeyRef {
+    Fixed(KeyName),
+    PerTerminal { before: String, after: String },
+}
+
+impl KeyRef {
+    pub fn parse(text: &str) -> KeyRef {
+        match text.split_once("{terminal}") {
+            Some((before, after)) => KeyRef::PerTerminal {
+                before: before.to_owned(),
+                after: after.to_owned(),
+            },
+            None => KeyRef::Fixed(KeyName::from(text)),
+        }
+    }
+
+    /// The key's name for terminal `tid` (DE41, padding trimmed).
+    pub fn name(&self, tid: &[u8]) -> KeyName {
+        match self {
+            KeyRef::Fixed(n) => n.clone(),
+            KeyRef::PerTerminal { before, after } => {
+                let tid = String::from_utf8_lossy(trim(tid));
+                KeyName::from(format!("{before}{tid}{after}").as_str())
+            }
+        }
+    }
+}
+
 /// The key a terminal's PIN blocks are under.
 #[derive(Clone, Debug)]
 pub enum PinKey {
-    Tpk(KeyName),
+    Tpk(KeyRef),
     /// TDES DUKPT: the KSN (20 hex digits, or 10 bytes in a binary
     /// field) in `ksn_field`.
     Dukpt {
@@ -60,8 +93,12 @@ pub struct TerminalProfile {
     pub terminal_id_prefixes: Vec<String>,
     pub mac: MacMode,
     pub mac_algorithm: MacAlgorithm,
-    pub mac_key: Option<KeyName>,
+    pub mac_key: Option<KeyRef>,
     pub pin: Option<PinKey>,
+    /// The terminal master key the TPK and TAK are exchanged under.
+    pub tmk: Option<KeyRef>,
+    /// DE70 of the terminal's 0800 that asks for new keys.
+    pub key_change_code: u16,
 }
 
 impl TerminalProfile {
@@ -138,6 +175,8 @@ fn trim(b: &[u8]) -> &[u8] {
 #[derive(Clone)]
 pub struct SecurityConfig {
     pub hsm: Arc<SoftHsm>,
+    /// After a key change the replaced key is still taken this long.
+    pub key_overlap_ms: u64,
     /// `card_hash_key`: the key of the card hash the journal and store
     /// keep.
     pub card_hash_key: Option<Arc<crate::security::card_hash::CardHashKey>>,
@@ -160,6 +199,11 @@ impl fmt::Debug for SecurityConfig {
 pub struct AcquirerSecurity {
     /// Requests carry a MAC made under this key, answers must.
     pub mac: Option<(MacAlgorithm, KeyName)>,
+    /// The zone master key the host's new ZPK and ZAK come under (0800,
+    /// DE70 161).
+    pub zmk: Option<KeyName>,
+    /// `[security] key_overlap_ms`, copied for the links.
+    pub key_overlap_ms: u64,
     /// DE52 translated to this zone PIN key, in this format.
     pub pin: Option<(KeyName, PinFormat)>,
     pub de53: Option<String>,
@@ -211,9 +255,11 @@ impl Refusal {
     }
 }
 
-/// Checks a request's MAC as `mac` and `key` say (`None` key: MAC off).
+/// Checks a request's MAC as `mac` and `key` say (`None` key: MAC off),
+/// at `now_ms` (a replaced key is taken during its overlap).
 pub fn check_mac(
     hsm: &SoftHsm,
+    now_ms: u64,
     mode: MacMode,
     algorithm: MacAlgorithm,
     key: Option<&KeyName>,
@@ -232,12 +278,13 @@ pub fn check_mac(
         Err(_) => return Err(Refusal::MacMisplaced),
     };
     let data = msg.frame().slice(..parts.data.len());
-    match hsm.execute(&HsmCommand::VerifyMac {
+    let command = HsmCommand::VerifyMac {
         key: key.clone(),
         algorithm,
         data,
         mac: parts.mac,
-    }) {
+    };
+    match hsm.execute_at(&command, now_ms) {
         Ok(HsmReply::Verified) => Ok(()),
         Err(HsmError::MacMismatch) => Err(Refusal::MacWrong),
         _ => Err(Refusal::Hsm),
@@ -285,6 +332,7 @@ pub fn seal(
 /// nothing to translate (no DE52, or the acquirer takes it as it is).
 pub fn translate_pin(
     hsm: &SoftHsm,
+    now_ms: u64,
     profile: Option<&TerminalProfile>,
     zone: &AcquirerSecurity,
     msg: &Message,
@@ -307,21 +355,24 @@ pub fn translate_pin(
         PinFormat::Iso0
     };
     let block = EncryptedPinBlock::from_bytes(format, &raw).map_err(|_| Refusal::BadPinBlock)?;
+    let tid = msg.terminal_id();
+    let tid = tid.as_ref().map_or(&[][..], |t| t.trimmed());
     let source = match pin_key {
-        PinKey::Tpk(k) => PinSource::Tpk(k.clone()),
+        PinKey::Tpk(k) => PinSource::Tpk(k.name(tid)),
         PinKey::Dukpt { bdk, ksn_field } => PinSource::Dukpt {
             bdk: bdk.clone(),
             ksn: ksn_of(msg, *ksn_field).ok_or(Refusal::BadKsn)?,
         },
     };
     let pan = std::str::from_utf8(pan).map_err(|_| Refusal::BadPinBlock)?;
-    match hsm.execute(&HsmCommand::TranslatePin {
+    let command = HsmCommand::TranslatePin {
         source,
         to: zpk.clone(),
         block,
         to_format: *to_format,
         pan: pan.to_owned(),
-    }) {
+    };
+    match hsm.execute_at(&command, now_ms) {
         Ok(HsmReply::Pin(b)) => Ok(Some(b)),
         Err(HsmError::BadPinBlock(_)) => Err(Refusal::BadPinBlock),
         _ => Err(Refusal::Hsm),

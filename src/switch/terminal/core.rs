@@ -36,7 +36,7 @@ use crate::throttle::LogThrottle;
 const MISMATCH_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Fields an 0810 echoes from its 0800.
-const NETWORK_ECHO: &[usize] = &[7, 11, 41, 70];
+pub(super) const NETWORK_ECHO: &[usize] = &[7, 11, 41, 70];
 
 /// A request of this connection waiting for its acquirer.
 pub(super) struct Pending {
@@ -490,6 +490,9 @@ impl<J: JournalAppend> TerminalCore<J> {
     }
 
     fn network(&mut self, msg: &Message, started: Instant) {
+        if self.shared.security.is_some() && self.key_change(msg, started) {
+            return;
+        }
         match MessageBuilder::response_to(msg, NETWORK_ECHO) {
             Some(mut b) => {
                 b.set(39, &codes::APPROVED);

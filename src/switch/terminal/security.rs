@@ -9,14 +9,16 @@
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tracing::warn;
+use tracing::{info, warn};
 
-use super::core::TerminalCore;
+use super::core::{NETWORK_ECHO, TerminalCore};
 use super::records::JournalAppend;
 use crate::codes;
 use crate::iso8583::{Message, MessageBuilder};
+use crate::security::store::KeyType;
 use crate::switch::acquirer::AcquirerHandle;
-use crate::switch::card_security::{self, Refusal};
+use crate::switch::card_security::exchange::{self, ExchangedKey};
+use crate::switch::card_security::{self, PinKey, Refusal};
 use crate::switch::fraud::Score;
 use crate::telemetry;
 
@@ -30,11 +32,13 @@ impl<J: JournalAppend> TerminalCore<J> {
         let Some(profile) = sec.profiles.find(tid) else {
             return true;
         };
+        let key = profile.mac_key.as_ref().map(|k| k.name(tid));
         let checked = card_security::check_mac(
             &sec.hsm,
+            self.now.unix_ms,
             profile.mac,
             profile.mac_algorithm,
-            profile.mac_key.as_ref(),
+            key.as_ref(),
             msg,
         );
         match checked {
@@ -92,11 +96,17 @@ impl<J: JournalAppend> TerminalCore<J> {
             .and_then(|t| sec.profiles.find(t.trimmed()).cloned());
         let pan = msg.pan();
         let digits = pan.as_ref().map_or(&[][..], |p| p.digits());
-        let pin =
-            match card_security::translate_pin(&sec.hsm, profile.as_deref(), zone, msg, digits) {
-                Ok(p) => p,
-                Err(why) => return Err((sec.bad_pin_code, Some(why))),
-            };
+        let pin = match card_security::translate_pin(
+            &sec.hsm,
+            self.now.unix_ms,
+            profile.as_deref(),
+            zone,
+            msg,
+            digits,
+        ) {
+            Ok(p) => p,
+            Err(why) => return Err((sec.bad_pin_code, Some(why))),
+        };
         let mut b = MessageBuilder::new(acquirer.spec, msg.mti());
         b.copy_all(msg).remove(64).remove(128);
         if let Some(block) = &pin {
@@ -116,6 +126,97 @@ impl<J: JournalAppend> TerminalCore<J> {
         }
     }
 
+    /// A terminal's 0800 asking for new keys (DE70 its profile's
+    /// `key_change_code`, the profile with a TMK): a new TPK and TAK, each
+    /// installed (the key store rewritten) before the 0810 gives them
+    /// under the TMK with their KCVs in DE48. False when the 0800 is not
+    /// one.
+    pub(super) fn key_change(&mut self, msg: &Message, started: Instant) -> bool {
+        let shared = self.shared.clone();
+        let Some(sec) = &shared.security else {
+            return false;
+        };
+        let Some(tid) = msg.terminal_id() else {
+            return false;
+        };
+        let tid = tid.trimmed();
+        let Some(profile) = sec.profiles.find(tid) else {
+            return false;
+        };
+        let Some(tmk) = &profile.tmk else {
+            return false;
+        };
+        if msg.network_code() != Some(profile.key_change_code) {
+            return false;
+        }
+        if !self.terminal_bound(tid) {
+            self.answer_key_change(msg, codes::UNKNOWN_TERMINAL, None, started);
+            return true;
+        }
+        let tmk = tmk.name(tid);
+        let pin_key = match &profile.pin {
+            Some(PinKey::Tpk(k)) => Some(k),
+            _ => None,
+        };
+        let wanted = [
+            (*b"TPK", pin_key, KeyType::Tpk),
+            (*b"TAK", profile.mac_key.as_ref(), KeyType::Tak),
+        ];
+        let mut exchanged = Vec::with_capacity(2);
+        let mut failure = None;
+        for (tag, name, key_type) in wanted {
+            let Some(name) = name else { continue };
+            let made = sec.hsm.new_key_under(&tmk).and_then(|(key, under)| {
+                let kcv = key.kcv();
+                let name = name.name(tid);
+                sec.hsm
+                    .install(&name, key_type, key, self.now.unix_ms, sec.key_overlap_ms)
+                    .map(|()| ExchangedKey { tag, under, kcv })
+            });
+            match made {
+                Ok(k) => exchanged.push(k),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let terminal = String::from_utf8_lossy(tid);
+        let code = match &failure {
+            None => {
+                let kcvs: Vec<String> = exchanged.iter().map(|k| k.kcv.to_string()).collect();
+                info!(peer = %self.peer, %terminal, kcvs = ?kcvs, "terminal keys changed");
+                codes::APPROVED
+            }
+            Some(e) => {
+                warn!(peer = %self.peer, %terminal, "terminal key change failed: {e}");
+                codes::SYSTEM_MALFUNCTION
+            }
+        };
+        metrics::counter!(telemetry::KEY_CHANGES, "side" => "terminal", "result" => if failure.is_none() { "ok" } else { "failed" }).increment(1);
+        let de48 = failure.is_none().then(|| exchange::format(&exchanged));
+        self.answer_key_change(msg, code, de48.as_deref(), started);
+        true
+    }
+
+    fn answer_key_change(
+        &mut self,
+        msg: &Message,
+        code: [u8; 2],
+        de48: Option<&str>,
+        started: Instant,
+    ) {
+        let Some(mut b) = MessageBuilder::response_to(msg, NETWORK_ECHO) else {
+            self.outcomes += 1;
+            return;
+        };
+        b.set(39, &code);
+        if let Some(d) = de48 {
+            b.set(48, d.as_bytes());
+        }
+        self.write_packed(&b, msg.mti(), code, started);
+    }
+
     /// MACs the answer framed from `start` in the write buffer under its
     /// terminal's key, when the terminal's profile asks for it (any MAC
     /// it carried, a host's, replaced). On error the answer is removed.
@@ -129,6 +230,10 @@ impl<J: JournalAppend> TerminalCore<J> {
         }
         let body = Bytes::copy_from_slice(&self.wbuf[start..]);
         let answer = Message::parse(body, self.spec).map_err(|e| e.to_string())?;
+        // Transaction answers only, as the acquirers' MACs.
+        if !matches!(answer.mti().class(), 1 | 2 | 4) {
+            return Ok(());
+        }
         let Some(tid) = answer.terminal_id() else {
             return Ok(());
         };
@@ -141,7 +246,8 @@ impl<J: JournalAppend> TerminalCore<J> {
         let mut b = MessageBuilder::new(self.spec, answer.mti());
         b.copy_all(&answer);
         let mut out = BytesMut::with_capacity(answer.frame().len() + 32);
-        card_security::pack_with_mac(&sec.hsm, profile.mac_algorithm, key, &b, &mut out)?;
+        let key = key.name(tid.trimmed());
+        card_security::pack_with_mac(&sec.hsm, profile.mac_algorithm, &key, &b, &mut out)?;
         self.wbuf.truncate(start);
         self.wbuf.extend_from_slice(&out);
         Ok(())

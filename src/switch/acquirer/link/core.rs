@@ -739,7 +739,7 @@ impl<R> LinkCore<R> {
         } else {
             FieldSet::EMPTY
         };
-        if let Some(reason) = self.answer_mac_wrong(msg) {
+        if let Some(reason) = self.answer_mac_wrong(now, msg) {
             return self.refuse_answer(msg, key, reason);
         }
         let spec = self.s.acquirer.spec.spec;
@@ -818,7 +818,7 @@ impl<R> LinkCore<R> {
 
     /// Why a transaction answer's MAC does not hold, when the acquirer
     /// MACs its messages.
-    fn answer_mac_wrong(&self, msg: &Message) -> Option<&'static str> {
+    fn answer_mac_wrong(&self, now: Now, msg: &Message) -> Option<&'static str> {
         let sec = &self.s.acquirer.security;
         let (Some((algorithm, key)), Some(hsm)) = (&sec.mac, &sec.hsm) else {
             return None;
@@ -827,7 +827,14 @@ impl<R> LinkCore<R> {
             return None;
         }
         use crate::switch::card_security::{MacMode, Refusal, check_mac};
-        match check_mac(hsm, MacMode::Require, *algorithm, Some(key), msg) {
+        match check_mac(
+            hsm,
+            now.unix_ms,
+            MacMode::Require,
+            *algorithm,
+            Some(key),
+            msg,
+        ) {
             Ok(()) => None,
             Err(r @ (Refusal::MacMissing | Refusal::MacMisplaced | Refusal::MacWrong)) => {
                 Some(r.label())
