@@ -65,6 +65,9 @@ enum Command {
     /// export (KCVs shown, never a key).
     #[command(subcommand)]
     Keys(switchyard::security::cli::KeysCommand),
+    /// Run a Thales payShield emulator of the commands the switch's HSM
+    /// client uses (for tests).
+    HsmSim(switchyard::security::hsm::payshield::sim::HsmSimArgs),
     /// Validate a config file and print every problem with its TOML path.
     CheckConfig {
         /// The config file.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Journal(cmd) => switchyard::switch::journal::cli::run(cmd),
         Command::Keys(cmd) => switchyard::security::cli::run(cmd),
+        Command::HsmSim(args) => switchyard::security::hsm::payshield::sim::run(args),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 for w in c.warnings() {

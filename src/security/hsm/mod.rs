@@ -18,6 +18,7 @@
 //! command, answer or error carries a clear key or PIN, and `Debug` of a
 //! PIN block shows only its format.
 
+pub mod payshield;
 pub mod soft;
 
 use std::sync::Arc;
