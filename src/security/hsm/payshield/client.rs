@@ -696,6 +696,8 @@ impl Actor {
                 Event::Read(Err(e)) | Event::Wrote(Err(e)) => {
                     self.drop_connection(&format!("connection failed: {e}"))
                 }
+                // A write of nothing from a non-empty buffer: the peer is gone.
+                Event::Wrote(Ok(0)) => self.drop_connection("the HSM stopped reading"),
                 Event::Wrote(Ok(_)) => {}
                 Event::Connected(r) => self.on_connected(r),
                 Event::Tick => self.on_tick(),
