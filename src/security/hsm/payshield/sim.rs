@@ -485,3 +485,102 @@ pub fn run(args: HsmSimArgs) -> ExitCode {
         ExitCode::SUCCESS
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::pinblock::{EncryptedPinBlock, Pin};
+    use crate::security::store::header_for;
+    use wire::Account;
+
+    fn lmk() -> Lmk {
+        Lmk::from_components(&[
+            SecretKey::aes(&[0x11; 32]).expect("c1"),
+            SecretKey::aes(&[0x22; 32]).expect("c2"),
+        ])
+        .expect("lmk")
+    }
+
+    fn block(lmk: &Lmk, t: KeyType, key: &SecretKey) -> KeyBlockText {
+        let header = header_for("k", t, key, lmk);
+        KeyBlockText(keyblock::wrap(lmk.key(), &header, key, &[7; 32]).expect("wrap"))
+    }
+
+    fn tdes(h: &str) -> SecretKey {
+        SecretKey::from_hex(Algorithm::Tdes, h).expect("key")
+    }
+
+    #[test]
+    fn g0_translates_the_published_dukpt_vector() {
+        let lmk = lmk();
+        let zpk = tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D");
+        let req = Request::TranslateDukpt {
+            pin: PinTranslation {
+                from: block(
+                    &lmk,
+                    KeyType::Bdk,
+                    &tdes("0123456789ABCDEFFEDCBA9876543210"),
+                ),
+                to: block(&lmk, KeyType::Zpk, &zpk),
+                block: EncryptedPinBlock::from_bytes(
+                    PinFormat::Iso0,
+                    &crate::hex::parse_hex("1B9C1845EB993A7A").expect("hex"),
+                )
+                .expect("block"),
+                to_format: PinFormat::Iso0,
+                account: Account::for_pan("4012345678909", PinFormat::Iso0, PinFormat::Iso0)
+                    .expect("pan"),
+            },
+            ksn: Ksn::new(&crate::hex::parse_hex("FFFF9876543210E00001").expect("hex"))
+                .expect("ksn"),
+        };
+        let emu = Emulator::new(lmk);
+        let Ok(Response::Pin { pin_len, block }) = emu.execute(&req) else {
+            panic!("not a PIN block")
+        };
+        assert_eq!(pin_len, 4);
+        let pin = pinblock::decrypt(&zpk, &block, "4012345678909").expect("decrypt");
+        assert!(pin.matches("1234"));
+    }
+
+    #[test]
+    fn errors_are_answered_with_payshield_codes() {
+        let lmk = lmk();
+        let tpk = tdes("0123456789ABCDEFFEDCBA9876543210");
+        let zpk = tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D");
+        let pan = "4012345678909";
+        let pin = Pin::new("1234").expect("pin");
+        let under = |k: &SecretKey| {
+            pinblock::encrypt(k, PinFormat::Iso0, &pin, pan, &[0; 8]).expect("encrypt")
+        };
+        let t = |from: KeyBlockText, pin_block: EncryptedPinBlock| {
+            Request::TranslateTpk(PinTranslation {
+                from,
+                to: block(&lmk, KeyType::Zpk, &zpk),
+                block: pin_block,
+                to_format: PinFormat::Iso0,
+                account: Account::for_pan(pan, PinFormat::Iso0, PinFormat::Iso0).expect("pan"),
+            })
+        };
+        let good = t(block(&lmk, KeyType::Tpk, &tpk), under(&tpk));
+        let wrong_pin_key = t(block(&lmk, KeyType::Tpk, &tpk), under(&zpk));
+        let wrong_type = t(block(&lmk, KeyType::Zpk, &tpk), under(&tpk));
+        let other_lmk = Lmk::from_components(&[
+            SecretKey::aes(&[0x33; 32]).expect("c1"),
+            SecretKey::aes(&[0x22; 32]).expect("c2"),
+        ])
+        .expect("lmk");
+        let foreign = t(block(&other_lmk, KeyType::Tpk, &tpk), under(&tpk));
+        let emu = Emulator::new(lmk);
+        assert!(matches!(
+            emu.execute(&good),
+            Ok(Response::Pin { pin_len: 4, .. })
+        ));
+        assert_eq!(emu.execute(&wrong_pin_key), Err(ErrorCode::PIN_BLOCK_ERROR));
+        assert_eq!(emu.execute(&wrong_type), Err(ErrorCode::INVALID_KEY_USAGE));
+        assert_eq!(emu.execute(&foreign), Err(ErrorCode::KEY_BLOCK_AUTH));
+        // Unreadable input: 15 with the header echoed; no header: nothing.
+        assert_eq!(emu.answer(b"0042CA12", 4), Some(b"0042CB15".to_vec()));
+        assert_eq!(emu.answer(b"00", 4), None);
+    }
+}
