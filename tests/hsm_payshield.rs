@@ -430,6 +430,7 @@ async fn payshield_answers_as_the_soft_hsm_does() {
     };
     assert_eq!((a, b), (keys.lmk.kcv(), keys.lmk.kcv()));
     assert!(!firmware.is_empty());
+    assert_eq!(ps.lmk_matches().await, Ok(Some(true)));
 
     // Generated keys: under the LMK, and under a TDES and an AES ZMK.
     for (zmk, algorithm) in [("z.zmk", Algorithm::Tdes), ("z4.zmk", Algorithm::Aes)] {
@@ -476,6 +477,7 @@ async fn payshield_answers_as_the_soft_hsm_does() {
     // authentication failure), by its code.
     let other = Keys::new();
     let stray = client(sim.addr, other.blocks(), |_| {});
+    assert_eq!(stray.lmk_matches().await, Ok(Some(false)));
     let r = stray
         .call(generate_mac("t.tak", MacAlgorithm::Retail, &data, 8))
         .await;
@@ -522,6 +524,69 @@ async fn two_hundred_calls_at_once_are_each_matched_by_header() {
     }
     assert_eq!(done, 200);
     assert_eq!(ps.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn late_answers_are_dropped_never_given_to_another_call() {
+    let keys = Keys::new();
+    // Answers come 0 to 300 ms late against a 150 ms timeout: about half
+    // arrive after their call gave up, among the answers of others.
+    let sim = Sim::start(&keys, "127.0.0.1:0", &["--jitter-ms", "300"]).await;
+    let soft = Arc::new(keys.soft());
+    let ps = client(sim.addr, keys.blocks(), |c| {
+        c.max_in_flight = 128;
+        c.timeout = Duration::from_millis(150);
+    });
+    ps.wait_connected().await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..100u32 {
+        let (ps, soft) = (ps.clone(), soft.clone());
+        set.spawn(async move {
+            let data = Bytes::from(format!("late {i}").into_bytes());
+            let cmd = generate_mac("t.tak", MacAlgorithm::Retail, &data, 8);
+            let want = mac_of(soft.execute(&cmd));
+            match ps.call(cmd).await {
+                Ok(HsmReply::Mac(got)) => {
+                    assert_eq!(got, want, "call {i} got another's MAC");
+                    true
+                }
+                Err(HsmError::Timeout(_)) => false,
+                other => panic!("call {i}: {other:?}"),
+            }
+        });
+    }
+    let mut answered = 0;
+    while let Some(r) = timeout(GUARD, set.join_next()).await.expect("in time") {
+        answered += usize::from(r.expect("a call panicked"));
+    }
+    assert!(
+        (1..100).contains(&answered),
+        "{answered} of 100 in time: widen the jitter?"
+    );
+    // The client is still in step: a patient call gets its own answer.
+    let patient = client(sim.addr, keys.blocks(), |c| {
+        c.timeout = Duration::from_secs(5)
+    });
+    let data = Bytes::from_static(b"after the late ones");
+    let cmd = generate_mac("t.tak", MacAlgorithm::Retail, &data, 8);
+    assert_eq!(
+        mac_of(patient.call(cmd.clone()).await),
+        mac_of(soft.execute(&cmd))
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_hsm_times_out() {
+    let keys = Keys::new();
+    let sim = Sim::start(&keys, "127.0.0.1:0", &["--stall"]).await;
+    let ps = client(sim.addr, keys.blocks(), |c| {
+        c.timeout = Duration::from_millis(200)
+    });
+    ps.wait_connected().await;
+    let r = timeout(GUARD, ps.call(HsmCommand::Diagnostics))
+        .await
+        .expect("in time");
+    assert_eq!(r, Err(HsmError::Timeout(Duration::from_millis(200))));
 }
 
 #[tokio::test]

@@ -12,7 +12,11 @@
 //! * Several commands are in flight on one connection: each carries a
 //!   header unique among them (base 36, `header_len` characters), which
 //!   the HSM echoes and the actor matches the answer by; a late answer
-//!   (after its timeout) finds no entry and is dropped.
+//!   (after its timeout) finds no entry and is dropped. Headers are taken
+//!   in turn from a counter, so one comes round again only after all
+//!   `36^header_len` have been used (1.7 million with the default 4): an
+//!   answer that late would be taken for a newer command's (which then
+//!   fails if the response code differs).
 //! * In flight across all connections: at most `max_in_flight` (a
 //!   semaphore whose permit travels with the command until it is
 //!   answered, timed out or failed); past it a call fails at once with
@@ -244,6 +248,22 @@ impl PayShieldClient {
         for link in &self.inner.links {
             let mut up = link.up.clone();
             let _ = up.wait_for(|u| *u).await;
+        }
+    }
+
+    /// Is the HSM's LMK the one the key store's blocks are under (its
+    /// diagnostics' check value against the store's `lmk_kcv`)? A switch
+    /// asks once at start: under another LMK every block would be refused.
+    /// `Ok(None)` when the key blocks came with no store's KCV.
+    pub async fn lmk_matches(&self) -> Result<Option<bool>, HsmError> {
+        let Some(store) = self.inner.keys.lmk_kcv() else {
+            return Ok(None);
+        };
+        match self.call(HsmCommand::Diagnostics).await? {
+            HsmReply::Diagnostics { lmk_kcv, .. } => Ok(Some(lmk_kcv == store)),
+            _ => Err(HsmError::Protocol(
+                "diagnostics answered with something else".into(),
+            )),
         }
     }
 
