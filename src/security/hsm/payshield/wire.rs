@@ -383,6 +383,8 @@ pub enum WireError {
     UnknownCommand(String),
     #[error("{0}")]
     Field(String),
+    #[error("{0}: not a PIN block format code served (01 or 48)")]
+    PinFormat(&'static str),
     #[error("the message is {0} bytes, over the {MAX_BODY} a 2-byte length carries")]
     TooLong(usize),
 }
@@ -760,9 +762,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn pin_format(&mut self, what: &str) -> Result<PinFormat, WireError> {
+    fn pin_format(&mut self, what: &'static str) -> Result<PinFormat, WireError> {
         let t = self.take(2, what)?;
-        format_of(t).ok_or_else(|| field(format!("{what}: unknown format code")))
+        format_of(t).ok_or(WireError::PinFormat(what))
     }
 }
 
@@ -836,7 +838,7 @@ pub fn decode_request(
         Ok(req) => Ok((header.to_vec(), req)),
         Err(e) => {
             let code = match &e {
-                WireError::Field(f) if f.contains("format code") => ErrorCode::INVALID_PIN_FORMAT,
+                WireError::PinFormat(_) => ErrorCode::INVALID_PIN_FORMAT,
                 _ => ErrorCode::INVALID_INPUT,
             };
             Err(Some(refuse(code, e)))

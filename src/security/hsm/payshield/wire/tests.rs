@@ -259,6 +259,22 @@ fn bad_requests_are_refused_with_15_or_68_and_unreadable_ones_closed() {
         .expect_err("extra")
         .expect("answerable");
     assert_eq!(r.code, ErrorCode::INVALID_INPUT);
+    // A format code not served (03): 23.
+    let t = PinTranslation {
+        from: block_text('T'),
+        to: block_text('T'),
+        block: EncryptedPinBlock::Iso0([7; 8]),
+        to_format: PinFormat::Iso0,
+        account: Account::Digits12(*b"401234567890"),
+    };
+    let mut body = Vec::new();
+    encode_request(b"0000", &Request::TranslateTpk(t), &mut body).expect("encodes");
+    let at = body.len() - 12 - 4;
+    body[at..at + 2].copy_from_slice(b"03");
+    let r = decode_request(&body, 4)
+        .expect_err("format")
+        .expect("answerable");
+    assert_eq!(r.code, ErrorCode::INVALID_PIN_FORMAT);
 }
 
 #[test]
