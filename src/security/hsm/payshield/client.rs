@@ -61,6 +61,7 @@ use crate::security::keys::Algorithm;
 use crate::security::mac::MacError;
 use crate::security::pinblock::{PinBlockError, PinFormat};
 use crate::security::store::{KeyType, StoredBlock};
+use crate::throttle::LogThrottle;
 
 /// How the client reaches the HSM.
 #[derive(Clone, Debug)]
@@ -219,6 +220,7 @@ impl PayShieldClient {
                 waiting: VecDeque::new(),
                 next_header: 0,
                 next_id: 0,
+                unreadable: LogThrottle::new(Duration::from_secs(10)),
             };
             runtime.spawn(actor.run());
             links.push(Link { tx, up });
@@ -649,6 +651,7 @@ struct Actor {
     waiting: VecDeque<(Instant, Call)>,
     next_header: u64,
     next_id: u64,
+    unreadable: LogThrottle,
 }
 
 enum Event {
@@ -861,7 +864,14 @@ impl Actor {
     fn on_frame(&mut self, frame: &[u8]) {
         let header = wire::split_head(frame, self.header_len).and_then(|(h, _, _)| read_header(h));
         let Some(n) = header else {
-            tracing::warn!(hsm = %self.addr, "payShield answer without a readable header: dropped");
+            // A broken HSM could send these by the thousand: one line per
+            // interval, with a count.
+            if let Some(more) = self.unreadable.allow(std::time::Instant::now()) {
+                tracing::warn!(
+                    hsm = %self.addr,
+                    "payShield answer without a readable header: dropped ({more} more since the last line)"
+                );
+            }
             return;
         };
         let Some(p) = self.pending.remove(&n) else {
