@@ -33,30 +33,26 @@
 //! Nothing logged names a key, a PIN block or data: lines give the
 //! address, the command's name and the reason.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::KeyBlocks;
-use super::wire::{
-    self, Account, ErrorCode, Export, KeyBlockText, MacSize, PinTranslation, Request, Response,
-};
+use super::core::{ClientCore, Command, CoreSettings, Event, Expect, header_space};
+use super::wire::{self, Account, Export, KeyBlockText, MacSize, PinTranslation, Request};
 use crate::frame::{FrameCodec, LengthHeader};
 use crate::security::dukpt::{DukptError, Ksn};
-use crate::security::hsm::{HsmCommand, HsmError, HsmReply, MacAlgorithm, MacValue, PinSource};
+use crate::security::hsm::{HsmCommand, HsmError, HsmReply, MacAlgorithm, PinSource};
 use crate::security::keys::Algorithm;
 use crate::security::mac::MacError;
 use crate::security::pinblock::{PinBlockError, PinFormat};
@@ -129,28 +125,15 @@ struct Link {
     up: watch::Receiver<bool>,
 }
 
-/// What the answer must be, and how it becomes an [`HsmReply`].
-enum Expect {
-    Pin(PinFormat),
-    /// The HSM's whole MAC, of which the left `len` bytes are wanted.
-    Mac(usize),
-    Verify,
-    /// A MAC length M8 does not carry: the whole MAC made with M6, the
-    /// left bytes compared here in constant time.
-    VerifyLocal(MacValue),
-    Key,
-    Diagnostics,
+/// Where an answer goes: the caller's oneshot, and the permit that holds
+/// its place among the `max_in_flight` until the answer (or its failure)
+/// is delivered.
+struct ReplyTo {
+    tx: oneshot::Sender<Result<HsmReply, HsmError>>,
+    _permit: OwnedSemaphorePermit,
 }
 
-struct Call {
-    /// The body with a placeholder header, which the actor overwrites.
-    body: Vec<u8>,
-    response: [u8; 2],
-    name: &'static str,
-    expect: Expect,
-    reply: oneshot::Sender<Result<HsmReply, HsmError>>,
-    permit: OwnedSemaphorePermit,
-}
+type Call = Command<ReplyTo>;
 
 impl PayShieldClient {
     /// Starts the connection actors on the current tokio runtime (they
@@ -196,33 +179,26 @@ impl PayShieldClient {
             // before they run out.
             let (tx, inbox) = mpsc::channel(config.max_in_flight);
             let (up_tx, up) = watch::channel(false);
-            let actor = Actor {
+            let driver = Driver {
                 index,
                 addr: config.addr.clone(),
                 inbox,
                 up: up_tx,
-                header_len: config.header_len,
-                space,
-                timeout: config.timeout,
                 connect_timeout: config.connect_timeout,
-                backoff_min: config.backoff_min,
-                backoff_max: config.backoff_max.max(config.backoff_min),
-                backoff: config.backoff_min,
+                core: ClientCore::new(CoreSettings {
+                    header_len: config.header_len,
+                    timeout: config.timeout,
+                    backoff_min: config.backoff_min,
+                    backoff_max: config.backoff_max,
+                }),
                 codec: FrameCodec::new(LengthHeader::Binary2, max_frame),
                 read: None,
                 write: None,
                 rbuf: BytesMut::with_capacity(4096),
-                wbuf: BytesMut::with_capacity(4096),
                 connecting: None,
-                retry_at: None,
-                pending: HashMap::with_capacity(config.max_in_flight),
-                deadlines: VecDeque::with_capacity(config.max_in_flight),
-                waiting: VecDeque::new(),
-                next_header: 0,
-                next_id: 0,
                 unreadable: LogThrottle::new(Duration::from_secs(10)),
             };
-            runtime.spawn(actor.run());
+            runtime.spawn(driver.run());
             links.push(Link { tx, up });
         }
         Ok(PayShieldClient {
@@ -299,8 +275,10 @@ impl PayShieldClient {
             response: wire::response_code(request.command_code()),
             name: command.name(),
             expect,
-            reply: tx,
-            permit,
+            reply: ReplyTo {
+                tx,
+                _permit: permit,
+            },
         };
         inner.pick().tx.try_send(call).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => HsmError::Unavailable("busy".into()),
@@ -534,127 +512,26 @@ fn check_mac_key(algorithm: MacAlgorithm, key: &StoredBlock) -> Result<MacSize, 
     Ok(size)
 }
 
-fn map_error(expect: &Expect, code: ErrorCode) -> HsmError {
-    match (expect, &code.0) {
-        (Expect::Verify, b"01") => HsmError::MacMismatch,
-        (Expect::Pin(_), b"20" | b"22" | b"23" | b"24") => {
-            HsmError::BadPinBlock(format!("the HSM answered {code}"))
-        }
-        _ => HsmError::Refused {
-            code: code.as_str().to_owned(),
-            meaning: code.meaning().to_owned(),
-        },
-    }
-}
-
-fn finish(expect: Expect, answer: Result<Response, ErrorCode>) -> Result<HsmReply, HsmError> {
-    let answer = match answer {
-        Ok(a) => a,
-        Err(code) => return Err(map_error(&expect, code)),
-    };
-    let unfit = || HsmError::Protocol("the answer's fields do not fit the command".into());
-    match (expect, answer) {
-        (Expect::Pin(format), Response::Pin { block, .. }) if block.format() == format => {
-            Ok(HsmReply::Pin(block))
-        }
-        (Expect::Mac(len), Response::Mac(mac)) if mac.len() >= len => {
-            Ok(HsmReply::Mac(mac.into_iter().take(len).collect()))
-        }
-        (Expect::Verify, Response::Verified) => Ok(HsmReply::Verified),
-        (Expect::VerifyLocal(want), Response::Mac(full)) => {
-            let n = want.len();
-            if full.len() >= n && bool::from(full[..n].ct_eq(&want)) {
-                Ok(HsmReply::Verified)
-            } else {
-                Err(HsmError::MacMismatch)
-            }
-        }
-        (
-            Expect::Key,
-            Response::Key {
-                under_lmk,
-                exported,
-                kcv,
-            },
-        ) => Ok(HsmReply::Key {
-            block: under_lmk.0,
-            exported: exported.map(|(_, text)| text),
-            kcv,
-        }),
-        (Expect::Diagnostics, Response::Diagnostics { lmk_kcv, firmware }) => {
-            Ok(HsmReply::Diagnostics { lmk_kcv, firmware })
-        }
-        _ => Err(unfit()),
-    }
-}
-
-/// How many distinct headers of `len` base-36 characters (capped: u64).
-fn header_space(len: usize) -> u64 {
-    36u64.checked_pow(len as u32).unwrap_or(u64::MAX)
-}
-
-fn write_header(mut n: u64, out: &mut [u8]) {
-    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    for c in out.iter_mut().rev() {
-        *c = DIGITS[(n % 36) as usize];
-        n /= 36;
-    }
-}
-
-fn read_header(h: &[u8]) -> Option<u64> {
-    h.iter().try_fold(0u64, |acc, &c| {
-        let d = (c as char).to_digit(36)?;
-        if c.is_ascii_lowercase() {
-            return None;
-        }
-        acc.checked_mul(36)?.checked_add(u64::from(d))
-    })
-}
-
-struct Pending {
-    id: u64,
-    response: [u8; 2],
-    name: &'static str,
-    expect: Expect,
-    reply: oneshot::Sender<Result<HsmReply, HsmError>>,
-    _permit: OwnedSemaphorePermit,
-}
-
 type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 
-struct Actor {
+/// One connection's driver: the socket, the inbox, the connect under way;
+/// everything else is the core's.
+struct Driver {
     index: usize,
     addr: String,
     inbox: mpsc::Receiver<Call>,
     up: watch::Sender<bool>,
-    header_len: usize,
-    space: u64,
-    timeout: Duration,
     connect_timeout: Duration,
-    backoff_min: Duration,
-    backoff_max: Duration,
-    backoff: Duration,
+    core: ClientCore<ReplyTo>,
     codec: FrameCodec,
     read: Option<OwnedReadHalf>,
     write: Option<OwnedWriteHalf>,
     rbuf: BytesMut,
-    /// Bounded by the permits: at most `max_in_flight` commands of at
-    /// most `max_frame` bytes each.
-    wbuf: BytesMut,
     connecting: Option<Connecting>,
-    retry_at: Option<Instant>,
-    /// By header number.
-    pending: HashMap<u64, Pending>,
-    /// In the order sent, so in deadline order (one timeout for all).
-    deadlines: VecDeque<(Instant, u64, u64)>,
-    /// Calls taken while a connect is under way, with their deadlines.
-    waiting: VecDeque<(Instant, Call)>,
-    next_header: u64,
-    next_id: u64,
     unreadable: LogThrottle,
 }
 
-enum Event {
+enum Wake {
     Call(Call),
     Read(io::Result<usize>),
     Wrote(io::Result<usize>),
@@ -673,11 +550,11 @@ async fn read_some(read: &mut Option<OwnedReadHalf>, buf: &mut BytesMut) -> io::
     }
 }
 
-async fn write_some(write: &mut Option<OwnedWriteHalf>, buf: &mut BytesMut) -> io::Result<usize> {
+async fn write_some(write: &mut Option<OwnedWriteHalf>, buf: &[u8]) -> io::Result<usize> {
     match write {
         // One poll_write per wake-up: cancel-safe in the select (nothing is
         // written when the future is dropped before it completes).
-        Some(w) if !buf.is_empty() => w.write_buf(buf).await,
+        Some(w) if !buf.is_empty() => w.write(buf).await,
         _ => std::future::pending().await,
     }
 }
@@ -689,64 +566,64 @@ async fn connect_some(c: &mut Option<Connecting>) -> io::Result<TcpStream> {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+async fn sleep_until(at: Option<std::time::Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
 }
 
-impl Actor {
+impl Driver {
     async fn run(mut self) {
-        self.start_connect();
         loop {
-            let wake = self.next_wake();
+            if self.core.poll_connect() {
+                self.start_connect();
+            }
+            self.deliver();
+            let wake = self.core.poll_timeout();
             let event = tokio::select! {
                 call = self.inbox.recv() => match call {
-                    Some(c) => Event::Call(c),
-                    None => Event::Stop,
+                    Some(c) => Wake::Call(c),
+                    None => Wake::Stop,
                 },
-                r = read_some(&mut self.read, &mut self.rbuf) => Event::Read(r),
-                w = write_some(&mut self.write, &mut self.wbuf) => Event::Wrote(w),
-                c = connect_some(&mut self.connecting) => Event::Connected(c),
-                () = sleep_until(wake) => Event::Tick,
+                r = read_some(&mut self.read, &mut self.rbuf) => Wake::Read(r),
+                w = write_some(&mut self.write, self.core.poll_transmit()) => Wake::Wrote(w),
+                c = connect_some(&mut self.connecting) => Wake::Connected(c),
+                () = sleep_until(wake) => Wake::Tick,
             };
+            let now = Instant::now();
             match event {
-                Event::Stop => break,
-                Event::Call(call) => self.on_call(call),
-                Event::Read(Ok(0)) => self.drop_connection("the HSM closed the connection"),
-                Event::Read(Ok(_)) => self.on_read(),
-                Event::Read(Err(e)) | Event::Wrote(Err(e)) => {
-                    self.drop_connection(&format!("connection failed: {e}"))
+                Wake::Stop => break,
+                Wake::Call(call) => self.core.handle_command(now, call),
+                Wake::Read(Ok(0)) => self.close(now, "the HSM closed the connection"),
+                Wake::Read(Ok(_)) => self.on_read(now),
+                Wake::Read(Err(e)) | Wake::Wrote(Err(e)) => {
+                    self.close(now, &format!("connection failed: {e}"))
                 }
                 // A write of nothing from a non-empty buffer: the peer is gone.
-                Event::Wrote(Ok(0)) => self.drop_connection("the HSM stopped reading"),
-                Event::Wrote(Ok(_)) => {}
-                Event::Connected(r) => self.on_connected(r),
-                Event::Tick => self.on_tick(),
+                Wake::Wrote(Ok(0)) => self.close(now, "the HSM stopped reading"),
+                Wake::Wrote(Ok(n)) => self.core.advance(n),
+                Wake::Connected(Ok(stream)) => {
+                    self.connecting = None;
+                    let _ = stream.set_nodelay(true);
+                    let (r, w) = stream.into_split();
+                    self.read = Some(r);
+                    self.write = Some(w);
+                    self.core.handle_connected(now);
+                }
+                Wake::Connected(Err(e)) => {
+                    self.connecting = None;
+                    let reason = format!("connect to {} failed: {e}", self.addr);
+                    self.core.handle_connect_failed(now, &reason);
+                }
+                Wake::Tick => self.core.handle_timeout(now),
             }
         }
-        self.drop_connection("the client has stopped");
-        for (_, call) in self.waiting.drain(..) {
-            let _ = call
-                .reply
-                .send(Err(HsmError::Unavailable("the client has stopped".into())));
-        }
-    }
-
-    fn next_wake(&self) -> Option<Instant> {
-        [
-            self.deadlines.front().map(|d| d.0),
-            self.waiting.front().map(|w| w.0),
-            self.retry_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.core.handle_stop();
+        self.deliver();
     }
 
     fn start_connect(&mut self) {
-        self.retry_at = None;
         let addr = self.addr.clone();
         let limit = self.connect_timeout;
         self.connecting = Some(Box::pin(async move {
@@ -757,179 +634,62 @@ impl Actor {
         }));
     }
 
-    fn on_connected(&mut self, result: io::Result<TcpStream>) {
-        self.connecting = None;
-        match result {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
-                self.read = Some(r);
-                self.write = Some(w);
-                self.backoff = self.backoff_min;
-                tracing::info!(hsm = %self.addr, connection = self.index, "payShield connection up");
-                let _ = self.up.send(true);
-                while let Some((deadline, call)) = self.waiting.pop_front() {
-                    self.send(call, deadline);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(hsm = %self.addr, connection = self.index, "payShield connect failed: {e}");
-                let reason = format!("connect to {} failed: {e}", self.addr);
-                for (_, call) in self.waiting.drain(..) {
-                    let _ = call.reply.send(Err(HsmError::Unavailable(reason.clone())));
-                }
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(self.backoff_max);
-            }
-        }
-    }
-
-    fn drop_connection(&mut self, reason: &str) {
-        if self.read.is_none() && self.write.is_none() {
-            return;
-        }
-        tracing::warn!(
-            hsm = %self.addr,
-            connection = self.index,
-            in_flight = self.pending.len(),
-            "payShield connection down: {reason}"
-        );
+    fn close(&mut self, now: Instant, reason: &str) {
         self.read = None;
         self.write = None;
         self.rbuf.clear();
-        self.wbuf.clear();
-        let _ = self.up.send(false);
-        for (_, p) in self.pending.drain() {
-            let _ = p.reply.send(Err(HsmError::Unavailable(reason.to_owned())));
-        }
-        self.deadlines.clear();
-        self.retry_at = Some(Instant::now() + self.backoff);
+        self.core.handle_closed(now, reason);
     }
 
-    fn on_call(&mut self, call: Call) {
-        let deadline = Instant::now() + self.timeout;
-        if self.write.is_some() {
-            self.send(call, deadline);
-        } else if self.connecting.is_some() {
-            self.waiting.push_back((deadline, call));
-        } else {
-            let _ = call.reply.send(Err(HsmError::Unavailable(format!(
-                "not connected to {} (reconnecting)",
-                self.addr
-            ))));
-        }
-    }
-
-    fn send(&mut self, mut call: Call, deadline: Instant) {
-        // A header no command in flight has: the permits keep those fewer
-        // than the header space, so this ends.
-        let mut n = self.next_header % self.space;
-        while self.pending.contains_key(&n) {
-            n = (n + 1) % self.space;
-        }
-        self.next_header = (n + 1) % self.space;
-        write_header(n, &mut call.body[..self.header_len]);
-        let len = call.body.len() as u16;
-        self.wbuf.extend_from_slice(&len.to_be_bytes());
-        self.wbuf.extend_from_slice(&call.body);
-        let id = self.next_id;
-        self.next_id += 1;
-        self.deadlines.push_back((deadline, n, id));
-        self.pending.insert(
-            n,
-            Pending {
-                id,
-                response: call.response,
-                name: call.name,
-                expect: call.expect,
-                reply: call.reply,
-                _permit: call.permit,
-            },
-        );
-    }
-
-    fn on_read(&mut self) {
+    fn on_read(&mut self, now: Instant) {
         loop {
             match self.codec.decode(&mut self.rbuf) {
-                Ok(Some(frame)) => self.on_frame(&frame),
+                Ok(Some(frame)) => self.core.handle_frame(now, &frame),
                 Ok(None) => return,
                 Err(e) => {
-                    self.drop_connection(&format!("unreadable stream: {e}"));
+                    self.close(now, &format!("unreadable stream: {e}"));
                     return;
                 }
             }
         }
     }
 
-    fn on_frame(&mut self, frame: &[u8]) {
-        let header = wire::split_head(frame, self.header_len).and_then(|(h, _, _)| read_header(h));
-        let Some(n) = header else {
-            // A broken HSM could send these by the thousand: one line per
-            // interval, with a count.
-            if let Some(more) = self.unreadable.allow(std::time::Instant::now()) {
-                tracing::warn!(
-                    hsm = %self.addr,
-                    "payShield answer without a readable header: dropped ({more} more since the last line)"
-                );
-            }
-            return;
-        };
-        let Some(p) = self.pending.remove(&n) else {
-            tracing::debug!(hsm = %self.addr, "payShield answer for no command in flight (late?)");
-            return;
-        };
-        let result = match wire::decode_response(frame, self.header_len) {
-            Err(e) => Err(HsmError::Protocol(e.to_string())),
-            Ok((_, code, _)) if code != p.response => Err(HsmError::Protocol(format!(
-                "{} answered with {}",
-                p.name,
-                String::from_utf8_lossy(&code)
-            ))),
-            Ok((_, _, answer)) => finish(p.expect, answer),
-        };
-        let _ = p.reply.send(result);
-    }
-
-    fn on_tick(&mut self) {
-        let now = Instant::now();
-        while let Some(&(at, n, id)) = self.deadlines.front() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop_front();
-            if self.pending.get(&n).is_some_and(|p| p.id == id) {
-                if let Some(p) = self.pending.remove(&n) {
-                    let _ = p.reply.send(Err(HsmError::Timeout(self.timeout)));
+    /// Answers to their callers, events to the log and the up flag.
+    fn deliver(&mut self) {
+        while let Some((to, result)) = self.core.poll_reply() {
+            // The caller may have stopped waiting; its permit goes either way.
+            let _ = to.tx.send(result);
+        }
+        while let Some(event) = self.core.poll_event() {
+            let (hsm, connection) = (&self.addr, self.index);
+            match event {
+                Event::Up => {
+                    tracing::info!(%hsm, connection, "payShield connection up");
+                    let _ = self.up.send(true);
+                }
+                Event::Down { reason, failed } => {
+                    tracing::warn!(%hsm, connection, failed, "payShield connection down: {reason}");
+                    let _ = self.up.send(false);
+                }
+                Event::ConnectFailed { reason, retry_in } => {
+                    tracing::debug!(%hsm, connection, ?retry_in, "payShield connect failed: {reason}");
+                }
+                Event::Late => {
+                    tracing::debug!(%hsm, connection, "payShield answer for no command in flight (late?)");
+                }
+                Event::Unreadable => {
+                    // A broken HSM could send these by the thousand: one
+                    // line per interval, with a count.
+                    if let Some(more) = self.unreadable.allow(Instant::now()) {
+                        tracing::warn!(
+                            %hsm,
+                            connection,
+                            "payShield answer without a readable header: dropped \
+                             ({more} more since the last line)"
+                        );
+                    }
                 }
             }
         }
-        while self.waiting.front().is_some_and(|w| w.0 <= now) {
-            if let Some((_, call)) = self.waiting.pop_front() {
-                let _ = call.reply.send(Err(HsmError::Timeout(self.timeout)));
-            }
-        }
-        if self.retry_at.is_some_and(|at| at <= now) {
-            self.start_connect();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_round_trip_and_fill_their_width() {
-        let mut h = [0u8; 4];
-        for n in [0u64, 1, 35, 36, 1295, 36u64.pow(4) - 1] {
-            write_header(n, &mut h);
-            assert_eq!(read_header(&h), Some(n));
-        }
-        write_header(0, &mut h);
-        assert_eq!(&h, b"0000");
-        assert_eq!(read_header(b"00a0"), None);
-        assert_eq!(read_header(b"00-0"), None);
-        assert_eq!(header_space(4), 36u64.pow(4));
-        assert_eq!(header_space(40), u64::MAX);
     }
 }

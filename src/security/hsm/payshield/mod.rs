@@ -1,5 +1,6 @@
 //! The Thales payShield host command protocol over TCP: the codec
-//! ([`wire`], pure), the client the switch calls ([`client`]), and the
+//! ([`wire`], pure), the client the switch calls ([`client`]: a handle, and
+//! per connection a driver around a sans-IO [`core`]), and the
 //! emulator of the command subset that the tests run it against
 //! ([`sim`], `switchyard hsm-sim`).
 //!
@@ -10,6 +11,7 @@
 //! does, with the same errors, before anything leaves the process.
 
 pub mod client;
+pub mod core;
 pub mod sim;
 pub mod wire;
 
