@@ -70,12 +70,14 @@ pub struct PayShieldConfig {
     pub header_len: usize,
     /// Commands in flight over all connections; past it, `busy`.
     pub max_in_flight: usize,
-    /// Per command, from when its connection took it.
+    /// Per command: the caller waits at most this long, and the
+    /// connection gives the command up this long after it took it.
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// Largest answer accepted (a longer one closes the connection).
+    /// Largest message either way: a longer command is refused
+    /// (`BadInput`), a longer answer closes the connection.
     pub max_frame: usize,
 }
 
@@ -138,7 +140,8 @@ type Call = Command<ReplyTo>;
 impl PayShieldClient {
     /// Starts the connection actors on the current tokio runtime (they
     /// connect at once) and returns the handle. The actors stop when the
-    /// last handle is dropped.
+    /// last handle is dropped, failing what they still hold with
+    /// `Unavailable`.
     pub fn start(
         config: PayShieldConfig,
         keys: Arc<KeyBlocks>,
