@@ -6,7 +6,8 @@
 //! 200 calls at once on two connections, answered out of order, each
 //! matched by its header; a slow HSM times out and a full client says
 //! busy; a killed HSM fails the call in flight, a restarted one is used
-//! again. Readiness is the emulator's "listening on" line and the
+//! again; the emulator's answers to bad input over a raw socket (error
+//! codes, closes, its connection limit). Readiness is the emulator's "listening on" line and the
 //! client's connection watch, never a sleep.
 
 use std::net::SocketAddr;
@@ -687,4 +688,100 @@ fn the_store_is_read_without_the_lmk_and_a_wrong_lmk_is_refused_by_the_emulator(
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrong LMK file?"), "{err}");
     let _: &Path = &keys.store_path;
+}
+
+/// One framed request over a raw socket; `None` when the emulator closed
+/// the connection instead of answering.
+async fn raw(stream: &mut tokio::net::TcpStream, body: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::AsyncWriteExt;
+    let mut frame = (body.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    send_raw(stream, &frame).await;
+    let mut len = [0u8; 2];
+    timeout(GUARD, stream.read_exact(&mut len))
+        .await
+        .expect("in time")
+        .ok()?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    timeout(GUARD, stream.read_exact(&mut answer))
+        .await
+        .expect("in time")
+        .ok()?;
+    let _ = stream.flush().await;
+    Some(answer)
+}
+
+async fn send_raw(stream: &mut tokio::net::TcpStream, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    // A write to a connection the emulator already closed may fail: the
+    // read after it says so.
+    let _ = stream.write_all(bytes).await;
+}
+
+async fn closed(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        timeout(GUARD, stream.read(&mut b)).await.expect("in time"),
+        Ok(0) | Err(_)
+    )
+}
+
+#[tokio::test]
+async fn the_emulator_answers_bad_input_with_error_codes_and_closes_what_it_cannot_read() {
+    let keys = Keys::new();
+    let sim = Sim::start(&keys, "127.0.0.1:0", &["--max-connections", "2"]).await;
+    let connect = || tokio::net::TcpStream::connect(sim.addr);
+    let mut s = connect().await.expect("connects");
+    let nd = raw(&mut s, b"0001NC").await.expect("answered");
+    assert!(
+        nd.starts_with(b"0001ND00"),
+        "{}",
+        String::from_utf8_lossy(&nd)
+    );
+    // A command it does not serve: 68; one it can not read: 15, the
+    // header echoed either way.
+    assert_eq!(
+        raw(&mut s, b"0002ZZ").await.as_deref(),
+        Some(&b"0002Z068"[..])
+    );
+    assert_eq!(
+        raw(&mut s, b"0003CAS").await.as_deref(),
+        Some(&b"0003CB15"[..])
+    );
+    assert_eq!(
+        raw(&mut s, b"0004M6\xFF\x00").await.as_deref(),
+        Some(&b"0004M715"[..])
+    );
+    // Random bodies behind a good header and code: each answered, none
+    // kills the emulator.
+    for i in 0..200u32 {
+        let mut body = format!("{i:04}").into_bytes();
+        body.extend_from_slice([&b"CA"[..], b"CC", b"G0", b"M6", b"M8", b"A0"][i as usize % 6]);
+        let mut junk = vec![0u8; (i as usize * 7) % 300];
+        random::fill(&mut junk).expect("random");
+        body.extend_from_slice(&junk);
+        let answer = raw(&mut s, &body).await.expect("answered");
+        assert_eq!(&answer[..4], &body[..4]);
+        assert_ne!(&answer[6..8], b"00", "junk accepted");
+    }
+    // No header and code: the connection is closed.
+    assert_eq!(raw(&mut s, b"00").await, None);
+    assert!(closed(&mut s).await);
+    // A frame over --max-frame: closed before it is read.
+    let mut s = connect().await.expect("connects");
+    send_raw(&mut s, &[0xFF, 0xFF, b'0']).await;
+    assert!(closed(&mut s).await);
+    // Two connections served at once; a third is closed at once.
+    let mut a = connect().await.expect("connects");
+    let mut b = connect().await.expect("connects");
+    assert!(raw(&mut a, b"0001NC").await.is_some());
+    assert!(raw(&mut b, b"0001NC").await.is_some());
+    let mut c = connect().await.expect("connects");
+    assert!(closed(&mut c).await);
+    // The two served ones go on being served.
+    let again = raw(&mut a, b"0009NC").await.expect("answered");
+    assert!(again.starts_with(b"0009ND00"));
+    drop((a, b));
+    let log = sim.kill().await;
+    assert!(!log.contains("panicked"), "{log}");
 }
