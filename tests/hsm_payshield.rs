@@ -499,11 +499,18 @@ async fn payshield_answers_as_the_soft_hsm_does() {
 async fn two_hundred_calls_at_once_are_each_matched_by_header() {
     let keys = Keys::new();
     // Up to 20 ms of random delay per answer: they come back out of order.
-    let sim = Sim::start(&keys, "127.0.0.1:0", &["--jitter-ms", "20"]).await;
+    // A 3-character header on both sides (46,656 numbers).
+    let sim = Sim::start(
+        &keys,
+        "127.0.0.1:0",
+        &["--jitter-ms", "20", "--header-len", "3"],
+    )
+    .await;
     let soft = Arc::new(keys.soft());
     let ps = client(sim.addr, keys.blocks(), |c| {
         c.connections = 2;
         c.max_in_flight = 256;
+        c.header_len = 3;
     });
     ps.wait_connected().await;
     let mut set = tokio::task::JoinSet::new();
