@@ -84,7 +84,6 @@ impl ErrorCode {
         match &self.0 {
             b"00" => "no error",
             b"01" => "verification failure",
-            b"02" => "key inappropriate length for algorithm",
             b"04" => "invalid key type code",
             b"05" => "invalid key length flag",
             b"10" => "source key parity error",
@@ -503,7 +502,9 @@ fn push_account(out: &mut Vec<u8>, a: &Account) {
 /// destination are not built.)
 ///
 /// M6: mode `0`, input format `0` (binary), MAC size ([`MacSize`]), MAC
-/// algorithm and padding (see [`Request::GenerateMac`]), key type `FFF`
+/// algorithm (`1` ISO 9797-1 algorithm 1, `3` algorithm 3, `6` AES-CMAC:
+/// the last a guess) and padding (`1` ISO 9797-1 method 1; `0` for
+/// CMAC), key type `FFF`
 /// (the key block says what it is), the key, message length (4H, bytes),
 /// the message. M8: the same, then the MAC (hex of the size's length).
 ///
