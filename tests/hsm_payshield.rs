@@ -495,6 +495,67 @@ async fn payshield_answers_as_the_soft_hsm_does() {
     assert_no_secrets(&keys, &refs, &log, "the emulator's log");
 }
 
+/// Random digits from the OS.
+fn digits(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    random::fill(&mut b).expect("random");
+    b.iter().map(|x| char::from(b'0' + x % 10)).collect()
+}
+
+#[tokio::test]
+async fn random_pins_pans_and_formats_translate_as_the_soft_hsm_does() {
+    // PANs of 8 to 19 digits (the 12N account field is zero-padded below
+    // 13), PINs of 4 to 12, every pair of formats the keys allow.
+    let keys = Keys::new();
+    let sim = Sim::start(&keys, "127.0.0.1:0", &[]).await;
+    let soft = keys.soft();
+    let ps = client(sim.addr, keys.blocks(), |_| {});
+    let mut len = [0u8; 2];
+    for i in 0..120usize {
+        random::fill(&mut len).expect("random");
+        let pan = digits(8 + usize::from(len[0]) % 12);
+        let pin_text = digits(4 + usize::from(len[1]) % 9);
+        let pin = Pin::new(&pin_text).expect("pin");
+        // Source: the TPK (format 0) or the AES ZPK (format 4).
+        let (source, from_key, from_format) = if i % 2 == 0 {
+            (PinSource::Tpk(name("t.tpk")), "t.tpk", PinFormat::Iso0)
+        } else {
+            (PinSource::Zpk(name("a4.zpk")), "a4.zpk", PinFormat::Iso4)
+        };
+        let (to, to_format) = if i % 4 < 2 {
+            ("a.zpk", PinFormat::Iso0)
+        } else {
+            ("b.zpk", PinFormat::Iso0)
+        };
+        let (to, to_format) = if i % 3 == 0 {
+            ("a4.zpk", PinFormat::Iso4)
+        } else {
+            (to, to_format)
+        };
+        let mut fill = [0u8; 8];
+        random::fill(&mut fill).expect("random");
+        let block =
+            pinblock::encrypt(keys.key(from_key), from_format, &pin, &pan, &fill).expect("encrypt");
+        let cmd = HsmCommand::TranslatePin {
+            source,
+            to: name(to),
+            block,
+            to_format,
+            pan: pan.clone(),
+        };
+        let s = soft.execute(&cmd);
+        let p = ps.call(cmd).await;
+        let (s, p) = (pin_of(&s), pin_of(&p));
+        assert_eq!(p.format(), to_format);
+        if to_format == PinFormat::Iso0 {
+            assert_eq!(s, p, "case {i}: PAN of {} digits", pan.len());
+        }
+        let back = pinblock::decrypt(keys.key(to), p, &pan).expect("decrypts");
+        assert!(back.matches(&pin_text), "case {i}");
+    }
+    drop(sim);
+}
+
 #[tokio::test]
 async fn two_hundred_calls_at_once_are_each_matched_by_header() {
     let keys = Keys::new();
