@@ -522,15 +522,11 @@ async fn random_pins_pans_and_formats_translate_as_the_soft_hsm_does() {
         } else {
             (PinSource::Zpk(name("a4.zpk")), "a4.zpk", PinFormat::Iso4)
         };
-        let (to, to_format) = if i % 4 < 2 {
-            ("a.zpk", PinFormat::Iso0)
-        } else {
-            ("b.zpk", PinFormat::Iso0)
-        };
-        let (to, to_format) = if i % 3 == 0 {
-            ("a4.zpk", PinFormat::Iso4)
-        } else {
-            (to, to_format)
+        // Target: a TDES ZPK (format 0) or the AES one (format 4).
+        let (to, to_format) = match (i / 2) % 3 {
+            0 => ("a.zpk", PinFormat::Iso0),
+            1 => ("b.zpk", PinFormat::Iso0),
+            _ => ("a4.zpk", PinFormat::Iso4),
         };
         let mut fill = [0u8; 8];
         random::fill(&mut fill).expect("random");
