@@ -18,8 +18,9 @@
 //!
 //! * [`card_hash`]: HMAC-SHA-256 of the PAN (PCI DSS 3.5.1.1);
 //! * [`keyblock`]: X9.143 / TR-31 version D key blocks;
-//! * [`hsm`]: the commands a switch asks of an HSM, and the soft HSM that
-//!   answers them in the process.
+//! * [`hsm`]: the commands a switch asks of an HSM, the soft HSM that
+//!   answers them in the process, and the payShield client (and its
+//!   emulator, `switchyard hsm-sim`) that sends them to a network HSM.
 //!
 //! Around them, with I/O: [`lmk`] (the local master key, from components,
 //! in a file), [`store`] (the key store file), [`random`] (the OS's random

@@ -429,6 +429,94 @@ impl KeyStore {
     }
 }
 
+/// A key block as the store file holds it, read without the LMK: what a
+/// client of a network HSM (whose LMK the blocks are under) passes to it.
+/// Nothing here is verified but the file's own consistency; the HSM
+/// authenticates each block when it uses it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredBlock {
+    pub name: String,
+    pub key_type: KeyType,
+    pub algorithm: Algorithm,
+    pub kcv: Kcv,
+    /// The TR-31 block text under the LMK.
+    pub block: String,
+}
+
+impl fmt::Debug for StoredBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The block is not a clear key, but it stays out of logs all the same.
+        write!(
+            f,
+            "StoredBlock({} {} {} KCV {})",
+            self.name, self.key_type, self.algorithm, self.kcv
+        )
+    }
+}
+
+impl KeyStore {
+    /// The store's blocks and the KCV of the LMK they are under, without
+    /// the LMK: each row's name, type and KCV must agree with its block's
+    /// (unauthenticated) header, names must be unique.
+    pub fn read_blocks(path: &Path) -> Result<(Kcv, Vec<StoredBlock>), StoreError> {
+        let parse = |reason: String| StoreError::Parse {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: File = toml::from_str(&text).map_err(|e| parse(e.message().to_owned()))?;
+        if file.format != FORMAT {
+            return Err(parse(format!(
+                "format {} (this build reads {FORMAT})",
+                file.format
+            )));
+        }
+        let lmk_kcv = Kcv::parse(&file.lmk_kcv).map_err(|e| parse(format!("lmk_kcv: {e}")))?;
+        let mut out: Vec<StoredBlock> = Vec::with_capacity(file.keys.len());
+        let mut seen = std::collections::HashSet::new();
+        for row in file.keys {
+            let tampered = |reason: String| StoreError::Tampered {
+                path: path.to_owned(),
+                name: row.name.clone(),
+                reason,
+            };
+            let (header, _) =
+                keyblock::read_header(&row.block).map_err(|e| tampered(e.to_string()))?;
+            let key_type = header
+                .block(TYPE_BLOCK)
+                .and_then(KeyType::parse)
+                .ok_or_else(|| tampered("its key block has no Switchyard key type".into()))?;
+            let kcv = header
+                .block("KC")
+                .and_then(|kc| kc.get(2..))
+                .and_then(|k| Kcv::parse(k).ok())
+                .ok_or_else(|| tampered("its key block has no KCV".into()))?;
+            if header.block("LB") != Some(row.name.as_str())
+                || key_type.name() != row.key_type
+                || kcv.to_string() != row.kcv.to_ascii_uppercase()
+            {
+                return Err(tampered(
+                    "its name, type or KCV differs from its key block's".into(),
+                ));
+            }
+            if !seen.insert(row.name.clone()) {
+                return Err(tampered("the name is there twice".into()));
+            }
+            out.push(StoredBlock {
+                name: row.name,
+                key_type,
+                algorithm: header.algorithm,
+                kcv,
+                block: row.block,
+            });
+        }
+        Ok((lmk_kcv, out))
+    }
+}
+
 /// The header a key of this type is stored with.
 pub fn header_for(name: &str, key_type: KeyType, key: &SecretKey, lmk: &Lmk) -> Header {
     Header {

@@ -103,6 +103,12 @@ impl Pin {
         &self.digits[..usize::from(self.len)]
     }
 
+    /// How many digits (what a payShield answers as "PIN length"; not
+    /// secret enough to hide from the HSM's client, which is told it).
+    pub fn length(&self) -> usize {
+        usize::from(self.len)
+    }
+
     /// Constant-time comparison with a PIN typed as ASCII digits (tests and
     /// the oracle; the switch itself never compares PINs).
     pub fn matches(&self, text: &str) -> bool {

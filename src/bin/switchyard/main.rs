@@ -73,6 +73,9 @@ enum Command {
     /// The admin audit trail: verify its hash chain.
     #[command(subcommand)]
     Audit(operators::AuditCommand),
+    /// Run a Thales payShield emulator of the commands the switch's HSM
+    /// client uses (for tests).
+    HsmSim(switchyard::security::hsm::payshield::sim::HsmSimArgs),
     /// Validate a config file and print every problem with its TOML path.
     CheckConfig {
         /// The config file.
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => switchyard::security::cli::run(cmd),
         Command::User(cmd) => operators::run_user(cmd),
         Command::Audit(cmd) => operators::run_audit(cmd),
+        Command::HsmSim(args) => switchyard::security::hsm::payshield::sim::run(args),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 for w in c.warnings() {

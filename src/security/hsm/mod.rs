@@ -7,10 +7,11 @@
 //! * [`soft::SoftHsm`], in the process: the key store's blocks unwrapped
 //!   once under the LMK at start and held zeroized-on-drop; it answers at
 //!   once, so the core calls it in line;
-//! * `payshield`, a client for the Thales payShield host command protocol
-//!   over TCP (and `switchyard hsm-sim`, an emulator of the subset): its
-//!   answers come later, so the core issues commands as effects and resumes
-//!   the request when the answer comes.
+//! * [`payshield::PayShieldClient`], a client for the Thales payShield
+//!   host command protocol over TCP (and `switchyard hsm-sim`, an emulator
+//!   of the subset, [`payshield::sim`]): its answers come later, so the
+//!   core issues commands as effects and resumes the request when the
+//!   answer comes.
 //!
 //! A command carries key *names*; each implementation resolves them (the
 //! soft one to the unwrapped key, the payShield client to the key block
@@ -18,6 +19,7 @@
 //! command, answer or error carries a clear key or PIN, and `Debug` of a
 //! PIN block shows only its format.
 
+pub mod payshield;
 pub mod soft;
 
 use std::sync::Arc;
