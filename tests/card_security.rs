@@ -30,6 +30,8 @@ const ZAK: &str = "4C4C4C4C4C4C4C4C5D5D5D5D5D5D5D5D";
 /// jPOS DUKPTTest's BDK.
 const BDK: &str = "0123456789ABCDEFFEDCBA9876543210";
 const OTHER: &str = "0E0E0E0E0E0E0E0E0F0F0F0F0F0F0F0F";
+const ZMK: &str = "2C2C2C2C2C2C2C2C3D3D3D3D3D3D3D3D";
+const TMK: &str = "6E6E6E6E6E6E6E6E7F7F7F7F7F7F7F7F";
 
 fn tdes(hex: &str) -> SecretKey {
     SecretKey::from_hex(Algorithm::Tdes, hex).expect("key")
@@ -57,6 +59,10 @@ fn key_store() -> Keys {
         ("acq.zpk", KeyType::Zpk, ZPK),
         ("acq.zak", KeyType::Zak, ZAK),
         ("fleet.bdk", KeyType::Bdk, BDK),
+        ("acq.zmk", KeyType::Zmk, ZMK),
+        ("t-TERMK001.tmk", KeyType::Tmk, TMK),
+        ("t-TERMK001.tpk", KeyType::Tpk, TPK),
+        ("t-TERMK001.tak", KeyType::Tak, TAK),
     ] {
         store.add(&lmk, name, t, &tdes(hex)).expect("key added");
     }
@@ -88,6 +94,14 @@ mac_key = "term.tak"
 pin_key = "term.tpk"
 
 [[security.terminals]]
+name = "keyed-per-terminal"
+terminal_ids = ["TERMK001"]
+mac = "require"
+mac_key = "t-{{terminal}}.tak"
+pin_key = "t-{{terminal}}.tpk"
+tmk = "t-{{terminal}}.tmk"
+
+[[security.terminals]]
 name = "dukpt-fleet"
 terminal_ids = ["DUKPT001"]
 dukpt_bdk = "fleet.bdk"
@@ -103,6 +117,7 @@ const ZONE: &str = r#"
 mac = "require"
 mac_key = "acq.zak"
 pin_key = "acq.zpk"
+zmk = "acq.zmk"
 de53 = "2001010100000000"
 "#;
 
@@ -383,6 +398,184 @@ async fn config_names_keys_missing_from_the_store() {
             .any(|p| p.starts_with("acquirers[0].security.mac_key: no zak key named `acq.nope`")),
         "{text:?}"
     );
+}
+
+/// A request of terminal `tid` with PIN 1234 under `tpk` and a MAC under
+/// `tak`.
+fn request_under(stan: u32, tid: &str, tpk: &SecretKey, tak: &SecretKey) -> Bytes {
+    let base = auth_from(Mti::FINANCIAL, stan, PAN, 1_000, tid);
+    let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
+    let pin = Pin::new("1234").expect("pin");
+    let block = pinblock::encrypt(tpk, PinFormat::Iso0, &pin, PAN, &[0; 8]).expect("block");
+    let mut b = MessageBuilder::new(specs::iso87ascii(), msg.mti());
+    b.copy_all(&msg).set(52, block.as_bytes());
+    let mut out = BytesMut::new();
+    b.pack_with_mac(&mut out, |data, len| {
+        full_mac(tak, MacAlgorithm::Retail, data)
+            .map(|m| m.into_iter().take(len).collect())
+            .map_err(|e| e.to_string())
+    })
+    .expect("packs");
+    out.freeze()
+}
+
+/// 0800 with DE70 161 from terminal `tid`.
+fn key_change_request(stan: u32, tid: &str) -> Bytes {
+    let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::NETWORK);
+    b.set(7, b"1125101010")
+        .set_number(11, stan as u64)
+        .set(41, tid.as_bytes())
+        .set(70, b"161");
+    b.to_bytes().expect("packs").freeze()
+}
+
+#[tokio::test]
+async fn a_terminal_gets_new_keys_under_its_tmk_and_transacts_with_them() {
+    use switchyard::security::hsm::soft::import_tdes_under_kek;
+    use switchyard::switch::card_security::exchange;
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let switch = switch_with(&k, &sim, "require").await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let answer = t.request(&key_change_request(20, "TERMK001")).await;
+    assert_eq!(code(&answer), "00");
+    let keys = exchange::parse(answer.field(48).expect("DE48 with the keys")).expect("readable");
+    assert_eq!(
+        keys.iter().map(|k| k.tag).collect::<Vec<_>>(),
+        vec![*b"TPK", *b"TAK"]
+    );
+    let new: Vec<SecretKey> = keys
+        .iter()
+        .map(|e| {
+            let key = import_tdes_under_kek(&tdes(TMK), &e.under).expect("decrypts under the TMK");
+            assert_eq!(key.kcv(), e.kcv, "the KCV given is the key's");
+            key
+        })
+        .collect();
+    assert_ne!(new[0].kcv(), tdes(TPK).kcv(), "a new TPK");
+    let answer = t
+        .request(&request_under(21, "TERMK001", &new[0], &new[1]))
+        .await;
+    assert_eq!(code(&answer), "00", "the new keys are taken");
+    // The old keys, during their overlap, too (requests already sent).
+    let answer = t
+        .request(&request_under(22, "TERMK001", &tdes(TPK), &tdes(TAK)))
+        .await;
+    assert_eq!(
+        code(&answer),
+        "00",
+        "the replaced keys are taken during the overlap"
+    );
+    assert_eq!(sim.stats().pin_verified, 2);
+    switch.shutdown().await;
+    // The key store on disk has the new keys: a restart keeps them.
+    let lmk = Lmk::load(&k.lmk).expect("lmk");
+    let store = KeyStore::open(&k.store, &lmk).expect("the rewritten store opens");
+    let on_disk = store.entry("t-TERMK001.tpk").expect("entry").kcv;
+    assert_eq!(on_disk, new[0].kcv());
+}
+
+#[tokio::test]
+async fn a_host_changes_the_zone_keys_under_the_zmk() {
+    use switchyard::security::hsm::soft::export_under_kek;
+    use switchyard::switch::card_security::exchange::{self, ExchangedKey};
+    let k = key_store();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let toml = config(
+        &[listener.local_addr().expect("addr")],
+        ZONE,
+        &security_toml(&k, "require"),
+    );
+    let switch = start_switch(&toml).await;
+    let (stream, _) = listener.accept().await.expect("the link connects");
+    let mut host = Terminal::over(stream);
+    let sign_on = host.recv().await;
+    let mut b = MessageBuilder::response_to(&sign_on, &[7, 11, 70]).expect("0810");
+    b.set(39, b"00");
+    host.send(&b.to_bytes().expect("packs")).await;
+    wait_links_up(&switch).await;
+
+    // New zone keys, under the ZMK, with their KCVs.
+    let (zpk2, zak2) = (
+        tdes("1111111111111111EEEEEEEEEEEEEEEE"),
+        tdes("2222222222222222DDDDDDDDDDDDDDDD"),
+    );
+    let header = switchyard::security::keyblock::Header {
+        usage: *b"P0",
+        algorithm: Algorithm::Tdes,
+        mode: b'B',
+        version: *b"00",
+        exportability: b'E',
+        blocks: vec![],
+    };
+    let entry = |tag: [u8; 3], key: &SecretKey, kcv| ExchangedKey {
+        tag,
+        under: export_under_kek(&tdes(ZMK), &header, key).expect("exports"),
+        kcv,
+    };
+    let send_change = |stan: u32, entries: Vec<ExchangedKey>| {
+        let de48 = exchange::format(&entries);
+        let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::NETWORK);
+        b.set(7, b"1125101010")
+            .set_number(11, stan as u64)
+            .set(48, de48.as_bytes())
+            .set(70, b"161");
+        b.to_bytes().expect("packs")
+    };
+    // A KCV that is not the key's: refused, nothing changes.
+    host.send(&send_change(
+        900_001,
+        vec![entry(*b"ZPK", &zpk2, tdes(OTHER).kcv())],
+    ))
+    .await;
+    assert_eq!(code(&host.recv().await), "63");
+    host.send(&send_change(
+        900_002,
+        vec![
+            entry(*b"ZPK", &zpk2, zpk2.kcv()),
+            entry(*b"ZAK", &zak2, zak2.kcv()),
+        ],
+    ))
+    .await;
+    assert_eq!(code(&host.recv().await), "00");
+
+    // A terminal's request now reaches the host under the new keys.
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    t.send(&secured_request(30, TID, TPK, true)).await;
+    let request = host.recv().await;
+    let parts = request.mac_parts().expect("a MAC");
+    switchyard::security::hsm::soft::verify_mac(
+        &zak2,
+        MacAlgorithm::Retail,
+        parts.data,
+        &parts.mac,
+    )
+    .expect("MACed under the new ZAK");
+    let mut raw = Vec::new();
+    request.value(52).expect("DE52").write_logical(&mut raw);
+    let block =
+        switchyard::security::pinblock::EncryptedPinBlock::from_bytes(PinFormat::Iso0, &raw)
+            .expect("a block");
+    let pin = pinblock::decrypt(&zpk2, &block, PAN).expect("under the new ZPK");
+    assert!(pin.matches("1234"));
+    let mut b = MessageBuilder::response_to(&request, &[2, 3, 4, 7, 11, 37, 41, 49]).expect("0210");
+    b.set(39, b"00");
+    let mut out = BytesMut::new();
+    b.pack_with_mac(&mut out, |data, len| {
+        full_mac(&zak2, MacAlgorithm::Retail, data)
+            .map(|m| m.into_iter().take(len).collect())
+            .map_err(|e| e.to_string())
+    })
+    .expect("packs");
+    host.send(&out).await;
+    assert_eq!(
+        code(&t.recv().await),
+        "00",
+        "the host's answer under the new ZAK is taken"
+    );
+    switch.shutdown().await;
 }
 
 /// Every file under `dir`, read whole.

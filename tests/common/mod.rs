@@ -49,6 +49,15 @@ impl Terminal {
         }
     }
 
+    /// Over a stream already open (a test playing the host of a link).
+    pub fn over(stream: TcpStream) -> Terminal {
+        Terminal {
+            stream,
+            codec: FrameCodec::new(LengthHeader::Binary2, 8192),
+            rbuf: BytesMut::new(),
+        }
+    }
+
     pub async fn send(&mut self, body: &[u8]) {
         let mut out = BytesMut::new();
         self.codec.encode(body, &mut out).expect("frames");

@@ -160,6 +160,9 @@ pub enum LinkEvent {
     HostRequest { mti: Mti },
     /// A request too long for the host's framing.
     Unframeable { reason: String },
+    /// The host changed the zone's keys (0800, DE70 161), or the change
+    /// was refused (the 0810's code and why).
+    KeyChange { result: Result<(), String> },
     /// A request that could not be given its MAC: not sent.
     Unsealable { reason: String },
     /// An answer whose MAC did not verify (`reason`): discarded, its
@@ -492,7 +495,7 @@ impl<R> LinkCore<R> {
             if mti == Mti::NETWORK_RESPONSE {
                 self.on_network_answer(now, &msg);
             } else if mti == Mti::NETWORK {
-                self.answer_host_network(&msg);
+                self.answer_host_network(now, &msg);
             }
             return;
         }
@@ -712,10 +715,16 @@ impl<R> LinkCore<R> {
         }
     }
 
-    /// The host tests us: answer its 0800.
-    fn answer_host_network(&mut self, msg: &Message) {
+    /// The host tests us, or changes the zone's keys: answer its 0800.
+    fn answer_host_network(&mut self, now: Now, msg: &Message) {
+        let code = match msg.network_code() {
+            Some(crate::switch::card_security::exchange::KEY_CHANGE) => {
+                self.zone_key_change(now, msg)
+            }
+            _ => codes::APPROVED,
+        };
         if let Some(mut b) = MessageBuilder::response_to(msg, &[7, 11, 70]) {
-            b.set(39, &codes::APPROVED);
+            b.set(39, &code);
             let at = self.s.acquirer.framing.begin(&mut self.wbuf);
             if b.pack(&mut self.wbuf).is_ok() {
                 let _ = self.s.acquirer.framing.finish(&mut self.wbuf, at);
@@ -841,6 +850,76 @@ impl<R> LinkCore<R> {
             }
             Err(_) => Some("hsm_error"),
         }
+    }
+
+    /// The host's 0800 with DE70 161: a new ZPK and/or ZAK under the ZMK
+    /// in DE48. Every key is decrypted and its KCV checked before any is
+    /// taken. The 0810's code: 00 taken; 30 DE48 unreadable or a key the
+    /// zone does not have; 63 a KCV that does not match (or no ZMK); 96
+    /// the key store could not be written.
+    fn zone_key_change(&mut self, now: Now, msg: &Message) -> [u8; 2] {
+        let mut refused = None;
+        let mut refuse = |code: [u8; 2], why: String| {
+            refused = Some((code, why));
+            code
+        };
+        let code = self.take_zone_keys(now, msg, &mut refuse);
+        let result = match refused {
+            Some((code, why)) => Err(format!("{} ({why})", String::from_utf8_lossy(&code))),
+            None => Ok(()),
+        };
+        let label = if result.is_ok() { "ok" } else { "refused" };
+        metrics::counter!(crate::telemetry::KEY_CHANGES, "side" => "acquirer", "result" => label)
+            .increment(1);
+        self.event(LinkEvent::KeyChange { result });
+        code
+    }
+
+    fn take_zone_keys(
+        &self,
+        now: Now,
+        msg: &Message,
+        refuse: &mut impl FnMut([u8; 2], String) -> [u8; 2],
+    ) -> [u8; 2] {
+        use crate::security::store::KeyType;
+        use crate::switch::card_security::exchange;
+        let sec = &self.s.acquirer.security;
+        let (Some(zmk), Some(hsm)) = (&sec.zmk, &sec.hsm) else {
+            return refuse(
+                codes::SECURITY_VIOLATION,
+                "the acquirer has no zmk configured".into(),
+            );
+        };
+        let entries = match msg.field(48).map(exchange::parse) {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => return refuse(codes::FORMAT_ERROR, e),
+            None => return refuse(codes::FORMAT_ERROR, "no DE48".into()),
+        };
+        let mut keys = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let target = match &e.tag {
+                b"ZPK" => sec.pin.as_ref().map(|(n, _)| (n.clone(), KeyType::Zpk)),
+                b"ZAK" => sec.mac.as_ref().map(|(_, n)| (n.clone(), KeyType::Zak)),
+                _ => None,
+            };
+            let Some((name, key_type)) = target else {
+                let tag = String::from_utf8_lossy(&e.tag);
+                return refuse(
+                    codes::FORMAT_ERROR,
+                    format!("{tag}: not a key this zone uses"),
+                );
+            };
+            match hsm.key_from_under(zmk, &e.under, &e.kcv) {
+                Ok(k) => keys.push((name, key_type, k)),
+                Err(err) => return refuse(codes::SECURITY_VIOLATION, err.to_string()),
+            }
+        }
+        for (name, key_type, key) in keys {
+            if let Err(e) = hsm.install(&name, key_type, key, now.unix_ms, sec.key_overlap_ms) {
+                return refuse(codes::SYSTEM_MALFUNCTION, e.to_string());
+            }
+        }
+        codes::APPROVED
     }
 
     /// Discards an answer whose MAC failed; its request, if still in

@@ -356,6 +356,12 @@ impl Driver {
             LinkEvent::Unframeable { reason } => {
                 warn!(%acquirer, link, "request can not be framed for the host: {reason}")
             }
+            LinkEvent::KeyChange { result: Ok(()) } => {
+                info!(%acquirer, link, "zone keys changed by the host (0800, DE70 161)")
+            }
+            LinkEvent::KeyChange { result: Err(why) } => {
+                warn!(%acquirer, link, "host key change refused: answered {why}")
+            }
             LinkEvent::Unsealable { reason } => {
                 warn!(%acquirer, link, "request can not be given its MAC; not sent: {reason}")
             }
