@@ -137,26 +137,37 @@ async fn host(zak: &str) -> SimHandle {
 /// A request as a terminal with the TPK and TAK sends it: PIN 1234 in
 /// DE52 under `pin_key`, a MAC under the TAK unless `mac` is false.
 fn secured_request(stan: u32, tid: &str, pin_key: &str, mac: bool) -> Bytes {
+    request_under(stan, tid, &tdes(pin_key), mac.then(|| tdes(TAK)).as_ref())
+}
+
+/// A request of terminal `tid` with PIN 1234 under `tpk` and, given a
+/// `tak`, a MAC under it.
+fn request_under(stan: u32, tid: &str, tpk: &SecretKey, tak: Option<&SecretKey>) -> Bytes {
     let base = auth_from(Mti::FINANCIAL, stan, PAN, 1_000, tid);
     let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
     let pin = Pin::new("1234").expect("pin");
-    let block =
-        pinblock::encrypt(&tdes(pin_key), PinFormat::Iso0, &pin, PAN, &[0; 8]).expect("block");
+    let block = pinblock::encrypt(tpk, PinFormat::Iso0, &pin, PAN, &[0; 8]).expect("block");
     let mut b = MessageBuilder::new(specs::iso87ascii(), msg.mti());
     b.copy_all(&msg).set(52, block.as_bytes());
     let mut out = BytesMut::new();
-    if mac {
-        b.pack_with_mac(&mut out, terminal_mac).expect("packs");
-    } else {
-        b.pack(&mut out).expect("packs");
+    match tak {
+        Some(k) => b.pack_with_mac(&mut out, mac_under(k)).expect("packs"),
+        None => b.pack(&mut out).expect("packs"),
     }
     out.freeze()
 }
 
+/// Retail MACs under `key`, as `pack_with_mac` takes them.
+fn mac_under(key: &SecretKey) -> impl FnOnce(&[u8], usize) -> Result<MacBytes, String> + '_ {
+    move |data, len| {
+        full_mac(key, MacAlgorithm::Retail, data)
+            .map(|m| m.into_iter().take(len).collect())
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn terminal_mac(data: &[u8], len: usize) -> Result<MacBytes, String> {
-    full_mac(&tdes(TAK), MacAlgorithm::Retail, data)
-        .map(|m| m.into_iter().take(len).collect())
-        .map_err(|e| e.to_string())
+    mac_under(&tdes(TAK))(data, len)
 }
 
 /// Does the answer carry a right MAC under the TAK?
@@ -400,25 +411,6 @@ async fn config_names_keys_missing_from_the_store() {
     );
 }
 
-/// A request of terminal `tid` with PIN 1234 under `tpk` and a MAC under
-/// `tak`.
-fn request_under(stan: u32, tid: &str, tpk: &SecretKey, tak: &SecretKey) -> Bytes {
-    let base = auth_from(Mti::FINANCIAL, stan, PAN, 1_000, tid);
-    let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
-    let pin = Pin::new("1234").expect("pin");
-    let block = pinblock::encrypt(tpk, PinFormat::Iso0, &pin, PAN, &[0; 8]).expect("block");
-    let mut b = MessageBuilder::new(specs::iso87ascii(), msg.mti());
-    b.copy_all(&msg).set(52, block.as_bytes());
-    let mut out = BytesMut::new();
-    b.pack_with_mac(&mut out, |data, len| {
-        full_mac(tak, MacAlgorithm::Retail, data)
-            .map(|m| m.into_iter().take(len).collect())
-            .map_err(|e| e.to_string())
-    })
-    .expect("packs");
-    out.freeze()
-}
-
 /// 0800 with DE70 161 from terminal `tid`.
 fn key_change_request(stan: u32, tid: &str) -> Bytes {
     let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::NETWORK);
@@ -454,12 +446,12 @@ async fn a_terminal_gets_new_keys_under_its_tmk_and_transacts_with_them() {
         .collect();
     assert_ne!(new[0].kcv(), tdes(TPK).kcv(), "a new TPK");
     let answer = t
-        .request(&request_under(21, "TERMK001", &new[0], &new[1]))
+        .request(&request_under(21, "TERMK001", &new[0], Some(&new[1])))
         .await;
     assert_eq!(code(&answer), "00", "the new keys are taken");
     // The old keys, during their overlap, too (requests already sent).
     let answer = t
-        .request(&request_under(22, "TERMK001", &tdes(TPK), &tdes(TAK)))
+        .request(&request_under(22, "TERMK001", &tdes(TPK), Some(&tdes(TAK))))
         .await;
     assert_eq!(
         code(&answer),
@@ -563,12 +555,7 @@ async fn a_host_changes_the_zone_keys_under_the_zmk() {
     let mut b = MessageBuilder::response_to(&request, &[2, 3, 4, 7, 11, 37, 41, 49]).expect("0210");
     b.set(39, b"00");
     let mut out = BytesMut::new();
-    b.pack_with_mac(&mut out, |data, len| {
-        full_mac(&zak2, MacAlgorithm::Retail, data)
-            .map(|m| m.into_iter().take(len).collect())
-            .map_err(|e| e.to_string())
-    })
-    .expect("packs");
+    b.pack_with_mac(&mut out, mac_under(&zak2)).expect("packs");
     host.send(&out).await;
     assert_eq!(
         code(&t.recv().await),

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# What card security costs: the closed loop (64 x 1) and the pipelined load
+# (16 x 16) through simulator and switch as separate processes on loopback,
+# once without card security and once with a PIN in every 0100/0200 and a
+# MAC on every transaction message both ways (terminal -> switch: the MAC
+# checked, DE52 translated from the TPK to the ZPK; switch -> host: MACed
+# under the ZAK, checked by the host, which decrypts the PIN; the answers
+# MACed and checked back to the load generator), alternating, ROUNDS
+# times. Prints each run, the medians and the secured share of plain.
+#
+#   bash loadtest/security-bench.sh
+#   ROUNDS=5 DURATION=10s bash loadtest/security-bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
+OUT=${OUT:-loadtest/results/security}
+SIM_PORT=${SIM_PORT:-19783}
+SWITCH_PORT=${SWITCH_PORT:-18783}
+ADMIN_PORT=${ADMIN_PORT:-19290}
+rm -rf "$OUT"
+mkdir -p "$OUT"
+cargo build --release --quiet --bin switchyard -p switchyard
+cargo build --release --quiet -p loadtest
+BIN=target/release
+
+# Test keys (public: a benchmark's, never a deployment's). Each is
+# imported as two components, the key XOR a mask and the mask.
+TPK=0123456789ABCDEFFEDCBA9876543210
+TAK=89ABCDEF0123456776543210FEDCBA98
+ZPK=1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D
+ZAK=4C4C4C4C4C4C4C4C5D5D5D5D5D5D5D5D
+MASK=5555555555555555AAAAAAAAAAAAAAAA
+keys="$OUT/keys"
+mkdir -p "$keys"
+python3 -c 'import os; print(os.urandom(32).hex())' > "$keys/c1"
+python3 -c 'import os; print(os.urandom(32).hex())' > "$keys/c2"
+export SWITCHYARD_LMK_FILE="$keys/lmk"
+"$BIN/switchyard" keys form-lmk --out "$keys/lmk" --component-file "$keys/c1" --component-file "$keys/c2" \
+    --store "$keys/keys.toml" >/dev/null
+import_key() { # name type hex
+    python3 -c 'import sys; print("%032X" % (int(sys.argv[1],16) ^ int(sys.argv[2],16)))' "$3" "$MASK" > "$keys/k1"
+    echo "$MASK" > "$keys/k2"
+    "$BIN/switchyard" keys import --store "$keys/keys.toml" --name "$1" --type "$2" \
+        --component-file "$keys/k1" --component-file "$keys/k2" >/dev/null
+}
+import_key term.tpk tpk "$TPK"
+import_key term.tak tak "$TAK"
+import_key acq.zpk zpk "$ZPK"
+import_key acq.zak zak "$ZAK"
+rm -f "$keys/k1" "$keys/k2" "$keys/c1" "$keys/c2"
+printf 'pin_key = "%s"\nmac_key = "%s"\nmac_algorithm = "retail"\npin = "1234"\n' "$TPK" "$TAK" > "$keys/terminal.toml"
+
+write_config() { # plain|secure -> config file
+    local file="$OUT/switch-$1.toml"
+    sed -e "s/^listen = \"127.0.0.1:8583\"/listen = \"127.0.0.1:$SWITCH_PORT\"/" \
+        -e "s/^listen = \"127.0.0.1:9090\"/listen = \"127.0.0.1:$ADMIN_PORT\"/" \
+        -e "s/^links = \[\"127.0.0.1:9583\"\]/links = [\"127.0.0.1:$SIM_PORT\"]/" \
+        -e "s/^durability = .*/durability = \"none\"/" \
+        -e "s|^dir = \"journal\"|dir = \"$OUT/journal\"|" \
+        config/switchyard.toml > "$file"
+    if [ "$1" = secure ]; then
+        # [acquirers.security] after [[acquirers]] belongs to the last one.
+        cat >> "$file" <<TOML
+
+[acquirers.security]
+mac = "require"
+mac_key = "acq.zak"
+pin_key = "acq.zpk"
+
+[security]
+key_store = "$keys/keys.toml"
+lmk_file = "$keys/lmk"
+
+[[security.terminals]]
+terminal_id_prefixes = ["LT"]
+mac = "require"
+mac_key = "term.tak"
+pin_key = "term.tpk"
+TOML
+    fi
+}
+write_config plain
+write_config secure
+"$BIN/switchyard" check-config "$OUT/switch-secure.toml" >/dev/null
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+trap cleanup EXIT
+# Polls until a command succeeds (at most 10 s): the processes give no
+# other readiness signal to a shell.
+wait_until() {
+    for _ in $(seq 1 100); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "security-bench.sh: gave up waiting for: $*" >&2
+    return 1
+}
+
+start() { # plain|secure
+    local zone=()
+    if [ "$1" = secure ]; then
+        zone=(--keys "$keys/keys.toml" --lmk-file "$keys/lmk" --zak acq.zak --zpk acq.zpk --expect-pin 1234)
+    fi
+    "$BIN/switchyard" sim --listen "127.0.0.1:$SIM_PORT" "${zone[@]}" >/dev/null 2>&1 &
+    pids+=($!)
+    wait_until bash -c "exec 3<>/dev/tcp/127.0.0.1/$SIM_PORT"
+    rm -rf "$OUT/journal"
+    "$BIN/switchyard" run --config "$OUT/switch-$1.toml" >"$OUT/switch-$1.log" 2>&1 &
+    pids+=($!)
+    wait_until curl -sf "http://127.0.0.1:$ADMIN_PORT/ready"
+}
+
+run() { # plain|secure name loadtest-flags...: prints the answered rate
+    local mode=$1 name=$2; shift 2
+    local secured=()
+    if [ "$mode" = secure ]; then secured=(--pin --mac --terminal-keys "$keys/terminal.toml"); fi
+    start "$mode"
+    "$BIN/loadtest" --target "127.0.0.1:$SWITCH_PORT" --duration "$DURATION" --warmup 1s \
+        --no-progress --json "$OUT/$name.json" "${secured[@]}" "$@" >"$OUT/$name.txt" || {
+        echo "security-bench.sh: $name not clean:" >&2; tail -3 "$OUT/$name.txt" >&2; }
+    cleanup
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{sys.argv[2]}: {r[\"achieved_rate\"]:.0f}/s answered", flush=True)' \
+        "$OUT/$name.json" "$name"
+}
+
+: >"$OUT/rates.txt"
+for k in $(seq 1 "$ROUNDS"); do
+    for shape in "closed-64x1 --connections 64 --in-flight 1 --threads 1" \
+                 "pipelined-16x16 --connections 16 --in-flight 16"; do
+        set -- $shape
+        name=$1; shift
+        for mode in plain secure; do
+            run "$mode" "$name-$mode-$k" "$@" | tee -a "$OUT/rates.txt"
+        done
+    done
+done
+
+python3 - "$OUT/rates.txt" <<'PY'
+import re, statistics, sys
+rates = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(\S+)-(plain|secure)-\d+: (\d+)/s", line)
+    if m:
+        rates.setdefault((m.group(1), m.group(2)), []).append(float(m.group(3)))
+print("\n| load | plain (median/s) | PIN + MAC both ways (median/s) | share of plain |")
+print("|---|---|---|---|")
+for shape in ("closed-64x1", "pipelined-16x16"):
+    p = statistics.median(rates.get((shape, "plain"), [0]))
+    s = statistics.median(rates.get((shape, "secure"), [0]))
+    print(f"| {shape} | {p:,.0f} | {s:,.0f} | {s / p if p else 0:.2f} |")
+PY
