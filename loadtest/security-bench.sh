@@ -83,7 +83,7 @@ TOML
 }
 write_config plain
 write_config secure
-"$BIN/switchyard" check-config "$OUT/switch-secure.toml" >/dev/null
+"$BIN/switchyard" check-config "$OUT/switch-secure.toml" >/dev/null 2>&1 || "$BIN/switchyard" check-config "$OUT/switch-secure.toml"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
@@ -122,8 +122,11 @@ run() { # plain|secure name loadtest-flags...: prints the answered rate
         --no-progress --json "$OUT/$name.json" "${secured[@]}" "$@" >"$OUT/$name.txt" || {
         echo "security-bench.sh: $name not clean:" >&2; tail -3 "$OUT/$name.txt" >&2; }
     cleanup
-    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{sys.argv[2]}: {r[\"achieved_rate\"]:.0f}/s answered", flush=True)' \
-        "$OUT/$name.json" "$name"
+    python3 - "$OUT/$name.json" "$name" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]}: {r['achieved_rate']:.0f}/s answered", flush=True)
+PY
 }
 
 : >"$OUT/rates.txt"

@@ -1,18 +1,26 @@
 //! The block ciphers over a [`SecretKey`]: single DES halves for the
 //! retail MAC and DUKPT, TDES and AES by the key's length. A cipher value
-//! holds the key schedule; the RustCrypto types wipe it on drop (feature
-//! `zeroize`). ECB and CBC here are the few lines every caller needs, so no
-//! mode crate is pulled in.
+//! holds the key schedule and wipes it on drop (ours for DES, see
+//! [`super::des`]; the RustCrypto AES types with their feature `zeroize`).
+//! ECB and CBC here are the few lines every caller needs, so no mode crate
+//! is pulled in.
 
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 
+use super::des::Des;
 use super::keys::{Algorithm, SecretKey};
 
-/// TDES by the key's length (K1 K2 K1 or K1 K2 K3).
-pub enum Tdes {
-    Two(des::TdesEde2),
-    Three(des::TdesEde3),
+/// TDES (EDE) by the key's length: K1 K2 K1 or K1 K2 K3.
+pub struct Tdes {
+    k1: Des,
+    k2: Des,
+    /// `None`: K1 again (a double-length key).
+    k3: Option<Des>,
+}
+
+fn des_of(bytes: &[u8]) -> Option<Des> {
+    bytes.try_into().ok().map(|k: &[u8; 8]| Des::new(k))
 }
 
 impl Tdes {
@@ -22,42 +30,40 @@ impl Tdes {
             return None;
         }
         let k = key.expose_secret();
-        match k.len() {
-            16 => des::TdesEde2::new_from_slice(k).ok().map(Tdes::Two),
-            24 => des::TdesEde3::new_from_slice(k).ok().map(Tdes::Three),
-            _ => None,
-        }
+        let (k1, k2) = (des_of(k.get(..8)?)?, des_of(k.get(8..16)?)?);
+        let k3 = match k.len() {
+            16 => None,
+            24 => Some(des_of(&k[16..24])?),
+            _ => return None,
+        };
+        Some(Tdes { k1, k2, k3 })
     }
 
     pub fn encrypt(&self, block: &mut [u8; 8]) {
-        let b = GenericArray::from_mut_slice(block);
-        match self {
-            Tdes::Two(c) => c.encrypt_block(b),
-            Tdes::Three(c) => c.encrypt_block(b),
-        }
+        self.k1.encrypt(block);
+        self.k2.decrypt(block);
+        self.k3.as_ref().unwrap_or(&self.k1).encrypt(block);
     }
 
     pub fn decrypt(&self, block: &mut [u8; 8]) {
-        let b = GenericArray::from_mut_slice(block);
-        match self {
-            Tdes::Two(c) => c.decrypt_block(b),
-            Tdes::Three(c) => c.decrypt_block(b),
-        }
+        self.k3.as_ref().unwrap_or(&self.k1).decrypt(block);
+        self.k2.encrypt(block);
+        self.k1.decrypt(block);
     }
 }
 
 /// Single DES under 8 bytes of a longer key (the retail MAC's K1 and K2,
 /// DUKPT's halves). Never used with a single-length key of its own.
-pub fn des_half(half: &[u8]) -> Option<des::Des> {
-    des::Des::new_from_slice(half).ok()
+pub fn des_half(half: &[u8]) -> Option<Des> {
+    des_of(half)
 }
 
-pub fn des_encrypt(c: &des::Des, block: &mut [u8; 8]) {
-    c.encrypt_block(GenericArray::from_mut_slice(block));
+pub fn des_encrypt(c: &Des, block: &mut [u8; 8]) {
+    c.encrypt(block);
 }
 
-pub fn des_decrypt(c: &des::Des, block: &mut [u8; 8]) {
-    c.decrypt_block(GenericArray::from_mut_slice(block));
+pub fn des_decrypt(c: &Des, block: &mut [u8; 8]) {
+    c.decrypt(block);
 }
 
 /// AES by the key's length.

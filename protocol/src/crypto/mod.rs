@@ -20,6 +20,7 @@
 
 #[doc(hidden)]
 pub mod cipher;
+pub mod des;
 pub mod dukpt;
 pub mod dukpt_aes;
 pub mod kcv;
