@@ -16,11 +16,13 @@
 //! records. No TLS to the database yet (`NoTls`): run it on a trusted
 //! network or through a local socket.
 //!
-//! A batch goes in by binary COPY into a session-local temporary table,
-//! then one `INSERT ... SELECT ... ON CONFLICT` into `transactions`: one
-//! round trip of rows and one statement, where a multi-row INSERT needs a
-//! statement per 1,820 rows (PostgreSQL's 65,535 parameters over 36
-//! columns); docs/BENCHMARKS.md has the measurement.
+//! A batch is one statement, one round trip: each column an array
+//! parameter (binary), `INSERT ... SELECT ... FROM UNNEST(...) ON
+//! CONFLICT` into `transactions`, and the export position moved in the
+//! same statement. Binary COPY into a temporary table then `INSERT ...
+//! SELECT` was slower at every batch size (docs/BENCHMARKS.md), and a
+//! multi-row `VALUES` needs a statement per 1,820 rows (65,535 parameters
+//! over 36 columns).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -91,11 +93,18 @@ const COLUMNS: [(&str, Type); 36] = [
 
 /// The SQL made once from [`COLUMNS`].
 struct Sql {
-    /// `INSERT INTO transactions ... SELECT ... FROM export_rows ON CONFLICT ...`
-    merge: String,
-    /// `COPY export_rows (...) FROM STDIN BINARY`
-    copy: String,
+    /// One statement: the rows (`$1` the node, `$2..=$36` one array per
+    /// column) merged into `transactions`, and the export position
+    /// (`$37`, `$38`) moved. A single statement is atomic: both or
+    /// neither, without BEGIN and COMMIT round trips.
+    apply: String,
+    /// `$2..=$36`: the arrays' types, in [`COLUMNS`] order.
+    array_types: Vec<Type>,
     select: String,
+    /// [`Method::Copy`]: `COPY export_rows ... FROM STDIN BINARY`, then
+    /// `INSERT INTO transactions ... SELECT ... FROM export_rows ...`.
+    copy: String,
+    merge: String,
     types: Vec<Type>,
 }
 
@@ -113,23 +122,69 @@ impl Sql {
                 "updated_at_ms" | "last_seq" => format!("GREATEST(t.{name}, EXCLUDED.{name})"),
                 _ => format!("COALESCE(EXCLUDED.{name}, t.{name})"),
             };
-            let sep = if set.is_empty() { "" } else { ",\n    " };
+            let sep = if set.is_empty() { "" } else { ",\n        " };
             let _ = write!(set, "{sep}{name} = {value}");
         }
+        let array_types: Vec<Type> = COLUMNS[1..].iter().map(|c| array_of(&c.1)).collect();
+        let arrays: Vec<String> = array_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{}", i + 2, t.name().trim_start_matches('_')) + "[]")
+            .collect();
+        let position = array_types.len() + 2;
         Sql {
+            apply: format!(
+                "WITH merged AS (
+    INSERT INTO transactions AS t ({columns})
+    SELECT $1::TEXT, u.* FROM UNNEST({arrays}) AS u
+    ON CONFLICT (node_id, txn_id) DO UPDATE SET
+        {set}
+)
+INSERT INTO export_position AS p (node_id, seq, updated_at_ms)
+VALUES ($1, ${position}, ${at})
+ON CONFLICT (node_id) DO UPDATE SET
+    seq = EXCLUDED.seq,
+    updated_at_ms = GREATEST(p.updated_at_ms, EXCLUDED.updated_at_ms)",
+                arrays = arrays.join(", "),
+                at = position + 1,
+            ),
+            array_types,
+            select: format!("SELECT {columns} FROM transactions"),
+            copy: format!("COPY export_rows ({columns}) FROM STDIN BINARY"),
             merge: format!(
                 "INSERT INTO transactions AS t ({columns}) SELECT {columns} FROM export_rows \
-                 ON CONFLICT (node_id, txn_id) DO UPDATE SET\n    {set}"
+                 ON CONFLICT (node_id, txn_id) DO UPDATE SET\n        {set}"
             ),
-            copy: format!("COPY export_rows ({columns}) FROM STDIN BINARY"),
-            select: format!("SELECT {columns} FROM transactions"),
             types: COLUMNS.iter().map(|c| c.1.clone()).collect(),
         }
     }
 }
 
+fn array_of(t: &Type) -> Type {
+    match *t {
+        Type::INT8 => Type::INT8_ARRAY,
+        Type::INT4 => Type::INT4_ARRAY,
+        Type::BYTEA => Type::BYTEA_ARRAY,
+        Type::BOOL => Type::BOOL_ARRAY,
+        _ => Type::TEXT_ARRAY,
+    }
+}
+
+/// How a batch goes in. Both are kept so that the choice can be measured
+/// again (`apply_rate` in the store's tests); see the module documentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Method {
+    /// One statement, a column array each (the default).
+    #[default]
+    Unnest,
+    /// Binary COPY into a temporary table, then INSERT ... SELECT, then
+    /// the position, in one transaction.
+    Copy,
+}
+
 pub struct PgStore {
     conn: Conn,
+    method: Method,
     sql: Sql,
     /// Transaction ids seen in the part of a batch being copied (reused).
     seen: HashSet<u64>,
@@ -172,8 +227,8 @@ impl Conn {
             Migrate::Pg(e) => self.error(e),
             Migrate::TooNew { found, known } => StoreError::SchemaTooNew { found, known },
         })?;
-        // Per session: the staging table of every batch, emptied by each
-        // commit.
+        // Per session: the staging table of [`Method::Copy`], emptied by
+        // each commit.
         client
             .batch_execute(
                 "CREATE TEMPORARY TABLE IF NOT EXISTS export_rows \
@@ -214,9 +269,15 @@ impl PgStore {
                 target,
                 client: None,
             },
+            method: Method::default(),
             sql: Sql::new(),
             seen: HashSet::new(),
         })
+    }
+
+    /// Chooses how batches are written (for measurements).
+    pub fn set_method(&mut self, method: Method) {
+        self.method = method;
     }
 
     /// Connects now and applies the migrations the database lacks.
@@ -238,7 +299,12 @@ impl PgStore {
         &mut self,
         f: impl FnOnce(&mut Client, &Sql, &mut HashSet<u64>) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        let PgStore { conn, sql, seen } = self;
+        let PgStore {
+            conn,
+            sql,
+            seen,
+            method: _,
+        } = self;
         let client = conn.get()?;
         match f(client, sql, seen) {
             Ok(v) => Ok(v),
@@ -352,161 +418,249 @@ fn opt_int(what: &'static str, value: Option<u64>) -> Result<Option<i64>, StoreE
     value.map(|v| int(what, v)).transpose()
 }
 
-/// One row's values, typed as the columns are.
-struct Values<'a> {
-    node_id: &'a str,
-    ints: [Option<i64>; 14],
-    small: [Option<i32>; 4],
-    texts: [Option<&'a str>; 15],
-    card_hash: Option<&'a [u8]>,
-    stand_in: Option<bool>,
+/// One value of a row.
+enum Cell<'a> {
+    Int(Option<i64>),
+    Small(Option<i32>),
+    Text(Option<&'a str>),
+    Bytes(Option<&'a [u8]>),
+    Bool(Option<bool>),
 }
 
-impl<'a> Values<'a> {
-    fn of(node_id: &'a str, t: &'a TxnUpdate) -> Result<Values<'a>, StoreError> {
-        let req = t.request.as_ref();
-        let (outcome, rc, approval, stand_in, answered_at) = match &t.outcome {
-            None => (None, None, None, None, None),
-            Some(Outcome::Answered {
-                at_ms,
-                response_code,
-                approval_code,
-                stand_in,
-            }) => (
-                Some("answered"),
-                Some(response_code.as_str()),
-                Some(approval_code.as_str()),
-                Some(*stand_in),
-                Some(*at_ms),
-            ),
-            Some(Outcome::TimedOut { at_ms }) => {
-                (Some("timeout"), Some("91"), None, Some(false), Some(*at_ms))
-            }
-        };
-        let (r, a) = (&t.reversal, &t.advice);
-        Ok(Values {
-            node_id,
-            ints: [
-                Some(int("txn", t.txn)?),
-                Some(int("time", t.first_at_ms)?),
-                Some(int("time", t.last_at_ms)?),
-                Some(int("seq", t.last_seq)?),
-                opt_int("time", req.map(|q| q.at_ms))?,
-                req.map(|q| i64::from(q.stan)),
-                opt_int("amount", req.map(|q| q.amount_minor))?,
-                opt_int("DE7", req.map(|q| q.transmission_time))?,
-                opt_int("time", t.forwarded.as_ref().map(|f| f.0))?,
-                opt_int("time", answered_at)?,
-                opt_int("time", r.at_ms)?,
-                r.attempts.map(i64::from),
-                opt_int("time", a.at_ms)?,
-                a.attempts.map(i64::from),
-            ],
-            small: [
-                req.map(|q| i32::from(q.mti)),
-                req.map(|q| i32::from(q.currency)),
-                req.map(|q| i32::from(q.fraud_points)),
-                req.map(|q| i32::from(q.fraud_reasons)),
-            ],
-            texts: [
-                req.map(|q| q.terminal_id.as_str()),
-                req.map(|q| q.merchant_id.as_str()),
-                req.map(|q| q.rrn.as_str()),
-                req.map(|q| q.masked_pan.as_str()),
-                req.and_then(|q| q.route.as_deref()),
-                t.forwarded.as_ref().map(|f| f.1.as_str()),
-                outcome,
-                rc,
-                approval,
-                r.state.map(SafState::as_str),
-                r.detail.as_deref(),
-                r.response_code.as_deref(),
-                a.state.map(SafState::as_str),
-                a.detail.as_deref(),
-                a.response_code.as_deref(),
-            ],
-            card_hash: req.map(|q| &q.card_hash[..]),
+impl Cell<'_> {
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Cell::Int(v) => v,
+            Cell::Small(v) => v,
+            Cell::Text(v) => v,
+            Cell::Bytes(v) => v,
+            Cell::Bool(v) => v,
+        }
+    }
+}
+
+/// A row's values but the node id, in [`COLUMNS`] order.
+fn cells(t: &TxnUpdate) -> Result<[Cell<'_>; 35], StoreError> {
+    use Cell::{Bool, Bytes, Int, Small, Text};
+    let req = t.request.as_ref();
+    let (outcome, rc, approval, stand_in, answered_at) = match &t.outcome {
+        None => (None, None, None, None, None),
+        Some(Outcome::Answered {
+            at_ms,
+            response_code,
+            approval_code,
             stand_in,
-        })
+        }) => (
+            Some("answered"),
+            Some(response_code.as_str()),
+            Some(approval_code.as_str()),
+            Some(*stand_in),
+            Some(*at_ms),
+        ),
+        Some(Outcome::TimedOut { at_ms }) => {
+            (Some("timeout"), Some("91"), None, Some(false), Some(*at_ms))
+        }
+    };
+    let (r, a) = (&t.reversal, &t.advice);
+    Ok([
+        Int(Some(int("txn", t.txn)?)),
+        Int(Some(int("time", t.first_at_ms)?)),
+        Int(Some(int("time", t.last_at_ms)?)),
+        Int(Some(int("seq", t.last_seq)?)),
+        Int(opt_int("time", req.map(|q| q.at_ms))?),
+        Small(req.map(|q| i32::from(q.mti))),
+        Int(req.map(|q| i64::from(q.stan))),
+        Text(req.map(|q| q.terminal_id.as_str())),
+        Text(req.map(|q| q.merchant_id.as_str())),
+        Text(req.map(|q| q.rrn.as_str())),
+        Text(req.map(|q| q.masked_pan.as_str())),
+        Bytes(req.map(|q| &q.card_hash[..])),
+        Int(opt_int("amount", req.map(|q| q.amount_minor))?),
+        Small(req.map(|q| i32::from(q.currency))),
+        Int(opt_int("DE7", req.map(|q| q.transmission_time))?),
+        Text(req.and_then(|q| q.route.as_deref())),
+        Small(req.map(|q| i32::from(q.fraud_points))),
+        Small(req.map(|q| i32::from(q.fraud_reasons))),
+        Text(t.forwarded.as_ref().map(|f| f.1.as_str())),
+        Int(opt_int("time", t.forwarded.as_ref().map(|f| f.0))?),
+        Text(outcome),
+        Text(rc),
+        Text(approval),
+        Bool(stand_in),
+        Int(opt_int("time", answered_at)?),
+        Text(r.state.map(SafState::as_str)),
+        Int(opt_int("time", r.at_ms)?),
+        Text(r.detail.as_deref()),
+        Int(r.attempts.map(i64::from)),
+        Text(r.response_code.as_deref()),
+        Text(a.state.map(SafState::as_str)),
+        Int(opt_int("time", a.at_ms)?),
+        Text(a.detail.as_deref()),
+        Int(a.attempts.map(i64::from)),
+        Text(a.response_code.as_deref()),
+    ])
+}
+
+/// One column of a batch, as the array parameter that carries it.
+enum Column<'a> {
+    Int(Vec<Option<i64>>),
+    Small(Vec<Option<i32>>),
+    Text(Vec<Option<&'a str>>),
+    Bytes(Vec<Option<&'a [u8]>>),
+    Bool(Vec<Option<bool>>),
+}
+
+impl<'a> Column<'a> {
+    fn for_type(t: &Type, n: usize) -> Column<'a> {
+        match *t {
+            Type::INT8_ARRAY => Column::Int(Vec::with_capacity(n)),
+            Type::INT4_ARRAY => Column::Small(Vec::with_capacity(n)),
+            Type::BYTEA_ARRAY => Column::Bytes(Vec::with_capacity(n)),
+            Type::BOOL_ARRAY => Column::Bool(Vec::with_capacity(n)),
+            _ => Column::Text(Vec::with_capacity(n)),
+        }
     }
 
-    /// In [`COLUMNS`] order.
-    fn params(&self) -> [&(dyn ToSql + Sync); 36] {
-        let (i, s, t) = (&self.ints, &self.small, &self.texts);
-        [
-            &self.node_id,
-            &i[0],
-            &i[1],
-            &i[2],
-            &i[3],
-            &i[4],
-            &s[0],
-            &i[5],
-            &t[0],
-            &t[1],
-            &t[2],
-            &t[3],
-            &self.card_hash,
-            &i[6],
-            &s[1],
-            &i[7],
-            &t[4],
-            &s[2],
-            &s[3],
-            &t[5],
-            &i[8],
-            &t[6],
-            &t[7],
-            &t[8],
-            &self.stand_in,
-            &i[9],
-            &t[9],
-            &i[10],
-            &t[10],
-            &i[11],
-            &t[11],
-            &t[12],
-            &i[12],
-            &t[13],
-            &i[13],
-            &t[14],
-        ]
+    /// `cell` is of this column's type: both follow [`COLUMNS`].
+    fn push(&mut self, cell: Cell<'a>) {
+        match (self, cell) {
+            (Column::Int(v), Cell::Int(c)) => v.push(c),
+            (Column::Small(v), Cell::Small(c)) => v.push(c),
+            (Column::Text(v), Cell::Text(c)) => v.push(c),
+            (Column::Bytes(v), Cell::Bytes(c)) => v.push(c),
+            (Column::Bool(v), Cell::Bool(c)) => v.push(c),
+            _ => debug_assert!(false, "a cell of another type than its column"),
+        }
+    }
+
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Column::Int(v) => v,
+            Column::Small(v) => v,
+            Column::Text(v) => v,
+            Column::Bytes(v) => v,
+            Column::Bool(v) => v,
+        }
     }
 }
 
-/// Copies `rows` into the staging table and merges them into
-/// `transactions`, inside `tx`. A transaction id twice in one statement
-/// would make `ON CONFLICT DO UPDATE` fail (a row may be changed once per
-/// statement), so such a batch is merged in parts, in order, each with
-/// distinct ids: the same result as SQLite's row-by-row upserts. The
-/// exporter's batches have one update per transaction, so one part.
-fn merge(
-    tx: &mut postgres::Transaction<'_>,
+/// Merges `rows` and moves the position in one statement (see
+/// [`Sql::apply`]). A transaction id twice in one statement would make
+/// `ON CONFLICT DO UPDATE` fail (a row may be changed once per
+/// statement), so such a batch goes in parts, in order, each with
+/// distinct ids, inside one transaction: the same result as SQLite's
+/// row-by-row upserts. The exporter's batches have one update per
+/// transaction, so one part.
+fn apply_rows(
+    client: &mut Client,
     sql: &Sql,
     seen: &mut HashSet<u64>,
+    batch: &ExportBatch<'_>,
+) -> Result<(), Failure> {
+    let position = int("seq", batch.position)?;
+    let at = int(
+        "time",
+        batch.rows.iter().map(|t| t.last_at_ms).max().unwrap_or(0),
+    )?;
+    let parts = parts(seen, batch.rows);
+    let node_id = batch.node_id;
+    if let [rows] = parts[..] {
+        return apply_part(client, sql, node_id, rows, position, at);
+    }
+    let mut tx = client.transaction()?;
+    for rows in parts {
+        apply_part(&mut tx, sql, node_id, rows, position, at)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// One statement of [`apply_rows`]: alone (autocommit) or inside the
+/// transaction of a batch in parts.
+fn apply_part(
+    c: &mut impl postgres::GenericClient,
+    sql: &Sql,
     node_id: &str,
     rows: &[TxnUpdate],
+    position: i64,
+    at: i64,
 ) -> Result<(), Failure> {
+    let mut columns: Vec<Column<'_>> = sql
+        .array_types
+        .iter()
+        .map(|t| Column::for_type(t, rows.len()))
+        .collect();
+    for t in rows {
+        for (column, cell) in columns.iter_mut().zip(cells(t)?) {
+            column.push(cell);
+        }
+    }
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(38);
+    params.push((&node_id, Type::TEXT));
+    for (column, t) in columns.iter().zip(&sql.array_types) {
+        params.push((column.param(), t.clone()));
+    }
+    params.push((&position, Type::INT8));
+    params.push((&at, Type::INT8));
+    c.execute_typed(&sql.apply, &params)?;
+    Ok(())
+}
+
+/// `rows` cut where a transaction id comes again.
+fn parts<'r>(seen: &mut HashSet<u64>, rows: &'r [TxnUpdate]) -> Vec<&'r [TxnUpdate]> {
+    let mut parts = Vec::new();
     let mut rest = rows;
-    while !rest.is_empty() {
+    loop {
         seen.clear();
-        let part = rest
+        let end = rest
             .iter()
             .position(|t| !seen.insert(t.txn))
             .unwrap_or(rest.len());
-        let (now, later) = rest.split_at(part);
+        let (part, later) = rest.split_at(end);
+        parts.push(part);
         rest = later;
+        if rest.is_empty() {
+            return parts;
+        }
+    }
+}
+
+/// [`Method::Copy`]: the same result as [`apply_rows`].
+fn copy_rows(
+    client: &mut Client,
+    sql: &Sql,
+    seen: &mut HashSet<u64>,
+    batch: &ExportBatch<'_>,
+) -> Result<(), Failure> {
+    let position = int("seq", batch.position)?;
+    let at = int(
+        "time",
+        batch.rows.iter().map(|t| t.last_at_ms).max().unwrap_or(0),
+    )?;
+    let mut tx = client.transaction()?;
+    for (i, rows) in parts(seen, batch.rows).into_iter().enumerate() {
+        if i > 0 {
+            tx.batch_execute("TRUNCATE export_rows")?;
+        }
         let mut writer = BinaryCopyInWriter::new(tx.copy_in(&sql.copy)?, &sql.types);
-        for t in now {
-            writer.write(&Values::of(node_id, t)?.params())?;
+        for t in rows {
+            let cells = cells(t)?;
+            let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(36);
+            values.push(&batch.node_id);
+            values.extend(cells.iter().map(Cell::param));
+            writer.write(&values)?;
         }
         writer.finish()?;
         tx.execute(&sql.merge, &[])?;
-        // Emptied here, not only at commit: the next part starts clean.
-        if !rest.is_empty() {
-            tx.batch_execute("TRUNCATE export_rows")?;
-        }
     }
+    tx.execute(
+        "INSERT INTO export_position AS p (node_id, seq, updated_at_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (node_id) DO UPDATE SET
+             seq = EXCLUDED.seq,
+             updated_at_ms = GREATEST(p.updated_at_ms, EXCLUDED.updated_at_ms)",
+        &[&batch.node_id, &position, &at],
+    )?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -603,25 +757,10 @@ impl Store for PgStore {
     }
 
     fn apply(&mut self, batch: &ExportBatch<'_>) -> Result<(), StoreError> {
-        let position = int("seq", batch.position)?;
-        let at = int(
-            "time",
-            batch.rows.iter().map(|t| t.last_at_ms).max().unwrap_or(0),
-        )?;
-        self.with(|c, sql, seen| {
-            let mut tx = c.transaction()?;
-            merge(&mut tx, sql, seen, batch.node_id, batch.rows)?;
-            tx.execute(
-                "INSERT INTO export_position AS p (node_id, seq, updated_at_ms) \
-                 VALUES ($1, $2, $3)
-                 ON CONFLICT (node_id) DO UPDATE SET
-                     seq = EXCLUDED.seq,
-                     updated_at_ms = GREATEST(p.updated_at_ms, EXCLUDED.updated_at_ms)",
-                &[&batch.node_id, &position, &at],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
+        match self.method {
+            Method::Unnest => self.with(|c, sql, seen| apply_rows(c, sql, seen, batch)),
+            Method::Copy => self.with(|c, sql, seen| copy_rows(c, sql, seen, batch)),
+        }
     }
 
     fn delete_before(&mut self, cutoff_ms: u64) -> Result<u64, StoreError> {

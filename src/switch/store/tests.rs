@@ -463,6 +463,44 @@ fn a_batch_with_a_transaction_twice_is_merged_in_order(kind: Kind) {
     assert_eq!(store.export_position(NODE).expect("position"), 3);
 }
 
+/// The write method kept for measurements stores what the default does:
+/// new rows, updates, and a batch with a transaction twice.
+#[test]
+fn postgres_copy_method_stores_what_unnest_does() {
+    use super::postgres::Method;
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let mut stored = Vec::new();
+    for method in [Method::Unnest, Method::Copy] {
+        let db = Db::postgres(&server.create_database(), None);
+        let Backend::Postgres { url } = &db.backend else {
+            unreachable!()
+        };
+        let mut store = PgStore::connect(url).expect("store");
+        store.set_method(method);
+        let mut rows = full_rows(1, 50);
+        let mut again = TxnUpdate::new(7, 200, 5);
+        again.reversal.state = Some(SafState::Expired);
+        rows.push(again);
+        for (position, batch) in [(10, &rows[..30]), (20, &rows[20..])] {
+            store
+                .apply(&ExportBatch {
+                    node_id: NODE,
+                    rows: batch,
+                    position,
+                })
+                .expect("apply");
+        }
+        assert_eq!(store.export_position(NODE).expect("position"), 20);
+        stored.push(all_rows(&mut store));
+    }
+    assert_eq!(stored[0].len(), 50);
+    assert_eq!(stored[0][6].reversal.state, Some(SafState::Expired));
+    assert_eq!(stored[0][6].first_at_ms, 5);
+    assert_eq!(stored[0], stored[1]);
+}
+
 /// PostgreSQL down at start, and again while exporting: the exporter
 /// waits and retries, exports nothing meanwhile, and catches up once the
 /// server is back, each transaction once.
@@ -514,4 +552,95 @@ async fn postgres_down_at_start_and_later_costs_lag_only() {
         check_rows(&all_rows(&mut store), 100);
     });
     journal.close();
+}
+
+/// Rows as the exporter makes them at full load: a request, its forward
+/// and its answer (new rows), then the same again (updates).
+fn full_rows(from: u64, n: u64) -> Vec<TxnUpdate> {
+    (from..from + n)
+        .map(|txn| {
+            let mut t = TxnUpdate::new(txn, txn * 3, 1_000_000 + txn);
+            let r = request_data(txn as u32);
+            t.request = Some(super::RequestFields {
+                at_ms: 1_000_000 + txn,
+                mti: r.mti,
+                stan: r.stan,
+                terminal_id: r.terminal_id.to_string(),
+                merchant_id: r.merchant_id.to_string(),
+                rrn: r.rrn.to_string(),
+                masked_pan: r.masked_pan.to_string(),
+                card_hash: r.card_hash,
+                amount_minor: r.amount_minor,
+                currency: r.currency,
+                transmission_time: r.transmission_time,
+                route: Some("acquirer-a".into()),
+                fraud_points: 3,
+                fraud_reasons: 1,
+            });
+            t.forwarded = Some((1_000_000 + txn, "acquirer-a".into()));
+            t.outcome = Some(super::Outcome::Answered {
+                at_ms: 1_000_001 + txn,
+                response_code: "00".into(),
+                approval_code: "A1B2C3".into(),
+                stand_in: false,
+            });
+            t
+        })
+        .collect()
+}
+
+/// How fast `apply` writes, by batch size and PostgreSQL write method,
+/// interleaved so that a busy machine's drift hits all alike: `cargo
+/// test --lib switch::store::tests::apply_rate -- --ignored --nocapture`.
+/// A private server with fsync on.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn apply_rate() {
+    use super::postgres::Method;
+    let Some(server) = PgServer::start(&["fsync=on"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = Db::new(Kind::Sqlite, dir.path()).expect("sqlite");
+    let pg = Db::postgres(&server.create_database(), None);
+    let Backend::Postgres { url } = &pg.backend else {
+        unreachable!()
+    };
+    let mut next = 1;
+    for round in 1..=3 {
+        for (batch, batches) in [(1u64, 300u64), (100, 50), (2_000, 10), (20_000, 3)] {
+            for method in [None, Some(Method::Unnest), Some(Method::Copy)] {
+                let mut store: Box<dyn Store> = match method {
+                    None => sqlite.store(),
+                    Some(m) => {
+                        let mut s = PgStore::connect(url).expect("pg");
+                        s.set_method(m);
+                        Box::new(s)
+                    }
+                };
+                let all = full_rows(next, batch * batches);
+                next += batch * batches;
+                for pass in ["insert", "update"] {
+                    let started = std::time::Instant::now();
+                    for (i, rows) in all.chunks(batch as usize).enumerate() {
+                        store
+                            .apply(&ExportBatch {
+                                node_id: NODE,
+                                rows,
+                                position: next + i as u64,
+                            })
+                            .expect("apply");
+                    }
+                    let s = started.elapsed().as_secs_f64();
+                    println!(
+                        "round {round} {:<14} batch {batch:>6} {pass}: {:>7.0} rows/s, {:>9.1} \
+                         us a batch",
+                        method.map_or("sqlite".into(), |m| format!("pg {m:?}")),
+                        all.len() as f64 / s,
+                        s * 1e6 / batches as f64
+                    );
+                }
+            }
+        }
+    }
 }
