@@ -283,6 +283,15 @@ mod tests {
             .expect("valid")
             .store;
         assert_eq!(c.backend.describe(), "postgres db:5432/s");
+        // A local socket, as README shows it.
+        let c =
+            Config::parse("[store]\nurl = \"postgres://sw@%2Fvar%2Frun%2Fpostgresql/switchyard\"")
+                .expect("valid")
+                .store;
+        assert_eq!(
+            c.backend.describe(),
+            "postgres /var/run/postgresql:5432/switchyard"
+        );
 
         let p = only_problem("[store]\nurl = \"postgres://u:secret@db\"");
         assert!(p.starts_with("store.url: "), "{p}");
