@@ -23,6 +23,11 @@
 //! server, and the lag gauges grow. When the store could not be read at
 //! start, the export position is read (and the journal checked against
 //! it) at the first batch that reaches it.
+//!
+//! Each batch names the position it follows; a store found elsewhere
+//! (it lost commits it had acknowledged: a database crash with
+//! asynchronous commit, a failover) wrote nothing, and the exporter
+//! follows the journal again from the store's position, at once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -505,6 +510,12 @@ impl Exporter {
     /// caught up). On an error nothing of the batch is committed and the
     /// position is as before, so the next step reads the records again.
     pub fn step(&mut self, durable: u64) -> Result<usize, StoreError> {
+        self.step_once(durable, true)
+    }
+
+    /// [`Exporter::step`]; `again`: after finding the store at another
+    /// position than expected, start over from it (once).
+    fn step_once(&mut self, durable: u64, again: bool) -> Result<usize, StoreError> {
         if !self.resumed {
             let position = self.store.export_position(&self.settings.node_id)?;
             if let Some(journal) = self.journal_at_start.filter(|&j| position > j) {
@@ -549,11 +560,38 @@ impl Exporter {
         let applied = self.store.apply(&ExportBatch {
             node_id: &self.settings.node_id,
             rows: &self.rows,
+            from: start.1,
             position,
         });
-        if let Err(e) = applied {
-            (self.follower.at, self.follower.last_seq) = start;
-            return Err(e);
+        match applied {
+            Ok(()) => {}
+            Err(StoreError::PositionMoved { found, .. }) if found <= durable && again => {
+                // The store lost commits it had acknowledged (or another
+                // writer moved it): follow the journal again from where
+                // the store is; the records go again, idempotently.
+                tracing::warn!(
+                    expected = start.1,
+                    found,
+                    "store: the export position is not where this exporter left it; \
+                     exporting again from the store's"
+                );
+                self.follower.at = None;
+                self.follower.last_seq = found;
+                return self.step_once(durable, false);
+            }
+            Err(StoreError::PositionMoved { found, .. }) if found > durable => {
+                (self.follower.at, self.follower.last_seq) = start;
+                self.refused = Some((found, durable));
+                return Err(StoreError::JournalBehind {
+                    node: self.settings.node_id.clone(),
+                    exported: found,
+                    journal: durable,
+                });
+            }
+            Err(e) => {
+                (self.follower.at, self.follower.last_seq) = start;
+                return Err(e);
+            }
         }
         let n = self.records.len();
         self.last_at_ms = self.records.last().map_or(0, |(_, r)| r.at_ms());

@@ -71,6 +71,16 @@ pub enum StoreError {
         exported: u64,
         journal: u64,
     },
+    #[error(
+        "the store's export position for node `{node}` is {found}, not {expected} as this \
+         exporter had it (commits lost in a database crash or failover, or another switch \
+         exporting as the same store.node_id); nothing of the batch was written"
+    )]
+    PositionMoved {
+        node: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("starting the exporter thread: {0}")]
     Spawn(#[source] std::io::Error),
 }
@@ -197,11 +207,19 @@ impl TxnUpdate {
 }
 
 /// One SQL transaction's worth: the rows and the journal position they
-/// bring the store to (the last record folded into them).
+/// bring the store to (the last record folded into them), from the one
+/// the writer believes the store is at.
 #[derive(Clone, Debug)]
 pub struct ExportBatch<'a> {
     pub node_id: &'a str,
     pub rows: &'a [TxnUpdate],
+    /// The export position the batch follows (0: none yet). The store
+    /// writes nothing unless it is at this position
+    /// ([`StoreError::PositionMoved`]): a database that lost commits the
+    /// writer saw acknowledged (a crash with asynchronous commit, a
+    /// failover), or a second writer for the node, is caught, not
+    /// papered over.
+    pub from: u64,
     pub position: u64,
 }
 
@@ -237,8 +255,11 @@ pub trait Store: Send {
     /// The last journal sequence number exported for `node_id` (0: none).
     fn export_position(&mut self, node_id: &str) -> Result<u64, StoreError>;
 
-    /// Upserts the rows and moves the node's export position, in one
-    /// database transaction: after a crash both or neither are there.
+    /// Upserts the rows and moves the node's export position from
+    /// `batch.from` to `batch.position`, in one database transaction:
+    /// after a crash both or neither are there. A store not at
+    /// `batch.from` writes nothing and answers
+    /// [`StoreError::PositionMoved`] with where it is.
     fn apply(&mut self, batch: &ExportBatch<'_>) -> Result<(), StoreError>;
 
     /// Deletes the rows of transactions that began before `cutoff_ms`

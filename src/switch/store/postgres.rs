@@ -16,6 +16,13 @@
 //! records. No TLS to the database yet (`NoTls`): run it on a trusted
 //! network or through a local socket.
 //!
+//! Commits do not wait for the server's WAL flush (`synchronous_commit =
+//! off`, as SQLite's `synchronous = NORMAL`), and a failover may lose the
+//! last commits too; every batch therefore moves the export position only
+//! from the one the exporter expects ([`ExportBatch::from`]), so a store
+//! that lost commits answers where it really is and the exporter goes
+//! again from there.
+//!
 //! A batch is one statement, one round trip: each column an array
 //! parameter (binary), `INSERT ... SELECT ... FROM UNNEST(...) ON
 //! CONFLICT` into `transactions`, and the export position moved in the
@@ -93,11 +100,16 @@ const COLUMNS: [(&str, Type); 36] = [
 
 /// The SQL made once from [`COLUMNS`].
 struct Sql {
-    /// One statement: the rows (`$1` the node, `$2..=$36` one array per
-    /// column) merged into `transactions`, and the export position
-    /// (`$37`, `$38`) moved. A single statement is atomic: both or
-    /// neither, without BEGIN and COMMIT round trips.
+    /// One statement: the export position moved (`$37`, at `$38`) if it
+    /// is at `$39`, and only then the rows (`$1` the node, `$2..=$36`
+    /// one array per column) merged into `transactions`. A single
+    /// statement is atomic: both or neither, without BEGIN and COMMIT
+    /// round trips. It answers whether it moved the position, and where
+    /// the position was.
     apply: String,
+    /// [`Method::Copy`]'s position check and move alone (`$1` node, `$2`
+    /// position, `$3` at, `$4` from), answering as `apply` does.
+    position: String,
     /// `$2..=$36`: the arrays' types, in [`COLUMNS`] order.
     array_types: Vec<Type>,
     select: String,
@@ -132,21 +144,25 @@ impl Sql {
             .map(|(i, t)| format!("${}::{}", i + 2, t.name().trim_start_matches('_')) + "[]")
             .collect();
         let position = array_types.len() + 2;
+        let moved = move_position(position, position + 1, position + 2);
         Sql {
             apply: format!(
-                "WITH merged AS (
+                "WITH moved AS ({moved}),
+merged AS (
     INSERT INTO transactions AS t ({columns})
     SELECT $1::TEXT, u.* FROM UNNEST({arrays}) AS u
+    WHERE EXISTS (SELECT 1 FROM moved)
     ON CONFLICT (node_id, txn_id) DO UPDATE SET
         {set}
 )
-INSERT INTO export_position AS p (node_id, seq, updated_at_ms)
-VALUES ($1, ${position}, ${at})
-ON CONFLICT (node_id) DO UPDATE SET
-    seq = EXCLUDED.seq,
-    updated_at_ms = GREATEST(p.updated_at_ms, EXCLUDED.updated_at_ms)",
+SELECT (SELECT COUNT(*) FROM moved),
+       (SELECT seq FROM export_position WHERE node_id = $1)",
                 arrays = arrays.join(", "),
-                at = position + 1,
+            ),
+            position: format!(
+                "WITH moved AS ({}) SELECT (SELECT COUNT(*) FROM moved), \
+                 (SELECT seq FROM export_position WHERE node_id = $1)",
+                move_position(2, 3, 4)
             ),
             array_types,
             select: format!("SELECT {columns} FROM transactions"),
@@ -158,6 +174,38 @@ ON CONFLICT (node_id) DO UPDATE SET
             types: COLUMNS.iter().map(|c| c.1.clone()).collect(),
         }
     }
+}
+
+/// The export position of node `$1` set to `$position` (at `$at`) if it
+/// is at `$from` (an absent row is at 0), `RETURNING` a row if it was.
+/// The statement's snapshot is from before it, so a `SELECT` beside it
+/// sees the position as it was.
+fn move_position(position: usize, at: usize, from: usize) -> String {
+    format!(
+        "INSERT INTO export_position AS p (node_id, seq, updated_at_ms)
+    SELECT $1, ${position}, ${at}
+    WHERE ${from} = 0 OR EXISTS (SELECT 1 FROM export_position WHERE node_id = $1)
+    ON CONFLICT (node_id) DO UPDATE SET
+        seq = EXCLUDED.seq,
+        updated_at_ms = GREATEST(p.updated_at_ms, EXCLUDED.updated_at_ms)
+    WHERE p.seq = ${from}
+    RETURNING 1"
+    )
+}
+
+/// What [`Sql::apply`] and [`Sql::position`] answer: Ok if the position
+/// moved, else where it was.
+fn moved(row: &Row, batch: &ExportBatch<'_>) -> Result<(), Failure> {
+    let count: i64 = row.try_get(0)?;
+    if count > 0 {
+        return Ok(());
+    }
+    let found: Option<i64> = row.try_get(1)?;
+    Err(Failure::Store(StoreError::PositionMoved {
+        node: batch.node_id.to_owned(),
+        expected: batch.from,
+        found: found.map_or(0, |s| s.max(0) as u64),
+    }))
 }
 
 fn array_of(t: &Type) -> Type {
@@ -227,6 +275,15 @@ impl Conn {
             Migrate::Pg(e) => self.error(e),
             Migrate::TooNew { found, known } => StoreError::SchemaTooNew { found, known },
         })?;
+        // A commit does not wait for its WAL flush (as SQLite's
+        // `synchronous = NORMAL`): a server crash may lose the last few
+        // commits, each with the export position it moved, so the exporter
+        // writes them again from the journal (which keeps them); the store
+        // is never inconsistent. At small batches the flush wait, not the
+        // work, was what bounded the exporter's rate.
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .map_err(|e| self.error(e))?;
         // Per session: the staging table of [`Method::Copy`], emptied by
         // each commit.
         client
@@ -235,7 +292,7 @@ impl Conn {
                  (LIKE transactions) ON COMMIT DELETE ROWS",
             )
             .map_err(|e| self.error(e))?;
-        tracing::info!(target = %self.target, "store: connected to postgres");
+        tracing::info!(server = %self.target, "store: connected to postgres");
         Ok(client)
     }
 }
@@ -563,13 +620,15 @@ fn apply_rows(
         batch.rows.iter().map(|t| t.last_at_ms).max().unwrap_or(0),
     )?;
     let parts = parts(seen, batch.rows);
-    let node_id = batch.node_id;
+    let from = int("seq", batch.from)?;
     if let [rows] = parts[..] {
-        return apply_part(client, sql, node_id, rows, position, at);
+        return apply_part(client, sql, batch, rows, (from, position, at));
     }
+    // After the first part the position is the batch's own.
     let mut tx = client.transaction()?;
-    for rows in parts {
-        apply_part(&mut tx, sql, node_id, rows, position, at)?;
+    for (i, rows) in parts.into_iter().enumerate() {
+        let from = if i == 0 { from } else { position };
+        apply_part(&mut tx, sql, batch, rows, (from, position, at))?;
     }
     tx.commit()?;
     Ok(())
@@ -577,13 +636,13 @@ fn apply_rows(
 
 /// One statement of [`apply_rows`]: alone (autocommit) or inside the
 /// transaction of a batch in parts.
+/// `(from, position, at)`: see [`Sql::apply`].
 fn apply_part(
     c: &mut impl postgres::GenericClient,
     sql: &Sql,
-    node_id: &str,
+    batch: &ExportBatch<'_>,
     rows: &[TxnUpdate],
-    position: i64,
-    at: i64,
+    (from, position, at): (i64, i64, i64),
 ) -> Result<(), Failure> {
     let mut columns: Vec<Column<'_>> = sql
         .array_types
@@ -595,15 +654,16 @@ fn apply_part(
             column.push(cell);
         }
     }
-    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(38);
-    params.push((&node_id, Type::TEXT));
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(39);
+    params.push((&batch.node_id, Type::TEXT));
     for (column, t) in columns.iter().zip(&sql.array_types) {
         params.push((column.param(), t.clone()));
     }
     params.push((&position, Type::INT8));
     params.push((&at, Type::INT8));
-    c.execute_typed(&sql.apply, &params)?;
-    Ok(())
+    params.push((&from, Type::INT8));
+    let row = c.query_typed_one(&sql.apply, &params)?;
+    moved(&row, batch)
 }
 
 /// `rows` cut where a transaction id comes again.
@@ -637,7 +697,20 @@ fn copy_rows(
         "time",
         batch.rows.iter().map(|t| t.last_at_ms).max().unwrap_or(0),
     )?;
+    let from = int("seq", batch.from)?;
     let mut tx = client.transaction()?;
+    // The check first: a store elsewhere gets no rows (dropping `tx`
+    // rolls back).
+    let row = tx.query_typed_one(
+        &sql.position,
+        &[
+            (&batch.node_id, Type::TEXT),
+            (&position, Type::INT8),
+            (&at, Type::INT8),
+            (&from, Type::INT8),
+        ],
+    )?;
+    moved(&row, batch)?;
     for (i, rows) in parts(seen, batch.rows).into_iter().enumerate() {
         if i > 0 {
             tx.batch_execute("TRUNCATE export_rows")?;
@@ -653,13 +726,6 @@ fn copy_rows(
         writer.finish()?;
         tx.execute(&sql.merge, &[])?;
     }
-    tx.execute(
-        "INSERT INTO export_position AS p (node_id, seq, updated_at_ms) VALUES ($1, $2, $3)
-         ON CONFLICT (node_id) DO UPDATE SET
-             seq = EXCLUDED.seq,
-             updated_at_ms = GREATEST(p.updated_at_ms, EXCLUDED.updated_at_ms)",
-        &[&batch.node_id, &position, &at],
-    )?;
     tx.commit()?;
     Ok(())
 }

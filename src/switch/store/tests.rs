@@ -133,12 +133,14 @@ macro_rules! on_both {
 }
 
 on_both!(async exports_a_journal_across_segments_in_small_batches_and_resumes,
+    a_store_that_lost_commits_is_exported_again_from_where_it_is,
     the_thread_follows_the_watermark_while_the_journal_grows);
 on_both!(
     a_store_ahead_of_the_journal_is_refused,
     retention_deletes_only_rows_older_than_configured,
     migrations_run_once_and_a_newer_schema_is_refused,
     a_batch_with_a_transaction_twice_is_merged_in_order,
+    a_batch_from_another_position_writes_nothing,
 );
 
 const NODE: &str = "node-t";
@@ -341,6 +343,33 @@ async fn exports_a_journal_across_segments_in_small_batches_and_resumes(kind: Ki
     journal.close();
 }
 
+/// A database that lost acknowledged commits (a crash with asynchronous
+/// commit, a failover), here all of them: the exporter's next batch finds
+/// the position elsewhere, and it goes again from there.
+async fn a_store_that_lost_commits_is_exported_again_from_where_it_is(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
+    let first = journal_traffic(&journal, 80, 1_000_000);
+    durable(&journal, first).await;
+    let mut e =
+        block_in_place(|| Exporter::new(settings(dir.path(), 50), db.store())).expect("exporter");
+    block_in_place(|| assert_eq!(export_all(&mut e, first), first as usize));
+    block_in_place(|| db.execute("DELETE FROM transactions; DELETE FROM export_position"));
+    let last = journal_traffic_from(&journal, 81, 20, 2_000_000);
+    durable(&journal, last).await;
+    block_in_place(|| {
+        export_all(&mut e, last);
+        assert_eq!(e.position(), last);
+        check_rows(&all_rows(e.store()), 100);
+        assert_eq!(e.store().export_position(NODE).expect("position"), last);
+        drop(e);
+    });
+    journal.close();
+}
+
 async fn the_thread_follows_the_watermark_while_the_journal_grows(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(db) = Db::new(kind, dir.path()) else {
@@ -374,6 +403,7 @@ fn a_store_ahead_of_the_journal_is_refused(kind: Kind) {
         .apply(&ExportBatch {
             node_id: NODE,
             rows: &[],
+            from: 0,
             position: 500,
         })
         .expect("position");
@@ -405,6 +435,7 @@ fn retention_deletes_only_rows_older_than_configured(kind: Kind) {
         .apply(&ExportBatch {
             node_id: NODE,
             rows: &rows,
+            from: 0,
             position: 4,
         })
         .expect("rows");
@@ -429,6 +460,52 @@ fn migrations_run_once_and_a_newer_schema_is_refused(kind: Kind) {
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
 
+/// A batch that does not follow the store's position writes nothing and
+/// says where the store is; the exporter then goes again from there.
+fn a_batch_from_another_position_writes_nothing(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let mut store = db.store();
+    let rows = [TxnUpdate::new(1, 1, 1_000)];
+    let batch = |from, position| ExportBatch {
+        node_id: NODE,
+        rows: &rows,
+        from,
+        position,
+    };
+    let err = store.apply(&batch(5, 9)).expect_err("no position yet");
+    assert!(
+        matches!(
+            err,
+            super::StoreError::PositionMoved {
+                expected: 5,
+                found: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.count().expect("count"), 0, "nothing written");
+    store.apply(&batch(0, 9)).expect("from none");
+    let err = store.apply(&batch(4, 12)).expect_err("not at 4");
+    assert!(
+        matches!(
+            err,
+            super::StoreError::PositionMoved {
+                expected: 4,
+                found: 9,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.export_position(NODE).expect("position"), 9);
+    store.apply(&batch(9, 12)).expect("from 9");
+    assert_eq!(store.export_position(NODE).expect("position"), 12);
+}
+
 /// The trait takes any rows, not only the exporter's one per
 /// transaction: the later update of a transaction wins field by field,
 /// as applied one after the other.
@@ -448,6 +525,7 @@ fn a_batch_with_a_transaction_twice_is_merged_in_order(kind: Kind) {
         .apply(&ExportBatch {
             node_id: NODE,
             rows: &[first, other, second],
+            from: 0,
             position: 3,
         })
         .expect("rows");
@@ -483,11 +561,12 @@ fn postgres_copy_method_stores_what_unnest_does() {
         let mut again = TxnUpdate::new(7, 200, 5);
         again.reversal.state = Some(SafState::Expired);
         rows.push(again);
-        for (position, batch) in [(10, &rows[..30]), (20, &rows[20..])] {
+        for (from, position, batch) in [(0, 10, &rows[..30]), (10, 20, &rows[20..])] {
             store
                 .apply(&ExportBatch {
                     node_id: NODE,
                     rows: batch,
+                    from,
                     position,
                 })
                 .expect("apply");
@@ -620,16 +699,19 @@ fn apply_rate() {
                 };
                 let all = full_rows(next, batch * batches);
                 next += batch * batches;
+                let mut at = store.export_position(NODE).expect("position");
                 for pass in ["insert", "update"] {
                     let started = std::time::Instant::now();
-                    for (i, rows) in all.chunks(batch as usize).enumerate() {
+                    for rows in all.chunks(batch as usize) {
                         store
                             .apply(&ExportBatch {
                                 node_id: NODE,
                                 rows,
-                                position: next + i as u64,
+                                from: at,
+                                position: at + 1,
                             })
                             .expect("apply");
+                        at += 1;
                     }
                     let s = started.elapsed().as_secs_f64();
                     println!(
