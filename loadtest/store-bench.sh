@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-1}
 OUT=loadtest/results
@@ -144,7 +145,7 @@ done
 {
     echo "# The store's cost by back end"
     echo
-    echo "$(nproc) cores, $(uname -sr), $(date -u '+%Y-%m-%d %H:%M UTC'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "$(nproc) cores, $(uname -sr), $(date -u '+%Y-%m-%d %H:%M UTC'); load average before: $LOAD_BEFORE."
     echo "Closed loop 64 x 1, $DURATION after 1 s warmup, durability none; PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), fsync on, same machine."
     echo
     echo "| round | store | transactions/s | rows written | lag at the end (records) | exporter CPU s | exporter µs/row | PostgreSQL server µs/row |"
