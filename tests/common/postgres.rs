@@ -104,10 +104,14 @@ impl PgServer {
         };
         // SAFETY: getuid has no preconditions.
         let as_postgres = unsafe { libc_getuid() } == 0;
+        stop_orphans(&bin, as_postgres);
         let dir = tempfile::Builder::new()
-            .prefix("switchyard-pg-")
+            .prefix(PREFIX)
             .tempdir()
             .expect("temp dir");
+        // Whose server this is, for `stop_orphans` of a later run.
+        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
+            .expect("owner written");
         if as_postgres {
             run(Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -228,6 +232,45 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+const PREFIX: &str = "switchyard-pg-";
+
+/// Stops and removes the servers of test processes that died without
+/// dropping them (a test binary aborted, a run killed), so that they do
+/// not pile up on the machine.
+fn stop_orphans(bin: &Path, as_postgres: bool) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let ours = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(PREFIX));
+        let Some(owner) = std::fs::read_to_string(dir.join("owner.pid"))
+            .ok()
+            .filter(|_| ours)
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let mut stop = if as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(bin.join("pg_ctl"))
+        };
+        let _ = stop
+            .args(["stop", "-s", "-w", "-m", "immediate", "-D"])
+            .arg(dir.join("data"))
+            .status();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
