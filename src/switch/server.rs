@@ -468,19 +468,26 @@ async fn start_store(
     );
     let backend = config.store.backend.clone();
     let exporter = tokio::task::spawn_blocking(move || {
-        let exporter = Exporter::new(settings, store::open(&backend)?)?;
+        let mut exporter = Exporter::new(settings, store::open(&backend)?)?;
         exporter.check_journal(durable)?;
         Ok::<_, store::StoreError>(exporter)
     })
     .await
     .map_err(|e| store::StoreError::Spawn(std::io::Error::other(e.to_string())))??;
-    let store::Backend::Sqlite { path } = &config.store.backend;
-    info!(
-        "store: sqlite {}, node {}, exported up to journal record {} of {durable}",
-        path.display(),
-        config.store.node_id,
-        exporter.position()
-    );
+    if exporter.resumed() {
+        info!(
+            "store: {}, node {}, exported up to journal record {} of {durable}",
+            config.store.backend.describe(),
+            config.store.node_id,
+            exporter.position()
+        );
+    } else {
+        info!(
+            "store: {}, node {}: not reachable yet; the exporter keeps trying",
+            config.store.backend.describe(),
+            config.store.node_id,
+        );
+    }
     Ok(exporter.spawn(journal.durable())?)
 }
 

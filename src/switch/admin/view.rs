@@ -7,7 +7,9 @@
 //! `acquirers[].tls.key`), `*_keys`, and any name holding `password`,
 //! `secret`, `token` or `private`. A secret that is set shows as
 //! `"[redacted]"`; one left unset stays `null` (that it is unset is no
-//! secret). Certificate and CA paths are shown.
+//! secret). Certificate and CA paths are shown. Any other value that is
+//! a url (`store.url = "postgres://user:PASSWORD@host/db"`) is shown with
+//! its password replaced.
 
 use std::fmt;
 use std::sync::Arc;
@@ -68,6 +70,9 @@ fn redact(v: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(text) if text.contains("://") => {
+            *text = crate::switch::store::redact_url(text);
+        }
         _ => {}
     }
 }
@@ -100,6 +105,19 @@ mod tests {
         let all = v.to_string();
         assert!(!all.contains(key), "{all}");
         assert!(!format!("{c:?}").contains("[redacted]"));
+    }
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        let c = Config::parse("[store]\nurl = \"postgres://sw:hunter2@db:5432/switchyard\"")
+            .expect("valid");
+        let v = c.view.json();
+        assert_eq!(
+            v["store"]["url"],
+            "postgres://sw:[redacted]@db:5432/switchyard"
+        );
+        assert!(!v.to_string().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -12,6 +12,103 @@ pub enum Backend {
     /// `sqlite://PATH`: a file, relative to the working directory like
     /// `journal.dir` (`sqlite:///abs/path` for an absolute one).
     Sqlite { path: PathBuf },
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?OPTIONS]` (or
+    /// `postgresql://`): a server, shared by several nodes.
+    Postgres { url: DbUrl },
+}
+
+impl Backend {
+    /// `sqlite PATH` or `postgres HOST:PORT/DB`, for logs: never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Sqlite { path } => format!("sqlite {}", path.display()),
+            Backend::Postgres { url } => format!("postgres {}", url.target()),
+        }
+    }
+}
+
+/// A database url that may carry a password. Its `Debug` and `Display`
+/// show it redacted, so a config printed or logged never leaks it; only
+/// [`DbUrl::expose`] gives the url itself, to the driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl {
+    url: String,
+    /// Parsed once at config time (a bad url is a config problem).
+    target: String,
+}
+
+impl DbUrl {
+    /// The url as written, password included: for the database driver only.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// `host:port/db` (hosts comma-separated), what logs and errors name.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.url))
+    }
+}
+
+impl std::fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.url))
+    }
+}
+
+/// `url` with the password replaced by `[redacted]`, both the one in the
+/// user info (`user:PASSWORD@`) and a `password=` option. The user info is
+/// taken up to the last `@` before the path, so a password with an
+/// unescaped `@` or `/` is still all hidden. Text without `://` is
+/// returned as it is.
+pub fn redact_url(url: &str) -> String {
+    const REDACTED: &str = "[redacted]";
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let (head, rest) = url.split_at(scheme_end);
+    let mut out = String::with_capacity(url.len() + REDACTED.len());
+    out.push_str(head);
+    // The user info ends at the last `@` before the query: a password may
+    // hold `/` or `@`, a host never holds `@`.
+    let query_at = rest.find(['?', '#']).unwrap_or(rest.len());
+    let after = match rest[..query_at].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..=colon]);
+                    out.push_str(REDACTED);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push('@');
+            &rest[at + 1..]
+        }
+        None => rest,
+    };
+    match after.find('?') {
+        None => out.push_str(after),
+        Some(q) => {
+            out.push_str(&after[..=q]);
+            let options: Vec<String> = after[q + 1..]
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => {
+                        format!("{k}={REDACTED}")
+                    }
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            out.push_str(&options.join("&"));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug)]
@@ -59,17 +156,51 @@ pub fn parse_url(url: &str) -> Result<Backend, String> {
         });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(
-            "PostgreSQL is not yet supported (it is planned, over tokio-postgres); use \
-             sqlite://PATH for now"
-                .into(),
-        );
+        return parse_postgres(url);
     }
     // Never echo the whole url: a database url can carry a password.
     let scheme = url.split("://").next().unwrap_or_default();
     Err(format!(
-        "unknown scheme `{scheme}`: expected sqlite://PATH (postgres:// later)"
+        "unknown scheme `{scheme}`: expected sqlite://PATH or postgres://USER@HOST[:PORT]/DB"
     ))
+}
+
+fn parse_postgres(url: &str) -> Result<Backend, String> {
+    // The driver's own parser: what it accepts here it connects with later.
+    // Its errors name the option at fault, not the url's text.
+    let config: postgres::Config = url
+        .parse()
+        .map_err(|e| format!("`{}`: {e}", redact_url(url)))?;
+    if config.get_hosts().is_empty() {
+        return Err(format!("`{}`: no host", redact_url(url)));
+    }
+    let Some(db) = config.get_dbname().filter(|d| !d.is_empty()) else {
+        return Err(format!(
+            "`{}`: no database name (postgres://USER@HOST/DB)",
+            redact_url(url)
+        ));
+    };
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            // One port for all hosts, one per host, or none (5432).
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    Ok(Backend::Postgres {
+        url: DbUrl {
+            url: url.to_owned(),
+            target: format!("{}/{db}", hosts.join(",")),
+        },
+    })
 }
 
 impl StoreFile {
@@ -128,16 +259,69 @@ mod tests {
     }
 
     #[test]
-    fn postgres_is_a_clear_problem_for_now() {
-        let p = only_problem("[store]\nurl = \"postgres://u:secret@db/switchyard\"");
-        assert!(
-            p.starts_with("store.url: PostgreSQL is not yet supported"),
-            "{p}"
+    fn postgres_urls_parse_and_never_show_their_password() {
+        let c = Config::parse("[store]\nurl = \"postgres://sw:s3cret@db.example:6543/switchyard\"")
+            .expect("valid")
+            .store;
+        let Backend::Postgres { url } = &c.backend else {
+            panic!("{:?}", c.backend)
+        };
+        assert_eq!(url.target(), "db.example:6543/switchyard");
+        assert_eq!(c.backend.describe(), "postgres db.example:6543/switchyard");
+        assert_eq!(
+            url.expose(),
+            "postgres://sw:s3cret@db.example:6543/switchyard"
         );
+        for shown in [format!("{url}"), format!("{c:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        assert_eq!(
+            url.to_string(),
+            "postgres://sw:[redacted]@db.example:6543/switchyard"
+        );
+        let c = Config::parse("[store]\nurl = \"postgresql://sw@db/s\"")
+            .expect("valid")
+            .store;
+        assert_eq!(c.backend.describe(), "postgres db:5432/s");
+        // A local socket, as README shows it.
+        let c =
+            Config::parse("[store]\nurl = \"postgres://sw@%2Fvar%2Frun%2Fpostgresql/switchyard\"")
+                .expect("valid")
+                .store;
+        assert_eq!(
+            c.backend.describe(),
+            "postgres /var/run/postgresql:5432/switchyard"
+        );
+
+        let p = only_problem("[store]\nurl = \"postgres://u:secret@db\"");
+        assert!(p.starts_with("store.url: "), "{p}");
+        assert!(p.contains("no database name"), "{p}");
+        assert!(!p.contains("secret"), "{p}");
+        let p = only_problem("[store]\nurl = \"postgres://u:secret@db:notaport/x\"");
+        assert!(p.starts_with("store.url: "), "{p}");
         assert!(!p.contains("secret"), "{p}");
         let p = only_problem("[store]\nurl = \"mysql://u:secret@db/x\"");
         assert!(p.starts_with("store.url: unknown scheme `mysql`"), "{p}");
         assert!(!p.contains("secret"), "{p}");
+    }
+
+    #[test]
+    fn redact_url_hides_every_password() {
+        use super::redact_url;
+        for (url, shown) in [
+            ("postgres://u:pw@h/db", "postgres://u:[redacted]@h/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h:5432/db", "postgres://h:5432/db"),
+            ("postgres://u:p@w/d@h/db", "postgres://u:[redacted]@h/db"),
+            (
+                "postgres://u@h/db?sslmode=disable&password=pw",
+                "postgres://u@h/db?sslmode=disable&password=[redacted]",
+            ),
+            ("sqlite://data/x.db", "sqlite://data/x.db"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 
     #[test]

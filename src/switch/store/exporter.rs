@@ -16,6 +16,18 @@
 //! batch; when caught up it sleeps `poll_interval` between looks. It never
 //! reads past the watermark, so the store never holds a record the journal
 //! could still lose.
+//!
+//! A database server that is down (PostgreSQL, at start or later) stops
+//! only the export: each failed batch is retried after a backoff that
+//! doubles up to `retry_max`, the log says so once a minute naming the
+//! server, and the lag gauges grow. When the store could not be read at
+//! start, the export position is read (and the journal checked against
+//! it) at the first batch that reaches it.
+//!
+//! Each batch names the position it follows; a store found elsewhere
+//! (it lost commits it had acknowledged: a database crash with
+//! asynchronous commit, a failover) wrote nothing, and the exporter
+//! follows the journal again from the store's position, at once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,8 +50,11 @@ use crate::switch::journal::{Record, RequestData};
 
 /// How often retention runs (and once at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
-/// After a failed batch (database locked, disk full...), the next try.
-const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// After a failed batch (database locked, disk full, server down...),
+/// the next try; doubled at each failure in a row, up to `retry_max`.
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// The default `retry_max`.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 /// At shutdown, the exporter keeps exporting what is durable this long.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -54,6 +69,8 @@ pub struct ExportSettings {
     /// Acquirer names by the index the journal stores (the config's
     /// `[[acquirers]]` order).
     pub acquirers: Vec<String>,
+    /// The longest wait between tries after failures.
+    pub retry_max: Duration,
 }
 
 impl ExportSettings {
@@ -65,6 +82,7 @@ impl ExportSettings {
             retention: store.retention,
             poll_interval: store.poll_interval,
             acquirers,
+            retry_max: RETRY_MAX,
         }
     }
 }
@@ -397,18 +415,38 @@ pub struct Exporter {
     follower: Follower,
     records: Vec<(u64, Record)>,
     rows: Vec<TxnUpdate>,
-    /// at_ms of the last record exported, for the lag in seconds.
+    /// at_ms of the last record exported, for the lag in seconds (at
+    /// start: when the exporter was made).
     last_at_ms: u64,
+    /// The export position has been read from the store: `follower`
+    /// starts from it. Until then nothing is exported.
+    resumed: bool,
+    /// The journal's durable record at start, to check the position
+    /// against once it is read (see [`Exporter::check_journal`]).
+    journal_at_start: Option<u64>,
+    /// The store is ahead of this journal (exported, journal): refused.
+    refused: Option<(u64, u64)>,
     metrics: Metrics,
 }
 
 impl Exporter {
-    /// Reads the store's export position for this node.
+    /// Reads the store's export position for this node. A store that
+    /// fails for a while (a server down: [`StoreError::is_retryable`]) is
+    /// no error: the position is read at the first step that can.
     pub fn new(
         settings: ExportSettings,
         mut store: Box<dyn Store>,
     ) -> Result<Exporter, StoreError> {
-        let position = store.export_position(&settings.node_id)?;
+        let (position, resumed) = match store.export_position(&settings.node_id) {
+            Ok(p) => (p, true),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e,
+                    "store: export position unknown for now; exporting starts when the store \
+                     answers");
+                (0, false)
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Exporter {
             follower: Follower {
                 dir: settings.journal_dir.clone(),
@@ -420,9 +458,17 @@ impl Exporter {
             rows: Vec::with_capacity(settings.batch_max),
             settings,
             store,
-            last_at_ms: 0,
+            last_at_ms: crate::clock::unix_now_ms(),
+            resumed,
+            journal_at_start: None,
+            refused: None,
             metrics: Metrics::new(),
         })
+    }
+
+    /// The export position has been read from the store.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// The last journal sequence number in the store.
@@ -441,8 +487,14 @@ impl Exporter {
 
     /// Refuses a journal that ends before what the store already has for
     /// this node (another journal, or a reset one): its transaction ids
-    /// would overwrite other transactions' rows.
-    pub fn check_journal(&self, durable: u64) -> Result<(), StoreError> {
+    /// would overwrite other transactions' rows. Before the position is
+    /// known the check waits for it: the first step that reads it refuses
+    /// then, and every step after.
+    pub fn check_journal(&mut self, durable: u64) -> Result<(), StoreError> {
+        if !self.resumed {
+            self.journal_at_start = Some(durable);
+            return Ok(());
+        }
         if self.position() > durable {
             return Err(StoreError::JournalBehind {
                 node: self.settings.node_id.clone(),
@@ -458,6 +510,31 @@ impl Exporter {
     /// caught up). On an error nothing of the batch is committed and the
     /// position is as before, so the next step reads the records again.
     pub fn step(&mut self, durable: u64) -> Result<usize, StoreError> {
+        self.step_once(durable, true)
+    }
+
+    /// [`Exporter::step`]; `again`: after finding the store at another
+    /// position than expected, start over from it (once).
+    fn step_once(&mut self, durable: u64, again: bool) -> Result<usize, StoreError> {
+        if !self.resumed {
+            let position = self.store.export_position(&self.settings.node_id)?;
+            if let Some(journal) = self.journal_at_start.filter(|&j| position > j) {
+                self.refused = Some((position, journal));
+            }
+            self.follower.last_seq = position;
+            self.resumed = true;
+            tracing::info!(
+                position,
+                "store: export position read; exporting from there"
+            );
+        }
+        if let Some((exported, journal)) = self.refused {
+            return Err(StoreError::JournalBehind {
+                node: self.settings.node_id.clone(),
+                exported,
+                journal,
+            });
+        }
         let start = (self.follower.at.clone(), self.follower.last_seq);
         self.records.clear();
         let read = self
@@ -483,11 +560,38 @@ impl Exporter {
         let applied = self.store.apply(&ExportBatch {
             node_id: &self.settings.node_id,
             rows: &self.rows,
+            from: start.1,
             position,
         });
-        if let Err(e) = applied {
-            (self.follower.at, self.follower.last_seq) = start;
-            return Err(e);
+        match applied {
+            Ok(()) => {}
+            Err(StoreError::PositionMoved { found, .. }) if found <= durable && again => {
+                // The store lost commits it had acknowledged (or another
+                // writer moved it): follow the journal again from where
+                // the store is; the records go again, idempotently.
+                tracing::warn!(
+                    expected = start.1,
+                    found,
+                    "store: the export position is not where this exporter left it; \
+                     exporting again from the store's"
+                );
+                self.follower.at = None;
+                self.follower.last_seq = found;
+                return self.step_once(durable, false);
+            }
+            Err(StoreError::PositionMoved { found, .. }) if found > durable => {
+                (self.follower.at, self.follower.last_seq) = start;
+                self.refused = Some((found, durable));
+                return Err(StoreError::JournalBehind {
+                    node: self.settings.node_id.clone(),
+                    exported: found,
+                    journal: durable,
+                });
+            }
+            Err(e) => {
+                (self.follower.at, self.follower.last_seq) = start;
+                return Err(e);
+            }
         }
         let n = self.records.len();
         self.last_at_ms = self.records.last().map_or(0, |(_, r)| r.at_ms());
@@ -552,6 +656,8 @@ impl Exporter {
         let mut next_retention = Instant::now();
         let mut draining_since: Option<Instant> = None;
         let mut last_error: Option<Instant> = None;
+        let first_backoff = ERROR_BACKOFF.min(self.settings.retry_max);
+        let mut backoff = first_backoff;
         loop {
             let stopping = stop.load(Ordering::SeqCst);
             if stopping && draining_since.is_none() {
@@ -567,6 +673,11 @@ impl Exporter {
             }
             match self.step(upto) {
                 Ok(n) => {
+                    if last_error.is_some() {
+                        last_error = None;
+                        tracing::info!(position = self.position(), "store: exporting again");
+                    }
+                    backoff = first_backoff;
                     // Against the watermark as it is now: records made
                     // durable while the batch was written are lag too.
                     self.report_lag(*durable.borrow(), crate::clock::unix_now_ms());
@@ -581,17 +692,21 @@ impl Exporter {
                 }
                 Err(e) => {
                     self.metrics.errors.increment(1);
+                    // The lag grows while the store is away.
+                    self.report_lag(*durable.borrow(), crate::clock::unix_now_ms());
                     // One line a minute at most: a locked or full database
-                    // fails every second.
+                    // fails at every try.
                     if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                         last_error = Some(Instant::now());
                         tracing::warn!(error = %e, position = self.position(),
-                            "store: export failed; retrying (the journal keeps the records)");
+                            "store: export failed; retrying, at most {} s apart (the journal \
+                             keeps the records)", self.settings.retry_max.as_secs_f64());
                     }
                     if stopping {
                         break;
                     }
-                    std::thread::park_timeout(ERROR_BACKOFF);
+                    std::thread::park_timeout(backoff);
+                    backoff = (backoff * 2).min(self.settings.retry_max.max(first_backoff));
                 }
             }
         }

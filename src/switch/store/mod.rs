@@ -3,16 +3,17 @@
 //! journal (`exporter.rs`).
 //!
 //! One interface ([`Store`]), one back end per database: SQLite
-//! (`sqlite.rs`, embedded, the default) now, PostgreSQL later. The trait is
-//! synchronous and takes `&mut self`: its callers (the exporter thread,
-//! later the settlement commands) run in a blocking context of their own,
-//! and a tokio-postgres back end drives its client on a private
-//! current-thread runtime inside its methods, as the `postgres` crate
-//! does, so callers do not change when it comes.
+//! (`sqlite.rs`, embedded, the default) and PostgreSQL (`postgres.rs`,
+//! `url = "postgres://..."`, for a server several nodes share). The trait
+//! is synchronous and takes `&mut self`: its callers (the exporter thread,
+//! later the settlement commands) run in a blocking context of their own;
+//! the PostgreSQL back end's client drives tokio-postgres on a private
+//! current-thread runtime inside its methods (the `postgres` crate), so
+//! it must not be called on a tokio worker thread.
 //!
-//! Layout: `schema.rs` (migrations), `sqlite.rs` (the SQLite back end),
-//! `exporter.rs` (the journal follower and its thread), `config.rs`
-//! (`[store]`).
+//! Layout: `schema.rs` (migrations, one list per back end),
+//! `sqlite.rs` and `postgres.rs` (the back ends), `exporter.rs` (the
+//! journal follower and its thread), `config.rs` (`[store]`).
 //!
 //! Card data: a row holds the PAN only as the journal does, masked (first
 //! 6, last 4) and as the keyed hash; the journal has no field for track
@@ -20,6 +21,7 @@
 
 mod config;
 pub mod exporter;
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 
@@ -27,7 +29,7 @@ pub mod sqlite;
 mod tests;
 
 pub(crate) use config::StoreFile;
-pub use config::{Backend, DEFAULT_URL, StoreConfig, parse_url};
+pub use config::{Backend, DEFAULT_URL, DbUrl, StoreConfig, parse_url, redact_url};
 pub use exporter::{ExportSettings, Exporter, ExporterHandle};
 
 use std::path::PathBuf;
@@ -37,6 +39,13 @@ use std::path::PathBuf;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Names the server (`host:port/db`), never the url's password.
+    #[error("postgres {target}: {source}")]
+    Postgres {
+        target: String,
+        #[source]
+        source: ::postgres::Error,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -62,8 +71,28 @@ pub enum StoreError {
         exported: u64,
         journal: u64,
     },
+    #[error(
+        "the store's export position for node `{node}` is {found}, not {expected} as this \
+         exporter had it (commits lost in a database crash or failover, or another switch \
+         exporting as the same store.node_id); nothing of the batch was written"
+    )]
+    PositionMoved {
+        node: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("starting the exporter thread: {0}")]
     Spawn(#[source] std::io::Error),
+}
+
+impl StoreError {
+    /// A failure that waiting may cure (a database server down,
+    /// restarting, unreachable): the exporter retries it, also at start,
+    /// rather than stop the switch. A SQLite file that cannot be opened is
+    /// a configuration problem, reported at start.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Postgres { .. })
+    }
 }
 
 /// Where a reversal or advice stands in store-and-forward.
@@ -178,11 +207,19 @@ impl TxnUpdate {
 }
 
 /// One SQL transaction's worth: the rows and the journal position they
-/// bring the store to (the last record folded into them).
+/// bring the store to (the last record folded into them), from the one
+/// the writer believes the store is at.
 #[derive(Clone, Debug)]
 pub struct ExportBatch<'a> {
     pub node_id: &'a str,
     pub rows: &'a [TxnUpdate],
+    /// The export position the batch follows (0: none yet). The store
+    /// writes nothing unless it is at this position
+    /// ([`StoreError::PositionMoved`]): a database that lost commits the
+    /// writer saw acknowledged (a crash with asynchronous commit, a
+    /// failover), or a second writer for the node, is caught, not
+    /// papered over.
+    pub from: u64,
     pub position: u64,
 }
 
@@ -218,8 +255,11 @@ pub trait Store: Send {
     /// The last journal sequence number exported for `node_id` (0: none).
     fn export_position(&mut self, node_id: &str) -> Result<u64, StoreError>;
 
-    /// Upserts the rows and moves the node's export position, in one
-    /// database transaction: after a crash both or neither are there.
+    /// Upserts the rows and moves the node's export position from
+    /// `batch.from` to `batch.position`, in one database transaction:
+    /// after a crash both or neither are there. A store not at
+    /// `batch.from` writes nothing and answers
+    /// [`StoreError::PositionMoved`] with where it is.
     fn apply(&mut self, batch: &ExportBatch<'_>) -> Result<(), StoreError>;
 
     /// Deletes the rows of transactions that began before `cutoff_ms`
@@ -242,9 +282,22 @@ pub trait Store: Send {
     fn count(&mut self) -> Result<u64, StoreError>;
 }
 
-/// Opens the configured store and brings its schema up to date.
+/// Opens the configured store and brings its schema up to date. A
+/// PostgreSQL server that does not answer is no error here: the store is
+/// returned unconnected (logged), and connects on its first use, which
+/// the exporter retries.
 pub fn open(backend: &Backend) -> Result<Box<dyn Store>, StoreError> {
     match backend {
         Backend::Sqlite { path } => Ok(Box::new(sqlite::SqliteStore::open(path)?)),
+        Backend::Postgres { url } => match postgres::PgStore::connect(url) {
+            Ok(store) => Ok(Box::new(store)),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e,
+                    "store: postgres {} not reachable now; the switch runs and the exporter \
+                     keeps trying (the journal keeps the records)", url.target());
+                Ok(Box::new(postgres::PgStore::lazy(url)?))
+            }
+            Err(e) => Err(e),
+        },
     }
 }

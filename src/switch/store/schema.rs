@@ -67,7 +67,75 @@ CREATE TABLE export_position (
 ",
 }];
 
+/// The PostgreSQL schema: the same tables, columns and indexes as
+/// [`SQLITE`] version for version. Ids, times, amounts and counts are
+/// BIGINT (63 bits, as in SQLite); the u16 fields (MTI, currency, fraud
+/// points and reasons) INTEGER; the card hash BYTEA, never text; stand-in
+/// a BOOLEAN where SQLite has 0/1.
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    description: "transactions and export_position",
+    sql: "
+CREATE TABLE transactions (
+    node_id            TEXT    NOT NULL,
+    txn_id             BIGINT  NOT NULL,
+    first_at_ms        BIGINT  NOT NULL,
+    updated_at_ms      BIGINT  NOT NULL,
+    last_seq           BIGINT  NOT NULL,
+    request_at_ms      BIGINT,
+    mti                INTEGER,
+    stan               BIGINT,
+    terminal_id        TEXT,
+    merchant_id        TEXT,
+    rrn                TEXT,
+    masked_pan         TEXT,
+    card_hash          BYTEA,
+    amount_minor       BIGINT,
+    currency           INTEGER,
+    transmission_time  BIGINT,
+    route              TEXT,
+    fraud_points       INTEGER,
+    fraud_reasons      INTEGER,
+    acquirer           TEXT,
+    forwarded_at_ms    BIGINT,
+    outcome            TEXT,
+    response_code      TEXT,
+    approval_code      TEXT,
+    stand_in           BOOLEAN,
+    answered_at_ms     BIGINT,
+    reversal_state     TEXT,
+    reversal_at_ms     BIGINT,
+    reversal_reason    TEXT,
+    reversal_attempts  BIGINT,
+    reversal_rc        TEXT,
+    advice_state       TEXT,
+    advice_at_ms       BIGINT,
+    advice_mti         TEXT,
+    advice_attempts    BIGINT,
+    advice_rc          TEXT,
+    PRIMARY KEY (node_id, txn_id)
+);
+CREATE INDEX transactions_first_at ON transactions (first_at_ms);
+CREATE INDEX transactions_terminal ON transactions (terminal_id, stan);
+CREATE INDEX transactions_rrn ON transactions (rrn);
+CREATE TABLE export_position (
+    node_id        TEXT    PRIMARY KEY,
+    seq            BIGINT  NOT NULL,
+    updated_at_ms  BIGINT  NOT NULL
+);
+",
+}];
+
 /// The newest version this build knows.
 pub fn latest(migrations: &[Migration]) -> i64 {
     migrations.last().map_or(0, |m| m.version)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn both_back_ends_have_the_same_versions() {
+        let v = |m: &[super::Migration]| m.iter().map(|m| m.version).collect::<Vec<_>>();
+        assert_eq!(v(super::SQLITE), v(super::POSTGRES));
+    }
 }

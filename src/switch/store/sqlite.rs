@@ -254,6 +254,23 @@ impl Store for SqliteStore {
 
     fn apply(&mut self, batch: &ExportBatch<'_>) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        // The position check (see ExportBatch::from); returning drops
+        // `tx`, which rolls it back.
+        let stored: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM export_position WHERE node_id = ?1",
+                [batch.node_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let stored = stored.map_or(0, |s| s.max(0) as u64);
+        if stored != batch.from {
+            return Err(StoreError::PositionMoved {
+                node: batch.node_id.to_owned(),
+                expected: batch.from,
+                found: stored,
+            });
+        }
         {
             let mut upsert = tx.prepare(UPSERT)?;
             for t in batch.rows {

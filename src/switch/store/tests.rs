@@ -1,12 +1,147 @@
-//! The store and the exporter over real files: a SQLite database and a
-//! journal in a temporary directory.
+//! The store and the exporter over real files and servers: a journal in
+//! a temporary directory, and each test twice, on a SQLite database and
+//! on a private PostgreSQL server's database (`pg_server`), with the same
+//! assertions (`on_both!`).
+//!
+//! The PostgreSQL client must not run on a tokio worker thread (its own
+//! runtime refuses to), so the async tests do their store work inside
+//! `block_in_place`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::block_in_place;
+
+use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
-use super::{ExportBatch, ExportSettings, Exporter, SafState, Store, TxnRow, TxnUpdate};
+use super::{
+    Backend, ExportBatch, ExportSettings, Exporter, SafState, Store, TxnRow, TxnUpdate, parse_url,
+};
 use crate::switch::journal::{Durability, Journal, JournalConfig, Record, RequestData};
+
+#[path = "../../../tests/common/postgres.rs"]
+mod pg_server;
+use pg_server::PgServer;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// One test's database: a SQLite file in its directory, or a fresh
+/// database on the shared PostgreSQL server (kept running while held).
+struct Db {
+    backend: Backend,
+    _server: Option<Arc<PgServer>>,
+}
+
+impl Db {
+    /// `None`: PostgreSQL missing and skipped (`SWITCHYARD_SKIP_POSTGRES`).
+    fn new(kind: Kind, dir: &Path) -> Option<Db> {
+        Some(match kind {
+            Kind::Sqlite => Db {
+                backend: Backend::Sqlite {
+                    path: dir.join("data/store.db"),
+                },
+                _server: None,
+            },
+            Kind::Postgres => {
+                let server = PgServer::shared()?;
+                Db::postgres(&server.create_database(), Some(server))
+            }
+        })
+    }
+
+    fn postgres(url: &str, server: Option<Arc<PgServer>>) -> Db {
+        Db {
+            backend: parse_url(url).expect("a postgres url"),
+            _server: server,
+        }
+    }
+
+    /// Opens the store (and migrates it); failing loudly, where the
+    /// switch's `open` would let a PostgreSQL store connect later.
+    fn open(&self) -> Result<Box<dyn Store>, super::StoreError> {
+        Ok(match &self.backend {
+            Backend::Sqlite { path } => Box::new(SqliteStore::open(path)?),
+            Backend::Postgres { url } => Box::new(PgStore::connect(url)?),
+        })
+    }
+
+    fn store(&self) -> Box<dyn Store> {
+        self.open().expect("store opens")
+    }
+
+    /// Runs SQL on the database behind the store's back.
+    fn execute(&self, sql: &str) {
+        match &self.backend {
+            Backend::Sqlite { path } => {
+                let raw = rusqlite::Connection::open(path).expect("raw");
+                raw.execute_batch(sql).expect("sql runs");
+            }
+            Backend::Postgres { url } => {
+                let mut raw =
+                    ::postgres::Client::connect(url.expose(), ::postgres::NoTls).expect("raw");
+                raw.batch_execute(sql).expect("sql runs");
+            }
+        }
+    }
+
+    fn schema_version(&self) -> i64 {
+        match &self.backend {
+            Backend::Sqlite { path } => SqliteStore::open(path)
+                .expect("store")
+                .schema_version()
+                .expect("version"),
+            Backend::Postgres { url } => PgStore::connect(url)
+                .expect("store")
+                .schema_version()
+                .expect("version"),
+        }
+    }
+}
+
+/// Each named test function, `fn NAME(kind: Kind)` (or `async fn`), run
+/// as `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both {
+    (async $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Kind::Postgres).await
+            }
+        }
+    )*};
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Kind::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Kind::Postgres)
+            }
+        }
+    )*};
+}
+
+on_both!(async exports_a_journal_across_segments_in_small_batches_and_resumes,
+    a_store_that_lost_commits_is_exported_again_from_where_it_is,
+    the_thread_follows_the_watermark_while_the_journal_grows);
+on_both!(
+    a_store_ahead_of_the_journal_is_refused,
+    retention_deletes_only_rows_older_than_configured,
+    migrations_run_once_and_a_newer_schema_is_refused,
+    a_batch_with_a_transaction_twice_is_merged_in_order,
+    a_batch_from_another_position_writes_nothing,
+);
 
 const NODE: &str = "node-t";
 const DAY_MS: u64 = 86_400_000;
@@ -47,6 +182,7 @@ fn settings(dir: &Path, batch_max: usize) -> ExportSettings {
         retention: Duration::from_millis(400 * DAY_MS),
         poll_interval: Duration::from_millis(5),
         acquirers: vec!["acquirer-a".into()],
+        retry_max: Duration::from_millis(100),
     }
 }
 
@@ -54,8 +190,13 @@ fn settings(dir: &Path, batch_max: usize) -> ExportSettings {
 /// (queued, sent, acknowledged), every fifth is declined 51, the rest
 /// approved. Returns the last sequence number.
 fn journal_traffic(journal: &Journal, n: u32, at_ms: u64) -> u64 {
+    journal_traffic_from(journal, 1, n, at_ms)
+}
+
+/// [`journal_traffic`] for transactions `from..from + n`.
+fn journal_traffic_from(journal: &Journal, from: u32, n: u32, at_ms: u64) -> u64 {
     let mut last = 0;
-    for i in 1..=n {
+    for i in from..from + n {
         let txn = u64::from(i);
         let at = at_ms + u64::from(i);
         let mut records = vec![
@@ -159,10 +300,11 @@ fn check_rows(rows: &[TxnRow], n: u32) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exports_a_journal_across_segments_in_small_batches_and_resumes() {
+async fn exports_a_journal_across_segments_in_small_batches_and_resumes(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("data/store.db");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
     let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
     let last = journal_traffic(&journal, 300, 1_000_000);
     durable(&journal, last).await;
@@ -174,43 +316,68 @@ async fn exports_a_journal_across_segments_in_small_batches_and_resumes() {
         "the journal rolled several segments"
     );
 
-    // Half of it, in batches of 7 records: a batch ends mid-transaction.
-    let store = Box::new(SqliteStore::open(&db).expect("store"));
-    let mut e = Exporter::new(settings(dir.path(), 7), store).expect("exporter");
-    assert_eq!(export_all(&mut e, last / 2), (last / 2) as usize);
-    assert_eq!(e.position(), last / 2);
-    drop(e);
+    block_in_place(|| {
+        // Half of it, in batches of 7 records: a batch ends mid-transaction.
+        let mut e = Exporter::new(settings(dir.path(), 7), db.store()).expect("exporter");
+        assert_eq!(export_all(&mut e, last / 2), (last / 2) as usize);
+        assert_eq!(e.position(), last / 2);
+        drop(e);
 
-    // A restart: from the committed position to the end.
-    let store = Box::new(SqliteStore::open(&db).expect("reopened"));
-    let mut e = Exporter::new(settings(dir.path(), 7), store).expect("exporter");
-    assert_eq!(e.position(), last / 2, "resumes where it committed");
-    assert_eq!(export_all(&mut e, last), (last - last / 2) as usize);
-    assert_eq!(e.gaps(), 0);
-    let first = all_rows(e.store());
-    check_rows(&first, 300);
-    assert_eq!(e.store().count().expect("count"), 300);
+        // A restart: from the committed position to the end.
+        let mut e = Exporter::new(settings(dir.path(), 7), db.store()).expect("exporter");
+        assert_eq!(e.position(), last / 2, "resumes where it committed");
+        assert_eq!(export_all(&mut e, last), (last - last / 2) as usize);
+        assert_eq!(e.gaps(), 0);
+        let first = all_rows(e.store());
+        check_rows(&first, 300);
+        assert_eq!(e.store().count().expect("count"), 300);
+        drop(e);
 
-    // A commit lost after its rows were written (as if the position had
-    // not moved): the records go again and change nothing.
-    let raw = rusqlite::Connection::open(&db).expect("raw");
-    raw.execute("UPDATE export_position SET seq = 10", [])
-        .expect("rewind");
-    drop(raw);
-    let store = Box::new(SqliteStore::open(&db).expect("reopened"));
-    let mut e = Exporter::new(settings(dir.path(), 50), store).expect("exporter");
-    assert_eq!(export_all(&mut e, last), (last - 10) as usize);
-    assert_eq!(all_rows(e.store()), first, "exported twice, stored once");
+        // A commit lost after its rows were written (as if the position
+        // had not moved): the records go again and change nothing.
+        db.execute("UPDATE export_position SET seq = 10");
+        let mut e = Exporter::new(settings(dir.path(), 50), db.store()).expect("exporter");
+        assert_eq!(export_all(&mut e, last), (last - 10) as usize);
+        assert_eq!(all_rows(e.store()), first, "exported twice, stored once");
+    });
     journal.close();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_thread_follows_the_watermark_while_the_journal_grows() {
+/// A database that lost acknowledged commits (a crash with asynchronous
+/// commit, a failover), here all of them: the exporter's next batch finds
+/// the position elsewhere, and it goes again from there.
+async fn a_store_that_lost_commits_is_exported_again_from_where_it_is(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("store.db");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
     let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
-    let store = Box::new(SqliteStore::open(&db).expect("store"));
-    let e = Exporter::new(settings(dir.path(), 16), store).expect("exporter");
+    let first = journal_traffic(&journal, 80, 1_000_000);
+    durable(&journal, first).await;
+    let mut e =
+        block_in_place(|| Exporter::new(settings(dir.path(), 50), db.store())).expect("exporter");
+    block_in_place(|| assert_eq!(export_all(&mut e, first), first as usize));
+    block_in_place(|| db.execute("DELETE FROM transactions; DELETE FROM export_position"));
+    let last = journal_traffic_from(&journal, 81, 20, 2_000_000);
+    durable(&journal, last).await;
+    block_in_place(|| {
+        export_all(&mut e, last);
+        assert_eq!(e.position(), last);
+        check_rows(&all_rows(e.store()), 100);
+        assert_eq!(e.store().export_position(NODE).expect("position"), last);
+        drop(e);
+    });
+    journal.close();
+}
+
+async fn the_thread_follows_the_watermark_while_the_journal_grows(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
+    let mut e =
+        block_in_place(|| Exporter::new(settings(dir.path(), 16), db.store())).expect("exporter");
     e.check_journal(0).expect("an empty store fits any journal");
     let handle = e.spawn(journal.durable()).expect("thread");
     let mut exported = handle.exported();
@@ -219,33 +386,39 @@ async fn the_thread_follows_the_watermark_while_the_journal_grows() {
         .await
         .expect("caught up in time")
         .expect("exporter running");
-    handle.stop();
-    let mut store = SqliteStore::open(&db).expect("reopened");
-    check_rows(&all_rows(&mut store), 120);
+    block_in_place(|| {
+        handle.stop();
+        check_rows(&all_rows(&mut *db.store()), 120);
+    });
     journal.close();
 }
 
-#[test]
-fn a_store_ahead_of_the_journal_is_refused() {
+fn a_store_ahead_of_the_journal_is_refused(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = SqliteStore::open(&dir.path().join("s.db")).expect("store");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let mut store = db.store();
     store
         .apply(&ExportBatch {
             node_id: NODE,
             rows: &[],
+            from: 0,
             position: 500,
         })
         .expect("position");
-    let e = Exporter::new(settings(dir.path(), 10), Box::new(store)).expect("exporter");
+    let mut e = Exporter::new(settings(dir.path(), 10), store).expect("exporter");
     let err = e.check_journal(20).expect_err("journal behind the store");
     assert!(err.to_string().contains("up to 500"), "{err}");
     e.check_journal(500).expect("at the position is fine");
 }
 
-#[test]
-fn retention_deletes_only_rows_older_than_configured() {
+fn retention_deletes_only_rows_older_than_configured(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = SqliteStore::open(&dir.path().join("s.db")).expect("store");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let mut store = db.store();
     let now = 1_000 * DAY_MS;
     // Ages in days: well past, just past, just inside, recent.
     let ages = [
@@ -262,10 +435,11 @@ fn retention_deletes_only_rows_older_than_configured() {
         .apply(&ExportBatch {
             node_id: NODE,
             rows: &rows,
+            from: 0,
             position: 4,
         })
         .expect("rows");
-    let mut e = Exporter::new(settings(dir.path(), 10), Box::new(store)).expect("exporter");
+    let mut e = Exporter::new(settings(dir.path(), 10), store).expect("exporter");
     assert_eq!(e.retain(now).expect("retention"), 2);
     let left: Vec<u64> = all_rows(e.store()).iter().map(|r| r.txn).collect();
     assert_eq!(left, [3, 4]);
@@ -273,23 +447,282 @@ fn retention_deletes_only_rows_older_than_configured() {
     assert_eq!(e.store().export_position(NODE).expect("position"), 4);
 }
 
-#[test]
-fn migrations_run_once_and_a_newer_schema_is_refused() {
+fn migrations_run_once_and_a_newer_schema_is_refused(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("s.db");
-    let s = SqliteStore::open(&path).expect("store");
-    assert_eq!(s.schema_version().expect("version"), 1);
-    drop(s);
-    let s = SqliteStore::open(&path).expect("reopened: nothing to migrate");
-    assert_eq!(s.schema_version().expect("version"), 1);
-    drop(s);
-    let raw = rusqlite::Connection::open(&path).expect("raw");
-    raw.execute(
-        "INSERT INTO schema_version (version, description) VALUES (99, 'future')",
-        [],
-    )
-    .expect("future version");
-    drop(raw);
-    let err = SqliteStore::open(&path).err().expect("refused");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    assert_eq!(db.schema_version(), 1);
+    drop(db.store());
+    assert_eq!(db.schema_version(), 1, "reopened: nothing to migrate");
+    db.execute("INSERT INTO schema_version (version, description) VALUES (99, 'future')");
+    let err = db.open().err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+/// A batch that does not follow the store's position writes nothing and
+/// says where the store is; the exporter then goes again from there.
+fn a_batch_from_another_position_writes_nothing(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let mut store = db.store();
+    let rows = [TxnUpdate::new(1, 1, 1_000)];
+    let batch = |from, position| ExportBatch {
+        node_id: NODE,
+        rows: &rows,
+        from,
+        position,
+    };
+    let err = store.apply(&batch(5, 9)).expect_err("no position yet");
+    assert!(
+        matches!(
+            err,
+            super::StoreError::PositionMoved {
+                expected: 5,
+                found: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.count().expect("count"), 0, "nothing written");
+    store.apply(&batch(0, 9)).expect("from none");
+    let err = store.apply(&batch(4, 12)).expect_err("not at 4");
+    assert!(
+        matches!(
+            err,
+            super::StoreError::PositionMoved {
+                expected: 4,
+                found: 9,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(store.export_position(NODE).expect("position"), 9);
+    store.apply(&batch(9, 12)).expect("from 9");
+    assert_eq!(store.export_position(NODE).expect("position"), 12);
+}
+
+/// The trait takes any rows, not only the exporter's one per
+/// transaction: the later update of a transaction wins field by field,
+/// as applied one after the other.
+fn a_batch_with_a_transaction_twice_is_merged_in_order(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let mut store = db.store();
+    let mut first = TxnUpdate::new(5, 1, 1_000);
+    first.reversal.state = Some(SafState::Queued);
+    first.reversal.attempts = Some(0);
+    let mut second = TxnUpdate::new(5, 3, 900);
+    second.reversal.state = Some(SafState::Acked);
+    let other = TxnUpdate::new(6, 2, 950);
+    store
+        .apply(&ExportBatch {
+            node_id: NODE,
+            rows: &[first, other, second],
+            from: 0,
+            position: 3,
+        })
+        .expect("rows");
+    let rows = all_rows(&mut *store);
+    assert_eq!(rows.iter().map(|r| r.txn).collect::<Vec<_>>(), [5, 6]);
+    let r = &rows[0];
+    assert_eq!(r.reversal.state, Some(SafState::Acked));
+    assert_eq!(r.reversal.attempts, Some(0), "kept from the first");
+    assert_eq!(
+        (r.first_at_ms, r.updated_at_ms, r.last_seq),
+        (900, 1_000, 3)
+    );
+    assert_eq!(store.export_position(NODE).expect("position"), 3);
+}
+
+/// The write method kept for measurements stores what the default does:
+/// new rows, updates, and a batch with a transaction twice.
+#[test]
+fn postgres_copy_method_stores_what_unnest_does() {
+    use super::postgres::Method;
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let mut stored = Vec::new();
+    for method in [Method::Unnest, Method::Copy] {
+        let db = Db::postgres(&server.create_database(), None);
+        let Backend::Postgres { url } = &db.backend else {
+            unreachable!()
+        };
+        let mut store = PgStore::connect(url).expect("store");
+        store.set_method(method);
+        let mut rows = full_rows(1, 50);
+        let mut again = TxnUpdate::new(7, 200, 5);
+        again.reversal.state = Some(SafState::Expired);
+        rows.push(again);
+        for (from, position, batch) in [(0, 10, &rows[..30]), (10, 20, &rows[20..])] {
+            store
+                .apply(&ExportBatch {
+                    node_id: NODE,
+                    rows: batch,
+                    from,
+                    position,
+                })
+                .expect("apply");
+        }
+        assert_eq!(store.export_position(NODE).expect("position"), 20);
+        stored.push(all_rows(&mut store));
+    }
+    assert_eq!(stored[0].len(), 50);
+    assert_eq!(stored[0][6].reversal.state, Some(SafState::Expired));
+    assert_eq!(stored[0][6].first_at_ms, 5);
+    assert_eq!(stored[0], stored[1]);
+}
+
+/// PostgreSQL down at start, and again while exporting: the exporter
+/// waits and retries, exports nothing meanwhile, and catches up once the
+/// server is back, each transaction once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_at_start_and_later_costs_lag_only() {
+    let Some(mut server) = PgServer::start(&[]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::postgres(&server.create_database(), None);
+    let Backend::Postgres { url } = &db.backend else {
+        unreachable!()
+    };
+    let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
+    server.stop();
+    let mut e = block_in_place(|| {
+        let store = super::open(&db.backend).expect("no error: connects later");
+        Exporter::new(settings(dir.path(), 16), store).expect("no error: reads it later")
+    });
+    assert!(!e.resumed());
+    e.check_journal(0)
+        .expect("checked once the position is read");
+    let handle = e.spawn(journal.durable()).expect("thread");
+    let mut exported = handle.exported();
+    let last = journal_traffic(&journal, 60, 7_000_000);
+    durable(&journal, last).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*exported.borrow(), 0, "nothing exported without a server");
+
+    server.start_again();
+    tokio::time::timeout(Duration::from_secs(20), exported.wait_for(|&p| p >= last))
+        .await
+        .expect("caught up once the server is back")
+        .expect("exporter running");
+
+    server.stop();
+    let more = journal_traffic_from(&journal, 61, 40, 8_000_000);
+    durable(&journal, more).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*exported.borrow(), last, "nothing exported while down");
+    server.start_again();
+    tokio::time::timeout(Duration::from_secs(20), exported.wait_for(|&p| p >= more))
+        .await
+        .expect("caught up again")
+        .expect("exporter running");
+    block_in_place(|| {
+        handle.stop();
+        let mut store = PgStore::connect(url).expect("store");
+        check_rows(&all_rows(&mut store), 100);
+    });
+    journal.close();
+}
+
+/// Rows as the exporter makes them at full load: a request, its forward
+/// and its answer (new rows), then the same again (updates).
+fn full_rows(from: u64, n: u64) -> Vec<TxnUpdate> {
+    (from..from + n)
+        .map(|txn| {
+            let mut t = TxnUpdate::new(txn, txn * 3, 1_000_000 + txn);
+            let r = request_data(txn as u32);
+            t.request = Some(super::RequestFields {
+                at_ms: 1_000_000 + txn,
+                mti: r.mti,
+                stan: r.stan,
+                terminal_id: r.terminal_id.to_string(),
+                merchant_id: r.merchant_id.to_string(),
+                rrn: r.rrn.to_string(),
+                masked_pan: r.masked_pan.to_string(),
+                card_hash: r.card_hash,
+                amount_minor: r.amount_minor,
+                currency: r.currency,
+                transmission_time: r.transmission_time,
+                route: Some("acquirer-a".into()),
+                fraud_points: 3,
+                fraud_reasons: 1,
+            });
+            t.forwarded = Some((1_000_000 + txn, "acquirer-a".into()));
+            t.outcome = Some(super::Outcome::Answered {
+                at_ms: 1_000_001 + txn,
+                response_code: "00".into(),
+                approval_code: "A1B2C3".into(),
+                stand_in: false,
+            });
+            t
+        })
+        .collect()
+}
+
+/// How fast `apply` writes, by batch size and PostgreSQL write method,
+/// interleaved so that a busy machine's drift hits all alike: `cargo
+/// test --lib switch::store::tests::apply_rate -- --ignored --nocapture`.
+/// A private server with fsync on.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn apply_rate() {
+    use super::postgres::Method;
+    let Some(server) = PgServer::start(&["fsync=on"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = Db::new(Kind::Sqlite, dir.path()).expect("sqlite");
+    let pg = Db::postgres(&server.create_database(), None);
+    let Backend::Postgres { url } = &pg.backend else {
+        unreachable!()
+    };
+    let mut next = 1;
+    for round in 1..=3 {
+        for (batch, batches) in [(1u64, 300u64), (100, 50), (2_000, 10), (20_000, 3)] {
+            for method in [None, Some(Method::Unnest), Some(Method::Copy)] {
+                let mut store: Box<dyn Store> = match method {
+                    None => sqlite.store(),
+                    Some(m) => {
+                        let mut s = PgStore::connect(url).expect("pg");
+                        s.set_method(m);
+                        Box::new(s)
+                    }
+                };
+                let all = full_rows(next, batch * batches);
+                next += batch * batches;
+                let mut at = store.export_position(NODE).expect("position");
+                for pass in ["insert", "update"] {
+                    let started = std::time::Instant::now();
+                    for rows in all.chunks(batch as usize) {
+                        store
+                            .apply(&ExportBatch {
+                                node_id: NODE,
+                                rows,
+                                from: at,
+                                position: at + 1,
+                            })
+                            .expect("apply");
+                        at += 1;
+                    }
+                    let s = started.elapsed().as_secs_f64();
+                    println!(
+                        "round {round} {:<14} batch {batch:>6} {pass}: {:>7.0} rows/s, {:>9.1} \
+                         us a batch",
+                        method.map_or("sqlite".into(), |m| format!("pg {m:?}")),
+                        all.len() as f64 / s,
+                        s * 1e6 / batches as f64
+                    );
+                }
+            }
+        }
+    }
 }
