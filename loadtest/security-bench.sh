@@ -8,8 +8,11 @@
 # MACed and checked back to the load generator), alternating, ROUNDS
 # times. Prints each run, the medians and the secured share of plain.
 #
+# MAC_ALG=aes-cmac makes the TAK and ZAK AES-128 keys and every MAC an
+# AES-CMAC (default: retail, ISO 9797-1 algorithm 3 under TDES keys).
+#
 #   bash loadtest/security-bench.sh
-#   ROUNDS=5 DURATION=10s bash loadtest/security-bench.sh
+#   ROUNDS=5 DURATION=10s MAC_ALG=aes-cmac bash loadtest/security-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,7 @@ OUT=${OUT:-loadtest/results/security}
 SIM_PORT=${SIM_PORT:-19783}
 SWITCH_PORT=${SWITCH_PORT:-18783}
 ADMIN_PORT=${ADMIN_PORT:-19290}
+MAC_ALG=${MAC_ALG:-retail}
 rm -rf "$OUT"
 mkdir -p "$OUT"
 cargo build --release --quiet --bin switchyard -p switchyard
@@ -39,18 +43,20 @@ python3 -c 'import os; print(os.urandom(32).hex())' > "$keys/c2"
 export SWITCHYARD_LMK_FILE="$keys/lmk"
 "$BIN/switchyard" keys form-lmk --out "$keys/lmk" --component-file "$keys/c1" --component-file "$keys/c2" \
     --store "$keys/keys.toml" >/dev/null
-import_key() { # name type hex
+import_key() { # name type hex [algorithm]
     python3 -c 'import sys; print("%032X" % (int(sys.argv[1],16) ^ int(sys.argv[2],16)))' "$3" "$MASK" > "$keys/k1"
     echo "$MASK" > "$keys/k2"
     "$BIN/switchyard" keys import --store "$keys/keys.toml" --name "$1" --type "$2" \
-        --component-file "$keys/k1" --component-file "$keys/k2" >/dev/null
+        --algorithm "${4:-tdes}" --component-file "$keys/k1" --component-file "$keys/k2" >/dev/null
 }
+mac_key_alg=tdes
+[ "$MAC_ALG" = aes-cmac ] && mac_key_alg=aes
 import_key term.tpk tpk "$TPK"
-import_key term.tak tak "$TAK"
+import_key term.tak tak "$TAK" "$mac_key_alg"
 import_key acq.zpk zpk "$ZPK"
-import_key acq.zak zak "$ZAK"
+import_key acq.zak zak "$ZAK" "$mac_key_alg"
 rm -f "$keys/k1" "$keys/k2" "$keys/c1" "$keys/c2"
-printf 'pin_key = "%s"\nmac_key = "%s"\nmac_algorithm = "retail"\npin = "1234"\n' "$TPK" "$TAK" > "$keys/terminal.toml"
+printf 'pin_key = "%s"\nmac_key = "%s"\nmac_algorithm = "%s"\npin = "1234"\n' "$TPK" "$TAK" "$MAC_ALG" > "$keys/terminal.toml"
 
 write_config() { # plain|secure -> config file
     local file="$OUT/switch-$1.toml"
@@ -66,6 +72,7 @@ write_config() { # plain|secure -> config file
 
 [acquirers.security]
 mac = "require"
+mac_algorithm = "$MAC_ALG"
 mac_key = "acq.zak"
 pin_key = "acq.zpk"
 
@@ -76,6 +83,7 @@ lmk_file = "$keys/lmk"
 [[security.terminals]]
 terminal_id_prefixes = ["LT"]
 mac = "require"
+mac_algorithm = "$MAC_ALG"
 mac_key = "term.tak"
 pin_key = "term.tpk"
 TOML
@@ -102,7 +110,7 @@ wait_until() {
 start() { # plain|secure
     local zone=()
     if [ "$1" = secure ]; then
-        zone=(--keys "$keys/keys.toml" --lmk-file "$keys/lmk" --zak acq.zak --zpk acq.zpk --expect-pin 1234)
+        zone=(--keys "$keys/keys.toml" --lmk-file "$keys/lmk" --zak acq.zak --mac-algorithm "$MAC_ALG" --zpk acq.zpk --expect-pin 1234)
     fi
     "$BIN/switchyard" sim --listen "127.0.0.1:$SIM_PORT" "${zone[@]}" >/dev/null 2>&1 &
     pids+=($!)
