@@ -102,6 +102,13 @@ pin_key = "t-{{terminal}}.tpk"
 tmk = "t-{{terminal}}.tmk"
 
 [[security.terminals]]
+name = "macs-over-fields"
+terminal_ids = ["TERMF001"]
+mac = "require"
+mac_key = "term.tak"
+mac_fields = [2, 3, 4, 11, 41]
+
+[[security.terminals]]
 name = "dukpt-fleet"
 terminal_ids = ["DUKPT001"]
 dukpt_bdk = "fleet.bdk"
@@ -221,10 +228,13 @@ async fn pin_translated_and_macs_made_and_checked_on_both_sides() {
 
 #[tokio::test]
 async fn a_tampered_or_missing_mac_gets_63_and_is_not_forwarded() {
+    let log = Captured::install();
     let k = key_store();
     let sim = host(ZAK).await;
     let switch = switch_with(&k, &sim, "require").await;
     let mut t = Terminal::connect(switch.terminal_addr).await;
+    // A second connection: the refusal line is rate-limited per connection.
+    let mut t2 = Terminal::connect(switch.terminal_addr).await;
     let mut tampered = secured_request(2, TID, TPK, true).to_vec();
     // The amount's last digit: the MAC no longer covers these bytes.
     let msg = Message::parse(Bytes::from(tampered.clone()), specs::iso87ascii()).expect("parses");
@@ -233,28 +243,33 @@ async fn a_tampered_or_missing_mac_gets_63_and_is_not_forwarded() {
     tampered[amount_at] = b'9';
     assert_eq!(code(&t.request(&tampered).await), "63");
     assert_eq!(
-        code(&t.request(&secured_request(3, TID, TPK, false)).await),
+        code(&t2.request(&secured_request(3, TID, TPK, false)).await),
         "63"
     );
     assert_eq!(transactions_at(&sim), 0, "nothing reached the host");
+    // The metrics are this test binary's (other tests refuse too): at
+    // least these; the log lines are this test's own, by connection.
     let admin = switch.admin_addr.expect("admin");
     let (_, metrics) = http_get(admin, "/metrics").await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "switchyard_security_refusals_total",
-            &["mac_wrong"]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "switchyard_security_refusals_total",
-            &["mac_missing"]
-        ),
-        1.0
-    );
+    for reason in ["mac_wrong", "mac_missing"] {
+        let n = metric(&metrics, "switchyard_security_refusals_total", &[reason]);
+        assert!(n >= 1.0, "{reason}: {n}");
+    }
+    for (terminal, reason) in [(&t, "mac_wrong"), (&t2, "mac_missing")] {
+        let peer = terminal.stream.local_addr().expect("addr").to_string();
+        let lines = log.lines("WARN", &format!("peer={peer}"));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("reason=\"{reason}\""))
+                    || l.contains(&format!("reason={reason}"))),
+            "{reason}: {lines:?}"
+        );
+        assert!(
+            lines.iter().all(|l| l.contains("476173******0010")),
+            "the PAN masked: {lines:?}"
+        );
+    }
     switch.shutdown().await;
 }
 
@@ -409,6 +424,45 @@ async fn config_names_keys_missing_from_the_store() {
             .any(|p| p.starts_with("acquirers[0].security.mac_key: no zak key named `acq.nope`")),
         "{text:?}"
     );
+}
+
+#[tokio::test]
+async fn a_mac_over_a_field_list_covers_those_fields_only() {
+    use switchyard::iso8583::mac_field::field_list_input;
+    const FIELDS: [u16; 5] = [2, 3, 4, 11, 41];
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let switch = switch_with(&k, &sim, "require").await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    // DE42 changes after the MAC is made: it is not in the list.
+    let request = |stan: u32, amount_after: Option<u64>| {
+        let base = auth_from(Mti::FINANCIAL, stan, PAN, 1_000, "TERMF001");
+        let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
+        let mut covered = Vec::new();
+        field_list_input(&msg, &FIELDS, &mut covered);
+        let mut b = MessageBuilder::new(specs::iso87ascii(), msg.mti());
+        b.copy_all(&msg).set(42, b"ANOTHERMERCHANT");
+        if let Some(a) = amount_after {
+            b.set_number(4, a);
+        }
+        let mut out = BytesMut::new();
+        b.pack_with_mac(&mut out, |_, len| mac_under(&tdes(TAK))(&covered, len))
+            .expect("packs");
+        out.freeze()
+    };
+    let answer = t.request(&request(40, None)).await;
+    assert_eq!(code(&answer), "00", "a field outside the list may change");
+    let mut covered = Vec::new();
+    field_list_input(&answer, &FIELDS, &mut covered);
+    let parts = answer.mac_parts().expect("the answer is MACed");
+    let want = mac_under(&tdes(TAK))(&covered, parts.mac.len()).expect("mac");
+    assert_eq!(parts.mac, want, "the answer's MAC covers the same fields");
+    assert_eq!(
+        code(&t.request(&request(41, Some(999))).await),
+        "63",
+        "DE4 is covered"
+    );
+    switch.shutdown().await;
 }
 
 /// 0800 with DE70 161 from terminal `tid`.

@@ -87,6 +87,21 @@ impl Message {
     }
 }
 
+/// What a MAC over a field list covers: each listed field the message
+/// has, as on the wire without its length prefix, in the list's order
+/// (the MAC field itself never).
+pub fn field_list_input(msg: &Message, fields: &[u16], out: &mut Vec<u8>) {
+    for &n in fields {
+        let n = usize::from(n);
+        if n == 64 || n == 128 {
+            continue;
+        }
+        if let Some(v) = msg.field(n) {
+            out.extend_from_slice(v);
+        }
+    }
+}
+
 /// The MAC length a spec's DE64/DE128 holds (fixed binary), if it does.
 pub fn mac_len(spec: &Spec, field: usize) -> Option<usize> {
     let def = spec.field(field)?;

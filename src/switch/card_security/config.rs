@@ -53,13 +53,16 @@ table! {
         mac_key: Option<String> = None;
         /// The terminal's PIN key (TPK) ...
         pin_key: Option<String> = None;
+        /// ... or a DUKPT base derivation key, the KSN in `ksn_field`.
+        dukpt_bdk: Option<String> = None;
+        ksn_field: Option<u64> = None, in 2..=128;
         /// The terminal master key its TPK and TAK are exchanged under.
         tmk: Option<String> = None;
         /// DE70 of the terminal's 0800 asking for new keys.
         key_change_code: u64 = 161, in 1..=999;
-        /// ... or a DUKPT base derivation key, the KSN in `ksn_field`.
-        dukpt_bdk: Option<String> = None;
-        ksn_field: Option<u64> = None, in 2..=128;
+        /// The fields the MAC covers, in this order (their data as on the
+        /// wire, length prefixes left out); empty: the whole message.
+        mac_fields: Vec<u16> = Vec::new();
     }
 }
 
@@ -299,7 +302,14 @@ impl TerminalProfileFile {
                 s.problem(k, "with a tmk, name the key per terminal (`t-{terminal}.tpk`): a key change changes one terminal's keys");
             }
         }
+        for (j, &n) in self.mac_fields.iter().enumerate() {
+            if !(2..=127).contains(&n) || n == 64 {
+                let message = format!("{n}: a data element 2..=127 other than 64");
+                s.problem(&format!("mac_fields[{j}]"), message);
+            }
+        }
         Some(TerminalProfile {
+            mac_fields: self.mac_fields,
             tmk,
             key_change_code: self.key_change_code as u16, // in range
             name: self.name.unwrap_or_else(|| format!("terminals[{i}]")),

@@ -94,6 +94,8 @@ pub struct TerminalProfile {
     pub mac: MacMode,
     pub mac_algorithm: MacAlgorithm,
     pub mac_key: Option<KeyRef>,
+    /// The fields the MAC covers, in this order; empty: the whole message.
+    pub mac_fields: Vec<u16>,
     pub pin: Option<PinKey>,
     /// The terminal master key the TPK and TAK are exchanged under.
     pub tmk: Option<KeyRef>,
@@ -263,6 +265,7 @@ pub fn check_mac(
     mode: MacMode,
     algorithm: MacAlgorithm,
     key: Option<&KeyName>,
+    fields: &[u16],
     msg: &Message,
 ) -> Result<(), Refusal> {
     let Some(key) = key else {
@@ -277,7 +280,13 @@ pub fn check_mac(
         Err(MacFieldError::Missing) => return Err(Refusal::MacMissing),
         Err(_) => return Err(Refusal::MacMisplaced),
     };
-    let data = msg.frame().slice(..parts.data.len());
+    let data = if fields.is_empty() {
+        msg.frame().slice(..parts.data.len())
+    } else {
+        let mut d = Vec::with_capacity(128);
+        crate::iso8583::mac_field::field_list_input(msg, fields, &mut d);
+        Bytes::from(d)
+    };
     let command = HsmCommand::VerifyMac {
         key: key.clone(),
         algorithm,
@@ -291,27 +300,47 @@ pub fn check_mac(
     }
 }
 
-/// Packs `b` with a MAC under `key` (replacing any it had).
+/// Packs `b` with a MAC under `key` (replacing any it had), over the
+/// whole message or, with `fields`, over those.
 pub fn pack_with_mac(
     hsm: &SoftHsm,
     algorithm: MacAlgorithm,
     key: &KeyName,
+    fields: &[u16],
     b: &MessageBuilder<'_>,
     out: &mut BytesMut,
 ) -> Result<(), String> {
-    b.pack_with_mac(out, |data, len| {
-        match hsm.execute(&HsmCommand::GenerateMac {
-            key: key.clone(),
-            algorithm,
-            data: Bytes::copy_from_slice(data),
-            len,
-        }) {
-            Ok(HsmReply::Mac(m)) => MacBytes::try_from(&m[..]).map_err(|e| e.to_string()),
-            Ok(other) => Err(format!("the HSM answered {other:?}")),
-            Err(e) => Err(e.to_string()),
-        }
+    let generate = |data: &[u8], len: usize| match hsm.execute(&HsmCommand::GenerateMac {
+        key: key.clone(),
+        algorithm,
+        data: Bytes::copy_from_slice(data),
+        len,
+    }) {
+        Ok(HsmReply::Mac(m)) => MacBytes::try_from(&m[..]).map_err(|e| e.to_string()),
+        Ok(other) => Err(format!("the HSM answered {other:?}")),
+        Err(e) => Err(e.to_string()),
+    };
+    if fields.is_empty() {
+        return b.pack_with_mac(out, generate).map_err(|e| e.to_string());
+    }
+    // The fields' bytes are known once packed: pack with a placeholder,
+    // read the fields back, then fill the MAC in.
+    let mut packed = BytesMut::with_capacity(256);
+    b.pack_with_mac(&mut packed, |_, len| {
+        Ok(std::iter::repeat_n(0, len).collect())
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    let msg = Message::parse(packed.split().freeze(), b.spec()).map_err(|e| e.to_string())?;
+    let field = msg.mac_parts().map_err(|e| e.to_string())?.field;
+    let mut data = Vec::with_capacity(128);
+    crate::iso8583::mac_field::field_list_input(&msg, fields, &mut data);
+    let mut message = msg.frame().to_vec();
+    crate::iso8583::mac_field::fill_trailing_mac(b.spec(), field, &mut message, |_, len| {
+        generate(&data, len)
+    })
+    .map_err(|e| e.to_string())?;
+    out.extend_from_slice(&message);
+    Ok(())
 }
 
 /// `msg` again, with a MAC under `key`.
@@ -324,7 +353,7 @@ pub fn seal(
     let mut b = MessageBuilder::new(msg.spec(), msg.mti());
     b.copy_all(msg);
     let mut out = BytesMut::with_capacity(msg.frame().len() + 32);
-    pack_with_mac(hsm, algorithm, key, &b, &mut out)?;
+    pack_with_mac(hsm, algorithm, key, &[], &b, &mut out)?;
     Ok(out.freeze())
 }
 

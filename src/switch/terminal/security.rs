@@ -39,6 +39,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             profile.mac,
             profile.mac_algorithm,
             key.as_ref(),
+            &profile.mac_fields,
             msg,
         );
         match checked {
@@ -247,7 +248,14 @@ impl<J: JournalAppend> TerminalCore<J> {
         b.copy_all(&answer);
         let mut out = BytesMut::with_capacity(answer.frame().len() + 32);
         let key = key.name(tid.trimmed());
-        card_security::pack_with_mac(&sec.hsm, profile.mac_algorithm, &key, &b, &mut out)?;
+        card_security::pack_with_mac(
+            &sec.hsm,
+            profile.mac_algorithm,
+            &key,
+            &profile.mac_fields,
+            &b,
+            &mut out,
+        )?;
         self.wbuf.truncate(start);
         self.wbuf.extend_from_slice(&out);
         Ok(())

@@ -842,6 +842,7 @@ impl<R> LinkCore<R> {
             MacMode::Require,
             *algorithm,
             Some(key),
+            &[],
             msg,
         ) {
             Ok(()) => None,
