@@ -65,6 +65,8 @@ pub struct Shared {
     pub stopping: CancellationToken,
     /// `[security]`: the HSM and the terminal profiles.
     pub security: Option<crate::switch::card_security::SecurityConfig>,
+    /// The queue to the analytics thread: one event per answered request.
+    pub analytics: crate::switch::analytics::Sink,
     allowed: HashSet<Vec<u8>>,
     countries: HashMap<Vec<u8>, u16>,
 }
@@ -131,6 +133,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
             security: config.security.clone(),
+            analytics: crate::switch::analytics::Sink::new(&config.analytics),
         })
     }
 

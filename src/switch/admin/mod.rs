@@ -32,6 +32,7 @@ mod auth;
 mod config;
 pub mod limiter;
 mod scrub;
+pub(crate) use scrub::scrub_json;
 pub mod sessions;
 pub mod totp;
 pub mod users;
