@@ -167,6 +167,14 @@ impl Runner {
     }
 }
 
+impl Drop for Runner {
+    /// A switch dropped without `shutdown` (a test) stops its thread too,
+    /// without waiting for it.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
 /// Starts the thread over `shared`'s queue; `None` when analytics is off.
 /// `store_exported` is the store exporter's position, for its lag.
 pub fn spawn(
