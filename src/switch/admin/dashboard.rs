@@ -113,20 +113,17 @@ pub(super) async fn page() -> Response {
     r
 }
 
-fn analytics_of(s: &AdminState) -> Result<&Arc<analytics::Handle>, Response> {
-    s.analytics.as_ref().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "analytics_off",
-            "analytics is off ([analytics] enabled = false)",
-        )
-    })
+fn analytics_off() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "analytics_off",
+        "analytics is off ([analytics] enabled = false)",
+    )
 }
 
 async fn ask(s: &AdminState, q: Query) -> Response {
-    let a = match analytics_of(s) {
-        Ok(a) => a,
-        Err(r) => return r,
+    let Some(a) = &s.analytics else {
+        return analytics_off();
     };
     match a.ask(q, ASK_TIMEOUT).await {
         Some(v) => json(StatusCode::OK, &v),
@@ -146,25 +143,29 @@ pub(super) async fn terminals(
     State(s): State<Arc<AdminState>>,
     UrlQuery(q): UrlQuery<HashMap<String, String>>,
 ) -> Response {
-    let limit = match limit(&q) {
-        Ok(l) => l,
-        Err(r) => return r,
+    let Some(limit) = limit(&q) else {
+        return bad_limit();
     };
     ask(&s, Query::Terminals { limit }).await
 }
 
-fn limit(q: &HashMap<String, String>) -> Result<usize, Response> {
+/// `limit=N`, 1 to [`MAX_ROWS`] (that when absent); `None` when bad.
+fn limit(q: &HashMap<String, String>) -> Option<usize> {
     match q.get("limit") {
-        None => Ok(MAX_ROWS),
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_ROWS).contains(&n) => Ok(n),
-            _ => Err(error(
-                StatusCode::BAD_REQUEST,
-                "bad_limit",
-                &format!("limit is a number from 1 to {MAX_ROWS}"),
-            )),
-        },
+        None => Some(MAX_ROWS),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_ROWS).contains(n)),
     }
+}
+
+fn bad_limit() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_limit",
+        &format!("limit is a number from 1 to {MAX_ROWS}"),
+    )
 }
 
 pub(super) async fn transactions(
@@ -177,9 +178,8 @@ pub(super) async fn transactions(
             return bad("search by rrn, stan and terminal, or pan (masked); limit");
         }
     }
-    let limit = match limit(&q) {
-        Ok(l) => l.min(100),
-        Err(r) => return r,
+    let Some(limit) = limit(&q).map(|l| l.min(100)) else {
+        return bad_limit();
     };
     let stan = match q.get("stan").map(|s| s.trim().parse::<u32>()) {
         None => None,
@@ -215,9 +215,8 @@ pub(super) async fn stream(
     State(s): State<Arc<AdminState>>,
     watch: Option<Extension<Watch>>,
 ) -> Response {
-    let a = match analytics_of(&s) {
-        Ok(a) => a.clone(),
-        Err(r) => return r,
+    let Some(a) = s.analytics.clone() else {
+        return analytics_off();
     };
     let Ok(permit) = a.streams.clone().try_acquire_owned() else {
         return error(

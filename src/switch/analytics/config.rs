@@ -110,8 +110,7 @@ mod tests {
         assert_eq!(c.detector.hold.as_secs(), 60);
         assert_eq!(c.recent_transactions, 100_000);
         let p = Config::parse("[analytics]\nz_threshold = -1.0\nalpha = 0.0\nhold_s = 0\n")
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         let p: Vec<String> = p.iter().map(ToString::to_string).collect();
         assert_eq!(p.len(), 3, "{p:?}");
     }

@@ -567,7 +567,7 @@ impl State {
                 .enumerate()
                 .filter(|(_, n)| *n > 0)
                 .collect();
-            r.sort_by(|a, b| b.1.cmp(&a.1));
+            r.sort_by_key(|x| std::cmp::Reverse(x.1));
             r.into_iter()
                 .filter_map(|(i, n)| {
                     crate::switch::fraud::RuleId::ALL
