@@ -17,7 +17,8 @@ pub struct AnalyticsConfig {
     pub recent_transactions: usize,
     /// Terminals kept for `/api/terminals` (the longest unseen go first).
     pub max_terminals: usize,
-    /// Terminals and merchants kept per minute (per second: a sixteenth).
+    /// Terminals, merchants, BINs, MCCs, countries kept per minute (per
+    /// second: a sixty-fourth, at least 8).
     pub top_per_minute: usize,
     pub detector: DetectorConfig,
 }

@@ -43,10 +43,9 @@ pub use tap::{Event, Tap};
 use crate::switch::router::PrefixMap;
 use crate::switch::server::Shared;
 
-pub const DROPPED: &str = "switchyard_analytics_dropped_total";
-pub const EVENTS: &str = "switchyard_analytics_events_total";
-pub const ALERTS_OPEN: &str = "switchyard_alerts_open";
-pub const ALERTS_RAISED: &str = "switchyard_alerts_raised_total";
+use crate::telemetry::{
+    ALERTS_OPEN, ALERTS_RAISED, ANALYTICS_DROPPED as DROPPED, ANALYTICS_EVENTS as EVENTS,
+};
 
 /// How often the thread drains the queue when no question comes.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
@@ -107,6 +106,13 @@ impl Sink {
 
     fn queue(&self) -> Option<Arc<ArrayQueue<Event>>> {
         self.queue.clone()
+    }
+
+    /// The consumer's end, for `benches/analytics.rs` (the switch's is the
+    /// analytics thread); an empty queue when analytics is off.
+    #[doc(hidden)]
+    pub fn queue_for_bench(&self) -> Arc<ArrayQueue<Event>> {
+        self.queue().unwrap_or_else(|| Arc::new(ArrayQueue::new(1)))
     }
 }
 
@@ -280,7 +286,9 @@ impl State {
         bin_countries: PrefixMap<u16>,
         terminal_countries: HashMap<[u8; 8], u16>,
     ) -> State {
-        let per_second = (config.top_per_minute / 16).max(16);
+        // A second's tops are not shown (the charts read its totals and
+        // codes): a few keys suffice and keep 3,600 of them small.
+        let per_second = (config.top_per_minute / 64).max(8);
         // Series: the switch's, six per acquirer, six per terminal.
         let max_series = 16 + 6 * MAX_ACQUIRERS + 6 * config.max_terminals;
         State {
