@@ -494,3 +494,114 @@ async fn a_real_browser_renders_live_figures_in_english_and_chinese() {
     traffic.abort();
     switch.shutdown().await;
 }
+
+/// With operators the page is served, but what it shows needs a session:
+/// `/api/stream` and the rest answer 401 until a login (password and
+/// TOTP); the browser fills the page's login form and then renders live
+/// figures.
+#[tokio::test]
+async fn with_operators_the_page_asks_for_a_login() {
+    use switchyard::switch::admin::{totp, users};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = fresh_journal_dir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let users_file = dir.join("users.toml");
+    let secret = users::new_totp_secret().expect("a secret");
+    let password = "correct horse battery staple";
+    users::write_entries(
+        &users_file,
+        &[users::UserEntry {
+            name: "alice".into(),
+            role: users::Role::Viewer,
+            password_hash: users::hash_password(password).expect("hashes"),
+            totp_secret: totp::encode_secret(&secret),
+        }],
+    )
+    .expect("users file");
+    let sim = start_sim().await;
+    let toml = config(&[sim.local_addr()], "", ANALYTICS).replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\nusers_file = \"{}\"\naudit_file = \"{}\"\n",
+            users_file.display(),
+            dir.join("audit.jsonl").display()
+        ),
+    );
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    let admin = switch.admin_addr.expect("admin");
+
+    let (status, page) = http_get(admin, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"login-form\""));
+    for path in [
+        "/api/stream",
+        "/api/alerts",
+        "/api/terminals",
+        "/api/transactions?rrn=1",
+    ] {
+        let (status, body) = http_get(admin, path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("login_required"), "{path}: {body}");
+    }
+
+    let addr = switch.terminal_addr;
+    let traffic = tokio::spawn(async move {
+        let mut t = Terminal::connect(addr).await;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for stan in 1..u32::MAX {
+            tick.tick().await;
+            t.request(&auth(
+                Mti::new(200).expect("mti"),
+                stan % 999_999 + 1,
+                PAN,
+                1500,
+            ))
+            .await;
+        }
+    });
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        panic!("Chromium is needed for this test: apt-get install -y chromium (.ci/run does)");
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let code = totp::code(&secret, totp::step(now));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/live_dom.py");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-login.png");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(chromium)
+        .arg(format!("http://{admin}/"))
+        .arg("en-US")
+        .arg(&shot)
+        .arg("30")
+        .env("LOGIN_USER", "alice")
+        .env("LOGIN_PASSWORD", password)
+        .env("LOGIN_CODE", &code)
+        .output();
+    let out = timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the browser finishes")
+        .expect("python3 runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{dom}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dom.contains("alice (viewer)"), "the session's user shown");
+    assert!(dom.contains("acquirer-a"));
+    assert!(card_numbers(&dom).is_empty());
+    traffic.abort();
+    switch.shutdown().await;
+}

@@ -6,6 +6,9 @@ fds 3 and 4). Standard library only.
 
     live_dom.py CHROMIUM URL LANG SCREENSHOT.png TIMEOUT_S
 
+With LOGIN_USER, LOGIN_PASSWORD and LOGIN_CODE in the environment, the
+page's login form is filled and sent once it shows.
+
 "Live" means: the body's data-frames (counted by the page per server-sent
 frame) is at least 2 and the throughput figure (#tps) holds a number
 above 0. It waits on that condition, polling the DOM; exit 1 with the last
@@ -95,6 +98,7 @@ class Browser:
 
 
 STATE = """JSON.stringify({
+  login: getComputedStyle(document.getElementById('login')).display !== 'none',
   frames: Number(document.body.dataset.frames || 0),
   tps: (document.getElementById('tps') || {}).textContent || '',
   lang: document.documentElement.lang,
@@ -114,12 +118,22 @@ def main():
         b.send("Page.navigate", {"url": url}, session)
         deadline = time.monotonic() + float(limit)
         state = {}
+        login = [os.environ.get(k) for k in ("LOGIN_USER", "LOGIN_PASSWORD", "LOGIN_CODE")]
+        logged_in = False
         while time.monotonic() < deadline:
             r = b.send("Runtime.evaluate", {"expression": STATE, "returnByValue": True}, session)
             try:
                 state = json.loads(r["result"]["value"])
             except (KeyError, TypeError, ValueError):
                 state = {}
+            if state.get("login") and all(login) and not logged_in:
+                fill = "".join(
+                    f"document.getElementById({json.dumps(i)}).value = {json.dumps(v)};"
+                    for i, v in zip(("login-user", "login-password", "login-code"), login)
+                )
+                fill += "document.getElementById('login-form').requestSubmit(); true"
+                b.send("Runtime.evaluate", {"expression": fill}, session)
+                logged_in = True
             tps = state.get("tps", "").replace(",", "")
             if state.get("frames", 0) >= 2 and tps.isdigit() and int(tps) > 0:
                 break
