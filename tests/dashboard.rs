@@ -605,3 +605,109 @@ async fn with_operators_the_page_asks_for_a_login() {
     traffic.abort();
     switch.shutdown().await;
 }
+
+/// The simulator's control port (`latency N`).
+async fn sim_command(sim: &switchyard::tools::sim::SimHandle, cmd: &str) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let s = TcpStream::connect(sim.control_addr().expect("control port"))
+        .await
+        .expect("control connects");
+    let (r, mut w) = s.into_split();
+    w.write_all(format!("{cmd}\n").as_bytes())
+        .await
+        .expect("writes");
+    let line = timeout(GUARD, BufReader::new(r).lines().next_line())
+        .await
+        .expect("control answers")
+        .expect("reads");
+    assert_eq!(line.as_deref(), Some("ok"), "{cmd}");
+}
+
+/// Ten requests at once on one connection (the switch takes 64 in
+/// flight per connection), then their ten answers.
+async fn burst(t: &mut Terminal, stan: &mut u32) {
+    for _ in 0..10 {
+        *stan += 1;
+        t.send(&auth(Mti::new(200).expect("mti"), *stan, PAN, 1500))
+            .await;
+    }
+    for _ in 0..10 {
+        assert_eq!(code(&t.recv().await), "00");
+    }
+}
+
+/// A host that slows down: `latency 500` on the simulator, an alert on
+/// the acquirer's round trip within 10 s; `latency 0`, cleared.
+#[tokio::test]
+async fn a_slow_host_raises_a_round_trip_alert_and_clears_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sim = start_sim_with(SimConfig {
+        control: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..sim_config()
+    })
+    .await;
+    let switch = start(&sim).await;
+    let admin = switch.admin_addr.expect("admin");
+    let mut seen = Seen::default();
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let mut stan = 0u32;
+    let round_trip_open = |v: &Value| {
+        v["open"].as_array().is_some_and(|o| {
+            o.iter()
+                .any(|a| a["kind"] == "round_trip" && a["subject"] == "acquirer-a")
+        })
+    };
+    // A baseline: traffic through three and a half detector windows (of
+    // 1 s) while the host is quick. Traffic for a time, not a wait: the
+    // detector has nothing to signal while all is well.
+    let start_at = Instant::now();
+    while start_at.elapsed() < Duration::from_millis(3500) {
+        burst(&mut t, &mut stan).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, v) = seen.get(admin, "/api/alerts").await;
+    assert!(!round_trip_open(&v), "{v}");
+
+    sim_command(&sim, "latency 500").await;
+    let slow_from = Instant::now();
+    let alert = loop {
+        burst(&mut t, &mut stan).await;
+        let (_, v) = seen.get(admin, "/api/alerts").await;
+        if round_trip_open(&v) {
+            break v;
+        }
+        assert!(
+            slow_from.elapsed() < Duration::from_secs(10),
+            "no alert within 10 s: {v}"
+        );
+    };
+    let a = alert["open"]
+        .as_array()
+        .and_then(|o| o.iter().find(|a| a["kind"] == "round_trip"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(a["value"].as_f64().is_some_and(|v| v >= 400_000.0), "{a}");
+    assert!(a["baseline"].as_f64().is_some_and(|b| b < 100_000.0), "{a}");
+
+    sim_command(&sim, "latency 0").await;
+    let quick_from = Instant::now();
+    loop {
+        burst(&mut t, &mut stan).await;
+        let (_, v) = seen.get(admin, "/api/alerts").await;
+        if !round_trip_open(&v) {
+            assert!(
+                v["cleared"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|a| a["kind"] == "round_trip"))
+            );
+            break;
+        }
+        assert!(
+            quick_from.elapsed() < Duration::from_secs(10),
+            "not cleared within 10 s: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen.assert_no_card_number();
+    switch.shutdown().await;
+}

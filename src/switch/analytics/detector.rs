@@ -10,6 +10,9 @@
 //!   alert on its one decline, and a window under it leaves the series as
 //!   it was (neither raising nor clearing). Their deviation is at least
 //!   `min_stddev` and the binomial error of the window (`p(1-p)/n`).
+//! * Round trip (an acquirer's mean per window, µs) counts in windows of
+//!   at least `min_volume` forwards; a rise alerts, its deviation at least
+//!   a quarter of the baseline and 1 ms.
 //! * Volume (a terminal's requests per window) alerts in both directions,
 //!   once its baseline is at least `min_volume`; its deviation is at least
 //!   the Poisson `sqrt(mean)`.
@@ -35,6 +38,8 @@ pub enum Measure {
     CodeRate([u8; 2]),
     /// Requests per window: either way.
     Volume,
+    /// Mean acquirer round trip in the window (µs): a rise alerts.
+    RoundTrip,
 }
 
 /// Whose series.
@@ -59,6 +64,7 @@ impl SeriesKey {
             Measure::ApprovalRate => "approval_rate".into(),
             Measure::CodeRate(c) => format!("rate_{}", super::tap::text(&c)),
             Measure::Volume => "volume".into(),
+            Measure::RoundTrip => "round_trip".into(),
         }
     }
 }
@@ -129,6 +135,25 @@ impl Detector {
         self.observe(now_ms, key, x, n, out);
     }
 
+    /// A level series' window ended at `now_ms` (the mean round trip of
+    /// `n` forwards): counted with at least `min_volume` of them.
+    pub fn level(
+        &mut self,
+        now_ms: u64,
+        key: SeriesKey,
+        value: f64,
+        n: u64,
+        out: &mut Vec<Change>,
+    ) {
+        if n < self.config.min_volume {
+            if let Some(s) = self.series.get_mut(&key) {
+                s.last_seen = now_ms;
+            }
+            return;
+        }
+        self.observe(now_ms, key, value, n, out);
+    }
+
     /// A volume series' window ended at `now_ms` with `n` requests.
     pub fn volume(&mut self, now_ms: u64, key: SeriesKey, n: u64, out: &mut Vec<Change>) {
         self.observe(now_ms, key, n as f64, n, out);
@@ -139,7 +164,8 @@ impl Detector {
             self.evict(now_ms, out);
         }
         let c = &self.config;
-        let seeded = c.seed_baseline && key.measure != Measure::Volume;
+        let seeded =
+            c.seed_baseline && matches!(key.measure, Measure::ApprovalRate | Measure::CodeRate(_));
         let s = self.series.entry(key).or_insert_with(|| Series {
             mean: match key.measure {
                 Measure::ApprovalRate if seeded => 1.0,
@@ -154,6 +180,9 @@ impl Detector {
         s.last_seen = now_ms;
         let sd = match key.measure {
             Measure::Volume => s.var.sqrt().max(s.mean.sqrt()).max(1.0),
+            // A quarter of the mean, and a millisecond: a host's ordinary
+            // jitter is not an anomaly.
+            Measure::RoundTrip => s.var.sqrt().max(s.mean / 4.0).max(1000.0),
             _ => {
                 let p = s.mean.clamp(0.0, 1.0);
                 s.var
@@ -164,7 +193,7 @@ impl Detector {
         };
         let z = match key.measure {
             Measure::ApprovalRate => (s.mean - x) / sd,
-            Measure::CodeRate(_) => (x - s.mean) / sd,
+            Measure::CodeRate(_) | Measure::RoundTrip => (x - s.mean) / sd,
             Measure::Volume => (x - s.mean).abs() / sd,
         };
         let warm = s.windows >= c.warmup_windows;
@@ -438,6 +467,46 @@ mod tests {
         assert!(
             kinds.contains(&"approval_rate".to_string()) && kinds.contains(&"rate_05".to_string())
         );
+    }
+
+    #[test]
+    fn a_slow_host_alerts_on_its_round_trip_and_clears() {
+        let mut d = Detector::new(config(), 1000);
+        let key = SeriesKey {
+            scope: Scope::Acquirer(0),
+            measure: Measure::RoundTrip,
+        };
+        let mut out = Vec::new();
+        let mut t = 0;
+        for i in 0..100u64 {
+            t += 10_000;
+            d.level(t, key, 2_000.0 + (i % 5) as f64 * 100.0, 50, &mut out);
+        }
+        // 500 ms: far out, but windows under min_volume count for nothing.
+        for _ in 0..10 {
+            t += 10_000;
+            d.level(t, key, 500_000.0, 3, &mut out);
+        }
+        assert!(out.is_empty() && d.open().is_empty());
+        let start = t + 10_000;
+        for _ in 0..7 {
+            t += 10_000;
+            d.level(t, key, 500_000.0, 50, &mut out);
+        }
+        assert!(
+            matches!(&out[..], [Change::Raised(a)] if a.since_ms == start && a.key.kind() == "round_trip"),
+            "{out:?}"
+        );
+        t += 10_000;
+        d.level(t, key, 2_100.0, 50, &mut out);
+        assert!(matches!(&out[1], Change::Cleared(_)), "{out:?}");
+        // A smaller rise (4 ms over 2.2) stays in the band.
+        let mut quiet = Vec::new();
+        for _ in 0..20 {
+            t += 10_000;
+            d.level(t, key, 4_000.0, 50, &mut quiet);
+        }
+        assert!(quiet.is_empty(), "{quiet:?}");
     }
 
     #[test]

@@ -247,11 +247,18 @@ struct Tally {
     decisions: u64,
     approved: u64,
     watched: [u64; 4],
+    /// Forwards with a round trip, and its sum (µs).
+    forwards: u64,
+    rtt_sum_us: u64,
 }
 
 impl Tally {
     fn add(&mut self, e: &Event) {
         self.requests += 1;
+        if e.rtt_us > 0 {
+            self.forwards += 1;
+            self.rtt_sum_us += u64::from(e.rtt_us);
+        }
         if is_decision(e.mti) {
             self.decisions += 1;
             self.approved += u64::from(approved(e.code));
@@ -289,8 +296,8 @@ impl State {
         // A second's tops are not shown (the charts read its totals and
         // codes): a few keys suffice and keep 3,600 of them small.
         let per_second = (config.top_per_minute / 64).max(8);
-        // Series: the switch's, six per acquirer, six per terminal.
-        let max_series = 16 + 6 * MAX_ACQUIRERS + 6 * config.max_terminals;
+        // Series: the switch's, seven per acquirer, five per terminal.
+        let max_series = 16 + 7 * MAX_ACQUIRERS + 5 * config.max_terminals;
         State {
             seconds: Ring::new(1, 3600, per_second),
             minutes: Ring::new(60, 60, config.top_per_minute),
@@ -386,6 +393,14 @@ impl State {
                 );
             }
         };
+        let round_trip = |d: &mut Detector, scope: Scope, t: &Tally, out: &mut Vec<Change>| {
+            let mean = t.rtt_sum_us as f64 / t.forwards.max(1) as f64;
+            let key = SeriesKey {
+                scope,
+                measure: Measure::RoundTrip,
+            };
+            d.level(now_ms, key, mean, t.forwards, out);
+        };
         let t = std::mem::take(&mut self.switch_tally);
         let key = SeriesKey {
             scope: Scope::Switch,
@@ -394,6 +409,7 @@ impl State {
         d.rate(now_ms, key, t.approved, t.decisions, &mut out);
         for (a, t) in std::mem::take(&mut self.acquirer_tally) {
             rates(d, Scope::Acquirer(a), &t, &mut out);
+            round_trip(d, Scope::Acquirer(a), &t, &mut out);
         }
         let terminals = std::mem::take(&mut self.terminal_tally);
         for (id, t) in &terminals {
@@ -675,6 +691,7 @@ fn measure_name(m: &Measure) -> String {
         Measure::ApprovalRate => "approval rate".into(),
         Measure::CodeRate(c) => format!("rate of {}", tap::text(c)),
         Measure::Volume => "volume".into(),
+        Measure::RoundTrip => "round trip (µs)".into(),
     }
 }
 
