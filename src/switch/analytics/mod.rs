@@ -850,6 +850,7 @@ impl Worker {
                         "addr": l.shared.addr.to_string(),
                         "up": l.is_up(),
                         "in_flight": l.shared.in_flight(),
+                        "last_echo_ms": l.shared.last_echo_ms(),
                     })).collect::<Vec<_>>(),
                 })
             })
