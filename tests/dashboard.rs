@@ -711,3 +711,101 @@ async fn a_slow_host_raises_a_round_trip_alert_and_clears_it() {
     seen.assert_no_card_number();
     switch.shutdown().await;
 }
+
+#[derive(clap::Parser)]
+struct LoadCli {
+    #[command(flatten)]
+    args: loadtest::cli::LoadArgs,
+}
+
+/// A seeded load test (`loadtest`, its mix of purchases, authorizations,
+/// reversals and fraud probes, against a simulator declining a fifth at
+/// random), then the browser: the page's table of authorizations and
+/// financials by DE39 shows exactly the counts in loadtest's report.
+#[tokio::test]
+async fn the_page_counts_by_de39_what_a_seeded_load_test_counted() {
+    use clap::Parser;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sim = start_sim_with(SimConfig {
+        decline_ratio: 0.2,
+        seed: 7,
+        ..sim_config()
+    })
+    .await;
+    let switch = start(&sim).await;
+    let admin = switch.admin_addr.expect("admin");
+    let target = switch.terminal_addr.to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        let argv = [
+            "loadtest",
+            "--target",
+            &target,
+            "--no-progress",
+            "-c",
+            "2",
+            "-d",
+            "2s",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "2s",
+            "--seed",
+            "42",
+        ];
+        let config = LoadCli::try_parse_from(argv)
+            .expect("flags parse")
+            .args
+            .to_config()
+            .expect("flags are accepted");
+        loadtest::run(config).expect("runs")
+    })
+    .await
+    .expect("loadtest finishes");
+    let mut want: std::collections::BTreeMap<String, u64> = Default::default();
+    for (mti, code, n) in report.responses() {
+        if mti == 110 || mti == 210 {
+            *want.entry(code).or_default() += n;
+        }
+    }
+    assert!(want.get("00").is_some_and(|&n| n > 50), "{want:?}");
+    assert!(want.get("05").is_some_and(|&n| n > 5), "{want:?}");
+    let want_js = serde_json::to_string(&want).expect("JSON");
+    let wait_for = format!(
+        "(() => {{ const want = {want_js}; const got = {{}}; \
+         document.querySelectorAll('#codes15 tr[data-code]').forEach(tr => {{ got[tr.dataset.code] = Number(tr.dataset.n); }}); \
+         const k = Object.keys(want); \
+         return k.length === Object.keys(got).length && k.every(c => got[c] === want[c]); }})()"
+    );
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("Chromium is needed for this test: apt-get install -y chromium (.ci/run does)");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/live_dom.py");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-loadtest.png");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(chromium)
+        .arg(format!("http://{admin}/"))
+        .arg("en-US")
+        .arg(&shot)
+        .arg("30")
+        .env("WAIT_FOR", &wait_for)
+        .output();
+    let out = timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the browser finishes")
+        .expect("python3 runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "counts {want:?} not shown: {}\n{dom}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(card_numbers(&dom).is_empty());
+    switch.shutdown().await;
+}

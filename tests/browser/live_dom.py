@@ -7,7 +7,9 @@ fds 3 and 4). Standard library only.
     live_dom.py CHROMIUM URL LANG SCREENSHOT.png TIMEOUT_S
 
 With LOGIN_USER, LOGIN_PASSWORD and LOGIN_CODE in the environment, the
-page's login form is filled and sent once it shows.
+page's login form is filled and sent once it shows. With WAIT_FOR (a
+JavaScript expression), that expression must also hold, and the
+throughput may be 0 (the traffic may be over).
 
 "Live" means: the body's data-frames (counted by the page per server-sent
 frame) is at least 2 and the throughput figure (#tps) holds a number
@@ -135,7 +137,13 @@ def main():
                 b.send("Runtime.evaluate", {"expression": fill}, session)
                 logged_in = True
             tps = state.get("tps", "").replace(",", "")
-            if state.get("frames", 0) >= 2 and tps.isdigit() and int(tps) > 0:
+            wait_for = os.environ.get("WAIT_FOR")
+            if wait_for:
+                r = b.send("Runtime.evaluate", {"expression": wait_for, "returnByValue": True}, session)
+                extra = r.get("result", {}).get("value") is True
+                if state.get("frames", 0) >= 2 and extra:
+                    break
+            elif state.get("frames", 0) >= 2 and tps.isdigit() and int(tps) > 0:
                 break
             time.sleep(0.1)
         else:

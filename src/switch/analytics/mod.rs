@@ -61,6 +61,8 @@ const TOP_MINUTES: u64 = 15;
 const HIGH_RISK_KEPT: usize = 200;
 const HIGH_RISK_SHOWN: usize = 20;
 const HIGH_RISK_MINUTES: u64 = 15;
+/// Response codes listed at most (a host inventing codes is cut there).
+const FEW_SHOWN: usize = 20;
 /// Codes whose rates the detector follows.
 const WATCHED: [[u8; 2]; 4] = [*b"05", *b"14", *b"91", *b"96"];
 /// Acquirers tallied per detector window at most.
@@ -545,7 +547,15 @@ impl State {
         }
         code_mix.insert("other".into(), json!(mix[codes.len()]));
         let last = self.seconds.get(now_s.saturating_sub(1));
-        let minute = self.minutes_since(now_s, 1);
+        // The last 60 complete seconds: the figures do not empty at the
+        // top of each minute. Round trips by acquirer are kept by the
+        // minute only: the current and the last one.
+        let minute = self.seconds.merged_between(
+            now_s.saturating_sub(60),
+            now_s,
+            self.config.top_per_minute,
+        );
+        let two_minutes = self.minutes_since(now_s, 2);
         let top = self.minutes_since(now_s, TOP_MINUTES);
         let declining = |m: Vec<(String, rollup::Counts)>| -> Vec<Value> {
             m.into_iter()
@@ -575,6 +585,12 @@ impl State {
             .zip(top.by_scheme.iter())
             .filter(|(_, c)| c.n > 0)
             .map(|(s, c)| json!({"scheme": s.name(), "requests": c.n, "approved": c.approved, "amount": c.amount}))
+            .collect();
+        let decision_codes: Vec<Value> = top
+            .by_decision_code
+            .top(FEW_SHOWN, |c| c.n)
+            .into_iter()
+            .map(|(k, c)| json!({"code": tap::text(&k), "requests": c.n, "amount": c.amount}))
             .collect();
         let countries: Vec<Value> = top
             .by_country
@@ -609,7 +625,7 @@ impl State {
             .take(HIGH_RISK_SHOWN)
             .map(|e| txn_json(e, names))
             .collect();
-        let rtt_by_acquirer: HashMap<u16, (Option<u64>, Option<u64>)> = minute
+        let rtt_by_acquirer: HashMap<u16, (Option<u64>, Option<u64>)> = two_minutes
             .rtt_by_acquirer
             .iter()
             .map(|(a, h)| (*a, (h.quantile(0.5), h.quantile(0.99))))
@@ -667,6 +683,7 @@ impl State {
             },
             "schemes": schemes,
             "countries": countries,
+            "decision_codes": decision_codes,
             "high_risk": high_risk,
             "alerts": self.detector.open().into_iter().map(|a| self.alert_json(a, names)).collect::<Vec<_>>(),
             "analytics": { "events": self.events, "terminals": self.terminals.len(), "recent": self.recent.len() },

@@ -308,6 +308,8 @@ pub struct Window {
     pub stand_in: u64,
     pub by_mti: TopMap<u16>,
     pub by_code: TopMap<[u8; 2]>,
+    /// DE39 of authorizations and financials only.
+    pub by_decision_code: TopMap<[u8; 2]>,
     pub by_acquirer: TopMap<u16>,
     pub by_currency: TopMap<u16>,
     pub by_scheme: [Counts; 8],
@@ -336,6 +338,7 @@ impl Window {
             stand_in: 0,
             by_mti: TopMap::new(FEW),
             by_code: TopMap::new(FEW),
+            by_decision_code: TopMap::new(FEW),
             by_acquirer: TopMap::new(FEW),
             by_currency: TopMap::new(FEW),
             by_scheme: [Counts::default(); 8],
@@ -359,6 +362,7 @@ impl Window {
         self.total.add(ok, amount);
         if is_decision(e.mti) {
             self.decisions.add(ok, amount);
+            self.by_decision_code.add(e.code, ok, amount);
         }
         self.stand_in += u64::from(e.stand_in);
         self.by_mti.add(e.mti, ok, amount);
@@ -416,6 +420,7 @@ impl Window {
         self.stand_in += o.stand_in;
         self.by_mti.merge(&o.by_mti);
         self.by_code.merge(&o.by_code);
+        self.by_decision_code.merge(&o.by_decision_code);
         self.by_acquirer.merge(&o.by_acquirer);
         self.by_currency.merge(&o.by_currency);
         for (a, b) in self.by_scheme.iter_mut().zip(o.by_scheme.iter()) {
@@ -499,6 +504,15 @@ impl Ring {
     pub fn merged_since(&self, from_s: u64, many: usize) -> Window {
         let mut m = Window::new(from_s, many);
         for w in self.since(from_s) {
+            m.merge(w);
+        }
+        m
+    }
+
+    /// One window merging those starting in `from_s..to_s`.
+    pub fn merged_between(&self, from_s: u64, to_s: u64, many: usize) -> Window {
+        let mut m = Window::new(from_s, many);
+        for w in self.since(from_s).filter(|w| w.start_s < to_s) {
             m.merge(w);
         }
         m
