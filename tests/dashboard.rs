@@ -175,6 +175,26 @@ async fn terminals_transactions_stream_and_an_alert() {
         !page.contains("http://") && !page.contains("https://"),
         "no outside resource"
     );
+    // Only the page's own script runs (its hash in the policy).
+    let mut c = TcpStream::connect(admin).await.expect("connects");
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .expect("writes");
+    let mut raw = Vec::new();
+    timeout(GUARD, c.read_to_end(&mut raw))
+        .await
+        .expect("answered")
+        .expect("reads");
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let head = raw.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(
+        head.contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'sha256-"),
+        "{head}"
+    );
 
     // Approvals from one terminal.
     let mut t = Terminal::connect(switch.terminal_addr).await;
