@@ -448,19 +448,28 @@ async fn a_real_browser_renders_live_figures_in_english_and_chinese() {
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/live_dom.py");
     let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // In English, a search typed into the page's form finds a
+    // transaction of the traffic (RRN 500000000000 + STAN).
+    let search = "document.getElementById('s-rrn').value = '500000000005'; \
+                  document.getElementById('search').requestSubmit(); true";
+    let found = "(() => { const td = document.querySelector('#results tr td:nth-child(4)'); \
+                 return !!td && td.textContent === '000005'; })()";
     for (lang, label, html_lang) in [
         ("en-US", "throughput (requests/s)", "lang=\"en\""),
         ("zh-CN", "吞吐量（笔/秒）", "lang=\"zh-CN\""),
     ] {
         let shot = target.join(format!("dashboard-{lang}.png"));
-        let out = tokio::process::Command::new("python3")
-            .arg(script)
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.arg(script)
             .arg(chromium)
             .arg(format!("http://{admin}/"))
             .arg(lang)
             .arg(&shot)
-            .arg("30")
-            .output();
+            .arg("30");
+        if lang == "en-US" {
+            cmd.env("ACTION", search).env("WAIT_FOR", found);
+        }
+        let out = cmd.output();
         let out = timeout(Duration::from_secs(60), out)
             .await
             .expect("the browser finishes")

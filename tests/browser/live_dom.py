@@ -9,7 +9,9 @@ fds 3 and 4). Standard library only.
 With LOGIN_USER, LOGIN_PASSWORD and LOGIN_CODE in the environment, the
 page's login form is filled and sent once it shows. With WAIT_FOR (a
 JavaScript expression), that expression must also hold, and the
-throughput may be 0 (the traffic may be over).
+throughput may be 0 (the traffic may be over). With ACTION (JavaScript),
+it is run after the first frame, and again each second until WAIT_FOR
+holds (a search typed and sent, until it finds).
 
 "Live" means: the body's data-frames (counted by the page per server-sent
 frame) is at least 2 and the throughput figure (#tps) holds a number
@@ -122,6 +124,7 @@ def main():
         state = {}
         login = [os.environ.get(k) for k in ("LOGIN_USER", "LOGIN_PASSWORD", "LOGIN_CODE")]
         logged_in = False
+        acted = 0.0
         while time.monotonic() < deadline:
             r = b.send("Runtime.evaluate", {"expression": STATE, "returnByValue": True}, session)
             try:
@@ -136,6 +139,10 @@ def main():
                 fill += "document.getElementById('login-form').requestSubmit(); true"
                 b.send("Runtime.evaluate", {"expression": fill}, session)
                 logged_in = True
+            action = os.environ.get("ACTION")
+            if action and state.get("frames", 0) >= 1 and time.monotonic() - acted >= 1.0:
+                b.send("Runtime.evaluate", {"expression": action}, session)
+                acted = time.monotonic()
             tps = state.get("tps", "").replace(",", "")
             wait_for = os.environ.get("WAIT_FOR")
             if wait_for:
