@@ -111,6 +111,14 @@ pub const KEY_CHANGES: &str = "switchyard_key_changes_total";
 /// Re-reads of the TLS material (SIGHUP), by result.
 pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
 pub const LINK_MISSED_ECHOES: &str = "switchyard_link_missed_echoes_total";
+/// Analytics events dropped because the queue to the analytics thread was full.
+pub const ANALYTICS_DROPPED: &str = "switchyard_analytics_dropped_total";
+/// Analytics events the analytics thread took.
+pub const ANALYTICS_EVENTS: &str = "switchyard_analytics_events_total";
+/// Alerts open now (the anomaly detector's).
+pub const ALERTS_OPEN: &str = "switchyard_alerts_open";
+/// Alerts raised, by kind (approval_rate, rate_05, ..., volume).
+pub const ALERTS_RAISED: &str = "switchyard_alerts_raised_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -214,6 +222,16 @@ fn describe() {
         "Reversals queued after a timeout or lost link"
     );
     describe_counter!(STAND_IN_APPROVED, "Requests approved in stand-in");
+    describe_counter!(
+        ANALYTICS_DROPPED,
+        "Analytics events dropped: the queue to the analytics thread was full"
+    );
+    describe_counter!(
+        ANALYTICS_EVENTS,
+        "Analytics events taken by the analytics thread"
+    );
+    describe_gauge!(ALERTS_OPEN, "Alerts open now");
+    describe_counter!(ALERTS_RAISED, "Alerts raised, by kind");
     describe_gauge!(
         STORE_EXPORT_LAG_RECORDS,
         "Durable journal records not yet in the transaction store"

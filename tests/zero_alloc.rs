@@ -184,3 +184,29 @@ fn packing_a_0210_into_a_reused_buffer_allocates_nothing_ascii() {
 fn packing_a_0210_into_a_reused_buffer_allocates_nothing_binary() {
     assert_pack_allocates_nothing(iso87binary());
 }
+
+/// The analytics tap on the hot path: the event read from the request,
+/// the answer's fields added, the push onto the queue (and the drop when
+/// it is full) allocate nothing.
+#[test]
+fn the_analytics_event_and_its_push_allocate_nothing() {
+    use switchyard::switch::analytics::{Sink, Tap};
+    let config = switchyard::switch::config::Config::parse("[analytics]\nqueue_capacity = 64\n")
+        .expect("valid")
+        .analytics;
+    let sink = Sink::new(&config);
+    let mut tap = Tap::new(true);
+    let frame = typical_0200(iso87ascii());
+    let req = Message::parse(frame, iso87ascii()).expect("parses");
+    for _ in 0..100 {
+        let (n, ()) = allocations(|| {
+            tap.request(black_box(&req));
+            if let Some(e) = tap.answered(200, *b"00", std::time::Duration::from_micros(90), 1) {
+                sink.push(e);
+            }
+            tap.done();
+        });
+        assert_eq!(n, 0, "the analytics tap allocated {n} times");
+    }
+    assert_eq!(sink.dropped(), 36, "a full queue drops, counted");
+}

@@ -17,11 +17,14 @@
 //!   steps of a request through the HSM.
 //! * [`store`]: the transaction store the exporter fills from the journal.
 //! * [`admin`]: `/metrics`, `/health`, `/ready`, the JSON API, and its
-//!   operators (login with password and TOTP, roles, the audit trail).
+//!   operators (login with password and TOTP, roles, the audit trail),
+//!   and the dashboard. [`analytics`]: the thread the hot path hands one
+//!   event per answered request; rollups, recent transactions, alerts.
 //!   [`config`]: the TOML config.
 
 pub mod acquirer;
 pub mod admin;
+pub mod analytics;
 pub mod card_security;
 pub mod config;
 pub mod fraud;

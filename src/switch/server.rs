@@ -65,6 +65,8 @@ pub struct Shared {
     pub stopping: CancellationToken,
     /// `[security]`: the HSM and the terminal profiles.
     pub security: Option<crate::switch::card_security::SecurityConfig>,
+    /// The queue to the analytics thread: one event per answered request.
+    pub analytics: crate::switch::analytics::Sink,
     allowed: HashSet<Vec<u8>>,
     countries: HashMap<Vec<u8>, u16>,
 }
@@ -131,6 +133,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
             security: config.security.clone(),
+            analytics: crate::switch::analytics::Sink::new(&config.analytics),
         })
     }
 
@@ -203,6 +206,8 @@ pub enum StartError {
     Journal(#[from] crate::switch::journal::JournalError),
     #[error("store: {0}")]
     Store(#[from] crate::switch::store::StoreError),
+    #[error("can not start the analytics thread: {0}")]
+    Analytics(std::io::Error),
 }
 
 /// A running switch.
@@ -222,6 +227,8 @@ pub struct Switch {
     links: Vec<JoinHandle<()>>,
     accept: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
+    /// The analytics thread, when `[analytics] enabled`.
+    analytics: Option<crate::switch::analytics::Runner>,
     /// The transaction store's exporter, when `[store] enabled`.
     store: Option<crate::switch::store::ExporterHandle>,
     grace: std::time::Duration,
@@ -297,6 +304,16 @@ impl Switch {
             });
         }
         let shared = Arc::new(Shared::new(&config, acquirers, journal, recovery.next_txn)?);
+        let (analytics_handle, analytics) = match crate::switch::analytics::spawn(
+            &config,
+            shared.clone(),
+            store.as_ref().map(|s| s.exported()),
+        )
+        .map_err(StartError::Analytics)?
+        {
+            Some((h, r)) => (Some(h), Some(r)),
+            None => (None, None),
+        };
 
         let (admin_addr, admin) = match config.admin.listen {
             Some(addr) => {
@@ -311,7 +328,8 @@ impl Switch {
                     config.view.clone(),
                     &config.admin,
                 )
-                .map_err(StartError::AdminAuth)?;
+                .map_err(StartError::AdminAuth)?
+                .with_analytics(analytics_handle);
                 let serve = crate::switch::admin::serve(l, Arc::new(state));
                 (Some(bound), Some(tokio::spawn(serve)))
             }
@@ -361,6 +379,7 @@ impl Switch {
             links,
             accept,
             admin,
+            analytics,
             store,
             grace: config.limits.shutdown_grace,
         })
@@ -431,6 +450,11 @@ impl Switch {
             journal.all_synced()
         })
         .await;
+        // Nothing answers any more: the analytics thread takes the last
+        // events and stops.
+        if let Some(a) = self.analytics {
+            let _ = tokio::task::spawn_blocking(move || a.stop()).await;
+        }
         // The journal is closed: the exporter takes what it made durable
         // and stops.
         if let Some(store) = self.store {

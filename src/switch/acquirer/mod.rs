@@ -159,6 +159,8 @@ pub struct LinkShared {
     pub addr: std::net::SocketAddr,
     up: AtomicBool,
     in_flight: AtomicUsize,
+    /// When the host last answered an echo (Unix ms; 0 never).
+    last_echo_ms: std::sync::atomic::AtomicU64,
     /// Tells watchers (health checks, tests, the demo) when the link goes up
     /// or down; the hot path reads `up` instead.
     changes: tokio::sync::watch::Sender<bool>,
@@ -171,6 +173,7 @@ impl LinkShared {
             addr,
             up: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            last_echo_ms: std::sync::atomic::AtomicU64::new(0),
             changes: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -197,6 +200,16 @@ impl LinkShared {
 
     pub(crate) fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n, Ordering::Relaxed);
+    }
+
+    /// When the host last answered an echo (Unix ms), if it has.
+    pub fn last_echo_ms(&self) -> Option<u64> {
+        let ms = self.last_echo_ms.load(Ordering::Relaxed);
+        (ms > 0).then_some(ms)
+    }
+
+    pub(crate) fn set_last_echo_ms(&self, ms: u64) {
+        self.last_echo_ms.store(ms, Ordering::Relaxed);
     }
 }
 

@@ -63,6 +63,8 @@ struct Link<'a> {
     addr: String,
     up: bool,
     in_flight: usize,
+    /// When the host last answered an echo (Unix ms), if it has.
+    last_echo_ms: Option<u64>,
 }
 
 fn acquirer_links(shared: &Shared) -> Vec<AcquirerLinks<'_>> {
@@ -79,6 +81,7 @@ fn acquirer_links(shared: &Shared) -> Vec<AcquirerLinks<'_>> {
                     addr: l.shared.addr.to_string(),
                     up: l.is_up(),
                     in_flight: l.shared.in_flight(),
+                    last_echo_ms: l.shared.last_echo_ms(),
                 })
                 .collect(),
         })

@@ -9,6 +9,9 @@
 //!   acquirer has a link up; 503 with the reason otherwise).
 //! * `GET /api/summary`, `/api/links`, `/api/config`: the read-only JSON
 //!   API (`api.rs`).
+//! * `GET /`: the dashboard; `/api/stream` (server-sent events),
+//!   `/api/alerts`, `/api/terminals`, `/api/transactions`: the analytics
+//!   thread's figures (`dashboard.rs`).
 //! * `POST /api/login`, `/api/logout`, `GET /api/session`,
 //!   `POST /api/actions/reload`: operators, sessions and roles, with the
 //!   audit trail (`auth.rs`, `audit.rs`), once `[admin] users_file` is
@@ -22,7 +25,8 @@
 //! [`HEAD_TIMEOUT`]; a body of at most [`MAX_BODY`] bytes with a
 //! `Content-Length` (else 413 or 411); an answer within
 //! [`REQUEST_TIMEOUT`]; the whole connection within
-//! [`CONNECTION_TIMEOUT`] (a client that does not read its answer is cut).
+//! [`CONNECTION_TIMEOUT`] (a client that does not read its answer is cut),
+//! but for a stream, cut when its client stops reading or after an hour.
 //! Every JSON answer passes through `scrub::scrub_json`: no
 //! Luhn-valid 13-19 digit number leaves here.
 
@@ -30,8 +34,10 @@ mod api;
 pub mod audit;
 mod auth;
 mod config;
+pub mod dashboard;
 pub mod limiter;
 mod scrub;
+pub(crate) use scrub::scrub_json;
 pub mod sessions;
 pub mod totp;
 pub mod users;
@@ -83,6 +89,10 @@ pub struct AdminState {
     /// Operators, sessions and the audit trail; `None` without
     /// `[admin] users_file` (no login, loopback only).
     auth: Option<auth::Auth>,
+    /// The analytics thread's end: the dashboard's frames, alerts,
+    /// terminals, recent transactions. `None` with `[analytics] enabled =
+    /// false` (those routes answer 503).
+    analytics: Option<Arc<crate::switch::analytics::Handle>>,
 }
 
 impl AdminState {
@@ -94,7 +104,17 @@ impl AdminState {
             started: Instant::now(),
             started_unix_s: crate::clock::unix_now(),
             auth: None,
+            analytics: None,
         }
+    }
+
+    /// With the analytics thread's handle.
+    pub fn with_analytics(
+        mut self,
+        analytics: Option<Arc<crate::switch::analytics::Handle>>,
+    ) -> AdminState {
+        self.analytics = analytics;
+        self
     }
 
     /// With `[admin] users_file` set: reads it and opens the audit trail
@@ -120,6 +140,11 @@ impl AdminState {
 /// The routes, with the request bounds.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/api/stream", get(dashboard::stream))
+        .route("/api/alerts", get(dashboard::alerts))
+        .route("/api/terminals", get(dashboard::terminals))
+        .route("/api/transactions", get(dashboard::transactions))
         .route("/metrics", get(api::metrics))
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
@@ -158,11 +183,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 continue;
             }
         };
-        // The peer, for the login limits and the audit trail.
-        let service =
-            TowerToHyperService::new(app.clone().layer(axum::Extension(auth::ClientAddr(peer))));
+        // The peer, for the login limits and the audit trail; the watch,
+        // for a stream to outlive the connection timeout while it moves.
+        let watch = dashboard::Watch::default();
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(auth::ClientAddr(peer)))
+                .layer(axum::Extension(watch.clone())),
+        );
         tokio::spawn(async move {
-            serve_connection(stream, peer, service).await;
+            serve_connection(stream, peer, service, watch).await;
             drop(permit);
         });
     }
@@ -172,6 +202,7 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     service: TowerToHyperService<Router>,
+    watch: dashboard::Watch,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -180,10 +211,32 @@ async fn serve_connection(
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS);
     let conn = http.serve_connection(TokioIo::new(stream), service);
-    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(%peer, "admin connection: {e}"),
-        Err(_) => debug!(%peer, "admin connection cut after {CONNECTION_TIMEOUT:?}"),
+    tokio::pin!(conn);
+    let started = tokio::time::Instant::now();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    debug!(%peer, "admin connection: {e}");
+                }
+                return;
+            }
+            _ = check.tick() => {
+                // A stream lives while its client reads (dashboard.rs);
+                // any other connection CONNECTION_TIMEOUT at most.
+                let w = &watch.0;
+                if w.streaming() {
+                    if w.expired() {
+                        debug!(%peer, "admin stream cut: stalled or too old");
+                        return;
+                    }
+                } else if started.elapsed() >= CONNECTION_TIMEOUT {
+                    debug!(%peer, "admin connection cut after {CONNECTION_TIMEOUT:?}");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -227,8 +280,10 @@ async fn bounds(req: Request, next: Next) -> Response {
     }
 }
 
-const ENDPOINTS: &str = "/metrics, /health, /ready, /api/summary, /api/links, /api/config, \
-                         /api/login, /api/logout, /api/session, /api/actions/reload";
+const ENDPOINTS: &str = "/ (the dashboard), /metrics, /health, /ready, /api/summary, \
+                         /api/links, /api/config, /api/stream, /api/alerts, /api/terminals, \
+                         /api/transactions, /api/login, /api/logout, /api/session, \
+                         /api/actions/reload";
 
 async fn not_found() -> Response {
     error(

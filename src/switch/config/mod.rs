@@ -28,6 +28,7 @@ use crate::iso8583::{Spec, specs};
 use crate::runtime::{RuntimeConfig, RuntimeFile};
 use crate::switch::acquirer::{AcquirerConfig, AcquirerFile};
 use crate::switch::admin::{AdminConfig, AdminFile};
+use crate::switch::analytics::{AnalyticsConfig, AnalyticsFile};
 use crate::switch::fraud::{DEV_PAN_KEY, FraudConfig, FraudFile, SHIPPED_DEV_PAN_KEY};
 use crate::switch::journal::{JournalConfig, JournalFile};
 use crate::switch::router::{RoutingConfig, RoutingFile};
@@ -113,6 +114,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub saf: SafConfig,
     pub store: StoreConfig,
+    /// `[analytics]`: rollups, the recent transactions, alerts.
+    pub analytics: AnalyticsConfig,
     /// `[security]`: the key store, the HSM, terminal profiles.
     pub security: Option<crate::switch::card_security::SecurityConfig>,
     /// Top-level `test_setup = true`: a development or test configuration,
@@ -174,6 +177,7 @@ struct ConfigFile {
     journal: JournalFile,
     saf: SafFile,
     store: StoreFile,
+    analytics: AnalyticsFile,
     security: Option<crate::switch::card_security::config::SecurityFile>,
     test_setup: bool,
 }
@@ -431,6 +435,7 @@ impl ConfigFile {
             journal: self.journal.validate(&mut s.sub("journal")),
             saf: self.saf.validate(&mut s.sub("saf")),
             store: self.store.validate(&mut s.sub("store")),
+            analytics: self.analytics.validate(&mut s.sub("analytics")),
             security,
             test_setup: self.test_setup,
             view,

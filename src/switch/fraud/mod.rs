@@ -85,6 +85,11 @@ impl RuleId {
 pub struct Reasons(u16);
 
 impl Reasons {
+    /// From [`Reasons::bits`] (the analytics event's).
+    pub fn from_bits(bits: u16) -> Reasons {
+        Reasons(bits)
+    }
+
     pub fn insert(&mut self, r: RuleId) {
         self.0 |= 1 << r as u8;
     }

@@ -136,6 +136,8 @@ pub struct TerminalCore<J> {
     /// Card security refusals: one warn line per this connection per
     /// interval.
     pub(super) security_log: LogThrottle,
+    /// Gathers each request's analytics event, pushed where it is counted.
+    pub(super) tap: crate::switch::analytics::Tap,
 }
 
 impl<J: JournalAppend> TerminalCore<J> {
@@ -197,6 +199,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             bound: None,
             mismatch_log: LogThrottle::new(MISMATCH_LOG_INTERVAL),
             security_log: LogThrottle::new(MISMATCH_LOG_INTERVAL),
+            tap: crate::switch::analytics::Tap::new(shared.analytics.enabled()),
             journal,
             peer,
             shared,
@@ -212,9 +215,24 @@ impl<J: JournalAppend> TerminalCore<J> {
         self.requests += 1;
         let started = now.at;
         match Message::parse_or_salvage(frame, self.spec) {
-            Ok(msg) => self.dispatch(msg, started),
-            Err(s) => self.malformed(s, started),
+            Ok(msg) => {
+                self.tap.request(&msg);
+                // A request left pending (forwarded) keeps its event
+                // under its token until the reply.
+                let token = self.pending.vacant_key();
+                self.dispatch(msg, started);
+                if let Some(p) = self.pending.get(token) {
+                    self.tap.pending(token, p.txn, p.acquirer);
+                }
+            }
+            Err(s) => {
+                if let Some(partial) = &s.partial {
+                    self.tap.request(partial);
+                }
+                self.malformed(s, started)
+            }
         }
+        self.tap.done();
         self.settle();
     }
 
@@ -269,7 +287,11 @@ impl<J: JournalAppend> TerminalCore<J> {
             "a reply for a forward still held"
         );
         self.release_in_flight();
+        let failed = matches!(outcome, Outcome::Failed(_));
+        self.tap
+            .reply(token, p.txn, p.acquirer, p.points, failed, now.at);
         self.on_reply(p, outcome);
+        self.tap.done();
         self.settle();
     }
 
@@ -398,6 +420,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             self.pending.contains(h.forward.token as usize),
             "a held forward without its pending request"
         );
+        self.tap.forwarded(h.forward.token, self.now.at);
         Some(h.forward)
     }
 
@@ -652,6 +675,11 @@ impl<J> TerminalCore<J> {
         self.counters.increment(mti.value(), code);
         let took = self.since(started);
         self.request_seconds.record(took.as_secs_f64());
+        // Analytics: one event per answer, never waiting (a full queue
+        // drops it, counted).
+        if let Some(e) = self.tap.answered(mti.value(), code, took, self.now.unix_ms) {
+            self.shared.analytics.push(e);
+        }
     }
 }
 

@@ -23,6 +23,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         let score = fraud::score(rules, auth, &self.shared.fraud_state);
         let decision = rules.decide(&score);
         self.shared.count_fraud(decision, &score);
+        self.tap.scored(&score, decision);
         let txn = self.journal_request(msg, route, &score)?;
         if decision == Decision::Decline {
             debug!(peer = %self.peer, points = score.points, "declined as suspected fraud");

@@ -275,6 +275,9 @@ pub struct LinkCore<R> {
     stan: u32,
     echo: Option<EchoPending>,
     missed: u32,
+    /// When the host last answered an echo (Unix ms; 0 never): the
+    /// dashboard's "last echo".
+    last_echo_ms: u64,
     /// When a frame last came in (echoes go out when the link is idle).
     last_rx: Instant,
     backoff: Backoff,
@@ -302,6 +305,7 @@ impl<R> LinkCore<R> {
             stan: 0,
             echo: None,
             missed: 0,
+            last_echo_ms: 0,
             last_rx: now.at,
             attempts: 0,
             wbuf: BytesMut::with_capacity(64 * 1024),
@@ -344,6 +348,11 @@ impl<R> LinkCore<R> {
 
     pub fn in_flight(&self) -> usize {
         self.table.len()
+    }
+
+    /// When the host last answered an echo (Unix ms), if it has.
+    pub fn last_echo_ms(&self) -> Option<u64> {
+        (self.last_echo_ms > 0).then_some(self.last_echo_ms)
     }
 
     /// False while the write buffer is over its bound: the driver then
@@ -710,6 +719,7 @@ impl<R> LinkCore<R> {
             LinkState::Up if self.echo.is_some_and(|e| e.stan == stan) => {
                 self.echo = None;
                 self.missed = 0;
+                self.last_echo_ms = now.unix_ms;
             }
             _ => {}
         }

@@ -244,7 +244,13 @@ fn an_answered_echo_resets_the_missed_count() {
     let t2 = t1.plus(ms(5500));
     c.handle_timeout(t2);
     let echo = sent(&mut c);
+    assert_eq!(c.last_echo_ms(), None, "no echo answered yet");
     c.handle_frame(t2.plus(ms(10)), answer_to(&echo[0], b"00"));
+    assert_eq!(
+        c.last_echo_ms(),
+        Some(t2.plus(ms(10)).unix_ms),
+        "the dashboard's last echo"
+    );
     let t3 = t2.plus(ms(5010));
     c.handle_timeout(t3);
     sent(&mut c);

@@ -284,6 +284,9 @@ impl Driver {
         }
         let n = self.core.in_flight();
         self.shared.set_in_flight(n);
+        if let Some(ms) = self.core.last_echo_ms() {
+            self.shared.set_last_echo_ms(ms);
+        }
         self.in_flight_gauge.set(n as f64);
         while let Some((to, outcome)) = self.core.poll_reply() {
             to.send(outcome);
