@@ -13,7 +13,9 @@ use tokio::io::AsyncWriteExt;
 
 const CONNECTIONS: u32 = 32;
 const PER_CONNECTION: u32 = 1_000;
-const HOST_LATENCY: Duration = Duration::from_millis(800);
+// Long enough that shedding the whole flood (a debug build, on a CI box
+// shared with other test processes) finishes well inside it.
+const HOST_LATENCY: Duration = Duration::from_millis(2000);
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
