@@ -710,18 +710,10 @@ async fn a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
     }
 }
 
-#[derive(clap::Parser)]
-struct LoadCli {
-    #[command(flatten)]
-    args: loadtest::cli::LoadArgs,
-}
-
 fn load(target: SocketAddr, keys: &Path) -> loadtest::Report {
-    use clap::Parser;
     let target = target.to_string();
     let keys = keys.display().to_string();
     let argv = [
-        "loadtest",
         "--target",
         &target,
         "--no-progress",
@@ -738,10 +730,5 @@ fn load(target: SocketAddr, keys: &Path) -> loadtest::Report {
         "--terminal-keys",
         &keys,
     ];
-    let config = LoadCli::try_parse_from(argv)
-        .expect("flags parse")
-        .args
-        .to_config()
-        .expect("flags are accepted");
-    loadtest::run(config).expect("runs")
+    loadtest_run(&argv)
 }

@@ -741,19 +741,12 @@ async fn a_slow_host_raises_a_round_trip_alert_and_clears_it() {
     switch.shutdown().await;
 }
 
-#[derive(clap::Parser)]
-struct LoadCli {
-    #[command(flatten)]
-    args: loadtest::cli::LoadArgs,
-}
-
 /// A seeded load test (`loadtest`, its mix of purchases, authorizations,
 /// reversals and fraud probes, against a simulator declining a fifth at
 /// random), then the browser: the page's table of authorizations and
 /// financials by DE39 shows exactly the counts in loadtest's report.
 #[tokio::test]
 async fn the_page_counts_by_de39_what_a_seeded_load_test_counted() {
-    use clap::Parser;
     let _one = ONE_AT_A_TIME.lock().await;
     let sim = start_sim_with(SimConfig {
         decline_ratio: 0.2,
@@ -766,7 +759,6 @@ async fn the_page_counts_by_de39_what_a_seeded_load_test_counted() {
     let target = switch.terminal_addr.to_string();
     let report = tokio::task::spawn_blocking(move || {
         let argv = [
-            "loadtest",
             "--target",
             &target,
             "--no-progress",
@@ -781,12 +773,7 @@ async fn the_page_counts_by_de39_what_a_seeded_load_test_counted() {
             "--seed",
             "42",
         ];
-        let config = LoadCli::try_parse_from(argv)
-            .expect("flags parse")
-            .args
-            .to_config()
-            .expect("flags are accepted");
-        loadtest::run(config).expect("runs")
+        loadtest_run(&argv)
     })
     .await
     .expect("loadtest finishes");

@@ -9,6 +9,8 @@
 //! Every test makes its own certificates (`tools::certs`) in a temporary
 //! directory.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use clap::Parser;
 use switchyard::frame::{FrameCodec, LengthHeader};
 use switchyard::iso8583::{Message, MessageBuilder, Mti, specs};
 use switchyard::net::{Conn, TlsConn};
@@ -322,17 +323,11 @@ impl Drop for SimProcess {
     }
 }
 
-#[derive(clap::Parser)]
-struct LoadCli {
-    #[command(flatten)]
-    args: loadtest::cli::LoadArgs,
-}
-
 /// A short closed-loop run of `loadtest` with these extra flags, parsed
 /// and checked as its command line does.
 fn load(target: SocketAddr, extra: &[&str]) -> loadtest::Report {
     let target = target.to_string();
-    let mut argv = vec!["loadtest", "--target", &target, "--no-progress"];
+    let mut argv = vec!["--target", &target, "--no-progress"];
     argv.extend([
         "-c",
         "4",
@@ -344,12 +339,7 @@ fn load(target: SocketAddr, extra: &[&str]) -> loadtest::Report {
         "2s",
     ]);
     argv.extend(extra);
-    let config = LoadCli::try_parse_from(argv)
-        .expect("flags parse")
-        .args
-        .to_config()
-        .expect("flags are accepted");
-    loadtest::run(config).expect("runs")
+    common::loadtest_run(&argv)
 }
 
 fn with_client_cert(c: &Certs) -> Vec<&str> {

@@ -473,3 +473,22 @@ impl Captured {
             .collect()
     }
 }
+
+#[derive(clap::Parser)]
+struct LoadCli {
+    #[command(flatten)]
+    args: loadtest::cli::LoadArgs,
+}
+
+/// A `loadtest` run in this process, its flags (`argv` without the
+/// program's name) parsed and checked as its command line does. Blocking:
+/// call it from `spawn_blocking` when a switch runs in the same runtime.
+pub fn loadtest_run(argv: &[&str]) -> loadtest::Report {
+    use clap::Parser;
+    let config = LoadCli::try_parse_from(std::iter::once("loadtest").chain(argv.iter().copied()))
+        .expect("flags parse")
+        .args
+        .to_config()
+        .expect("flags are accepted");
+    loadtest::run(config).expect("runs")
+}
