@@ -96,9 +96,11 @@ pub fn advice_from_terminal(msg: &Message, host_spec: &'static Spec) -> Option<(
 }
 
 /// Track data, PIN blocks and chip data have no business in a message that
-/// waits in a queue.
+/// waits in a queue; nor has the terminal's MAC (DE64/DE128) in a message
+/// that is not the terminal's (the link MACs it under the zone's key when
+/// the acquirer wants one).
 fn strip_sensitive(b: &mut MessageBuilder<'_>) {
-    for n in [35, 36, 45, 52, 55] {
+    for n in [35, 36, 45, 52, 55, 64, 128] {
         b.remove(n);
     }
 }
@@ -142,4 +144,31 @@ pub fn from_journal(
     }
     let key = MatchKey::new(mti, req.terminal_id.as_bytes(), req.stan)?;
     Some((b.to_bytes().ok()?.freeze(), key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iso8583::specs::iso87ascii;
+
+    #[test]
+    fn an_advice_from_a_terminal_loses_track_data_pin_block_and_mac() {
+        let spec = iso87ascii();
+        let mut b = MessageBuilder::new(spec, Mti::new(220).expect("mti"));
+        b.set(2, b"4761739001010010")
+            .set(3, b"000000")
+            .set_number(4, 100)
+            .set_number(11, 7)
+            .set(35, b"4761739001010010=2512")
+            .set(41, b"TERM0001")
+            .set(52, &[1; 8])
+            .set(64, &[2; 8]);
+        let msg = Message::parse(b.to_bytes().expect("packs").freeze(), spec).expect("parses");
+        let (body, _) = advice_from_terminal(&msg, spec).expect("advice");
+        let advice = Message::parse(body, spec).expect("parses");
+        for n in [35, 52, 64] {
+            assert!(!advice.has(n), "DE{n} kept");
+        }
+        assert!(advice.has(2) && advice.has(4), "the transaction's fields stay");
+    }
 }
