@@ -163,6 +163,19 @@ struct Summary<'a> {
     journal: JournalSummary,
     fraud_tracked_cards: usize,
     recent_answers: usize,
+    /// The business date requests are accepted in (`YYYY-MM-DD`).
+    business_date: String,
+    /// The last cutover, this run's or the one recovered from the
+    /// journal; `null` when none is on record.
+    last_cutover: Option<CutoverSummary>,
+}
+
+#[derive(Serialize)]
+struct CutoverSummary {
+    /// RFC 3339, UTC.
+    at: String,
+    business_date: String,
+    reason: &'static str,
 }
 
 #[derive(Serialize)]
@@ -271,6 +284,12 @@ pub(super) async fn summary(State(s): State<Arc<AdminState>>) -> Response {
         },
         fraud_tracked_cards: shared.fraud_state.len(),
         recent_answers: shared.recent.len(),
+        business_date: shared.business_day.current().to_string(),
+        last_cutover: shared.business_day.last().map(|c| CutoverSummary {
+            at: crate::clock::rfc3339(c.at_ms / 1000),
+            business_date: c.to.to_string(),
+            reason: c.reason.name(),
+        }),
     };
     json(StatusCode::OK, &body)
 }

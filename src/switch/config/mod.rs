@@ -113,6 +113,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub saf: SafConfig,
     pub store: StoreConfig,
+    /// `[settlement]`: the business date's cutover.
+    pub settlement: crate::switch::settlement::SettlementConfig,
     /// `[security]`: the key store, the HSM, terminal profiles.
     pub security: Option<crate::switch::card_security::SecurityConfig>,
     /// Top-level `test_setup = true`: a development or test configuration,
@@ -174,6 +176,7 @@ struct ConfigFile {
     journal: JournalFile,
     saf: SafFile,
     store: StoreFile,
+    settlement: crate::switch::settlement::SettlementFile,
     security: Option<crate::switch::card_security::config::SecurityFile>,
     test_setup: bool,
 }
@@ -431,6 +434,7 @@ impl ConfigFile {
             journal: self.journal.validate(&mut s.sub("journal")),
             saf: self.saf.validate(&mut s.sub("saf")),
             store: self.store.validate(&mut s.sub("store")),
+            settlement: self.settlement.validate(&mut s.sub("settlement")),
             security,
             test_setup: self.test_setup,
             view,

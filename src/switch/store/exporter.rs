@@ -249,6 +249,11 @@ impl Fold<'_> {
     }
 
     fn apply(&mut self, seq: u64, record: &Record) {
+        // A cutover belongs to no transaction: each transaction's row
+        // has its own business date, from its request record.
+        if let Record::Cutover { .. } = record {
+            return;
+        }
         let (txn, at_ms) = (record.txn(), record.at_ms());
         let acquirer = |f: &Self, a: u16| f.name(a);
         let name = match record {
@@ -335,6 +340,7 @@ impl Fold<'_> {
                 t.advice.state = Some(SafState::Expired);
                 t.advice.at_ms = Some(at_ms);
             }
+            Record::Cutover { .. } => {}
         }
     }
 }

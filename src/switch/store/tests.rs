@@ -206,6 +206,8 @@ fn journal_traffic_from(journal: &Journal, from: u32, n: u32, at_ms: u64) -> u64
                 request: request_data(i),
                 fraud_points: 3,
                 fraud_reasons: 1,
+                // Two business dates: 2026-12-01 and the day after.
+                business_date: 20_788 + i % 2,
             },
             Record::Forwarded {
                 txn,
@@ -245,6 +247,7 @@ fn journal_traffic_from(journal: &Journal, from: u32, n: u32, at_ms: u64) -> u64
                     Default::default()
                 },
                 stand_in: false,
+                settlement_date: if i % 2 == 0 { 1201 } else { 0 },
             });
         }
         for r in records {

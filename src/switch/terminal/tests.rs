@@ -227,6 +227,7 @@ impl Harness {
                 body,
                 response_code: code,
                 approval_code: None,
+                settlement_date: 0,
             },
         );
     }

@@ -1,0 +1,56 @@
+//! The scheduled cutover: a small tokio task of its own (in
+//! `server.rs`'s start), not the journal writer's thread (which must
+//! never wait on anything but the disk) nor the terminals (whose only
+//! clock is the `Now` they are given).
+//!
+//! It wakes at the next cutover time, and at least once a minute, and
+//! asks [`BusinessDay::cutover`] whether one is due: so a wall clock
+//! stepped forward or back, or a DST change, is met within a minute, and
+//! the rule lives in one place. Its first look, at start, catches up a
+//! date left behind by a switch stopped over a cutover time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::cutover::{BusinessDay, CutoverRefused, Trigger};
+
+/// The longest sleep between looks.
+const LOOK_EVERY: Duration = Duration::from_secs(60);
+
+/// Starts the timer; `None` with `cutover_time = "off"`.
+pub fn spawn(day: Arc<BusinessDay>, stop: CancellationToken) -> Option<JoinHandle<()>> {
+    day.schedule().cutover?;
+    Some(tokio::spawn(run(day, stop)))
+}
+
+async fn run(day: Arc<BusinessDay>, stop: CancellationToken) {
+    let mut trigger = Trigger::Startup;
+    loop {
+        let now = crate::clock::unix_now_ms();
+        match day.cutover(trigger, now) {
+            Ok(_) | Err(CutoverRefused::NotDue { .. }) => {}
+            // The journal full or stopped: the next look tries again.
+            Err(e) => tracing::warn!("settlement: scheduled cutover not made: {e}"),
+        }
+        trigger = Trigger::Scheduled;
+        let wait = sleep_for(&day, now);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Until just past the next cutover time, at most [`LOOK_EVERY`].
+fn sleep_for(day: &BusinessDay, now_ms: u64) -> Duration {
+    let next = day
+        .schedule()
+        .next_cutover_ms(now_ms)
+        .map_or(LOOK_EVERY, |t| {
+            Duration::from_millis(t.saturating_sub(now_ms).saturating_add(1))
+        });
+    next.clamp(Duration::from_millis(10), LOOK_EVERY)
+}
