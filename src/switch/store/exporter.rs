@@ -275,15 +275,14 @@ impl Fold<'_> {
                 request,
                 fraud_points,
                 fraud_reasons,
+                business_date,
                 ..
             } => {
-                t.request = Some(request_fields(
-                    at_ms,
-                    request,
-                    name,
-                    *fraud_points,
-                    *fraud_reasons,
-                ))
+                let mut fields =
+                    request_fields(at_ms, request, name, *fraud_points, *fraud_reasons);
+                fields.business_date = (*business_date != 0)
+                    .then(|| crate::switch::settlement::BusinessDate(*business_date).to_string());
+                t.request = Some(fields)
             }
             Record::Forwarded { .. } => {
                 t.forwarded = name.map(|n| (at_ms, n));
@@ -292,6 +291,7 @@ impl Fold<'_> {
                 response_code,
                 approval_code,
                 stand_in,
+                settlement_date,
                 ..
             } => {
                 t.outcome = Some(Outcome::Answered {
@@ -299,6 +299,8 @@ impl Fold<'_> {
                     response_code: code(response_code),
                     approval_code: approval_code.to_string(),
                     stand_in: *stand_in,
+                    settlement_date: (*settlement_date != 0)
+                        .then(|| format!("{settlement_date:04}")),
                 })
             }
             Record::Timeout { .. } => t.outcome = Some(Outcome::TimedOut { at_ms }),
@@ -373,6 +375,7 @@ fn request_fields(
         route,
         fraud_points,
         fraud_reasons,
+        business_date: None,
     }
 }
 
