@@ -4,6 +4,8 @@
 //! store on SQLite.
 
 mod common;
+#[path = "common/postgres.rs"]
+mod pg_server;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,17 +83,31 @@ fn with_store<T>(backend: &Backend, f: impl FnOnce(&mut dyn Store) -> T) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_cutover_moves_the_business_date_in_the_journal_and_the_store() {
-    let sim = start_sim().await;
     let db = fresh_journal_dir().with_extension("db");
+    operator_cutover(&format!("sqlite://{}", db.display())).await;
+}
+
+/// The same on PostgreSQL (a private server, as tests/store.rs's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_cutover_moves_the_business_date_in_the_store_on_postgres() {
+    // Starting the server blocks (initdb, pg_ctl).
+    let Some(server) = tokio::task::block_in_place(pg_server::PgServer::shared) else {
+        return; // SWITCHYARD_SKIP_POSTGRES
+    };
+    let url = tokio::task::block_in_place(|| server.create_database());
+    operator_cutover(&url).await;
+}
+
+async fn operator_cutover(url: &str) {
+    let sim = start_sim().await;
     // No scheduled cutover: a test that runs across 23:00 UTC must not
     // see the timer move the date too.
     let toml = config(
         &[sim.local_addr()],
         "",
         &format!(
-            "[store]\nenabled = true\nurl = \"sqlite://{}\"\nbatch_max = 4\n\
-             [settlement]\ncutover_time = \"off\"\n",
-            db.display()
+            "[store]\nenabled = true\nurl = \"{url}\"\nbatch_max = 4\n\
+             [settlement]\ncutover_time = \"off\"\n"
         ),
     );
     let dir = journal_dir(&toml);
@@ -179,7 +195,7 @@ async fn an_operator_cutover_moves_the_business_date_in_the_journal_and_the_stor
     );
 
     // The store: the same dates, and DE15.
-    let backend = store::parse_url(&format!("sqlite://{}", db.display())).expect("url");
+    let backend: Backend = store::parse_url(url).expect("url");
     // `node-1`: the default store.node_id.
     let rows = with_store(&backend, |s| {
         s.transactions("node-1", 0, 100).expect("rows")
