@@ -146,6 +146,13 @@ async fn operator_cutover(url: &str) {
     );
     let s = summary(admin).await;
     assert_eq!(s["business_date"], after.to_string());
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    let (y, m, d) = after.ymd();
+    assert_eq!(
+        metric(&metrics, "switchyard_business_date", &[]),
+        f64::from(y) * 10_000.0 + f64::from(m * 100 + d)
+    );
+    assert!(metric(&metrics, "switchyard_cutovers_total", &["operator"]) >= 1.0);
     assert_eq!(s["last_cutover"]["reason"], "operator");
     assert_eq!(s["last_cutover"]["business_date"], after.to_string());
 

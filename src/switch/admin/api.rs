@@ -41,6 +41,8 @@ fn sample_gauges(shared: &Shared) {
     metrics::gauge!(t::JOURNAL_BYTES).set(j.disk_bytes as f64);
     metrics::gauge!(t::FRAUD_TRACKED_CARDS).set(shared.fraud_state.len() as f64);
     metrics::gauge!(t::RECENT_ANSWERS).set(shared.recent.len() as f64);
+    let (y, m, d) = shared.business_day.current().ymd();
+    metrics::gauge!(t::BUSINESS_DATE).set(f64::from(y) * 10_000.0 + f64::from(m * 100 + d));
 }
 
 #[derive(Serialize)]

@@ -182,6 +182,7 @@ impl BusinessDay {
             reason: trigger,
         };
         *last = Some(done);
+        metrics::counter!(crate::telemetry::CUTOVERS, "reason" => trigger.name()).increment(1);
         tracing::info!(from = %current, to = %to, reason = trigger.name(),
             "settlement: cutover; the business date is now {to}");
         Ok(done)
