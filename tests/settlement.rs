@@ -460,3 +460,64 @@ async fn an_acquirers_0800_201_cuts_over_once_when_it_is_configured_to() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_stopped_over_cutover_times_catches_up_once_at_start() {
+    // The default schedule: 23:00 UTC.
+    let toml = config(&[free_addr()], "", "");
+    let config = switchyard::switch::config::Config::parse(&toml).expect("valid");
+    let old = BusinessDate::parse("2026-01-15").expect("date");
+    {
+        let (journal, _) =
+            switchyard::switch::journal::Journal::open(&config.journal).expect("journal opens");
+        journal
+            .append(Record::Cutover {
+                at_ms: 1_768_500_000_000,
+                business_date: old.days(),
+                reason: CutoverReason::Operator,
+            })
+            .expect("appended");
+        journal.shutdown();
+    }
+    let switch = start_switch(&toml).await;
+    let caught_up = timeout(GUARD, async {
+        loop {
+            if let Some(c) = switch.shared.business_day.last()
+                && c.reason == CutoverReason::Startup
+            {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the timer's first look cuts over");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let today = config.settlement.schedule.date_at(now);
+    assert_eq!((caught_up.from, caught_up.to), (old, today));
+    let s = summary(switch.admin_addr.expect("admin on")).await;
+    assert_eq!(s["last_cutover"]["reason"], "startup");
+    assert_eq!(s["business_date"], today.to_string());
+    switch.shutdown().await;
+    let cutovers: Vec<_> = records(&config.journal.dir)
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Cutover {
+                business_date,
+                reason,
+                ..
+            } => Some((BusinessDate(business_date), reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        cutovers,
+        vec![
+            (old, CutoverReason::Operator),
+            (today, CutoverReason::Startup)
+        ]
+    );
+}

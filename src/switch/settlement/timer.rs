@@ -45,7 +45,7 @@ async fn run(day: Arc<BusinessDay>, stop: CancellationToken) {
 }
 
 /// Until just past the next cutover time, at most [`LOOK_EVERY`].
-fn sleep_for(day: &BusinessDay, now_ms: u64) -> Duration {
+pub(super) fn sleep_for(day: &BusinessDay, now_ms: u64) -> Duration {
     let next = day
         .schedule()
         .next_cutover_ms(now_ms)
@@ -53,4 +53,40 @@ fn sleep_for(day: &BusinessDay, now_ms: u64) -> Duration {
             Duration::from_millis(t.saturating_sub(now_ms).saturating_add(1))
         });
     next.clamp(Duration::from_millis(10), LOOK_EVERY)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::switch::settlement::{Schedule, SettlementConfig};
+
+    fn day(cutover: Option<u16>) -> BusinessDay {
+        let config = SettlementConfig {
+            schedule: Schedule::utc(cutover),
+            ..SettlementConfig::default()
+        };
+        BusinessDay::new(config, None, 0, Box::new(|_| true))
+    }
+
+    #[test]
+    fn the_timer_wakes_just_after_the_cutover_time_and_at_least_once_a_minute() {
+        // 2026-12-01T22:59:55Z: five seconds to a 23:00 cutover.
+        let at = 20_788 * 86_400_000 + (23 * 3600 - 5) * 1000;
+        let d = day(Some(23 * 60));
+        assert_eq!(sleep_for(&d, at), Duration::from_millis(5001));
+        assert_eq!(sleep_for(&d, at - 3_600_000), LOOK_EVERY);
+        // At the cutover time itself the next is a day away.
+        assert_eq!(sleep_for(&d, at + 5000), LOOK_EVERY);
+    }
+
+    #[tokio::test]
+    async fn no_timer_runs_without_a_cutover_time() {
+        let stop = CancellationToken::new();
+        assert!(spawn(Arc::new(day(None)), stop.clone()).is_none());
+        let task = spawn(Arc::new(day(Some(0))), stop.clone()).expect("a timer");
+        stop.cancel();
+        task.await.expect("ends when stopped");
+    }
 }
