@@ -367,9 +367,10 @@ impl Switch {
                 }
             },
         );
-        // After recovery's records: a catch-up cutover at start follows
-        // them in the journal. Stops with store-and-forward, before the
-        // journal closes.
+        // After recovery's records (a catch-up cutover at start follows
+        // them in the journal) and before the listeners (no request of the
+        // new day gets the old date). Stops with store-and-forward, before
+        // the journal closes.
         crate::switch::settlement::timer::spawn(business_day, saf_stop.clone());
         let terminals = TaskTracker::new();
         let per_ip: Arc<DashMap<IpAddr, usize>> = Arc::new(DashMap::new());

@@ -7,7 +7,9 @@
 //! asks [`BusinessDay::cutover`] whether one is due: so a wall clock
 //! stepped forward or back, or a DST change, is met within a minute, and
 //! the rule lives in one place. Its first look, at start, catches up a
-//! date left behind by a switch stopped over a cutover time.
+//! date left behind by a switch stopped over a cutover time; it is made
+//! before `spawn` returns, so before the listeners take a request, and
+//! no request of the new day is journaled with the old date.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,27 +22,32 @@ use super::cutover::{BusinessDay, CutoverRefused, Trigger};
 /// The longest sleep between looks.
 const LOOK_EVERY: Duration = Duration::from_secs(60);
 
-/// Starts the timer; `None` with `cutover_time = "off"`.
+/// Makes the first look (a cutover missed while stopped) and starts the
+/// timer; `None` with `cutover_time = "off"`.
 pub fn spawn(day: Arc<BusinessDay>, stop: CancellationToken) -> Option<JoinHandle<()>> {
     day.schedule().cutover?;
-    Some(tokio::spawn(run(day, stop)))
+    let now = crate::clock::unix_now_ms();
+    look(&day, Trigger::Startup, now);
+    Some(tokio::spawn(run(day, stop, now)))
 }
 
-async fn run(day: Arc<BusinessDay>, stop: CancellationToken) {
-    let mut trigger = Trigger::Startup;
+fn look(day: &BusinessDay, trigger: Trigger, now_ms: u64) {
+    match day.cutover(trigger, now_ms) {
+        Ok(_) | Err(CutoverRefused::NotDue { .. }) => {}
+        // The journal full or stopped: the next look tries again.
+        Err(e) => tracing::warn!("settlement: scheduled cutover not made: {e}"),
+    }
+}
+
+async fn run(day: Arc<BusinessDay>, stop: CancellationToken, mut now: u64) {
     loop {
-        let now = crate::clock::unix_now_ms();
-        match day.cutover(trigger, now) {
-            Ok(_) | Err(CutoverRefused::NotDue { .. }) => {}
-            // The journal full or stopped: the next look tries again.
-            Err(e) => tracing::warn!("settlement: scheduled cutover not made: {e}"),
-        }
-        trigger = Trigger::Scheduled;
         let wait = sleep_for(&day, now);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,
         }
+        now = crate::clock::unix_now_ms();
+        look(&day, Trigger::Scheduled, now);
     }
 }
 

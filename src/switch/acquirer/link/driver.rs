@@ -356,6 +356,9 @@ impl Driver {
             LinkEvent::Unframeable { reason } => {
                 warn!(%acquirer, link, "request can not be framed for the host: {reason}")
             }
+            // More than a log line: the cutover itself is made here, where
+            // the business day is at hand (the core has no clock and no
+            // handle; the lock it takes is never a terminal's).
             LinkEvent::Cutover => match &s.settlement {
                 Some((day, index)) => {
                     let trigger = crate::switch::settlement::Trigger::Host { acquirer: *index };

@@ -57,7 +57,8 @@ pub struct LinkSettings {
     /// reconnect in lockstep.
     pub seed: u64,
     /// The business day a host's 0800/201 moves, with this acquirer's
-    /// index (the journal's); `None` in tests that need none.
+    /// index (the journal's); `None` when the acquirer does not follow
+    /// the host's cutover (`cutover_on_host_0800`), and in tests.
     pub settlement: Option<(Arc<crate::switch::settlement::BusinessDay>, u16)>,
 }
 
