@@ -81,6 +81,10 @@ pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const FRAUD_TRACKED_CARDS: &str = "switchyard_fraud_tracked_cards";
 /// Answers held for repeats.
 pub const RECENT_ANSWERS: &str = "switchyard_recent_answers";
+/// The business date as YYYYMMDD (an alert can compare it with today's).
+pub const BUSINESS_DATE: &str = "switchyard_business_date";
+/// Cutovers made, by reason (scheduled, startup, operator, host).
+pub const CUTOVERS: &str = "switchyard_cutovers_total";
 /// Per link: 1 when signed on.
 pub const LINK_UP: &str = "switchyard_link_up";
 /// Per link: requests waiting for an answer.
@@ -277,6 +281,8 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "1; labels: version and commit of this build");
     describe_gauge!(FRAUD_TRACKED_CARDS, "Cards with fraud history in memory");
     describe_gauge!(RECENT_ANSWERS, "Answers held for repeats");
+    describe_gauge!(BUSINESS_DATE, "The business date, as YYYYMMDD");
+    describe_counter!(CUTOVERS, "Cutovers of the business date, by reason");
     describe_gauge!(LINK_UP, "1 when the acquirer link is signed on");
     describe_gauge!(LINK_IN_FLIGHT, "Requests waiting for an upstream answer");
     describe_counter!(LINK_CONNECT_FAILURES, "Failed connects or sign-ons");

@@ -57,6 +57,9 @@ struct TxnView {
 fn txn_views(w: &World) -> BTreeMap<u64, TxnView> {
     let mut txns: BTreeMap<u64, TxnView> = BTreeMap::new();
     for (_, r) in &w.journal.borrow().records {
+        if let Record::Cutover { .. } = r {
+            continue;
+        }
         let t = txns.entry(r.txn()).or_default();
         match r {
             Record::Request { request, .. } => {
@@ -74,7 +77,7 @@ fn txn_views(w: &World) -> BTreeMap<u64, TxnView> {
             }
             Record::AdviceQueued { .. } => t.advice_queued = true,
             Record::AdviceAcked { .. } | Record::AdviceExpired { .. } => t.advice_settled = true,
-            Record::ReversalSent { .. } | Record::AdviceSent { .. } => {}
+            Record::ReversalSent { .. } | Record::AdviceSent { .. } | Record::Cutover { .. } => {}
         }
     }
     txns

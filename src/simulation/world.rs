@@ -586,6 +586,7 @@ impl World {
                 ..RecoveryStats::default()
             },
             oldest_needed_seq: None,
+            last_cutover: fold.last_cutover(),
         };
         let life = self.switch.life + 1;
         let seed = self.rng.next_u64();
@@ -1074,6 +1075,7 @@ impl Recovery {
             saf: Vec::new(),
             stats: RecoveryStats::default(),
             oldest_needed_seq: None,
+            last_cutover: None,
         }
     }
 }

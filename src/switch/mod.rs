@@ -33,6 +33,7 @@ pub mod repeats;
 pub mod router;
 pub mod saf;
 pub mod server;
+pub mod settlement;
 pub mod store;
 pub mod terminal;
 pub mod tls;

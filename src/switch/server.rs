@@ -67,6 +67,8 @@ pub struct Shared {
     pub security: Option<crate::switch::card_security::SecurityConfig>,
     /// The queue to the analytics thread: one event per answered request.
     pub analytics: crate::switch::analytics::Sink,
+    /// The business date requests are accepted in, and its cutovers.
+    pub business_day: Arc<crate::switch::settlement::BusinessDay>,
     allowed: HashSet<Vec<u8>>,
     countries: HashMap<Vec<u8>, u16>,
 }
@@ -126,6 +128,14 @@ impl Shared {
                     )
                 }),
             in_flight: AtomicUsize::new(0),
+            // Replaced by `Switch::start` with the one recovered from the
+            // journal (`with_business_day`); unit tests keep this one.
+            business_day: Arc::new(crate::switch::settlement::BusinessDay::with_journal(
+                config.settlement.clone(),
+                None,
+                crate::clock::unix_now_ms(),
+                journal.clone(),
+            )),
             txn_seq: std::sync::atomic::AtomicU64::new(next_txn.max(1)),
             journal_sync: config.journal.durability == crate::switch::journal::Durability::Fsync,
             journal,
@@ -135,6 +145,13 @@ impl Shared {
             security: config.security.clone(),
             analytics: crate::switch::analytics::Sink::new(&config.analytics),
         })
+    }
+
+    /// With the business day `day` (recovered from the journal, shared
+    /// with the links that may cut over).
+    pub fn with_business_day(mut self, day: Arc<crate::switch::settlement::BusinessDay>) -> Shared {
+        self.business_day = day;
+        self
     }
 
     /// Is this terminal id (DE41, trailing spaces ignored) allowed?
@@ -268,15 +285,29 @@ impl Switch {
             None
         };
 
+        // The business date: the last cutover's, or the clock's. Made
+        // before the links, which cut over on a host's 0800/201.
+        let business_day = Arc::new(crate::switch::settlement::BusinessDay::with_journal(
+            config.settlement.clone(),
+            recovery.last_cutover,
+            crate::clock::unix_now_ms(),
+            journal.clone(),
+        ));
+        log_business_day(&business_day, recovery.last_cutover.is_some());
+
         let links_stop = CancellationToken::new();
         let saf_stop = CancellationToken::new();
         let mut saf_tasks = Vec::new();
         let mut acquirers = Vec::new();
         let mut links = Vec::new();
-        for a in &config.acquirers {
+        for (index, a) in config.acquirers.iter().enumerate() {
             let mut handles = Vec::new();
             for i in 0..a.links.len() {
-                let (h, task) = link::spawn(LinkSettings::from_acquirer(a, i), links_stop.clone());
+                let mut settings = LinkSettings::from_acquirer(a, i);
+                if a.cutover_on_host_0800 {
+                    settings.settlement = Some((business_day.clone(), index as u16));
+                }
+                let (h, task) = link::spawn(settings, links_stop.clone());
                 handles.push(h);
                 links.push(task);
             }
@@ -303,7 +334,10 @@ impl Switch {
                 security: a.security.clone(),
             });
         }
-        let shared = Arc::new(Shared::new(&config, acquirers, journal, recovery.next_txn)?);
+        let shared = Arc::new(
+            Shared::new(&config, acquirers, journal, recovery.next_txn)?
+                .with_business_day(business_day.clone()),
+        );
         let (analytics_handle, analytics) = match crate::switch::analytics::spawn(
             &config,
             shared.clone(),
@@ -351,6 +385,11 @@ impl Switch {
                 }
             },
         );
+        // After recovery's records (a catch-up cutover at start follows
+        // them in the journal) and before the listeners (no request of the
+        // new day gets the old date). Stops with store-and-forward, before
+        // the journal closes.
+        crate::switch::settlement::timer::spawn(business_day, saf_stop.clone());
         let terminals = TaskTracker::new();
         let per_ip: Arc<DashMap<IpAddr, usize>> = Arc::new(DashMap::new());
         let accept = listeners
@@ -513,6 +552,28 @@ async fn start_store(
         );
     }
     Ok(exporter.spawn(journal.durable())?)
+}
+
+fn log_business_day(day: &crate::switch::settlement::BusinessDay, recorded: bool) {
+    let schedule = day.schedule();
+    let when = match schedule.cutover {
+        Some(m) => format!(
+            "cutover at {:02}:{:02} {}",
+            m / 60,
+            m % 60,
+            schedule.time_zone.iana_name().unwrap_or("(fixed offset)")
+        ),
+        None => "no scheduled cutover (cutover_time = \"off\")".to_owned(),
+    };
+    let from = if recorded {
+        "from the journal's last cutover"
+    } else {
+        "from the clock (no cutover on record)"
+    };
+    info!(
+        "settlement: business date {} ({from}); {when}",
+        day.current()
+    );
 }
 
 /// What recovery scanned, also when it found nothing to do: an operator

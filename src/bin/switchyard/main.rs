@@ -62,6 +62,10 @@ enum Command {
     /// Read the transaction journal (masked): tail, show one transaction, stats.
     #[command(subcommand)]
     Journal(switchyard::switch::journal::cli::JournalCommand),
+    /// Settlement: `cutover` closes the business day in the running
+    /// switch (over its admin endpoint).
+    #[command(subcommand)]
+    Settle(switchyard::switch::settlement::cli::SettleCommand),
     /// Keys under the local master key: form-lmk, generate, import, list,
     /// export (KCVs shown, never a key).
     #[command(subcommand)]
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Journal(cmd) => switchyard::switch::journal::cli::run(cmd),
         Command::Keys(cmd) => switchyard::security::cli::run(cmd),
+        Command::Settle(cmd) => switchyard::switch::settlement::cli::run(cmd),
         Command::User(cmd) => operators::run_user(cmd),
         Command::Audit(cmd) => operators::run_audit(cmd),
         Command::HsmSim(args) => switchyard::security::hsm::payshield::sim::run(args),

@@ -30,6 +30,8 @@ pub struct AcquirerConfig {
     pub max_missed_echoes: u32,
     pub max_in_flight_per_link: usize,
     pub sign_on: bool,
+    /// A 0800 from the host with DE70 201 starts a cutover (settlement).
+    pub cutover_on_host_0800: bool,
     /// Fields an answer must carry with the request's exact bytes (where
     /// both carry them) to be delivered; see `acquirer::link`.
     pub answer_must_match: Vec<u16>,
@@ -70,6 +72,7 @@ table! {
         max_missed_echoes: u64 = 2, in 1..=100;
         max_in_flight_per_link: usize = 10_000, in 1..=1_000_000;
         sign_on: bool = true;
+        cutover_on_host_0800: bool = false;
         answer_must_match: Vec<u16> = DEFAULT_ANSWER_MUST_MATCH.to_vec();
         stand_in: StandInConfig = StandInConfig::default();
         tls: Option<crate::switch::tls::config::AcquirerTlsFile> = None;
@@ -124,6 +127,7 @@ impl AcquirerFile {
             max_missed_echoes: self.max_missed_echoes as u32, // in range
             max_in_flight_per_link: self.max_in_flight_per_link,
             sign_on: self.sign_on,
+            cutover_on_host_0800: self.cutover_on_host_0800,
             answer_must_match: self.answer_must_match,
             stand_in: self.stand_in,
         }

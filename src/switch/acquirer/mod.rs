@@ -128,6 +128,9 @@ pub enum Outcome {
         body: Bytes,
         response_code: [u8; 2],
         approval_code: Option<crate::iso8583::SmallText>,
+        /// DE15, the host's settlement date (MMDD) as a number; 0 when
+        /// absent or not a date.
+        settlement_date: u16,
     },
     Failed(Failure),
 }

@@ -41,6 +41,8 @@ fn sample_gauges(shared: &Shared) {
     metrics::gauge!(t::JOURNAL_BYTES).set(j.disk_bytes as f64);
     metrics::gauge!(t::FRAUD_TRACKED_CARDS).set(shared.fraud_state.len() as f64);
     metrics::gauge!(t::RECENT_ANSWERS).set(shared.recent.len() as f64);
+    let (y, m, d) = shared.business_day.current().ymd();
+    metrics::gauge!(t::BUSINESS_DATE).set(f64::from(y) * 10_000.0 + f64::from(m * 100 + d));
 }
 
 #[derive(Serialize)]
@@ -166,6 +168,19 @@ struct Summary<'a> {
     journal: JournalSummary,
     fraud_tracked_cards: usize,
     recent_answers: usize,
+    /// The business date requests are accepted in (`YYYY-MM-DD`).
+    business_date: String,
+    /// The last cutover, this run's or the one recovered from the
+    /// journal; `null` when none is on record.
+    last_cutover: Option<CutoverSummary>,
+}
+
+#[derive(Serialize)]
+struct CutoverSummary {
+    /// RFC 3339, UTC.
+    at: String,
+    business_date: String,
+    reason: &'static str,
 }
 
 #[derive(Serialize)]
@@ -274,6 +289,12 @@ pub(super) async fn summary(State(s): State<Arc<AdminState>>) -> Response {
         },
         fraud_tracked_cards: shared.fraud_state.len(),
         recent_answers: shared.recent.len(),
+        business_date: shared.business_day.current().to_string(),
+        last_cutover: shared.business_day.last().map(|c| CutoverSummary {
+            at: crate::clock::rfc3339(c.at_ms / 1000),
+            business_date: c.to.to_string(),
+            reason: c.reason.name(),
+        }),
     };
     json(StatusCode::OK, &body)
 }

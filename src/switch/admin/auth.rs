@@ -90,7 +90,7 @@ impl FailureBudget {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-fn client_addr(req: &Request) -> SocketAddr {
+pub(super) fn client_addr(req: &Request) -> SocketAddr {
     req.extensions()
         .get::<ClientAddr>()
         .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0)
@@ -172,7 +172,11 @@ impl Auth {
     }
 
     /// Writes an event; a failure is logged by the writer.
-    async fn record(
+    pub(super) fn audit_healthy(&self) -> bool {
+        self.audit.is_healthy()
+    }
+
+    pub(super) async fn record(
         &self,
         event: &'static str,
         user: Option<&str>,
@@ -310,7 +314,7 @@ fn locked_answer(wait: Duration) -> Response {
     r
 }
 
-fn audit_unavailable(e: &AuditError) -> Response {
+pub(super) fn audit_unavailable(e: &AuditError) -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "audit_unavailable",

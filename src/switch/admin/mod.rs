@@ -13,7 +13,8 @@
 //!   `/api/alerts`, `/api/terminals`, `/api/transactions`: the analytics
 //!   thread's figures (`dashboard.rs`).
 //! * `POST /api/login`, `/api/logout`, `GET /api/session`,
-//!   `POST /api/actions/reload`: operators, sessions and roles, with the
+//!   `POST /api/actions/reload`, `POST /api/actions/cutover` (the
+//!   business date, `cutover.rs`): operators, sessions and roles, with the
 //!   audit trail (`auth.rs`, `audit.rs`), once `[admin] users_file` is
 //!   set. Without it there is no login, and the listener must be on
 //!   loopback (the config refuses any other address).
@@ -35,6 +36,7 @@ pub mod audit;
 mod auth;
 mod config;
 pub mod dashboard;
+mod cutover;
 pub mod limiter;
 mod scrub;
 pub(crate) use scrub::scrub_json;
@@ -155,6 +157,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/logout", post(auth::logout))
         .route("/api/session", get(auth::whoami))
         .route("/api/actions/reload", post(auth::reload))
+        .route("/api/actions/cutover", post(cutover::cutover))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
@@ -283,7 +286,7 @@ async fn bounds(req: Request, next: Next) -> Response {
 const ENDPOINTS: &str = "/ (the dashboard), /metrics, /health, /ready, /api/summary, \
                          /api/links, /api/config, /api/stream, /api/alerts, /api/terminals, \
                          /api/transactions, /api/login, /api/logout, /api/session, \
-                         /api/actions/reload";
+                         /api/actions/reload, /api/actions/cutover";
 
 async fn not_found() -> Response {
     error(

@@ -116,6 +116,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[analytics]`: rollups, the recent transactions, alerts.
     pub analytics: AnalyticsConfig,
+    /// `[settlement]`: the business date's cutover.
+    pub settlement: crate::switch::settlement::SettlementConfig,
     /// `[security]`: the key store, the HSM, terminal profiles.
     pub security: Option<crate::switch::card_security::SecurityConfig>,
     /// Top-level `test_setup = true`: a development or test configuration,
@@ -178,6 +180,7 @@ struct ConfigFile {
     saf: SafFile,
     store: StoreFile,
     analytics: AnalyticsFile,
+    settlement: crate::switch::settlement::SettlementFile,
     security: Option<crate::switch::card_security::config::SecurityFile>,
     test_setup: bool,
 }
@@ -436,6 +439,7 @@ impl ConfigFile {
             saf: self.saf.validate(&mut s.sub("saf")),
             store: self.store.validate(&mut s.sub("store")),
             analytics: self.analytics.validate(&mut s.sub("analytics")),
+            settlement: self.settlement.validate(&mut s.sub("settlement")),
             security,
             test_setup: self.test_setup,
             view,

@@ -323,6 +323,20 @@ pub fn stats(dir: &Path, out: &mut impl Write) -> Result<(), CliError> {
         saf.len() - reversals
     )?;
     writeln!(out, "unanswered requests      {unanswered}")?;
+    match fold.last_cutover() {
+        Some(c) => writeln!(
+            out,
+            "business date            {} (last cutover at {}, {}, record {})",
+            crate::switch::settlement::BusinessDate(c.business_date),
+            crate::clock::rfc3339(c.at_ms / 1000),
+            c.reason.name(),
+            c.seq
+        )?,
+        None => writeln!(
+            out,
+            "business date            no cutover on record (a start takes the clock's)"
+        )?,
+    }
     if fold.orphans() > 0 {
         writeln!(out, "orphaned open work       {}", fold.orphans())?;
     }

@@ -43,9 +43,10 @@ use tokio::sync::watch;
 pub(crate) use config::JournalFile;
 pub use config::{Durability, JournalConfig};
 pub use record::{
-    ApprovalCode, MaskedPanStr, Names, Record, RecordKind, RequestData, Rrn, SmallStr,
+    ApprovalCode, CutoverReason, MaskedPanStr, Names, Record, RecordKind, RequestData, Rrn,
+    SmallStr,
 };
-pub use recovery::{Recovery, RecoveryStats, SafEntry, SafKind, TornTail, Unfinished};
+pub use recovery::{LastCutover, Recovery, RecoveryStats, SafEntry, SafKind, TornTail, Unfinished};
 pub use segment::{Corruption, CorruptionKind, ReadError, Reader, read_all};
 
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,10 @@
 //! byte plus bytes. The body carries no length or checksum of its own: the
 //! segment frame (see `segment.rs`) wraps it with both.
 //!
+//! Fields added later go at the end of their record and are optional on
+//! decode: a record written before them (a shorter body) reads with the
+//! field at its "none" value, so old journals stay readable.
+//!
 //! Only masked card data is ever written: the record has no field for track
 //! data, CVV or PIN blocks, and `masked_pan` is re-masked on encode if a
 //! caller hands over unmasked digits by mistake.
@@ -56,6 +60,10 @@ pub enum Record {
         request: RequestData,
         fraud_points: u16,
         fraud_reasons: u16,
+        /// The business date it was accepted in, as days since the
+        /// epoch (`settlement::BusinessDate`); 0 in records written before
+        /// business dates.
+        business_date: u32,
     },
     /// The request was sent upstream; from here on it may need a reversal.
     Forwarded {
@@ -70,6 +78,9 @@ pub enum Record {
         response_code: [u8; 2],
         approval_code: ApprovalCode,
         stand_in: bool,
+        /// The host's DE15 (settlement date, MMDD) as a number; 0 when the
+        /// answer had none (or came from the switch itself).
+        settlement_date: u16,
     },
     /// Final outcome: the terminal got 91; a reversal follows.
     Timeout {
@@ -116,6 +127,57 @@ pub enum Record {
         txn: u64,
         at_ms: u64,
     },
+    /// The business date changed to `business_date` (days since the
+    /// epoch). Belongs to no transaction: written with `txn` 0.
+    Cutover {
+        at_ms: u64,
+        business_date: u32,
+        reason: CutoverReason,
+    },
+}
+
+/// What started a cutover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutoverReason {
+    /// The configured `[settlement] cutover_time`.
+    Scheduled,
+    /// At start, the date the journal had was behind the clock (the
+    /// switch was stopped over a cutover time).
+    Startup,
+    /// `switchyard settle cutover` (`POST /api/actions/cutover`).
+    Operator,
+    /// An acquirer's 0800 with DE70 201 (index into `[[acquirers]]`).
+    Host { acquirer: u16 },
+}
+
+impl CutoverReason {
+    fn encode(self) -> (u8, u16) {
+        match self {
+            CutoverReason::Scheduled => (1, u16::MAX),
+            CutoverReason::Startup => (2, u16::MAX),
+            CutoverReason::Operator => (3, u16::MAX),
+            CutoverReason::Host { acquirer } => (4, acquirer),
+        }
+    }
+
+    fn decode(tag: u8, acquirer: u16) -> Result<CutoverReason, DecodeError> {
+        Ok(match tag {
+            1 => CutoverReason::Scheduled,
+            2 => CutoverReason::Startup,
+            3 => CutoverReason::Operator,
+            4 => CutoverReason::Host { acquirer },
+            other => return Err(DecodeError::BadReason(other)),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CutoverReason::Scheduled => "scheduled",
+            CutoverReason::Startup => "startup",
+            CutoverReason::Operator => "operator",
+            CutoverReason::Host { .. } => "host",
+        }
+    }
 }
 
 /// The kinds of record, in tag order (the tag byte is `kind as u8 + 1`).
@@ -133,10 +195,11 @@ pub enum RecordKind {
     AdviceSent,
     AdviceAcked,
     AdviceExpired,
+    Cutover,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 12] = [
+    pub const ALL: [RecordKind; 13] = [
         RecordKind::Request,
         RecordKind::Forwarded,
         RecordKind::Response,
@@ -149,6 +212,7 @@ impl RecordKind {
         RecordKind::AdviceSent,
         RecordKind::AdviceAcked,
         RecordKind::AdviceExpired,
+        RecordKind::Cutover,
     ];
 
     fn tag(self) -> u8 {
@@ -175,6 +239,7 @@ impl RecordKind {
             RecordKind::AdviceSent => "advice-sent",
             RecordKind::AdviceAcked => "advice-acked",
             RecordKind::AdviceExpired => "advice-expired",
+            RecordKind::Cutover => "cutover",
         }
     }
 }
@@ -194,6 +259,7 @@ impl Record {
             Record::AdviceSent { .. } => RecordKind::AdviceSent,
             Record::AdviceAcked { .. } => RecordKind::AdviceAcked,
             Record::AdviceExpired { .. } => RecordKind::AdviceExpired,
+            Record::Cutover { .. } => RecordKind::Cutover,
         }
     }
 
@@ -219,6 +285,7 @@ impl Record {
             | Record::AdviceSent { txn, at_ms, .. }
             | Record::AdviceAcked { txn, at_ms, .. }
             | Record::AdviceExpired { txn, at_ms } => (txn, at_ms),
+            Record::Cutover { at_ms, .. } => (0, at_ms),
         }
     }
 
@@ -233,6 +300,7 @@ impl Record {
                 request: r,
                 fraud_points,
                 fraud_reasons,
+                business_date,
                 ..
             } => {
                 out.extend_from_slice(&r.mti.to_le_bytes());
@@ -248,17 +316,30 @@ impl Record {
                 out.extend_from_slice(&r.route.to_le_bytes());
                 out.extend_from_slice(&fraud_points.to_le_bytes());
                 out.extend_from_slice(&fraud_reasons.to_le_bytes());
+                out.extend_from_slice(&business_date.to_le_bytes());
             }
             Record::Forwarded { acquirer, .. } => out.extend_from_slice(&acquirer.to_le_bytes()),
             Record::Response {
                 response_code,
                 approval_code,
                 stand_in,
+                settlement_date,
                 ..
             } => {
                 out.extend_from_slice(response_code);
                 put_str(out, approval_code);
                 out.push(u8::from(*stand_in));
+                out.extend_from_slice(&settlement_date.to_le_bytes());
+            }
+            Record::Cutover {
+                business_date,
+                reason,
+                ..
+            } => {
+                out.extend_from_slice(&business_date.to_le_bytes());
+                let (tag, acquirer) = reason.encode();
+                out.push(tag);
+                out.extend_from_slice(&acquirer.to_le_bytes());
             }
             Record::ReversalQueued {
                 acquirer, reason, ..
@@ -310,6 +391,7 @@ impl Record {
                 },
                 fraud_points: c.u16()?,
                 fraud_reasons: c.u16()?,
+                business_date: c.optional_u32()?,
             },
             RecordKind::Forwarded => Record::Forwarded {
                 txn,
@@ -326,6 +408,7 @@ impl Record {
                     1 => true,
                     other => return Err(DecodeError::BadBool(other)),
                 },
+                settlement_date: c.optional_u16()?,
             },
             RecordKind::Timeout => Record::Timeout { txn, at_ms },
             RecordKind::ReversalQueued => Record::ReversalQueued {
@@ -362,6 +445,14 @@ impl Record {
                 response_code: c.array()?,
             },
             RecordKind::AdviceExpired => Record::AdviceExpired { txn, at_ms },
+            RecordKind::Cutover => Record::Cutover {
+                at_ms,
+                business_date: c.u32()?,
+                reason: {
+                    let tag = c.u8()?;
+                    CutoverReason::decode(tag, c.u16()?)?
+                },
+            },
         };
         if c.pos != body.len() {
             return Err(DecodeError::TrailingBytes(body.len() - c.pos));
@@ -383,6 +474,8 @@ pub enum DecodeError {
     NotUtf8,
     #[error("boolean field holds {0}")]
     BadBool(u8),
+    #[error("cutover reason {0} unknown")]
+    BadReason(u8),
     #[error("{0} bytes after the record")]
     TrailingBytes(usize),
 }
@@ -441,6 +534,22 @@ impl Cursor<'_> {
 
     fn u64(&mut self) -> Result<u64, DecodeError> {
         self.array().map(u64::from_le_bytes)
+    }
+
+    /// A field added at the end of a record later: absent (0) when the
+    /// body ends before it.
+    fn optional_u32(&mut self) -> Result<u32, DecodeError> {
+        if self.pos == self.buf.len() {
+            return Ok(0);
+        }
+        self.u32()
+    }
+
+    fn optional_u16(&mut self) -> Result<u16, DecodeError> {
+        if self.pos == self.buf.len() {
+            return Ok(0);
+        }
+        self.u16()
     }
 
     fn str<const N: usize>(&mut self) -> Result<ArrayString<N>, DecodeError> {
@@ -518,12 +627,13 @@ impl Record {
                 request: r,
                 fraud_points,
                 fraud_reasons,
+                business_date,
                 ..
             } => {
                 write!(
                     f,
                     " mti={:04} stan={:06} tid={} mid={} rrn={} pan={} amount={} cur={:03} \
-                     de7={:010} route=",
+                     de7={:010} bdate={} route=",
                     r.mti,
                     r.stan,
                     r.terminal_id,
@@ -533,6 +643,7 @@ impl Record {
                     r.amount_minor,
                     r.currency,
                     r.transmission_time,
+                    crate::switch::settlement::BusinessDate(*business_date),
                 )?;
                 match names {
                     None => write!(f, "{} fraud={fraud_points}/{fraud_reasons:#06x}", r.route),
@@ -566,13 +677,37 @@ impl Record {
                 response_code,
                 approval_code,
                 stand_in,
+                settlement_date,
                 ..
-            } => write!(
-                f,
-                " rc={} approval={approval_code}{}",
-                code(response_code),
-                if *stand_in { " stand-in" } else { "" }
-            ),
+            } => {
+                write!(
+                    f,
+                    " rc={} approval={approval_code}{}",
+                    code(response_code),
+                    if *stand_in { " stand-in" } else { "" }
+                )?;
+                if *settlement_date != 0 {
+                    write!(f, " de15={settlement_date:04}")?;
+                }
+                Ok(())
+            }
+            Record::Cutover {
+                business_date,
+                reason,
+                ..
+            } => {
+                write!(
+                    f,
+                    " bdate={} reason={}",
+                    crate::switch::settlement::BusinessDate(*business_date),
+                    reason.name()
+                )?;
+                if let CutoverReason::Host { acquirer: a } = reason {
+                    f.write_str(" acquirer=")?;
+                    acquirer(f, *a)?;
+                }
+                Ok(())
+            }
             Record::ReversalQueued {
                 acquirer: a,
                 reason,

@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::JournalError;
-use super::record::{Record, RecordKind, RequestData};
+use super::record::{CutoverReason, Record, RecordKind, RequestData};
 use super::segment::{Corruption, CorruptionKind, MAGIC, ReadError, SegmentReader, list_segments};
 
 /// The state the journal was found in and the work left open.
@@ -36,6 +36,19 @@ pub struct Recovery {
     /// (the request record behind a reversal to send or an entry to
     /// resend); `None` when nothing is open. Size retention keeps it.
     pub oldest_needed_seq: Option<u64>,
+    /// The last cutover on record: the business date to continue with.
+    /// `None` when the journal holds none (new, or retention removed it).
+    pub last_cutover: Option<LastCutover>,
+}
+
+/// A `Cutover` record as recovery found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastCutover {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// Days since the epoch.
+    pub business_date: u32,
+    pub reason: CutoverReason,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -154,6 +167,7 @@ pub struct Fold {
     records: u64,
     orphans: u64,
     kinds: [u64; RecordKind::ALL.len()],
+    last_cutover: Option<LastCutover>,
 }
 
 impl Fold {
@@ -173,6 +187,21 @@ impl Fold {
     pub fn apply(&mut self, seq: u64, record: &Record) {
         self.records += 1;
         self.kinds[record.kind() as usize] += 1;
+        if let Record::Cutover {
+            at_ms,
+            business_date,
+            reason,
+        } = *record
+        {
+            // No transaction's: nothing to fold but the date.
+            self.last_cutover = Some(LastCutover {
+                seq,
+                at_ms,
+                business_date,
+                reason,
+            });
+            return;
+        }
         let id = record.txn();
         self.max_txn = self.max_txn.max(id);
         let txn = self.txns.entry(id).or_default();
@@ -227,6 +256,7 @@ impl Fold {
             }
             Record::ReversalAcked { .. } | Record::ReversalExpired { .. } => txn.reversal = None,
             Record::AdviceAcked { .. } | Record::AdviceExpired { .. } => txn.advice = None,
+            Record::Cutover { .. } => {}
         }
         if !txn.settled && txn.is_settled() {
             txn.settled = true;
@@ -346,6 +376,11 @@ impl Fold {
     pub fn orphans(&self) -> u64 {
         self.orphans
     }
+
+    /// The last `Cutover` record folded.
+    pub fn last_cutover(&self) -> Option<LastCutover> {
+        self.last_cutover
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -420,6 +455,7 @@ pub(super) fn recover(dir: &Path) -> Result<(Recovery, Fold), JournalError> {
     rec.saf = saf;
     rec.stats.unanswered = unanswered;
     rec.stats.orphans = fold.orphans();
+    rec.last_cutover = fold.last_cutover();
     fold.abandon_in_flight();
     rec.oldest_needed_seq = fold.oldest_needed();
     Ok((rec, fold))

@@ -249,6 +249,11 @@ impl Fold<'_> {
     }
 
     fn apply(&mut self, seq: u64, record: &Record) {
+        // A cutover belongs to no transaction: each transaction's row
+        // has its own business date, from its request record.
+        if let Record::Cutover { .. } = record {
+            return;
+        }
         let (txn, at_ms) = (record.txn(), record.at_ms());
         let acquirer = |f: &Self, a: u16| f.name(a);
         let name = match record {
@@ -270,15 +275,14 @@ impl Fold<'_> {
                 request,
                 fraud_points,
                 fraud_reasons,
+                business_date,
                 ..
             } => {
-                t.request = Some(request_fields(
-                    at_ms,
-                    request,
-                    name,
-                    *fraud_points,
-                    *fraud_reasons,
-                ))
+                let mut fields =
+                    request_fields(at_ms, request, name, *fraud_points, *fraud_reasons);
+                fields.business_date = (*business_date != 0)
+                    .then(|| crate::switch::settlement::BusinessDate(*business_date).to_string());
+                t.request = Some(fields)
             }
             Record::Forwarded { .. } => {
                 t.forwarded = name.map(|n| (at_ms, n));
@@ -287,6 +291,7 @@ impl Fold<'_> {
                 response_code,
                 approval_code,
                 stand_in,
+                settlement_date,
                 ..
             } => {
                 t.outcome = Some(Outcome::Answered {
@@ -294,6 +299,8 @@ impl Fold<'_> {
                     response_code: code(response_code),
                     approval_code: approval_code.to_string(),
                     stand_in: *stand_in,
+                    settlement_date: (*settlement_date != 0)
+                        .then(|| format!("{settlement_date:04}")),
                 })
             }
             Record::Timeout { .. } => t.outcome = Some(Outcome::TimedOut { at_ms }),
@@ -335,6 +342,7 @@ impl Fold<'_> {
                 t.advice.state = Some(SafState::Expired);
                 t.advice.at_ms = Some(at_ms);
             }
+            Record::Cutover { .. } => {}
         }
     }
 }
@@ -367,6 +375,7 @@ fn request_fields(
         route,
         fraud_points,
         fraud_reasons,
+        business_date: None,
     }
 }
 

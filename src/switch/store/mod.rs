@@ -143,6 +143,9 @@ pub struct RequestFields {
     pub route: Option<String>,
     pub fraud_points: u16,
     pub fraud_reasons: u16,
+    /// The business date it was accepted in (`YYYY-MM-DD`); `None` for
+    /// records written before business dates.
+    pub business_date: Option<String>,
 }
 
 /// The final answer the terminal got.
@@ -153,6 +156,8 @@ pub enum Outcome {
         response_code: String,
         approval_code: String,
         stand_in: bool,
+        /// The host's DE15 (`MMDD`), when its answer had one.
+        settlement_date: Option<String>,
     },
     /// Answered 91; a reversal follows.
     TimedOut { at_ms: u64 },
@@ -242,6 +247,8 @@ pub struct TxnRow {
     pub approval_code: Option<String>,
     pub stand_in: Option<bool>,
     pub answered_at_ms: Option<u64>,
+    /// The host's DE15 (`MMDD`).
+    pub settlement_date: Option<String>,
     pub reversal: SafUpdate,
     pub advice: SafUpdate,
 }

@@ -28,8 +28,8 @@
 //! CONFLICT` into `transactions`, and the export position moved in the
 //! same statement. Binary COPY into a temporary table then `INSERT ...
 //! SELECT` was slower at every batch size (docs/BENCHMARKS.md), and a
-//! multi-row `VALUES` needs a statement per 1,820 rows (65,535 parameters
-//! over 36 columns).
+//! multi-row `VALUES` needs a statement per 1,724 rows (65,535 parameters
+//! over 38 columns).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -59,7 +59,7 @@ const MIGRATION_LOCK: i64 = 8_583_001;
 
 /// The stored columns, in the order of every statement here and of
 /// [`Values::params`].
-const COLUMNS: [(&str, Type); 36] = [
+const COLUMNS: [(&str, Type); 38] = [
     ("node_id", Type::TEXT),
     ("txn_id", Type::INT8),
     ("first_at_ms", Type::INT8),
@@ -96,12 +96,14 @@ const COLUMNS: [(&str, Type); 36] = [
     ("advice_mti", Type::TEXT),
     ("advice_attempts", Type::INT8),
     ("advice_rc", Type::TEXT),
+    ("business_date", Type::TEXT),
+    ("settlement_date", Type::TEXT),
 ];
 
 /// The SQL made once from [`COLUMNS`].
 struct Sql {
-    /// One statement: the export position moved (`$37`, at `$38`) if it
-    /// is at `$39`, and only then the rows (`$1` the node, `$2..=$36`
+    /// One statement: the export position moved (`$39`, at `$40`) if it
+    /// is at `$41`, and only then the rows (`$1` the node, `$2..=$38`
     /// one array per column) merged into `transactions`. A single
     /// statement is atomic: both or neither, without BEGIN and COMMIT
     /// round trips. It answers whether it moved the position, and where
@@ -110,7 +112,7 @@ struct Sql {
     /// [`Method::Copy`]'s position check and move alone (`$1` node, `$2`
     /// position, `$3` at, `$4` from), answering as `apply` does.
     position: String,
-    /// `$2..=$36`: the arrays' types, in [`COLUMNS`] order.
+    /// `$2..=$38`: the arrays' types, in [`COLUMNS`] order.
     array_types: Vec<Type>,
     select: String,
     /// [`Method::Copy`]: `COPY export_rows ... FROM STDIN BINARY`, then
@@ -497,26 +499,33 @@ impl Cell<'_> {
 }
 
 /// A row's values but the node id, in [`COLUMNS`] order.
-fn cells(t: &TxnUpdate) -> Result<[Cell<'_>; 35], StoreError> {
+fn cells(t: &TxnUpdate) -> Result<[Cell<'_>; 37], StoreError> {
     use Cell::{Bool, Bytes, Int, Small, Text};
     let req = t.request.as_ref();
-    let (outcome, rc, approval, stand_in, answered_at) = match &t.outcome {
-        None => (None, None, None, None, None),
+    let (outcome, rc, approval, stand_in, answered_at, de15) = match &t.outcome {
+        None => (None, None, None, None, None, None),
         Some(Outcome::Answered {
             at_ms,
             response_code,
             approval_code,
             stand_in,
+            settlement_date,
         }) => (
             Some("answered"),
             Some(response_code.as_str()),
             Some(approval_code.as_str()),
             Some(*stand_in),
             Some(*at_ms),
+            settlement_date.as_deref(),
         ),
-        Some(Outcome::TimedOut { at_ms }) => {
-            (Some("timeout"), Some("91"), None, Some(false), Some(*at_ms))
-        }
+        Some(Outcome::TimedOut { at_ms }) => (
+            Some("timeout"),
+            Some("91"),
+            None,
+            Some(false),
+            Some(*at_ms),
+            None,
+        ),
     };
     let (r, a) = (&t.reversal, &t.advice);
     Ok([
@@ -555,6 +564,8 @@ fn cells(t: &TxnUpdate) -> Result<[Cell<'_>; 35], StoreError> {
         Text(a.detail.as_deref()),
         Int(a.attempts.map(i64::from)),
         Text(a.response_code.as_deref()),
+        Text(req.and_then(|q| q.business_date.as_deref())),
+        Text(de15),
     ])
 }
 
@@ -654,7 +665,7 @@ fn apply_part(
             column.push(cell);
         }
     }
-    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(39);
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(COLUMNS.len() + 3);
     params.push((&batch.node_id, Type::TEXT));
     for (column, t) in columns.iter().zip(&sql.array_types) {
         params.push((column.param(), t.clone()));
@@ -718,7 +729,7 @@ fn copy_rows(
         let mut writer = BinaryCopyInWriter::new(tx.copy_in(&sql.copy)?, &sql.types);
         for t in rows {
             let cells = cells(t)?;
-            let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(36);
+            let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(COLUMNS.len());
             values.push(&batch.node_id);
             values.extend(cells.iter().map(Cell::param));
             writer.write(&values)?;
@@ -784,6 +795,7 @@ fn row(r: &Row) -> Result<TxnRow, postgres::Error> {
                 route: r.try_get(16)?,
                 fraud_points: small(r, 17)? as u16,
                 fraud_reasons: small(r, 18)? as u16,
+                business_date: r.try_get(36)?,
             })
         }
     };
@@ -801,6 +813,7 @@ fn row(r: &Row) -> Result<TxnRow, postgres::Error> {
         approval_code: r.try_get(23)?,
         stand_in: r.try_get(24)?,
         answered_at_ms: ou(r, 25)?,
+        settlement_date: r.try_get(37)?,
         reversal: saf(r, 26)?,
         advice: saf(r, 31)?,
     })

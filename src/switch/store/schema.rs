@@ -13,10 +13,11 @@ pub struct Migration {
 /// The SQLite schema. Integers are SQLite's 64-bit signed ones (ids and
 /// times fit in 63 bits); the card hash is a BLOB, never text, so no run
 /// of digits can appear in it.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    description: "transactions and export_position",
-    sql: "
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "transactions and export_position",
+        sql: "
 CREATE TABLE transactions (
     node_id            TEXT    NOT NULL,
     txn_id             INTEGER NOT NULL,
@@ -65,17 +66,31 @@ CREATE TABLE export_position (
     updated_at_ms  INTEGER NOT NULL
 );
 ",
-}];
+    },
+    // The business date (`YYYY-MM-DD`) the transaction was accepted in,
+    // and the host's DE15 (`MMDD`): text on both back ends, so the same
+    // values compare and sort the same way in both.
+    Migration {
+        version: 2,
+        description: "business_date and settlement_date",
+        sql: "
+ALTER TABLE transactions ADD COLUMN business_date TEXT;
+ALTER TABLE transactions ADD COLUMN settlement_date TEXT;
+CREATE INDEX transactions_business_date ON transactions (business_date);
+",
+    },
+];
 
 /// The PostgreSQL schema: the same tables, columns and indexes as
 /// [`SQLITE`] version for version. Ids, times, amounts and counts are
 /// BIGINT (63 bits, as in SQLite); the u16 fields (MTI, currency, fraud
 /// points and reasons) INTEGER; the card hash BYTEA, never text; stand-in
 /// a BOOLEAN where SQLite has 0/1.
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    description: "transactions and export_position",
-    sql: "
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "transactions and export_position",
+        sql: "
 CREATE TABLE transactions (
     node_id            TEXT    NOT NULL,
     txn_id             BIGINT  NOT NULL,
@@ -124,7 +139,17 @@ CREATE TABLE export_position (
     updated_at_ms  BIGINT  NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "business_date and settlement_date",
+        sql: "
+ALTER TABLE transactions ADD COLUMN business_date TEXT;
+ALTER TABLE transactions ADD COLUMN settlement_date TEXT;
+CREATE INDEX transactions_business_date ON transactions (business_date);
+",
+    },
+];
 
 /// The newest version this build knows.
 pub fn latest(migrations: &[Migration]) -> i64 {

@@ -109,7 +109,8 @@ INSERT INTO transactions (
     acquirer, forwarded_at_ms,
     outcome, response_code, approval_code, stand_in, answered_at_ms,
     reversal_state, reversal_at_ms, reversal_reason, reversal_attempts, reversal_rc,
-    advice_state, advice_at_ms, advice_mti, advice_attempts, advice_rc
+    advice_state, advice_at_ms, advice_mti, advice_attempts, advice_rc,
+    business_date, settlement_date
 ) VALUES (
     ?1, ?2, ?3, ?4, ?5,
     ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
@@ -117,7 +118,8 @@ INSERT INTO transactions (
     ?20, ?21,
     ?22, ?23, ?24, ?25, ?26,
     ?27, ?28, ?29, ?30, ?31,
-    ?32, ?33, ?34, ?35, ?36
+    ?32, ?33, ?34, ?35, ?36,
+    ?37, ?38
 )
 ON CONFLICT (node_id, txn_id) DO UPDATE SET
     first_at_ms       = MIN(first_at_ms, excluded.first_at_ms),
@@ -153,7 +155,9 @@ ON CONFLICT (node_id, txn_id) DO UPDATE SET
     advice_at_ms      = COALESCE(excluded.advice_at_ms, advice_at_ms),
     advice_mti        = COALESCE(excluded.advice_mti, advice_mti),
     advice_attempts   = COALESCE(excluded.advice_attempts, advice_attempts),
-    advice_rc         = COALESCE(excluded.advice_rc, advice_rc)
+    advice_rc         = COALESCE(excluded.advice_rc, advice_rc),
+    business_date     = COALESCE(excluded.business_date, business_date),
+    settlement_date   = COALESCE(excluded.settlement_date, settlement_date)
 ";
 
 const COLUMNS: &str = "node_id, txn_id, first_at_ms, updated_at_ms, last_seq,
@@ -162,7 +166,8 @@ const COLUMNS: &str = "node_id, txn_id, first_at_ms, updated_at_ms, last_seq,
     acquirer, forwarded_at_ms,
     outcome, response_code, approval_code, stand_in, answered_at_ms,
     reversal_state, reversal_at_ms, reversal_reason, reversal_attempts, reversal_rc,
-    advice_state, advice_at_ms, advice_mti, advice_attempts, advice_rc";
+    advice_state, advice_at_ms, advice_mti, advice_attempts, advice_rc,
+    business_date, settlement_date";
 
 fn u(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
     let v: i64 = r.get(i)?;
@@ -212,6 +217,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
                 route: r.get(16)?,
                 fraud_points: small(17)? as u16,
                 fraud_reasons: small(18)? as u16,
+                business_date: r.get(36)?,
             })
         }
     };
@@ -230,6 +236,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
         approval_code: r.get(23)?,
         stand_in: stand_in.map(|s| s != 0),
         answered_at_ms: ou(r, 25)?,
+        settlement_date: r.get(37)?,
         reversal: saf(r, 26)?,
         advice: saf(r, 31)?,
     })
@@ -275,23 +282,30 @@ impl Store for SqliteStore {
             let mut upsert = tx.prepare(UPSERT)?;
             for t in batch.rows {
                 let req = t.request.as_ref();
-                let (outcome, rc, approval, stand_in, answered_at) = match &t.outcome {
-                    None => (None, None, None, None, None),
+                let (outcome, rc, approval, stand_in, answered_at, de15) = match &t.outcome {
+                    None => (None, None, None, None, None, None),
                     Some(Outcome::Answered {
                         at_ms,
                         response_code,
                         approval_code,
                         stand_in,
+                        settlement_date,
                     }) => (
                         Some("answered"),
                         Some(response_code.as_str()),
                         Some(approval_code.as_str()),
                         Some(i64::from(*stand_in)),
                         Some(*at_ms),
+                        settlement_date.as_deref(),
                     ),
-                    Some(Outcome::TimedOut { at_ms }) => {
-                        (Some("timeout"), Some("91"), None, Some(0), Some(*at_ms))
-                    }
+                    Some(Outcome::TimedOut { at_ms }) => (
+                        Some("timeout"),
+                        Some("91"),
+                        None,
+                        Some(0),
+                        Some(*at_ms),
+                        None,
+                    ),
                 };
                 let (r, a) = (&t.reversal, &t.advice);
                 upsert.execute(params![
@@ -331,6 +345,8 @@ impl Store for SqliteStore {
                     a.detail.as_deref(),
                     a.attempts,
                     a.response_code.as_deref(),
+                    req.and_then(|q| q.business_date.as_deref()),
+                    de15,
                 ])?;
             }
             let at = batch.rows.iter().map(|t| t.last_at_ms).max().unwrap_or(0);

@@ -139,6 +139,7 @@ on_both!(
     a_store_ahead_of_the_journal_is_refused,
     retention_deletes_only_rows_older_than_configured,
     migrations_run_once_and_a_newer_schema_is_refused,
+    a_version_1_store_is_migrated_and_keeps_its_rows,
     a_batch_with_a_transaction_twice_is_merged_in_order,
     a_batch_from_another_position_writes_nothing,
 );
@@ -206,6 +207,8 @@ fn journal_traffic_from(journal: &Journal, from: u32, n: u32, at_ms: u64) -> u64
                 request: request_data(i),
                 fraud_points: 3,
                 fraud_reasons: 1,
+                // Two business dates: 2026-12-01 and the day after.
+                business_date: 20_788 + i % 2,
             },
             Record::Forwarded {
                 txn,
@@ -245,6 +248,7 @@ fn journal_traffic_from(journal: &Journal, from: u32, n: u32, at_ms: u64) -> u64
                     Default::default()
                 },
                 stand_in: false,
+                settlement_date: if i % 2 == 0 { 1201 } else { 0 },
             });
         }
         for r in records {
@@ -285,6 +289,14 @@ fn check_rows(rows: &[TxnRow], n: u32) {
         assert_eq!(req.masked_pan, "476173******0010");
         assert_eq!(req.route.as_deref(), Some("acquirer-a"));
         assert_eq!(row.acquirer.as_deref(), Some("acquirer-a"));
+        let date = if i % 2 == 0 {
+            "2026-12-01"
+        } else {
+            "2026-12-02"
+        };
+        assert_eq!(req.business_date.as_deref(), Some(date), "txn {i}");
+        let de15 = (i % 3 != 0 && i % 2 == 0).then_some("1201");
+        assert_eq!(row.settlement_date.as_deref(), de15, "txn {i}");
         if i % 3 == 0 {
             assert_eq!(row.outcome.as_deref(), Some("timeout"), "txn {i}");
             assert_eq!(row.response_code.as_deref(), Some("91"));
@@ -452,12 +464,49 @@ fn migrations_run_once_and_a_newer_schema_is_refused(kind: Kind) {
     let Some(db) = Db::new(kind, dir.path()) else {
         return;
     };
-    assert_eq!(db.schema_version(), 1);
+    let latest = super::schema::latest(super::schema::SQLITE);
+    assert_eq!(db.schema_version(), latest);
     drop(db.store());
-    assert_eq!(db.schema_version(), 1, "reopened: nothing to migrate");
+    assert_eq!(db.schema_version(), latest, "reopened: nothing to migrate");
     db.execute("INSERT INTO schema_version (version, description) VALUES (99, 'future')");
     let err = db.open().err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+/// A store made by the first release (schema 1, a row in it) gets the
+/// business date and DE15 columns at open; its rows have none.
+fn a_version_1_store_is_migrated_and_keeps_its_rows(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let (v1, version_table) = match kind {
+        Kind::Sqlite => (
+            super::schema::SQLITE[0].sql,
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL);",
+        ),
+        Kind::Postgres => (
+            super::schema::POSTGRES[0].sql,
+            "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, description TEXT NOT NULL);",
+        ),
+    };
+    if let Backend::Sqlite { path } = &db.backend {
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+    }
+    db.execute(&format!(
+        "{version_table} {v1} INSERT INTO schema_version VALUES (1, 'v1'); \
+         INSERT INTO transactions (node_id, txn_id, first_at_ms, updated_at_ms, last_seq, rrn) \
+         VALUES ('{NODE}', 1, 5, 5, 1, 'R1');"
+    ));
+    // (Db::schema_version would open the store, and so migrate it.)
+    let mut store = db.store();
+    assert_eq!(db.schema_version(), 2);
+    let row = store
+        .transaction(NODE, 1)
+        .expect("read")
+        .expect("the old row");
+    assert_eq!(row.settlement_date, None);
+    assert_eq!(row.first_at_ms, 5);
 }
 
 /// A batch that does not follow the store's position writes nothing and
@@ -655,6 +704,7 @@ fn full_rows(from: u64, n: u64) -> Vec<TxnUpdate> {
                 route: Some("acquirer-a".into()),
                 fraud_points: 3,
                 fraud_reasons: 1,
+                business_date: Some("2026-12-01".into()),
             });
             t.forwarded = Some((1_000_000 + txn, "acquirer-a".into()));
             t.outcome = Some(super::Outcome::Answered {
@@ -662,6 +712,7 @@ fn full_rows(from: u64, n: u64) -> Vec<TxnUpdate> {
                 response_code: "00".into(),
                 approval_code: "A1B2C3".into(),
                 stand_in: false,
+                settlement_date: Some("1201".into()),
             });
             t
         })

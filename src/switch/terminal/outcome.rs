@@ -15,12 +15,13 @@ use crate::switch::saf::{SafEntry, SafKind};
 
 impl<J: JournalAppend> TerminalCore<J> {
     pub(super) fn on_reply(&mut self, p: Pending, outcome: Outcome) {
-        let (body, code, approval) = match outcome {
+        let (body, code, approval, settlement_date) = match outcome {
             Outcome::Answered {
                 body,
                 response_code,
                 approval_code,
-            } => (body, response_code, approval_code),
+                settlement_date,
+            } => (body, response_code, approval_code, settlement_date),
             Outcome::Failed(why) => return self.fail(p, why),
         };
         let at_ms = self.now.unix_ms;
@@ -30,6 +31,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             response_code: code,
             approval_code: journal_text(approval),
             stand_in: false,
+            settlement_date,
         });
         if code != codes::APPROVED
             && let Some(card) = p.card

@@ -57,6 +57,7 @@ pub fn request_record(
     route: u16,
     score: &fraud::Score,
     card_hash: [u8; 16],
+    business_date: u32,
 ) -> Record {
     // A masked PAN is never longer than the PAN's 19 digits.
     let masked = msg.pan().map_or_else(Default::default, |p| {
@@ -80,6 +81,7 @@ pub fn request_record(
         },
         fraud_points: score.points,
         fraud_reasons: score.reasons.bits(),
+        business_date,
     }
 }
 
@@ -91,6 +93,7 @@ pub fn response(txn: u64, at_ms: u64, code: [u8; 2]) -> Record {
         response_code: code,
         approval_code: Default::default(),
         stand_in: false,
+        settlement_date: 0,
     }
 }
 

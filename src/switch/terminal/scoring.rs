@@ -44,7 +44,17 @@ impl<J: JournalAppend> TerminalCore<J> {
         let at_rest = msg.pan().map_or([0; 16], |p| {
             crate::security::card_hash::card_hash_128(&self.shared.rest_key, p.digits())
         });
-        let record = request_record(msg, self.now.unix_ms, txn, route, score, at_rest);
+        // The one read of the business date on the hot path: a relaxed load.
+        let business_date = self.shared.business_day.current().days();
+        let record = request_record(
+            msg,
+            self.now.unix_ms,
+            txn,
+            route,
+            score,
+            at_rest,
+            business_date,
+        );
         self.journal(record).then_some(txn)
     }
 }

@@ -79,6 +79,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             response_code: codes::APPROVED,
             approval_code: approval,
             stand_in: true,
+            settlement_date: 0,
         }) {
             tracing::error!(
                 txn,

@@ -227,6 +227,7 @@ impl Harness {
                 body,
                 response_code: code,
                 approval_code: None,
+                settlement_date: 0,
             },
         );
     }
@@ -801,4 +802,31 @@ fn a_closed_connection_gives_up_on_replies_that_never_come() {
     // The reply, if it ever comes, finds nothing.
     h.host_answers(&f[0], codes::APPROVED);
     assert!(h.saf_entries().is_empty());
+}
+
+#[test]
+fn a_request_carries_the_business_date_it_was_accepted_in() {
+    let mut h = harness();
+    let day = h.shared.business_day.clone();
+    let before = day.current();
+    h.send_auth(1, 100);
+    day.cutover(
+        crate::switch::settlement::Trigger::Operator,
+        crate::clock::unix_now_ms(),
+    )
+    .expect("cutover");
+    h.send_auth(2, 100);
+    let dates: Vec<(u32, u32)> = h
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Request {
+                request,
+                business_date,
+                ..
+            } => Some((request.stan, *business_date)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dates, vec![(1, before.days()), (2, before.next().days())]);
 }

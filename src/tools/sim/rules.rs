@@ -171,11 +171,22 @@ pub fn pack_answer(
         ECHO_TRANSACTION
     };
     let wrong;
-    let mut set: ArrayVec<(usize, &[u8]), 3> = ArrayVec::new();
+    let settlement;
+    let mut set: ArrayVec<(usize, &[u8]), 4> = ArrayVec::new();
     if answer.wrong_stan {
         let stan = (u64::from(req.stan().unwrap_or(0)) + 1) % 1_000_000;
         wrong = stan_digits(stan);
         set.push((11, &wrong));
+    }
+    // DE15, the host's settlement date (MMDD): the request's DE7 date,
+    // as a host settling by transmission date would give it; what the
+    // switch keeps in its Response record and the store.
+    if kind != Kind::Network
+        && let Some(de7) = req.transmission_time()
+    {
+        let d = stan_digits(de7 / 1_000_000);
+        settlement = [d[2], d[3], d[4], d[5]];
+        set.push((15, &settlement));
     }
     if let Some(code) = &answer.approval {
         set.push((38, code));

@@ -163,6 +163,9 @@ pub enum LinkEvent {
     /// The host changed the zone's keys (0800, DE70 161), or the change
     /// was refused (the 0810's code and why).
     KeyChange { result: Result<(), String> },
+    /// The host announced a cutover (0800, DE70 201) and this acquirer
+    /// is configured to follow it (`cutover_on_host_0800`).
+    Cutover,
     /// A request that could not be given its MAC: not sent.
     Unsealable { reason: String },
     /// An answer whose MAC did not verify (`reason`): discarded, its
@@ -731,6 +734,12 @@ impl<R> LinkCore<R> {
             Some(crate::switch::card_security::exchange::KEY_CHANGE) => {
                 self.zone_key_change(now, msg)
             }
+            // The driver makes it (settlement::BusinessDay); the host is
+            // answered 00 either way: its day has ended.
+            Some(HOST_CUTOVER) if self.s.acquirer.cutover_on_host_0800 => {
+                self.event(LinkEvent::Cutover);
+                codes::APPROVED
+            }
             _ => codes::APPROVED,
         };
         if let Some(mut b) = MessageBuilder::response_to(msg, &[7, 11, 70]) {
@@ -783,6 +792,7 @@ impl<R> LinkCore<R> {
                         body: msg.frame().clone(),
                         response_code: msg.response_code().unwrap_or(*b"  "),
                         approval_code: msg.approval_code(),
+                        settlement_date: settlement_date(msg),
                     },
                 ));
             }
@@ -990,4 +1000,15 @@ fn disagreeing(
         }
     }
     out
+}
+
+/// DE70 of a host's cutover announcement.
+pub const HOST_CUTOVER: u16 = 201;
+
+/// DE15 (MMDD) as a number, when it is a plausible month and day.
+fn settlement_date(msg: &Message) -> u16 {
+    match msg.number(15) {
+        Some(v) if (1..=12).contains(&(v / 100)) && (1..=31).contains(&(v % 100)) => v as u16,
+        _ => 0,
+    }
 }

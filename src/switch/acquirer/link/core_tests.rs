@@ -392,6 +392,50 @@ fn duplicate_keys_and_a_full_table_are_refused() {
 }
 
 #[test]
+fn a_host_cutover_is_answered_00_and_an_event_only_when_followed() {
+    for follow in [false, true] {
+        let (mut c, t) = up_core(settings_with(|a| a.cutover_on_host_0800 = follow));
+        let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::NETWORK);
+        b.set(7, b"1125101010")
+            .set_number(11, 4243)
+            .set_number(70, 201);
+        c.handle_frame(t, b.to_bytes().unwrap().freeze());
+        let out = sent(&mut c);
+        assert_eq!(out[0].response_code(), Some(*b"00"));
+        assert_eq!(out[0].network_code(), Some(201));
+        let cutovers = events(&mut c)
+            .into_iter()
+            .filter(|e| matches!(e, LinkEvent::Cutover))
+            .count();
+        assert_eq!(cutovers, usize::from(follow));
+    }
+}
+
+#[test]
+fn an_answers_de15_reaches_the_requester_when_it_is_a_date() {
+    for (de15, want) in [(Some(&b"1202"[..]), 1202), (Some(b"1399"), 0), (None, 0)] {
+        let (mut c, t) = up_core(settings());
+        let req = forward(&mut c, t, 7, 100);
+        let mut b =
+            MessageBuilder::response_to(&req, &[2, 3, 4, 7, 11, 37, 41, 49]).expect("a request");
+        if let Some(d) = de15 {
+            b.set(15, d);
+        }
+        b.set(39, b"00");
+        c.handle_frame(t, b.to_bytes().expect("packs").freeze());
+        match c.poll_reply() {
+            Some((
+                7,
+                Outcome::Answered {
+                    settlement_date, ..
+                },
+            )) => assert_eq!(settlement_date, want, "{de15:?}"),
+            _ => panic!("an answer"),
+        }
+    }
+}
+
+#[test]
 fn a_host_0800_is_answered_0810() {
     let (mut c, t) = up_core(settings());
     let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::NETWORK);

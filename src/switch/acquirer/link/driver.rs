@@ -359,6 +359,23 @@ impl Driver {
             LinkEvent::Unframeable { reason } => {
                 warn!(%acquirer, link, "request can not be framed for the host: {reason}")
             }
+            // More than a log line: the cutover itself is made here, where
+            // the business day is at hand (the core has no clock and no
+            // handle; the lock it takes is never a terminal's).
+            LinkEvent::Cutover => match &s.settlement {
+                Some((day, index)) => {
+                    let trigger = crate::switch::settlement::Trigger::Host { acquirer: *index };
+                    match day.cutover(trigger, now.unix_ms) {
+                        Ok(done) => info!(%acquirer, link, date = %done.to,
+                            "cutover on the host's 0800 (DE70 201)"),
+                        Err(why) => info!(%acquirer, link,
+                            "host's cutover (0800, DE70 201) changed nothing: {why}"),
+                    }
+                }
+                None => {
+                    warn!(%acquirer, link, "host's cutover (0800, DE70 201) with no business day to move")
+                }
+            },
             LinkEvent::KeyChange { result: Ok(()) } => {
                 info!(%acquirer, link, "zone keys changed by the host (0800, DE70 161)")
             }

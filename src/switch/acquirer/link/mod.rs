@@ -56,6 +56,10 @@ pub struct LinkSettings {
     /// Seeds the backoff jitter; differs between links so they do not
     /// reconnect in lockstep.
     pub seed: u64,
+    /// The business day a host's 0800/201 moves, with this acquirer's
+    /// index (the journal's); `None` when the acquirer does not follow
+    /// the host's cutover (`cutover_on_host_0800`), and in tests.
+    pub settlement: Option<(Arc<crate::switch::settlement::BusinessDay>, u16)>,
 }
 
 impl LinkSettings {
@@ -69,6 +73,7 @@ impl LinkSettings {
             acquirer: a.clone(),
             answer_must_match: FieldSet::of(&a.answer_must_match),
             seed: link_seed(&a.name, index),
+            settlement: None,
         }
     }
 }
