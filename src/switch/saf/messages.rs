@@ -169,6 +169,9 @@ mod tests {
         for n in [35, 52, 64] {
             assert!(!advice.has(n), "DE{n} kept");
         }
-        assert!(advice.has(2) && advice.has(4), "the transaction's fields stay");
+        assert!(
+            advice.has(2) && advice.has(4),
+            "the transaction's fields stay"
+        );
     }
 }
