@@ -69,6 +69,9 @@ pub struct Shared {
     pub analytics: crate::switch::analytics::Sink,
     /// The business date requests are accepted in, and its cutovers.
     pub business_day: Arc<crate::switch::settlement::BusinessDay>,
+    /// Cancelled when an operator asks for a drain (`POST
+    /// /api/actions/drain`): the process then stops as on SIGTERM.
+    pub drain_requested: CancellationToken,
     allowed: HashSet<Vec<u8>>,
     countries: HashMap<Vec<u8>, u16>,
 }
@@ -142,6 +145,7 @@ impl Shared {
             stand_in_seq: std::sync::atomic::AtomicU32::new(0),
             connections: AtomicUsize::new(0),
             stopping: CancellationToken::new(),
+            drain_requested: CancellationToken::new(),
             security: config.security.clone(),
             analytics: crate::switch::analytics::Sink::new(&config.analytics),
         })

@@ -230,16 +230,18 @@ fn run_switch(path: Option<PathBuf>, allow_dev_key: bool, log_format: LogFormat)
             "switchyard: terminals on {}{tls}, metrics {admin}; Ctrl-C to stop",
             switch.terminal_addr
         );
-        let signal = loop {
+        let drain = switch.shared.drain_requested.clone();
+        let why = loop {
             tokio::select! {
-                s = signals.recv() => break s,
+                s = signals.recv() => break format!("{s} received"),
+                () = drain.cancelled() => break "drain requested by an operator".to_owned(),
                 () = hangups.recv() => {
                     tracing::info!("SIGHUP received: re-reading the TLS material");
                     let _ = switch.reload_tls();
                 }
             }
         };
-        tracing::info!("{signal} received: stopping");
+        tracing::info!("{why}: stopping");
         switch.shutdown().await;
         ExitCode::SUCCESS
     })

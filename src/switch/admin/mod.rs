@@ -37,6 +37,7 @@ mod auth;
 mod config;
 mod cutover;
 pub mod dashboard;
+mod drain;
 pub mod limiter;
 mod scrub;
 pub(crate) use scrub::scrub_json;
@@ -158,6 +159,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/session", get(auth::whoami))
         .route("/api/actions/reload", post(auth::reload))
         .route("/api/actions/cutover", post(cutover::cutover))
+        .route("/api/actions/drain", post(drain::drain))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
@@ -286,7 +288,8 @@ async fn bounds(req: Request, next: Next) -> Response {
 const ENDPOINTS: &str = "/ (the dashboard), /metrics, /health, /ready, /api/summary, \
                          /api/links, /api/config, /api/stream, /api/alerts, /api/terminals, \
                          /api/transactions, /api/login, /api/logout, /api/session, \
-                         /api/actions/reload, /api/actions/cutover";
+                         /api/actions/reload, /api/actions/cutover, \
+                         /api/actions/drain";
 
 async fn not_found() -> Response {
     error(
