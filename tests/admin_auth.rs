@@ -18,8 +18,6 @@ use switchyard::switch::admin::totp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
 /// A test's files: the users file, the audit trail, the journal.
 struct Dir {
     _tmp: tempfile::TempDir,
@@ -39,30 +37,6 @@ fn dir() -> Dir {
         journal: tmp.path().join("journal"),
         _tmp: tmp,
     }
-}
-
-/// `switchyard ARGS` with `stdin`: (status, stdout, stderr).
-async fn cli(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("switchyard starts");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.as_bytes()).await.expect("writes");
-    drop(input);
-    let out = timeout(GUARD * 3, child.wait_with_output())
-        .await
-        .expect("the CLI ends in time")
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `user add NAME --role ROLE` with the password typed twice on stdin;

@@ -52,30 +52,6 @@ fn with_check_digit(digits: &str) -> String {
     format!("{digits}{}", (10 - sum % 10) % 10)
 }
 
-/// Every maximal run of 13 to 19 digits that passes the Luhn check, but
-/// the fraction of a decimal number.
-fn card_numbers(text: &str) -> Vec<String> {
-    let b = text.as_bytes();
-    let mut found = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if !b[i].is_ascii_digit() {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let fraction = start >= 2 && b[start - 1] == b'.' && b[start - 2].is_ascii_digit();
-        let run = &b[start..i];
-        if (13..=19).contains(&run.len()) && !fraction && luhn_ok(run) {
-            found.push(String::from_utf8_lossy(run).into_owned());
-        }
-    }
-    found
-}
-
 /// Every answer read, to be scanned for card numbers at the end.
 #[derive(Default)]
 struct Seen(Vec<String>);

@@ -19,32 +19,6 @@ use switchyard::switch::store::{self, Backend, Store};
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// `switchyard ARGS` with `stdin`: (status, stdout, stderr).
-async fn cli(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("switchyard starts");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.as_bytes()).await.expect("writes");
-    drop(input);
-    let out = timeout(GUARD * 3, child.wait_with_output())
-        .await
-        .expect("the CLI ends in time")
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 async fn settle_cutover(admin: SocketAddr, session: Option<&str>) -> (i32, String, String) {
     let admin = admin.to_string();
     let mut args = vec!["settle", "cutover", "--admin", admin.as_str()];

@@ -492,3 +492,54 @@ pub fn loadtest_run(argv: &[&str]) -> loadtest::Report {
         .expect("flags are accepted");
     loadtest::run(config).expect("runs")
 }
+
+/// Every maximal run of 13 to 19 digits that passes the Luhn check,
+/// except the fraction of a decimal number (`0.30000000000000004`).
+pub fn card_numbers(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let fraction = start >= 2 && b[start - 1] == b'.' && b[start - 2].is_ascii_digit();
+        let run = &b[start..i];
+        if (13..=19).contains(&run.len()) && !fraction && switchyard::iso8583::values::luhn_ok(run)
+        {
+            found.push(String::from_utf8_lossy(run).into_owned());
+        }
+    }
+    found
+}
+
+/// `switchyard ARGS` with `stdin`: (status, stdout, stderr).
+pub async fn cli(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("switchyard starts");
+    let mut input = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut input, stdin.as_bytes())
+        .await
+        .expect("writes");
+    drop(input);
+    let out = timeout(GUARD * 3, child.wait_with_output())
+        .await
+        .expect("the CLI ends in time")
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

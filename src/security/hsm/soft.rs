@@ -199,14 +199,18 @@ impl SoftHsm {
         Ok(())
     }
 
-    /// A key to go under the key-encrypting key `kek` (a TMK or ZMK): new
-    /// and random, for `install` once the other side has it.
-    pub fn new_key_under(&self, kek: &str) -> Result<(SecretKey, String), HsmError> {
+    /// A key of `key_type` to go under the key-encrypting key `kek` (a TMK
+    /// or ZMK): new and random, for `install` once the other side has it.
+    pub fn new_key_under(
+        &self,
+        kek: &str,
+        key_type: KeyType,
+    ) -> Result<(SecretKey, String), HsmError> {
         let keys = self.read();
         let kek = lookup(&keys, kek, &[KeyType::Tmk, KeyType::Zmk])?;
         let key =
             random::key(Algorithm::Tdes, 16).map_err(|e| HsmError::Unavailable(e.to_string()))?;
-        let header = store::header_for("exchanged", KeyType::Tpk, &key, &self.lmk);
+        let header = store::header_for("exchanged", key_type, &key, &self.lmk);
         let under = export_under_kek(&kek.current, &header, &key)?;
         Ok((key, under))
     }

@@ -167,13 +167,16 @@ impl<J: JournalAppend> TerminalCore<J> {
         let mut failure = None;
         for (tag, name, key_type) in wanted {
             let Some(name) = name else { continue };
-            let made = sec.hsm.new_key_under(&tmk).and_then(|(key, under)| {
-                let kcv = key.kcv();
-                let name = name.name(tid);
-                sec.hsm
-                    .install(&name, key_type, key, self.now.unix_ms, sec.key_overlap_ms)
-                    .map(|()| ExchangedKey { tag, under, kcv })
-            });
+            let made = sec
+                .hsm
+                .new_key_under(&tmk, key_type)
+                .and_then(|(key, under)| {
+                    let kcv = key.kcv();
+                    let name = name.name(tid);
+                    sec.hsm
+                        .install(&name, key_type, key, self.now.unix_ms, sec.key_overlap_ms)
+                        .map(|()| ExchangedKey { tag, under, kcv })
+                });
             match made {
                 Ok(k) => exchanged.push(k),
                 Err(e) => {
