@@ -282,10 +282,10 @@ pub struct State {
     detector: Detector,
     window_end_ms: u64,
     switch_tally: Tally,
-    acquirer_tally: HashMap<u16, Tally>,
-    terminal_tally: HashMap<[u8; 8], Tally>,
+    acquirer_tally: HashMap<u16, Tally, rollup::Hasher>,
+    terminal_tally: HashMap<[u8; 8], Tally, rollup::Hasher>,
     bin_countries: PrefixMap<u16>,
-    terminal_countries: HashMap<[u8; 8], u16>,
+    terminal_countries: HashMap<[u8; 8], u16, rollup::Hasher>,
     pub events: u64,
 }
 
@@ -295,13 +295,12 @@ impl State {
         bin_countries: PrefixMap<u16>,
         terminal_countries: HashMap<[u8; 8], u16>,
     ) -> State {
-        // A second's tops are not shown (the charts read its totals and
-        // codes): a few keys suffice and keep 3,600 of them small.
-        let per_second = (config.top_per_minute / 64).max(8);
         // Series: the switch's, seven per acquirer, five per terminal.
         let max_series = 16 + 7 * MAX_ACQUIRERS + 5 * config.max_terminals;
         State {
-            seconds: Ring::new(1, 3600, per_second),
+            // A second's tops are not shown (the charts read its totals,
+            // codes and latency): its windows keep no many-key dimension.
+            seconds: Ring::new(1, 3600, 0),
             minutes: Ring::new(60, 60, config.top_per_minute),
             recent: Recent::new(config.recent_transactions),
             terminals: Terminals::new(config.max_terminals),
@@ -309,10 +308,10 @@ impl State {
             detector: Detector::new(config.detector.clone(), max_series),
             window_end_ms: 0,
             switch_tally: Tally::default(),
-            acquirer_tally: HashMap::new(),
-            terminal_tally: HashMap::new(),
+            acquirer_tally: HashMap::default(),
+            terminal_tally: HashMap::default(),
             bin_countries,
-            terminal_countries,
+            terminal_countries: terminal_countries.into_iter().collect(),
             events: 0,
             config: config.clone(),
         }

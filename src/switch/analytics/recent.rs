@@ -127,14 +127,14 @@ pub struct TerminalStats {
 /// Terminals by DE41, at most `cap`: when full, the tenth seen longest
 /// ago is forgotten.
 pub struct Terminals {
-    map: HashMap<[u8; 8], TerminalStats>,
+    map: HashMap<[u8; 8], TerminalStats, super::rollup::Hasher>,
     cap: usize,
 }
 
 impl Terminals {
     pub fn new(cap: usize) -> Terminals {
         Terminals {
-            map: HashMap::new(),
+            map: HashMap::default(),
             cap: cap.max(1),
         }
     }
