@@ -157,15 +157,20 @@ impl<T> InFlight<T> {
         value: T,
         deadline: Instant,
     ) -> Result<(), (Refused, T)> {
-        if self.map.contains_key(&key) {
-            return Err((Refused::Duplicate, value));
-        }
-        if self.map.len() >= self.capacity {
-            return Err((Refused::Full, value));
-        }
+        let full = self.map.len() >= self.capacity;
+        // One lookup for the duplicate check and the insert.
+        let vacant = match self.map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                return Err((Refused::Duplicate, value));
+            }
+            std::collections::hash_map::Entry::Vacant(_) if full => {
+                return Err((Refused::Full, value));
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v,
+        };
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.map.insert(key, Slot { generation, value });
+        vacant.insert(Slot { generation, value });
         self.deadlines.push_back((deadline, key, generation));
         // Answered entries leave stale deadline records behind; keep the
         // queue within twice the table so memory stays bounded even when

@@ -282,6 +282,9 @@ impl<J: JournalAppend> TerminalCore<J> {
             debug!(peer = %self.peer, token, "reply for a request no longer pending; dropped");
             return;
         };
+        // The answer is remembered for repeats at the end of this: start
+        // loading its place in the (large) table now.
+        self.shared.recent.prefetch(&p.key);
         debug_assert!(
             !self.held.iter().any(|h| h.forward.token == token),
             "a reply for a forward still held"

@@ -102,7 +102,16 @@ pub fn response(txn: u64, at_ms: u64, code: [u8; 2]) -> Record {
 pub fn journal_text<const N: usize>(t: Option<SmallText>) -> arrayvec::ArrayString<N> {
     let mut out = arrayvec::ArrayString::<N>::new();
     if let Some(t) = t {
-        for &c in t.trimmed().iter().take(N) {
+        let text = t.trimmed();
+        let text = &text[..text.len().min(N)];
+        // Nearly always all printable: one copy, not a push per byte.
+        if text.iter().all(|&c| c.is_ascii_graphic() || c == b' ')
+            && let Ok(s) = std::str::from_utf8(text)
+            && out.try_push_str(s).is_ok()
+        {
+            return out;
+        }
+        for &c in text {
             if c.is_ascii_graphic() || c == b' ' {
                 out.push(c as char);
             }

@@ -225,6 +225,13 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// terminal's key, when the terminal's profile asks for it (any MAC
     /// it carried, a host's, replaced). On error the answer is removed.
     pub(super) fn mac_answer(&mut self, start: usize) -> Result<(), String> {
+        // Every answer passes here: without a profile that MACs answers,
+        // leave before touching the shared state's reference count.
+        let macs_answers =
+            (self.shared.security.as_ref()).is_some_and(|sec| sec.profiles.any_macs_answers());
+        if !macs_answers {
+            return Ok(());
+        }
         let shared = self.shared.clone();
         let Some(sec) = &shared.security else {
             return Ok(());
