@@ -56,6 +56,10 @@ pub const IN_FLIGHT: &str = "switchyard_in_flight";
 pub const JOURNAL_QUEUE: &str = "switchyard_journal_queue_depth";
 /// Journal group commits (fsyncs) since start.
 pub const JOURNAL_FSYNCS: &str = "switchyard_journal_fsyncs_total";
+/// Journal segments begun on a preallocated (zero-filled) file since
+/// start; the others grew as written (the first of a run, or when none
+/// was ready).
+pub const JOURNAL_SEGMENTS_PREALLOCATED: &str = "switchyard_journal_segments_preallocated_total";
 /// Duration of each journal `fdatasync` (one per group commit): with
 /// fsync durability most of a request's latency.
 pub const JOURNAL_FSYNC_SECONDS: &str = "switchyard_journal_fsync_seconds";
@@ -272,6 +276,10 @@ fn describe() {
     describe_gauge!(IN_FLIGHT, "Requests in flight in the switch");
     describe_gauge!(JOURNAL_QUEUE, "Journal records waiting for the writer");
     describe_gauge!(JOURNAL_FSYNCS, "Journal group commits since start");
+    describe_gauge!(
+        JOURNAL_SEGMENTS_PREALLOCATED,
+        "Journal segments begun on a preallocated, zero-filled file since start"
+    );
     describe_histogram!(
         JOURNAL_FSYNC_SECONDS,
         metrics::Unit::Seconds,

@@ -38,6 +38,7 @@ fn sample_gauges(shared: &Shared) {
     let j = shared.journal.stats();
     metrics::gauge!(t::JOURNAL_QUEUE).set(j.queue_depth as f64);
     metrics::gauge!(t::JOURNAL_FSYNCS).set(j.fsyncs as f64);
+    metrics::gauge!(t::JOURNAL_SEGMENTS_PREALLOCATED).set(j.preallocated_segments as f64);
     metrics::gauge!(t::JOURNAL_BYTES).set(j.disk_bytes as f64);
     metrics::gauge!(t::FRAUD_TRACKED_CARDS).set(shared.fraud_state.len() as f64);
     metrics::gauge!(t::RECENT_ANSWERS).set(shared.recent.len() as f64);

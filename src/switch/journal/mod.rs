@@ -22,6 +22,7 @@
 
 pub mod cli;
 mod config;
+mod prealloc;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -89,6 +90,10 @@ pub struct JournalStats {
     pub queue_depth: usize,
     /// Segments created since `open`.
     pub segments: u64,
+    /// Of those, begun on a preallocated file.
+    pub preallocated_segments: u64,
+    /// Zero-filled files made ready by the preparer since `open`.
+    pub prepared_segments: u64,
     /// The durable watermark.
     pub durable: u64,
     /// Bytes of all segments on disk (those found at open, plus what was
@@ -120,6 +125,9 @@ struct Shared {
     fsyncs: AtomicU64,
     bytes: AtomicU64,
     segments: AtomicU64,
+    preallocated_segments: AtomicU64,
+    /// Shared with the preparer thread.
+    prepared_segments: Arc<AtomicU64>,
     disk_bytes: AtomicU64,
 }
 
@@ -170,6 +178,8 @@ impl Journal {
             fsyncs: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             segments: AtomicU64::new(0),
+            preallocated_segments: AtomicU64::new(0),
+            prepared_segments: Arc::default(),
             disk_bytes: AtomicU64::new(disk_bytes),
             lazy: config.durability == Durability::None,
         });
@@ -285,6 +295,8 @@ impl Journal {
             bytes: s.bytes.load(Ordering::Relaxed),
             queue_depth: s.reserved.load(Ordering::Relaxed),
             segments: s.segments.load(Ordering::Relaxed),
+            preallocated_segments: s.preallocated_segments.load(Ordering::Relaxed),
+            prepared_segments: s.prepared_segments.load(Ordering::Relaxed),
             durable: *self.inner.durable.borrow(),
             disk_bytes: s.disk_bytes.load(Ordering::Relaxed),
         }

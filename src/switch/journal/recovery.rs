@@ -419,6 +419,10 @@ pub(super) fn recover(dir: &Path) -> Result<(Recovery, Fold), JournalError> {
         };
         prev_seq = reader.last_seq();
         let good = reader.good_offset();
+        let damage = match damage {
+            Some(c) => Some(c),
+            None => check_tail(&seg.path, good)?,
+        };
         rec.stats.segments += 1;
         rec.stats.bytes += good;
         if let Some(c) = damage {
@@ -470,6 +474,44 @@ fn read_err(e: ReadError) -> JournalError {
     }
 }
 
+/// After the records of a segment end cleanly at `good`: a preallocated
+/// segment's zeros are cut off (the writer had not cut them: a crash, or
+/// a segment still open). Anything but zeros there is a write torn by a
+/// crash (its later pages reached the disk, an earlier one did not):
+/// damage, reported as such.
+fn check_tail(path: &Path, good: u64) -> Result<Option<Corruption>, JournalError> {
+    let err = io_err(path);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(err)?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    if len <= good {
+        return Ok(None);
+    }
+    file.seek(SeekFrom::Start(good)).map_err(io_err(path))?;
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut chunk).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(Some(Corruption {
+                segment: path.to_owned(),
+                offset: good,
+                kind: CorruptionKind::DataAfterEnd,
+            }));
+        }
+    }
+    file.set_len(good).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    tracing::info!(segment = %path.display(), bytes = len - good,
+        "journal: cut the unused preallocated tail of a segment");
+    Ok(None)
+}
+
 /// Cuts a damaged tail off the last segment at `good`, keeping the cut
 /// bytes in `<segment>.torn-<good>` for inspection, and syncs the result so the
 /// new writer never appends after garbage.
@@ -488,6 +530,10 @@ fn cut_tail(path: &Path, c: Corruption, good: u64) -> Result<TornTail, JournalEr
     let mut tail = Vec::new();
     file.seek(SeekFrom::Start(good)).map_err(io_err(path))?;
     file.read_to_end(&mut tail).map_err(io_err(path))?;
+    // A preallocated segment's zeros after the damage are not worth
+    // keeping.
+    let kept = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    tail.truncate(kept);
     fs::write(&torn_path, &tail).map_err(io_err(&torn_path))?;
     // Damage inside the header leaves nothing worth keeping: cut to empty.
     // (A last segment left without records is removed by the caller.)

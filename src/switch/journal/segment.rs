@@ -10,6 +10,12 @@
 //! where `len` counts `seq` + body and `crc` is CRC-32 over `len`, `seq` and
 //! body. Covering `len` means a damaged length is caught by the checksum
 //! instead of sending the reader into the middle of another record.
+//!
+//! With fsync durability segments are preallocated: written full of zeros
+//! before their first record, so that a sync after an append has only
+//! data to write and no file size or extent to commit. A frame header of
+//! eight zero bytes (no frame has length 0) is therefore where the
+//! records end: the reader stops there as at the end of the file.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
@@ -99,6 +105,10 @@ pub enum CorruptionKind {
     OutOfOrder { prev: u64, seq: u64 },
     #[error("record does not decode: {0}")]
     BadRecord(DecodeError),
+    #[error(
+        "data after the end of the records (a write torn by a crash, in a preallocated segment)"
+    )]
+    DataAfterEnd,
 }
 
 /// Damage found while reading: which segment, where, and what.
@@ -228,6 +238,13 @@ impl SegmentReader {
             Ok(FRAME_HEADER) => {}
             Ok(_) => return Err(self.corrupt(CorruptionKind::Truncated)),
             Err(e) => return Err(self.io(e)),
+        }
+        if header == [0u8; FRAME_HEADER] {
+            // The preallocated, never written part (see the module's
+            // comment): a clean end. Recovery checks that nothing but
+            // zeros follows.
+            self.done = true;
+            return Ok(None);
         }
         let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
         let len = u32::from_le_bytes([l0, l1, l2, l3]);

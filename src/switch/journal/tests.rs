@@ -1139,3 +1139,112 @@ fn journal_views_of_a_directory_that_is_not_a_journal_are_errors() {
     ));
     assert!(cli::stats(&dir.path().join("nowhere"), &mut Vec::new()).is_err());
 }
+
+/// A segment left with a preallocated zero tail (a crash while it was
+/// open): its records are all read, the zeros are cut, nothing is torn.
+#[test]
+fn a_preallocated_zero_tail_is_read_to_its_end_and_cut_at_recovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_requests(&config(dir.path()), 10);
+    let seg = only_segment(dir.path());
+    let written = fs::metadata(&seg).expect("meta").len();
+    let file = OpenOptions::new().write(true).open(&seg).expect("open");
+    file.set_len(written + 256 * 1024).expect("extend");
+    drop(file);
+    // Readers stop at the zeros as at the end of the file.
+    assert_eq!(read_back(dir.path()).len(), 10);
+    let (journal, recovery) = Journal::open(&config(dir.path())).expect("reopen");
+    assert!(recovery.torn.is_none(), "{:?}", recovery.torn);
+    assert!(recovery.corrupt.is_empty());
+    assert_eq!((recovery.stats.records, recovery.next_seq), (10, 11));
+    journal.close();
+    assert_eq!(fs::metadata(&seg).expect("meta").len(), written);
+}
+
+/// Records after zeros: a write whose later pages reached the disk and an
+/// earlier one did not. Not durable (its sync never returned), so cut,
+/// and reported as a torn tail; the saved copy leaves the zeros out.
+#[test]
+fn data_after_the_zeros_of_a_preallocated_segment_is_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_requests(&config(dir.path()), 10);
+    let seg = only_segment(dir.path());
+    let written = fs::metadata(&seg).expect("meta").len();
+    let mut raw = fs::read(&seg).expect("read");
+    raw.extend_from_slice(&[0u8; 4096]);
+    raw.extend_from_slice(b"a later page of a torn write");
+    raw.extend_from_slice(&[0u8; 64 * 1024]);
+    fs::write(&seg, &raw).expect("write");
+    let (journal, recovery) = Journal::open(&config(dir.path())).expect("reopen");
+    let torn = recovery.torn.clone().expect("torn tail reported");
+    assert_eq!(torn.kind, CorruptionKind::DataAfterEnd);
+    assert_eq!(torn.offset, written);
+    assert_eq!((recovery.stats.records, recovery.next_seq), (10, 11));
+    journal.close();
+    assert_eq!(fs::metadata(&seg).expect("meta").len(), written);
+    let mut saved = seg.as_os_str().to_owned();
+    saved.push(format!(".torn-{written}"));
+    let saved = fs::read(PathBuf::from(saved)).expect("tail saved");
+    assert_eq!(saved.len(), 4096 + b"a later page of a torn write".len());
+    assert!(saved.ends_with(b"torn write"));
+}
+
+/// With fsync durability the writer asks for the next segment once the
+/// active one is half full, and begins it on the zero-filled file; closed
+/// segments hold no zeros; everything reads back in order.
+#[test]
+fn segments_are_preallocated_and_closed_without_their_zeros() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.segment_bytes = 4096;
+    let (journal, _) = Journal::open(&cfg).expect("open");
+    let mut seq = 0;
+    let mut append_to = |journal: &Journal, n: u64| {
+        for _ in 0..n {
+            seq += 1;
+            journal.append(request(seq)).expect("append");
+        }
+        block_on(journal.wait_durable(seq)).expect("durable");
+    };
+    // Past half of the first segment: the next one is asked for.
+    append_to(&journal, 25);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while journal.stats().prepared_segments == 0 {
+        assert!(std::time::Instant::now() < deadline, "no segment prepared");
+        std::thread::yield_now();
+    }
+    // Enough to roll: the new segment is the prepared one.
+    append_to(&journal, 40);
+    let stats = journal.stats();
+    assert!(stats.preallocated_segments >= 1, "{stats:?}");
+    assert!(stats.segments >= 2, "{stats:?}");
+    journal.close();
+    let segs = list_segments(dir.path()).expect("list");
+    assert_eq!(segs.len() as u64, stats.segments);
+    let mut prev = 0;
+    for s in &segs {
+        // Each file ends where its last record does.
+        let mut r = super::segment::SegmentReader::open(&s.path, prev).expect("open");
+        while r.next_record().expect("undamaged").is_some() {}
+        prev = r.last_seq();
+        let len = fs::metadata(&s.path).expect("meta").len();
+        assert_eq!(len, r.good_offset(), "{} keeps zeros", s.path.display());
+    }
+    let back = read_back(dir.path());
+    assert_eq!(back.len(), 65);
+    assert!(
+        back.iter()
+            .enumerate()
+            .all(|(i, (s, r))| *s == i as u64 + 1 && *r == request(*s))
+    );
+    // No prepared file is left behind once the journal closed and reopened.
+    let (journal, recovery) = Journal::open(&cfg).expect("reopen");
+    assert!(recovery.torn.is_none());
+    journal.close();
+    let stale = fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(stale, 0);
+}
