@@ -47,8 +47,8 @@ pub struct Shared {
     pub events: crate::telemetry::EventCounters,
     /// Answers given recently, for repeats.
     pub recent: crate::switch::repeats::RecentAnswers,
-    pub pan_key: [u8; 16],
-    /// The key of the card hash the journal and store keep (HMAC-SHA-256):
+    /// The key of the card hash that names cards in memory, the journal
+    /// and the store (HMAC-SHA-256, see [`Shared::card_hash`]):
     /// `[security] card_hash_key`, else `fraud.pan_key`.
     pub rest_key: Arc<crate::security::card_hash::CardHashKey>,
     /// Requests forwarded and not yet answered, across all connections.
@@ -119,7 +119,6 @@ impl Shared {
                 config.limits.recent_answers,
                 config.limits.recent_answers_ttl,
             ),
-            pan_key: config.fraud.pan_key,
             rest_key: config
                 .security
                 .as_ref()
@@ -161,6 +160,13 @@ impl Shared {
     /// Is this terminal id (DE41, trailing spaces ignored) allowed?
     pub fn terminal_allowed(&self, tid: &[u8]) -> bool {
         self.allowed.is_empty() || self.allowed.contains(trim_padding(tid))
+    }
+
+    /// The keyed hash that names a card everywhere: in the fraud map, in
+    /// `fraud.blocked_cards`, in the journal and the store (HMAC-SHA-256
+    /// under `rest_key`, cut to 128 bits). Made once per request.
+    pub fn card_hash(&self, pan_digits: &[u8]) -> [u8; 16] {
+        crate::security::card_hash::card_hash_128(&self.rest_key, pan_digits)
     }
 
     /// A new transaction id.

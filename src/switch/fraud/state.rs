@@ -27,13 +27,15 @@ pub(crate) const BUCKETS: usize = 8;
 /// Cards sampled per shard to estimate the eviction cutoff (1,024 in all).
 const SAMPLE_PER_SHARD: usize = 4;
 
-/// A card, as the switch remembers it: SipHash-1-3 (128-bit) of the PAN
-/// digits under the configured `pan_key`. Stable across restarts as long
-/// as the key is, so the journal and the blocked-card list can name cards
-/// without holding their numbers.
+/// A card, as the switch remembers it: a 128-bit keyed hash of the PAN
+/// digits. The switch names cards with `Shared::card_hash` (the at-rest
+/// HMAC, so the journal, the store and the blocked-card list name a card
+/// alike); stable across restarts as long as the key is.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CardHash(pub [u8; 16]);
 
+/// SipHash-1-3 (128-bit) under `key`: a fast keyed hash for tests and
+/// benchmarks that need a `CardHash` without the switch's key.
 pub fn card_hash(key: &[u8; 16], pan_digits: &[u8]) -> CardHash {
     let mut h = SipHasher13::new_with_key(key);
     h.write(pan_digits);

@@ -53,7 +53,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         let pan = checked.pan.digits();
         let merchant = msg.merchant_id().unwrap_or(SmallText::EMPTY);
         let auth = Auth {
-            card: fraud::card_hash(&self.shared.pan_key, pan),
+            card: fraud::CardHash(self.shared.card_hash(pan)),
             pan,
             amount_minor: checked.amount_minor,
             mcc: msg.mcc(),

@@ -24,7 +24,8 @@ impl<J: JournalAppend> TerminalCore<J> {
         let decision = rules.decide(&score);
         self.shared.count_fraud(decision, &score);
         self.tap.scored(&score, decision);
-        let txn = self.journal_request(msg, route, &score)?;
+        // The fraud map's card is the journal's: one hash per request.
+        let txn = self.journal_request_hashed(msg, route, &score, auth.card.0)?;
         if decision == Decision::Decline {
             debug!(peer = %self.peer, points = score.points, "declined as suspected fraud");
         }
@@ -39,11 +40,23 @@ impl<J: JournalAppend> TerminalCore<J> {
         route: u16,
         score: &Score,
     ) -> Option<u64> {
-        let txn = self.shared.next_txn();
         // No card, no hash (zeros, as the store reads them).
-        let at_rest = msg.pan().map_or([0; 16], |p| {
-            crate::security::card_hash::card_hash_128(&self.shared.rest_key, p.digits())
-        });
+        let at_rest = msg
+            .pan()
+            .map_or([0; 16], |p| self.shared.card_hash(p.digits()));
+        self.journal_request_hashed(msg, route, score, at_rest)
+    }
+
+    /// As [`TerminalCore::journal_request`], with the card's hash made
+    /// already (`Shared::card_hash` of its PAN, zeros without one).
+    pub(super) fn journal_request_hashed(
+        &mut self,
+        msg: &Message,
+        route: u16,
+        score: &Score,
+        at_rest: [u8; 16],
+    ) -> Option<u64> {
+        let txn = self.shared.next_txn();
         // The one read of the business date on the hot path: a relaxed load.
         let business_date = self.shared.business_day.current().days();
         let record = request_record(
