@@ -15,7 +15,10 @@ impl<J: JournalAppend> TerminalCore<J> {
         if self.pending.iter().any(|(_, p)| p.key == *key) {
             return Some(codes::DUPLICATE);
         }
-        if self.pending.len() >= self.shared.terminals.max_in_flight_per_connection {
+        // Requests waiting for an HSM count with those forwarded.
+        if self.pending.len() + self.hsm.requests()
+            >= self.shared.terminals.max_in_flight_per_connection
+        {
             self.shared.events.shed_connection_limit.increment(1);
             return Some(codes::SYSTEM_MALFUNCTION);
         }

@@ -46,6 +46,7 @@ mod config;
 pub mod core;
 pub mod driver;
 pub mod forward;
+mod hsm;
 pub mod outcome;
 pub mod records;
 pub mod repeats;

@@ -87,6 +87,8 @@ impl<J: JournalAppend> TerminalCore<J> {
             | Failure::LinkLost
             | Failure::LinkBusy
             | Failure::BadAnswerMac => codes::ISSUER_UNAVAILABLE,
+            // DESIGN.md: the HSM not answering is a 96.
+            Failure::HsmUnavailable | Failure::AnswerUnverified => codes::SYSTEM_MALFUNCTION,
         };
         // The request parsed when it arrived; it parses again.
         let Ok(request) = Message::parse(p.request.clone(), self.spec) else {
@@ -97,7 +99,10 @@ impl<J: JournalAppend> TerminalCore<J> {
         // is told.
         let reverse = matches!(
             why,
-            Failure::Timeout | Failure::LinkLost | Failure::BadAnswerMac
+            Failure::Timeout
+                | Failure::LinkLost
+                | Failure::BadAnswerMac
+                | Failure::AnswerUnverified
         );
         if reverse {
             self.queue_reversal(&request, p.acquirer, p.txn, code);
