@@ -9,7 +9,9 @@
 //! leaves through [`TerminalCore::poll_hsm`]; its answer comes back
 //! through [`TerminalCore::handle_hsm_reply`], or its deadline passes
 //! first ([`TerminalCore::handle_timeout`]) and the request gets 96,
-//! journaled. Meanwhile the connection's other requests go on. What waits:
+//! journaled (its answer without a MAC: the HSM is what did not answer,
+//! and it is not asked again). Meanwhile the connection's other requests
+//! go on. What waits:
 //!
 //! * a request whose MAC the HSM checks: verified, it is handed to its
 //!   pipeline again from the start, its MAC taken (`mac_taken`); refused,
@@ -60,6 +62,10 @@ pub struct HsmState {
     /// Set while a request whose MAC the HSM verified is handed to its
     /// pipeline again: the MAC step takes it.
     pub(super) mac_taken: bool,
+    /// Set while a request is answered 96 because the HSM did not answer:
+    /// that answer goes without a MAC, at once, rather than wait for the
+    /// same HSM again.
+    pub(super) unmaced: bool,
 }
 
 impl HsmState {
@@ -312,6 +318,22 @@ impl<J: JournalAppend> TerminalCore<J> {
         self.park(HsmWork::Install(work), None, parked);
     }
 
+    /// Runs `answer`, the answer to a request refused for `why`: without
+    /// a MAC when the HSM is what did not answer.
+    fn unmaced(&mut self, why: Refusal, answer: impl FnOnce(&mut Self)) {
+        let was = self.hsm.unmaced;
+        self.hsm.unmaced = was || why == Refusal::HsmUnavailable;
+        answer(self);
+        self.hsm.unmaced = was;
+    }
+
+    /// As [`TerminalCore::fail`] for a link's `why`: its 96 goes without a
+    /// MAC when the link's HSM is what did not answer.
+    pub(super) fn unmaced_failure(&self, why: crate::switch::acquirer::Failure) -> bool {
+        use crate::switch::acquirer::Failure;
+        !self.hsm.unmaced && matches!(why, Failure::HsmUnavailable | Failure::AnswerUnverified)
+    }
+
     // ---- resuming ------------------------------------------------------
 
     fn mac_checked(
@@ -328,7 +350,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         if let Err(why) = card_security::mac_verdict(answer) {
             let code = refusal_code(why, codes::SECURITY_VIOLATION);
             self.tap.request(&msg);
-            self.refuse(&msg, why, code, started);
+            self.unmaced(why, |core| core.refuse(&msg, why, code, started));
             self.tap.done();
             return;
         }
@@ -359,6 +381,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         self.tap.resume(event);
         let (txn, started) = (plan.txn.txn, plan.started);
         let token = self.pending.vacant_key();
+        let mut refused = None;
         let sent = match card_security::pin_verdict(answer) {
             Ok(block) => {
                 let shared = self.shared.clone();
@@ -370,6 +393,7 @@ impl<J: JournalAppend> TerminalCore<J> {
                 }
             }
             Err(why) => {
+                refused = Some(why);
                 self.security_refused(&msg, why);
                 let bad = self
                     .shared
@@ -385,7 +409,10 @@ impl<J: JournalAppend> TerminalCore<J> {
                     self.tap.pending(token, p.txn, p.acquirer);
                 }
             }
-            Err(code) => self.respond_final(&msg, txn, code, started),
+            Err(code) => match refused {
+                Some(why) => self.unmaced(why, |core| core.respond_final(&msg, txn, code, started)),
+                None => self.respond_final(&msg, txn, code, started),
+            },
         }
         self.tap.done();
     }

@@ -80,6 +80,13 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// the link caught), a stand-in approval where allowed, and a reversal
     /// when the host may have acted on it.
     pub(super) fn fail(&mut self, p: Pending, why: Failure) {
+        if self.unmaced_failure(why) {
+            // The HSM did not answer the link: the 96 goes without a MAC.
+            self.hsm.unmaced = true;
+            self.fail(p, why);
+            self.hsm.unmaced = false;
+            return;
+        }
         let code = match why {
             Failure::Duplicate => codes::DUPLICATE,
             Failure::Timeout

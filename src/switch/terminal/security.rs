@@ -286,7 +286,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         let Some(sec) = &shared.security else {
             return Ok(());
         };
-        if !sec.profiles.any_macs_answers() {
+        if !sec.profiles.any_macs_answers() || self.hsm.unmaced {
             return Ok(());
         }
         let body = Bytes::copy_from_slice(&self.wbuf[start..]);
