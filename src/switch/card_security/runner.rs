@@ -16,13 +16,16 @@ use futures_util::stream::FuturesUnordered;
 use super::NetworkHsm;
 use super::effects::{HsmCall, HsmDone, HsmWork};
 use crate::security::hsm::HsmError;
+use crate::telemetry;
 
 type Running = Pin<Box<dyn Future<Output = (u64, HsmDone)> + Send>>;
 
 /// The calls of one core under way.
 pub struct HsmRunner {
     network: Option<Arc<NetworkHsm>>,
-    running: FuturesUnordered<Running>,
+    /// Made at the first call: a connection without card security work
+    /// allocates nothing for it.
+    running: Option<FuturesUnordered<Running>>,
 }
 
 impl HsmRunner {
@@ -31,7 +34,7 @@ impl HsmRunner {
     pub fn new(network: Option<Arc<NetworkHsm>>) -> HsmRunner {
         HsmRunner {
             network,
-            running: FuturesUnordered::new(),
+            running: None,
         }
     }
 
@@ -45,10 +48,24 @@ impl HsmRunner {
                     None => Err(HsmError::Unavailable("no network HSM configured".into())),
                 };
                 Box::pin(async move {
+                    let name = command.name();
+                    let sent = std::time::Instant::now();
                     let answer = match client {
                         Ok(c) => c.call(command).await,
                         Err(e) => Err(e),
                     };
+                    let result = match &answer {
+                        Ok(_) => "ok",
+                        Err(HsmError::Timeout(_)) => "timeout",
+                        Err(HsmError::Unavailable(_)) => "unavailable",
+                        Err(_) => "refused",
+                    };
+                    if matches!(result, "ok" | "refused") {
+                        metrics::histogram!(telemetry::HSM_SECONDS, "command" => name)
+                            .record(sent.elapsed().as_secs_f64());
+                    }
+                    metrics::counter!(telemetry::HSM_COMMANDS, "command" => name, "result" => result)
+                        .increment(1);
                     (id, HsmDone::Reply(answer))
                 })
             }
@@ -63,17 +80,22 @@ impl HsmRunner {
                 (id, HsmDone::Installed(done))
             }),
         };
-        self.running.push(running);
+        self.running
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(running);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
+        self.running.as_ref().is_none_or(FuturesUnordered::is_empty)
     }
 
     /// The next call done; pending while none runs (cancel-safe).
     pub async fn next(&mut self) -> (u64, HsmDone) {
-        match self.running.next().await {
-            Some(done) => done,
+        match self.running.as_mut() {
+            Some(running) => match running.next().await {
+                Some(done) => done,
+                None => std::future::pending().await,
+            },
             None => std::future::pending().await,
         }
     }

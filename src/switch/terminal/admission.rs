@@ -12,7 +12,7 @@ use crate::switch::acquirer::MatchKey;
 impl<J: JournalAppend> TerminalCore<J> {
     /// `None` when the request may go on, else the code to answer.
     pub(super) fn admit(&self, key: &MatchKey) -> Option<[u8; 2]> {
-        if self.pending.iter().any(|(_, p)| p.key == *key) {
+        if self.pending.iter().any(|(_, p)| p.key == *key) || self.parked_key(key) {
             return Some(codes::DUPLICATE);
         }
         // Requests waiting for an HSM count with those forwarded.

@@ -44,7 +44,7 @@ use crate::clock::Now;
 use crate::codes;
 use crate::iso8583::{Message, MessageBuilder};
 use crate::security::hsm::{HsmCommand, HsmError};
-use crate::switch::acquirer::EchoSpans;
+use crate::switch::acquirer::{EchoSpans, MatchKey};
 use crate::switch::analytics::Event;
 use crate::switch::card_security::effects::{Calls, HsmCall, HsmDone, HsmWork, KeyInstall};
 use crate::switch::card_security::exchange::ExchangedKey;
@@ -195,6 +195,17 @@ impl<J: JournalAppend> TerminalCore<J> {
         first.map_or(self.wbuf.len(), |at| {
             ((at - self.written) as usize).min(self.wbuf.len())
         })
+    }
+
+    /// Is a request with `key` past admission and waiting for the HSM to
+    /// translate its PIN (a duplicate of it is one of a request in flight)?
+    pub(super) fn parked_key(&self, key: &MatchKey) -> bool {
+        self.hsm.requests > 0
+            && self
+                .hsm
+                .calls
+                .iter()
+                .any(|(_, p)| matches!(p, Parked::Pin { plan, .. } if plan.key == *key))
     }
 
     // ---- parking -------------------------------------------------------

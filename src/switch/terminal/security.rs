@@ -4,7 +4,8 @@
 //! is written in the host's form, and answers MACed under the terminal's
 //! key as they are framed. A refusal is journaled (the request and its
 //! answer), counted by reason and logged (rate-limited), and never
-//! forwarded.
+//! forwarded. The soft HSM is called in line; a network HSM's commands
+//! leave as effects and the request waits for them (`hsm.rs`).
 
 use std::time::{Duration, Instant};
 
