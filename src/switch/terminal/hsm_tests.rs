@@ -376,3 +376,73 @@ fn a_link_s_hsm_failures_are_96_and_an_unverified_answer_is_reversed() {
         assert_eq!(reversals, usize::from(reversed), "{why:?}");
     }
 }
+
+#[test]
+fn a_key_change_s_0810_waits_for_the_key_store_to_be_written() {
+    let keys = tempfile::tempdir().expect("dir");
+    let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
+    let lmk = Lmk::from_components(&[c(0x11), c(0x22)]).expect("lmk");
+    let lmk_path = keys.path().join("lmk");
+    lmk.save_new(&lmk_path).expect("lmk saved");
+    let store_path = keys.path().join("keys.toml");
+    let mut store = KeyStore::create(&store_path, &lmk).expect("store");
+    for (name, t, hex) in [
+        ("t-TERMK001.tmk", KeyType::Tmk, ZPK),
+        ("t-TERMK001.tpk", KeyType::Tpk, TPK),
+        ("t-TERMK001.tak", KeyType::Tak, TAK),
+    ] {
+        store.add(&lmk, name, t, &tdes(hex)).expect("key added");
+    }
+    store.save().expect("saved");
+    let security = format!(
+        r#"
+[security]
+key_store = "{store}"
+lmk_file = "{lmk}"
+
+[[security.terminals]]
+terminal_ids = ["TERMK001"]
+mac = "off"
+pin_key = "t-{{terminal}}.tpk"
+mac_key = "t-{{terminal}}.tak"
+tmk = "t-{{terminal}}.tmk"
+"#,
+        store = store_path.display(),
+        lmk = lmk_path.display(),
+    );
+    let mut h = harness_with("", "", "default = \"acquirer-a\"", &security, true);
+    let mut b = MessageBuilder::new(h.spec, Mti::NETWORK);
+    b.set(7, b"1125101010")
+        .set_number(11, 7)
+        .set(41, b"TERMK001")
+        .set(70, b"161");
+    h.send(b.to_bytes().expect("packs").freeze());
+    let mut calls = h.hsm_calls();
+    assert_eq!(calls.len(), 1);
+    let call = calls.remove(0);
+    let HsmWork::Install(install) = call.work else {
+        panic!("not an install: {:?}", call.work)
+    };
+    assert!(
+        h.answers().is_empty(),
+        "no 0810 before the key store holds the keys"
+    );
+    let before = KeyStore::open(&store_path, &lmk).expect("opens");
+    let old = before.entry("t-TERMK001.tpk").expect("entry").kcv;
+    // The driver runs it on the blocking pool; here, in the test's thread.
+    let done = install.run();
+    let after = KeyStore::open(&store_path, &lmk).expect("opens");
+    let new = after.entry("t-TERMK001.tpk").expect("entry").kcv;
+    assert_ne!(old, new, "the file holds the new TPK");
+    let now = h.tick(Duration::from_millis(3));
+    h.core
+        .handle_hsm_reply(now, call.id, HsmDone::Installed(done));
+    let a = h.one_answer();
+    assert_eq!(
+        (a.mti(), code(&a)),
+        (Mti::NETWORK_RESPONSE, codes::APPROVED)
+    );
+    let de48 = crate::switch::card_security::exchange::parse(a.field(48).expect("DE48"))
+        .expect("readable");
+    assert_eq!(de48[0].kcv, new, "the 0810 gives the key the file holds");
+}
