@@ -116,6 +116,12 @@ pub const SECURITY_REFUSALS: &str = "switchyard_security_refusals_total";
 pub const LINK_ANSWER_MAC_FAILURES: &str = "switchyard_link_answer_mac_failures_total";
 /// Key changes (0800, DE70 161), by side (terminal, acquirer) and result.
 pub const KEY_CHANGES: &str = "switchyard_key_changes_total";
+/// Commands sent to the network HSM (payShield), by command and result
+/// (ok, refused, timeout, unavailable).
+pub const HSM_COMMANDS: &str = "switchyard_hsm_commands_total";
+/// Time from a command leaving for the network HSM to its answer, by
+/// command (answers only, not timeouts).
+pub const HSM_SECONDS: &str = "switchyard_hsm_command_duration_seconds";
 /// Re-reads of the TLS material (SIGHUP), by result.
 pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
 pub const LINK_MISSED_ECHOES: &str = "switchyard_link_missed_echoes_total";

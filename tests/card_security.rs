@@ -672,6 +672,12 @@ async fn a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
     let admin = switch.admin_addr.expect("admin");
     let (_, api_config) = http_get(admin, "/api/config").await;
     switch.shutdown().await;
+    assert_no_secret_in(&journal_dir, api_config, &log);
+}
+
+/// No key (of the test's store) and no PIN block of the test card, raw or
+/// as hex, in the journal's files, `/api/config` or the log.
+fn assert_no_secret_in(journal_dir: &Path, api_config: String, log: &Captured) {
     let mut secrets: Vec<Vec<u8>> = Vec::new();
     let hmac_hex = "5A".repeat(32);
     for hex in [TPK, TAK, ZPK, ZAK, BDK, &hmac_hex] {
@@ -693,7 +699,7 @@ async fn a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
         secrets.push(block.as_bytes().to_vec());
     }
     let logged = log.lines("", "");
-    let mut haystacks: Vec<(String, Vec<u8>)> = files_under(&journal_dir)
+    let mut haystacks: Vec<(String, Vec<u8>)> = files_under(journal_dir)
         .into_iter()
         .map(|(p, b)| (p.display().to_string(), b))
         .collect();
@@ -731,4 +737,496 @@ fn load(target: SocketAddr, keys: &Path) -> loadtest::Report {
         &keys,
     ];
     loadtest_run(&argv)
+}
+
+// ---- the same through a network HSM: `switchyard hsm-sim` ----------------
+
+/// `switchyard hsm-sim` as a process over the test's LMK and key store,
+/// with a control port; killed when dropped.
+struct HsmSim {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    control: tokio::net::TcpStream,
+}
+
+impl HsmSim {
+    async fn start(k: &Keys, listen: &str) -> HsmSim {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "hsm-sim",
+                "--listen",
+                listen,
+                "--control",
+                "127.0.0.1:0",
+                "--lmk",
+            ])
+            .arg(&k.lmk)
+            .arg("--keys")
+            .arg(&k.store)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("hsm-sim starts");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next_addr = async |marker: &str| {
+            let line = tokio::time::timeout(GUARD, lines.next_line())
+                .await
+                .expect("a banner line in time")
+                .expect("reads")
+                .expect("a line");
+            line.split(marker)
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+        };
+        let addr = next_addr("listening on ").await;
+        let control = next_addr("control on ").await;
+        let control = tokio::net::TcpStream::connect(control)
+            .await
+            .expect("control connects");
+        HsmSim {
+            child,
+            addr,
+            control,
+        }
+    }
+
+    /// A control command (`hold`, `release`), answered `ok`.
+    async fn command(&mut self, cmd: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.control
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .expect("control write");
+        let mut ok = [0u8; 3];
+        tokio::time::timeout(GUARD, self.control.read_exact(&mut ok))
+            .await
+            .expect("control answers in time")
+            .expect("control read");
+        assert_eq!(&ok, b"ok\n", "{cmd}");
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+/// `[security]` with `hsm = "payshield"` at `hsm`: the profiles of
+/// `security_toml` but key exchange (the soft HSM's only), no LMK file
+/// (the HSM holds it) and no card hash key (it is used in the process).
+fn payshield_toml(k: &Keys, hsm: SocketAddr, timeout_ms: u64) -> String {
+    let soft = security_toml(k, "require");
+    let profiles = &soft[soft.find("[[security.terminals]]").expect("profiles")..];
+    let keyed = profiles.find("[[security.terminals]]\nname = \"keyed-per-terminal\"");
+    let fields = profiles.find("[[security.terminals]]\nname = \"macs-over-fields\"");
+    let profiles = match (keyed, fields) {
+        (Some(a), Some(b)) => format!("{}{}", &profiles[..a], &profiles[b..]),
+        _ => panic!("the profiles changed: {profiles}"),
+    };
+    format!(
+        r#"
+[security]
+hsm = "payshield"
+key_store = "{store}"
+
+[security.payshield]
+address = "{hsm}"
+timeout_ms = {timeout_ms}
+max_in_flight = 64
+
+{profiles}"#,
+        store = k.store.display(),
+    )
+}
+
+/// The zone without its ZMK (key exchange is the soft HSM's).
+fn payshield_zone() -> String {
+    ZONE.replace("zmk = \"acq.zmk\"\n", "")
+}
+
+/// Cards of this prefix go to `acquirer-b`, a host without card security
+/// (when the test gives one).
+const PLAIN_PAN: &str = "5555555555554444";
+
+async fn payshield_switch(
+    k: &Keys,
+    sim: &SimHandle,
+    hsm: &HsmSim,
+    timeout_ms: u64,
+) -> switchyard::switch::server::Switch {
+    payshield_switch_with(k, sim, None, hsm, timeout_ms).await
+}
+
+/// As `payshield_switch`, with `plain` as `acquirer-b`'s host.
+async fn payshield_switch_with(
+    k: &Keys,
+    sim: &SimHandle,
+    plain: Option<&SimHandle>,
+    hsm: &HsmSim,
+    timeout_ms: u64,
+) -> switchyard::switch::server::Switch {
+    let mut routing = "default = \"acquirer-a\"\n".to_owned();
+    let mut extra = String::new();
+    if let Some(p) = plain {
+        routing.push_str("[[routing.routes]]\nprefix = \"5\"\nacquirer = \"acquirer-b\"\n");
+        extra = format!(
+            "[[acquirers]]\nname = \"acquirer-b\"\nlinks = [\"{}\"]\nconnect_timeout_ms = 500\n\
+             backoff_initial_ms = 20\nbackoff_max_ms = 200\n",
+            p.local_addr()
+        );
+    }
+    extra.push_str(&payshield_toml(k, hsm.addr, timeout_ms));
+    let toml = config_routed(&[sim.local_addr()], &payshield_zone(), &routing, &extra);
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    switch
+}
+
+#[tokio::test]
+async fn through_a_payshield_pin_translated_macs_both_ways_63_and_81() {
+    let k = key_store();
+    let hsm = HsmSim::start(&k, "127.0.0.1:0").await;
+    let sim = host(ZAK).await;
+    let switch = payshield_switch(&k, &sim, &hsm, 2_000).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+
+    // PIN translated by the HSM, the MAC checked by it, the zone's MAC
+    // made by it (the host checks both), the host's answer's checked and
+    // the terminal's answer MACed by it.
+    let answer = t.request(&secured_request(101, TID, TPK, true)).await;
+    assert_eq!(
+        code(&answer),
+        "00",
+        "approved by a host that checked PIN and MAC"
+    );
+    assert!(
+        answer_mac_is_the_terminals(&answer),
+        "the answer carries a MAC under the TAK"
+    );
+    let s = sim.stats();
+    assert_eq!(
+        (s.pin_verified, s.pin_refused, s.mac_refused),
+        (1, 0, 0),
+        "{s}"
+    );
+
+    // A tampered MAC: 63, not forwarded.
+    let mut tampered = secured_request(102, TID, TPK, true).to_vec();
+    let msg = Message::parse(Bytes::from(tampered.clone()), specs::iso87ascii()).expect("parses");
+    let amount_at =
+        msg.field(4).expect("DE4").as_ptr() as usize - msg.frame().as_ptr() as usize + 11;
+    tampered[amount_at] = b'9';
+    assert_eq!(code(&t.request(&tampered).await), "63");
+    // A missing one too.
+    assert_eq!(
+        code(&t.request(&secured_request(103, TID, TPK, false)).await),
+        "63"
+    );
+
+    // A PIN under a wrong key: 81, MACed, not forwarded.
+    let answer = t.request(&secured_request(104, TID, OTHER, true)).await;
+    assert_eq!(code(&answer), "81");
+    assert!(
+        answer_mac_is_the_terminals(&answer),
+        "a refusal is MACed too"
+    );
+    assert_eq!(transactions_at(&sim), 1, "only the first reached the host");
+
+    // DUKPT (the jPOS vector) through the HSM's G0.
+    let base = auth_from(Mti::FINANCIAL, 105, "4012345678909", 1_000, "DUKPT001");
+    let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
+    let block = switchyard::hex::parse_hex("1B9C1845EB993A7A").expect("hex");
+    let mut b = MessageBuilder::new(specs::iso87ascii(), msg.mti());
+    b.copy_all(&msg)
+        .set(52, &block)
+        .set(62, b"FFFF9876543210E00001");
+    assert_eq!(code(&t.request(&b.to_bytes().expect("packs")).await), "00");
+    assert_eq!(
+        sim.stats().pin_verified,
+        2,
+        "the host found PIN 1234 under its ZPK"
+    );
+    switch.shutdown().await;
+    hsm.kill().await;
+}
+
+#[tokio::test]
+async fn through_a_payshield_a_wrong_host_mac_is_91_and_reversed() {
+    let k = key_store();
+    let hsm = HsmSim::start(&k, "127.0.0.1:0").await;
+    let sim = host(OTHER).await;
+    let switch = payshield_switch(&k, &sim, &hsm, 2_000).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    assert_eq!(
+        code(&t.request(&secured_request(110, TID, TPK, true)).await),
+        "91"
+    );
+    let reversed = sim
+        .wait_until(GUARD, |s| {
+            s.received().iter().any(|r| r.mti == Mti::REVERSAL_ADVICE)
+        })
+        .await;
+    assert!(
+        reversed,
+        "a 0420 was sent for the request the host may have approved"
+    );
+    switch.shutdown().await;
+    hsm.kill().await;
+}
+
+#[tokio::test]
+async fn a_held_payshield_gives_96_in_its_timeout_while_other_requests_flow_and_a_restarted_one_00()
+{
+    const TIMEOUT_MS: u64 = 600;
+    let k = key_store();
+    let mut hsm = HsmSim::start(&k, "127.0.0.1:0").await;
+    let sim = host(ZAK).await;
+    // A host without card security, for requests that need no HSM at all.
+    let plain_host = start_sim().await;
+    let switch = payshield_switch_with(&k, &sim, Some(&plain_host), &hsm, TIMEOUT_MS).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    assert_eq!(
+        code(&t.request(&secured_request(120, TID, TPK, true)).await),
+        "00"
+    );
+
+    // Held: commands are read and never answered. A secured request waits
+    // for its MAC check; a terminal without card security on the same
+    // connection is answered meanwhile.
+    hsm.command("hold").await;
+    let sent = std::time::Instant::now();
+    t.send(&secured_request(121, TID, TPK, true)).await;
+    t.send(&auth_from(
+        Mti::FINANCIAL,
+        122,
+        PLAIN_PAN,
+        1_000,
+        "PLAIN001",
+    ))
+    .await;
+    let first = t.recv().await;
+    assert_eq!(
+        (first.stan(), code(&first).as_str()),
+        (Some(122), "00"),
+        "the plain request is answered while the other waits for the HSM"
+    );
+    let second = t.recv().await;
+    let took = sent.elapsed();
+    assert_eq!((second.stan(), code(&second).as_str()), (Some(121), "96"));
+    assert!(
+        took >= std::time::Duration::from_millis(TIMEOUT_MS - 50)
+            && took < std::time::Duration::from_millis(TIMEOUT_MS + 3_000),
+        "96 at the HSM's timeout: {took:?}"
+    );
+    assert!(
+        second.mac_parts().is_err(),
+        "without a MAC: the HSM is what failed"
+    );
+    assert_eq!(
+        transactions_at(&sim),
+        1,
+        "the held one never reached the host"
+    );
+
+    // Released: 00 again.
+    hsm.command("release").await;
+    assert_eq!(
+        code(&t.request(&secured_request(123, TID, TPK, true)).await),
+        "00"
+    );
+
+    // Stopped: 96 at once (the connection is down), plain requests still
+    // answered.
+    let addr = hsm.addr;
+    hsm.kill().await;
+    let mut stan = 130;
+    let down = tokio::time::timeout(GUARD, async {
+        loop {
+            stan += 1;
+            let a = t.request(&secured_request(stan, TID, TPK, true)).await;
+            if code(&a) == "96" {
+                return sent_quickly(&mut t, stan).await;
+            }
+        }
+    })
+    .await
+    .expect("96 once the HSM is gone");
+    assert!(
+        down < std::time::Duration::from_millis(TIMEOUT_MS),
+        "{down:?}"
+    );
+    stan += 1;
+    let plain = t
+        .request(&auth_from(
+            Mti::FINANCIAL,
+            stan,
+            PLAIN_PAN,
+            1_000,
+            "PLAIN001",
+        ))
+        .await;
+    assert_eq!(code(&plain), "00");
+
+    // Restarted on the same port: the client reconnects, 00 again.
+    let again = HsmSim::start(&k, &addr.to_string()).await;
+    let back = tokio::time::timeout(GUARD, async {
+        loop {
+            stan += 1;
+            let a = t.request(&secured_request(stan, TID, TPK, true)).await;
+            if code(&a) == "00" {
+                return a;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("00 once the HSM is back");
+    assert!(answer_mac_is_the_terminals(&back));
+    switch.shutdown().await;
+    again.kill().await;
+}
+
+/// How long a secured request takes to be answered 96 while the HSM is
+/// down (the one before it was answered 96 too).
+async fn sent_quickly(t: &mut Terminal, stan: u32) -> std::time::Duration {
+    let at = std::time::Instant::now();
+    let a = t
+        .request(&secured_request(stan + 1000, TID, TPK, true))
+        .await;
+    assert_eq!(code(&a), "96");
+    at.elapsed()
+}
+
+#[test]
+fn check_config_names_what_payshield_refuses() {
+    let k = key_store();
+    let hsm: SocketAddr = "127.0.0.1:1500".parse().expect("addr");
+    let sim: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let mut security = payshield_toml(&k, hsm, 1_000)
+        .replace("address = \"127.0.0.1:1500\"\n", "address = \"no port\"\n")
+        .replace(
+            "max_in_flight = 64",
+            "max_in_flight = 64\nheader_length = 1",
+        );
+    security = security.replacen(
+        "hsm = \"payshield\"\n",
+        &format!(
+            "hsm = \"payshield\"\nlmk_file = \"{}\"\ncard_hash_key = \"rest.hmac\"\n",
+            k.lmk.display()
+        ),
+        1,
+    );
+    security.push_str(
+        "\n[[security.terminals]]\nterminal_ids = [\"TERMK001\"]\nmac = \"require\"\n\
+         mac_key = \"t-{terminal}.tak\"\ntmk = \"t-{terminal}.tmk\"\n",
+    );
+    let toml = config(&[sim], ZONE, &security);
+    let problems = switchyard::switch::config::Config::parse(&toml).expect_err("refused");
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    for want in [
+        "security.payshield.address: `no port` is not host:port",
+        "security.payshield.max_in_flight: 64: a header of 1 characters numbers only 36",
+        "security.lmk_file: not with hsm = \"payshield\"",
+        "security.card_hash_key: not with hsm = \"payshield\"",
+        "security.terminals[3].tmk: key exchange runs on the soft HSM only so far",
+    ] {
+        assert!(
+            text.iter().any(|p| p.starts_with(want)),
+            "{want}: {text:#?}"
+        );
+    }
+    // Without its table: the address is what is missing.
+    let toml = config(
+        &[sim],
+        &payshield_zone(),
+        &payshield_toml(&k, hsm, 1_000)
+            .replace("[security.payshield]\naddress = \"127.0.0.1:1500\"\n", ""),
+    );
+    let text: Vec<String> = switchyard::switch::config::Config::parse(&toml)
+        .expect_err("refused")
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("security.payshield.address: required")),
+        "{text:#?}"
+    );
+    // A zone's ZMK (key exchange) is the soft HSM's.
+    let toml = config(&[sim], ZONE, &payshield_toml(&k, hsm, 1_000));
+    let text: Vec<String> = switchyard::switch::config::Config::parse(&toml)
+        .expect_err("refused")
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        text.iter().any(|p| p.starts_with(
+            "acquirers[0].security.zmk: key exchange runs on the soft HSM only so far"
+        )),
+        "{text:#?}"
+    );
+    // And the keys named are checked against the store's blocks, no LMK.
+    let toml = config(
+        &[sim],
+        &payshield_zone().replace("acq.zak", "acq.nope"),
+        &payshield_toml(&k, hsm, 1_000),
+    );
+    let text: Vec<String> = switchyard::switch::config::Config::parse(&toml)
+        .expect_err("refused")
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("acquirers[0].security.mac_key: no zak key named `acq.nope`")),
+        "{text:#?}"
+    );
+    // A valid one parses.
+    let toml = config(&[sim], &payshield_zone(), &payshield_toml(&k, hsm, 1_000));
+    switchyard::switch::config::Config::parse(&toml).expect("a payshield config");
+}
+
+#[tokio::test]
+async fn through_a_payshield_a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
+    let log = Captured::install();
+    let k = key_store();
+    let hsm = HsmSim::start(&k, "127.0.0.1:0").await;
+    let sim = host(ZAK).await;
+    let toml = config(
+        &[sim.local_addr()],
+        &payshield_zone(),
+        &payshield_toml(&k, hsm.addr, 2_000),
+    );
+    let journal_dir = journal_dir_of(&toml);
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    assert_eq!(
+        code(&t.request(&secured_request(140, TID, TPK, true)).await),
+        "00"
+    );
+    let keys_file = k.dir.join("terminal-keys.toml");
+    std::fs::write(
+        &keys_file,
+        format!(
+            "pin_key = \"{TPK}\"\nmac_key = \"{TAK}\"\nmac_algorithm = \"retail\"\npin = \"1234\"\n"
+        ),
+    )
+    .expect("terminal keys written");
+    let target = switch.terminal_addr;
+    let report = tokio::task::spawn_blocking(move || load(target, &keys_file))
+        .await
+        .expect("load test ran");
+    assert!(report.is_clean(), "{:?}", report.problems());
+    let s = sim.stats();
+    assert!(s.pin_verified > 100, "PINs checked by the host: {s}");
+    assert_eq!((s.pin_refused, s.mac_refused), (0, 0), "{s}");
+    let admin = switch.admin_addr.expect("admin");
+    let (_, api_config) = http_get(admin, "/api/config").await;
+    switch.shutdown().await;
+    hsm.kill().await;
+    assert_no_secret_in(&journal_dir, api_config, &log);
 }

@@ -235,6 +235,32 @@ pub enum StartError {
     Store(#[from] crate::switch::store::StoreError),
     #[error("can not start the analytics thread: {0}")]
     Analytics(std::io::Error),
+    #[error("security.payshield: {0}")]
+    Hsm(String),
+}
+
+/// Starts the payShield client (its connections open now, and reopen on
+/// their own), and asks the HSM once, in the background, whether its LMK
+/// is the one the key store's blocks are under: a warning when not (every
+/// command would be refused), a line when it could not say.
+fn start_network_hsm(network: &crate::switch::card_security::NetworkHsm) -> Result<(), StartError> {
+    let client = network
+        .client()
+        .map_err(|e| StartError::Hsm(e.to_owned()))?
+        .clone();
+    let addr = network.config.addr.clone();
+    info!(hsm = %addr, timeout = ?network.timeout(), "network HSM (payShield) in the request path");
+    tokio::spawn(async move {
+        client.wait_connected().await;
+        match client.lmk_matches().await {
+            Ok(Some(true)) => info!(hsm = %addr, "the HSM's LMK is the key store's"),
+            Ok(Some(false)) => warn!(hsm = %addr,
+                "the HSM's LMK is NOT the one the key store's blocks are under: every command will be refused"),
+            Ok(None) => {}
+            Err(e) => warn!(hsm = %addr, "could not ask the HSM for its LMK's check value: {e}"),
+        }
+    });
+    Ok(())
 }
 
 /// A running switch.
@@ -304,6 +330,10 @@ impl Switch {
             journal.clone(),
         ));
         log_business_day(&business_day, recovery.last_cutover.is_some());
+
+        if let Some(network) = config.security.as_ref().and_then(|s| s.hsm.network()) {
+            start_network_hsm(network)?;
+        }
 
         let links_stop = CancellationToken::new();
         let saf_stop = CancellationToken::new();

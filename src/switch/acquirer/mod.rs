@@ -154,6 +154,12 @@ pub enum Failure {
     /// and the request treated as unanswered (the host may have acted on
     /// it, so it is reversed).
     BadAnswerMac,
+    /// The network HSM did not make the request's MAC in time (or could
+    /// not be reached): not sent, 96.
+    HsmUnavailable,
+    /// The network HSM did not check the answer's MAC in time: the host
+    /// may have acted on the request, so it is reversed; 96.
+    AnswerUnverified,
 }
 
 /// State a link shares with the rest of the switch.

@@ -296,6 +296,19 @@ impl Tap {
     pub fn done(&mut self) {
         self.current = None;
     }
+
+    /// The event of the request being handled, to keep while the request
+    /// waits (for an HSM's answer) and [`Tap::resume`] when it goes on.
+    pub fn current(&self) -> Option<Event> {
+        self.current
+    }
+
+    /// Goes on with a request's event kept by [`Tap::current`].
+    pub fn resume(&mut self, event: Option<Event>) {
+        if self.enabled {
+            self.current = event;
+        }
+    }
 }
 
 fn micros(d: std::time::Duration) -> u32 {

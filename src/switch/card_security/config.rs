@@ -6,10 +6,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{
-    AcquirerSecurity, KeyRef, MacMode, PinKey, SecurityConfig, TerminalProfile, TerminalProfiles,
+    AcquirerSecurity, Hsm, KeyRef, MacMode, NetworkHsm, PinKey, SecurityConfig, TerminalProfile,
+    TerminalProfiles,
 };
+use crate::security::hsm::payshield::{KeyBlocks, PayShieldConfig, wire};
 use crate::security::hsm::soft::SoftHsm;
 use crate::security::hsm::{KeyName, MacAlgorithm};
 use crate::security::lmk::Lmk;
@@ -21,10 +24,14 @@ table! {
     pub(crate) SecurityFile {
         /// The key store file (`switchyard keys` makes it).
         key_store: Option<String> = None;
-        /// The LMK file; default: `$SWITCHYARD_LMK_FILE`.
+        /// The LMK file; default: `$SWITCHYARD_LMK_FILE`. Not with
+        /// `hsm = "payshield"` (the HSM holds the LMK).
         lmk_file: Option<String> = None;
-        /// "soft": the key store in the process.
+        /// "soft": the key store unwrapped in the process; "payshield": a
+        /// Thales payShield (or `switchyard hsm-sim`) over TCP, set in
+        /// `[security.payshield]`.
         hsm: String = "soft".into();
+        payshield: Option<PayShieldFile> = None;
         /// DE39 for a PIN block that can not be translated.
         bad_pin_code: String = "81".into();
         /// The key (type `hmac`) of the card hash kept in the journal and
@@ -34,6 +41,24 @@ table! {
         /// taken for checks this long.
         key_overlap_ms: u64 = 300_000, in 0..=86_400_000;
         terminals: Vec<TerminalProfileFile> = Vec::new();
+    }
+}
+
+table! {
+    pub(crate) PayShieldFile {
+        /// `host:port` of the HSM's host port.
+        address: Option<String> = None;
+        /// The HSM's message header length, in characters.
+        header_length: usize = wire::DEFAULT_HEADER_LEN, in 1..=32;
+        /// Per command: a request whose HSM answer has not come by then
+        /// gets 96.
+        timeout_ms: u64 = 1_000, in 1..=60_000;
+        /// Commands in flight over all connections; past it a request
+        /// gets 96 at once.
+        max_in_flight: usize = 64, in 1..=65_536;
+        /// Connections kept open to the HSM (commands go round them).
+        connections: usize = 1, in 1..=64;
+        connect_timeout_ms: u64 = 1_000, in 1..=60_000;
     }
 }
 
@@ -97,7 +122,7 @@ fn mac_algorithm(s: &mut Section, text: &str) -> MacAlgorithm {
 /// profile's exact `ids` when it names keys per terminal, else as it is.
 fn key_ref(
     s: &mut Section,
-    hsm: Option<&SoftHsm>,
+    hsm: Option<&Hsm>,
     at: &str,
     (name, ids): (&str, &[String]),
     types: &[KeyType],
@@ -117,7 +142,7 @@ fn key_ref(
 }
 
 /// Checks that `name` is a key of one of `types` in the store.
-fn key(s: &mut Section, hsm: Option<&SoftHsm>, at: &str, name: &str, types: &[KeyType]) -> KeyName {
+fn key(s: &mut Section, hsm: Option<&Hsm>, at: &str, name: &str, types: &[KeyType]) -> KeyName {
     if let Some(h) = hsm
         && !h.has(name, types)
     {
@@ -136,15 +161,19 @@ fn key(s: &mut Section, hsm: Option<&SoftHsm>, at: &str, name: &str, types: &[Ke
 impl SecurityFile {
     pub(crate) fn validate(mut self, s: &mut Section) -> Option<SecurityConfig> {
         self.check_ranges(s);
-        if self.hsm != "soft" {
-            s.problem(
-                "hsm",
-                format!(
-                    "`{}`: only \"soft\" is in the request path so far",
-                    self.hsm
-                ),
-            );
-        }
+        let network = match self.hsm.as_str() {
+            "soft" => {
+                if self.payshield.is_some() {
+                    s.problem("payshield", "only with hsm = \"payshield\"");
+                }
+                false
+            }
+            "payshield" => true,
+            other => {
+                s.problem("hsm", format!("`{other}`: \"soft\" or \"payshield\""));
+                false
+            }
+        };
         let bad_pin_code = match self.bad_pin_code.as_bytes() {
             &[a, b] if a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric() => [a, b],
             _ => {
@@ -152,16 +181,35 @@ impl SecurityFile {
                 crate::codes::BAD_PIN_BLOCK
             }
         };
-        let hsm = self.open_hsm(s);
+        let hsm = if network {
+            self.open_network(s)
+        } else {
+            self.open_soft(s).map(Hsm::Soft)
+        };
         let mut profiles = TerminalProfiles::default();
         for (i, p) in self.terminals.into_iter().enumerate() {
             let s = &mut s.sub(&format!("terminals[{i}]"));
-            if let Some(profile) = p.validate(s, hsm.as_deref(), i) {
+            if network && p.tmk.is_some() {
+                s.problem(
+                    "tmk",
+                    "key exchange runs on the soft HSM only so far: not with hsm = \"payshield\"",
+                );
+            }
+            if let Some(profile) = p.validate(s, hsm.as_ref(), i) {
                 profiles.add(s, profile);
             }
         }
         let card_hash_key = match (&self.card_hash_key, &hsm) {
-            (Some(name), Some(h)) => match h.card_hash_key(name) {
+            (Some(_), _) if network => {
+                s.problem(
+                    "card_hash_key",
+                    "not with hsm = \"payshield\": the card hash key is used in the process, \
+                     and the switch does not hold the LMK it is under (fraud.pan_key keys the \
+                     card hash then)",
+                );
+                None
+            }
+            (Some(name), Some(Hsm::Soft(h))) => match h.card_hash_key(name) {
                 Ok(k) => Some(Arc::new(k)),
                 Err(e) => {
                     s.problem("card_hash_key", e.to_string());
@@ -179,14 +227,83 @@ impl SecurityFile {
         })
     }
 
-    fn open_hsm(&self, s: &mut Section) -> Option<Arc<SoftHsm>> {
-        let Some(store) = &self.key_store else {
+    /// `hsm = "payshield"`: the client's settings, checked as the client
+    /// checks them, and the key store's blocks (no LMK).
+    fn open_network(&mut self, s: &mut Section) -> Option<Hsm> {
+        if self.lmk_file.is_some() {
+            s.problem(
+                "lmk_file",
+                "not with hsm = \"payshield\": the HSM holds the LMK",
+            );
+        }
+        let mut file = self.payshield.take().unwrap_or_default();
+        let ps = &mut s.sub("payshield");
+        file.check_ranges(ps);
+        let addr = match &file.address {
+            None => {
+                ps.problem(
+                    "address",
+                    "required with hsm = \"payshield\": the HSM's host:port",
+                );
+                None
+            }
+            Some(a) => match host_port(a) {
+                Ok(()) => Some(a.clone()),
+                Err(e) => {
+                    ps.problem("address", e);
+                    None
+                }
+            },
+        };
+        let space = crate::security::hsm::payshield::core::header_space(file.header_length);
+        if space < file.max_in_flight as u64 {
+            ps.problem(
+                "max_in_flight",
+                format!(
+                    "{}: a header of {} characters numbers only {space} commands in flight",
+                    file.max_in_flight, file.header_length
+                ),
+            );
+        }
+        let keys = self.open_blocks(s);
+        let config = PayShieldConfig {
+            addr: addr?,
+            connections: file.connections,
+            header_len: file.header_length,
+            max_in_flight: file.max_in_flight,
+            timeout: Duration::from_millis(file.timeout_ms),
+            connect_timeout: Duration::from_millis(file.connect_timeout_ms),
+            ..PayShieldConfig::default()
+        };
+        Some(Hsm::Network(Arc::new(NetworkHsm::new(
+            config,
+            Arc::new(keys?),
+        ))))
+    }
+
+    fn open_blocks(&self, s: &mut Section) -> Option<KeyBlocks> {
+        let store = self.store_path(s)?;
+        match KeyBlocks::open(std::path::Path::new(store)) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                s.problem("key_store", e.to_string());
+                None
+            }
+        }
+    }
+
+    fn store_path(&self, s: &mut Section) -> Option<&str> {
+        if self.key_store.is_none() {
             s.problem(
                 "key_store",
                 "required: the key store file (`switchyard keys generate` makes one)",
             );
-            return None;
-        };
+        }
+        self.key_store.as_deref()
+    }
+
+    fn open_soft(&self, s: &mut Section) -> Option<Arc<SoftHsm>> {
+        let store = self.store_path(s)?;
         let lmk_path = match &self.lmk_file {
             Some(p) => PathBuf::from(p),
             None => match Lmk::path_from(None) {
@@ -214,13 +331,25 @@ impl SecurityFile {
     }
 }
 
+/// `host:port`: an IP address or a name, and a port.
+fn host_port(text: &str) -> Result<(), String> {
+    if text.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("`{text}` is not host:port (e.g. \"10.0.0.5:1500\")");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let name_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && name_ok => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
 impl TerminalProfileFile {
-    fn validate(
-        mut self,
-        s: &mut Section,
-        hsm: Option<&SoftHsm>,
-        i: usize,
-    ) -> Option<TerminalProfile> {
+    fn validate(mut self, s: &mut Section, hsm: Option<&Hsm>, i: usize) -> Option<TerminalProfile> {
         self.check_ranges(s);
         let mac = match self.mac.as_str() {
             "off" => MacMode::Off,
@@ -387,6 +516,12 @@ impl AcquirerSecurity {
             self.key_overlap_ms = sec.key_overlap_ms;
         }
         if let Some(k) = &self.zmk {
+            if sec.hsm.network().is_some() {
+                s.problem(
+                    "zmk",
+                    "key exchange runs on the soft HSM only so far: not with [security] hsm = \"payshield\"",
+                );
+            }
             key(s, Some(&sec.hsm), "zmk", k, &[KeyType::Zmk]);
         }
         if let Some((_, k)) = &self.mac {

@@ -7,25 +7,35 @@
 //! MAC made and its answers' checked (by the link), and the terminal's
 //! answers MACed under its key.
 //!
-//! The HSM here is the soft one ([`SoftHsm`]), called in line: its answers
-//! are immediate. A network HSM (payShield) answers later, so its commands
-//! will be the core's effects; these functions are the steps either way.
+//! Two HSMs ([`Hsm`]): the soft one ([`SoftHsm`]), called in line (its
+//! answers are immediate, a few microseconds), and a network one
+//! ([`NetworkHsm`]: the payShield client), whose answers come later: the
+//! cores then issue its commands as effects ([`effects`]) that their
+//! drivers carry out ([`runner`]), and resume the request when the answer
+//! comes or its deadline passes (96). The functions here are the steps
+//! either way: each builds the [`HsmCommand`] (`*_command`) and reads its
+//! answer (`*_verdict`); the soft path runs one after the other.
 
 pub mod config;
+pub mod effects;
 pub mod exchange;
+pub mod runner;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::iso8583::mac_field::{MacBytes, MacFieldError};
-use crate::iso8583::{Message, MessageBuilder};
+use crate::iso8583::{Message, MessageBuilder, Spec};
 use crate::security::dukpt::Ksn;
+use crate::security::hsm::payshield::{KeyBlocks, PayShieldClient, PayShieldConfig};
 use crate::security::hsm::soft::SoftHsm;
 use crate::security::hsm::{HsmCommand, HsmError, HsmReply, KeyName, MacAlgorithm, PinSource};
 use crate::security::pinblock::{EncryptedPinBlock, PinFormat};
+use crate::security::store::KeyType;
 use crate::switch::config::Section;
 
 /// Most terminal profiles (each a few ids or prefixes; fleets share one).
@@ -173,10 +183,92 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[..end]
 }
 
+/// The HSM the request path uses (`[security] hsm`).
+#[derive(Clone)]
+pub enum Hsm {
+    /// In the process: called in line.
+    Soft(Arc<SoftHsm>),
+    /// Over TCP: its commands are the cores' effects.
+    Network(Arc<NetworkHsm>),
+}
+
+impl Hsm {
+    pub fn soft(&self) -> Option<&Arc<SoftHsm>> {
+        match self {
+            Hsm::Soft(h) => Some(h),
+            Hsm::Network(_) => None,
+        }
+    }
+
+    pub fn network(&self) -> Option<&Arc<NetworkHsm>> {
+        match self {
+            Hsm::Soft(_) => None,
+            Hsm::Network(n) => Some(n),
+        }
+    }
+
+    /// Is a key of this name and one of these types in the key store?
+    pub fn has(&self, name: &str, types: &[KeyType]) -> bool {
+        match self {
+            Hsm::Soft(h) => h.has(name, types),
+            Hsm::Network(n) => n
+                .keys
+                .get(name)
+                .is_some_and(|b| types.contains(&b.key_type)),
+        }
+    }
+}
+
+impl fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hsm::Soft(h) => write!(f, "soft, LMK KCV {}", h.lmk_kcv()),
+            Hsm::Network(n) => write!(f, "payshield at {} ({} keys)", n.config.addr, n.keys.len()),
+        }
+    }
+}
+
+/// `hsm = "payshield"`: the client's settings and the key store's blocks
+/// (under the HSM's LMK, which the switch does not hold). The client
+/// itself needs a runtime: [`NetworkHsm::client`] starts it on first use
+/// (the switch does so at start), never while the config is checked.
+pub struct NetworkHsm {
+    pub config: PayShieldConfig,
+    pub keys: Arc<KeyBlocks>,
+    client: OnceLock<Result<PayShieldClient, String>>,
+}
+
+impl NetworkHsm {
+    pub fn new(config: PayShieldConfig, keys: Arc<KeyBlocks>) -> NetworkHsm {
+        NetworkHsm {
+            config,
+            keys,
+            client: OnceLock::new(),
+        }
+    }
+
+    /// How long a command may take: past it the request gets 96.
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    /// The client, started (its connections opened) on the current
+    /// runtime the first time it is asked for.
+    pub fn client(&self) -> Result<&PayShieldClient, &str> {
+        self.client
+            .get_or_init(|| {
+                PayShieldClient::start(self.config.clone(), self.keys.clone())
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| e.as_str())
+    }
+}
+
 /// `[security]`: the HSM and the terminal profiles.
 #[derive(Clone)]
 pub struct SecurityConfig {
-    pub hsm: Arc<SoftHsm>,
+    pub hsm: Hsm,
     /// After a key change the replaced key is still taken this long.
     pub key_overlap_ms: u64,
     /// `card_hash_key`: the key of the card hash the journal and store
@@ -189,7 +281,7 @@ pub struct SecurityConfig {
 impl fmt::Debug for SecurityConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecurityConfig")
-            .field("hsm", &format_args!("soft, LMK KCV {}", self.hsm.lmk_kcv()))
+            .field("hsm", &self.hsm)
             .field("bad_pin_code", &String::from_utf8_lossy(&self.bad_pin_code))
             .field("profiles", &self.profiles.list.len())
             .finish()
@@ -210,7 +302,7 @@ pub struct AcquirerSecurity {
     pub pin: Option<(KeyName, PinFormat)>,
     pub de53: Option<String>,
     /// `[security]`'s HSM, when `mac` or `pin` is set.
-    pub hsm: Option<Arc<SoftHsm>>,
+    pub hsm: Option<Hsm>,
 }
 
 impl AcquirerSecurity {
@@ -234,6 +326,9 @@ pub enum Refusal {
     BadPinBlock,
     /// The HSM could not do it (unknown key, wrong type...).
     Hsm,
+    /// The network HSM did not answer in time, or could not be reached:
+    /// 96.
+    HsmUnavailable,
 }
 
 impl Refusal {
@@ -246,6 +341,7 @@ impl Refusal {
             Refusal::BadKsn => "bad_ksn",
             Refusal::BadPinBlock => "bad_pin_block",
             Refusal::Hsm => "hsm_error",
+            Refusal::HsmUnavailable => "hsm_unavailable",
         }
     }
 
@@ -268,15 +364,30 @@ pub fn check_mac(
     fields: &[u16],
     msg: &Message,
 ) -> Result<(), Refusal> {
+    match mac_check_command(mode, algorithm, key, fields, msg)? {
+        None => Ok(()),
+        Some(command) => mac_verdict(hsm.execute_at(&command, now_ms)),
+    }
+}
+
+/// What checking a request's MAC asks of the HSM: `None` when there is
+/// nothing to check (MAC off, or none carried with `verify`).
+pub fn mac_check_command(
+    mode: MacMode,
+    algorithm: MacAlgorithm,
+    key: Option<&KeyName>,
+    fields: &[u16],
+    msg: &Message,
+) -> Result<Option<HsmCommand>, Refusal> {
     let Some(key) = key else {
-        return Ok(());
+        return Ok(None);
     };
     if mode == MacMode::Off {
-        return Ok(());
+        return Ok(None);
     }
     let parts = match msg.mac_parts() {
         Ok(p) => p,
-        Err(MacFieldError::Missing) if mode == MacMode::Verify => return Ok(()),
+        Err(MacFieldError::Missing) if mode == MacMode::Verify => return Ok(None),
         Err(MacFieldError::Missing) => return Err(Refusal::MacMissing),
         Err(_) => return Err(Refusal::MacMisplaced),
     };
@@ -287,17 +398,28 @@ pub fn check_mac(
         crate::iso8583::mac_field::field_list_input(msg, fields, &mut d);
         Bytes::from(d)
     };
-    let command = HsmCommand::VerifyMac {
+    Ok(Some(HsmCommand::VerifyMac {
         key: key.clone(),
         algorithm,
         data,
         mac: parts.mac,
-    };
-    match hsm.execute_at(&command, now_ms) {
+    }))
+}
+
+/// The HSM's answer to [`mac_check_command`]'s command.
+pub fn mac_verdict(answer: Result<HsmReply, HsmError>) -> Result<(), Refusal> {
+    match answer {
         Ok(HsmReply::Verified) => Ok(()),
         Err(HsmError::MacMismatch) => Err(Refusal::MacWrong),
+        Err(e) if unavailable(&e) => Err(Refusal::HsmUnavailable),
         _ => Err(Refusal::Hsm),
     }
+}
+
+/// The HSM did not answer (in time), or could not be reached: the
+/// request gets 96, not a security refusal.
+pub fn unavailable(e: &HsmError) -> bool {
+    matches!(e, HsmError::Timeout(_) | HsmError::Unavailable(_))
 }
 
 /// Packs `b` with a MAC under `key` (replacing any it had), over the
@@ -357,6 +479,20 @@ pub fn seal(
     Ok(out.freeze())
 }
 
+/// `msg` again with a placeholder for a MAC under `key`, and the command
+/// that makes it (the network HSM's [`seal`]).
+pub fn seal_later(
+    algorithm: MacAlgorithm,
+    key: &KeyName,
+    msg: &Message,
+) -> Result<(BytesMut, MacToMake), String> {
+    let mut b = MessageBuilder::new(msg.spec(), msg.mti());
+    b.copy_all(msg);
+    let mut out = BytesMut::with_capacity(msg.frame().len() + 32);
+    let mac = pack_for_mac(algorithm, key, &[], &b, &mut out)?;
+    Ok((out, mac))
+}
+
 /// DE52 of `msg` under the acquirer's zone PIN key: `None` when there is
 /// nothing to translate (no DE52, or the acquirer takes it as it is).
 pub fn translate_pin(
@@ -367,6 +503,20 @@ pub fn translate_pin(
     msg: &Message,
     pan: &[u8],
 ) -> Result<Option<EncryptedPinBlock>, Refusal> {
+    match pin_command(profile, zone, msg, pan)? {
+        None => Ok(None),
+        Some(command) => pin_verdict(hsm.execute_at(&command, now_ms)).map(Some),
+    }
+}
+
+/// What translating DE52 for the acquirer asks of the HSM: `None` when
+/// there is nothing to translate.
+pub fn pin_command(
+    profile: Option<&TerminalProfile>,
+    zone: &AcquirerSecurity,
+    msg: &Message,
+    pan: &[u8],
+) -> Result<Option<HsmCommand>, Refusal> {
     let (Some((zpk, to_format)), Some(de52)) = (&zone.pin, msg.value(52)) else {
         return Ok(None);
     };
@@ -394,17 +544,105 @@ pub fn translate_pin(
         },
     };
     let pan = std::str::from_utf8(pan).map_err(|_| Refusal::BadPinBlock)?;
-    let command = HsmCommand::TranslatePin {
+    Ok(Some(HsmCommand::TranslatePin {
         source,
         to: zpk.clone(),
         block,
         to_format: *to_format,
         pan: pan.to_owned(),
-    };
-    match hsm.execute_at(&command, now_ms) {
-        Ok(HsmReply::Pin(b)) => Ok(Some(b)),
+    }))
+}
+
+/// The HSM's answer to [`pin_command`]'s command.
+pub fn pin_verdict(answer: Result<HsmReply, HsmError>) -> Result<EncryptedPinBlock, Refusal> {
+    match answer {
+        Ok(HsmReply::Pin(b)) => Ok(b),
         Err(HsmError::BadPinBlock(_)) => Err(Refusal::BadPinBlock),
+        Err(e) if unavailable(&e) => Err(Refusal::HsmUnavailable),
         _ => Err(Refusal::Hsm),
+    }
+}
+
+/// A message packed with a placeholder where its MAC goes, waiting for the
+/// MAC that `command` makes ([`fill_mac`] puts it in).
+#[derive(Debug)]
+pub struct MacToMake {
+    pub command: HsmCommand,
+    /// The MAC field (64 or 128), the message's last.
+    pub field: usize,
+}
+
+/// Packs `b` into `out` with a placeholder MAC (any MAC it had replaced),
+/// over the whole message or, with `fields`, over those; returns the
+/// command that makes the MAC. On error `out` is as it was.
+pub fn pack_for_mac(
+    algorithm: MacAlgorithm,
+    key: &KeyName,
+    fields: &[u16],
+    b: &MessageBuilder<'_>,
+    out: &mut BytesMut,
+) -> Result<MacToMake, String> {
+    let start = out.len();
+    let mut covered = None;
+    b.pack_with_mac(out, |data, len| {
+        covered = Some((Bytes::copy_from_slice(data), len));
+        Ok(std::iter::repeat_n(0, len).collect())
+    })
+    .map_err(|e| e.to_string())?;
+    let Some((mut data, len)) = covered else {
+        out.truncate(start);
+        return Err("no MAC was asked for".into());
+    };
+    let field = crate::iso8583::mac_field::mac_field_for(b.fields());
+    if !fields.is_empty() {
+        let packed = Bytes::copy_from_slice(&out[start..]);
+        let msg = match Message::parse(packed, b.spec()) {
+            Ok(m) => m,
+            Err(e) => {
+                out.truncate(start);
+                return Err(e.to_string());
+            }
+        };
+        let mut d = Vec::with_capacity(128);
+        crate::iso8583::mac_field::field_list_input(&msg, fields, &mut d);
+        data = Bytes::from(d);
+    }
+    Ok(MacToMake {
+        command: HsmCommand::GenerateMac {
+            key: key.clone(),
+            algorithm,
+            data,
+            len,
+        },
+        field,
+    })
+}
+
+/// Puts the MAC the HSM made (`answer`, to [`pack_for_mac`]'s command) in
+/// `message`, packed with its placeholder in `field`.
+pub fn fill_mac(
+    spec: &'static Spec,
+    field: usize,
+    message: &mut [u8],
+    answer: Result<HsmReply, HsmError>,
+) -> Result<(), String> {
+    let mac = match answer {
+        Ok(HsmReply::Mac(m)) => MacBytes::try_from(&m[..]).map_err(|e| e.to_string())?,
+        Ok(other) => return Err(format!("the HSM answered {}", reply_name(&other))),
+        Err(e) => return Err(e.to_string()),
+    };
+    crate::iso8583::mac_field::fill_trailing_mac(spec, field, message, |_, _| Ok(mac))
+        .map_err(|e| e.to_string())
+}
+
+/// What kind of answer (never its content).
+fn reply_name(r: &HsmReply) -> &'static str {
+    match r {
+        HsmReply::Pin(_) => "a PIN block",
+        HsmReply::Mac(_) => "a MAC",
+        HsmReply::Verified => "verified",
+        HsmReply::Key { .. } => "a key",
+        HsmReply::Diagnostics { .. } => "diagnostics",
     }
 }
 

@@ -12,10 +12,13 @@ use crate::switch::acquirer::MatchKey;
 impl<J: JournalAppend> TerminalCore<J> {
     /// `None` when the request may go on, else the code to answer.
     pub(super) fn admit(&self, key: &MatchKey) -> Option<[u8; 2]> {
-        if self.pending.iter().any(|(_, p)| p.key == *key) {
+        if self.pending.iter().any(|(_, p)| p.key == *key) || self.parked_key(key) {
             return Some(codes::DUPLICATE);
         }
-        if self.pending.len() >= self.shared.terminals.max_in_flight_per_connection {
+        // Requests waiting for an HSM count with those forwarded.
+        if self.pending.len() + self.hsm.requests()
+            >= self.shared.terminals.max_in_flight_per_connection
+        {
             self.shared.events.shed_connection_limit.increment(1);
             return Some(codes::SYSTEM_MALFUNCTION);
         }

@@ -76,6 +76,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             }
             Err(e) => {
                 self.wbuf.truncate(at);
+                self.answer_unframed(at);
                 warn!(peer = %self.peer, mti = %mti, "response could not be packed: {e}");
                 None
             }
@@ -112,6 +113,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             }
             Err(e) => {
                 self.wbuf.truncate(at);
+                self.answer_unframed(at);
                 warn!(peer = %self.peer, mti = %mti, "answer can not be framed: {e}");
                 false
             }

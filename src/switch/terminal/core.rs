@@ -103,7 +103,7 @@ pub struct TerminalCore<J> {
     /// buffer may go out (answers are given only once journaled).
     pub(super) wbuf_needs: u64,
     /// Bytes handed to the socket so far: the stream offset of `wbuf[0]`.
-    written: u64,
+    pub(super) written: u64,
     unwritten_approvals: VecDeque<Unwritten>,
     /// The journal's durable watermark as last reported.
     durable: u64,
@@ -138,6 +138,9 @@ pub struct TerminalCore<J> {
     pub(super) security_log: LogThrottle,
     /// Gathers each request's analytics event, pushed where it is counted.
     pub(super) tap: crate::switch::analytics::Tap,
+    /// Card security work handed to the driver (a network HSM's commands,
+    /// key store rewrites) and what waits for it (`hsm.rs`).
+    pub(super) hsm: super::hsm::HsmState,
 }
 
 impl<J: JournalAppend> TerminalCore<J> {
@@ -200,6 +203,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             mismatch_log: LogThrottle::new(MISMATCH_LOG_INTERVAL),
             security_log: LogThrottle::new(MISMATCH_LOG_INTERVAL),
             tap: crate::switch::analytics::Tap::new(shared.analytics.enabled()),
+            hsm: Default::default(),
             journal,
             peer,
             shared,
@@ -348,6 +352,7 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// The deadline from [`TerminalCore::poll_timeout`] passed.
     pub fn handle_timeout(&mut self, now: Now) {
         self.now = now;
+        self.expire_hsm();
         let t = &self.shared.terminals;
         let (frame_timeout, idle, stall) = (t.frame_timeout, t.idle_timeout, t.write_stall_timeout);
         if self
@@ -393,7 +398,10 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// The bytes that may be written now (answers whose records are
     /// durable); after a write, [`TerminalCore::advance`] by what went out.
     pub fn poll_transmit(&self) -> Option<&[u8]> {
-        (!self.gone && !self.wbuf.is_empty() && self.may_flush()).then_some(&self.wbuf[..])
+        // Up to the first answer still waiting for its MAC (all of it
+        // without a network HSM).
+        let end = self.flush_limit();
+        (!self.gone && end > 0 && self.may_flush()).then_some(&self.wbuf[..end])
     }
 
     /// `n` bytes of [`TerminalCore::poll_transmit`] were written.
@@ -433,7 +441,8 @@ impl<J: JournalAppend> TerminalCore<J> {
         let idle = self.last_activity + t.idle_timeout;
         let frame = self.frame_started.map(|at| at + t.frame_timeout);
         let stall = self.stalled_since.map(|at| at + t.write_stall_timeout);
-        [Some(idle), frame, stall].into_iter().flatten().min()
+        let hsm = self.hsm.next_deadline();
+        [Some(idle), frame, stall, hsm].into_iter().flatten().min()
     }
 
     /// Should the driver read from the socket? Not while closing or
@@ -459,6 +468,7 @@ impl<J: JournalAppend> TerminalCore<J> {
     pub fn is_finished(&self) -> bool {
         self.pending.is_empty()
             && self.held.is_empty()
+            && self.hsm.requests() == 0
             && (self.gone || (self.stopping && self.wbuf.is_empty()))
     }
 
@@ -482,7 +492,7 @@ impl<J: JournalAppend> TerminalCore<J> {
 
     // ---- internals shared by the steps --------------------------------
 
-    fn dispatch(&mut self, msg: Message, started: Instant) {
+    pub(super) fn dispatch(&mut self, msg: Message, started: Instant) {
         let mti = msg.mti();
         match mti.value() {
             800 => self.network(&msg, started),
@@ -599,6 +609,34 @@ impl<J: JournalAppend> TerminalCore<J> {
         self.wbuf.clear();
     }
 
+    /// Replaces the framed answer at `range` of the write buffer with
+    /// `with` (nothing: removed); a host approval that was there is
+    /// reversed, as one the terminal never got. Returns how far the
+    /// answers after it moved.
+    pub(super) fn replace_framed(&mut self, range: std::ops::Range<usize>, with: &[u8]) -> i64 {
+        let end = self.written + range.end as u64;
+        let delta = with.len() as i64 - range.len() as i64;
+        let tail = self.wbuf[range.end..].to_vec();
+        self.wbuf.truncate(range.start);
+        self.wbuf.extend_from_slice(with);
+        self.wbuf.extend_from_slice(&tail);
+        let mut lost = None;
+        self.unwritten_approvals.retain_mut(|u| {
+            if u.end == end {
+                lost = Some((u.request.clone(), u.acquirer, u.txn));
+                return false;
+            }
+            if u.end > end {
+                u.end = u.end.wrapping_add_signed(delta);
+            }
+            true
+        });
+        if let Some((request, acquirer, txn)) = lost {
+            self.reverse_undeliverable(&request, acquirer, txn);
+        }
+        delta
+    }
+
     /// Gives up on every request still waiting for a link's reply, as if
     /// each had timed out.
     fn abandon_pending(&mut self) {
@@ -644,7 +682,7 @@ impl<J: JournalAppend> TerminalCore<J> {
 
     /// Updates what follows from the state after an event, and checks the
     /// invariants.
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         if self.closing && self.wbuf.is_empty() {
             self.peer_gone();
         }
@@ -656,12 +694,13 @@ impl<J: JournalAppend> TerminalCore<J> {
         };
         debug_assert_eq!(
             self.requests,
-            self.outcomes + self.pending.len() as u64,
+            self.outcomes + self.pending.len() as u64 + self.hsm.requests() as u64,
             "every request leaves with exactly one outcome"
         );
         debug_assert!(self.held.len() <= self.pending.len());
         debug_assert!(
-            self.pending.len() <= self.shared.terminals.max_in_flight_per_connection,
+            self.pending.len() + self.hsm.requests()
+                <= self.shared.terminals.max_in_flight_per_connection,
             "more in flight than the connection's limit"
         );
     }

@@ -1,7 +1,9 @@
 //! The tokio task that drives one [`TerminalCore`]: it reads the socket and
 //! splits frames, posts the links' replies, watches the journal's durable
-//! watermark, writes what the core lets out, hands its forwards to links,
-//! and sleeps until the core's next deadline. It decides nothing itself.
+//! watermark, writes what the core lets out, hands its forwards to links
+//! and its card security effects to an [`HsmRunner`] (posting what they
+//! bring back), and sleeps until the core's next deadline. It decides
+//! nothing itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use crate::clock::Now;
 use crate::frame::FrameCodec;
 use crate::net::Conn;
 use crate::switch::acquirer::{Forward, Reply, ReplyTo};
+use crate::switch::card_security::runner::HsmRunner;
 use crate::switch::server::Shared;
 use crate::switch::tls::identity::BoundTerminals;
 
@@ -51,6 +54,13 @@ pub async fn serve(
     let mut replies = Vec::with_capacity(64);
     let mut stop_seen = false;
     let mut shut = false;
+    // The core's card security effects: a network HSM's commands, key
+    // store rewrites (idle, and never polled, without them).
+    let network = shared
+        .security
+        .as_ref()
+        .and_then(|s| s.hsm.network().cloned());
+    let mut hsm = HsmRunner::new(network);
     let timer = sleep_until(Instant::now() + shared.terminals.idle_timeout);
     tokio::pin!(timer);
 
@@ -71,6 +81,11 @@ pub async fn serve(
                 for r in replies.drain(..) {
                     core.handle_reply(now, r.token, r.outcome);
                 }
+                now
+            }
+            (id, done) = hsm.next(), if !hsm.is_empty() => {
+                let now = Now::read();
+                core.handle_hsm_reply(now, id, done);
                 now
             }
             r = readable(&conn), if reading => {
@@ -131,6 +146,9 @@ pub async fn serve(
             if link.is_none_or(|l| l.try_forward(forward).is_err()) {
                 core.handle_forward_refused(now, token);
             }
+        }
+        while let Some(call) = core.poll_hsm() {
+            hsm.start(call);
         }
         core.journal_mut().flush();
         if let Some(out) = core.poll_transmit() {

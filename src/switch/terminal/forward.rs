@@ -6,15 +6,30 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use super::core::{ForwardOut, Pending, TerminalCore};
 use super::records::JournalAppend;
+use super::security::Secured;
 use super::validate::check_authorization;
 use crate::codes;
-use crate::iso8583::{Message, MessageBuilder, SmallText};
+use crate::iso8583::{Message, MessageBuilder, SmallText, Spec};
 use crate::switch::acquirer::{AcquirerHandle, EchoSpans, MatchKey};
 use crate::switch::fraud::{self, Auth, CardHash, Decision, Score};
 use crate::switch::journal::Record;
 use crate::switch::router::RouteTarget;
+
+/// Where a routed request goes and what it is: what the forward's last
+/// step needs ([`TerminalCore::send_forward`]), kept while a network HSM
+/// translates DE52.
+pub(super) struct ForwardPlan {
+    pub(super) key: MatchKey,
+    pub(super) acquirer: u16,
+    pub(super) link: usize,
+    pub(super) host_spec: &'static Spec,
+    pub(super) txn: TxnInfo,
+    pub(super) started: Instant,
+}
 
 /// What [`TerminalCore::forward`] keeps of a journaled transaction.
 pub(super) struct TxnInfo {
@@ -143,12 +158,6 @@ impl<J: JournalAppend> TerminalCore<J> {
         txn: TxnInfo,
         started: Instant,
     ) -> Result<(), [u8; 2]> {
-        let TxnInfo {
-            txn,
-            content,
-            card,
-            points,
-        } = txn;
         let hash = key.spread_hash();
         let acquirers = &self.shared.acquirers;
         let chosen = [Some(target.primary), target.backup]
@@ -163,8 +172,40 @@ impl<J: JournalAppend> TerminalCore<J> {
         };
         let host_spec = acquirer.spec;
         let mut echo = EchoSpans::UNKNOWN;
-        let secured = match self.secured_host_body(msg, acquirer) {
-            Ok(s) => s,
+        let plan = ForwardPlan {
+            key,
+            acquirer: index,
+            link,
+            host_spec,
+            txn,
+            started,
+        };
+        let body = match self.secured_host_body(msg, acquirer) {
+            // Rewritten: the link finds the echoed fields itself.
+            Ok(Secured::Body(body)) => body,
+            Ok(Secured::Later(command, timeout)) => {
+                // A network HSM translates DE52; the forward goes on when
+                // it answers (`forward_translated`).
+                self.translate_later(msg, plan, command, timeout);
+                return Ok(());
+            }
+            Ok(Secured::AsIs) if std::ptr::eq(host_spec, self.spec) => {
+                // Parsed already: the link checks the answer against these.
+                echo = EchoSpans::of(msg, acquirer.answer_must_match);
+                msg.frame().clone()
+            }
+            Ok(Secured::AsIs) => {
+                let mut b = MessageBuilder::new(host_spec, msg.mti());
+                b.copy_all(msg);
+                match b.to_bytes() {
+                    Ok(out) => out.freeze(),
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, acquirer = %acquirer.name,
+                            "request can not be written in the host's spec: {e}");
+                        return Err(codes::FORMAT_ERROR);
+                    }
+                }
+            }
             Err((code, why)) => {
                 if let Some(why) = why {
                     self.security_refused(msg, why);
@@ -172,25 +213,33 @@ impl<J: JournalAppend> TerminalCore<J> {
                 return Err(code);
             }
         };
-        let body = if let Some(body) = secured {
-            // Rewritten: the link finds the echoed fields itself.
-            body
-        } else if std::ptr::eq(host_spec, self.spec) {
-            // Parsed already: the link checks the answer against these.
-            echo = EchoSpans::of(msg, acquirer.answer_must_match);
-            msg.frame().clone()
-        } else {
-            let mut b = MessageBuilder::new(host_spec, msg.mti());
-            b.copy_all(msg);
-            match b.to_bytes() {
-                Ok(out) => out.freeze(),
-                Err(e) => {
-                    tracing::warn!(peer = %self.peer, acquirer = %acquirer.name,
-                        "request can not be written in the host's spec: {e}");
-                    return Err(codes::FORMAT_ERROR);
-                }
-            }
-        };
+        self.send_forward(msg, plan, body, echo)
+    }
+
+    /// The forward's last step: journals `Forwarded`, takes the request
+    /// into this connection's requests in flight and holds its forward
+    /// until the record is durable.
+    pub(super) fn send_forward(
+        &mut self,
+        msg: &Message,
+        plan: ForwardPlan,
+        body: Bytes,
+        echo: EchoSpans,
+    ) -> Result<(), [u8; 2]> {
+        let ForwardPlan {
+            key,
+            acquirer: index,
+            link,
+            host_spec,
+            txn:
+                TxnInfo {
+                    txn,
+                    content,
+                    card,
+                    points,
+                },
+            started,
+        } = plan;
         // The forward, not the answers, waits for this record.
         let Some(seq) = self.append(Record::Forwarded {
             txn,

@@ -31,6 +31,11 @@
 //!    through [`TerminalCore::poll_transmit`] once the journal is durable
 //!    up to the records of every answer in it.
 //!
+//! With `[security]`, the terminal's MAC is checked before step 3, DE52
+//! translated in step 6 and answers MACed in step 8 ([`security`]); with
+//! a network HSM each of these waits for the HSM's answer as an effect
+//! (`hsm.rs`) while the connection's other requests go on.
+//!
 //! Advices from terminals (0120/0220/0420) go to [`advice`]: journaled,
 //! queued in store-and-forward, acknowledged at once.
 //!
@@ -46,6 +51,7 @@ mod config;
 pub mod core;
 pub mod driver;
 pub mod forward;
+mod hsm;
 pub mod outcome;
 pub mod records;
 pub mod repeats;

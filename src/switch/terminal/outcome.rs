@@ -80,6 +80,13 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// the link caught), a stand-in approval where allowed, and a reversal
     /// when the host may have acted on it.
     pub(super) fn fail(&mut self, p: Pending, why: Failure) {
+        if self.unmaced_failure(why) {
+            // The HSM did not answer the link: the 96 goes without a MAC.
+            self.hsm.unmaced = true;
+            self.fail(p, why);
+            self.hsm.unmaced = false;
+            return;
+        }
         let code = match why {
             Failure::Duplicate => codes::DUPLICATE,
             Failure::Timeout
@@ -87,6 +94,8 @@ impl<J: JournalAppend> TerminalCore<J> {
             | Failure::LinkLost
             | Failure::LinkBusy
             | Failure::BadAnswerMac => codes::ISSUER_UNAVAILABLE,
+            // DESIGN.md: the HSM not answering is a 96.
+            Failure::HsmUnavailable | Failure::AnswerUnverified => codes::SYSTEM_MALFUNCTION,
         };
         // The request parsed when it arrived; it parses again.
         let Ok(request) = Message::parse(p.request.clone(), self.spec) else {
@@ -97,7 +106,10 @@ impl<J: JournalAppend> TerminalCore<J> {
         // is told.
         let reverse = matches!(
             why,
-            Failure::Timeout | Failure::LinkLost | Failure::BadAnswerMac
+            Failure::Timeout
+                | Failure::LinkLost
+                | Failure::BadAnswerMac
+                | Failure::AnswerUnverified
         );
         if reverse {
             self.queue_reversal(&request, p.acquirer, p.txn, code);

@@ -830,3 +830,7 @@ fn a_request_carries_the_business_date_it_was_accepted_in() {
         .collect();
     assert_eq!(dates, vec![(1, before.days()), (2, before.next().days())]);
 }
+
+/// The same core with a network HSM (its commands as effects).
+#[path = "hsm_tests.rs"]
+mod hsm;

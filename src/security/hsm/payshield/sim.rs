@@ -19,15 +19,20 @@
 //! not. `--delay-ms` and `--jitter-ms` delay each answer (the jitter
 //! reorders answers on a connection: the client matches them by header);
 //! `--stall` reads commands and never answers (the client's timeout).
+//! `--control ADDR` opens a control port taking one command per line:
+//! `hold` (from now on, read commands and leave them unanswered, as
+//! `--stall`; connections stay open) and `release` (answer again; what
+//! came while held stays unanswered), each answered `ok`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::Decoder;
@@ -68,6 +73,9 @@ pub struct HsmSimArgs {
     /// Read commands and never answer them.
     #[arg(long)]
     pub stall: bool,
+    /// A control port (`hold`, `release`: one command per line).
+    #[arg(long, value_name = "ADDR")]
+    pub control: Option<SocketAddr>,
     /// Connections served at once.
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
@@ -83,6 +91,8 @@ pub struct SimConfig {
     pub delay: Duration,
     pub jitter: Duration,
     pub stall: bool,
+    /// Set by the control port's `hold`: as `stall` while it lasts.
+    pub held: Arc<AtomicBool>,
     pub max_connections: usize,
     pub max_frame: usize,
 }
@@ -94,6 +104,7 @@ impl Default for SimConfig {
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
             stall: false,
+            held: Arc::new(AtomicBool::new(false)),
             max_connections: 64,
             max_frame: 8 * 1024,
         }
@@ -396,7 +407,7 @@ async fn connection(stream: TcpStream, emulator: Arc<Emulator>, config: Arc<SimC
                 break;
             }
         };
-        if config.stall {
+        if config.stall || config.held.load(Ordering::Relaxed) {
             continue;
         }
         if wire::split_head(&frame, config.header_len).is_none() {
@@ -430,6 +441,38 @@ async fn connection(stream: TcpStream, emulator: Arc<Emulator>, config: Arc<SimC
     let _ = writer.await;
 }
 
+/// The control port: `hold` and `release`, one per line, each answered
+/// `ok` (anything else: `error: ...`). One session at a time is enough for
+/// a test or a person with `nc`.
+pub async fn control(listener: TcpListener, held: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read.take(64 * 1024)).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let answer = match line.trim() {
+                "hold" => {
+                    held.store(true, Ordering::Relaxed);
+                    tracing::info!("hsm-sim: held (commands read, not answered)");
+                    "ok\n"
+                }
+                "release" => {
+                    held.store(false, Ordering::Relaxed);
+                    tracing::info!("hsm-sim: released");
+                    "ok\n"
+                }
+                _ => "error: commands: hold, release\n",
+            };
+            if write.write_all(answer.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
 pub fn run(args: HsmSimArgs) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("switchyard hsm-sim: {msg}");
@@ -455,6 +498,7 @@ pub fn run(args: HsmSimArgs) -> ExitCode {
         delay: Duration::from_millis(args.delay_ms),
         jitter: Duration::from_millis(args.jitter_ms),
         stall: args.stall,
+        held: Arc::new(AtomicBool::new(false)),
         max_connections: args.max_connections,
         max_frame: args.max_frame.clamp(64, wire::MAX_BODY),
     };
@@ -469,6 +513,7 @@ pub fn run(args: HsmSimArgs) -> ExitCode {
     runtime.block_on(async move {
         let kcv = lmk.kcv();
         let emulator = Arc::new(Emulator::new(lmk));
+        let held = config.held.clone();
         let (addr, task) = match spawn(args.listen, emulator, config).await {
             Ok(x) => x,
             Err(e) => return fail(format!("can not listen on {}: {e}", args.listen)),
@@ -478,6 +523,15 @@ pub fn run(args: HsmSimArgs) -> ExitCode {
             "switchyard hsm-sim: listening on {addr} (header {} characters, LMK KCV {kcv}{keys})",
             args.header_len
         );
+        if let Some(at) = args.control {
+            let listener = match TcpListener::bind(at).await {
+                Ok(l) => l,
+                Err(e) => return fail(format!("--control: can not listen on {at}: {e}")),
+            };
+            let local = listener.local_addr().map_or(at, |a| a);
+            println!("switchyard hsm-sim: control on {local} (hold, release)");
+            tokio::spawn(control(listener, held));
+        }
         tokio::select! {
             _ = task => {}
             _ = tokio::signal::ctrl_c() => {}

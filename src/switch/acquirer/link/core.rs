@@ -17,9 +17,14 @@ use super::{LinkSettings, MAX_PENDING_WRITE};
 use crate::clock::{self, Now};
 use crate::codes;
 use crate::iso8583::{MaskedPan, Message, MessageBuilder, Mti, SmallText, Spec};
+use crate::security::hsm::HsmCommand;
 use crate::switch::acquirer::matcher::{Checked, InFlight, MatchKey, Refused};
 use crate::switch::acquirer::{EchoSpans, Failure, Outcome};
+use crate::switch::card_security::effects::Calls;
+use crate::switch::card_security::{Hsm, MacToMake, Refusal};
 use crate::telemetry;
+
+mod hsm;
 
 /// DE70 network management codes the link sends.
 const SIGN_ON: u16 = 1;
@@ -290,6 +295,12 @@ pub struct LinkCore<R> {
     replies: VecDeque<(R, Outcome)>,
     events: VecDeque<LinkEvent>,
     m: Metrics,
+    /// Card security work handed to the driver (a network HSM's commands,
+    /// key store rewrites) and what waits for it (`core/hsm.rs`).
+    hsm: Calls<hsm::Parked<R>>,
+    /// Connections made so far: an 0810 whose key change outlived its
+    /// connection is not sent on the next.
+    epoch: u64,
 }
 
 impl<R> LinkCore<R> {
@@ -315,6 +326,8 @@ impl<R> LinkCore<R> {
             replies: VecDeque::new(),
             events: VecDeque::new(),
             m,
+            hsm: Calls::default(),
+            epoch: 0,
         }
     }
 
@@ -382,6 +395,7 @@ impl<R> LinkCore<R> {
         if self.state != LinkState::Connecting {
             return;
         }
+        self.epoch += 1;
         self.wbuf.clear();
         self.last_rx = now.at;
         if self.s.acquirer.sign_on {
@@ -449,7 +463,12 @@ impl<R> LinkCore<R> {
             return;
         }
         let (body, echo) = match self.seal(body, echo) {
-            Ok(sealed) => sealed,
+            Ok(Sealed::Now(body, echo)) => (body, echo),
+            Ok(Sealed::Later(body, made, timeout)) => {
+                // A network HSM makes the MAC: sent when it comes.
+                self.seal_later(now, key, body, made, timeout, reply);
+                return;
+            }
             Err(reason) => {
                 self.event(LinkEvent::Unsealable { reason });
                 self.replies
@@ -457,6 +476,12 @@ impl<R> LinkCore<R> {
                 return;
             }
         };
+        self.send(now, key, body, echo, reply);
+    }
+
+    /// Frames a (sealed) request into the write buffer and enters it in
+    /// the in-flight table; answers at once when it can not be.
+    fn send(&mut self, now: Now, key: MatchKey, body: Bytes, echo: EchoSpans, reply: R) {
         let at = self.wbuf.len();
         if let Err(e) = self.s.acquirer.framing.encode(&body, &mut self.wbuf) {
             self.wbuf.truncate(at);
@@ -526,6 +551,7 @@ impl<R> LinkCore<R> {
     /// Timers: request timeouts, sign-on/off and echo deadlines, echoes
     /// due on an idle link.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.expire_hsm(now);
         match self.state {
             LinkState::SigningOn { deadline, .. } if now.at >= deadline => {
                 let reason = format!(
@@ -567,7 +593,8 @@ impl<R> LinkCore<R> {
 
     /// The next moment `handle_timeout` (or `poll_connect`) has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
+        let hsm = self.hsm.next_deadline();
+        let state = match self.state {
             LinkState::Disconnected { until } => Some(until),
             LinkState::SigningOn { deadline, .. } | LinkState::SigningOff { deadline, .. } => {
                 Some(deadline)
@@ -579,7 +606,8 @@ impl<R> LinkCore<R> {
                 Some(self.table.next_deadline().map_or(echo, |d| d.min(echo)))
             }
             LinkState::Connecting | LinkState::Closed => None,
-        }
+        };
+        [state, hsm].into_iter().flatten().min()
     }
 
     fn event(&mut self, e: LinkEvent) {
@@ -642,6 +670,7 @@ impl<R> LinkCore<R> {
 
     fn disconnect(&mut self, now: Now) -> Duration {
         self.fail_all(Failure::LinkLost);
+        self.drop_parked();
         self.wbuf.clear();
         self.echo = None;
         self.missed = 0;
@@ -655,6 +684,7 @@ impl<R> LinkCore<R> {
     fn close(&mut self, unconfirmed: Option<String>) {
         let was_signing_off = matches!(self.state, LinkState::SigningOff { .. });
         self.fail_all(Failure::LinkLost);
+        self.drop_parked();
         self.wbuf.clear();
         self.echo = None;
         self.state = LinkState::Closed;
@@ -732,7 +762,10 @@ impl<R> LinkCore<R> {
     fn answer_host_network(&mut self, now: Now, msg: &Message) {
         let code = match msg.network_code() {
             Some(crate::switch::card_security::exchange::KEY_CHANGE) => {
-                self.zone_key_change(now, msg)
+                match self.zone_key_change(now, msg) {
+                    Some(code) => code,
+                    None => return,
+                }
             }
             // The driver makes it (settlement::BusinessDay); the host is
             // answered 00 either way: its day has ended.
@@ -742,6 +775,11 @@ impl<R> LinkCore<R> {
             }
             _ => codes::APPROVED,
         };
+        self.answer_network(msg, code);
+    }
+
+    /// The 0810 to a host's 0800.
+    fn answer_network(&mut self, msg: &Message, code: [u8; 2]) {
         if let Some(mut b) = MessageBuilder::response_to(msg, &[7, 11, 70]) {
             b.set(39, &code);
             let at = self.s.acquirer.framing.begin(&mut self.wbuf);
@@ -761,15 +799,29 @@ impl<R> LinkCore<R> {
             return;
         };
         // Network management is matched by STAN alone (above); every
-        // transaction answer is checked against its request.
+        // transaction answer is checked against its request
+        // (`take_answer`), once its MAC holds.
+        match self.answer_mac(now, msg) {
+            AnswerMac::Holds => {}
+            AnswerMac::Wrong(reason) => {
+                return self.refuse_answer(msg, key, reason, Failure::BadAnswerMac);
+            }
+            AnswerMac::Later(command, timeout) => {
+                return self.check_answer_later(now, msg, key, command, timeout);
+            }
+        }
+        self.take_answer(now, msg, key);
+    }
+
+    /// A transaction answer whose MAC holds: matched to its request and
+    /// checked against it.
+    fn take_answer(&mut self, now: Now, msg: &Message, key: MatchKey) {
+        let mti = msg.mti();
         let must = if matches!(mti.class(), 1 | 2 | 4) {
             self.s.answer_must_match
         } else {
             FieldSet::EMPTY
         };
-        if let Some(reason) = self.answer_mac_wrong(now, msg) {
-            return self.refuse_answer(msg, key, reason);
-        }
         let spec = self.s.acquirer.spec.spec;
         let mut disagree = FieldSet::EMPTY;
         let checked = self.table.take_if(&key, |p| {
@@ -832,44 +884,49 @@ impl<R> LinkCore<R> {
 impl<R> LinkCore<R> {
     /// A transaction request (01xx, 02xx, 04xx) with the zone's MAC, when
     /// the acquirer wants one. A changed layout loses the echo spans.
-    fn seal(&self, body: Bytes, echo: EchoSpans) -> Result<(Bytes, EchoSpans), String> {
+    fn seal(&self, body: Bytes, echo: EchoSpans) -> Result<Sealed, String> {
         let sec = &self.s.acquirer.security;
         let (Some((algorithm, key)), Some(hsm)) = (&sec.mac, &sec.hsm) else {
-            return Ok((body, echo));
+            return Ok(Sealed::Now(body, echo));
         };
         let msg = Message::parse(body, self.s.acquirer.spec.spec).map_err(|e| e.to_string())?;
         if !matches!(msg.mti().class(), 1 | 2 | 4) {
-            return Ok((msg.frame().clone(), echo));
+            return Ok(Sealed::Now(msg.frame().clone(), echo));
         }
-        let sealed = crate::switch::card_security::seal(hsm, *algorithm, key, &msg)?;
-        Ok((sealed, EchoSpans::UNKNOWN))
+        match hsm {
+            Hsm::Soft(h) => {
+                let sealed = crate::switch::card_security::seal(h, *algorithm, key, &msg)?;
+                Ok(Sealed::Now(sealed, EchoSpans::UNKNOWN))
+            }
+            Hsm::Network(n) => {
+                let (body, made) = crate::switch::card_security::seal_later(*algorithm, key, &msg)?;
+                Ok(Sealed::Later(body, made, n.timeout()))
+            }
+        }
     }
 
-    /// Why a transaction answer's MAC does not hold, when the acquirer
-    /// MACs its messages.
-    fn answer_mac_wrong(&self, now: Now, msg: &Message) -> Option<&'static str> {
+    /// Does a transaction answer's MAC hold, when the acquirer MACs its
+    /// messages (or is it for the network HSM to say)?
+    fn answer_mac(&self, now: Now, msg: &Message) -> AnswerMac {
         let sec = &self.s.acquirer.security;
         let (Some((algorithm, key)), Some(hsm)) = (&sec.mac, &sec.hsm) else {
-            return None;
+            return AnswerMac::Holds;
         };
         if !matches!(msg.mti().class(), 1 | 2 | 4) {
-            return None;
+            return AnswerMac::Holds;
         }
-        use crate::switch::card_security::{MacMode, Refusal, check_mac};
-        match check_mac(
-            hsm,
-            now.unix_ms,
-            MacMode::Require,
-            *algorithm,
-            Some(key),
-            &[],
-            msg,
-        ) {
-            Ok(()) => None,
-            Err(r @ (Refusal::MacMissing | Refusal::MacMisplaced | Refusal::MacWrong)) => {
-                Some(r.label())
-            }
-            Err(_) => Some("hsm_error"),
+        use crate::switch::card_security::{MacMode, mac_check_command, mac_verdict};
+        let checked = match mac_check_command(MacMode::Require, *algorithm, Some(key), &[], msg) {
+            Ok(Some(command)) => match hsm {
+                Hsm::Soft(h) => mac_verdict(h.execute_at(&command, now.unix_ms)),
+                Hsm::Network(n) => return AnswerMac::Later(command, n.timeout()),
+            },
+            Ok(None) => Ok(()),
+            Err(r) => Err(r),
+        };
+        match checked {
+            Ok(()) => AnswerMac::Holds,
+            Err(r) => AnswerMac::Wrong(answer_refusal(r)),
         }
     }
 
@@ -877,44 +934,50 @@ impl<R> LinkCore<R> {
     /// in DE48. Every key is decrypted and its KCV checked before any is
     /// taken. The 0810's code: 00 taken; 30 DE48 unreadable or a key the
     /// zone does not have; 63 a KCV that does not match (or no ZMK); 96
-    /// the key store could not be written.
-    fn zone_key_change(&mut self, now: Now, msg: &Message) -> [u8; 2] {
-        let mut refused = None;
-        let mut refuse = |code: [u8; 2], why: String| {
-            refused = Some((code, why));
-            code
-        };
-        let code = self.take_zone_keys(now, msg, &mut refuse);
-        let result = match refused {
-            Some((code, why)) => Err(format!("{} ({why})", String::from_utf8_lossy(&code))),
-            None => Ok(()),
-        };
+    /// the key store could not be written. `None` when the keys are being
+    /// written to the key store (off the runtime's thread): the 0810 goes
+    /// once they are ([`LinkCore::handle_hsm_reply`]).
+    fn zone_key_change(&mut self, now: Now, msg: &Message) -> Option<[u8; 2]> {
+        match self.take_zone_keys(now, msg) {
+            Ok(install) => {
+                self.install_later(msg, install);
+                None
+            }
+            Err((code, why)) => {
+                self.key_change_done(Err(format!("{} ({why})", String::from_utf8_lossy(&code))));
+                Some(code)
+            }
+        }
+    }
+
+    /// The metric and the event of a zone key change, taken or refused.
+    fn key_change_done(&mut self, result: Result<(), String>) {
         let label = if result.is_ok() { "ok" } else { "refused" };
         metrics::counter!(crate::telemetry::KEY_CHANGES, "side" => "acquirer", "result" => label)
             .increment(1);
         self.event(LinkEvent::KeyChange { result });
-        code
     }
 
+    /// The keys of a host's key change, decrypted and checked, to install;
+    /// else the 0810's code and why.
     fn take_zone_keys(
         &self,
         now: Now,
         msg: &Message,
-        refuse: &mut impl FnMut([u8; 2], String) -> [u8; 2],
-    ) -> [u8; 2] {
+    ) -> Result<crate::switch::card_security::effects::KeyInstall, ([u8; 2], String)> {
         use crate::security::store::KeyType;
         use crate::switch::card_security::exchange;
         let sec = &self.s.acquirer.security;
-        let (Some(zmk), Some(hsm)) = (&sec.zmk, &sec.hsm) else {
-            return refuse(
+        let (Some(zmk), Some(Hsm::Soft(hsm))) = (&sec.zmk, &sec.hsm) else {
+            return Err((
                 codes::SECURITY_VIOLATION,
                 "the acquirer has no zmk configured".into(),
-            );
+            ));
         };
         let entries = match msg.field(48).map(exchange::parse) {
             Some(Ok(e)) => e,
-            Some(Err(e)) => return refuse(codes::FORMAT_ERROR, e),
-            None => return refuse(codes::FORMAT_ERROR, "no DE48".into()),
+            Some(Err(e)) => return Err((codes::FORMAT_ERROR, e)),
+            None => return Err((codes::FORMAT_ERROR, "no DE48".into())),
         };
         let mut keys = Vec::with_capacity(entries.len());
         for e in &entries {
@@ -925,32 +988,37 @@ impl<R> LinkCore<R> {
             };
             let Some((name, key_type)) = target else {
                 let tag = String::from_utf8_lossy(&e.tag);
-                return refuse(
+                return Err((
                     codes::FORMAT_ERROR,
                     format!("{tag}: not a key this zone uses"),
-                );
+                ));
             };
             match hsm.key_from_under(zmk, &e.under, &e.kcv) {
                 Ok(k) => keys.push((name, key_type, k)),
-                Err(err) => return refuse(codes::SECURITY_VIOLATION, err.to_string()),
+                Err(err) => return Err((codes::SECURITY_VIOLATION, err.to_string())),
             }
         }
-        for (name, key_type, key) in keys {
-            if let Err(e) = hsm.install(&name, key_type, key, now.unix_ms, sec.key_overlap_ms) {
-                return refuse(codes::SYSTEM_MALFUNCTION, e.to_string());
-            }
-        }
-        codes::APPROVED
+        Ok(crate::switch::card_security::effects::KeyInstall {
+            hsm: hsm.clone(),
+            keys,
+            now_ms: now.unix_ms,
+            overlap_ms: sec.key_overlap_ms,
+        })
     }
 
     /// Discards an answer whose MAC failed; its request, if still in
     /// flight, fails as unanswered.
-    fn refuse_answer(&mut self, msg: &Message, key: MatchKey, reason: &'static str) {
+    fn refuse_answer(
+        &mut self,
+        msg: &Message,
+        key: MatchKey,
+        reason: &'static str,
+        failure: Failure,
+    ) {
         metrics::counter!(crate::telemetry::LINK_ANSWER_MAC_FAILURES, "link" => self.s.name.clone())
             .increment(1);
         if let Checked::Found(p) = self.table.take_if(&key, |_| true) {
-            self.replies
-                .push_back((p.reply, Outcome::Failed(Failure::BadAnswerMac)));
+            self.replies.push_back((p.reply, Outcome::Failed(failure)));
         }
         self.event(LinkEvent::AnswerMacWrong {
             mti: msg.mti(),
@@ -959,6 +1027,34 @@ impl<R> LinkCore<R> {
             pan: msg.pan().map(|p| p.masked()),
             reason,
         });
+    }
+}
+
+/// What the request becomes for the host ([`LinkCore::seal`]).
+enum Sealed {
+    /// As it goes (with its MAC when the zone wants one).
+    Now(Bytes, EchoSpans),
+    /// Packed with a placeholder MAC the network HSM makes; given up after
+    /// the duration.
+    Later(BytesMut, MacToMake, Duration),
+}
+
+/// Does an answer's MAC hold ([`LinkCore::answer_mac`])?
+enum AnswerMac {
+    Holds,
+    /// No: why (the metric's and the log's reason).
+    Wrong(&'static str),
+    /// For the network HSM to say: this command, given up after the
+    /// duration.
+    Later(HsmCommand, Duration),
+}
+
+/// The reason an answer's MAC refusal is logged with.
+fn answer_refusal(r: Refusal) -> &'static str {
+    match r {
+        Refusal::MacMissing | Refusal::MacMisplaced | Refusal::MacWrong => r.label(),
+        Refusal::HsmUnavailable => r.label(),
+        _ => "hsm_error",
     }
 }
 

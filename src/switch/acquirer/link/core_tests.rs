@@ -577,3 +577,7 @@ fn field_sets_list_their_numbers() {
     assert!(s.contains(128) && !s.contains(0) && !s.contains(3));
     assert_eq!(format!("{s}"), "2,41,128");
 }
+
+/// The same core with a network HSM (its commands as effects).
+#[path = "core_hsm_tests.rs"]
+mod hsm;

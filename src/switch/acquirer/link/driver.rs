@@ -1,6 +1,7 @@
 //! The link's tokio task: moves bytes between the socket and the core,
-//! forwards from the inbox into it, answers back to terminals, sleeps
-//! until the core's next deadline, and logs what the core reports.
+//! forwards from the inbox into it, answers back to terminals, runs its
+//! card security effects (an [`HsmRunner`]) and posts what they bring,
+//! sleeps until the core's next deadline, and logs what the core reports.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use crate::clock::Now;
 use crate::frame::FrameCodec;
 use crate::net::Conn;
 use crate::switch::acquirer::{Failure, Forward, LinkShared, Outcome, ReplyTo};
+use crate::switch::card_security::runner::HsmRunner;
 use crate::switch::tls::LinkTls;
 use crate::telemetry;
 use crate::throttle::LogThrottle;
@@ -46,6 +48,8 @@ struct Driver {
     /// The TLS client when `[acquirers.tls]` is set (or why it could not
     /// be made: every connect then fails with that reason).
     tls: Option<Result<LinkTls, String>>,
+    /// The core's card security effects under way.
+    hsm: HsmRunner,
 }
 
 pub(super) async fn run(
@@ -56,8 +60,15 @@ pub(super) async fn run(
 ) {
     let name = settings.name.clone();
     let tls = settings.acquirer.tls.as_ref().map(LinkTls::new);
+    let network = settings
+        .acquirer
+        .security
+        .hsm
+        .as_ref()
+        .and_then(|h| h.network().cloned());
     let mut d = Driver {
         tls,
+        hsm: HsmRunner::new(network),
         codec: FrameCodec::new(settings.acquirer.framing, settings.acquirer.max_frame),
         core: LinkCore::new(settings, Now::read()),
         rx,
@@ -140,6 +151,9 @@ impl Driver {
                 self.core.handle_closed(now, format!("write: {e}"));
             }
             self.publish(now);
+            while let Some(call) = self.core.poll_hsm() {
+                self.hsm.start(call);
+            }
             if !self.core.wants_socket() && stream.is_some() {
                 stream = None;
                 self.rbuf.clear();
@@ -166,6 +180,10 @@ impl Driver {
                     stopping = true;
                     now = Now::read();
                     self.core.handle_shutdown(now);
+                }
+                (id, done) = self.hsm.next(), if !self.hsm.is_empty() => {
+                    now = Now::read();
+                    self.core.handle_hsm_reply(now, id, done);
                 }
                 r = connected(&mut connecting) => {
                     connecting = None;

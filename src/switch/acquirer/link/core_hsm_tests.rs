@@ -1,0 +1,191 @@
+//! The link core with a network HSM, in virtual time: the zone's MAC on a
+//! request and the check of an answer's come out of `poll_hsm`; the test
+//! plays the HSM with a soft one holding the ZAK (or does not answer).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::iso8583::mac_field::MacBytes;
+use crate::security::hsm::HsmError;
+use crate::security::hsm::payshield::{KeyBlocks, PayShieldConfig};
+use crate::security::hsm::soft::{SoftHsm, full_mac};
+use crate::security::hsm::{HsmCommand, MacAlgorithm};
+use crate::security::keys::{Algorithm, SecretKey};
+use crate::security::lmk::Lmk;
+use crate::security::store::KeyType;
+use crate::switch::card_security::effects::{HsmCall, HsmDone, HsmWork};
+use crate::switch::card_security::{AcquirerSecurity, Hsm, NetworkHsm};
+
+const ZAK: &str = "4C4C4C4C4C4C4C4C5D5D5D5D5D5D5D5D";
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+fn zak() -> SecretKey {
+    SecretKey::from_hex(Algorithm::Tdes, ZAK).expect("key")
+}
+
+/// A link whose zone MACs under `acq.zak` through a network HSM, up; the
+/// soft HSM that plays it.
+fn network_core() -> (Core, Now, SoftHsm) {
+    let hsm = NetworkHsm::new(
+        PayShieldConfig {
+            timeout: TIMEOUT,
+            ..PayShieldConfig::default()
+        },
+        Arc::new(KeyBlocks::default()),
+    );
+    let s = settings_with(|a| {
+        a.security = AcquirerSecurity {
+            mac: Some((MacAlgorithm::Retail, "acq.zak".into())),
+            hsm: Some(Hsm::Network(Arc::new(hsm))),
+            ..AcquirerSecurity::default()
+        };
+    });
+    let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
+    let lmk = Lmk::from_components(&[c(1), c(2)]).expect("lmk");
+    let soft = SoftHsm::from_keys(lmk, [("acq.zak".to_owned(), KeyType::Zak, zak())]);
+    let (core, now) = up_core(s);
+    (core, now, soft)
+}
+
+fn commands(c: &mut Core) -> Vec<(u64, HsmCommand)> {
+    std::iter::from_fn(|| c.poll_hsm())
+        .map(|HsmCall { id, work }| match work {
+            HsmWork::Command(cmd) => (id, cmd),
+            other => panic!("not a command: {other:?}"),
+        })
+        .collect()
+}
+
+fn answer(c: &mut Core, soft: &SoftHsm, now: Now, (id, command): &(u64, HsmCommand)) {
+    c.handle_hsm_reply(now, *id, HsmDone::Reply(soft.execute(command)));
+}
+
+fn mac_holds(m: &Message) -> bool {
+    let parts = m.mac_parts().expect("a MAC");
+    crate::security::hsm::soft::verify_mac(&zak(), MacAlgorithm::Retail, parts.data, &parts.mac)
+        .is_ok()
+}
+
+/// The host's answer to `req`, MACed under `key`.
+fn maced_answer(req: &Message, key: &SecretKey) -> Bytes {
+    let mut b = MessageBuilder::response_to(req, &[2, 3, 4, 7, 11, 37, 41, 49]).expect("0210");
+    b.set(39, b"00");
+    let mut out = bytes::BytesMut::new();
+    b.pack_with_mac(&mut out, |data, len| {
+        full_mac(key, MacAlgorithm::Retail, data)
+            .map(|m| m.into_iter().take(len).collect::<MacBytes>())
+            .map_err(|e| e.to_string())
+    })
+    .expect("packs");
+    out.freeze()
+}
+
+#[test]
+fn requests_wait_for_their_mac_each_on_its_own() {
+    let (mut c, now, soft) = network_core();
+    let (k1, b1) = request(1, 100);
+    let (k2, b2) = request(2, 200);
+    c.handle_forward(now, k1, b1, EchoSpans::UNKNOWN, 1);
+    c.handle_forward(now, k2, b2, EchoSpans::UNKNOWN, 2);
+    assert!(sent(&mut c).is_empty(), "nothing goes before its MAC");
+    let calls = commands(&mut c);
+    assert_eq!(calls.len(), 2);
+    // The second's MAC comes first: it goes, the first still waits.
+    answer(&mut c, &soft, now.plus(ms(5)), &calls[1]);
+    let out = sent(&mut c);
+    assert_eq!(out.iter().map(|m| m.stan()).collect::<Vec<_>>(), [Some(2)]);
+    assert!(mac_holds(&out[0]), "MACed under the ZAK");
+    answer(&mut c, &soft, now.plus(ms(6)), &calls[0]);
+    let out = sent(&mut c);
+    assert_eq!(out.iter().map(|m| m.stan()).collect::<Vec<_>>(), [Some(1)]);
+    assert!(mac_holds(&out[0]));
+    assert_eq!(c.in_flight(), 2);
+}
+
+#[test]
+fn a_mac_not_made_in_time_fails_the_request_unsent() {
+    let (mut c, now, _soft) = network_core();
+    let (k, b) = request(1, 100);
+    c.handle_forward(now, k, b, EchoSpans::UNKNOWN, 1);
+    let calls = commands(&mut c);
+    assert_eq!(c.poll_timeout(), Some(now.at + TIMEOUT));
+    c.handle_timeout(now.plus(TIMEOUT));
+    assert_eq!(replies(&mut c), [(1, Err(Failure::HsmUnavailable))]);
+    assert!(sent(&mut c).is_empty(), "never sent");
+    assert_eq!(c.in_flight(), 0);
+    // Its MAC, late, finds nothing.
+    let (id, _) = &calls[0];
+    c.handle_hsm_reply(
+        now.plus(ms(400)),
+        *id,
+        HsmDone::Reply(Err(HsmError::MacMismatch)),
+    );
+    assert!(replies(&mut c).is_empty() && sent(&mut c).is_empty());
+}
+
+#[test]
+fn answers_wait_for_their_mac_check_and_one_not_checked_in_time_is_unverified() {
+    let (mut c, now, soft) = network_core();
+    let mut reqs = Vec::new();
+    for stan in [1, 2] {
+        let (k, b) = request(stan, 100);
+        c.handle_forward(now, k, b, EchoSpans::UNKNOWN, stan);
+        let calls = commands(&mut c);
+        answer(&mut c, &soft, now, &calls[0]);
+        reqs.push(sent(&mut c).pop().expect("sent"));
+    }
+    c.handle_frame(now.plus(ms(10)), maced_answer(&reqs[0], &zak()));
+    c.handle_frame(now.plus(ms(10)), maced_answer(&reqs[1], &zak()));
+    assert!(
+        replies(&mut c).is_empty(),
+        "not delivered before its MAC is checked"
+    );
+    let checks = commands(&mut c);
+    assert_eq!(checks.len(), 2);
+    assert!(
+        checks
+            .iter()
+            .all(|(_, c)| matches!(c, HsmCommand::VerifyMac { .. }))
+    );
+    // The second's check comes; the first's never does.
+    answer(&mut c, &soft, now.plus(ms(20)), &checks[1]);
+    assert_eq!(replies(&mut c), [(2, Ok(*b"00"))]);
+    c.handle_timeout(now.plus(ms(10) + TIMEOUT));
+    assert_eq!(replies(&mut c), [(1, Err(Failure::AnswerUnverified))]);
+    assert!(events(&mut c).iter().any(|e| matches!(
+        e,
+        LinkEvent::AnswerMacWrong {
+            reason: "hsm_unavailable",
+            ..
+        }
+    )));
+}
+
+#[test]
+fn an_answer_the_hsm_finds_wrong_fails_its_request_as_in_line() {
+    let (mut c, now, soft) = network_core();
+    let (k, b) = request(1, 100);
+    c.handle_forward(now, k, b, EchoSpans::UNKNOWN, 1);
+    let calls = commands(&mut c);
+    answer(&mut c, &soft, now, &calls[0]);
+    let req = sent(&mut c).pop().expect("sent");
+    let other =
+        SecretKey::from_hex(Algorithm::Tdes, "0E0E0E0E0E0E0E0E0F0F0F0F0F0F0F0F").expect("key");
+    c.handle_frame(now.plus(ms(10)), maced_answer(&req, &other));
+    let checks = commands(&mut c);
+    answer(&mut c, &soft, now.plus(ms(11)), &checks[0]);
+    assert_eq!(replies(&mut c), [(1, Err(Failure::BadAnswerMac))]);
+}
+
+#[test]
+fn a_link_that_goes_down_fails_the_requests_waiting_for_their_mac() {
+    let (mut c, now, soft) = network_core();
+    let (k, b) = request(1, 100);
+    c.handle_forward(now, k, b, EchoSpans::UNKNOWN, 1);
+    let calls = commands(&mut c);
+    c.handle_closed(now.plus(ms(1)), "host closed");
+    assert_eq!(replies(&mut c), [(1, Err(Failure::LinkDown))]);
+    // The MAC that comes after finds nothing.
+    answer(&mut c, &soft, now.plus(ms(2)), &calls[0]);
+    assert!(replies(&mut c).is_empty() && sent(&mut c).is_empty());
+}
