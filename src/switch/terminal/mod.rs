@@ -42,6 +42,7 @@
 pub mod admission;
 pub mod advice;
 pub mod answer;
+mod blocks;
 mod config;
 pub mod core;
 pub mod driver;
