@@ -423,3 +423,51 @@ async fn sighup_reloads_the_file_and_a_replaced_link_drains_and_signs_off() {
     );
     assert!(stop(&mut child).await.success(), "{}", d.log_text());
 }
+
+/// The store names a reload's new acquirer in its rows, not by number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_names_an_acquirer_a_reload_added() {
+    let d = Dir::new("reload-store-");
+    add_user(&d, "olga", "operator", OLGA_PW).await;
+    let sim1 = start_sim().await;
+    let sim2 = start_sim().await;
+    let db = d.path().join("store.db");
+    let store = format!(
+        "[store]\nenabled = true\nurl = \"sqlite://{}\"\nbatch_max = 4\n",
+        db.display()
+    );
+    std::fs::write(&d.config, toml(&d, &[sim1.local_addr()], None, "", &store)).expect("config");
+    let (mut child, banner) = start_logged(&d).await;
+    let admin = banner.admin.expect("admin on");
+    wait_metric(admin, "switchyard_link_up", &[], |v| v >= 1.0).await;
+    std::fs::write(
+        &d.config,
+        toml(
+            &d,
+            &[sim1.local_addr()],
+            Some(sim2.local_addr()),
+            "[[routing.routes]]\nprefix = \"4\"\nacquirer = \"acquirer-b\"\n",
+            &store,
+        ),
+    )
+    .expect("config");
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: kill(2) with a pid of our own child and a valid signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    wait_metric(admin, "switchyard_config_generation", &[], |v| v >= 2.0).await;
+    let mut t = Terminal::connect(banner.terminals).await;
+    assert_eq!(
+        code(&t.request(&auth(Mti::FINANCIAL, 1, PAN, 100)).await),
+        "00"
+    );
+    assert_eq!(transactions(&sim2), 1);
+    assert!(stop(&mut child).await.success(), "{}", d.log_text());
+    let rows = tokio::task::block_in_place(|| {
+        let backend = switchyard::switch::store::parse_url(&format!("sqlite://{}", db.display()))
+            .expect("url");
+        let mut s = switchyard::switch::store::open(&backend).expect("store opens");
+        s.transactions("node-1", 0, 10).expect("rows")
+    });
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].acquirer.as_deref(), Some("acquirer-b"));
+}

@@ -463,10 +463,11 @@ impl Switch {
             warn!(segment = %t.segment.display(), offset = t.offset, "journal: torn final record cut off");
         }
 
-        let store = if config.store.enabled {
-            Some(start_store(&config, &journal, recovery.next_seq - 1).await?)
+        let (store, store_names) = if config.store.enabled {
+            let (s, names) = start_store(&config, &journal, recovery.next_seq - 1).await?;
+            (Some(s), Some(names))
         } else {
-            None
+            (None, None)
         };
 
         // The business date: the last cutover's, or the clock's. Made
@@ -497,12 +498,15 @@ impl Switch {
                 .with_business_day(business_day.clone())
                 .with_blocks(Arc::new(blocks.list(config.blocks.response_code))),
         );
-        let control = Arc::new(crate::switch::reload::Control::new(
-            shared.clone(),
-            config.source.clone(),
-            supervisor,
-            blocks,
-        ));
+        let control = Arc::new(
+            crate::switch::reload::Control::new(
+                shared.clone(),
+                config.source.clone(),
+                supervisor,
+                blocks,
+            )
+            .with_store_names(store_names),
+        );
         let (analytics_handle, analytics) = match crate::switch::analytics::spawn(
             &config,
             shared.clone(),
@@ -716,13 +720,14 @@ async fn start_store(
     config: &Config,
     journal: &crate::switch::journal::Journal,
     durable: u64,
-) -> Result<crate::switch::store::ExporterHandle, StartError> {
+) -> Result<(crate::switch::store::ExporterHandle, AcquirerNames), StartError> {
     use crate::switch::store::{self, ExportSettings, Exporter};
     let settings = ExportSettings::new(
         &config.store,
         config.journal.dir.clone(),
         config.acquirers.iter().map(|a| a.name.clone()).collect(),
     );
+    let names = settings.acquirers.clone();
     let backend = config.store.backend.clone();
     let exporter = tokio::task::spawn_blocking(move || {
         let mut exporter = Exporter::new(settings, store::open(&backend)?)?;
@@ -745,8 +750,12 @@ async fn start_store(
             config.store.node_id,
         );
     }
-    Ok(exporter.spawn(journal.durable())?)
+    Ok((exporter.spawn(journal.durable())?, names))
 }
+
+/// The acquirers' names by journal index, as the store's exporter reads
+/// them (a reload adds names).
+type AcquirerNames = Arc<arc_swap::ArcSwap<Vec<String>>>;
 
 fn log_business_day(day: &crate::switch::settlement::BusinessDay, recorded: bool) {
     let schedule = day.schedule();

@@ -204,6 +204,10 @@ pub struct Control {
     supervisor: Arc<Supervisor>,
     blocks: Arc<Mutex<BlockStore>>,
     generation_gauge: metrics::Gauge,
+    /// The store exporter's acquirer names, when there is a store: a
+    /// reload adds the names of acquirers it adds (those it removes stay:
+    /// their records may still be exported).
+    store_names: Option<Arc<ArcSwap<Vec<String>>>>,
 }
 
 impl Control {
@@ -229,7 +233,14 @@ impl Control {
             supervisor,
             blocks: Arc::new(Mutex::new(blocks)),
             generation_gauge: gauge,
+            store_names: None,
         }
+    }
+
+    /// With the store exporter's acquirer names, which reloads extend.
+    pub fn with_store_names(mut self, names: Option<Arc<ArcSwap<Vec<String>>>>) -> Control {
+        self.store_names = names;
+        self
     }
 
     /// The generation in force.
@@ -332,6 +343,18 @@ impl Control {
         } else {
             Arc::new(crate::sync::lock(&self.blocks).list(new.blocks.response_code))
         };
+        if let Some(names) = &self.store_names {
+            // The file's names in their places; past its end, the names of
+            // acquirers removed, whose records may still be exported.
+            let mut v = (**names.load()).clone();
+            for (i, a) in new.acquirers.iter().enumerate() {
+                match v.get_mut(i) {
+                    Some(n) => n.clone_from(&a.name),
+                    None => v.push(a.name.clone()),
+                }
+            }
+            names.store(Arc::new(v));
+        }
         let generation = current.generation + 1;
         let next = current
             .next_generation(
