@@ -3,7 +3,9 @@
 //! is never looked at twice nor shown), and which of them a running
 //! switch can take.
 //!
-//! A reload changes routes, fraud rules, the terminals allowed and their
+//! A reload changes routes, fraud rules (but for the velocity windows
+//! themselves: `fraud.velocity[].window_s` and how many there are), the
+//! terminals allowed and their
 //! countries, terminal timeouts and connection limits, the switch-wide
 //! limits, the blocks' response code, and the acquirers: new ones (after
 //! the last), removed ones (from the end), and of a running one its
@@ -41,6 +43,16 @@ const RELOADABLE: &[&str] = &[
 
 /// Under a reloadable table, keys that still need a restart.
 const RESTART_ANYWAY: &[&str] = &["fraud.pan_key", "fraud.max_tracked_cards"];
+
+/// A velocity window's length, or the list of windows (each has one):
+/// the cards' history is bucketed by the windows the switch started
+/// with, in their order, so other windows would read it wrongly. Their
+/// thresholds and points reload.
+fn velocity_window(path: &str) -> bool {
+    path.strip_prefix("fraud.velocity[")
+        .and_then(|rest| rest.split_once(']'))
+        .is_some_and(|(i, key)| i.parse::<usize>().is_ok() && key == ".window_s")
+}
 
 /// Keys of a running acquirer a reload changes.
 const ACQUIRER_RELOADABLE: &[&str] = &[
@@ -152,6 +164,15 @@ pub fn compare(old: &Config, new: &Config) -> Diff {
             }
             continue;
         }
+        if velocity_window(p) {
+            refuse(
+                "fraud.velocity".to_owned(),
+                "its windows (window_s, and how many) need a restart: the cards' history is \
+                 bucketed by them; max_count, max_amount and points reload"
+                    .to_owned(),
+            );
+            continue;
+        }
         let reloadable =
             RELOADABLE.iter().any(|r| under(p, r)) && !RESTART_ANYWAY.iter().any(|r| under(p, r));
         if !reloadable {
@@ -205,7 +226,7 @@ mod tests {
              request_timeout_ms = 500\n[acquirers.stand_in]\nenabled = true\n\
              [[acquirers]]\nname = \"b\"\nlinks = [\"127.0.0.1:2\"]\nframing = \"ascii4\"\n",
             "[[routing.routes]]\nprefix = \"4\"\nacquirer = \"b\"\n\
-             [[fraud.velocity]]\nwindow_s = 60\nmax_count = 3\n\
+             [fraud.card_testing]\nmax_small = 2\n\
              [limits]\nmax_in_flight = 10\n[blocks]\nresponse_code = \"05\"\n",
         );
         let d = compare(&old, &new);
@@ -213,7 +234,7 @@ mod tests {
         let s = d.summary(&old, &new);
         for key in [
             "routing.routes",
-            "fraud.velocity",
+            "fraud.card_testing",
             "limits.max_in_flight",
             "blocks.response_code",
             "terminals.allowed_terminals",
@@ -258,6 +279,23 @@ mod tests {
         // Never a value, secret or not.
         let text = format!("{:?}", d.restart);
         assert!(!text.contains("0f0102") && !text.contains("8584"), "{text}");
+    }
+
+    #[test]
+    fn velocity_thresholds_reload_and_their_windows_do_not() {
+        let w = |window: u64, count: u32| {
+            format!("[[fraud.velocity]]\nwindow_s = {window}\nmax_count = {count}\n")
+        };
+        let old = config(&w(60, 5), A);
+        assert!(compare(&old, &config(&w(60, 3), A)).restart.is_empty());
+        for new in [
+            w(600, 5),
+            format!("{}{}", w(60, 5), w(3600, 9)),
+            String::new(),
+        ] {
+            let d = compare(&old, &config(&new, A));
+            assert_eq!(restart_paths(&d), ["fraud.velocity"], "{new}");
+        }
     }
 
     #[test]
