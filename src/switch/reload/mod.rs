@@ -303,7 +303,7 @@ impl Control {
             return Err(Refusal::NoFile);
         };
         // The file's checks read files (TLS material, the key store).
-        let new = tokio::task::spawn_blocking(move || Config::load(&path))
+        let mut new = tokio::task::spawn_blocking(move || Config::load(&path))
             .await
             .map_err(|e| Refusal::Failed(format!("the reload task: {e}")))?
             .map_err(Refusal::Invalid)?;
@@ -313,6 +313,9 @@ impl Control {
             return Err(Refusal::RestartRequired(d.restart));
         }
         let changed = d.summary(&current.config, &new);
+        // `[security]` is a restart key, so the running one stands: the
+        // keys the check just unwrapped again are not kept twice.
+        new.security = current.config.security.clone();
         if changed.is_empty() {
             return Ok(Reloaded {
                 result: "unchanged",
