@@ -203,6 +203,10 @@ pub struct Control {
     current: ArcSwap<Shared>,
     supervisor: Arc<Supervisor>,
     blocks: Arc<Mutex<BlockStore>>,
+    /// What the store holds, as last written: `/api/blocks` reads this,
+    /// never the store's lock (held across a write and its fsync).
+    block_entries: ArcSwap<Vec<Entry>>,
+    block_limit: usize,
     generation_gauge: metrics::Gauge,
     /// The store exporter's acquirer names, when there is a store: a
     /// reload adds the names of acquirers it adds (those it removes stay:
@@ -231,6 +235,8 @@ impl Control {
             turn: tokio::sync::Mutex::new(()),
             current: ArcSwap::new(shared),
             supervisor,
+            block_entries: ArcSwap::from_pointee(blocks.entries().to_vec()),
+            block_limit: blocks.max_entries(),
             blocks: Arc::new(Mutex::new(blocks)),
             generation_gauge: gauge,
             store_names: None,
@@ -416,7 +422,11 @@ impl Control {
     /// generation of the running config.
     fn publish_blocks(&self) {
         let current = self.current();
-        let list = crate::sync::lock(&self.blocks).list(current.blocks.response_code);
+        let (list, entries) = {
+            let s = crate::sync::lock(&self.blocks);
+            (s.list(current.blocks.response_code), s.entries().to_vec())
+        };
+        self.block_entries.store(Arc::new(entries));
         match current.next_generation(
             current.config.clone(),
             current.acquirers.clone(),
@@ -431,9 +441,8 @@ impl Control {
     }
 
     /// The blocks, as kept (keyed hashes and BINs only).
-    pub fn blocks(&self) -> (Vec<Entry>, usize) {
-        let s = crate::sync::lock(&self.blocks);
-        (s.entries().to_vec(), s.max_entries())
+    pub fn blocks(&self) -> (Arc<Vec<Entry>>, usize) {
+        (self.block_entries.load_full(), self.block_limit)
     }
 
     /// What a block of `target` is: its keyed hash under the switch's
