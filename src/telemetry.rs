@@ -127,6 +127,17 @@ pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
 pub const LINK_MISSED_ECHOES: &str = "switchyard_link_missed_echoes_total";
 /// Analytics events dropped because the queue to the analytics thread was full.
 pub const ANALYTICS_DROPPED: &str = "switchyard_analytics_dropped_total";
+/// The config generation in force (1 at start, one more per reload that
+/// changed something).
+pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
+/// Config reloads (SIGHUP or `POST /api/actions/reload`), by result (`ok`,
+/// `unchanged`, `invalid`, `restart_required`, `failed`).
+pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+/// Authorizations declined because an operator blocked the card or its
+/// BIN, by kind (`card`, `bin`).
+pub const BLOCKED: &str = "switchyard_blocked_total";
+/// Operators' link actions (`stop`, `start`), by action and result.
+pub const LINK_ACTIONS: &str = "switchyard_link_actions_total";
 /// Analytics events the analytics thread took.
 pub const ANALYTICS_EVENTS: &str = "switchyard_analytics_events_total";
 /// Alerts open now (the anomaly detector's).
@@ -303,6 +314,13 @@ fn describe() {
     describe_counter!(LINK_TIMEOUTS, "Requests that timed out upstream");
     describe_counter!(LINK_UNMATCHED, "Upstream answers that matched no request");
     describe_counter!(LINK_MISSED_ECHOES, "Echo tests not answered in time");
+    describe_gauge!(CONFIG_GENERATION, "The config generation in force");
+    describe_counter!(CONFIG_RELOADS, "Config reloads, by result");
+    describe_counter!(
+        BLOCKED,
+        "Authorizations declined for a card or BIN an operator blocked, by kind"
+    );
+    describe_counter!(LINK_ACTIONS, "Operators' link stops and starts, by result");
 }
 
 /// How log lines are written to stderr.

@@ -1043,11 +1043,11 @@ impl Switch {
             Shared::new(config, acquirers, unused_journal(), next_txn).expect("simulation routes");
         // Placement in the recent answers is seeded per process in the
         // switch; here by the run, so a seed replays exactly.
-        shared.recent = crate::switch::repeats::RecentAnswers::with_seed(
+        shared.recent = Arc::new(crate::switch::repeats::RecentAnswers::with_seed(
             config.limits.recent_answers,
             config.limits.recent_answers_ttl,
             seed,
-        );
+        ));
         Switch {
             life,
             shared: Arc::new(shared),

@@ -21,14 +21,20 @@
 //!   and the dashboard. [`analytics`]: the thread the hot path hands one
 //!   event per answered request; rollups, recent transactions, alerts.
 //!   [`config`]: the TOML config.
+//! * [`reload`]: the config reloaded at run time as generations of
+//!   `server::Shared`, the acquirers' links started, updated, stopped and
+//!   retired under it, and the operators' blocks ([`blocks`]) published
+//!   the same way.
 
 pub mod acquirer;
 pub mod admin;
 pub mod analytics;
+pub mod blocks;
 pub mod card_security;
 pub mod config;
 pub mod fraud;
 pub mod journal;
+pub mod reload;
 pub mod repeats;
 pub mod router;
 pub mod saf;

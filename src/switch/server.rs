@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -22,7 +21,6 @@ use tracing::{info, warn};
 use crate::iso8583::values::trim_padding;
 use crate::net::Conn;
 use crate::switch::acquirer::AcquirerHandle;
-use crate::switch::acquirer::link::{self, LinkSettings};
 use crate::switch::config::{Config, Section, table};
 use crate::switch::fraud::{Decision, FraudRules, FraudState, Score};
 use crate::switch::router::RoutingTable;
@@ -31,62 +29,120 @@ use crate::switch::tls::TerminalTls;
 use crate::telemetry;
 use crate::throttle::LogThrottle;
 
-/// What every terminal actor reads: configuration, the routing and fraud
-/// snapshots, the acquirer handles, and the global in-flight count.
+/// What every terminal actor reads, as one generation: the config in force
+/// (routes, fraud rules, allowed terminals, stand-in, timeouts, limits,
+/// the acquirers and their links) and, shared by every generation, the
+/// switch's running state (counters, the journal, the fraud history, the
+/// in-flight count...).
+///
+/// A reload or an operator's action builds the next one
+/// ([`Shared::next_generation`]) and publishes it (`reload::Control`); a
+/// holder of an older one learns it is behind with one atomic load
+/// ([`Shared::is_current`]) and takes the new one with
+/// [`Shared::current`]. The terminal core checks once per request, and a
+/// request keeps the generation it started in until its outcome.
 pub struct Shared {
+    // ---- this generation ----------------------------------------------
+    /// The config generation: 1 at start, one more for each reload that
+    /// changed something.
+    pub generation: u64,
+    /// This snapshot: one more for every one published (a reload, a
+    /// block list changed by an operator). What [`Shared::is_current`]
+    /// compares.
+    pub epoch: u64,
+    /// When this generation's config was read (Unix ms), and what read
+    /// it (`start`, `api`, `sighup`).
+    pub loaded_at_ms: u64,
+    pub loaded_by: &'static str,
+    /// The config this generation was made from (its view is what
+    /// `/api/config` shows).
+    pub config: Arc<Config>,
     pub terminals: TerminalConfig,
     pub limits: LimitsConfig,
-    pub routes: ArcSwap<RoutingTable>,
+    pub routes: RoutingTable,
+    /// By index: an acquirer's place in `[[acquirers]]`, which a reload
+    /// keeps (the journal names acquirers by it).
     pub acquirers: Vec<AcquirerHandle>,
-    pub fraud_rules: ArcSwap<FraudRules>,
-    pub fraud_state: FraudState,
+    pub fraud_rules: FraudRules,
+    /// Cards and BINs an operator blocked (declined before routing).
+    pub blocks: Arc<crate::switch::blocks::BlockList>,
+    allowed: HashSet<Vec<u8>>,
+    countries: HashMap<Vec<u8>, u16>,
+
+    // ---- shared by every generation ------------------------------------
+    /// The newest generation published, for holders of older ones.
+    latest: Arc<Latest>,
+    pub fraud_state: Arc<FraudState>,
     /// Registered once: a registry lookup per request costs more than the
     /// scoring it counts.
-    pub fraud_counters: FraudCounters,
+    pub fraud_counters: Arc<FraudCounters>,
     /// Event counters (shed, malformed, repeats...), registered once.
-    pub events: crate::telemetry::EventCounters,
+    pub events: Arc<crate::telemetry::EventCounters>,
     /// Answers given recently, for repeats.
-    pub recent: crate::switch::repeats::RecentAnswers,
+    pub recent: Arc<crate::switch::repeats::RecentAnswers>,
     /// The key of the card hash that names cards in memory, the journal
     /// and the store (HMAC-SHA-256, see [`Shared::card_hash`]):
     /// `[security] card_hash_key`, else `fraud.pan_key`.
     pub rest_key: Arc<crate::security::card_hash::CardHashKey>,
     /// Requests forwarded and not yet answered, across all connections.
-    pub in_flight: AtomicUsize,
+    pub in_flight: Arc<AtomicUsize>,
     pub journal: crate::switch::journal::Journal,
     /// Forward and answer only once the records are on disk.
     pub journal_sync: bool,
     /// Transaction ids, continuing the journal's.
-    pub txn_seq: std::sync::atomic::AtomicU64,
+    pub txn_seq: Arc<std::sync::atomic::AtomicU64>,
     /// Numbers stand-in approval codes.
-    pub stand_in_seq: std::sync::atomic::AtomicU32,
-    pub connections: AtomicUsize,
+    pub stand_in_seq: Arc<std::sync::atomic::AtomicU32>,
+    pub connections: Arc<AtomicUsize>,
     /// Cancelled when the switch stops taking requests.
     pub stopping: CancellationToken,
-    /// `[security]`: the HSM and the terminal profiles.
+    /// `[security]`: the HSM and the terminal profiles (restart only; the
+    /// HSM and its key store are shared by every generation).
     pub security: Option<crate::switch::card_security::SecurityConfig>,
     /// The queue to the analytics thread: one event per answered request.
-    pub analytics: crate::switch::analytics::Sink,
+    pub analytics: Arc<crate::switch::analytics::Sink>,
     /// The business date requests are accepted in, and its cutovers.
     pub business_day: Arc<crate::switch::settlement::BusinessDay>,
     /// Cancelled when an operator asks for a drain (`POST
     /// /api/actions/drain`): the process then stops as on SIGTERM.
     pub drain_requested: CancellationToken,
+}
+
+/// The key of the card hash kept at rest (journal, store, blocks):
+/// `[security] card_hash_key`, else `fraud.pan_key`.
+fn rest_key_of(config: &Config) -> Arc<crate::security::card_hash::CardHashKey> {
+    config
+        .security
+        .as_ref()
+        .and_then(|s| s.card_hash_key.clone())
+        .unwrap_or_else(|| {
+            Arc::new(
+                crate::security::card_hash::CardHashKey::new(&config.fraud.pan_key)
+                    .unwrap_or_else(|_| unreachable!("16 bytes is a valid HMAC key")),
+            )
+        })
+}
+
+/// The newest generation published: its epoch, read once per request by
+/// every terminal, and a weak reference to it (the publisher holds it).
+struct Latest {
+    epoch: std::sync::atomic::AtomicU64,
+    current: std::sync::Mutex<std::sync::Weak<Shared>>,
+}
+
+/// What a generation makes of its config: the parts terminals read.
+struct GenerationParts {
+    terminals: TerminalConfig,
+    limits: LimitsConfig,
+    routes: RoutingTable,
+    fraud_rules: FraudRules,
     allowed: HashSet<Vec<u8>>,
     countries: HashMap<Vec<u8>, u16>,
 }
 
-impl Shared {
-    /// Everything terminals read, from `config`, the acquirers' handles
-    /// (links and store-and-forward) and the journal; transaction ids
-    /// continue from `next_txn`. Built by [`Switch::start`], and by unit
-    /// tests of the terminal core with handles of their own.
-    pub fn new(
-        config: &Config,
-        acquirers: Vec<AcquirerHandle>,
-        journal: crate::switch::journal::Journal,
-        next_txn: u64,
-    ) -> Result<Shared, crate::switch::router::RouteError> {
+impl GenerationParts {
+    fn of(config: &Config) -> Result<GenerationParts, crate::switch::router::RouteError> {
+        // An acquirer's index is its place in the file (a reload keeps it).
         let routes = RoutingTable::from_config(&config.routing, |name| {
             config
                 .acquirers
@@ -94,7 +150,7 @@ impl Shared {
                 .position(|a| a.name == name)
                 .map(|i| i as u16)
         })?;
-        Ok(Shared {
+        Ok(GenerationParts {
             allowed: config
                 .terminals
                 .allowed_terminals
@@ -109,27 +165,51 @@ impl Shared {
                 .collect(),
             terminals: config.terminals.clone(),
             limits: config.limits.clone(),
-            routes: ArcSwap::from_pointee(routes),
+            routes,
+            fraud_rules: FraudRules::from_config(&config.fraud),
+        })
+    }
+}
+
+impl Shared {
+    /// Everything terminals read, from `config`, the acquirers' handles
+    /// (links and store-and-forward) and the journal; transaction ids
+    /// continue from `next_txn`. Generation 1. Built by [`Switch::start`],
+    /// and by unit tests of the terminal core with handles of their own.
+    pub fn new(
+        config: &Config,
+        acquirers: Vec<AcquirerHandle>,
+        journal: crate::switch::journal::Journal,
+        next_txn: u64,
+    ) -> Result<Shared, crate::switch::router::RouteError> {
+        let parts = GenerationParts::of(config)?;
+        Ok(Shared {
+            generation: 1,
+            epoch: 1,
+            loaded_at_ms: crate::clock::unix_now_ms(),
+            loaded_by: "start",
+            config: Arc::new(config.clone()),
+            allowed: parts.allowed,
+            countries: parts.countries,
+            terminals: parts.terminals,
+            limits: parts.limits,
+            routes: parts.routes,
             acquirers,
-            fraud_rules: ArcSwap::from_pointee(FraudRules::from_config(&config.fraud)),
-            fraud_state: FraudState::new(config.fraud.max_tracked_cards),
-            fraud_counters: FraudCounters::new(),
-            events: crate::telemetry::EventCounters::new(),
-            recent: crate::switch::repeats::RecentAnswers::new(
+            fraud_rules: parts.fraud_rules,
+            blocks: Arc::new(crate::switch::blocks::BlockList::empty(&config.blocks)),
+            latest: Arc::new(Latest {
+                epoch: std::sync::atomic::AtomicU64::new(1),
+                current: std::sync::Mutex::new(std::sync::Weak::new()),
+            }),
+            fraud_state: Arc::new(FraudState::new(config.fraud.max_tracked_cards)),
+            fraud_counters: Arc::new(FraudCounters::new()),
+            events: Arc::new(crate::telemetry::EventCounters::new()),
+            recent: Arc::new(crate::switch::repeats::RecentAnswers::new(
                 config.limits.recent_answers,
                 config.limits.recent_answers_ttl,
-            ),
-            rest_key: config
-                .security
-                .as_ref()
-                .and_then(|s| s.card_hash_key.clone())
-                .unwrap_or_else(|| {
-                    Arc::new(
-                        crate::security::card_hash::CardHashKey::new(&config.fraud.pan_key)
-                            .unwrap_or_else(|_| unreachable!("16 bytes is a valid HMAC key")),
-                    )
-                }),
-            in_flight: AtomicUsize::new(0),
+            )),
+            rest_key: rest_key_of(config),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             // Replaced by `Switch::start` with the one recovered from the
             // journal (`with_business_day`); unit tests keep this one.
             business_day: Arc::new(crate::switch::settlement::BusinessDay::with_journal(
@@ -138,16 +218,22 @@ impl Shared {
                 crate::clock::unix_now_ms(),
                 journal.clone(),
             )),
-            txn_seq: std::sync::atomic::AtomicU64::new(next_txn.max(1)),
+            txn_seq: Arc::new(std::sync::atomic::AtomicU64::new(next_txn.max(1))),
             journal_sync: config.journal.durability == crate::switch::journal::Durability::Fsync,
             journal,
-            stand_in_seq: std::sync::atomic::AtomicU32::new(0),
-            connections: AtomicUsize::new(0),
+            stand_in_seq: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            connections: Arc::new(AtomicUsize::new(0)),
             stopping: CancellationToken::new(),
             drain_requested: CancellationToken::new(),
             security: config.security.clone(),
-            analytics: crate::switch::analytics::Sink::new(&config.analytics),
+            analytics: Arc::new(crate::switch::analytics::Sink::new(&config.analytics)),
         })
+    }
+
+    /// With the operators' blocks read at start.
+    pub fn with_blocks(mut self, blocks: Arc<crate::switch::blocks::BlockList>) -> Shared {
+        self.blocks = blocks;
+        self
     }
 
     /// With the business day `day` (recovered from the journal, shared
@@ -155,6 +241,95 @@ impl Shared {
     pub fn with_business_day(mut self, day: Arc<crate::switch::settlement::BusinessDay>) -> Shared {
         self.business_day = day;
         self
+    }
+
+    /// The next generation: `config` (checked by the caller: only what a
+    /// reload may change differs from this one's) with `acquirers`, and
+    /// everything that runs across generations shared with this one.
+    /// `generation` is the config generation it carries (this one's for a
+    /// change that is not a reload). Not in force until published.
+    pub fn next_generation(
+        &self,
+        config: Arc<Config>,
+        acquirers: Vec<AcquirerHandle>,
+        blocks: Arc<crate::switch::blocks::BlockList>,
+        generation: u64,
+        loaded_by: &'static str,
+    ) -> Result<Shared, crate::switch::router::RouteError> {
+        let parts = GenerationParts::of(&config)?;
+        let loaded_at_ms = if generation == self.generation {
+            self.loaded_at_ms
+        } else {
+            crate::clock::unix_now_ms()
+        };
+        Ok(Shared {
+            generation,
+            epoch: self.epoch + 1,
+            loaded_at_ms,
+            loaded_by: if generation == self.generation {
+                self.loaded_by
+            } else {
+                loaded_by
+            },
+            config,
+            terminals: parts.terminals,
+            limits: parts.limits,
+            routes: parts.routes,
+            acquirers,
+            fraud_rules: parts.fraud_rules,
+            blocks,
+            allowed: parts.allowed,
+            countries: parts.countries,
+            latest: self.latest.clone(),
+            fraud_state: self.fraud_state.clone(),
+            fraud_counters: self.fraud_counters.clone(),
+            events: self.events.clone(),
+            recent: self.recent.clone(),
+            rest_key: self.rest_key.clone(),
+            in_flight: self.in_flight.clone(),
+            journal: self.journal.clone(),
+            journal_sync: self.journal_sync,
+            txn_seq: self.txn_seq.clone(),
+            stand_in_seq: self.stand_in_seq.clone(),
+            connections: self.connections.clone(),
+            stopping: self.stopping.clone(),
+            security: self.security.clone(),
+            analytics: self.analytics.clone(),
+            business_day: self.business_day.clone(),
+            drain_requested: self.drain_requested.clone(),
+        })
+    }
+
+    /// Would `config` make a generation? (Its routes resolve: the checks
+    /// of the config make sure of it.)
+    pub fn check_config(config: &Config) -> Result<(), crate::switch::router::RouteError> {
+        GenerationParts::of(config).map(|_| ())
+    }
+
+    /// Makes `this` the generation every holder of an older one moves to.
+    pub(crate) fn publish(this: &Arc<Shared>) {
+        *crate::sync::lock(&this.latest.current) = Arc::downgrade(this);
+        // After the pointer: whoever sees the epoch finds this one (or a
+        // newer one) behind the lock.
+        this.latest.epoch.store(this.epoch, Ordering::Release);
+    }
+
+    /// Is this the newest generation published? One atomic load: the
+    /// terminal core asks once per request.
+    #[inline]
+    pub fn is_current(&self) -> bool {
+        self.latest.epoch.load(Ordering::Acquire) == self.epoch
+    }
+
+    /// The newest generation published (this one if it is, or if the
+    /// newer one is already gone).
+    pub fn current(self: &Arc<Shared>) -> Arc<Shared> {
+        if self.is_current() {
+            return self.clone();
+        }
+        crate::sync::lock(&self.latest.current)
+            .upgrade()
+            .unwrap_or_else(|| self.clone())
     }
 
     /// Is this terminal id (DE41, trailing spaces ignored) allowed?
@@ -237,6 +412,8 @@ pub enum StartError {
     Analytics(std::io::Error),
     #[error("security.payshield: {0}")]
     Hsm(String),
+    #[error("{0}")]
+    Blocks(String),
 }
 
 /// Starts the payShield client (its connections open now, and reopen on
@@ -272,19 +449,21 @@ pub struct Switch {
     pub tls_addr: Option<SocketAddr>,
     terminal_tls: Option<Arc<TerminalTls>>,
     pub admin_addr: Option<SocketAddr>,
+    /// The generation the switch started with; [`Switch::current`] is the
+    /// one in force.
     pub shared: Arc<Shared>,
     terminals: TaskTracker,
     links_stop: CancellationToken,
     saf_stop: CancellationToken,
-    saf_tasks: Vec<JoinHandle<()>>,
-    links: Vec<JoinHandle<()>>,
+    /// The generations, the links and the blocks.
+    control: Arc<crate::switch::reload::Control>,
     accept: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
+    admin_state: Option<Arc<crate::switch::admin::AdminState>>,
     /// The analytics thread, when `[analytics] enabled`.
     analytics: Option<crate::switch::analytics::Runner>,
     /// The transaction store's exporter, when `[store] enabled`.
     store: Option<crate::switch::store::ExporterHandle>,
-    grace: std::time::Duration,
 }
 
 impl Switch {
@@ -315,10 +494,11 @@ impl Switch {
             warn!(segment = %t.segment.display(), offset = t.offset, "journal: torn final record cut off");
         }
 
-        let store = if config.store.enabled {
-            Some(start_store(&config, &journal, recovery.next_seq - 1).await?)
+        let (store, store_names) = if config.store.enabled {
+            let (s, names) = start_store(&config, &journal, recovery.next_seq - 1).await?;
+            (Some(s), Some(names))
         } else {
-            None
+            (None, None)
         };
 
         // The business date: the last cutover's, or the clock's. Made
@@ -335,48 +515,32 @@ impl Switch {
             start_network_hsm(network)?;
         }
 
+        // Before any link starts: a block list that can not be read (or
+        // was made under another card-hash key) refuses the start.
+        let blocks = crate::switch::blocks::BlockStore::open(&config.blocks, &rest_key_of(&config))
+            .map_err(StartError::Blocks)?;
         let links_stop = CancellationToken::new();
         let saf_stop = CancellationToken::new();
-        let mut saf_tasks = Vec::new();
-        let mut acquirers = Vec::new();
-        let mut links = Vec::new();
-        for (index, a) in config.acquirers.iter().enumerate() {
-            let mut handles = Vec::new();
-            for i in 0..a.links.len() {
-                let mut settings = LinkSettings::from_acquirer(a, i);
-                if a.cutover_on_host_0800 {
-                    settings.settlement = Some((business_day.clone(), index as u16));
-                }
-                let (h, task) = link::spawn(settings, links_stop.clone());
-                handles.push(h);
-                links.push(task);
-            }
-            let (saf, saf_task) = crate::switch::saf::spawn(
-                crate::switch::saf::SafSettings {
-                    acquirer: a.name.clone(),
-                    spec: a.spec.spec,
-                    config: config.saf.clone(),
-                },
-                handles.clone(),
-                crate::switch::saf::journal_sink(journal.clone()),
-                saf_stop.clone(),
-            );
-            saf_tasks.push(saf_task);
-            acquirers.push(AcquirerHandle {
-                name: a.name.clone(),
-                spec: a.spec.spec,
-                links: handles,
-                stand_in: a.stand_in.clone(),
-                answer_must_match: crate::switch::acquirer::link::FieldSet::of(
-                    &a.answer_must_match,
-                ),
-                saf,
-                security: a.security.clone(),
-            });
-        }
+        let (supervisor, acquirers) = crate::switch::reload::Supervisor::start(
+            &config,
+            journal.clone(),
+            business_day.clone(),
+            links_stop.clone(),
+            saf_stop.clone(),
+        );
         let shared = Arc::new(
             Shared::new(&config, acquirers, journal, recovery.next_txn)?
-                .with_business_day(business_day.clone()),
+                .with_business_day(business_day.clone())
+                .with_blocks(Arc::new(blocks.list(config.blocks.response_code))),
+        );
+        let control = Arc::new(
+            crate::switch::reload::Control::new(
+                shared.clone(),
+                config.source.clone(),
+                supervisor,
+                blocks,
+            )
+            .with_store_names(store_names),
         );
         let (analytics_handle, analytics) = match crate::switch::analytics::spawn(
             &config,
@@ -397,16 +561,19 @@ impl Switch {
                 let bound = l
                     .local_addr()
                     .map_err(|source| StartError::Admin { addr, source })?;
-                let state = crate::switch::admin::AdminState::with_config(
-                    shared.clone(),
-                    config.view.clone(),
-                    &config.admin,
-                )
-                .map_err(StartError::AdminAuth)?
-                .with_analytics(analytics_handle);
-                let serve = crate::switch::admin::serve(l, Arc::new(state));
-                (Some(bound), Some(tokio::spawn(serve)))
+                let state = Arc::new(
+                    crate::switch::admin::AdminState::with_config(shared.clone(), &config.admin)
+                        .map_err(StartError::AdminAuth)?
+                        .with_analytics(analytics_handle)
+                        .with_control(control.clone()),
+                );
+                let serve = crate::switch::admin::serve(l, state.clone());
+                (Some(bound), Some((tokio::spawn(serve), state)))
             }
+            None => (None, None),
+        };
+        let (admin, admin_state) = match admin {
+            Some((task, state)) => (Some(task), Some(state)),
             None => (None, None),
         };
 
@@ -454,14 +621,37 @@ impl Switch {
             terminals,
             links_stop,
             saf_stop,
-            saf_tasks,
-            links,
+            control,
             accept,
             admin,
+            admin_state,
             analytics,
             store,
-            grace: config.limits.shutdown_grace,
         })
+    }
+
+    /// The generation in force (`shared` is the one the switch started
+    /// with).
+    pub fn current(&self) -> Arc<Shared> {
+        self.control.current()
+    }
+
+    /// The run-time changes: reloads, blocks, the links under them.
+    pub fn control(&self) -> &Arc<crate::switch::reload::Control> {
+        &self.control
+    }
+
+    /// Reads the config file again (SIGHUP): in force as the next
+    /// generation if it checks and changes only what a reload may;
+    /// logged, and in the audit trail when there are operators.
+    pub async fn reload_config(
+        &self,
+        source: crate::switch::reload::Source,
+    ) -> Result<crate::switch::reload::Reloaded, crate::switch::reload::Refusal> {
+        match &self.admin_state {
+            Some(state) => crate::switch::admin::reload_on_signal(state, source).await,
+            None => self.control.reload(source).await,
+        }
     }
 
     /// The journal position the transaction store has reached, as it
@@ -485,17 +675,18 @@ impl Switch {
     /// period, signs the links off, and returns when everything has ended.
     pub async fn shutdown(self) {
         let in_flight_at_stop = self.shared.in_flight.load(Ordering::Acquire);
+        let grace = self.current().limits.shutdown_grace;
         info!(
             "stopping: no new requests; finishing the {in_flight_at_stop} in flight \
              (grace period {} ms)",
-            self.grace.as_millis()
+            grace.as_millis()
         );
         self.shared.stopping.cancel();
         for a in &self.accept {
             a.abort();
         }
         self.terminals.close();
-        let left = if tokio::time::timeout(self.grace, self.terminals.wait())
+        let left = if tokio::time::timeout(grace, self.terminals.wait())
             .await
             .is_err()
         {
@@ -509,13 +700,15 @@ impl Switch {
             0
         };
         // Store-and-forward stops first: what it still holds stays for the
-        // next start (from the journal).
+        // next start (from the journal). Every queue and link of the run,
+        // those reloads started included.
+        let (saf_tasks, link_tasks) = self.control.supervisor().take_tasks();
         self.saf_stop.cancel();
-        for t in self.saf_tasks {
+        for t in saf_tasks {
             let _ = t.await;
         }
         self.links_stop.cancel();
-        for l in self.links {
+        for l in link_tasks {
             let _ = l.await;
         }
         // Terminals waiting on links got their 91s when the links stopped.
@@ -562,13 +755,14 @@ async fn start_store(
     config: &Config,
     journal: &crate::switch::journal::Journal,
     durable: u64,
-) -> Result<crate::switch::store::ExporterHandle, StartError> {
+) -> Result<(crate::switch::store::ExporterHandle, AcquirerNames), StartError> {
     use crate::switch::store::{self, ExportSettings, Exporter};
     let settings = ExportSettings::new(
         &config.store,
         config.journal.dir.clone(),
         config.acquirers.iter().map(|a| a.name.clone()).collect(),
     );
+    let names = settings.acquirers.clone();
     let backend = config.store.backend.clone();
     let exporter = tokio::task::spawn_blocking(move || {
         let mut exporter = Exporter::new(settings, store::open(&backend)?)?;
@@ -591,8 +785,12 @@ async fn start_store(
             config.store.node_id,
         );
     }
-    Ok(exporter.spawn(journal.durable())?)
+    Ok((exporter.spawn(journal.durable())?, names))
 }
+
+/// The acquirers' names by journal index, as the store's exporter reads
+/// them (a reload adds names).
+type AcquirerNames = Arc<arc_swap::ArcSwap<Vec<String>>>;
 
 fn log_business_day(day: &crate::switch::settlement::BusinessDay, recorded: bool) {
     let schedule = day.schedule();
@@ -901,7 +1099,9 @@ async fn accept_loop(
             r = listener.accept() => r,
             _ = shared.stopping.cancelled() => return,
         };
-        // Then everything else already queued, each through the limits.
+        // Then everything else already queued, each through the limits
+        // of the generation in force, and served under it.
+        let current = shared.current();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(r) = next.take() {
@@ -917,7 +1117,7 @@ async fn accept_loop(
                 stream,
                 peer,
                 &tls,
-                &shared,
+                &current,
                 &per_ip,
                 &gauge,
                 &tracker,

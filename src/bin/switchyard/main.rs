@@ -236,8 +236,12 @@ fn run_switch(path: Option<PathBuf>, allow_dev_key: bool, log_format: LogFormat)
                 s = signals.recv() => break format!("{s} received"),
                 () = drain.cancelled() => break "drain requested by an operator".to_owned(),
                 () = hangups.recv() => {
-                    tracing::info!("SIGHUP received: re-reading the TLS material");
+                    tracing::info!("SIGHUP received: re-reading the TLS material and the config file");
                     let _ = switch.reload_tls();
+                    // Logged (and audited with operators) where it is made.
+                    let _ = switch
+                        .reload_config(switchyard::switch::reload::Source::Signal)
+                        .await;
                 }
             }
         };

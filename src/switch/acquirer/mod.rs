@@ -9,7 +9,7 @@ pub mod link;
 pub mod matcher;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -170,6 +170,8 @@ pub struct LinkShared {
     in_flight: AtomicUsize,
     /// When the host last answered an echo (Unix ms; 0 never).
     last_echo_ms: std::sync::atomic::AtomicU64,
+    /// What an operator or a reload asked of it ([`LinkAdmin`]).
+    admin: AtomicU8,
     /// Tells watchers (health checks, tests, the demo) when the link goes up
     /// or down; the hot path reads `up` instead.
     changes: tokio::sync::watch::Sender<bool>,
@@ -183,8 +185,18 @@ impl LinkShared {
             up: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_echo_ms: std::sync::atomic::AtomicU64::new(0),
+            admin: AtomicU8::new(LinkAdmin::Running as u8),
             changes: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// What an operator or a reload asked of the link, as it stands.
+    pub fn admin(&self) -> LinkAdmin {
+        LinkAdmin::of(self.admin.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_admin(&self, a: LinkAdmin) {
+        self.admin.store(a as u8, Ordering::Relaxed);
     }
 
     pub fn is_up(&self) -> bool {
@@ -222,6 +234,46 @@ impl LinkShared {
     }
 }
 
+/// What an operator (`POST /api/actions/link/stop|start`) or a reload (a
+/// link no longer in the file) asked of a link, and how far it got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkAdmin {
+    /// Connecting, signing on, forwarding, reconnecting: as configured.
+    Running = 0,
+    /// Asked to stop: takes no new request, finishes those in flight,
+    /// then signs off.
+    Stopping = 1,
+    /// Signed off and staying down until started again.
+    Stopped = 2,
+    /// No longer in the config: finishing what is in flight, then signing
+    /// off for good.
+    Retiring = 3,
+    /// Signed off for good.
+    Retired = 4,
+}
+
+impl LinkAdmin {
+    fn of(v: u8) -> LinkAdmin {
+        match v {
+            1 => LinkAdmin::Stopping,
+            2 => LinkAdmin::Stopped,
+            3 => LinkAdmin::Retiring,
+            4 => LinkAdmin::Retired,
+            _ => LinkAdmin::Running,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkAdmin::Running => "running",
+            LinkAdmin::Stopping => "stopping",
+            LinkAdmin::Stopped => "stopped",
+            LinkAdmin::Retiring => "retiring",
+            LinkAdmin::Retired => "retired",
+        }
+    }
+}
+
 /// A cheap handle on a link actor.
 #[derive(Clone)]
 pub struct LinkHandle {
@@ -252,7 +304,8 @@ impl LinkHandle {
     }
 }
 
-/// One configured acquirer and its links.
+/// One configured acquirer and its links (a generation's view of them).
+#[derive(Clone)]
 pub struct AcquirerHandle {
     pub name: String,
     pub spec: &'static Spec,

@@ -19,7 +19,7 @@ use crate::switch::server::Shared;
 pub(super) async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     match crate::telemetry::prometheus() {
         Some(h) => {
-            sample_gauges(&s.shared);
+            sample_gauges(&s.shared());
             text(StatusCode::OK, "text/plain; version=0.0.4", h.render())
         }
         None => text(
@@ -65,9 +65,30 @@ struct Link<'a> {
     name: &'a str,
     addr: String,
     up: bool,
+    /// `up`, `down` (connecting or reconnecting), or what an operator or
+    /// a reload asked: `stopping`, `stopped`, `retiring`, `retired`.
+    state: &'static str,
     in_flight: usize,
     /// When the host last answered an echo (Unix ms), if it has.
     last_echo_ms: Option<u64>,
+}
+
+fn link(l: &crate::switch::acquirer::LinkHandle) -> Link<'_> {
+    use crate::switch::acquirer::LinkAdmin;
+    let admin = l.shared.admin();
+    let state = match admin {
+        LinkAdmin::Running if l.is_up() => "up",
+        LinkAdmin::Running => "down",
+        other => other.name(),
+    };
+    Link {
+        name: &l.shared.name,
+        addr: l.shared.addr.to_string(),
+        up: l.is_up(),
+        state,
+        in_flight: l.shared.in_flight(),
+        last_echo_ms: l.shared.last_echo_ms(),
+    }
 }
 
 fn acquirer_links(shared: &Shared) -> Vec<AcquirerLinks<'_>> {
@@ -76,17 +97,7 @@ fn acquirer_links(shared: &Shared) -> Vec<AcquirerLinks<'_>> {
         .iter()
         .map(|a| AcquirerLinks {
             name: &a.name,
-            links: a
-                .links
-                .iter()
-                .map(|l| Link {
-                    name: &l.shared.name,
-                    addr: l.shared.addr.to_string(),
-                    up: l.is_up(),
-                    in_flight: l.shared.in_flight(),
-                    last_echo_ms: l.shared.last_echo_ms(),
-                })
-                .collect(),
+            links: a.links.iter().map(link).collect(),
         })
         .collect()
 }
@@ -94,7 +105,7 @@ fn acquirer_links(shared: &Shared) -> Vec<AcquirerLinks<'_>> {
 /// Liveness, and the links: 200 when every acquirer has a link up
 /// (`up`) or some have (`degraded`), 503 when none has (`down`).
 pub(super) async fn health(State(s): State<Arc<AdminState>>) -> Response {
-    let shared = &s.shared;
+    let shared = &s.shared();
     let total = shared.acquirers.len();
     let up = shared.acquirers.iter().filter(|a| a.any_up()).count();
     let (status, code) = if up == total {
@@ -127,7 +138,7 @@ struct Ready {
 /// at least one acquirer has a link up; 503 (with the reason) while it
 /// stops, or with no acquirer up (or none configured).
 pub(super) async fn ready(State(s): State<Arc<AdminState>>) -> Response {
-    let shared = &s.shared;
+    let shared = &s.shared();
     let acquirers = shared.acquirers.len();
     let acquirers_up = shared.acquirers.iter().filter(|a| a.any_up()).count();
     let reason = if shared.stopping.is_cancelled() {
@@ -171,6 +182,8 @@ struct Summary<'a> {
     recent_answers: usize,
     /// The business date requests are accepted in (`YYYY-MM-DD`).
     business_date: String,
+    /// The config generation in force (`/api/config` shows it).
+    config_generation: u64,
     /// The last cutover, this run's or the one recovered from the
     /// journal; `null` when none is on record.
     last_cutover: Option<CutoverSummary>,
@@ -260,7 +273,7 @@ fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
 }
 
 pub(super) async fn summary(State(s): State<Arc<AdminState>>) -> Response {
-    let shared = &s.shared;
+    let shared = &s.shared();
     let j = shared.journal.stats();
     let body = Summary {
         version: crate::build_info::VERSION,
@@ -291,6 +304,7 @@ pub(super) async fn summary(State(s): State<Arc<AdminState>>) -> Response {
         fraud_tracked_cards: shared.fraud_state.len(),
         recent_answers: shared.recent.len(),
         business_date: shared.business_day.current().to_string(),
+        config_generation: shared.generation,
         last_cutover: shared.business_day.last().map(|c| CutoverSummary {
             at: crate::clock::rfc3339(c.at_ms / 1000),
             business_date: c.to.to_string(),
@@ -303,6 +317,18 @@ pub(super) async fn summary(State(s): State<Arc<AdminState>>) -> Response {
 #[derive(Serialize)]
 struct Links<'a> {
     acquirers: Vec<AcquirerLinksDetail<'a>>,
+    /// Links a reload took out of the config, until they have signed off.
+    retiring: Vec<Link<'a>>,
+    /// Cards and BINs blocked by operators (`/api/blocks` lists them).
+    blocks: BlockCounts,
+    config_generation: u64,
+}
+
+#[derive(Serialize)]
+struct BlockCounts {
+    cards: usize,
+    bins: usize,
+    response_code: String,
 }
 
 #[derive(Serialize)]
@@ -315,8 +341,20 @@ struct AcquirerLinksDetail<'a> {
 }
 
 pub(super) async fn links(State(s): State<Arc<AdminState>>) -> Response {
-    let shared = &s.shared;
+    let shared = &s.shared();
+    let retiring = s
+        .control
+        .as_ref()
+        .map(|c| c.supervisor().retiring())
+        .unwrap_or_default();
     let body = Links {
+        retiring: retiring.iter().map(link).collect(),
+        blocks: BlockCounts {
+            cards: shared.blocks.cards(),
+            bins: shared.blocks.bins(),
+            response_code: String::from_utf8_lossy(&shared.blocks.response_code).into_owned(),
+        },
+        config_generation: shared.generation,
         acquirers: shared
             .acquirers
             .iter()
@@ -332,8 +370,23 @@ pub(super) async fn links(State(s): State<Arc<AdminState>>) -> Response {
     json(StatusCode::OK, &body)
 }
 
+/// The config in force, as read (defaults included, secrets redacted),
+/// with its generation: `"generation": {"number", "loaded_at", "loaded_by"}`.
 pub(super) async fn config(State(s): State<Arc<AdminState>>) -> Response {
-    json(StatusCode::OK, s.config.json())
+    let shared = s.shared();
+    let mut v = shared.config.view.json().clone();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert(
+            "generation".into(),
+            serde_json::json!({
+                "number": shared.generation,
+                "loaded_at": crate::clock::rfc3339(shared.loaded_at_ms / 1000),
+                "loaded_by": shared.loaded_by,
+                "file": shared.config.source.as_ref().map(|p| p.display().to_string()),
+            }),
+        );
+    }
+    json(StatusCode::OK, &v)
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@
 //!   `operator` may also call `/api/actions/*` (else 403, audited).
 //!   `/health` and `/ready` stay open, `/metrics` too unless
 //!   `metrics_require_login`.
-//! * `POST /api/actions/reload`: re-reads the users file, and only that
-//!   for now (the config reload of issue 15 is not built yet). Sessions
-//!   of users removed, or whose role, password or secret changed, end.
+//! * `POST /api/actions/reload` (`reload.rs`) re-reads the users file
+//!   too ([`Auth::reload_users`]): sessions of users removed, or whose
+//!   role, password or secret changed, end.
 //!
 //! Every login, failed login, logout, expired session and action is in
 //! the audit trail before its answer is sent; a trail that cannot be
@@ -193,6 +193,11 @@ impl Auth {
                 result: result.to_owned(),
             })
             .await
+    }
+
+    /// Writes `e` (an event of no session: SIGHUP's reload).
+    pub(super) async fn audit_event(&self, e: Event) -> Result<(), AuditError> {
+        self.audit.record(e).await
     }
 
     /// A refused login, logged and recorded within the budget.
@@ -662,120 +667,87 @@ fn names(v: &[String]) -> &[String] {
     &v[..v.len().min(20)]
 }
 
-/// `POST /api/actions/reload`: re-reads the users file (only that: the
-/// config reload is not built yet). A file that does not read leaves the
-/// running users as they were.
-pub(super) async fn reload(State(s): State<Arc<AdminState>>, req: Request) -> Response {
-    let Some(auth) = &s.auth else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "no_operators",
-            "actions need operators: set admin.users_file",
-        );
-    };
-    let peer = client_addr(&req);
-    let Some(session) = req.extensions().get::<Session>().cloned() else {
-        return error(StatusCode::UNAUTHORIZED, "login_required", "log in first");
-    };
-    // Fail closed: nothing is done that the trail could not record.
-    if !auth.audit.is_healthy() {
-        return audit_unavailable(&AuditError::Failed("an earlier write failed".into()));
-    }
-    let path = auth.users_path.clone();
-    let loaded = tokio::task::spawn_blocking(move || Users::load(&path))
-        .await
-        .unwrap_or_else(|e| Err(format!("reload task: {e}")));
-    let new = match loaded {
-        Ok(u) => u,
-        Err(e) => {
-            warn!(user = %session.user, "admin: reload of the users file refused: {e}");
-            let recorded = auth
-                .record(
-                    "action",
-                    Some(&session.user),
-                    peer,
-                    json!({"action": "reload", "what": "users_file", "session": session.id}),
-                    &format!("failed: {e}"),
-                )
-                .await;
-            if let Err(a) = recorded {
-                return audit_unavailable(&a);
-            }
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "reload_failed",
-                &format!("{e}; the running users are unchanged"),
-            );
-        }
-    };
-    let old = auth.users.load_full();
-    let added: Vec<String> = new
-        .iter()
-        .filter(|u| old.get(&u.name).is_none())
-        .map(|u| u.name.clone())
-        .collect();
-    let removed: Vec<String> = old
-        .iter()
-        .filter(|u| new.get(&u.name).is_none())
-        .map(|u| u.name.clone())
-        .collect();
-    let changed: Vec<String> = new
-        .iter()
-        .filter(|u| {
-            old.get(&u.name).is_some_and(|o| {
-                o.role != u.role
-                    || o.password_hash() != u.password_hash()
-                    || o.totp_secret() != u.totp_secret()
+impl Auth {
+    /// Re-reads the users file (`POST /api/actions/reload`): the running
+    /// users are replaced, and the sessions of users removed, or whose
+    /// role, password or secret changed, end. A file that does not read
+    /// leaves the running users as they were (the error says why).
+    pub(super) async fn reload_users(&self) -> Result<UsersReloaded, String> {
+        let path = self.users_path.clone();
+        let new = tokio::task::spawn_blocking(move || Users::load(&path))
+            .await
+            .unwrap_or_else(|e| Err(format!("reload task: {e}")))?;
+        let old = self.users.load_full();
+        let added: Vec<String> = new
+            .iter()
+            .filter(|u| old.get(&u.name).is_none())
+            .map(|u| u.name.clone())
+            .collect();
+        let removed: Vec<String> = old
+            .iter()
+            .filter(|u| new.get(&u.name).is_none())
+            .map(|u| u.name.clone())
+            .collect();
+        let changed: Vec<String> = new
+            .iter()
+            .filter(|u| {
+                old.get(&u.name).is_some_and(|o| {
+                    o.role != u.role
+                        || o.password_hash() != u.password_hash()
+                        || o.totp_secret() != u.totp_secret()
+                })
             })
-        })
-        .map(|u| u.name.clone())
-        .collect();
-    let new = Arc::new(new);
-    auth.users.store(new.clone());
-    let ended = {
-        let mut st = crate::sync::lock(&auth.state);
-        st.last_step.retain(|name, _| new.get(name).is_some());
-        // A user removed, or whose role or credentials changed, logs in
-        // again under the new entry.
-        st.sessions
-            .retain(|s| !removed.contains(&s.user) && !changed.contains(&s.user))
-    };
-    info!(
-        user = %session.user,
-        "admin: users file re-read: {} user(s), {} added, {} removed, {} changed, {} session(s) ended",
-        new.len(), added.len(), removed.len(), changed.len(), ended.len()
-    );
-    let details = json!({
-        "action": "reload",
-        "what": "users_file",
-        "session": session.id,
-        "users": new.len(),
-        "added": names(&added),
-        "removed": names(&removed),
-        "changed": names(&changed),
-        "sessions_ended": ended.len(),
-    });
-    if let Err(e) = auth
-        .record("action", Some(&session.user), peer, details, "ok")
-        .await
-    {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "audit_failed",
-            &format!("the users file was re-read, but its audit line was not written: {e}"),
+            .map(|u| u.name.clone())
+            .collect();
+        let new = Arc::new(new);
+        self.users.store(new.clone());
+        let ended = {
+            let mut st = crate::sync::lock(&self.state);
+            st.last_step.retain(|name, _| new.get(name).is_some());
+            // A user removed, or whose role or credentials changed, logs in
+            // again under the new entry.
+            st.sessions
+                .retain(|s| !removed.contains(&s.user) && !changed.contains(&s.user))
+        };
+        info!(
+            "admin: users file re-read: {} user(s), {} added, {} removed, {} changed, {} session(s) ended",
+            new.len(),
+            added.len(),
+            removed.len(),
+            changed.len(),
+            ended.len()
         );
+        Ok(UsersReloaded {
+            users: new.len(),
+            added,
+            removed,
+            changed,
+            sessions_ended: ended.len(),
+        })
     }
-    json(
-        StatusCode::OK,
-        &json!({
-            "reloaded": "users_file",
-            "users": new.len(),
-            "added": added.len(),
-            "removed": removed.len(),
-            "changed": changed.len(),
-            "sessions_ended": ended.len(),
-        }),
-    )
+}
+
+/// What a re-read of the users file changed.
+pub(super) struct UsersReloaded {
+    pub users: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub sessions_ended: usize,
+}
+
+impl UsersReloaded {
+    /// For the audit trail: the names (a line has room for a few dozen;
+    /// the counts are whole).
+    pub fn details(&self) -> serde_json::Value {
+        json!({
+            "users": self.users,
+            "added": names(&self.added),
+            "removed": names(&self.removed),
+            "changed": names(&self.changed),
+            "sessions_ended": self.sessions_ended,
+        })
+    }
 }
 
 /// The caller's session, `GET /api/session` (a viewer's check that the

@@ -29,7 +29,8 @@ pub(super) async fn cutover(State(s): State<Arc<AdminState>>, req: Request) -> R
             return audit_unavailable(&AuditError::Failed("an earlier write failed".into()));
         }
     }
-    let day = &s.shared.business_day;
+    let shared = s.shared();
+    let day = &shared.business_day;
     let before = day.current();
     let result = day.cutover(Trigger::Operator, crate::clock::unix_now_ms());
     if let (Some(auth), Some(session)) = (&s.auth, &session) {

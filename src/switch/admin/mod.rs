@@ -12,12 +12,17 @@
 //! * `GET /`: the dashboard; `/api/stream` (server-sent events),
 //!   `/api/alerts`, `/api/terminals`, `/api/transactions`: the analytics
 //!   thread's figures (`dashboard.rs`).
-//! * `POST /api/login`, `/api/logout`, `GET /api/session`,
-//!   `POST /api/actions/reload`, `POST /api/actions/cutover` (the
-//!   business date, `cutover.rs`): operators, sessions and roles, with the
-//!   audit trail (`auth.rs`, `audit.rs`), once `[admin] users_file` is
-//!   set. Without it there is no login, and the listener must be on
-//!   loopback (the config refuses any other address).
+//! * `POST /api/login`, `/api/logout`, `GET /api/session`: operators,
+//!   sessions and roles, with the audit trail (`auth.rs`, `audit.rs`),
+//!   once `[admin] users_file` is set. Without it there is no login, and
+//!   the listener must be on loopback (the config refuses any other
+//!   address).
+//! * The actions, an operator's (audited, a viewer's refused 403):
+//!   `POST /api/actions/reload` (the config file as the next generation,
+//!   and the users file: `reload.rs`), `/api/actions/cutover` (the
+//!   business date, `cutover.rs`), `/api/actions/drain` (`drain.rs`),
+//!   `/api/actions/link/stop|start` and `/api/actions/block|unblock`, with
+//!   `GET /api/blocks` (`actions.rs`).
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections served at once (more
 //! wait in the kernel's backlog, not in memory); one request per
@@ -31,6 +36,7 @@
 //! Every JSON answer passes through `scrub::scrub_json`: no
 //! Luhn-valid 13-19 digit number leaves here.
 
+mod actions;
 mod api;
 pub mod audit;
 mod auth;
@@ -38,6 +44,8 @@ mod config;
 mod cutover;
 pub mod dashboard;
 mod drain;
+mod reload;
+pub use reload::reload_on_signal;
 pub mod limiter;
 mod scrub;
 pub(crate) use scrub::scrub_json;
@@ -85,8 +93,9 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the endpoints read.
 pub struct AdminState {
+    /// A generation of what terminals read: [`AdminState::shared`] is the
+    /// one in force.
     shared: Arc<Shared>,
-    config: ConfigView,
     started: Instant,
     started_unix_s: u64,
     /// Operators, sessions and the audit trail; `None` without
@@ -96,19 +105,33 @@ pub struct AdminState {
     /// terminals, recent transactions. `None` with `[analytics] enabled =
     /// false` (those routes answer 503).
     analytics: Option<Arc<crate::switch::analytics::Handle>>,
+    /// Reloads, blocks and link actions; `None` in an endpoint built
+    /// without a switch around it (those actions answer 503).
+    control: Option<Arc<crate::switch::reload::Control>>,
 }
 
 impl AdminState {
     /// Without operators: every route open, as on loopback.
-    pub fn new(shared: Arc<Shared>, config: ConfigView) -> AdminState {
+    pub fn new(shared: Arc<Shared>) -> AdminState {
         AdminState {
             shared,
-            config,
             started: Instant::now(),
             started_unix_s: crate::clock::unix_now(),
             auth: None,
             analytics: None,
+            control: None,
         }
+    }
+
+    /// With the switch's run-time changes.
+    pub fn with_control(mut self, control: Arc<crate::switch::reload::Control>) -> AdminState {
+        self.control = Some(control);
+        self
+    }
+
+    /// The generation in force.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.current()
     }
 
     /// With the analytics thread's handle.
@@ -122,12 +145,8 @@ impl AdminState {
 
     /// With `[admin] users_file` set: reads it and opens the audit trail
     /// (refused, with the reason, if either fails).
-    pub fn with_config(
-        shared: Arc<Shared>,
-        view: ConfigView,
-        admin: &AdminConfig,
-    ) -> Result<AdminState, String> {
-        let mut s = AdminState::new(shared, view);
+    pub fn with_config(shared: Arc<Shared>, admin: &AdminConfig) -> Result<AdminState, String> {
+        let mut s = AdminState::new(shared);
         if let Some(users) = &admin.users_file {
             s.auth = Some(auth::Auth::open(users, admin)?);
         }
@@ -157,7 +176,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/login", post(auth::login))
         .route("/api/logout", post(auth::logout))
         .route("/api/session", get(auth::whoami))
-        .route("/api/actions/reload", post(auth::reload))
+        .route("/api/blocks", get(actions::blocks))
+        .route("/api/actions/reload", post(reload::reload))
+        .route("/api/actions/link/stop", post(actions::link_stop))
+        .route("/api/actions/link/start", post(actions::link_start))
+        .route("/api/actions/block", post(actions::block))
+        .route("/api/actions/unblock", post(actions::unblock))
         .route("/api/actions/cutover", post(cutover::cutover))
         .route("/api/actions/drain", post(drain::drain))
         .fallback(not_found)
@@ -286,10 +310,11 @@ async fn bounds(req: Request, next: Next) -> Response {
 }
 
 const ENDPOINTS: &str = "/ (the dashboard), /metrics, /health, /ready, /api/summary, \
-                         /api/links, /api/config, /api/stream, /api/alerts, /api/terminals, \
-                         /api/transactions, /api/login, /api/logout, /api/session, \
-                         /api/actions/reload, /api/actions/cutover, \
-                         /api/actions/drain";
+                         /api/links, /api/config, /api/blocks, /api/stream, /api/alerts, \
+                         /api/terminals, /api/transactions, /api/login, /api/logout, \
+                         /api/session, /api/actions/reload, /api/actions/cutover, \
+                         /api/actions/drain, /api/actions/link/stop, /api/actions/link/start, \
+                         /api/actions/block, /api/actions/unblock";
 
 async fn not_found() -> Response {
     error(

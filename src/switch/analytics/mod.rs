@@ -776,6 +776,11 @@ impl Worker {
                     std::thread::sleep(DRAIN_EVERY)
                 }
             }
+            // Links and names of the generation in force (a reload may
+            // have added acquirers).
+            if !self.shared.is_current() {
+                self.shared = self.shared.current();
+            }
             self.drain();
             let now_ms = crate::clock::unix_now_ms();
             if now_ms / 1000 >= next_frame_s {

@@ -123,8 +123,91 @@ pub struct Config {
     /// Top-level `test_setup = true`: a development or test configuration,
     /// allowed to run with the development `pan_key`.
     pub test_setup: bool,
+    /// `[blocks]`: where operators' card and BIN blocks are kept.
+    pub blocks: crate::switch::blocks::BlocksConfig,
     /// The whole config as `/api/config` shows it, secrets redacted.
     pub view: crate::switch::admin::ConfigView,
+    /// Every key's value as a fingerprint, to name what a reload changes
+    /// (`reload::diff`); secrets included, never their values.
+    pub fingerprints: Fingerprints,
+    /// The file it was read from (`Config::load`), which a reload reads
+    /// again; `None` for config text (`Config::parse`).
+    pub source: Option<PathBuf>,
+}
+
+/// Each leaf of the config file as read (defaults filled in), by its TOML
+/// path (`acquirers[1].links[0]`), as a keyed hash of its value: enough to
+/// tell which keys two files set differently, and nothing to read a value
+/// back from (the key is random per process, so a short secret can not be
+/// found by hashing guesses either).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Fingerprints(std::collections::BTreeMap<String, u64>);
+
+impl fmt::Debug for Fingerprints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprints({} keys)", self.0.len())
+    }
+}
+
+impl Fingerprints {
+    fn of(file: &impl serde::Serialize) -> Fingerprints {
+        static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let key = KEY.get_or_init(Default::default);
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(v) = serde_json::to_value(file) {
+            flatten(&v, String::new(), key, &mut out);
+        }
+        Fingerprints(out)
+    }
+
+    /// The paths whose values differ, or that only one of the two has,
+    /// in order.
+    pub fn changed(&self, other: &Fingerprints) -> Vec<String> {
+        let mut paths: BTreeSet<&String> = BTreeSet::new();
+        for (k, v) in &self.0 {
+            if other.0.get(k) != Some(v) {
+                paths.insert(k);
+            }
+        }
+        for k in other.0.keys() {
+            if !self.0.contains_key(k) {
+                paths.insert(k);
+            }
+        }
+        paths.into_iter().cloned().collect()
+    }
+}
+
+fn flatten(
+    v: &serde_json::Value,
+    path: String,
+    key: &std::collections::hash_map::RandomState,
+    out: &mut std::collections::BTreeMap<String, u64>,
+) {
+    use std::hash::BuildHasher;
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                flatten(v, p, key, out);
+            }
+        }
+        serde_json::Value::Array(a) if !a.is_empty() => {
+            for (i, v) in a.iter().enumerate() {
+                flatten(v, format!("{path}[{i}]"), key, out);
+            }
+        }
+        // A scalar, or an empty table or list (so that `[]` to `["x"]` is
+        // a change of the key itself).
+        leaf => {
+            out.insert(path, key.hash_one(leaf.to_string()));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -182,6 +265,7 @@ struct ConfigFile {
     analytics: AnalyticsFile,
     settlement: crate::switch::settlement::SettlementFile,
     security: Option<crate::switch::card_security::config::SecurityFile>,
+    blocks: crate::switch::blocks::BlocksFile,
     test_setup: bool,
 }
 
@@ -203,10 +287,13 @@ impl Config {
                 message: format!("can not read: {e}"),
             }],
         })?;
-        Config::parse(&text).map_err(|problems| ConfigError {
+        let mut config = Config::parse(&text).map_err(|problems| ConfigError {
             file: path.to_owned(),
             problems,
-        })
+        })?;
+        // Absolute: a reload reads it again whatever the directory then.
+        config.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
+        Ok(config)
     }
 
     /// Parses and validates config text, returning every problem.
@@ -220,8 +307,10 @@ impl Config {
         let mut problems = Problems::default();
         let file = reader::read_file(root, &mut problems);
         let view = crate::switch::admin::ConfigView::of(&file);
+        let fingerprints = Fingerprints::of(&file);
         let config = file.validate(
             view,
+            fingerprints,
             &mut Section {
                 problems: &mut problems,
                 path: String::new(),
@@ -400,7 +489,12 @@ pub(crate) fn is_digits(s: &str, min: usize, max: usize) -> bool {
 }
 
 impl ConfigFile {
-    fn validate(self, view: crate::switch::admin::ConfigView, s: &mut Section) -> Config {
+    fn validate(
+        self,
+        view: crate::switch::admin::ConfigView,
+        fingerprints: Fingerprints,
+        s: &mut Section,
+    ) -> Config {
         let terminals = self.terminals.validate(&mut s.sub("terminals"));
         let admin = self.admin.validate(&mut s.sub("admin"));
         let limits = self.limits.validate(&mut s.sub("limits"));
@@ -441,8 +535,11 @@ impl ConfigFile {
             analytics: self.analytics.validate(&mut s.sub("analytics")),
             settlement: self.settlement.validate(&mut s.sub("settlement")),
             security,
+            blocks: self.blocks.validate(&mut s.sub("blocks")),
             test_setup: self.test_setup,
             view,
+            fingerprints,
+            source: None,
         }
     }
 }

@@ -22,6 +22,9 @@ pub(super) struct Driver {
     pub acquirer: String,
     pub core: SafCore,
     pub links: Vec<LinkHandle>,
+    /// The acquirer's links as a reload changes them; `None` when they
+    /// never change.
+    pub links_changes: Option<tokio::sync::watch::Receiver<Vec<LinkHandle>>>,
     pub events: EventSink,
     pub rx: mpsc::Receiver<SafEntry>,
     /// The handle's reservation count, released here as entries leave.
@@ -75,6 +78,11 @@ pub(super) async fn run(mut d: Driver) {
             },
             _ = timer => d.core.handle_timeout(Now::read()),
             _ = any_change(&d.links, &up_now) => {}
+            l = next_links(&mut d.links_changes) => {
+                if let Some(l) = l {
+                    d.links = l;
+                }
+            }
         }
     }
 }
@@ -166,6 +174,23 @@ fn answer_of(outcome: &Outcome) -> Answer {
     match outcome {
         Outcome::Answered { response_code, .. } => Answer::Answered(*response_code),
         Outcome::Failed(_) => Answer::NotAnswered,
+    }
+}
+
+/// The acquirer's links after the next change; never, when they do not
+/// change.
+async fn next_links(
+    changes: &mut Option<tokio::sync::watch::Receiver<Vec<LinkHandle>>>,
+) -> Option<Vec<LinkHandle>> {
+    let Some(rx) = changes else {
+        return std::future::pending().await;
+    };
+    match rx.changed().await {
+        Ok(()) => Some(rx.borrow_and_update().clone()),
+        Err(_) => {
+            *changes = None;
+            None
+        }
     }
 }
 

@@ -219,6 +219,20 @@ pub fn spawn(
     events: EventSink,
     stop: CancellationToken,
 ) -> (SafHandle, tokio::task::JoinHandle<()>) {
+    // Nobody changes these links: the sender goes at once.
+    let (_, rx) = tokio::sync::watch::channel(links);
+    spawn_watching(settings, rx, events, stop)
+}
+
+/// Starts the SAF task of one acquirer sending through the links `links`
+/// holds, which a reload changes.
+pub fn spawn_watching(
+    settings: SafSettings,
+    links: tokio::sync::watch::Receiver<Vec<LinkHandle>>,
+    events: EventSink,
+    stop: CancellationToken,
+) -> (SafHandle, tokio::task::JoinHandle<()>) {
+    let current = links.borrow().clone();
     let max_entries = settings.config.max_entries;
     let (tx, rx) = mpsc::channel(max_entries.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
@@ -226,7 +240,8 @@ pub fn spawn(
     let task = tokio::spawn(driver::run(driver::Driver {
         acquirer: settings.acquirer,
         core,
-        links,
+        links: current,
+        links_changes: Some(links),
         events,
         rx,
         depth: depth.clone(),

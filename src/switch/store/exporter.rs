@@ -67,8 +67,9 @@ pub struct ExportSettings {
     pub retention: Duration,
     pub poll_interval: Duration,
     /// Acquirer names by the index the journal stores (the config's
-    /// `[[acquirers]]` order).
-    pub acquirers: Vec<String>,
+    /// `[[acquirers]]` order); a reload that adds acquirers adds their
+    /// names (`reload::Control`), read once per batch.
+    pub acquirers: std::sync::Arc<arc_swap::ArcSwap<Vec<String>>>,
     /// The longest wait between tries after failures.
     pub retry_max: Duration,
 }
@@ -81,7 +82,7 @@ impl ExportSettings {
             batch_max: store.batch_max.max(1),
             retention: store.retention,
             poll_interval: store.poll_interval,
-            acquirers,
+            acquirers: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(acquirers)),
             retry_max: RETRY_MAX,
         }
     }
@@ -556,8 +557,9 @@ impl Exporter {
         if self.records.is_empty() {
             return Ok(0);
         }
+        let names = self.settings.acquirers.load();
         let mut fold = Fold {
-            acquirers: &self.settings.acquirers,
+            acquirers: &names,
             txns: HashMap::with_capacity(self.records.len()),
         };
         for (seq, record) in &self.records {

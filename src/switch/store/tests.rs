@@ -182,7 +182,7 @@ fn settings(dir: &Path, batch_max: usize) -> ExportSettings {
         batch_max,
         retention: Duration::from_millis(400 * DAY_MS),
         poll_interval: Duration::from_millis(5),
-        acquirers: vec!["acquirer-a".into()],
+        acquirers: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(vec!["acquirer-a".into()])),
         retry_max: Duration::from_millis(100),
     }
 }

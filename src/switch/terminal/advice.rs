@@ -27,7 +27,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         let shared = self.shared.clone();
         let pan = msg.pan();
         let digits = pan.as_ref().map_or(&[][..], |p| p.digits());
-        let Some(target) = shared.routes.load().lookup(digits) else {
+        let Some(target) = shared.routes.lookup(digits) else {
             return self.respond(msg, codes::NO_ROUTE, started);
         };
         let acquirer = target.primary;

@@ -35,6 +35,10 @@ use crate::throttle::LogThrottle;
 /// this interval.
 const MISMATCH_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often a connection with requests of an older generation pending
+/// looks for generations no longer used (they are kept until then).
+const PRUNE_OLDER_EVERY: Duration = Duration::from_millis(100);
+
 /// Fields an 0810 echoes from its 0800.
 pub(super) const NETWORK_ECHO: &[usize] = &[7, 11, 41, 70];
 
@@ -55,16 +59,21 @@ pub(super) struct Pending {
     pub(super) points: u16,
     /// Journal transaction id.
     pub(super) txn: u64,
+    /// The generation (`Shared::epoch`) it started in, which its outcome
+    /// is handled in.
+    pub(super) epoch: u64,
 }
 
 /// A request ready to leave for a link: its records are durable. The
 /// driver wraps it in a [`crate::switch::acquirer::Forward`] whose `ReplyTo`
-/// carries `token`, and hands it to
-/// `shared.acquirers[acquirer].links[link]`.
+/// carries `token`, and hands it to [`TerminalCore::link`]:
+/// `acquirers[acquirer].links[link]` of the generation `epoch`.
 #[derive(Debug)]
 pub struct ForwardOut {
     pub acquirer: u16,
     pub link: usize,
+    /// The generation (`Shared::epoch`) `acquirer` and `link` index.
+    pub epoch: u64,
     pub key: MatchKey,
     /// The request in the host's spec.
     pub body: Bytes,
@@ -87,11 +96,21 @@ pub(super) struct Unwritten {
     request: Bytes,
     acquirer: u16,
     txn: u64,
+    epoch: u64,
 }
 
 /// One terminal connection, as a state machine.
 pub struct TerminalCore<J> {
+    /// The newest generation this connection has seen: a new request
+    /// takes the newest one published (`follow_generation`), and while a
+    /// request's outcome is handled this is the request's own (`enter`).
     pub(super) shared: Arc<Shared>,
+    /// Older generations that requests still pending (or approvals not
+    /// yet written) started in; empty but for the moments after a reload.
+    older: Vec<Arc<Shared>>,
+    /// When `older` is next looked through for generations no request
+    /// uses any more (a scan of the requests pending, so not per event).
+    prune_older_at: Instant,
     pub(super) journal: J,
     pub(super) peer: SocketAddr,
     pub(super) spec: &'static Spec,
@@ -204,6 +223,8 @@ impl<J: JournalAppend> TerminalCore<J> {
             security_log: LogThrottle::new(MISMATCH_LOG_INTERVAL),
             tap: crate::switch::analytics::Tap::new(shared.analytics.enabled()),
             hsm: Default::default(),
+            older: Vec::new(),
+            prune_older_at: now.at,
             journal,
             peer,
             shared,
@@ -217,6 +238,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         self.now = now;
         self.last_activity = now.at;
         self.requests += 1;
+        self.follow_generation();
         let started = now.at;
         match Message::parse_or_salvage(frame, self.spec) {
             Ok(msg) => {
@@ -297,7 +319,9 @@ impl<J: JournalAppend> TerminalCore<J> {
         let failed = matches!(outcome, Outcome::Failed(_));
         self.tap
             .reply(token, p.txn, p.acquirer, p.points, failed, now.at);
+        let entered = self.enter(p.epoch);
         self.on_reply(p, outcome);
+        self.leave(entered);
         self.tap.done();
         self.settle();
     }
@@ -337,7 +361,9 @@ impl<J: JournalAppend> TerminalCore<J> {
         if self.shared.journal_sync {
             // Durable and refused: as a link too busy to take it (91, or
             // stand-in).
+            let entered = self.enter(p.epoch);
             self.fail(p, crate::switch::acquirer::Failure::LinkBusy);
+            self.leave(entered);
         } else {
             match Message::parse(p.request.clone(), self.spec) {
                 Ok(request) => {
@@ -590,6 +616,7 @@ impl<J: JournalAppend> TerminalCore<J> {
                 request: p.request,
                 acquirer: p.acquirer,
                 txn: p.txn,
+                epoch: p.epoch,
             });
         }
     }
@@ -603,7 +630,9 @@ impl<J: JournalAppend> TerminalCore<J> {
         self.gone = true;
         self.stalled_since = None;
         while let Some(u) = self.unwritten_approvals.pop_front() {
+            let entered = self.enter(u.epoch);
             self.reverse_undeliverable(&u.request, u.acquirer, u.txn);
+            self.leave(entered);
         }
         self.written += self.wbuf.len() as u64;
         self.wbuf.clear();
@@ -649,7 +678,9 @@ impl<J: JournalAppend> TerminalCore<J> {
         for token in tokens {
             if let Some(p) = self.pending.try_remove(token) {
                 self.release_in_flight();
+                let entered = self.enter(p.epoch);
                 self.fail(p, crate::switch::acquirer::Failure::Timeout);
+                self.leave(entered);
             }
         }
     }
@@ -680,11 +711,78 @@ impl<J: JournalAppend> TerminalCore<J> {
         }
     }
 
+    /// Takes the newest generation published, if this is not it (one
+    /// atomic load when it is); the one left is kept while requests of
+    /// it are pending.
+    fn follow_generation(&mut self) {
+        if self.shared.is_current() {
+            return;
+        }
+        let newest = self.shared.current();
+        if newest.epoch == self.shared.epoch {
+            return;
+        }
+        let left = std::mem::replace(&mut self.shared, newest);
+        if self.uses_epoch(left.epoch) {
+            self.older.push(left);
+        }
+    }
+
+    fn uses_epoch(&self, epoch: u64) -> bool {
+        self.pending.iter().any(|(_, p)| p.epoch == epoch)
+            || self.unwritten_approvals.iter().any(|u| u.epoch == epoch)
+    }
+
+    /// Puts generation `epoch` (a request's own) in `self.shared` while the
+    /// request's outcome is handled; [`TerminalCore::leave`] with what
+    /// this returns puts the newest back. Swaps, no reference counts.
+    fn enter(&mut self, epoch: u64) -> Option<usize> {
+        if epoch == self.shared.epoch {
+            return None;
+        }
+        let i = self.older.iter().position(|s| s.epoch == epoch)?;
+        std::mem::swap(&mut self.shared, &mut self.older[i]);
+        Some(i)
+    }
+
+    fn leave(&mut self, entered: Option<usize>) {
+        if let Some(i) = entered {
+            std::mem::swap(&mut self.shared, &mut self.older[i]);
+        }
+    }
+
+    /// The link a forward goes to: its `acquirer` and `link` in the
+    /// generation `epoch` it was made in ([`ForwardOut`]'s).
+    pub fn link(
+        &self,
+        epoch: u64,
+        acquirer: u16,
+        link: usize,
+    ) -> Option<&crate::switch::acquirer::LinkHandle> {
+        let shared = if epoch == self.shared.epoch {
+            &self.shared
+        } else {
+            self.older.iter().find(|s| s.epoch == epoch)?
+        };
+        shared
+            .acquirers
+            .get(acquirer as usize)
+            .and_then(|a| a.links.get(link))
+    }
+
     /// Updates what follows from the state after an event, and checks the
     /// invariants.
     pub(super) fn settle(&mut self) {
         if self.closing && self.wbuf.is_empty() {
             self.peer_gone();
+        }
+        if !self.older.is_empty() && self.now.at >= self.prune_older_at {
+            self.prune_older_at = self.now.at + PRUNE_OLDER_EVERY;
+            let older = std::mem::take(&mut self.older);
+            self.older = older
+                .into_iter()
+                .filter(|s| self.uses_epoch(s.epoch))
+                .collect();
         }
         let over = self.wbuf.len() > self.shared.terminals.max_write_buffer;
         self.stalled_since = match (over && !self.gone, self.stalled_since) {

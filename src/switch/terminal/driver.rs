@@ -129,7 +129,7 @@ pub async fn serve(
             }
         };
         while let Some(f) = core.poll_forward() {
-            let token = f.token;
+            let (token, epoch, acquirer, link) = (f.token, f.epoch, f.acquirer, f.link);
             let forward = Forward {
                 key: f.key,
                 body: f.body,
@@ -139,11 +139,11 @@ pub async fn serve(
                     token,
                 },
             };
-            let link = shared
-                .acquirers
-                .get(f.acquirer as usize)
-                .and_then(|a| a.links.get(f.link));
-            if link.is_none_or(|l| l.try_forward(forward).is_err()) {
+            // The link of the generation the request started in.
+            let refused = core
+                .link(epoch, acquirer, link)
+                .is_none_or(|l| l.try_forward(forward).is_err());
+            if refused {
                 core.handle_forward_refused(now, token);
             }
         }

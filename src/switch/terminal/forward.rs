@@ -66,6 +66,9 @@ impl<J: JournalAppend> TerminalCore<J> {
             return self.respond(&msg, code, started);
         }
         let pan = checked.pan.digits();
+        if self.refuse_blocked(&msg, pan, started) {
+            return;
+        }
         let merchant = msg.merchant_id().unwrap_or(SmallText::EMPTY);
         let auth = Auth {
             card: fraud::CardHash(self.shared.card_hash(pan)),
@@ -79,11 +82,9 @@ impl<J: JournalAppend> TerminalCore<J> {
                 .or(msg.acquiring_country()),
             now_s: self.now.unix_ms / 1000,
         };
-        let rules = self.shared.fraud_rules.load();
-        let route = self.shared.routes.load().lookup(pan);
+        let route = self.shared.routes.lookup(pan);
         let primary = route.map_or(u16::MAX, |r| r.primary);
-        let Some((txn, score, decision)) = self.score_and_journal(&msg, &auth, &rules, primary)
-        else {
+        let Some((txn, score, decision)) = self.score_and_journal(&msg, &auth, primary) else {
             return self.respond(&msg, codes::SYSTEM_MALFUNCTION, started);
         };
         if decision == Decision::Decline {
@@ -99,7 +100,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             points: score.points,
         };
         match self.forward(&msg, key, route, info, started) {
-            Ok(()) => self.shared.fraud_state.record_forwarded(&rules, &auth),
+            Ok(()) => self.record_forwarded(&auth),
             Err(codes::ISSUER_UNAVAILABLE) => {
                 if self.stand_in(
                     &msg,
@@ -109,13 +110,20 @@ impl<J: JournalAppend> TerminalCore<J> {
                     txn,
                     started,
                 ) {
-                    self.shared.fraud_state.record_forwarded(&rules, &auth)
+                    self.record_forwarded(&auth)
                 } else {
                     self.respond_final(&msg, txn, codes::ISSUER_UNAVAILABLE, started)
                 }
             }
             Err(code) => self.respond_final(&msg, txn, code, started),
         }
+    }
+
+    /// The card's history learns of a request handed on, under this
+    /// generation's rules.
+    fn record_forwarded(&self, auth: &Auth<'_>) {
+        let s = &self.shared;
+        s.fraud_state.record_forwarded(&s.fraud_rules, auth);
     }
 
     /// 0400/0401 from a terminal: forwarded like an authorization, without
@@ -129,7 +137,7 @@ impl<J: JournalAppend> TerminalCore<J> {
         }
         let pan = msg.pan();
         let digits = pan.as_ref().map_or(&[][..], |p| p.digits());
-        let Some(route) = self.shared.routes.load().lookup(digits) else {
+        let Some(route) = self.shared.routes.lookup(digits) else {
             return self.respond(&msg, codes::NO_ROUTE, started);
         };
         let Some(txn) = self.journal_request(&msg, route.primary, &Score::default()) else {
@@ -261,6 +269,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             acquirer: index,
             points,
             txn,
+            epoch: self.shared.epoch,
         });
         self.take_in_flight();
         self.hold(
@@ -268,6 +277,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             ForwardOut {
                 acquirer: index,
                 link,
+                epoch: self.shared.epoch,
                 key,
                 body,
                 echo,

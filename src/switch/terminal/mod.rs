@@ -47,6 +47,7 @@
 pub mod admission;
 pub mod advice;
 pub mod answer;
+mod blocks;
 mod config;
 pub mod core;
 pub mod driver;

@@ -6,10 +6,11 @@ use tracing::debug;
 use super::core::TerminalCore;
 use super::records::{JournalAppend, request_record};
 use crate::iso8583::Message;
-use crate::switch::fraud::{self, Auth, Decision, FraudRules, Score};
+use crate::switch::fraud::{self, Auth, Decision, Score};
 
 impl<J: JournalAppend> TerminalCore<J> {
-    /// Scores `auth` against the card's history, counts the decision, and
+    /// Scores `auth` against the card's history (this generation's rules),
+    /// counts the decision, and
     /// journals the request with its score and `route` (the primary
     /// acquirer, `u16::MAX` for none). `None` when the journal refused the
     /// record.
@@ -17,9 +18,9 @@ impl<J: JournalAppend> TerminalCore<J> {
         &mut self,
         msg: &Message,
         auth: &Auth<'_>,
-        rules: &FraudRules,
         route: u16,
     ) -> Option<(u64, Score, Decision)> {
+        let rules = &self.shared.fraud_rules;
         let score = fraud::score(rules, auth, &self.shared.fraud_state);
         let decision = rules.decide(&score);
         self.shared.count_fraud(decision, &score);

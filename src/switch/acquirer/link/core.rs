@@ -335,6 +335,14 @@ impl<R> LinkCore<R> {
         &self.s
     }
 
+    /// New settings of the acquirer from a reload, which changes only
+    /// timeouts and echoes of a running link (`reload::diff`): they apply
+    /// to what starts from now on; requests in flight keep their
+    /// deadlines.
+    pub fn update_acquirer(&mut self, acquirer: crate::switch::acquirer::AcquirerConfig) {
+        self.s.acquirer = acquirer;
+    }
+
     pub fn state(&self) -> LinkState {
         self.state
     }

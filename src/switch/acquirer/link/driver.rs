@@ -11,18 +11,18 @@ use std::time::Duration;
 use bytes::BytesMut;
 use metrics::Gauge;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::core::{LinkCore, LinkEvent};
-use super::{BATCH, LinkSettings};
+use super::{BATCH, LinkSettings, Want, Wanted};
 use crate::clock::Now;
 use crate::frame::FrameCodec;
 use crate::net::Conn;
-use crate::switch::acquirer::{Failure, Forward, LinkShared, Outcome, ReplyTo};
+use crate::switch::acquirer::{Failure, Forward, LinkAdmin, LinkShared, Outcome, ReplyTo};
 use crate::switch::card_security::runner::HsmRunner;
 use crate::switch::tls::LinkTls;
 use crate::telemetry;
@@ -50,12 +50,33 @@ struct Driver {
     tls: Option<Result<LinkTls, String>>,
     /// The core's card security effects under way.
     hsm: HsmRunner,
+    /// What is asked of the link (`None` once the control is gone: it
+    /// then runs as configured until the switch stops).
+    control: Option<watch::Receiver<Wanted>>,
+    want: Want,
+    /// Stopping or retiring: takes no new request from terminals (counts
+    /// as down) and signs off once nothing is in flight, or at this
+    /// moment at the latest.
+    draining: Option<std::time::Instant>,
+    /// The sign-off of a stop or retirement has begun.
+    signing_off: bool,
+}
+
+/// How the core of a link ended.
+enum Ended {
+    /// The switch is stopping, or nobody can forward to it any more.
+    Shutdown,
+    /// An operator stopped it.
+    Stopped,
+    /// It is no longer in the config.
+    Retired,
 }
 
 pub(super) async fn run(
     settings: LinkSettings,
     rx: mpsc::Receiver<Forward>,
     shared: Arc<LinkShared>,
+    wanted: watch::Receiver<Wanted>,
     shutdown: CancellationToken,
 ) {
     let name = settings.name.clone();
@@ -67,6 +88,10 @@ pub(super) async fn run(
         .as_ref()
         .and_then(|h| h.network().cloned());
     let mut d = Driver {
+        control: Some(wanted),
+        want: Want::Run,
+        draining: None,
+        signing_off: false,
         tls,
         hsm: HsmRunner::new(network),
         codec: FrameCodec::new(settings.acquirer.framing, settings.acquirer.max_frame),
@@ -80,7 +105,48 @@ pub(super) async fn run(
         was_up: false,
         down_log: LogThrottle::new(DOWN_LOG_INTERVAL),
     };
-    d.run(shutdown).await;
+    loop {
+        match d.run(&shutdown).await {
+            Ended::Stopped => {
+                if !d.stay_stopped(&shutdown).await {
+                    break;
+                }
+                // Started again: a fresh core, as at start.
+                let mut settings = d.core.settings().clone();
+                if let Some(c) = &d.control {
+                    settings.acquirer = c.borrow().acquirer.clone();
+                }
+                d.core = LinkCore::new(settings, Now::read());
+                d.draining = None;
+                d.signing_off = false;
+                d.was_up = false;
+                d.shared.set_admin(LinkAdmin::Running);
+            }
+            Ended::Retired => {
+                d.shared.set_admin(LinkAdmin::Retired);
+                break;
+            }
+            Ended::Shutdown => break,
+        }
+    }
+    d.rx.close();
+    while let Some(f) = d.rx.recv().await {
+        f.reply_to.send(Outcome::Failed(Failure::LinkDown));
+    }
+}
+
+/// The next change of what is asked; never, once the control is gone.
+async fn next_wanted(control: &mut Option<watch::Receiver<Wanted>>) -> Option<Wanted> {
+    let Some(rx) = control else {
+        return std::future::pending().await;
+    };
+    match rx.changed().await {
+        Ok(()) => Some(rx.borrow_and_update().clone()),
+        Err(_) => {
+            *control = None;
+            None
+        }
+    }
 }
 
 /// TCP connect and, with TLS, the handshake, both within `within`.
@@ -129,7 +195,77 @@ async fn writable(s: &Option<Conn>) -> std::io::Result<()> {
 }
 
 impl Driver {
-    async fn run(&mut self, shutdown: CancellationToken) {
+    /// What was asked: new settings apply at once; a stop or retirement
+    /// starts the drain; a start cancels one not yet signing off.
+    fn apply(&mut self, w: Wanted, now: Now) {
+        self.core.update_acquirer(w.acquirer);
+        if w.want == self.want {
+            return;
+        }
+        self.want = w.want;
+        match w.want {
+            Want::Run => {
+                if !self.signing_off {
+                    self.draining = None;
+                    self.shared.set_admin(LinkAdmin::Running);
+                }
+            }
+            Want::Stop | Want::Retire => {
+                let s = &self.core.settings().acquirer;
+                // In flight requests are answered by their timeout at
+                // worst; a second more for the last answers to come in.
+                let until = now.at + s.request_timeout + Duration::from_secs(1);
+                self.draining = Some(self.draining.map_or(until, |d| d.min(until)));
+                self.shared.set_admin(if w.want == Want::Stop {
+                    LinkAdmin::Stopping
+                } else {
+                    LinkAdmin::Retiring
+                });
+                info!(acquirer = %s.name, link = self.core.settings().index,
+                    addr = %self.core.settings().addr, in_flight = self.core.in_flight(),
+                    "link {}: draining, then signing off",
+                    if w.want == Want::Stop { "stopped by an operator" } else { "no longer in the config" });
+            }
+        }
+    }
+
+    /// A stopped link: down, answering anything handed to it `LinkDown`,
+    /// until it is started again (`true`), retired or the switch stops.
+    async fn stay_stopped(&mut self, shutdown: &CancellationToken) -> bool {
+        self.shared.set_admin(LinkAdmin::Stopped);
+        self.shared.set_up(false);
+        self.up_gauge.set(0.0);
+        loop {
+            match self.want {
+                Want::Run => return true,
+                Want::Retire => {
+                    self.shared.set_admin(LinkAdmin::Retired);
+                    return false;
+                }
+                Want::Stop => {}
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return false,
+                w = next_wanted(&mut self.control) => {
+                    if let Some(w) = w {
+                        self.core.update_acquirer(w.acquirer);
+                        self.want = w.want;
+                    }
+                }
+                n = self.rx.recv_many(&mut self.batch, BATCH) => {
+                    if n == 0 {
+                        return false;
+                    }
+                    for f in self.batch.drain(..) {
+                        f.reply_to.send(Outcome::Failed(Failure::LinkDown));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run(&mut self, shutdown: &CancellationToken) -> Ended {
         let mut stream: Option<Conn> = None;
         let mut connecting: Option<Connecting> = None;
         let mut stopping = false;
@@ -140,6 +276,19 @@ impl Driver {
         // acts on the moment of the event it just handled.
         let mut now = Now::read();
         loop {
+            // Draining: sign off once nothing is in flight or queued (or
+            // at the drain's end), or at once while not up.
+            if let Some(until) = self.draining
+                && !self.signing_off
+                && !stopping
+                && (!self.core.is_up()
+                    || (self.core.in_flight() == 0 && self.rx.is_empty())
+                    || now.at >= until)
+            {
+                self.signing_off = true;
+                self.core.handle_shutdown(now);
+                connecting = None;
+            }
             if connecting.is_none() && stream.is_none() && self.core.poll_connect(now) {
                 let s = self.core.settings();
                 let tls = self.tls.clone();
@@ -164,7 +313,11 @@ impl Driver {
             if self.core.is_closed() {
                 break;
             }
-            let wake = self.core.poll_timeout();
+            let wake = match (self.core.poll_timeout(), self.draining) {
+                (Some(a), Some(b)) if !self.signing_off => Some(a.min(b)),
+                (None, Some(b)) if !self.signing_off => Some(b),
+                (a, _) => a,
+            };
             if let Some(at) = wake
                 && timer.deadline() != at.into()
             {
@@ -184,6 +337,12 @@ impl Driver {
                 (id, done) = self.hsm.next(), if !self.hsm.is_empty() => {
                     now = Now::read();
                     self.core.handle_hsm_reply(now, id, done);
+                }
+                w = next_wanted(&mut self.control) => {
+                    now = Now::read();
+                    if let Some(w) = w {
+                        self.apply(w, now);
+                    }
                 }
                 r = connected(&mut connecting) => {
                     connecting = None;
@@ -233,9 +392,12 @@ impl Driver {
             }
         }
         self.publish(Now::read());
-        self.rx.close();
-        while let Some(f) = self.rx.recv().await {
-            f.reply_to.send(Outcome::Failed(Failure::LinkDown));
+        match (stopping, self.signing_off, self.want) {
+            (false, true, Want::Stop) => Ended::Stopped,
+            (false, true, Want::Retire) => Ended::Retired,
+            // Started again while signing off: down now, up again next.
+            (false, true, Want::Run) => Ended::Stopped,
+            _ => Ended::Shutdown,
         }
     }
 
@@ -294,7 +456,8 @@ impl Driver {
         while let Some(e) = self.core.poll_event() {
             self.log(e, now);
         }
-        let up = self.core.is_up();
+        // A draining link counts as down: terminals route around it.
+        let up = self.core.is_up() && self.draining.is_none();
         if up != self.was_up {
             self.was_up = up;
             self.shared.set_up(up);

@@ -24,6 +24,16 @@
 //! - `driver`: the tokio task that connects, reads and writes the socket,
 //!   takes forwards from the inbox, sleeps until the core's next deadline,
 //!   and turns the core's events into log lines.
+//!
+//! A link started with [`spawn_controlled`] also answers to a
+//! [`LinkControl`] (`reload::links`): new timeouts from a reload (they
+//! apply to what starts from then on), an operator's stop and start, and
+//! the retirement of a link no longer in the config. Stopping and
+//! retiring drain first: the link counts as down at once, so terminals
+//! route around it, the requests it has in flight are answered (by their
+//! timeout at worst), then it signs off; a stopped link stays down, and
+//! answers anything still handed to it `LinkDown`, until started again
+//! with a fresh core (connect, sign on).
 
 pub mod core;
 #[cfg(test)]
@@ -32,7 +42,7 @@ mod driver;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -66,10 +76,17 @@ impl LinkSettings {
     /// The settings of link `index` of acquirer `a` (an index into its
     /// `links`, which the caller iterates).
     pub fn from_acquirer(a: &AcquirerConfig, index: usize) -> LinkSettings {
+        LinkSettings::for_link(a, index, a.links[index])
+    }
+
+    /// The settings of a link of `a` to `addr`, numbered `index` among the
+    /// acquirer's links (a reload numbers the links it adds after those
+    /// started before, so a name is never used twice in a run).
+    pub fn for_link(a: &AcquirerConfig, index: usize, addr: std::net::SocketAddr) -> LinkSettings {
         LinkSettings {
             name: format!("{}#{index}", a.name),
             index,
-            addr: a.links[index],
+            addr,
             acquirer: a.clone(),
             answer_must_match: FieldSet::of(&a.answer_must_match),
             seed: link_seed(&a.name, index),
@@ -96,14 +113,67 @@ const BATCH: usize = 256;
 /// is not reading); the inbox then fills and terminals shed with 96.
 pub const MAX_PENDING_WRITE: usize = 1 << 20;
 
+/// What is asked of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Up, as configured.
+    Run,
+    /// Drain, sign off, stay down (an operator's stop).
+    Stop,
+    /// Drain, sign off, end (no longer in the config).
+    Retire,
+}
+
+/// The latest of what is asked of a link: its state, and its acquirer's
+/// settings (a reload changes only timeouts and echoes of a running link).
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    pub want: Want,
+    pub acquirer: AcquirerConfig,
+}
+
+/// The controlling end of a link started with [`spawn_controlled`].
+pub struct LinkControl {
+    tx: watch::Sender<Wanted>,
+}
+
+impl LinkControl {
+    /// What is asked of the link now.
+    pub fn wanted(&self) -> Wanted {
+        self.tx.borrow().clone()
+    }
+
+    pub fn set_want(&self, want: Want) {
+        self.tx.send_modify(|w| w.want = want);
+    }
+
+    /// New settings for what starts from now on (timeouts, echoes).
+    pub fn update(&self, acquirer: AcquirerConfig) {
+        self.tx.send_modify(|w| w.acquirer = acquirer);
+    }
+}
+
 /// Starts a link on the current runtime.
 pub fn spawn(settings: LinkSettings, shutdown: CancellationToken) -> (LinkHandle, JoinHandle<()>) {
+    let (handle, task, _uncontrolled) = spawn_controlled(settings, shutdown);
+    (handle, task)
+}
+
+/// Starts a link that also answers to its [`LinkControl`].
+pub fn spawn_controlled(
+    settings: LinkSettings,
+    shutdown: CancellationToken,
+) -> (LinkHandle, JoinHandle<()>, LinkControl) {
     // The queue in front of a link absorbs bursts; the in-flight table
     // behind it is the real bound.
     let (tx, rx) = mpsc::channel(settings.acquirer.max_in_flight_per_link.clamp(64, 16_384));
     let shared = Arc::new(LinkShared::new(settings.name.clone(), settings.addr));
-    let task = tokio::spawn(driver::run(settings, rx, shared.clone(), shutdown));
-    (LinkHandle { tx, shared }, task)
+    let (control, wanted) = watch::channel(Wanted {
+        want: Want::Run,
+        acquirer: settings.acquirer.clone(),
+    });
+    let task = tokio::spawn(driver::run(settings, rx, shared.clone(), wanted, shutdown));
+    (LinkHandle { tx, shared }, task, LinkControl { tx: control })
 }
 
 #[cfg(test)]
