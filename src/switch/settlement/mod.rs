@@ -18,12 +18,14 @@
 //! rules), `timer.rs` (the scheduled cutover), `cli.rs` (`switchyard
 //! settle cutover`).
 
+pub mod capture;
 pub mod cli;
 mod config;
 pub mod cutover;
 pub mod date;
 pub mod timer;
 
+pub use capture::capture;
 pub use config::SettlementConfig;
 pub(crate) use config::SettlementFile;
 pub use cutover::{BusinessDay, CutoverDone, CutoverRefused, Trigger};

@@ -146,6 +146,17 @@ pub struct RequestFields {
     /// The business date it was accepted in (`YYYY-MM-DD`); `None` for
     /// records written before business dates.
     pub business_date: Option<String>,
+    /// DE3, six digits (`000000`); `None` when the request had none (or
+    /// its record was written before schema 3's fields were kept).
+    pub processing_code: Option<String>,
+    /// DE18, merchant category code.
+    pub mcc: Option<u16>,
+    /// DE19, acquiring institution country (ISO 3166 numeric).
+    pub country: Option<u16>,
+    /// DE22, three digits (`051`).
+    pub pos_entry_mode: Option<String>,
+    /// The terminal's batch number (`[settlement] batch_field`), as text.
+    pub batch: Option<String>,
 }
 
 /// The final answer the terminal got.
