@@ -63,7 +63,8 @@ enum Command {
     #[command(subcommand)]
     Journal(switchyard::switch::journal::cli::JournalCommand),
     /// Settlement: `cutover` closes the business day in the running
-    /// switch (over its admin endpoint).
+    /// switch (over its admin endpoint); `report` prints a business
+    /// date's totals from the store.
     #[command(subcommand)]
     Settle(switchyard::switch::settlement::cli::SettleCommand),
     /// Keys under the local master key: form-lmk, generate, import, list,

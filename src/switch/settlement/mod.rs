@@ -23,6 +23,10 @@ pub mod cli;
 mod config;
 pub mod cutover;
 pub mod date;
+pub mod day;
+pub mod money;
+pub mod report;
+pub mod scheme;
 pub mod timer;
 
 pub use capture::capture;

@@ -907,4 +907,25 @@ impl Store for PgStore {
             Ok(n.max(0) as u64)
         })
     }
+
+    fn business_day(
+        &mut self,
+        date: &str,
+        each: &mut dyn FnMut(TxnRow),
+    ) -> Result<u64, StoreError> {
+        self.with(|c, sql, _| {
+            let q = format!(
+                "{} WHERE business_date = $1 ORDER BY first_at_ms, node_id, txn_id",
+                sql.select
+            );
+            // Streamed: a day's rows need not fit in one answer's memory.
+            let mut rows = c.query_raw(&q, [date])?;
+            let mut n = 0;
+            while let Some(r) = postgres::fallible_iterator::FallibleIterator::next(&mut rows)? {
+                each(row(&r)?);
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
 }

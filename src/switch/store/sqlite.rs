@@ -418,4 +418,22 @@ impl Store for SqliteStore {
             .query_row("SELECT COUNT(*) FROM transactions", [], |r| r.get(0))?;
         Ok(n.max(0) as u64)
     }
+
+    fn business_day(
+        &mut self,
+        date: &str,
+        each: &mut dyn FnMut(TxnRow),
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM transactions WHERE business_date = ?1 \
+             ORDER BY first_at_ms, node_id, txn_id"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut n = 0;
+        for r in stmt.query_map([date], row)? {
+            each(r?);
+            n += 1;
+        }
+        Ok(n)
+    }
 }

@@ -135,6 +135,7 @@ macro_rules! on_both {
 }
 
 on_both!(async exports_a_journal_across_segments_in_small_batches_and_resumes,
+    a_business_day_reads_back_and_reports_to_the_cent,
     a_store_that_lost_commits_is_exported_again_from_where_it_is,
     the_thread_follows_the_watermark_while_the_journal_grows);
 on_both!(
@@ -392,6 +393,66 @@ async fn exports_a_journal_across_segments_in_small_batches_and_resumes(kind: Ki
         let mut e = Exporter::new(settings(dir.path(), 50), db.store()).expect("exporter");
         assert_eq!(export_all(&mut e, last), (last - 10) as usize);
         assert_eq!(all_rows(e.store()), first, "exported twice, stored once");
+    });
+    journal.close();
+}
+
+/// `business_day` hands over one date's rows, all of them and only
+/// them; the settlement report made of them nets to the cent what the
+/// journal says was approved (refunds as credits, timeouts out).
+async fn a_business_day_reads_back_and_reports_to_the_cent(kind: Kind) {
+    use crate::switch::settlement::day::Day;
+    use crate::switch::settlement::report::Report;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
+    let n = 120;
+    let last = journal_traffic(&journal, n, 1_000_000);
+    durable(&journal, last).await;
+    block_in_place(|| {
+        let mut e = Exporter::new(settings(dir.path(), 64), db.store()).expect("exporter");
+        export_all(&mut e, last);
+        for (date, parity) in [("2026-12-01", 0), ("2026-12-02", 1)] {
+            let mut stans = Vec::new();
+            let rows = e
+                .store()
+                .business_day(date, &mut |r| {
+                    stans.push(r.request.as_ref().map_or(0, |q| q.stan))
+                })
+                .expect("rows");
+            let want: Vec<u32> = (1..=n).filter(|i| i % 2 == parity).collect();
+            assert_eq!(stans, want, "{date}: its rows, in order");
+            assert_eq!(rows, want.len() as u64);
+            // journal_traffic: every third timed out, every fifth declined,
+            // the rest approved; a fourth (not a seventh) a refund.
+            let (mut count, mut net) = (0u64, 0i128);
+            for i in want.iter().filter(|i| *i % 3 != 0 && *i % 5 != 0) {
+                count += 1;
+                let amount = i128::from(1000 + i);
+                net += if i % 4 == 0 && i % 7 != 0 {
+                    -amount
+                } else {
+                    amount
+                };
+            }
+            let day = Day::load(e.store(), date).expect("day");
+            let report = Report::of(&day);
+            assert_eq!(report.totals.len(), 1);
+            let t = &report.totals[0];
+            assert_eq!(
+                (t.currency, t.count, t.net_minor),
+                (978, count, net),
+                "{date}"
+            );
+            assert_eq!(report.incomplete, 0);
+        }
+        let mut none = 0;
+        e.store()
+            .business_day("2026-12-03", &mut |_| none += 1)
+            .expect("no rows");
+        assert_eq!(none, 0);
     });
     journal.close();
 }
