@@ -94,6 +94,70 @@ pub fn load_day(config: &Config, date: BusinessDate) -> Result<Day, String> {
     Day::load(&mut *store, &date.to_string()).map_err(|e| format!("store: {e}"))
 }
 
+/// `switchyard recon`: an acquirer's settlement file against the store.
+#[derive(Debug, clap::Args)]
+pub struct ReconArgs {
+    /// The acquirer (its `[[acquirers]] name`), whose `[acquirers.recon]`
+    /// maps the file's columns.
+    #[arg(long)]
+    pub acquirer: String,
+    /// The business date, YYYY-MM-DD.
+    #[arg(long)]
+    pub date: String,
+    /// The acquirer's settlement file (CSV with a header line).
+    #[arg(long)]
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value_t = super::recon::Format::Table)]
+    pub format: super::recon::Format,
+    /// The config whose [store] and [[acquirers]] to read [default:
+    /// config/switchyard.toml].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Exit 0 when everything matched, 1 on any exception, 2 when the
+/// reconciliation could not be made (a bad file, config or store).
+pub fn recon(args: ReconArgs) -> ExitCode {
+    match reconcile(&args) {
+        Ok(r) => {
+            let printed = print_out(&r.render(args.format));
+            if printed != ExitCode::SUCCESS {
+                return printed;
+            }
+            if r.exceptions() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "switchyard recon: {} exception(s) against {}",
+                    r.exceptions(),
+                    args.file.display()
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("switchyard recon: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn reconcile(args: &ReconArgs) -> Result<super::recon::Recon, String> {
+    let date = parse_date(&args.date)?;
+    let config = load_config(args.config.as_deref())?;
+    let Some(acquirer) = config.acquirers.iter().find(|a| a.name == args.acquirer) else {
+        let names: Vec<&str> = config.acquirers.iter().map(|a| a.name.as_str()).collect();
+        return Err(format!(
+            "--acquirer {}: not in the config's [[acquirers]] ({})",
+            args.acquirer,
+            names.join(", ")
+        ));
+    };
+    let file = super::recon::read_file(&args.file, &acquirer.recon)?;
+    let day = load_day(&config, date)?;
+    Ok(super::recon::Recon::run(&acquirer.name, day, file))
+}
+
 fn report(date: &str, format: Format, config: Option<&Path>) -> Result<String, String> {
     let date = parse_date(date)?;
     let config = load_config(config)?;

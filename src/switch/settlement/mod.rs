@@ -25,6 +25,7 @@ pub mod cutover;
 pub mod date;
 pub mod day;
 pub mod money;
+pub mod recon;
 pub mod report;
 pub mod scheme;
 pub mod timer;

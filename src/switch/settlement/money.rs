@@ -108,8 +108,7 @@ pub fn format(amount: i128, currency: u16) -> String {
 }
 
 /// How amounts are written in a file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AmountUnit {
     /// Whole minor units: `1234` is 12.34 USD.
     #[default]
