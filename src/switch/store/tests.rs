@@ -136,6 +136,7 @@ macro_rules! on_both {
 
 on_both!(async exports_a_journal_across_segments_in_small_batches_and_resumes,
     a_business_day_reads_back_and_reports_to_the_cent,
+    the_exporter_thread_applies_retention_at_start,
     a_store_that_lost_commits_is_exported_again_from_where_it_is,
     the_thread_follows_the_watermark_while_the_journal_grows);
 on_both!(
@@ -453,6 +454,60 @@ async fn a_business_day_reads_back_and_reports_to_the_cent(kind: Kind) {
             .business_day("2026-12-03", &mut |_| none += 1)
             .expect("no rows");
         assert_eq!(none, 0);
+    });
+    journal.close();
+}
+
+/// `[store] retention_days` in the running exporter: at its start (then
+/// hourly) rows past it go, the others and the export position stay,
+/// and exporting goes on.
+async fn the_exporter_thread_applies_retention_at_start(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let now = crate::clock::unix_now_ms();
+    let rows = [
+        TxnUpdate::new(1_000_001, 1, now - 401 * DAY_MS),
+        TxnUpdate::new(1_000_002, 2, now - 399 * DAY_MS),
+        TxnUpdate::new(1_000_003, 3, now - 1000),
+    ];
+    block_in_place(|| {
+        db.store()
+            .apply(&ExportBatch {
+                node_id: "another-node",
+                rows: &rows,
+                from: 0,
+                position: 3,
+            })
+            .expect("rows")
+    });
+    let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
+    let e =
+        block_in_place(|| Exporter::new(settings(dir.path(), 16), db.store())).expect("exporter");
+    let handle = e.spawn(journal.durable()).expect("thread");
+    let last = journal_traffic(&journal, 5, now);
+    let mut exported = handle.exported();
+    tokio::time::timeout(Duration::from_secs(20), exported.wait_for(|&p| p >= last))
+        .await
+        .expect("exported in time")
+        .expect("exporter running");
+    block_in_place(|| {
+        handle.stop();
+        let mut store = db.store();
+        let kept: Vec<u64> = store
+            .transactions("another-node", 0, 10)
+            .expect("rows")
+            .iter()
+            .map(|r| r.txn)
+            .collect();
+        assert_eq!(
+            kept,
+            [1_000_002, 1_000_003],
+            "only the one past 400 days went"
+        );
+        assert_eq!(store.export_position("another-node").expect("position"), 3);
+        check_rows(&all_rows(&mut *store), 5);
     });
     journal.close();
 }
