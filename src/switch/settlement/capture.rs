@@ -95,4 +95,30 @@ mod tests {
         let blank = parse(&[(60, b"   ")]);
         assert_eq!(capture(&blank, 60).batch, None, "blank is absent");
     }
+
+    /// What the capture costs a request, on both built-in specs (ASCII
+    /// spans, and BCD numbers decoded): `cargo test --release --lib
+    /// settlement::capture::tests::capture_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn capture_cost() {
+        use crate::iso8583::samples::typical_0200;
+        for spec in [specs::iso87ascii(), specs::iso87binary()] {
+            let frame = typical_0200(spec).expect("packs").freeze();
+            let m = Message::parse(frame, spec).expect("parses");
+            let n = 2_000_000u32;
+            let started = std::time::Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(capture(std::hint::black_box(&m), 60));
+            }
+            let per = started.elapsed().as_nanos() as f64 / f64::from(n);
+            println!("{}: capture {per:.1} ns a request", spec.name);
+        }
+        println!(
+            "Record: {} bytes in memory (the journal queue's element), of which the \
+             settlement fields {}",
+            std::mem::size_of::<crate::switch::journal::Record>(),
+            std::mem::size_of::<SettlementFields>()
+        );
+    }
 }
