@@ -813,3 +813,153 @@ async fn other_framings_and_specs() {
     assert_eq!(r.amount_minor(), Some(700));
     assert_eq!(r.response_code(), Some(*b"00"));
 }
+
+/// `--settlement-file`: the financial transactions approved, without
+/// the one a 0400 took back, the authorization, the decline and the
+/// dropped one; advices of approvals in; written on `settlement`, then
+/// `skew` alters exactly what it says and `cutover` starts afresh.
+#[tokio::test]
+async fn the_settlement_file_holds_what_was_approved_and_not_reversed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("settlement.csv");
+    let sim = start(SimConfig {
+        control: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        decline_over_amount: Some(100_000),
+        settlement_file: Some(file.clone()),
+        ..config()
+    })
+    .await;
+    let (r, mut w) = TcpStream::connect(sim.control_addr().expect("control"))
+        .await
+        .expect("control connects")
+        .into_split();
+    let mut lines = BufReader::new(r).lines();
+    let mut c = Client::connect(&sim).await;
+    for stan in 1..=3 {
+        let a = c
+            .round_trip(&txn(Mti::FINANCIAL, stan, 1000 + u64::from(stan)))
+            .await;
+        assert_eq!(&rc(&a), b"00");
+    }
+    assert_eq!(
+        &rc(&c.round_trip(&txn(Mti::AUTHORIZATION, 4, 500)).await),
+        b"00"
+    );
+    assert_eq!(
+        &rc(&c.round_trip(&txn(Mti::FINANCIAL, 5, 200_000)).await),
+        b"51"
+    );
+    // STAN 2 reversed (DE90 names it).
+    assert_eq!(
+        &rc(&c.round_trip(&reversal(Mti::REVERSAL, 6, 2)).await),
+        b"00"
+    );
+    // An advice of an approval (stand-in, say).
+    let mut advice = MessageBuilder::new(specs::iso87ascii(), Mti::FINANCIAL_ADVICE);
+    advice
+        .set(3, b"000000")
+        .set_number(4, 777)
+        .set(7, b"0102030405")
+        .set_number(11, 7)
+        .set(37, b"000000000007")
+        .set(38, b"SI0007")
+        .set(39, b"00")
+        .set(41, b"TERM0001")
+        .set(49, b"978");
+    let advice = advice.to_bytes().expect("packs").freeze();
+    assert_eq!(&rc(&c.round_trip(&advice).await), b"00");
+    // Dropped: never decided, never kept.
+    assert_eq!(command(&mut lines, &mut w, "drop-every 1").await, "ok");
+    c.send(&txn(Mti::FINANCIAL, 8, 900)).await;
+    c.expect_silence().await;
+    assert_eq!(command(&mut lines, &mut w, "drop-every 0").await, "ok");
+
+    let said = command(&mut lines, &mut w, "settlement").await;
+    assert!(said.starts_with("ok: 3 records written to "), "{said}");
+    let csv = std::fs::read_to_string(&file).expect("file written");
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "rrn",
+            "approval_code",
+            "amount",
+            "currency",
+            "terminal",
+            "stan",
+            "date",
+            "local_date",
+            "transmission_time",
+            "processing_code",
+            "mti"
+        ]
+    );
+    let kept: Vec<(&str, &str, &str, &str)> = rows[1..]
+        .iter()
+        .map(|r| (r[5], r[2], r[1], r[10]))
+        .collect();
+    assert_eq!(kept.len(), 3, "{csv}");
+    assert_eq!(
+        (kept[0].0, kept[0].1, kept[0].3),
+        ("000001", "1001", "0200")
+    );
+    assert_eq!(
+        (kept[1].0, kept[1].1, kept[1].3),
+        ("000003", "1003", "0200")
+    );
+    assert_eq!(kept[2], ("000007", "777", "SI0007", "0220"));
+    assert_eq!(
+        &rows[1][..],
+        [
+            "000000123456",
+            rows[1][1],
+            "1001",
+            "978",
+            "TERM0001",
+            "000001",
+            "0102",
+            "0102",
+            "0102030405",
+            "000000",
+            "0200"
+        ]
+    );
+    assert_eq!(rows[1][1].len(), 6, "the approval code the host gave");
+
+    let said = command(&mut lines, &mut w, "skew 3").await;
+    assert!(
+        said.starts_with("ok: altered 3 records (1 amounts, 1 dropped, 1 added); 3 records"),
+        "{said}"
+    );
+    let skewed = std::fs::read_to_string(&file).expect("file");
+    assert_ne!(skewed, csv);
+    assert!(skewed.contains(",SKEW0001,"), "{skewed}");
+
+    let said = command(&mut lines, &mut w, "cutover").await;
+    assert!(said.ends_with("a new day begins"), "{said}");
+    assert_eq!(sim.settled(), Some(0));
+    assert_eq!(
+        c.round_trip(&txn(Mti::FINANCIAL, 9, 50)).await.stan(),
+        Some(9)
+    );
+    let said = command(&mut lines, &mut w, "settlement").await;
+    assert!(said.starts_with("ok: 1 records"), "{said}");
+    let err = command(&mut lines, &mut w, "skew 5").await;
+    assert!(
+        err.starts_with("error: skew 5 changes or drops 4 records"),
+        "{err}"
+    );
+
+    let plain = start(SimConfig {
+        control: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..config()
+    })
+    .await;
+    let (r, mut w) = TcpStream::connect(plain.control_addr().expect("control"))
+        .await
+        .expect("control connects")
+        .into_split();
+    let mut lines = BufReader::new(r).lines();
+    let err = command(&mut lines, &mut w, "settlement").await;
+    assert!(err.contains("--settlement-file"), "{err}");
+}

@@ -253,6 +253,7 @@ impl Conn {
                 merchant: 0,
                 mcc: 0,
                 rrn: 0,
+                reverses: None,
             },
         };
         let generator = Generator::new(c, index, plan.de7);
@@ -845,6 +846,9 @@ impl Conn {
                     s.latency.saturating_record(latency_us);
                 }
             }
+        }
+        if good {
+            st.money.count(&slot.req, code);
         }
         if good && code == *b"00" {
             self.generator.approved(&slot.req);

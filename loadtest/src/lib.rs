@@ -59,7 +59,7 @@ use switchyard_protocol::iso8583::{Spec, specs};
 
 pub use messages::sample_messages;
 pub use report::{Report, SecondRow, de39_meaning, is_switch_refusal};
-pub use stats::HandshakeFailure;
+pub use stats::{HandshakeFailure, Money, Tally};
 
 /// How requests are paced.
 #[derive(Clone, Copy, Debug, PartialEq)]

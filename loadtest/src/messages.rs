@@ -143,6 +143,8 @@ pub struct Request {
     pub merchant: u32,
     pub mcc: u16,
     pub rrn: u64,
+    /// A reversal's original MTI (0100 or 0200); `None` for the others.
+    pub reverses: Option<Mti>,
 }
 
 /// Packs the requests of one connection.
@@ -314,6 +316,7 @@ impl Generator {
             merchant: self.rng.below(10_000) as u32,
             mcc: MCCS[self.rng.below(MCCS.len() as u64) as usize],
             rrn,
+            reverses: None,
         }
     }
 
@@ -347,6 +350,7 @@ impl Generator {
         r.kind = Kind::Reversal;
         r.mti = Mti::REVERSAL;
         r.stan = stan;
+        r.reverses = Some(original.mti);
         // The reversal keeps the original's RRN, as acquirers expect.
         self.pack(&r, Some(&original), out)?;
         Ok(r)

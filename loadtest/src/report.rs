@@ -175,6 +175,11 @@ impl SecondRow {
     }
 }
 
+/// `{"count": N, "amount_minor": M}`.
+fn tally_json(t: crate::Tally) -> serde_json::Value {
+    serde_json::json!({ "count": t.count, "amount_minor": t.amount })
+}
+
 /// One line of the text per-second table: the second, then the others.
 fn write_second_line(
     out: &mut impl std::io::Write,
@@ -271,6 +276,12 @@ impl Report {
     pub fn timed_out(&self) -> u64 {
         self.s.measured.timed_out
     }
+    /// The money of the run's well-matched answers (warmup included):
+    /// approvals and reversals by class, for checking a settlement.
+    pub fn money(&self) -> &crate::Money {
+        &self.s.money
+    }
+
     /// Measured requests whose connection closed before an answer, or
     /// still unanswered when the run gave up.
     pub fn lost(&self) -> u64 {
@@ -909,6 +920,15 @@ impl Report {
                 "second": r.second, "sent": r.sent, "answered": r.answered, "errors": r.errors,
                 "timed_out": r.timed_out, "p50_us": r.p50_us, "p99_us": r.p99_us, "max_us": r.max_us,
             })).collect::<Vec<_>>(),
+            "money": {
+                "currency": "840",
+                "approved_authorizations": tally_json(s.money.approved[0]),
+                "approved_financial": tally_json(s.money.approved[1]),
+                "reversed_authorizations": tally_json(s.money.reversed[0]),
+                "reversed_financial": tally_json(s.money.reversed[1]),
+                "reversals_unanswered_authorizations": tally_json(s.money.reversals_unanswered[0]),
+                "reversals_unanswered_financial": tally_json(s.money.reversals_unanswered[1]),
+            },
             "errors": s.errors,
         });
         if let (Some(v), serde_json::Value::Object(head)) = (v.as_object_mut(), head) {

@@ -112,6 +112,64 @@ impl TlsStats {
     }
 }
 
+/// A count and an amount (minor units of the run's one currency, DE49
+/// 840).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub count: u64,
+    pub amount: u64,
+}
+
+impl Tally {
+    fn add(&mut self, amount: u64) {
+        self.count += 1;
+        self.amount += amount;
+    }
+
+    fn merge(&mut self, o: Tally) {
+        self.count += o.count;
+        self.amount += o.amount;
+    }
+}
+
+/// The money of the well-matched answers, whole run (warmup included):
+/// what a settlement of the run's transactions should show. Indexed by
+/// the transaction's class: `[authorizations (0100), financial (0200)]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Money {
+    /// Approved (DE39 00).
+    pub approved: [Tally; 2],
+    /// Reversals (0400) approved, by the class of what they reversed.
+    pub reversed: [Tally; 2],
+    /// Reversals answered 91: the switch got no answer from the host and
+    /// carries the reversal on itself (a 0420), so the host reverses the
+    /// original even though this terminal was not told.
+    pub reversals_unanswered: [Tally; 2],
+}
+
+impl Money {
+    pub fn count(&mut self, req: &super::messages::Request, code: [u8; 2]) {
+        let class = |mti: switchyard_protocol::iso8583::Mti| usize::from(mti.class() != 1);
+        match req.reverses {
+            Some(original) if &code == b"00" => self.reversed[class(original)].add(req.amount),
+            Some(original) if &code == b"91" => {
+                self.reversals_unanswered[class(original)].add(req.amount)
+            }
+            Some(_) => {}
+            None if &code == b"00" => self.approved[class(req.mti)].add(req.amount),
+            None => {}
+        }
+    }
+
+    fn merge(&mut self, o: &Money) {
+        for i in 0..2 {
+            self.approved[i].merge(o.approved[i]);
+            self.reversed[i].merge(o.reversed[i]);
+            self.reversals_unanswered[i].merge(o.reversals_unanswered[i]);
+        }
+    }
+}
+
 /// What happened to the requests of one period (warmup or measured).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counts {
@@ -178,6 +236,7 @@ pub struct WorkerStats {
     pub table_full: u64,
     /// With `--mac`: answers whose MAC was missing or did not verify.
     pub answer_mac_failures: u64,
+    pub money: Money,
     pub errors: Vec<String>,
 }
 
@@ -212,6 +271,7 @@ impl WorkerStats {
             lag: latency_histogram(),
             table_full: 0,
             answer_mac_failures: 0,
+            money: Money::default(),
             errors: Vec::new(),
         }
     }
@@ -282,6 +342,7 @@ impl WorkerStats {
         self.late_sends += o.late_sends;
         self.table_full += o.table_full;
         self.answer_mac_failures += o.answer_mac_failures;
+        self.money.merge(&o.money);
         for e in o.errors {
             self.error(e);
         }

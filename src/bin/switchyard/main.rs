@@ -63,9 +63,16 @@ enum Command {
     #[command(subcommand)]
     Journal(switchyard::switch::journal::cli::JournalCommand),
     /// Settlement: `cutover` closes the business day in the running
-    /// switch (over its admin endpoint).
+    /// switch (over its admin endpoint); `report` prints a business
+    /// date's totals from the store.
     #[command(subcommand)]
     Settle(switchyard::switch::settlement::cli::SettleCommand),
+    /// Reconcile an acquirer's settlement file (CSV, columns mapped by
+    /// [acquirers.recon]) against the store's business date: matched,
+    /// amount mismatches, missing on either side, approved by the host
+    /// after the switch timed out. Exit 1 on any exception, 2 when it
+    /// could not be made.
+    Recon(switchyard::switch::settlement::cli::ReconArgs),
     /// Keys under the local master key: form-lmk, generate, import, list,
     /// export (KCVs shown, never a key).
     #[command(subcommand)]
@@ -122,6 +129,7 @@ fn main() -> ExitCode {
         Command::Journal(cmd) => switchyard::switch::journal::cli::run(cmd),
         Command::Keys(cmd) => switchyard::security::cli::run(cmd),
         Command::Settle(cmd) => switchyard::switch::settlement::cli::run(cmd),
+        Command::Recon(args) => switchyard::switch::settlement::cli::recon(args),
         Command::User(cmd) => operators::run_user(cmd),
         Command::Audit(cmd) => operators::run_audit(cmd),
         Command::HsmSim(args) => switchyard::security::hsm::payshield::sim::run(args),

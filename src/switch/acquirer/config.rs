@@ -40,6 +40,9 @@ pub struct AcquirerConfig {
     pub tls: Option<crate::switch::tls::AcquirerTlsConfig>,
     /// `[acquirers.security]`: the zone's MAC and PIN keys.
     pub security: crate::switch::card_security::AcquirerSecurity,
+    /// `[acquirers.recon]`: how `switchyard recon` reads this acquirer's
+    /// settlement file.
+    pub recon: crate::switch::settlement::recon::ReconConfig,
 }
 
 /// What an answer must echo unchanged by default: PAN, processing code,
@@ -77,6 +80,7 @@ table! {
         stand_in: StandInConfig = StandInConfig::default();
         tls: Option<crate::switch::tls::config::AcquirerTlsFile> = None;
         security: Option<crate::switch::card_security::config::AcquirerSecurityFile> = None;
+        recon: Option<crate::switch::settlement::recon::ReconFile> = None;
     }
 }
 
@@ -110,9 +114,14 @@ impl AcquirerFile {
             .security
             .map(|t| t.validate(&mut s.sub("security")))
             .unwrap_or_default();
+        let recon = self
+            .recon
+            .map(|r| r.validate(&mut s.sub("recon")))
+            .unwrap_or_default();
         AcquirerConfig {
             tls,
             security,
+            recon,
             name: self.name.unwrap_or_default(),
             links,
             spec: s.ok("spec", spec(&self.spec), SpecRef::iso87ascii()),

@@ -44,8 +44,8 @@ use tokio::sync::watch;
 pub(crate) use config::JournalFile;
 pub use config::{Durability, JournalConfig};
 pub use record::{
-    ApprovalCode, CutoverReason, MaskedPanStr, Names, Record, RecordKind, RequestData, Rrn,
-    SmallStr,
+    ApprovalCode, BatchText, CutoverReason, MaskedPanStr, Names, Record, RecordKind, RequestData,
+    Rrn, SettlementFields, SmallStr,
 };
 pub use recovery::{LastCutover, Recovery, RecoveryStats, SafEntry, SafKind, TornTail, Unfinished};
 pub use segment::{Corruption, CorruptionKind, ReadError, Reader, read_all};

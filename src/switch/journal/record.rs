@@ -27,6 +27,30 @@ pub type Rrn = ArrayString<12>;
 pub type MaskedPanStr = ArrayString<19>;
 /// Approval code (DE38).
 pub type ApprovalCode = ArrayString<6>;
+/// The terminal's batch number, as text (a configured field, DE60 by
+/// default), at most 16 bytes.
+pub type BatchText = ArrayString<16>;
+
+/// What settlement needs of a request besides the amount: the processing
+/// code (DE3, netted by its first two digits), the merchant category
+/// (DE18), the acquiring country (DE19), the POS entry mode (DE22) and the
+/// terminal's batch number. Copied out of the parsed frame as numbers and
+/// one inline string, never owned text; `None` for a field the request
+/// did not carry (and for all of them in records written before they
+/// were kept).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SettlementFields {
+    /// DE3, its six digits as a number (`000000` purchase, `200000`
+    /// refund...).
+    pub processing_code: Option<u32>,
+    pub mcc: Option<u16>,
+    pub country: Option<u16>,
+    /// DE22, its three digits as a number.
+    pub pos_entry_mode: Option<u16>,
+    /// Trimmed, printable ASCII only, cut to 16 bytes; an empty field is
+    /// `None`.
+    pub batch: Option<BatchText>,
+}
 
 /// What the journal keeps of a request: enough for recovery to reverse or
 /// advise it (0420/0220) after a restart, and never the card number.
@@ -47,6 +71,7 @@ pub struct RequestData {
     pub transmission_time: u64,
     /// Acquirer index the router chose.
     pub route: u16,
+    pub settlement: SettlementFields,
 }
 
 /// One event in the life of a transaction. `txn` is the switch's own id for
@@ -317,6 +342,7 @@ impl Record {
                 out.extend_from_slice(&fraud_points.to_le_bytes());
                 out.extend_from_slice(&fraud_reasons.to_le_bytes());
                 out.extend_from_slice(&business_date.to_le_bytes());
+                put_settlement(out, &r.settlement);
             }
             Record::Forwarded { acquirer, .. } => out.extend_from_slice(&acquirer.to_le_bytes()),
             Record::Response {
@@ -373,10 +399,8 @@ impl Record {
         let record = match kind {
             // Fields are read in the order they are written: a struct
             // expression evaluates its fields in source order.
-            RecordKind::Request => Record::Request {
-                txn,
-                at_ms,
-                request: RequestData {
+            RecordKind::Request => {
+                let mut request = RequestData {
                     mti: c.u16()?,
                     stan: c.u32()?,
                     terminal_id: c.str()?,
@@ -388,11 +412,25 @@ impl Record {
                     currency: c.u16()?,
                     transmission_time: c.u64()?,
                     route: c.u16()?,
-                },
-                fraud_points: c.u16()?,
-                fraud_reasons: c.u16()?,
-                business_date: c.optional_u32()?,
-            },
+                    settlement: SettlementFields::default(),
+                };
+                let fraud_points = c.u16()?;
+                let fraud_reasons = c.u16()?;
+                let business_date = c.optional_u32()?;
+                // Written after the business date, all or none: a body
+                // that ends at the business date is the older format.
+                if !c.at_end() {
+                    request.settlement = c.settlement()?;
+                }
+                Record::Request {
+                    txn,
+                    at_ms,
+                    request,
+                    fraud_points,
+                    fraud_reasons,
+                    business_date,
+                }
+            }
             RecordKind::Forwarded => Record::Forwarded {
                 txn,
                 at_ms,
@@ -488,6 +526,20 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(bytes);
 }
 
+/// Absent numbers are written as the type's maximum (no DE3 is
+/// 4294967295, no DE18/19/22 is 65535), an absent batch as an empty
+/// string.
+const NO_U32: u32 = u32::MAX;
+const NO_U16: u16 = u16::MAX;
+
+fn put_settlement(out: &mut Vec<u8>, f: &SettlementFields) {
+    out.extend_from_slice(&f.processing_code.unwrap_or(NO_U32).to_le_bytes());
+    for v in [f.mcc, f.country, f.pos_entry_mode] {
+        out.extend_from_slice(&v.unwrap_or(NO_U16).to_le_bytes());
+    }
+    put_str(out, f.batch.as_deref().unwrap_or(""));
+}
+
 /// A card number is written only masked. Callers pass an already masked
 /// value; if one arrives without a `*` (unmasked digits by mistake) it is
 /// masked here rather than reaching the disk.
@@ -543,6 +595,22 @@ impl Cursor<'_> {
             return Ok(0);
         }
         self.u32()
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn settlement(&mut self) -> Result<SettlementFields, DecodeError> {
+        let number = |v: u32| (v != NO_U32).then_some(v);
+        let small = |v: u16| (v != NO_U16).then_some(v);
+        Ok(SettlementFields {
+            processing_code: number(self.u32()?),
+            mcc: small(self.u16()?),
+            country: small(self.u16()?),
+            pos_entry_mode: small(self.u16()?),
+            batch: Some(self.str::<16>()?).filter(|b| !b.is_empty()),
+        })
     }
 
     fn optional_u16(&mut self) -> Result<u16, DecodeError> {
@@ -667,7 +735,8 @@ impl Record {
                         }
                         Ok(())
                     }
-                }
+                }?;
+                write_settlement(f, &r.settlement)
             }
             Record::Forwarded { acquirer: a, .. } => {
                 f.write_str(" acquirer=")?;
@@ -736,6 +805,27 @@ impl Record {
             | Record::AdviceExpired { .. } => Ok(()),
         }
     }
+}
+
+/// The settlement fields a request carried, each only when present:
+/// ` pc=000000 mcc=5411 country=840 entry=051 batch=000123`.
+fn write_settlement(f: &mut fmt::Formatter<'_>, s: &SettlementFields) -> fmt::Result {
+    if let Some(pc) = s.processing_code {
+        write!(f, " pc={pc:06}")?;
+    }
+    if let Some(mcc) = s.mcc {
+        write!(f, " mcc={mcc:04}")?;
+    }
+    if let Some(c) = s.country {
+        write!(f, " country={c:03}")?;
+    }
+    if let Some(e) = s.pos_entry_mode {
+        write!(f, " entry={e:03}")?;
+    }
+    if let Some(b) = &s.batch {
+        write!(f, " batch={b}")?;
+    }
+    Ok(())
 }
 
 /// A two-character code for display; bytes that are not printable ASCII

@@ -29,7 +29,7 @@ pub const MAGIC: [u8; 8] = *b"SWYJRN\x00\x01";
 pub const FRAME_HEADER: usize = 8;
 /// Smallest body: tag + txn + at_ms.
 const MIN_BODY: u32 = 1 + 8 + 8;
-/// No record comes near this (a request is ~130 bytes); a larger length is
+/// No record comes near this (a request is ~170 bytes); a larger length is
 /// damage, and refusing it bounds what the reader allocates.
 pub const MAX_FRAME_LEN: u32 = 1024;
 

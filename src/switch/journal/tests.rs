@@ -41,6 +41,13 @@ fn request(txn: u64) -> Record {
             currency: 978,
             transmission_time: 1_125_073_456,
             route: 1,
+            settlement: SettlementFields {
+                processing_code: Some(200_000),
+                mcc: Some(5411),
+                country: Some(276),
+                pos_entry_mode: Some(51),
+                batch: Some(s("000123")),
+            },
         },
         fraud_points: 30,
         fraud_reasons: 0b101,
@@ -113,14 +120,29 @@ fn every_kind(txn: u64) -> Vec<Record> {
     ]
 }
 
-/// The length of `record`'s body as written before its kind gained a
-/// field at the end (business date, DE15): shorter bodies of those
-/// kinds are the old format and read with the field at 0.
-fn old_format_len(record: &Record, len: usize) -> Option<usize> {
+/// Bytes of a `Request` body's settlement fields (DE3, DE18, DE19, DE22,
+/// the batch's length byte and text).
+fn settlement_len(record: &Record) -> usize {
     match record {
-        Record::Request { .. } => Some(len - 4),
-        Record::Response { .. } => Some(len - 2),
-        _ => None,
+        Record::Request { request, .. } => {
+            4 + 2 + 2 + 2 + 1 + request.settlement.batch.map_or(0, |b| b.len())
+        }
+        _ => 0,
+    }
+}
+
+/// The lengths of `record`'s body as written before its kind gained
+/// fields at the end (business date, then the settlement fields; DE15):
+/// shorter bodies of those kinds are the old formats and read with the
+/// fields at 0 or none.
+fn old_format_lens(record: &Record, len: usize) -> Vec<usize> {
+    match record {
+        Record::Request { .. } => {
+            let v2 = len - settlement_len(record);
+            vec![v2, v2 - 4]
+        }
+        Record::Response { .. } => vec![len - 2],
+        _ => Vec::new(),
     }
 }
 
@@ -154,8 +176,8 @@ fn every_kind_encodes_and_decodes() {
         // Any cut is detected, never misread, but at the end of a body of
         // the older, shorter format (the segment frame's length and CRC
         // catch a cut record before it is decoded).
-        let old = old_format_len(&record, buf.len());
-        for cut in (0..buf.len()).filter(|&c| Some(c) != old) {
+        let old = old_format_lens(&record, buf.len());
+        for cut in (0..buf.len()).filter(|c| !old.contains(c)) {
             assert!(
                 Record::decode(&buf[..cut]).is_err(),
                 "{record:?} cut at {cut}"
@@ -169,12 +191,26 @@ fn records_written_before_business_dates_still_read() {
     let mut new = request(3);
     let mut buf = Vec::new();
     new.encode(&mut buf);
-    // The old format: the same body without the business date.
+    // The format before settlement fields: the same body without them.
+    buf.truncate(buf.len() - settlement_len(&new));
+    if let Record::Request { request, .. } = &mut new {
+        request.settlement = SettlementFields::default();
+    }
+    assert_eq!(Record::decode(&buf), Ok(new.clone()));
+    // The first format: without the business date too.
     buf.truncate(buf.len() - 4);
     if let Record::Request { business_date, .. } = &mut new {
         *business_date = 0;
     }
     assert_eq!(Record::decode(&buf), Ok(new));
+    // Absent fields and an empty batch round-trip as none.
+    let mut bare = request(4);
+    if let Record::Request { request, .. } = &mut bare {
+        request.settlement = SettlementFields::default();
+    }
+    let mut buf = Vec::new();
+    bare.encode(&mut buf);
+    assert_eq!(Record::decode(&buf), Ok(bare));
     let mut answer = Record::Response {
         txn: 3,
         at_ms: 5,
@@ -204,6 +240,81 @@ fn records_written_before_business_dates_still_read() {
     let reason_at = buf.len() - 3;
     buf[reason_at] = 9;
     assert_eq!(Record::decode(&buf), Err(record::DecodeError::BadReason(9)));
+}
+
+/// A journal written by the releases before (requests without the
+/// settlement fields, the first ones without a business date either)
+/// still opens: recovery finds its open work with the request data it
+/// needs, and the new writer appends after it.
+#[test]
+fn a_journal_of_older_formats_still_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = |record: &Record, cut: usize| {
+        let mut b = Vec::new();
+        record.encode(&mut b);
+        b.truncate(b.len() - cut);
+        b
+    };
+    let frame = |seq: u64, body: &[u8], out: &mut Vec<u8>| {
+        let len = (8 + body.len()) as u32;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&len.to_le_bytes());
+        crc.update(&seq.to_le_bytes());
+        crc.update(body);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&crc.finalize().to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(body);
+    };
+    let v2 = request(1);
+    let v1 = request(2);
+    let mut file = MAGIC.to_vec();
+    let forwarded = |txn| Record::Forwarded {
+        txn,
+        at_ms: 1,
+        acquirer: 1,
+    };
+    frame(1, &body(&v2, settlement_len(&v2)), &mut file);
+    frame(2, &body(&forwarded(1), 0), &mut file);
+    frame(3, &body(&v1, settlement_len(&v1) + 4), &mut file);
+    frame(4, &body(&forwarded(2), 0), &mut file);
+    fs::write(dir.path().join(segment_name(1)), &file).expect("old segment");
+
+    let (journal, rec) = Journal::open(&config(dir.path())).expect("the old journal opens");
+    assert_eq!(rec.next_seq, 5);
+    assert!(
+        rec.torn.is_none() && rec.corrupt.is_empty(),
+        "{:?}",
+        rec.torn
+    );
+    let open: Vec<_> = rec
+        .unfinished
+        .iter()
+        .map(|u| {
+            (
+                u.txn,
+                u.request.stan,
+                u.request.amount_minor,
+                u.request.settlement,
+            )
+        })
+        .collect();
+    assert_eq!(
+        open,
+        vec![
+            (1, 1, 12_345, SettlementFields::default()),
+            (2, 2, 12_345, SettlementFields::default()),
+        ]
+    );
+    let seq = journal
+        .append(request(3))
+        .expect("appends after the old records");
+    assert_eq!(seq, 5);
+    block_on(journal.wait_durable(seq)).expect("durable");
+    journal.close();
+    let all = read_back(dir.path());
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[4].1, request(3), "the new format, fields and all");
 }
 
 #[test]
@@ -894,7 +1005,7 @@ fn a_request_reads_as_one_line_for_operators() {
         Some(
             "mti=0200 stan=000001 tid=TERM0001 mid=MERCHANT000001 rrn=612345678901 \
              pan=411111*1111 amount=12345 cur=978 de7=1125073456 bdate=2026-12-01 route=1 \
-             fraud=30/0x0005"
+             fraud=30/0x0005 pc=200000 mcc=5411 country=276 entry=051 batch=000123"
         ),
         "{line}"
     );

@@ -5,6 +5,7 @@
 //! cutover_time = "23:00"      # local time in time_zone; "off": no timer
 //! time_zone = "Europe/Berlin" # IANA name, "UTC", or a fixed "+08:00"
 //! host_cutover_guard_minutes = 60
+//! batch_field = 60            # the terminal's batch number (text); 0: none
 //! ```
 //!
 //! Per acquirer, `cutover_on_host_0800 = true` lets its 0800 with DE70 201
@@ -21,6 +22,9 @@ pub struct SettlementConfig {
     /// A host's 0800/201 within this long after the last cutover changes
     /// nothing: several links (or acquirers) announce the same cutover.
     pub host_guard: Duration,
+    /// The request field holding the terminal's batch number, kept as
+    /// text in the journal and the store (`batch`); 0: none kept.
+    pub batch_field: u16,
 }
 
 impl Default for SettlementConfig {
@@ -28,24 +32,34 @@ impl Default for SettlementConfig {
         SettlementConfig {
             schedule: Schedule::utc(Some(DEFAULT_CUTOVER)),
             host_guard: Duration::from_secs(3600),
+            batch_field: DEFAULT_BATCH_FIELD as u16,
         }
     }
 }
 
 /// 23:00.
 const DEFAULT_CUTOVER: u16 = 23 * 60;
+/// DE60, a private field many terminal specs put the batch number in.
+const DEFAULT_BATCH_FIELD: u64 = 60;
 
 table! {
     pub(crate) SettlementFile {
         cutover_time: String = "23:00".into();
         time_zone: String = "UTC".into();
         host_cutover_guard_minutes: u64 = 60, in 0..=1440;
+        batch_field: u64 = DEFAULT_BATCH_FIELD, in 0..=128;
     }
 }
 
 impl SettlementFile {
     pub(crate) fn validate(mut self, s: &mut Section) -> SettlementConfig {
         self.check_ranges(s);
+        if self.batch_field == 1 {
+            s.problem(
+                "batch_field",
+                "1 is the secondary bitmap: a data element number (2..=128), or 0 for none",
+            );
+        }
         let cutover = if self.cutover_time == "off" {
             None
         } else {
@@ -65,6 +79,7 @@ impl SettlementFile {
         SettlementConfig {
             schedule: Schedule { time_zone, cutover },
             host_guard: Duration::from_secs(60 * self.host_cutover_guard_minutes), // in range
+            batch_field: self.batch_field as u16,                                  // in range
         }
     }
 }
@@ -84,6 +99,13 @@ mod tests {
         assert_eq!(c.settlement.schedule.cutover, Some(150));
         let c = Config::parse("[settlement]\ncutover_time = \"off\"").expect("valid");
         assert_eq!(c.settlement.schedule.cutover, None);
+        assert_eq!(c.settlement.batch_field, 60);
+        let c = Config::parse("[settlement]\nbatch_field = 0").expect("valid");
+        assert_eq!(c.settlement.batch_field, 0);
+        assert!(
+            only_problem("[settlement]\nbatch_field = 1")
+                .starts_with("settlement.batch_field: 1 is the secondary bitmap")
+        );
         assert!(
             only_problem("[settlement]\ncutover_time = \"25:00\"")
                 .starts_with("settlement.cutover_time: `25:00`")

@@ -110,6 +110,13 @@ impl BusinessDay {
         }
     }
 
+    /// The request field holding the terminal's batch number
+    /// (`[settlement] batch_field`; 0: none), read with each `Request`
+    /// record.
+    pub fn batch_field(&self) -> u16 {
+        self.config.batch_field
+    }
+
     /// [`BusinessDay::new`], journaling to `journal`.
     pub fn with_journal(
         config: SettlementConfig,
@@ -210,6 +217,7 @@ mod tests {
         let config = SettlementConfig {
             schedule: Schedule::utc(Some(23 * 60)),
             host_guard: Duration::from_secs(3600),
+            ..SettlementConfig::default()
         };
         let sink: Sink = Box::new(move |r| {
             sink_records.lock().expect("lock").push(r);

@@ -18,12 +18,19 @@
 //! rules), `timer.rs` (the scheduled cutover), `cli.rs` (`switchyard
 //! settle cutover`).
 
+pub mod capture;
 pub mod cli;
 mod config;
 pub mod cutover;
 pub mod date;
+pub mod day;
+pub mod money;
+pub mod recon;
+pub mod report;
+pub mod scheme;
 pub mod timer;
 
+pub use capture::capture;
 pub use config::SettlementConfig;
 pub(crate) use config::SettlementFile;
 pub use cutover::{BusinessDay, CutoverDone, CutoverRefused, Trigger};

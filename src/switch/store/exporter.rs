@@ -377,6 +377,11 @@ fn request_fields(
         fraud_points,
         fraud_reasons,
         business_date: None,
+        processing_code: r.settlement.processing_code.map(|v| format!("{v:06}")),
+        mcc: r.settlement.mcc,
+        country: r.settlement.country,
+        pos_entry_mode: r.settlement.pos_entry_mode.map(|v| format!("{v:03}")),
+        batch: r.settlement.batch.map(|b| b.to_string()),
     }
 }
 

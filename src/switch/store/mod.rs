@@ -146,6 +146,17 @@ pub struct RequestFields {
     /// The business date it was accepted in (`YYYY-MM-DD`); `None` for
     /// records written before business dates.
     pub business_date: Option<String>,
+    /// DE3, six digits (`000000`); `None` when the request had none (or
+    /// its record was written before schema 3's fields were kept).
+    pub processing_code: Option<String>,
+    /// DE18, merchant category code.
+    pub mcc: Option<u16>,
+    /// DE19, acquiring institution country (ISO 3166 numeric).
+    pub country: Option<u16>,
+    /// DE22, three digits (`051`).
+    pub pos_entry_mode: Option<String>,
+    /// The terminal's batch number (`[settlement] batch_field`), as text.
+    pub batch: Option<String>,
 }
 
 /// The final answer the terminal got.
@@ -287,6 +298,35 @@ pub trait Store: Send {
 
     /// Rows in the store, all nodes.
     fn count(&mut self) -> Result<u64, StoreError>;
+
+    /// Every row of business date `date` (`YYYY-MM-DD`), all nodes,
+    /// in the order the transactions began, handed to `each` one at a
+    /// time; returns how many. What settlement reads.
+    fn business_day(&mut self, date: &str, each: &mut dyn FnMut(TxnRow))
+    -> Result<u64, StoreError>;
+}
+
+/// Opens the configured store for a command that reads it (`settle
+/// report`, `recon`): a SQLite file that is not there is an error, not an
+/// empty store made for the occasion, and a PostgreSQL server that does
+/// not answer is an error now. The schema is brought up to date as at
+/// the switch's start.
+pub fn open_to_read(backend: &Backend) -> Result<Box<dyn Store>, StoreError> {
+    match backend {
+        Backend::Sqlite { path } => {
+            if !path.exists() {
+                return Err(StoreError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no store there (the switch makes it when [store] enabled = true)",
+                    ),
+                });
+            }
+            Ok(Box::new(sqlite::SqliteStore::open(path)?))
+        }
+        Backend::Postgres { url } => Ok(Box::new(postgres::PgStore::connect(url)?)),
+    }
 }
 
 /// Opens the configured store and brings its schema up to date. A

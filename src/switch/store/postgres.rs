@@ -28,8 +28,8 @@
 //! CONFLICT` into `transactions`, and the export position moved in the
 //! same statement. Binary COPY into a temporary table then `INSERT ...
 //! SELECT` was slower at every batch size (docs/BENCHMARKS.md), and a
-//! multi-row `VALUES` needs a statement per 1,724 rows (65,535 parameters
-//! over 38 columns).
+//! multi-row `VALUES` needs a statement per 1,524 rows (65,535 parameters
+//! over 43 columns).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -59,7 +59,7 @@ const MIGRATION_LOCK: i64 = 8_583_001;
 
 /// The stored columns, in the order of every statement here and of
 /// [`Values::params`].
-const COLUMNS: [(&str, Type); 38] = [
+const COLUMNS: [(&str, Type); 43] = [
     ("node_id", Type::TEXT),
     ("txn_id", Type::INT8),
     ("first_at_ms", Type::INT8),
@@ -98,12 +98,17 @@ const COLUMNS: [(&str, Type); 38] = [
     ("advice_rc", Type::TEXT),
     ("business_date", Type::TEXT),
     ("settlement_date", Type::TEXT),
+    ("processing_code", Type::TEXT),
+    ("mcc", Type::INT4),
+    ("country", Type::INT4),
+    ("pos_entry_mode", Type::TEXT),
+    ("batch", Type::TEXT),
 ];
 
 /// The SQL made once from [`COLUMNS`].
 struct Sql {
-    /// One statement: the export position moved (`$39`, at `$40`) if it
-    /// is at `$41`, and only then the rows (`$1` the node, `$2..=$38`
+    /// One statement: the export position moved (`$44`, at `$45`) if it
+    /// is at `$46`, and only then the rows (`$1` the node, `$2..=$43`
     /// one array per column) merged into `transactions`. A single
     /// statement is atomic: both or neither, without BEGIN and COMMIT
     /// round trips. It answers whether it moved the position, and where
@@ -112,7 +117,7 @@ struct Sql {
     /// [`Method::Copy`]'s position check and move alone (`$1` node, `$2`
     /// position, `$3` at, `$4` from), answering as `apply` does.
     position: String,
-    /// `$2..=$38`: the arrays' types, in [`COLUMNS`] order.
+    /// `$2..=$43`: the arrays' types, in [`COLUMNS`] order.
     array_types: Vec<Type>,
     select: String,
     /// [`Method::Copy`]: `COPY export_rows ... FROM STDIN BINARY`, then
@@ -499,7 +504,7 @@ impl Cell<'_> {
 }
 
 /// A row's values but the node id, in [`COLUMNS`] order.
-fn cells(t: &TxnUpdate) -> Result<[Cell<'_>; 37], StoreError> {
+fn cells(t: &TxnUpdate) -> Result<[Cell<'_>; 42], StoreError> {
     use Cell::{Bool, Bytes, Int, Small, Text};
     let req = t.request.as_ref();
     let (outcome, rc, approval, stand_in, answered_at, de15) = match &t.outcome {
@@ -566,6 +571,11 @@ fn cells(t: &TxnUpdate) -> Result<[Cell<'_>; 37], StoreError> {
         Text(a.response_code.as_deref()),
         Text(req.and_then(|q| q.business_date.as_deref())),
         Text(de15),
+        Text(req.and_then(|q| q.processing_code.as_deref())),
+        Small(req.and_then(|q| q.mcc).map(i32::from)),
+        Small(req.and_then(|q| q.country).map(i32::from)),
+        Text(req.and_then(|q| q.pos_entry_mode.as_deref())),
+        Text(req.and_then(|q| q.batch.as_deref())),
     ])
 }
 
@@ -756,6 +766,11 @@ fn small(r: &Row, i: usize) -> Result<u64, postgres::Error> {
     Ok(v.map_or(0, |v| v.max(0) as u64))
 }
 
+fn opt_small(r: &Row, i: usize) -> Result<Option<u16>, postgres::Error> {
+    let v: Option<i32> = r.try_get(i)?;
+    Ok(v.and_then(|v| u16::try_from(v).ok()))
+}
+
 fn saf(r: &Row, first: usize) -> Result<SafUpdate, postgres::Error> {
     let state: Option<String> = r.try_get(first)?;
     let attempts: Option<i64> = r.try_get(first + 3)?;
@@ -796,6 +811,11 @@ fn row(r: &Row) -> Result<TxnRow, postgres::Error> {
                 fraud_points: small(r, 17)? as u16,
                 fraud_reasons: small(r, 18)? as u16,
                 business_date: r.try_get(36)?,
+                processing_code: r.try_get(38)?,
+                mcc: opt_small(r, 39)?,
+                country: opt_small(r, 40)?,
+                pos_entry_mode: r.try_get(41)?,
+                batch: r.try_get(42)?,
             })
         }
     };
@@ -885,6 +905,27 @@ impl Store for PgStore {
                 .query_one("SELECT COUNT(*) FROM transactions", &[])?
                 .try_get(0)?;
             Ok(n.max(0) as u64)
+        })
+    }
+
+    fn business_day(
+        &mut self,
+        date: &str,
+        each: &mut dyn FnMut(TxnRow),
+    ) -> Result<u64, StoreError> {
+        self.with(|c, sql, _| {
+            let q = format!(
+                "{} WHERE business_date = $1 ORDER BY first_at_ms, node_id, txn_id",
+                sql.select
+            );
+            // Streamed: a day's rows need not fit in one answer's memory.
+            let mut rows = c.query_raw(&q, [date])?;
+            let mut n = 0;
+            while let Some(r) = postgres::fallible_iterator::FallibleIterator::next(&mut rows)? {
+                each(row(&r)?);
+                n += 1;
+            }
+            Ok(n)
         })
     }
 }

@@ -79,12 +79,26 @@ ALTER TABLE transactions ADD COLUMN settlement_date TEXT;
 CREATE INDEX transactions_business_date ON transactions (business_date);
 ",
     },
+    // What settlement reads (issue 14): DE3 and DE22 as their digits
+    // (the processing code's first two are the transaction type), DE18
+    // and DE19 as numbers, the terminal's batch number as text.
+    Migration {
+        version: 3,
+        description: "processing_code, mcc, country, pos_entry_mode, batch",
+        sql: "
+ALTER TABLE transactions ADD COLUMN processing_code TEXT;
+ALTER TABLE transactions ADD COLUMN mcc INTEGER;
+ALTER TABLE transactions ADD COLUMN country INTEGER;
+ALTER TABLE transactions ADD COLUMN pos_entry_mode TEXT;
+ALTER TABLE transactions ADD COLUMN batch TEXT;
+",
+    },
 ];
 
 /// The PostgreSQL schema: the same tables, columns and indexes as
 /// [`SQLITE`] version for version. Ids, times, amounts and counts are
 /// BIGINT (63 bits, as in SQLite); the u16 fields (MTI, currency, fraud
-/// points and reasons) INTEGER; the card hash BYTEA, never text; stand-in
+/// points and reasons, MCC, country) INTEGER; the card hash BYTEA, never text; stand-in
 /// a BOOLEAN where SQLite has 0/1.
 pub const POSTGRES: &[Migration] = &[
     Migration {
@@ -147,6 +161,20 @@ CREATE TABLE export_position (
 ALTER TABLE transactions ADD COLUMN business_date TEXT;
 ALTER TABLE transactions ADD COLUMN settlement_date TEXT;
 CREATE INDEX transactions_business_date ON transactions (business_date);
+",
+    },
+    // What settlement reads (issue 14): DE3 and DE22 as their digits
+    // (the processing code's first two are the transaction type), DE18
+    // and DE19 as numbers, the terminal's batch number as text.
+    Migration {
+        version: 3,
+        description: "processing_code, mcc, country, pos_entry_mode, batch",
+        sql: "
+ALTER TABLE transactions ADD COLUMN processing_code TEXT;
+ALTER TABLE transactions ADD COLUMN mcc INTEGER;
+ALTER TABLE transactions ADD COLUMN country INTEGER;
+ALTER TABLE transactions ADD COLUMN pos_entry_mode TEXT;
+ALTER TABLE transactions ADD COLUMN batch TEXT;
 ",
     },
 ];

@@ -110,7 +110,8 @@ INSERT INTO transactions (
     outcome, response_code, approval_code, stand_in, answered_at_ms,
     reversal_state, reversal_at_ms, reversal_reason, reversal_attempts, reversal_rc,
     advice_state, advice_at_ms, advice_mti, advice_attempts, advice_rc,
-    business_date, settlement_date
+    business_date, settlement_date,
+    processing_code, mcc, country, pos_entry_mode, batch
 ) VALUES (
     ?1, ?2, ?3, ?4, ?5,
     ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
@@ -119,7 +120,8 @@ INSERT INTO transactions (
     ?22, ?23, ?24, ?25, ?26,
     ?27, ?28, ?29, ?30, ?31,
     ?32, ?33, ?34, ?35, ?36,
-    ?37, ?38
+    ?37, ?38,
+    ?39, ?40, ?41, ?42, ?43
 )
 ON CONFLICT (node_id, txn_id) DO UPDATE SET
     first_at_ms       = MIN(first_at_ms, excluded.first_at_ms),
@@ -157,7 +159,12 @@ ON CONFLICT (node_id, txn_id) DO UPDATE SET
     advice_attempts   = COALESCE(excluded.advice_attempts, advice_attempts),
     advice_rc         = COALESCE(excluded.advice_rc, advice_rc),
     business_date     = COALESCE(excluded.business_date, business_date),
-    settlement_date   = COALESCE(excluded.settlement_date, settlement_date)
+    settlement_date   = COALESCE(excluded.settlement_date, settlement_date),
+    processing_code   = COALESCE(excluded.processing_code, processing_code),
+    mcc               = COALESCE(excluded.mcc, mcc),
+    country           = COALESCE(excluded.country, country),
+    pos_entry_mode    = COALESCE(excluded.pos_entry_mode, pos_entry_mode),
+    batch             = COALESCE(excluded.batch, batch)
 ";
 
 const COLUMNS: &str = "node_id, txn_id, first_at_ms, updated_at_ms, last_seq,
@@ -167,7 +174,8 @@ const COLUMNS: &str = "node_id, txn_id, first_at_ms, updated_at_ms, last_seq,
     outcome, response_code, approval_code, stand_in, answered_at_ms,
     reversal_state, reversal_at_ms, reversal_reason, reversal_attempts, reversal_rc,
     advice_state, advice_at_ms, advice_mti, advice_attempts, advice_rc,
-    business_date, settlement_date";
+    business_date, settlement_date,
+    processing_code, mcc, country, pos_entry_mode, batch";
 
 fn u(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
     let v: i64 = r.get(i)?;
@@ -218,6 +226,11 @@ fn row(r: &Row<'_>) -> rusqlite::Result<TxnRow> {
                 fraud_points: small(17)? as u16,
                 fraud_reasons: small(18)? as u16,
                 business_date: r.get(36)?,
+                processing_code: r.get(38)?,
+                mcc: r.get(39)?,
+                country: r.get(40)?,
+                pos_entry_mode: r.get(41)?,
+                batch: r.get(42)?,
             })
         }
     };
@@ -347,6 +360,11 @@ impl Store for SqliteStore {
                     a.response_code.as_deref(),
                     req.and_then(|q| q.business_date.as_deref()),
                     de15,
+                    req.and_then(|q| q.processing_code.as_deref()),
+                    req.and_then(|q| q.mcc),
+                    req.and_then(|q| q.country),
+                    req.and_then(|q| q.pos_entry_mode.as_deref()),
+                    req.and_then(|q| q.batch.as_deref()),
                 ])?;
             }
             let at = batch.rows.iter().map(|t| t.last_at_ms).max().unwrap_or(0);
@@ -399,5 +417,23 @@ impl Store for SqliteStore {
             .conn
             .query_row("SELECT COUNT(*) FROM transactions", [], |r| r.get(0))?;
         Ok(n.max(0) as u64)
+    }
+
+    fn business_day(
+        &mut self,
+        date: &str,
+        each: &mut dyn FnMut(TxnRow),
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM transactions WHERE business_date = ?1 \
+             ORDER BY first_at_ms, node_id, txn_id"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut n = 0;
+        for r in stmt.query_map([date], row)? {
+            each(r?);
+            n += 1;
+        }
+        Ok(n)
     }
 }

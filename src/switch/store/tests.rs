@@ -18,7 +18,9 @@ use super::sqlite::SqliteStore;
 use super::{
     Backend, ExportBatch, ExportSettings, Exporter, SafState, Store, TxnRow, TxnUpdate, parse_url,
 };
-use crate::switch::journal::{Durability, Journal, JournalConfig, Record, RequestData};
+use crate::switch::journal::{
+    Durability, Journal, JournalConfig, Record, RequestData, SettlementFields,
+};
 
 #[path = "../../../tests/common/postgres.rs"]
 mod pg_server;
@@ -133,6 +135,8 @@ macro_rules! on_both {
 }
 
 on_both!(async exports_a_journal_across_segments_in_small_batches_and_resumes,
+    a_business_day_reads_back_and_reports_to_the_cent,
+    the_exporter_thread_applies_retention_at_start,
     a_store_that_lost_commits_is_exported_again_from_where_it_is,
     the_thread_follows_the_watermark_while_the_journal_grows);
 on_both!(
@@ -140,6 +144,7 @@ on_both!(
     retention_deletes_only_rows_older_than_configured,
     migrations_run_once_and_a_newer_schema_is_refused,
     a_version_1_store_is_migrated_and_keeps_its_rows,
+    a_version_2_store_is_migrated_keeps_its_rows_and_takes_the_new_fields,
     a_batch_with_a_transaction_twice_is_merged_in_order,
     a_batch_from_another_position_writes_nothing,
 );
@@ -160,6 +165,24 @@ fn request_data(stan: u32) -> RequestData {
         currency: 978,
         transmission_time: 1_201_123_456,
         route: 0,
+        // Every seventh without any (an old record, or a request without
+        // the fields).
+        settlement: if stan % 7 == 0 {
+            SettlementFields::default()
+        } else {
+            SettlementFields {
+                processing_code: Some(if stan % 4 == 0 { 200_000 } else { 0 }),
+                mcc: Some(5411),
+                country: Some(276),
+                pos_entry_mode: Some(51),
+                batch: Some(
+                    format!("B{:05}", stan % 3)
+                        .as_str()
+                        .try_into()
+                        .expect("fits"),
+                ),
+            }
+        },
     }
 }
 
@@ -297,6 +320,26 @@ fn check_rows(rows: &[TxnRow], n: u32) {
         assert_eq!(req.business_date.as_deref(), Some(date), "txn {i}");
         let de15 = (i % 3 != 0 && i % 2 == 0).then_some("1201");
         assert_eq!(row.settlement_date.as_deref(), de15, "txn {i}");
+        if i % 7 == 0 {
+            assert_eq!(
+                (
+                    &req.processing_code,
+                    req.mcc,
+                    req.country,
+                    &req.pos_entry_mode,
+                    &req.batch
+                ),
+                (&None, None, None, &None, &None),
+                "txn {i}"
+            );
+        } else {
+            let pc = if i % 4 == 0 { "200000" } else { "000000" };
+            assert_eq!(req.processing_code.as_deref(), Some(pc), "txn {i}");
+            assert_eq!((req.mcc, req.country), (Some(5411), Some(276)));
+            assert_eq!(req.pos_entry_mode.as_deref(), Some("051"));
+            let batch = format!("B{:05}", i % 3);
+            assert_eq!(req.batch.as_deref(), Some(batch.as_str()), "txn {i}");
+        }
         if i % 3 == 0 {
             assert_eq!(row.outcome.as_deref(), Some("timeout"), "txn {i}");
             assert_eq!(row.response_code.as_deref(), Some("91"));
@@ -351,6 +394,120 @@ async fn exports_a_journal_across_segments_in_small_batches_and_resumes(kind: Ki
         let mut e = Exporter::new(settings(dir.path(), 50), db.store()).expect("exporter");
         assert_eq!(export_all(&mut e, last), (last - 10) as usize);
         assert_eq!(all_rows(e.store()), first, "exported twice, stored once");
+    });
+    journal.close();
+}
+
+/// `business_day` hands over one date's rows, all of them and only
+/// them; the settlement report made of them nets to the cent what the
+/// journal says was approved (refunds as credits, timeouts out).
+async fn a_business_day_reads_back_and_reports_to_the_cent(kind: Kind) {
+    use crate::switch::settlement::day::Day;
+    use crate::switch::settlement::report::Report;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
+    let n = 120;
+    let last = journal_traffic(&journal, n, 1_000_000);
+    durable(&journal, last).await;
+    block_in_place(|| {
+        let mut e = Exporter::new(settings(dir.path(), 64), db.store()).expect("exporter");
+        export_all(&mut e, last);
+        for (date, parity) in [("2026-12-01", 0), ("2026-12-02", 1)] {
+            let mut stans = Vec::new();
+            let rows = e
+                .store()
+                .business_day(date, &mut |r| {
+                    stans.push(r.request.as_ref().map_or(0, |q| q.stan))
+                })
+                .expect("rows");
+            let want: Vec<u32> = (1..=n).filter(|i| i % 2 == parity).collect();
+            assert_eq!(stans, want, "{date}: its rows, in order");
+            assert_eq!(rows, want.len() as u64);
+            // journal_traffic: every third timed out, every fifth declined,
+            // the rest approved; a fourth (not a seventh) a refund.
+            let (mut count, mut net) = (0u64, 0i128);
+            for i in want.iter().filter(|i| *i % 3 != 0 && *i % 5 != 0) {
+                count += 1;
+                let amount = i128::from(1000 + i);
+                net += if i % 4 == 0 && i % 7 != 0 {
+                    -amount
+                } else {
+                    amount
+                };
+            }
+            let day = Day::load(e.store(), date).expect("day");
+            let report = Report::of(&day);
+            assert_eq!(report.totals.len(), 1);
+            let t = &report.totals[0];
+            assert_eq!(
+                (t.currency, t.count, t.net_minor),
+                (978, count, net),
+                "{date}"
+            );
+            assert_eq!(report.incomplete, 0);
+        }
+        let mut none = 0;
+        e.store()
+            .business_day("2026-12-03", &mut |_| none += 1)
+            .expect("no rows");
+        assert_eq!(none, 0);
+    });
+    journal.close();
+}
+
+/// `[store] retention_days` in the running exporter: at its start (then
+/// hourly) rows past it go, the others and the export position stay,
+/// and exporting goes on.
+async fn the_exporter_thread_applies_retention_at_start(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let now = crate::clock::unix_now_ms();
+    let rows = [
+        TxnUpdate::new(1_000_001, 1, now - 401 * DAY_MS),
+        TxnUpdate::new(1_000_002, 2, now - 399 * DAY_MS),
+        TxnUpdate::new(1_000_003, 3, now - 1000),
+    ];
+    block_in_place(|| {
+        db.store()
+            .apply(&ExportBatch {
+                node_id: "another-node",
+                rows: &rows,
+                from: 0,
+                position: 3,
+            })
+            .expect("rows")
+    });
+    let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
+    let e =
+        block_in_place(|| Exporter::new(settings(dir.path(), 16), db.store())).expect("exporter");
+    let handle = e.spawn(journal.durable()).expect("thread");
+    let last = journal_traffic(&journal, 5, now);
+    let mut exported = handle.exported();
+    tokio::time::timeout(Duration::from_secs(20), exported.wait_for(|&p| p >= last))
+        .await
+        .expect("exported in time")
+        .expect("exporter running");
+    block_in_place(|| {
+        handle.stop();
+        let mut store = db.store();
+        let kept: Vec<u64> = store
+            .transactions("another-node", 0, 10)
+            .expect("rows")
+            .iter()
+            .map(|r| r.txn)
+            .collect();
+        assert_eq!(
+            kept,
+            [1_000_002, 1_000_003],
+            "only the one past 400 days went"
+        );
+        assert_eq!(store.export_position("another-node").expect("position"), 3);
+        check_rows(&all_rows(&mut *store), 5);
     });
     journal.close();
 }
@@ -500,13 +657,86 @@ fn a_version_1_store_is_migrated_and_keeps_its_rows(kind: Kind) {
     ));
     // (Db::schema_version would open the store, and so migrate it.)
     let mut store = db.store();
-    assert_eq!(db.schema_version(), 2);
+    assert_eq!(
+        db.schema_version(),
+        super::schema::latest(super::schema::SQLITE)
+    );
     let row = store
         .transaction(NODE, 1)
         .expect("read")
         .expect("the old row");
     assert_eq!(row.settlement_date, None);
     assert_eq!(row.first_at_ms, 5);
+}
+
+/// A store at schema 2 (business dates, the release before settlement
+/// kept DE3, DE18, DE19, DE22 and the batch) gets their columns at open:
+/// its rows read with none, and an update of such a row fills them.
+fn a_version_2_store_is_migrated_keeps_its_rows_and_takes_the_new_fields(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let (migrations, version_table) = match kind {
+        Kind::Sqlite => (
+            super::schema::SQLITE,
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL);",
+        ),
+        Kind::Postgres => (
+            super::schema::POSTGRES,
+            "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, description TEXT NOT NULL);",
+        ),
+    };
+    if let Backend::Sqlite { path } = &db.backend {
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+    }
+    let v2: String = migrations
+        .iter()
+        .filter(|m| m.version <= 2)
+        .map(|m| m.sql)
+        .collect();
+    db.execute(&format!(
+        "{version_table} {v2} INSERT INTO schema_version VALUES (1, 'v1'), (2, 'v2'); \
+         INSERT INTO transactions (node_id, txn_id, first_at_ms, updated_at_ms, last_seq, \
+             request_at_ms, rrn, amount_minor, business_date) \
+         VALUES ('{NODE}', 1, 5, 5, 1, 5, 'R1', 1000, '2026-12-01');"
+    ));
+    let mut store = db.store();
+    assert_eq!(db.schema_version(), 3);
+    let row = store
+        .transaction(NODE, 1)
+        .expect("read")
+        .expect("the old row");
+    let req = row.request.as_ref().expect("request fields");
+    assert_eq!(req.business_date.as_deref(), Some("2026-12-01"));
+    assert_eq!(
+        (
+            &req.processing_code,
+            req.mcc,
+            req.country,
+            &req.pos_entry_mode,
+            &req.batch
+        ),
+        (&None, None, None, &None, &None)
+    );
+    // The same transaction's request again, as the exporter would send it.
+    let mut update = full_rows(1, 1).remove(0);
+    update.last_seq = 2;
+    store
+        .apply(&ExportBatch {
+            node_id: NODE,
+            rows: &[update],
+            from: 0,
+            position: 2,
+        })
+        .expect("update");
+    let row = store.transaction(NODE, 1).expect("read").expect("the row");
+    let req = row.request.as_ref().expect("request fields");
+    assert_eq!(req.processing_code.as_deref(), Some("000000"));
+    assert_eq!((req.mcc, req.country), (Some(5411), Some(840)));
+    assert_eq!(req.pos_entry_mode.as_deref(), Some("051"));
+    assert_eq!(req.batch.as_deref(), Some("000042"));
+    assert_eq!(row.first_at_ms, 5, "kept its bounds");
 }
 
 /// A batch that does not follow the store's position writes nothing and
@@ -705,6 +935,11 @@ fn full_rows(from: u64, n: u64) -> Vec<TxnUpdate> {
                 fraud_points: 3,
                 fraud_reasons: 1,
                 business_date: Some("2026-12-01".into()),
+                processing_code: Some("000000".into()),
+                mcc: Some(5411),
+                country: Some(840),
+                pos_entry_mode: Some("051".into()),
+                batch: Some("000042".into()),
             });
             t.forwarded = Some((1_000_000 + txn, "acquirer-a".into()));
             t.outcome = Some(super::Outcome::Answered {

@@ -49,7 +49,9 @@ impl JournalAppend for JournalQueue {
 
 /// The journal's record of an accepted request: masked PAN and keyed hash
 /// (`card_hash`: [`crate::security::card_hash::card_hash_128`]), never the
-/// card number, track data, CVV or PIN block.
+/// card number, track data, CVV or PIN block. `batch_field`: where the
+/// terminal's batch number is (`[settlement] batch_field`, 0: none).
+#[allow(clippy::too_many_arguments)]
 pub fn request_record(
     msg: &Message,
     at_ms: u64,
@@ -58,6 +60,7 @@ pub fn request_record(
     score: &fraud::Score,
     card_hash: [u8; 16],
     business_date: u32,
+    batch_field: u16,
 ) -> Record {
     // A masked PAN is never longer than the PAN's 19 digits.
     let masked = msg.pan().map_or_else(Default::default, |p| {
@@ -78,6 +81,7 @@ pub fn request_record(
             currency: msg.currency().unwrap_or(0),
             transmission_time: msg.transmission_time().unwrap_or(0),
             route,
+            settlement: crate::switch::settlement::capture(msg, batch_field),
         },
         fraud_points: score.points,
         fraud_reasons: score.reasons.bits(),

@@ -68,6 +68,7 @@ impl<J: JournalAppend> TerminalCore<J> {
             score,
             at_rest,
             business_date,
+            self.shared.business_day.batch_field(),
         );
         self.journal(record).then_some(txn)
     }

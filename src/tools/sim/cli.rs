@@ -55,7 +55,8 @@ pub struct SimArgs {
     #[arg(long)]
     pub refuse_connections: bool,
     /// Address of the line-based control port (commands: latency,
-    /// drop-every, stop, resume, close, wrong-stan, stats).
+    /// drop-every, stop, resume, close, wrong-stan, stats, settlement,
+    /// cutover, skew).
     #[arg(long, value_name = "ADDR")]
     pub control: Option<SocketAddr>,
     /// Requests to keep in memory for inspection. Off by default in the
@@ -99,6 +100,12 @@ pub struct SimArgs {
     /// With --zpk: every card's PIN; another PIN gets 55.
     #[arg(long, value_name = "PIN")]
     pub expect_pin: Option<String>,
+    /// Keep a settlement file (CSV) of the financial transactions
+    /// approved and not reversed since start or the last `cutover`:
+    /// written on the control commands settlement, cutover and skew N,
+    /// and at stop.
+    #[arg(long, value_name = "FILE")]
+    pub settlement_file: Option<PathBuf>,
 }
 
 impl SimArgs {
@@ -248,6 +255,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         record_capacity: args.record_capacity,
         tls,
         zone,
+        settlement_file: args.settlement_file,
         ..SimConfig::default()
     };
     // One thread is plenty for a host stand-in, and leaves the other cores
@@ -284,6 +292,15 @@ pub fn run(args: SimArgs) -> ExitCode {
         let stats = handle.stats();
         handle.shutdown();
         eprintln!("switchyard sim: stopped; {stats}");
+        match handle.write_settlement() {
+            Ok(said) => eprintln!("switchyard sim: settlement file: {said}"),
+            // Without --settlement-file there is none to write.
+            Err(_) if handle.settled().is_none() => {}
+            Err(e) => {
+                eprintln!("switchyard sim: settlement file: {e}");
+                return ExitCode::from(1);
+            }
+        }
         ExitCode::SUCCESS
     })
 }

@@ -159,6 +159,8 @@ struct Conn {
     decide_rng: XorShift,
     latency_rng: XorShift,
     approvals: std::ops::Range<u64>,
+    /// What this batch did to the settlement file (with one).
+    settled: Vec<super::settlement::Event>,
 }
 
 impl Conn {
@@ -177,6 +179,7 @@ impl Conn {
             decide_rng: XorShift::new(seed),
             latency_rng: XorShift::new(!seed),
             approvals: 0..0,
+            settled: Vec::new(),
             shared,
         }
     }
@@ -311,6 +314,11 @@ impl Conn {
             };
             if self.emit(&msg, kind, &answer, faults, now, transaction) {
                 response_code = Some(code);
+                if self.shared.settlement.is_some()
+                    && let Some(e) = super::settlement::event(&msg, code, approval)
+                {
+                    self.settled.push(e);
+                }
             } else {
                 self.tally.ignored += 1;
             }
@@ -398,6 +406,11 @@ impl Conn {
     /// Done before the answers are written, so whoever holds an answer
     /// also sees it counted.
     fn flush(&mut self) {
+        if !self.settled.is_empty()
+            && let Some(book) = &self.shared.settlement
+        {
+            crate::sync::lock(book).apply(&mut self.settled);
+        }
         if self.tally.is_zero() && self.entries.is_empty() {
             return;
         }

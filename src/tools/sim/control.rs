@@ -9,6 +9,9 @@
 //! close | close on | close off      (on: keep closing new connections)
 //! wrong-stan on | wrong-stan off
 //! stats
+//! settlement                        (write the --settlement-file now)
+//! cutover                           (write it, then begin a new day)
+//! skew 7                            (alter 7 of its records, write it)
 //! ```
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -32,10 +35,13 @@ pub enum Command {
     Refuse(bool),
     WrongStan(bool),
     Stats,
+    Settlement,
+    Cutover,
+    Skew(usize),
 }
 
 const USAGE: &str = "commands: latency N|MIN-MAX|off, drop-every N, stop, resume, \
-                     close [on|off], wrong-stan on|off, stats";
+                     close [on|off], wrong-stan on|off, stats, settlement, cutover, skew N";
 
 pub fn parse(line: &str) -> Result<Command, String> {
     let mut words = line.split_whitespace();
@@ -70,6 +76,12 @@ pub fn parse(line: &str) -> Result<Command, String> {
         },
         "wrong-stan" => switch(arg).map(Command::WrongStan),
         "stats" => no_arg(Command::Stats),
+        "settlement" => no_arg(Command::Settlement),
+        "cutover" => no_arg(Command::Cutover),
+        "skew" => match arg.map(str::parse::<usize>) {
+            Some(Ok(n)) if n > 0 => Ok(Command::Skew(n)),
+            _ => Err("`skew` takes a whole number of records (1 or more)".into()),
+        },
         "" => Err(USAGE.into()),
         other => Err(format!("unknown command `{other}`; {USAGE}")),
     }
@@ -91,8 +103,18 @@ pub fn apply(handle: &SimHandle, cmd: Command) -> String {
         }
         Command::WrongStan(on) => handle.set_wrong_stan(on),
         Command::Stats => return handle.stats().to_string(),
+        Command::Settlement => return answer(handle.write_settlement()),
+        Command::Cutover => return answer(handle.settlement_cutover()),
+        Command::Skew(n) => return answer(handle.skew_settlement(n)),
     }
     "ok".into()
+}
+
+fn answer(r: Result<String, String>) -> String {
+    match r {
+        Ok(said) => format!("ok: {said}"),
+        Err(e) => format!("error: {e}"),
+    }
 }
 
 /// Answers one line of input.
@@ -180,6 +202,9 @@ mod tests {
         assert_eq!(parse("wrong-stan on"), Ok(Command::WrongStan(true)));
         assert_eq!(parse("wrong-stan off"), Ok(Command::WrongStan(false)));
         assert_eq!(parse("stats"), Ok(Command::Stats));
+        assert_eq!(parse("settlement"), Ok(Command::Settlement));
+        assert_eq!(parse("cutover"), Ok(Command::Cutover));
+        assert_eq!(parse("skew 7"), Ok(Command::Skew(7)));
     }
 
     #[test]
@@ -191,6 +216,9 @@ mod tests {
             ("drop-every -1", "whole number"),
             ("wrong-stan maybe", "on or off"),
             ("stop now", "no argument"),
+            ("skew", "whole number"),
+            ("skew 0", "whole number"),
+            ("skew many", "whole number"),
             ("close on now", "too many"),
             ("reboot", "unknown command `reboot`"),
             ("", "commands:"),

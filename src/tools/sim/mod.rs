@@ -22,6 +22,7 @@ pub mod cli;
 mod conn;
 pub mod control;
 pub mod rules;
+pub mod settlement;
 pub mod zone;
 
 use std::collections::VecDeque;
@@ -83,6 +84,10 @@ pub struct SimConfig {
     /// Longest a TLS handshake may take: a client that connects and says
     /// nothing holds only its own task, and only this long.
     pub tls_handshake_timeout: Duration,
+    /// Keep a settlement file of what was approved and not reversed
+    /// ([`settlement`]), written here on the control commands
+    /// `settlement`, `cutover` and `skew N`, and at stop.
+    pub settlement_file: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -106,6 +111,7 @@ impl Default for SimConfig {
             record_capacity: DEFAULT_RECORD_CAPACITY,
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
+            settlement_file: None,
         }
     }
 }
@@ -132,6 +138,7 @@ impl fmt::Debug for SimConfig {
             .field("record_capacity", &self.record_capacity)
             .field("tls", &self.tls.is_some())
             .field("tls_handshake_timeout", &self.tls_handshake_timeout)
+            .field("settlement_file", &self.settlement_file)
             .finish()
     }
 }
@@ -410,6 +417,8 @@ struct Shared {
     tls_handshake_timeout: Duration,
     /// One line per second about failed handshakes, however many fail.
     handshake_log: Mutex<crate::throttle::LogThrottle>,
+    /// With a settlement file: what it holds so far.
+    settlement: Option<Mutex<settlement::Book>>,
 }
 
 impl Shared {
@@ -577,6 +586,46 @@ impl SimHandle {
         }
     }
 
+    fn book(&self) -> Result<MutexGuard<'_, settlement::Book>, String> {
+        match &self.shared.settlement {
+            Some(b) => Ok(crate::sync::lock(b)),
+            None => Err("no settlement file (start with --settlement-file FILE)".into()),
+        }
+    }
+
+    /// Writes the settlement file now; says how many records and where.
+    pub fn write_settlement(&self) -> Result<String, String> {
+        let book = self.book()?;
+        let n = book
+            .write()
+            .map_err(|e| format!("{}: {e}", book.path().display()))?;
+        Ok(format!(
+            "{n} records written to {} ({} reversals named nothing kept)",
+            book.path().display(),
+            book.unmatched_reversals()
+        ))
+    }
+
+    /// Writes the settlement file, then starts a new day: the records
+    /// after this go to the next file written.
+    pub fn settlement_cutover(&self) -> Result<String, String> {
+        let said = self.write_settlement()?;
+        self.book()?.cutover();
+        Ok(format!("{said}; a new day begins"))
+    }
+
+    /// Alters `n` of the settlement file's records (amounts, drops, adds:
+    /// see [`settlement`]) and writes it.
+    pub fn skew_settlement(&self, n: usize) -> Result<String, String> {
+        let said = self.book()?.skew(n)?;
+        Ok(format!("{said}; {}", self.write_settlement()?))
+    }
+
+    /// Records in the settlement file now.
+    pub fn settled(&self) -> Option<usize> {
+        self.book().ok().map(|b| b.len())
+    }
+
     /// Stops accepting, closes every connection and the control port. The
     /// tasks end shortly after; the listening ports are released then.
     pub fn shutdown(&self) {
@@ -650,6 +699,9 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
         tls: config.tls,
         tls_handshake_timeout: config.tls_handshake_timeout,
         handshake_log: Mutex::new(crate::throttle::LogThrottle::new(Duration::from_secs(1))),
+        settlement: config
+            .settlement_file
+            .map(|path| Mutex::new(settlement::Book::new(path))),
     });
     let handle = SimHandle { shared };
     tokio::spawn(accept_loop(listener, handle.shared.clone()));
