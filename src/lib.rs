@@ -24,6 +24,7 @@ pub use switchyard_protocol::{codes, frame, hex, iso8583, net};
 
 pub mod build_info;
 pub mod clock;
+pub mod files;
 pub mod runtime;
 pub mod security;
 #[cfg(test)]

@@ -645,10 +645,23 @@ async fn a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
     let journal_dir = journal_dir_of(&toml);
     let switch = start_switch(&toml).await;
     wait_links_up(&switch).await;
-    // One request of a known card, whose PIN blocks the scan looks for.
+    let api_config = secured_load_is_clean(&switch, &k, &sim, 9).await;
+    switch.shutdown().await;
+    assert_no_secret_in(&journal_dir, api_config, &log);
+}
+
+/// One request of a known card (whose PIN blocks the scan looks for),
+/// then `loadtest --pin --mac` through the switch: clean, every PIN
+/// checked by the host. Returns `/api/config` as the admin port gives it.
+async fn secured_load_is_clean(
+    switch: &switchyard::switch::server::Switch,
+    k: &Keys,
+    sim: &SimHandle,
+    stan: u32,
+) -> String {
     let mut t = Terminal::connect(switch.terminal_addr).await;
     assert_eq!(
-        code(&t.request(&secured_request(9, TID, TPK, true)).await),
+        code(&t.request(&secured_request(stan, TID, TPK, true)).await),
         "00"
     );
     let keys_file = k.dir.join("terminal-keys.toml");
@@ -667,12 +680,11 @@ async fn a_load_test_with_pin_and_mac_is_clean_and_leaves_no_secret_behind() {
     let s = sim.stats();
     assert!(s.pin_verified > 100, "PINs checked by the host: {s}");
     assert_eq!((s.pin_refused, s.mac_refused), (0, 0), "{s}");
-
-    // What must never be kept: the keys and PIN blocks, raw or as hex.
+    // What must never be kept (checked by the caller): the keys and PIN
+    // blocks, raw or as hex.
     let admin = switch.admin_addr.expect("admin");
     let (_, api_config) = http_get(admin, "/api/config").await;
-    switch.shutdown().await;
-    assert_no_secret_in(&journal_dir, api_config, &log);
+    api_config
 }
 
 /// No key (of the test's store) and no PIN block of the test card, raw or
@@ -1203,29 +1215,7 @@ async fn through_a_payshield_a_load_test_with_pin_and_mac_is_clean_and_leaves_no
     let journal_dir = journal_dir_of(&toml);
     let switch = start_switch(&toml).await;
     wait_links_up(&switch).await;
-    let mut t = Terminal::connect(switch.terminal_addr).await;
-    assert_eq!(
-        code(&t.request(&secured_request(140, TID, TPK, true)).await),
-        "00"
-    );
-    let keys_file = k.dir.join("terminal-keys.toml");
-    std::fs::write(
-        &keys_file,
-        format!(
-            "pin_key = \"{TPK}\"\nmac_key = \"{TAK}\"\nmac_algorithm = \"retail\"\npin = \"1234\"\n"
-        ),
-    )
-    .expect("terminal keys written");
-    let target = switch.terminal_addr;
-    let report = tokio::task::spawn_blocking(move || load(target, &keys_file))
-        .await
-        .expect("load test ran");
-    assert!(report.is_clean(), "{:?}", report.problems());
-    let s = sim.stats();
-    assert!(s.pin_verified > 100, "PINs checked by the host: {s}");
-    assert_eq!((s.pin_refused, s.mac_refused), (0, 0), "{s}");
-    let admin = switch.admin_addr.expect("admin");
-    let (_, api_config) = http_get(admin, "/api/config").await;
+    let api_config = secured_load_is_clean(&switch, &k, &sim, 140).await;
     switch.shutdown().await;
     hsm.kill().await;
     assert_no_secret_in(&journal_dir, api_config, &log);

@@ -375,7 +375,7 @@ impl BlockStore {
         let mut text =
             serde_json::to_string_pretty(&file).map_err(|e| BlockError::Write(e.to_string()))?;
         text.push('\n');
-        write_atomically(&self.path, text.as_bytes()).map_err(BlockError::Write)
+        crate::files::write_atomically(&self.path, text.as_bytes()).map_err(BlockError::Write)
     }
 }
 
@@ -384,38 +384,6 @@ fn parse_hash(hex: &str) -> Result<[u8; 16], ()> {
         .decode(hex.as_bytes())
         .map_err(|_| ())?;
     bytes.try_into().map_err(|_| ())
-}
-
-/// `bytes` into `path`: a temporary file beside it, synced, renamed over
-/// it, the directory synced (the rename is durable once it is).
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!("{}: {e}", path.display()));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
