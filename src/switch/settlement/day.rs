@@ -83,6 +83,20 @@ impl TxnType {
         }
     }
 
+    /// As [`TxnType::of`], from DE3 as the journal keeps it (a number:
+    /// its first two digits are `pc / 10_000`).
+    pub fn of_code(processing_code: Option<u32>) -> TxnType {
+        match processing_code.map(|pc| pc / 10_000) {
+            None => TxnType::Unknown,
+            Some(0) => TxnType::Purchase,
+            Some(1) => TxnType::Cash,
+            Some(9) => TxnType::CashBack,
+            Some(2) => TxnType::Void,
+            Some(20) => TxnType::Refund,
+            Some(other) => u8::try_from(other).map_or(TxnType::Unknown, TxnType::Other),
+        }
+    }
+
     /// +1 debit, −1 credit, 0 no money.
     pub fn sign(self) -> i128 {
         match self {
