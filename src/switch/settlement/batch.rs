@@ -286,11 +286,20 @@ enum Effect {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Waiting {
+pub struct Waiting {
     key: BatchKey,
     effect: Effect,
     amount: u64,
     currency: u16,
+}
+
+/// What a journal record does to the ledger.
+#[derive(Clone, Copy, Debug)]
+pub enum Note {
+    /// A request of a batch, waiting for its final answer.
+    Request(u64, Waiting),
+    /// A final answer: approved (00) or not (another code, a timeout).
+    Answer(u64, bool),
 }
 
 /// One open batch: per currency, the switch's totals and the uploaded.
@@ -336,8 +345,8 @@ pub struct Ledger {
     batches: DashMap<BatchKey, Batch>,
     batches_len: AtomicUsize,
     max_waiting: usize,
-    max_batches: usize,
-    codes: CloseCodes,
+    /// Set from the config after recovery made the ledger.
+    max_batches: AtomicUsize,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -350,7 +359,7 @@ impl std::fmt::Debug for Ledger {
 
 impl Default for Ledger {
     fn default() -> Self {
-        Ledger::new(DEFAULT_MAX_BATCHES, CloseCodes::default())
+        Ledger::new(DEFAULT_MAX_BATCHES)
     }
 }
 
@@ -361,80 +370,92 @@ pub const DEFAULT_MAX_BATCHES: usize = 100_000;
 const MAX_WAITING: usize = 1 << 20;
 
 impl Ledger {
-    pub fn new(max_batches: usize, codes: CloseCodes) -> Ledger {
+    pub fn new(max_batches: usize) -> Ledger {
         Ledger {
             waiting: DashMap::new(),
             waiting_len: AtomicUsize::new(0),
             batches: DashMap::new(),
             batches_len: AtomicUsize::new(0),
             max_waiting: MAX_WAITING,
-            max_batches,
-            codes,
+            max_batches: AtomicUsize::new(max_batches),
         }
     }
 
-    /// The limits and codes of the config (the ledger recovered from the
-    /// journal was made before the config's were at hand).
-    pub fn configure(&mut self, max_batches: usize, codes: CloseCodes) {
-        self.max_batches = max_batches;
-        self.codes = codes;
-    }
-
-    pub fn codes(&self) -> CloseCodes {
-        self.codes
+    /// The config's limit (the ledger recovered from the journal was made
+    /// before the config was at hand).
+    pub fn set_max_batches(&self, max_batches: usize) {
+        self.max_batches.store(max_batches, Ordering::Relaxed);
     }
 
     pub fn open_batches(&self) -> usize {
         self.batches_len.load(Ordering::Relaxed)
     }
 
-    /// Folds one journal record. On the hot path: a request without a
-    /// batch costs a few comparisons, an answer one map lookup.
+    /// Folds one journal record (recovery's way in).
     pub fn observe(&self, record: &Record) {
+        if let Some(n) = self.note(record) {
+            self.fold(n);
+        }
+    }
+
+    /// What `record` would do here, taken before the record moves into
+    /// the journal: the terminal core folds it ([`Ledger::fold`]) only
+    /// once the journal took the record. On the hot path: a request
+    /// without a batch costs a few comparisons.
+    pub fn note(&self, record: &Record) -> Option<Note> {
         match record {
             Record::Request { txn, request, .. } => {
-                let Some(batch) = request.settlement.batch else {
-                    return;
-                };
+                let batch = request.settlement.batch?;
                 let pc = request.settlement.processing_code;
                 let effect = match request.mti / 10 {
-                    20 | 22 => Side::of(pc).map(|s| Effect::Count(s, false)),
-                    40 | 42 => Side::of(pc).map(|s| Effect::Count(s, true)),
-                    32 => Side::of(pc).map(Effect::Upload),
-                    50 => self.codes.kind(pc).map(|_| Effect::Close),
-                    _ => None,
+                    20 | 22 => Effect::Count(Side::of(pc)?, false),
+                    40 | 42 => Effect::Count(Side::of(pc)?, true),
+                    32 => Effect::Upload(Side::of(pc)?),
+                    // Only closes are journaled as 0500s (the terminal
+                    // core answers other processing codes 12 first), so
+                    // any 0500 answered 00 closed its batch.
+                    50 => Effect::Close,
+                    _ => return None,
                 };
-                let Some(effect) = effect else {
-                    return;
-                };
+                Some(Note::Request(
+                    *txn,
+                    Waiting {
+                        key: (request.terminal_id, batch),
+                        effect,
+                        amount: request.amount_minor,
+                        currency: request.currency,
+                    },
+                ))
+            }
+            Record::Response {
+                txn, response_code, ..
+            } => Some(Note::Answer(*txn, *response_code == *b"00")),
+            Record::Timeout { txn, .. } => Some(Note::Answer(*txn, false)),
+            _ => None,
+        }
+    }
+
+    /// Folds what [`Ledger::note`] took of a journaled record.
+    pub fn fold(&self, note: Note) {
+        match note {
+            Note::Request(txn, w) => {
                 if self.waiting_len.load(Ordering::Relaxed) >= self.max_waiting {
                     metrics::counter!(UNTRACKED_METRIC).increment(1);
                     return;
                 }
-                let w = Waiting {
-                    key: (request.terminal_id, batch),
-                    effect,
-                    amount: request.amount_minor,
-                    currency: request.currency,
-                };
-                if self.waiting.insert(*txn, w).is_none() {
+                if self.waiting.insert(txn, w).is_none() {
                     self.waiting_len.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Record::Response {
-                txn, response_code, ..
-            } => {
-                if let Some((_, w)) = self.waiting.remove(txn) {
+            Note::Answer(txn, approved) => {
+                // Most answers are of requests without a batch: one miss.
+                if let Some((_, w)) = self.waiting.remove(&txn) {
                     self.waiting_len.fetch_sub(1, Ordering::Relaxed);
-                    if *response_code == *b"00" {
+                    if approved {
                         self.apply(w);
                     }
                 }
             }
-            Record::Timeout { txn, .. } if self.waiting.remove(txn).is_some() => {
-                self.waiting_len.fetch_sub(1, Ordering::Relaxed);
-            }
-            _ => {}
         }
     }
 
@@ -460,7 +481,9 @@ impl Ledger {
         let mut batch = match self.batches.get_mut(&w.key) {
             Some(b) => b,
             None => {
-                if self.batches_len.load(Ordering::Relaxed) >= self.max_batches {
+                if self.batches_len.load(Ordering::Relaxed)
+                    >= self.max_batches.load(Ordering::Relaxed)
+                {
                     metrics::counter!(UNTRACKED_METRIC).increment(1);
                     return;
                 }
@@ -735,7 +758,7 @@ mod tests {
 
     #[test]
     fn open_batches_and_currencies_are_bounded() {
-        let l = Ledger::new(2, CloseCodes::default());
+        let l = Ledger::new(2);
         for (i, batch) in ["A", "B", "C"].iter().enumerate() {
             let id = i as u64 + 1;
             l.observe(&request(id, 200, 0, 100, 840, batch));
