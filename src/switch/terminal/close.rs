@@ -24,6 +24,9 @@ const NO_ACQUIRER: u16 = u16::MAX;
 
 impl<J: JournalAppend> TerminalCore<J> {
     pub(super) fn close_batch(&mut self, msg: Message, started: Instant) {
+        if !self.identified(&msg, started) {
+            return;
+        }
         let Some((key, content)) = self.accept_other(&msg, started) else {
             return;
         };
@@ -103,6 +106,9 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// A 0320: one transaction of the terminal's batch, journaled and
     /// acknowledged; it counts in the uploaded set.
     pub(super) fn upload(&mut self, msg: Message, started: Instant) {
+        if !self.identified(&msg, started) {
+            return;
+        }
         let Some((key, content)) = self.accept_other(&msg, started) else {
             return;
         };
@@ -131,6 +137,21 @@ impl<J: JournalAppend> TerminalCore<J> {
         if let Some(body) = self.respond_at(&msg, codes::APPROVED, started) {
             self.remember(key, content, &self.wbuf[body], started);
         }
+    }
+
+    /// DE11 and DE41 are there (the key, and whose batch it is); else 30,
+    /// naming the field.
+    fn identified(&mut self, msg: &Message, started: Instant) -> bool {
+        for (field, present) in [
+            (11, msg.stan().is_some()),
+            (41, msg.terminal_id().is_some()),
+        ] {
+            if !present {
+                self.format_error(msg, field, "absent or invalid", started);
+                return false;
+            }
+        }
+        true
     }
 
     /// Answers 30, naming the field in the log line.

@@ -968,6 +968,13 @@ fn a_bad_close_gets_30_or_12() {
         &[(88, b"0000000000001000"), (97, b"D0000000000000001")],
     ));
     assert_eq!(code(&h.one_answer()), codes::FORMAT_ERROR);
+    // No DE41: whose batch?
+    let m =
+        Message::parse(close(s, b"920000", 4, &[(88, b"0000000000001000")]), s).expect("parses");
+    let mut b = MessageBuilder::new(s, Mti::RECONCILIATION);
+    b.copy_all(&m).remove(41);
+    h.send(b.to_bytes().expect("packs").freeze());
+    assert_eq!(code(&h.one_answer()), codes::FORMAT_ERROR);
     // A processing code that is no close.
     h.send(close(s, b"930000", 3, &[(88, b"0000000000001000")]));
     assert_eq!(code(&h.one_answer()), codes::INVALID_TRANSACTION);
