@@ -126,3 +126,55 @@ async fn a_pyiso8583_terminal_closes_its_batches_in_and_out_of_balance() {
     assert!(stdout.contains("0510 39=95 batch=000001"), "{stdout}");
     switch.kill().await.expect("stops");
 }
+
+/// An 0500 of `tid`'s batch `000009` with `fields`.
+fn close_request(tid: &str, pc: &[u8], stan: u64, fields: &[(usize, &[u8])]) -> bytes::Bytes {
+    use switchyard::iso8583::{MessageBuilder, Mti, specs};
+    let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::RECONCILIATION);
+    b.set(3, pc)
+        .set(7, b"1201101010")
+        .set_number(11, stan)
+        .set(41, tid.as_bytes())
+        .set(49, b"840")
+        .set(60, b"000009");
+    for &(n, v) in fields {
+        b.set(n, v);
+    }
+    b.to_bytes().expect("packs").freeze()
+}
+
+/// Bad closes over a real socket: 30 with the field named in the log,
+/// 12 for a processing code that is no close; nothing reaches the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_close_is_answered_30_naming_the_field() {
+    let log = Captured::install();
+    let sim = start_sim().await;
+    let switch = start_switch(&common::config(&[sim.local_addr()], "", "")).await;
+    wait_links_up(&switch).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let tid = "BADCLOSE";
+    let net_wrong: &[(usize, &[u8])] = &[(88, b"0000000000001000"), (97, b"D0000000000000999")];
+    let a = t
+        .request(&close_request(tid, b"920000", 1, net_wrong))
+        .await;
+    assert_eq!((a.mti().value(), code(&a)), (510, "30".to_owned()));
+    let a = t.request(&close_request(tid, b"920000", 2, &[])).await;
+    assert_eq!(code(&a), "30");
+    let a = t
+        .request(&close_request(tid, b"000000", 3, net_wrong))
+        .await;
+    assert_eq!(code(&a), "12");
+    // Nothing of it went upstream.
+    assert!(
+        sim.received().iter().all(|r| r.terminal_id != tid),
+        "a close reached the host"
+    );
+    for field in ["DE97", "DE74"] {
+        assert_eq!(
+            log.lines("WARN", &format!("format error in {field}")).len(),
+            1,
+            "one warn line naming {field}"
+        );
+    }
+    switch.shutdown().await;
+}
