@@ -30,6 +30,9 @@ pub const SECURITY_VIOLATION: [u8; 2] = *b"63";
 /// The PIN block could not be translated (a wrong key, PAN or format);
 /// the default of `[security] bad_pin_code`.
 pub const BAD_PIN_BLOCK: [u8; 2] = *b"81";
+/// A terminal's batch totals (0500) do not balance with the switch's:
+/// the 0510 carries the switch's own.
+pub const OUT_OF_BALANCE: [u8; 2] = *b"95";
 /// Switch overloaded (shedding), or a part of it not answering.
 pub const SYSTEM_MALFUNCTION: [u8; 2] = *b"96";
 /// Reversal reason: the host's answer reached the switch but could not be

@@ -587,6 +587,7 @@ impl World {
             },
             oldest_needed_seq: None,
             last_cutover: fold.last_cutover(),
+            batches: fold.take_batches(),
         };
         let life = self.switch.life + 1;
         let seed = self.rng.next_u64();
@@ -1076,6 +1077,7 @@ impl Recovery {
             stats: RecoveryStats::default(),
             oldest_needed_seq: None,
             last_cutover: None,
+            batches: Default::default(),
         }
     }
 }

@@ -503,12 +503,15 @@ impl Switch {
 
         // The business date: the last cutover's, or the clock's. Made
         // before the links, which cut over on a host's 0800/201.
-        let business_day = Arc::new(crate::switch::settlement::BusinessDay::with_journal(
-            config.settlement.clone(),
-            recovery.last_cutover,
-            crate::clock::unix_now_ms(),
-            journal.clone(),
-        ));
+        let business_day = Arc::new(
+            crate::switch::settlement::BusinessDay::with_journal(
+                config.settlement.clone(),
+                recovery.last_cutover,
+                crate::clock::unix_now_ms(),
+                journal.clone(),
+            )
+            .with_ledger(recovery.batches.clone()),
+        );
         log_business_day(&business_day, recovery.last_cutover.is_some());
 
         if let Some(network) = config.security.as_ref().and_then(|s| s.hsm.network()) {

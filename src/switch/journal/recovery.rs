@@ -39,6 +39,8 @@ pub struct Recovery {
     /// The last cutover on record: the business date to continue with.
     /// `None` when the journal holds none (new, or retention removed it).
     pub last_cutover: Option<LastCutover>,
+    /// Terminal batch totals, folded from every record read.
+    pub batches: std::sync::Arc<crate::switch::settlement::batch::Ledger>,
 }
 
 /// A `Cutover` record as recovery found it.
@@ -168,11 +170,18 @@ pub struct Fold {
     orphans: u64,
     kinds: [u64; RecordKind::ALL.len()],
     last_cutover: Option<LastCutover>,
+    /// Terminal batch totals (`settlement::batch`), which need every
+    /// record, not only those of open work. Taken at the end of recovery:
+    /// the writer's fold that follows (with a size bound) needs none.
+    batches: Option<crate::switch::settlement::batch::Ledger>,
 }
 
 impl Fold {
     pub fn new() -> Fold {
-        Fold::default()
+        Fold {
+            batches: Some(Default::default()),
+            ..Fold::default()
+        }
     }
 
     /// Records seen per kind, in `RecordKind::ALL` order.
@@ -184,9 +193,21 @@ impl Fold {
         self.records
     }
 
+    /// The terminal batch totals folded so far, for the switch that
+    /// starts: requests still waiting for an answer are dropped (their
+    /// process is gone). The fold keeps none from here on.
+    pub fn take_batches(&mut self) -> std::sync::Arc<crate::switch::settlement::batch::Ledger> {
+        let batches = self.batches.take().unwrap_or_default();
+        batches.finish_recovery();
+        std::sync::Arc::new(batches)
+    }
+
     pub fn apply(&mut self, seq: u64, record: &Record) {
         self.records += 1;
         self.kinds[record.kind() as usize] += 1;
+        if let Some(b) = &self.batches {
+            b.observe(record);
+        }
         if let Record::Cutover {
             at_ms,
             business_date,
@@ -460,6 +481,7 @@ pub(super) fn recover(dir: &Path) -> Result<(Recovery, Fold), JournalError> {
     rec.stats.unanswered = unanswered;
     rec.stats.orphans = fold.orphans();
     rec.last_cutover = fold.last_cutover();
+    rec.batches = fold.take_batches();
     fold.abandon_in_flight();
     rec.oldest_needed_seq = fold.oldest_needed();
     Ok((rec, fold))

@@ -318,6 +318,59 @@ fn a_journal_of_older_formats_still_recovers() {
 }
 
 #[test]
+fn recovery_rebuilds_the_terminal_batch_totals() {
+    use crate::switch::settlement::batch::{CloseKind, Totals};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = Journal::open(&config(dir.path())).expect("open");
+    let answer = |txn: u64| Record::Response {
+        txn,
+        at_ms: 1_795_592_096_500,
+        response_code: *b"00",
+        approval_code: s("A00001"),
+        stand_in: txn == 2,
+        settlement_date: 0,
+    };
+    // Two refunds approved (one in stand-in), one timed out, one in
+    // flight when the process stopped.
+    for r in [
+        request(1),
+        answer(1),
+        request(2),
+        answer(2),
+        request(3),
+        Record::Timeout {
+            txn: 3,
+            at_ms: 1_795_592_096_600,
+        },
+        request(4),
+    ] {
+        journal.append(r).expect("append");
+    }
+    journal.shutdown();
+    let (journal, recovery) = Journal::open(&config(dir.path())).expect("reopen");
+    let ledger = &recovery.batches;
+    assert_eq!(ledger.open_batches(), 1);
+    let key = (s("TERM0001"), s("000123"));
+    let two_refunds = Totals {
+        credits: 2,
+        credits_amount: 2 * 12_345,
+        ..Default::default()
+    };
+    let v = ledger
+        .compare(&key, 978, CloseKind::Close, &two_refunds)
+        .expect("one currency");
+    assert!(v.in_balance, "{v:?}");
+    // The request in flight at the stop gets no answer from this process;
+    // a stray one is not counted.
+    ledger.observe(&answer(4));
+    let v = ledger
+        .compare(&key, 978, CloseKind::Close, &two_refunds)
+        .expect("one currency");
+    assert_eq!(v.switch, two_refunds);
+    journal.shutdown();
+}
+
+#[test]
 fn recovery_restores_the_last_cutover_and_the_business_date() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (journal, recovery) = Journal::open(&config(dir.path())).expect("open");

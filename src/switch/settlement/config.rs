@@ -6,6 +6,9 @@
 //! time_zone = "Europe/Berlin" # IANA name, "UTC", or a fixed "+08:00"
 //! host_cutover_guard_minutes = 60
 //! batch_field = 60            # the terminal's batch number (text); 0: none
+//! batch_close_code = 920000   # DE3 of a terminal's 0500: close
+//! batch_close_after_upload_code = 960000 # close after its 0320 upload
+//! max_open_batches = 100000   # terminal batches with totals kept at once
 //! ```
 //!
 //! Per acquirer, `cutover_on_host_0800 = true` lets its 0800 with DE70 201
@@ -25,6 +28,10 @@ pub struct SettlementConfig {
     /// The request field holding the terminal's batch number, kept as
     /// text in the journal and the store (`batch`); 0: none kept.
     pub batch_field: u16,
+    /// DE3 of a terminal's 0500: a close, and a close after upload.
+    pub close_codes: super::batch::CloseCodes,
+    /// Terminal batches the switch keeps totals for at once.
+    pub max_open_batches: usize,
 }
 
 impl Default for SettlementConfig {
@@ -33,6 +40,8 @@ impl Default for SettlementConfig {
             schedule: Schedule::utc(Some(DEFAULT_CUTOVER)),
             host_guard: Duration::from_secs(3600),
             batch_field: DEFAULT_BATCH_FIELD as u16,
+            close_codes: Default::default(),
+            max_open_batches: super::batch::DEFAULT_MAX_BATCHES,
         }
     }
 }
@@ -48,6 +57,9 @@ table! {
         time_zone: String = "UTC".into();
         host_cutover_guard_minutes: u64 = 60, in 0..=1440;
         batch_field: u64 = DEFAULT_BATCH_FIELD, in 0..=128;
+        batch_close_code: u64 = 920_000, in 0..=999_999;
+        batch_close_after_upload_code: u64 = 960_000, in 0..=999_999;
+        max_open_batches: u64 = super::batch::DEFAULT_MAX_BATCHES as u64, in 1..=10_000_000;
     }
 }
 
@@ -58,6 +70,12 @@ impl SettlementFile {
             s.problem(
                 "batch_field",
                 "1 is the secondary bitmap: a data element number (2..=128), or 0 for none",
+            );
+        }
+        if self.batch_close_code == self.batch_close_after_upload_code {
+            s.problem(
+                "batch_close_after_upload_code",
+                "the same as batch_close_code: the two closes need two processing codes",
             );
         }
         let cutover = if self.cutover_time == "off" {
@@ -80,6 +98,11 @@ impl SettlementFile {
             schedule: Schedule { time_zone, cutover },
             host_guard: Duration::from_secs(60 * self.host_cutover_guard_minutes), // in range
             batch_field: self.batch_field as u16,                                  // in range
+            close_codes: super::batch::CloseCodes {
+                close: self.batch_close_code as u32, // in range
+                after_upload: self.batch_close_after_upload_code as u32,
+            },
+            max_open_batches: self.max_open_batches as usize, // in range
         }
     }
 }
@@ -102,6 +125,13 @@ mod tests {
         assert_eq!(c.settlement.batch_field, 60);
         let c = Config::parse("[settlement]\nbatch_field = 0").expect("valid");
         assert_eq!(c.settlement.batch_field, 0);
+        assert_eq!(c.settlement.close_codes.close, 920_000);
+        let c = Config::parse("[settlement]\nbatch_close_code = 930000").expect("valid");
+        assert_eq!(c.settlement.close_codes.close, 930_000);
+        assert!(
+            only_problem("[settlement]\nbatch_close_code = 960000")
+                .starts_with("settlement.batch_close_after_upload_code: the same")
+        );
         assert!(
             only_problem("[settlement]\nbatch_field = 1")
                 .starts_with("settlement.batch_field: 1 is the secondary bitmap")

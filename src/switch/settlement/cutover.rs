@@ -22,8 +22,8 @@
 //!   same cutover).
 
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::config::SettlementConfig;
 use super::date::{BusinessDate, Schedule};
@@ -74,6 +74,8 @@ pub struct BusinessDay {
     /// Held while a cutover is decided and journaled; the last one.
     last: Mutex<Option<CutoverDone>>,
     sink: Sink,
+    /// Terminal batch totals: shared by every generation, as the date is.
+    ledger: Arc<super::batch::Ledger>,
 }
 
 impl fmt::Debug for BusinessDay {
@@ -104,10 +106,28 @@ impl BusinessDay {
         let date = last.map_or_else(|| config.schedule.date_at(now_ms), |c| c.to);
         BusinessDay {
             date: AtomicU32::new(date.days()),
-            config,
             last: Mutex::new(last),
             sink,
+            ledger: Arc::new(super::batch::Ledger::new(config.max_open_batches)),
+            config,
         }
+    }
+
+    /// With the batch totals recovery folded from the journal.
+    pub fn with_ledger(mut self, ledger: Arc<super::batch::Ledger>) -> BusinessDay {
+        ledger.set_max_batches(self.config.max_open_batches);
+        self.ledger = ledger;
+        self
+    }
+
+    /// The terminal batch totals.
+    pub fn ledger(&self) -> &super::batch::Ledger {
+        &self.ledger
+    }
+
+    /// DE3 of the two 0500s.
+    pub fn close_codes(&self) -> super::batch::CloseCodes {
+        self.config.close_codes
     }
 
     /// The request field holding the terminal's batch number

@@ -31,6 +31,8 @@ pub enum Class {
     Financial,
     Authorization,
     Reversal,
+    /// A terminal's batch upload (0320) or close (0500): no money moves.
+    TerminalBatch,
     /// Anything else the store holds (none today).
     Other,
 }
@@ -42,6 +44,9 @@ impl Class {
             (2, 0 | 2) => Class::Financial,
             (1, 0 | 2) => Class::Authorization,
             (4, 0 | 2) => Class::Reversal,
+            // 0320 batch upload, 0500 batch close: the terminal's own
+            // accounting, answered by the switch (`settlement::batch`).
+            (3 | 5, 2 | 0) => Class::TerminalBatch,
             _ => Class::Other,
         }
     }
@@ -80,6 +85,20 @@ impl TxnType {
             2 => TxnType::Void,
             20 => TxnType::Refund,
             other => TxnType::Other(other),
+        }
+    }
+
+    /// As [`TxnType::of`], from DE3 as the journal keeps it (a number:
+    /// its first two digits are `pc / 10_000`).
+    pub fn of_code(processing_code: Option<u32>) -> TxnType {
+        match processing_code.map(|pc| pc / 10_000) {
+            None => TxnType::Unknown,
+            Some(0) => TxnType::Purchase,
+            Some(1) => TxnType::Cash,
+            Some(9) => TxnType::CashBack,
+            Some(2) => TxnType::Void,
+            Some(20) => TxnType::Refund,
+            Some(other) => u8::try_from(other).map_or(TxnType::Unknown, TxnType::Other),
         }
     }
 
@@ -124,6 +143,8 @@ pub enum Status {
     Reversal(Option<usize>),
     /// A terminal reversal the host refused, or that was not sent.
     ReversalRefused,
+    /// A batch upload or close: not a transaction of the day's totals.
+    TerminalBatch,
     /// No request fields (journal records lost before export), no
     /// answer yet, or a class settlement ignores.
     Incomplete,
@@ -271,6 +292,7 @@ impl Day {
             let e = &entries[i];
             let status = match e.class {
                 Class::Other => Status::Incomplete,
+                Class::TerminalBatch => Status::TerminalBatch,
                 _ if e.outcome.is_none() => Status::Incomplete,
                 Class::Financial | Class::Authorization => {
                     if e.approved() && e.switch_reversed() && !e.stand_in {
@@ -370,6 +392,33 @@ pub(crate) mod tests {
         assert_eq!(Class::of(400), Class::Reversal);
         assert_eq!(Class::of(421), Class::Reversal);
         assert_eq!(Class::of(800), Class::Other);
+        assert_eq!(Class::of(320), Class::TerminalBatch);
+        assert_eq!(Class::of(500), Class::TerminalBatch);
+    }
+
+    #[test]
+    fn batch_uploads_and_closes_are_neither_money_nor_incomplete() {
+        let got = statuses(vec![
+            entry(1, 200, "R1", Some("00")),
+            entry(2, 320, "R1", Some("00")),
+            entry(3, 500, "", Some("95")),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                Status::Settled,
+                Status::TerminalBatch,
+                Status::TerminalBatch
+            ]
+        );
+        let day = Day::classify(
+            "2026-12-01",
+            vec![
+                entry(1, 320, "R1", Some("00")),
+                entry(2, 500, "", Some("00")),
+            ],
+        );
+        assert_eq!(super::super::report::Report::of(&day).incomplete, 0);
     }
 
     #[test]

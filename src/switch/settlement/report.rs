@@ -227,6 +227,8 @@ impl Tally {
                 self.reversals.add(key, e.currency, amount);
             }
             Status::Incomplete => self.incomplete += 1,
+            // The terminal's own accounting, checked when it was answered.
+            Status::TerminalBatch => {}
         }
     }
 }

@@ -524,6 +524,8 @@ impl<J: JournalAppend> TerminalCore<J> {
             800 => self.network(&msg, started),
             100 | 101 | 200 | 201 => self.authorize(msg, started),
             400 | 401 => self.reverse_online(msg, started),
+            500 | 501 => self.close_batch(msg, started),
+            320 | 321 => self.upload(msg, started),
             120 | 121 | 220 | 221 | 420 | 421 => self.advise(msg, started),
             _ if mti.is_request() => self.respond(&msg, codes::INVALID_TRANSACTION, started),
             _ => {
@@ -580,9 +582,15 @@ impl<J: JournalAppend> TerminalCore<J> {
     /// for its own); its sequence number, or `None` (counted) when the
     /// journal refused it.
     pub(super) fn append(&mut self, record: Record) -> Option<u64> {
+        // The terminal batch totals follow the records as written, so
+        // they are what recovery folds from the journal after a restart.
+        let ledger = self.shared.business_day.ledger();
+        let note = ledger.note(&record);
         let seq = self.journal.append(record);
-        if seq.is_none() {
-            self.shared.events.shed_journal_full.increment(1);
+        match (seq, note) {
+            (None, _) => self.shared.events.shed_journal_full.increment(1),
+            (Some(_), Some(n)) => ledger.fold(n),
+            (Some(_), None) => {}
         }
         seq
     }

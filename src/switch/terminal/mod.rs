@@ -36,6 +36,10 @@
 //! a network HSM each of these waits for the HSM's answer as an effect
 //! (`hsm.rs`) while the connection's other requests go on.
 //!
+//! A terminal's batch close (0500) and upload (0320) are answered here
+//! (`close.rs`), never forwarded: the totals are the switch's own
+//! (`settlement::batch`).
+//!
 //! Advices from terminals (0120/0220/0420) go to [`advice`]: journaled,
 //! queued in store-and-forward, acknowledged at once.
 //!
@@ -48,6 +52,7 @@ pub mod admission;
 pub mod advice;
 pub mod answer;
 mod blocks;
+mod close;
 mod config;
 pub mod core;
 pub mod driver;

@@ -834,3 +834,152 @@ fn a_request_carries_the_business_date_it_was_accepted_in() {
 /// The same core with a network HSM (its commands as effects).
 #[path = "hsm_tests.rs"]
 mod hsm;
+
+/// `request` of batch `001` (DE60) with processing code `pc`.
+fn batch_request(spec: &'static Spec, mti: Mti, pc: &[u8], stan: u64, amount: u64) -> Bytes {
+    let m = Message::parse(request(spec, mti, stan, amount), spec).expect("parses");
+    let mut b = MessageBuilder::new(spec, mti);
+    b.copy_all(&m).set(3, pc).set(60, b"001");
+    b.to_bytes().expect("packs").freeze()
+}
+
+/// A 0500 of batch `001` closing with `pc`: `fields` DE74-DE97.
+fn close(spec: &'static Spec, pc: &[u8], stan: u64, fields: &[(usize, &[u8])]) -> Bytes {
+    let mut b = MessageBuilder::new(spec, Mti::RECONCILIATION);
+    b.set(3, pc)
+        .set(7, b"0612143015")
+        .set_number(11, stan)
+        .set(41, b"TERM0001")
+        .set(42, b"MERCHANT0000001")
+        .set(49, b"840")
+        .set(60, b"001");
+    for &(n, v) in fields {
+        b.set(n, v);
+    }
+    b.to_bytes().expect("packs").freeze()
+}
+
+impl Harness {
+    /// Sends `frame`, the host (if asked) answers 00; the terminal's answer.
+    fn approved(&mut self, frame: Bytes) -> Message {
+        self.send(frame);
+        let f = self.forwards();
+        assert_eq!(f.len(), 1, "forwarded");
+        self.host_answers(&f[0], codes::APPROVED);
+        self.one_answer()
+    }
+}
+
+#[test]
+fn a_batch_close_balances_with_what_the_terminal_was_told() {
+    let mut h = harness();
+    let s = h.spec;
+    // A purchase of 10.00, a refund of 2.50, a purchase of 5.00 reversed,
+    // a purchase declined (not counted).
+    for (mti, pc, stan, amount) in [
+        (Mti::FINANCIAL, b"000000", 1, 1000),
+        (Mti::FINANCIAL, b"200000", 2, 250),
+        (Mti::FINANCIAL, b"000000", 3, 500),
+        (Mti::REVERSAL, b"000000", 3, 500),
+    ] {
+        let a = h.approved(batch_request(s, mti, pc, stan, amount));
+        assert_eq!(code(&a), codes::APPROVED, "{mti} {stan}");
+    }
+    h.send(batch_request(s, Mti::FINANCIAL, b"000000", 4, 700));
+    let f = h.forwards();
+    h.host_answers(&f[0], *b"51");
+    assert_eq!(code(&h.one_answer()), *b"51");
+
+    // Tampered: the refund left out.
+    let tampered: &[(usize, &[u8])] = &[(76, b"0000000002"), (88, b"0000000000001500")];
+    h.send(close(s, b"920000", 10, tampered));
+    assert!(h.forwards().is_empty(), "a close is never forwarded");
+    let a = h.one_answer();
+    assert_eq!(a.mti(), Mti::RECONCILIATION_RESPONSE);
+    assert_eq!(code(&a), codes::OUT_OF_BALANCE);
+    let got: Vec<Option<u64>> = [74, 75, 76, 77, 86, 87, 88, 89]
+        .iter()
+        .map(|&n| a.number(n))
+        .collect();
+    let want = [1, 0, 2, 1, 250, 0, 1500, 500].map(Some);
+    assert_eq!(got, want, "the switch's own totals");
+    assert_eq!(a.field(97), Some(&b"D0000000000000750"[..]));
+
+    // Right (gross, with the reversal apart): 00, and the batch closes.
+    let right: &[(usize, &[u8])] = &[
+        (74, b"0000000001"),
+        (76, b"0000000002"),
+        (77, b"0000000001"),
+        (86, b"0000000000000250"),
+        (88, b"0000000000001500"),
+        (89, b"0000000000000500"),
+        (97, b"D0000000000000750"),
+    ];
+    h.send(close(s, b"920000", 11, right));
+    assert_eq!(code(&h.one_answer()), codes::APPROVED);
+    assert!(has_record(&h, |r| matches!(r,
+        Record::Request { request, .. } if request.mti == 500)));
+    assert_eq!(h.shared.business_day.ledger().open_batches(), 0);
+    // Closed: the same totals again are out of balance with nothing.
+    h.send(close(s, b"920000", 12, right));
+    assert_eq!(code(&h.one_answer()), codes::OUT_OF_BALANCE);
+}
+
+#[test]
+fn an_upload_then_a_close_after_upload_balances() {
+    let mut h = harness();
+    let s = h.spec;
+    let a = h.approved(batch_request(s, Mti::FINANCIAL, b"000000", 1, 1000));
+    assert_eq!(code(&a), codes::APPROVED);
+    // The terminal counted a refund the switch never approved: 95.
+    let claim: &[(usize, &[u8])] = &[
+        (74, b"0000000001"),
+        (76, b"0000000001"),
+        (86, b"0000000000000300"),
+        (88, b"0000000000001000"),
+    ];
+    h.send(close(s, b"920000", 2, claim));
+    assert_eq!(code(&h.one_answer()), codes::OUT_OF_BALANCE);
+    // It uploads what it has, and closes after upload: 00.
+    for (stan, pc, amount) in [(3, b"000000", 1000), (4, b"200000", 300)] {
+        let up = batch_request(s, Mti::new(320).expect("mti"), pc, stan, amount);
+        h.send(up);
+        assert!(h.forwards().is_empty(), "an upload is never forwarded");
+        let a = h.one_answer();
+        assert_eq!((a.mti().value(), code(&a)), (330, codes::APPROVED));
+    }
+    h.send(close(s, b"960000", 5, claim));
+    assert_eq!(code(&h.one_answer()), codes::APPROVED);
+    assert_eq!(h.shared.business_day.ledger().open_batches(), 0);
+}
+
+#[test]
+fn a_bad_close_gets_30_or_12() {
+    let mut h = harness();
+    let s = h.spec;
+    // No totals at all.
+    h.send(close(s, b"920000", 1, &[]));
+    assert_eq!(code(&h.one_answer()), codes::FORMAT_ERROR);
+    // A net that is not the fields'.
+    h.send(close(
+        s,
+        b"920000",
+        2,
+        &[(88, b"0000000000001000"), (97, b"D0000000000000001")],
+    ));
+    assert_eq!(code(&h.one_answer()), codes::FORMAT_ERROR);
+    // No DE41: whose batch?
+    let m =
+        Message::parse(close(s, b"920000", 4, &[(88, b"0000000000001000")]), s).expect("parses");
+    let mut b = MessageBuilder::new(s, Mti::RECONCILIATION);
+    b.copy_all(&m).remove(41);
+    h.send(b.to_bytes().expect("packs").freeze());
+    assert_eq!(code(&h.one_answer()), codes::FORMAT_ERROR);
+    // A processing code that is no close.
+    h.send(close(s, b"930000", 3, &[(88, b"0000000000001000")]));
+    assert_eq!(code(&h.one_answer()), codes::INVALID_TRANSACTION);
+    assert!(
+        !has_record(&h, |r| matches!(r, Record::Request { .. })),
+        "refused closes are not journaled"
+    );
+}
