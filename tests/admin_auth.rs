@@ -6,17 +6,18 @@
 //! 127.0.0.2, .3, .4), and the audit trail checked by `switchyard audit
 //! verify`, before and after a line is edited.
 
+#[path = "common/admin_http.rs"]
+mod admin_http;
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use admin_http::{Answer, http_from as http};
 use common::*;
 use serde_json::Value;
 use switchyard::switch::admin::totp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::timeout;
 
 /// A test's files: the users file, the audit trail, the journal.
 struct Dir {
@@ -85,84 +86,6 @@ async fn start(d: &Dir, admin: &str) -> (switchyard::switch::server::Switch, Soc
     let switch = start_switch(&config(d, admin)).await;
     let addr = switch.admin_addr.expect("admin on");
     (switch, addr)
-}
-
-/// An answer: status, head (lower-cased header names kept as sent), body.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    }
-
-    /// `switchyard_session=...` from Set-Cookie.
-    fn cookie(&self) -> Option<String> {
-        let c = self.header("set-cookie")?;
-        let pair = c.split(';').next()?.trim().to_owned();
-        pair.starts_with("switchyard_session=").then_some(pair)
-    }
-}
-
-/// One HTTP/1.1 request from `source` (an address on loopback).
-async fn http(
-    admin: SocketAddr,
-    source: Ipv4Addr,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-    body: Option<&str>,
-) -> Answer {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::new(IpAddr::V4(source), 0))
-        .expect("binds the source address");
-    let mut s = timeout(GUARD, socket.connect(admin))
-        .await
-        .expect("connects in time")
-        .expect("connects");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    if let Some(c) = cookie {
-        req.push_str(&format!("Cookie: {c}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if method == "POST" {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.expect("writes");
-    let mut out = Vec::new();
-    timeout(GUARD, s.read_to_end(&mut out))
-        .await
-        .expect("answered in time")
-        .expect("reads");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Answer {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
 }
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;

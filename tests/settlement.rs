@@ -3,6 +3,8 @@
 //! real binary for `switchyard settle cutover` and `journal tail`, the
 //! store on SQLite.
 
+#[path = "common/admin_http.rs"]
+mod admin_http;
 mod common;
 #[path = "common/postgres.rs"]
 mod pg_server;
@@ -16,7 +18,6 @@ use switchyard::iso8583::{MessageBuilder, Mti};
 use switchyard::switch::journal::{CutoverReason, Record};
 use switchyard::switch::settlement::BusinessDate;
 use switchyard::switch::store::{self, Backend, Store};
-use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 async fn settle_cutover(admin: SocketAddr, session: Option<&str>) -> (i32, String, String) {
@@ -225,90 +226,22 @@ async fn operator_cutover(url: &str) {
     switch.shutdown().await;
 }
 
-/// The users file and the audit trail of one test.
-struct Operators {
-    _tmp: tempfile::TempDir,
-    users: PathBuf,
-    audit: PathBuf,
-}
-
-/// `user add NAME --role ROLE`: the TOTP secret it printed.
-async fn add_user(o: &Operators, name: &str, role: &str, password: &str) -> Vec<u8> {
-    let users = o.users.to_str().expect("utf-8 path");
-    let (status, out, err) = cli(
-        &["user", "add", name, "--role", role, "--users-file", users],
-        &format!("{password}\n{password}\n"),
-    )
-    .await;
-    assert_eq!(status, 0, "user add: {err}");
-    let secret = out
-        .trim()
-        .split("secret=")
-        .nth(1)
-        .and_then(|r| r.split('&').next())
-        .expect("a provisioning URI");
-    switchyard::switch::admin::totp::decode_secret(secret).expect("base32")
-}
-
-/// POST /api/login; the session token from its cookie.
-async fn login(admin: SocketAddr, user: &str, password: &str, secret: &[u8]) -> String {
-    use switchyard::switch::admin::totp;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    let code = totp::code(secret, totp::step(now));
-    let body = serde_json::json!({"user": user, "password": password, "code": code}).to_string();
-    let mut s = tokio::net::TcpStream::connect(admin)
-        .await
-        .expect("connects");
-    let req = format!(
-        "POST /api/login HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("writes");
-    let mut out = Vec::new();
-    timeout(
-        GUARD,
-        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out),
-    )
-    .await
-    .expect("answered")
-    .expect("reads");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    text.lines()
-        .find_map(|l| {
-            let v = l
-                .strip_prefix("set-cookie: ")
-                .or(l.strip_prefix("Set-Cookie: "))?;
-            v.split(';').next()?.strip_prefix("switchyard_session=")
-        })
-        .unwrap_or_else(|| panic!("a session cookie: {text}"))
+/// The token of a `switchyard_session=TOKEN` cookie, as `settle cutover
+/// --session` takes it.
+fn session_token(cookie: String) -> String {
+    cookie
+        .strip_prefix("switchyard_session=")
+        .unwrap_or_else(|| panic!("a session cookie: {cookie}"))
         .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operators_cutover_is_in_the_audit_trail_and_a_viewer_may_not_make_one() {
-    let tmp = tempfile::Builder::new()
-        .prefix("settle-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir");
-    let o = Operators {
-        users: tmp.path().join("users.toml"),
-        audit: tmp.path().join("audit.jsonl"),
-        _tmp: tmp,
-    };
-    let op = add_user(&o, "olga", "operator", "olga's long passphrase").await;
-    let view = add_user(&o, "victor", "viewer", "victor's long passphrase").await;
-    let toml = config(&[free_addr()], "", "[settlement]\ncutover_time = \"off\"\n").replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-        &format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\nusers_file = \"{}\"\naudit_file = \"{}\"\n",
-            o.users.display(),
-            o.audit.display()
-        ),
-    );
+    let o = admin_http::Dir::new("settle-");
+    let op = admin_http::add_user(&o, "olga", "operator", "olga's long passphrase").await;
+    let view = admin_http::add_user(&o, "victor", "viewer", "victor's long passphrase").await;
+    let toml = config(&[free_addr()], "", "[settlement]\ncutover_time = \"off\"\n")
+        .replace("[admin]\nlisten = \"127.0.0.1:0\"\n", &o.admin_table());
     let switch = start_switch(&toml).await;
     let admin = switch.admin_addr.expect("admin on");
     let before = switch.shared.business_day.current();
@@ -316,13 +249,15 @@ async fn an_operators_cutover_is_in_the_audit_trail_and_a_viewer_may_not_make_on
     let (status, _, err) = settle_cutover(admin, None).await;
     assert_eq!(status, 1);
     assert!(err.contains("401"), "{err}");
-    let viewer = login(admin, "victor", "victor's long passphrase", &view).await;
+    let viewer =
+        session_token(admin_http::login(admin, "victor", "victor's long passphrase", &view).await);
     let (status, _, err) = settle_cutover(admin, Some(&viewer)).await;
     assert_eq!(status, 1);
     assert!(err.contains("403"), "{err}");
     assert_eq!(switch.shared.business_day.current(), before);
 
-    let operator = login(admin, "olga", "olga's long passphrase", &op).await;
+    let operator =
+        session_token(admin_http::login(admin, "olga", "olga's long passphrase", &op).await);
     let (status, out, err) = settle_cutover(admin, Some(&operator)).await;
     assert_eq!(status, 0, "{out}{err}");
     assert_eq!(switch.shared.business_day.current(), before.next());
@@ -330,11 +265,7 @@ async fn an_operators_cutover_is_in_the_audit_trail_and_a_viewer_may_not_make_on
     let (status, _, _) = settle_cutover(admin, Some(&operator)).await;
     assert_eq!(status, 1);
 
-    let lines: Vec<Value> = std::fs::read_to_string(&o.audit)
-        .expect("audit trail")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let lines: Vec<Value> = o.audit_lines();
     let cutovers: Vec<&Value> = lines
         .iter()
         .filter(|l| l["event"] == "action" && l["details"]["action"] == "cutover")

@@ -1,12 +1,14 @@
-//! Operators and the admin API over a plain socket, for the tests of run-time
-//! changes (`tests/reload.rs`, `tests/operator_actions.rs`): the users file
+//! Operators and the admin API over a plain socket, for the tests of the
+//! admin endpoint and run-time changes (`tests/admin_auth.rs`,
+//! `tests/reload.rs`, `tests/operator_actions.rs`, `tests/settlement.rs`):
+//! the users file
 //! made by the real binary (`switchyard user add`), a login with the TOTP
 //! code computed from the printed URI, requests with the session cookie, a
 //! `switchyard run` whose log is kept, and the audit trail's lines.
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -90,9 +92,10 @@ pub async fn add_user(d: &Dir, name: &str, role: &str, password: &str) -> Vec<u8
     switchyard::switch::admin::totp::decode_secret(secret).expect("base32")
 }
 
-/// An answer: status and body.
+/// An answer: status, head (header names as sent), body.
 pub struct Answer {
     pub status: u16,
+    pub head: String,
     pub body: String,
 }
 
@@ -100,9 +103,24 @@ impl Answer {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    /// `switchyard_session=...` from Set-Cookie.
+    pub fn cookie(&self) -> Option<String> {
+        let c = self.header("set-cookie")?;
+        let pair = c.split(';').next()?.trim().to_owned();
+        pair.starts_with("switchyard_session=").then_some(pair)
+    }
 }
 
 /// One HTTP/1.1 request; `cookie` is the `switchyard_session=...` pair.
+/// Returns the answer and its head.
 pub async fn http(
     admin: SocketAddr,
     method: &str,
@@ -110,22 +128,42 @@ pub async fn http(
     cookie: Option<&str>,
     body: Option<&str>,
 ) -> (Answer, String) {
-    let mut s = tokio::net::TcpStream::connect(admin)
+    let a = http_from(admin, Ipv4Addr::LOCALHOST, method, path, cookie, body).await;
+    let head = a.head.clone();
+    (a, head)
+}
+
+/// One HTTP/1.1 request from `source` (an address on loopback: the
+/// admin endpoint's limits are per source).
+pub async fn http_from(
+    admin: SocketAddr,
+    source: Ipv4Addr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(source), 0))
+        .expect("binds the source address");
+    let mut s = timeout(GUARD, socket.connect(admin))
         .await
-        .expect("admin connects");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+        .expect("connects in time")
+        .expect("connects");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     if let Some(c) = cookie {
         req.push_str(&format!("Cookie: {c}\r\n"));
     }
+    let body = body.unwrap_or("");
     if method == "POST" {
-        let body = body.unwrap_or("");
         req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         ));
-    } else {
-        req.push_str("\r\n");
     }
+    req.push_str("\r\n");
+    req.push_str(body);
     s.write_all(req.as_bytes()).await.expect("writes");
     let mut out = Vec::new();
     timeout(GUARD, s.read_to_end(&mut out))
@@ -139,13 +177,11 @@ pub async fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (
-        Answer {
-            status,
-            body: body.to_owned(),
-        },
-        head.to_owned(),
-    )
+    Answer {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
 }
 
 pub async fn post(admin: SocketAddr, path: &str, cookie: &str, body: &str) -> Answer {
