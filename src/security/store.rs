@@ -249,22 +249,7 @@ impl KeyStore {
 
     /// Opens a store and checks every block under `lmk`.
     pub fn open(path: &Path, lmk: &Lmk) -> Result<KeyStore, StoreError> {
-        let parse = |reason: String| StoreError::Parse {
-            path: path.to_owned(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let file: File = toml::from_str(&text).map_err(|e| parse(e.message().to_owned()))?;
-        if file.format != FORMAT {
-            return Err(parse(format!(
-                "format {} (this build reads {FORMAT})",
-                file.format
-            )));
-        }
-        let store_kcv = Kcv::parse(&file.lmk_kcv).map_err(|e| parse(format!("lmk_kcv: {e}")))?;
+        let (file, store_kcv) = read_file(path)?;
         if store_kcv != lmk.kcv() {
             return Err(StoreError::WrongLmk {
                 path: path.to_owned(),
@@ -454,27 +439,34 @@ impl fmt::Debug for StoredBlock {
     }
 }
 
+/// The store file parsed, its format checked, and the KCV of the LMK its
+/// blocks are under.
+fn read_file(path: &Path) -> Result<(File, Kcv), StoreError> {
+    let parse = |reason: String| StoreError::Parse {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file: File = toml::from_str(&text).map_err(|e| parse(e.message().to_owned()))?;
+    if file.format != FORMAT {
+        return Err(parse(format!(
+            "format {} (this build reads {FORMAT})",
+            file.format
+        )));
+    }
+    let kcv = Kcv::parse(&file.lmk_kcv).map_err(|e| parse(format!("lmk_kcv: {e}")))?;
+    Ok((file, kcv))
+}
+
 impl KeyStore {
     /// The store's blocks and the KCV of the LMK they are under, without
     /// the LMK: each row's name, type and KCV must agree with its block's
     /// (unauthenticated) header, names must be unique.
     pub fn read_blocks(path: &Path) -> Result<(Kcv, Vec<StoredBlock>), StoreError> {
-        let parse = |reason: String| StoreError::Parse {
-            path: path.to_owned(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let file: File = toml::from_str(&text).map_err(|e| parse(e.message().to_owned()))?;
-        if file.format != FORMAT {
-            return Err(parse(format!(
-                "format {} (this build reads {FORMAT})",
-                file.format
-            )));
-        }
-        let lmk_kcv = Kcv::parse(&file.lmk_kcv).map_err(|e| parse(format!("lmk_kcv: {e}")))?;
+        let (file, lmk_kcv) = read_file(path)?;
         let mut out: Vec<StoredBlock> = Vec::with_capacity(file.keys.len());
         let mut seen = std::collections::HashSet::new();
         for row in file.keys {

@@ -111,12 +111,18 @@ impl BlockList {
     /// Is this card (its digits) blocked, by its BIN or itself? The card
     /// is hashed under `key` only when some card is blocked. Counted.
     pub fn check(&self, pan: &[u8], key: &CardHashKey) -> Option<BlockKind> {
-        let kind = self.find(pan, key)?;
+        self.check_hashed(pan, &card_hash_128(key, pan))
+    }
+
+    /// As [`BlockList::check`], with the card's hash made already (the
+    /// terminal core makes it once per request: `Shared::card_hash`).
+    pub fn check_hashed(&self, pan: &[u8], card: &[u8; 16]) -> Option<BlockKind> {
+        let kind = self.find(pan, card)?;
         self.counters[kind as usize].increment(1);
         Some(kind)
     }
 
-    fn find(&self, pan: &[u8], key: &CardHashKey) -> Option<BlockKind> {
+    fn find(&self, pan: &[u8], card: &[u8; 16]) -> Option<BlockKind> {
         if self.bin_lengths != 0 {
             for n in MIN_BIN..=MAX_BIN.min(pan.len()) {
                 if self.bin_lengths & (1 << n) != 0
@@ -126,7 +132,7 @@ impl BlockList {
                 }
             }
         }
-        if !self.cards.is_empty() && self.cards.contains(&card_hash_128(key, pan)) {
+        if !self.cards.is_empty() && self.cards.contains(card) {
             return Some(BlockKind::Card);
         }
         None

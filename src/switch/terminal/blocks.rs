@@ -14,17 +14,23 @@ use crate::switch::fraud::Score;
 impl<J: JournalAppend> TerminalCore<J> {
     /// Answers `msg` if its card (`pan`, its digits) or BIN is blocked;
     /// true when it did. A field read while nothing is blocked.
-    pub(super) fn refuse_blocked(&mut self, msg: &Message, pan: &[u8], started: Instant) -> bool {
+    pub(super) fn refuse_blocked(
+        &mut self,
+        msg: &Message,
+        pan: &[u8],
+        card: [u8; 16],
+        started: Instant,
+    ) -> bool {
         let blocks = &self.shared.blocks;
         if blocks.is_empty() {
             return false;
         }
-        let Some(kind) = blocks.check(pan, &self.shared.rest_key) else {
+        let Some(kind) = blocks.check_hashed(pan, &card) else {
             return false;
         };
         let code = blocks.response_code;
         tracing::debug!(peer = %self.peer, kind = kind.name(), "blocked by an operator");
-        match self.journal_request(msg, u16::MAX, &Score::default()) {
+        match self.journal_request_hashed(msg, u16::MAX, &Score::default(), card) {
             Some(txn) => self.respond_final(msg, txn, code, started),
             None => self.respond(msg, codes::SYSTEM_MALFUNCTION, started),
         }

@@ -66,12 +66,15 @@ impl<J: JournalAppend> TerminalCore<J> {
             return self.respond(&msg, code, started);
         }
         let pan = checked.pan.digits();
-        if self.refuse_blocked(&msg, pan, started) {
+        // Made once: the block list, the fraud map and the journal all
+        // name the card by it.
+        let card = self.shared.card_hash(pan);
+        if self.refuse_blocked(&msg, pan, card, started) {
             return;
         }
         let merchant = msg.merchant_id().unwrap_or(SmallText::EMPTY);
         let auth = Auth {
-            card: fraud::CardHash(self.shared.card_hash(pan)),
+            card: fraud::CardHash(card),
             pan,
             amount_minor: checked.amount_minor,
             mcc: msg.mcc(),
