@@ -13,7 +13,9 @@
 # less than throughput.
 #
 # The configs are rewritten for free ports, a temporary journal and
-# durability "none", as ../shared/limit/compare.sh does. One loadtest
+# durability "none", as ../shared/limit/compare.sh does; DURABILITY=fsync
+# keeps the switch's default instead (the limit chain writes no journal:
+# that share is the issue's fsync figure). One loadtest
 # (target/release/loadtest) drives all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +41,7 @@ rewrite() { # config out
     sed -e 's/^listen = "127.0.0.1:8583"/listen = "127.0.0.1:38583"/' \
         -e 's/^listen = "127.0.0.1:9090"/listen = "127.0.0.1:39090"/' \
         -e 's/^links = \["127.0.0.1:9583"\]/links = ["127.0.0.1:39583"]/' \
-        -e 's/^durability = .*/durability = "none"/' \
+        -e "s/^durability = .*/durability = \"${DURABILITY:-none}\"/" \
         -e "s|^dir = \"journal\"|dir = \"$work/journal\"|" "$1" > "$2"
 }
 rewrite "$A_CONFIG" "$work/a.toml"

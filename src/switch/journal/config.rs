@@ -27,6 +27,9 @@ pub struct JournalConfig {
     /// Records waiting for the journal thread; when full the switch sheds
     /// load (96).
     pub queue_capacity: usize,
+    /// Durability `fsync`: `fdatasync` calls that may be in flight at once
+    /// (one thread each).
+    pub syncs_in_flight: usize,
 }
 
 table! {
@@ -37,6 +40,7 @@ table! {
         retention_hours: u64 = 24 * 7, in 1..=87_600;
         max_bytes: Option<u64> = None, in 65_536..=1 << 50;
         queue_capacity: usize = 65_536, in 1..=16_777_216;
+        syncs_in_flight: usize = 4, in 1..=16;
     }
 }
 
@@ -71,6 +75,7 @@ impl JournalFile {
             retention: Duration::from_secs(3600 * self.retention_hours), // in range
             max_bytes: self.max_bytes,
             queue_capacity: self.queue_capacity,
+            syncs_in_flight: self.syncs_in_flight,
         }
     }
 }

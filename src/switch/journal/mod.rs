@@ -26,6 +26,7 @@ mod prealloc;
 pub mod record;
 pub mod recovery;
 pub mod segment;
+mod sync;
 mod writer;
 
 #[cfg(test)]
@@ -185,10 +186,25 @@ impl Journal {
         });
         // Everything recovered is on disk (the tail was synced if cut).
         let (tx, rx) = watch::channel(recovery.next_seq - 1);
+        let tx = Arc::new(tx);
+        let fsync = config.durability == Durability::Fsync;
+        let syncer = if fsync {
+            let histogram = metrics::histogram!(crate::telemetry::JOURNAL_FSYNC_SECONDS);
+            let s = sync::Syncer::spawn(
+                config.syncs_in_flight,
+                tx.clone(),
+                shared.clone(),
+                histogram,
+            )
+            .map_err(JournalError::Spawn)?;
+            Some(s)
+        } else {
+            None
+        };
         let writer = writer::Writer::new(
             writer::Settings {
                 dir: dir.clone(),
-                fsync: config.durability == Durability::Fsync,
+                fsync,
                 segment_bytes: config.segment_bytes,
                 retention: config.retention,
                 max_bytes: config.max_bytes,
@@ -199,6 +215,7 @@ impl Journal {
             recovery.next_seq,
             shared.clone(),
             tx,
+            syncer,
         );
         let join = std::thread::Builder::new()
             .name("journal".into())

@@ -18,6 +18,7 @@ fn config(dir: &Path) -> JournalConfig {
         retention: Duration::from_secs(7 * 24 * 3600),
         max_bytes: None,
         queue_capacity: 1024,
+        syncs_in_flight: 4,
     }
 }
 
@@ -1411,4 +1412,68 @@ fn segments_are_preallocated_and_closed_without_their_zeros() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .count();
     assert_eq!(stale, 0);
+}
+
+/// Several `fdatasync` calls in flight, segments rolling every few dozen
+/// records: the durable watermark only grows, never passes what the writer
+/// has written, reaches the last record, and every record reads back once,
+/// in order.
+#[test]
+fn syncs_in_flight_together_publish_only_what_was_written_across_rolls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.segment_bytes = 4096;
+    cfg.queue_capacity = 100_000;
+    cfg.syncs_in_flight = 4;
+    let (journal, _) = Journal::open(&cfg).expect("open");
+    const THREADS: u64 = 4;
+    const EACH: u64 = 400;
+    let total = THREADS * EACH;
+    let watcher = {
+        let journal = journal.clone();
+        std::thread::spawn(move || {
+            let mut rx = journal.durable();
+            let mut last = *rx.borrow_and_update();
+            let mut seen = 0u32;
+            while last < total {
+                if block_on(rx.changed()).is_err() {
+                    break;
+                }
+                let now = *rx.borrow_and_update();
+                // `written` is counted before a sync is handed the records.
+                let written = journal.stats().written;
+                assert!(now >= last, "watermark went back from {last} to {now}");
+                assert!(now <= written, "durable {now} but only {written} written");
+                last = now;
+                seen += 1;
+            }
+            (last, seen)
+        })
+    };
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let journal = journal.clone();
+            scope.spawn(move || {
+                for i in 0..EACH {
+                    let seq = journal.append(request(t * 1000 + i)).expect("room");
+                    if i % 50 == 0 {
+                        // Some appenders wait, as a terminal does, so that
+                        // groups stay small and syncs overlap.
+                        block_on(journal.wait_durable(seq)).expect("durable");
+                    }
+                }
+            });
+        }
+    });
+    block_on(journal.wait_durable(total)).expect("durable");
+    let (last, seen) = watcher.join().expect("watcher");
+    assert_eq!(last, total);
+    assert!(seen >= 1);
+    let stats = journal.stats();
+    assert!(stats.segments >= 10, "{stats:?}");
+    journal.close();
+    assert!(journal.all_synced());
+    let back = read_back(dir.path());
+    let seqs: Vec<u64> = back.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
 }

@@ -14,6 +14,7 @@ use super::prealloc::{self, Preparer};
 use super::record::Record;
 use super::recovery::Fold;
 use super::segment::{MAGIC, encode_frame, list_segments, segment_name};
+use super::sync::Syncer;
 
 /// How long the writer sleeps while closing and an append is between
 /// reserving its slot and pushing (a few instructions), or while paused.
@@ -43,7 +44,11 @@ pub(super) struct Writer {
     /// record, so retention knows the oldest record still needed.
     open_work: Option<Fold>,
     shared: Arc<Shared>,
-    durable: watch::Sender<u64>,
+    /// Durability `none`: the writer publishes what it wrote itself.
+    durable: Arc<watch::Sender<u64>>,
+    /// Durability `fsync`: the sync threads make written records durable
+    /// and publish them; the writer syncs only at a roll and at close.
+    syncer: Option<Syncer>,
     /// The segment being appended to, created when its first record comes.
     active: Option<(File, PathBuf)>,
     active_len: u64,
@@ -80,8 +85,14 @@ impl Writer {
         open_work: Option<Fold>,
         next_seq: u64,
         shared: Arc<Shared>,
-        durable: watch::Sender<u64>,
+        durable: Arc<watch::Sender<u64>>,
+        syncer: Option<Syncer>,
     ) -> Writer {
+        assert_eq!(
+            settings.fsync,
+            syncer.is_some(),
+            "journal: sync threads iff fsync"
+        );
         let capacity = shared.queue.capacity();
         Writer {
             dir: settings.dir,
@@ -92,6 +103,7 @@ impl Writer {
             open_work,
             shared,
             durable,
+            syncer,
             active: None,
             active_len: 0,
             active_preallocated: false,
@@ -226,21 +238,13 @@ impl Writer {
         Ok(())
     }
 
-    /// One write and (with fsync durability) one `fdatasync` for
-    /// everything in the buffer, then publishes `last_seq` as durable.
+    /// One write for everything in the buffer; then `last_seq` is handed
+    /// to the sync threads (durability fsync) or published as durable.
     fn flush(&mut self, last_seq: u64, count: usize) -> io::Result<()> {
         let Some((file, _)) = &mut self.active else {
             return Err(io::Error::other("no active segment"));
         };
         file.write_all(&self.buf)?;
-        if self.fsync {
-            // sync_data: the size change is metadata fdatasync does cover;
-            // mtime is not needed for recovery.
-            let started = std::time::Instant::now();
-            file.sync_data()?;
-            self.fsync_seconds.record(started.elapsed());
-            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-        }
         let s = &self.shared;
         s.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         // Everything buffered is written: the file now reaches `active_len`.
@@ -255,6 +259,9 @@ impl Writer {
         );
         self.buf.clear();
         self.in_buf = 0;
+        if let Some(syncer) = &self.syncer {
+            return syncer.written(last_seq);
+        }
         // The durable watermark only grows: callers forward and answer on it.
         let before = self.durable.send_replace(last_seq);
         assert!(
@@ -264,9 +271,30 @@ impl Writer {
         Ok(())
     }
 
+    /// With fsync durability, before the active segment is left: waits for
+    /// the syncs in flight, cuts the preallocated zeros, syncs the segment
+    /// (what the sync threads had not yet taken, and its final length) and
+    /// publishes its last record, so that no record of the next segment is
+    /// published ahead of the old one's. Without fsync, just cuts.
+    fn leave_active(&mut self, last_seq: u64) -> io::Result<()> {
+        let Some(syncer) = &self.syncer else {
+            return self.close_active();
+        };
+        syncer.quiesce()?;
+        self.close_active()?;
+        if let (Some((file, _)), Some(syncer)) = (&self.active, &self.syncer) {
+            let started = std::time::Instant::now();
+            file.sync_data()?;
+            self.fsync_seconds.record(started.elapsed());
+            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+            syncer.publish(last_seq)?;
+        }
+        Ok(())
+    }
+
     /// Starts segment `journal-<first_seq>.log` and applies retention.
     fn roll(&mut self, first_seq: u64) -> io::Result<()> {
-        self.close_active()?;
+        self.leave_active(first_seq - 1)?;
         let path = self.dir.join(segment_name(first_seq));
         // A name collision means two writers or a recovery bug: both ways
         // of making the file refuse it rather than overwrite records.
@@ -303,6 +331,9 @@ impl Writer {
         } else {
             MAGIC.len() as u64
         };
+        if let Some(syncer) = &self.syncer {
+            syncer.start_segment(path.clone());
+        }
         self.active = Some((file, path));
         self.active_len = MAGIC.len() as u64;
         self.active_file_len = file_len;
@@ -406,7 +437,7 @@ impl Writer {
     /// Closing: everything accepted is written; the active segment's data
     /// is synced once more, also without fsync durability.
     fn finish(&mut self) -> io::Result<()> {
-        self.close_active()?;
+        self.leave_active(self.next_encode - 1)?;
         if let Some((file, _)) = &self.active {
             file.sync_all()?;
         }

@@ -195,6 +195,7 @@ fn journal_config(dir: &Path) -> JournalConfig {
         retention: Duration::from_secs(3600),
         max_bytes: None,
         queue_capacity: 4096,
+        syncs_in_flight: 4,
     }
 }
 
