@@ -8,13 +8,13 @@
 //! (`window_s / BUCKETS` rounded up: a 60 s window in 8 s steps), which
 //! bounds memory per card without keeping every event.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::sync::lock;
@@ -71,30 +71,18 @@ impl fmt::Debug for CardHash {
 }
 
 impl Hash for CardHash {
-    // Already a keyed hash: its first 8 bytes are as good as any hash of it.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_ne_bytes(first));
+        state.write_u64(self.map_hash());
     }
 }
 
-/// Passes a `CardHash`'s own bits through as the map hash.
-#[derive(Default)]
-pub(crate) struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used by CardHash; fold anything else reasonably.
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+impl CardHash {
+    /// Already a keyed hash: its first 8 bytes are as good as any hash of
+    /// it, for the card map's buckets.
+    fn map_hash(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        u64::from_ne_bytes(first)
     }
 }
 
@@ -130,40 +118,53 @@ struct Recent {
     tag: u32,
 }
 
-/// 448 bytes per card, laid out by cache line so that scoring reads as
-/// few as it can: the first line holds each window's newest bucket index
-/// and running sums (enough to score a card seen in its current bucket),
-/// the second the decline ring; the bucket rings are read only when some
-/// of their buckets have aged out since the card's last request.
+/// 448 bytes per card, the card's hash included, laid out by cache line so
+/// that scoring reads as few as it can. Line 0 holds the key the lookup
+/// compares and each window's newest bucket index and running count
+/// (enough to score a card seen in its current bucket), line 1 the running
+/// amounts and the decline ring, line 2 the recent events of the
+/// card-testing rule; the bucket rings (lines 3-6) are read only when some
+/// of their buckets have aged out since the card's last request. With the
+/// key in a map entry of its own, apart from the value, a lookup read one
+/// line more (a perf profile put most of the scorer's time on loading it).
 #[derive(Clone)]
 #[repr(C, align(64))]
 struct CardState {
+    card: CardHash,
     /// Per velocity window: the bucket index (`now_s / bucket_s`) of the
     /// newest bucket; the ring holds it and the `BUCKETS - 1` before it.
     newest: [u32; MAX_VELOCITY_WINDOWS],
     /// Per window: the sums over its ring.
     counts: [u32; MAX_VELOCITY_WINDOWS],
-    amounts: [u64; MAX_VELOCITY_WINDOWS],
     last_seen: u32,
-    declines: [u32; RECENT_EVENTS],
     recent_next: u8,
     declines_next: u8,
-    windows: [[Bucket; BUCKETS]; MAX_VELOCITY_WINDOWS],
+    /// Puts `amounts` at the start of line 1.
+    _line_0_end: [u8; 10],
+    amounts: [u64; MAX_VELOCITY_WINDOWS],
+    declines: [u32; RECENT_EVENTS],
     recent: [Recent; RECENT_EVENTS],
+    windows: [[Bucket; BUCKETS]; MAX_VELOCITY_WINDOWS],
 }
 
+const _: () = assert!(std::mem::size_of::<CardState>() == 448);
+const _: () = assert!(std::mem::offset_of!(CardState, amounts) == 64);
+const _: () = assert!(std::mem::offset_of!(CardState, recent) == 128);
+
 impl CardState {
-    fn new() -> CardState {
+    fn new(card: CardHash) -> CardState {
         CardState {
+            card,
             newest: [0; MAX_VELOCITY_WINDOWS],
             counts: [0; MAX_VELOCITY_WINDOWS],
-            amounts: [0; MAX_VELOCITY_WINDOWS],
             last_seen: 0,
-            declines: [0; RECENT_EVENTS],
             recent_next: 0,
             declines_next: 0,
-            windows: [[Bucket::default(); BUCKETS]; MAX_VELOCITY_WINDOWS],
+            _line_0_end: [0; 10],
+            amounts: [0; MAX_VELOCITY_WINDOWS],
+            declines: [0; RECENT_EVENTS],
             recent: [Recent::default(); RECENT_EVENTS],
+            windows: [[Bucket::default(); BUCKETS]; MAX_VELOCITY_WINDOWS],
         }
     }
 
@@ -257,7 +258,36 @@ const SHARDS: usize = 256;
 /// took the runtime for tens of milliseconds.
 const SWEEP_STEP: usize = 4096;
 
-type Shard = HashMap<CardHash, CardState, BuildHasherDefault<PassThrough>>;
+/// A shard's cards, each entry keyed by the card hash it holds.
+#[derive(Default)]
+struct Shard(HashTable<CardState>);
+
+impl Shard {
+    fn get(&self, card: &CardHash) -> Option<&CardState> {
+        self.0.find(card.map_hash(), |st| st.card == *card)
+    }
+
+    fn get_mut(&mut self, card: &CardHash) -> Option<&mut CardState> {
+        self.0.find_mut(card.map_hash(), |st| st.card == *card)
+    }
+
+    /// The card's entry, added if it is not there; whether it was added.
+    fn get_or_insert(&mut self, card: CardHash) -> (&mut CardState, bool) {
+        use hashbrown::hash_table::Entry;
+        match self.0.entry(
+            card.map_hash(),
+            |st| st.card == card,
+            |st| st.card.map_hash(),
+        ) {
+            Entry::Occupied(e) => (e.into_mut(), false),
+            Entry::Vacant(e) => (e.insert(CardState::new(card)).into_mut(), true),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
 
 /// Where the eviction sweep stands: it goes round the shards a step at a
 /// time, with a cutoff estimated at the start of each round.
@@ -386,11 +416,11 @@ impl FraudState {
             return;
         }
         let mut shard = self.shard(&a.card);
-        let st = shard.entry(a.card).or_insert_with(|| {
-            self.tracked.fetch_add(1, Ordering::Relaxed);
-            CardState::new()
-        });
+        let (st, added) = shard.get_or_insert(a.card);
         st.record(rules, a, now);
+        if added {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records a host decline of a forwarded request for this card.
@@ -427,7 +457,7 @@ impl FraudState {
             let before = shard.len();
             examined += before;
             let cutoff = sweep.cutoff;
-            shard.retain(|card, st| age_key(card, st) > cutoff);
+            shard.0.retain(|st| age_key(st) > cutoff);
             self.tracked
                 .fetch_sub(before - shard.len(), Ordering::Relaxed);
             drop(shard);
@@ -446,12 +476,7 @@ impl FraudState {
         let mut sample = arrayvec::ArrayVec::<u64, { SAMPLE_PER_SHARD * SHARDS }>::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            sample.extend(
-                shard
-                    .iter()
-                    .take(SAMPLE_PER_SHARD)
-                    .map(|(k, v)| age_key(k, v)),
-            );
+            sample.extend(shard.0.iter().take(SAMPLE_PER_SHARD).map(age_key));
         }
         if sample.is_empty() {
             return u64::MAX;
@@ -465,9 +490,9 @@ impl FraudState {
 /// Orders cards for eviction: least recently seen first; cards seen in
 /// the same second by hash, so a burst inside one second is thinned
 /// rather than dropped whole.
-fn age_key(card: &CardHash, st: &CardState) -> u64 {
+fn age_key(st: &CardState) -> u64 {
     let mut low = [0u8; 4];
-    low.copy_from_slice(&card.0[8..12]);
+    low.copy_from_slice(&st.card.0[8..12]);
     ((st.last_seen as u64) << 32) | u32::from_ne_bytes(low) as u64
 }
 
@@ -479,7 +504,7 @@ mod tests {
     /// sequence of requests and any later time.
     #[test]
     fn running_sums_match_a_recount_of_the_ring() {
-        let mut st = CardState::new();
+        let mut st = CardState::new(CardHash([7; 16]));
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = || {
             x ^= x << 13;
