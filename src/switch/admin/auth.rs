@@ -151,7 +151,7 @@ impl Auth {
                 users_path.display()
             );
         }
-        let audit = AuditLog::open(&config.audit_file)?;
+        let audit = AuditLog::open(&config.audit_file, config.audit_retention_days)?;
         Ok(Auth {
             users_path: users_path.to_owned(),
             users: ArcSwap::from_pointee(users),

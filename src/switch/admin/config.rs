@@ -23,6 +23,8 @@ pub struct AdminConfig {
     pub metrics_require_login: bool,
     /// `[admin.tls]`: HTTPS only, and the session cookie is `Secure`.
     pub tls: Option<crate::switch::tls::AdminTlsConfig>,
+    /// Audit files older than this are deleted (`audit.rs`).
+    pub audit_retention_days: u64,
 }
 
 table! {
@@ -34,6 +36,7 @@ table! {
         session_ttl_secs: u64 = 900, in 1..=86_400;
         session_max_secs: u64 = 8 * 3600, in 1..=7 * 86_400;
         metrics_require_login: bool = false;
+        audit_retention_days: u64 = 400, in 1..=36_500;
         tls: Option<crate::switch::tls::config::AdminTlsFile> = None;
     }
 }
@@ -89,6 +92,7 @@ impl AdminFile {
             session_max: Duration::from_secs(self.session_max_secs),
             metrics_require_login: self.metrics_require_login,
             tls,
+            audit_retention_days: self.audit_retention_days,
         }
     }
 }
@@ -136,5 +140,12 @@ mod tests {
         assert_eq!(c.session_ttl.as_secs(), 900);
         assert_eq!(c.session_max.as_secs(), 8 * 3600);
         assert!(!c.metrics_require_login);
+        assert_eq!(c.audit_retention_days, 400);
+        assert!(c.tls.is_none());
+        let p = problems("audit_retention_days = 0");
+        assert!(
+            p[0].starts_with("admin.audit_retention_days: 0 is out of range"),
+            "{p:?}"
+        );
     }
 }
