@@ -185,9 +185,10 @@ impl AuditLog {
         let mut tail =
             continue_chain(&mut file).map_err(|e| format!("audit_file {}: {e}", path.display()))?;
         let day = first_day(&mut file).map_err(at)?;
-        if day.is_none() && tail.torn.is_none() {
-            // An empty file after a rotation (or a crash right after its
-            // rename): the chain goes on from the newest dated file.
+        if tail.prev == GENESIS {
+            // No whole line: a new file after a rotation (or a crash
+            // right after its rename, or in its first line): the chain
+            // goes on from the newest dated file.
             if let Some(newest) = dated_files(path).map_err(at)?.pop() {
                 let mut f = open_append(&newest.path).map_err(at)?;
                 tail.prev = continue_chain(&mut f)
@@ -1407,10 +1408,11 @@ mod tests {
         assert_eq!(live.len(), 2, "{live:?}");
         assert!(live[0].contains("\"event\":\"rotate\""), "{live:?}");
         assert!(live[1].contains("\"event\":\"start\""), "{live:?}");
-        // A crash between the rename and the first line: an empty live
-        // file; the chain continues from the dated file.
+        // A crash between the rename and the first line, or in it: a
+        // live file with no whole line; the chain continues from the
+        // dated file.
         std::fs::rename(&path, dir.path().join("audit.2026-01-11.jsonl")).expect("renames");
-        std::fs::write(&path, b"").expect("empties");
+        std::fs::write(&path, b"{\"time\":\"2026-01-11T").expect("a torn first line");
         let log = AuditLog::open_with_clock(&path, 400, t.clock()).expect("opens");
         drop(log);
         assert!(
