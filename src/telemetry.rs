@@ -205,7 +205,7 @@ fn describe() {
     );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,
-        "TLS handshakes refused or failed, by listener (terminals, link) and reason"
+        "TLS handshakes refused or failed, by listener (terminals, link, admin) and reason"
     );
     describe_counter!(TLS_HANDSHAKES, "TLS handshakes completed, by listener");
     describe_gauge!(

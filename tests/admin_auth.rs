@@ -593,3 +593,69 @@ async fn an_unwritable_audit_trail_keeps_the_switch_from_starting() {
     let e = e.to_string();
     assert!(e.contains("/dev/full"), "{e}");
 }
+
+/// A trail over several days (the library's writer with a clock of the
+/// test's, days apart), checked by the binary as a directory: one chain
+/// across the dated files and the live one; one edited line is named
+/// with its file and line number.
+#[test]
+fn audit_verify_checks_a_rotated_trail_across_its_files() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use switchyard::switch::admin::audit::{AuditLog, Event};
+    let d = dir();
+    let trail_dir = d.audit.parent().expect("a directory").to_owned();
+    // 2026-01-10T12:00:00Z, then a day later each round.
+    let now = Arc::new(AtomicU64::new(1_768_046_400_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::Relaxed))
+    };
+    let log = AuditLog::open_with_clock(&d.audit, 400, clock).expect("opens");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for day in 0..3 {
+        for i in 0..2 {
+            rt.block_on(log.record(Event {
+                event: "action",
+                user: Some(format!("op{day}{i}")),
+                source: None,
+                details: serde_json::json!({"action": "reload"}),
+                result: "ok".into(),
+            }))
+            .expect("recorded");
+        }
+        now.fetch_add(86_400_000, Ordering::Relaxed);
+    }
+    drop(log);
+    let dated = trail_dir.join("audit.2026-01-11.jsonl");
+    assert!(dated.exists());
+    let dir_arg = trail_dir.to_str().expect("utf-8");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["audit", "verify", dir_arg])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("OK: 3 file(s), 9 line(s)"), "{text}");
+
+    let edited = std::fs::read_to_string(&dated)
+        .expect("reads")
+        .replacen("op10", "mallory", 1);
+    std::fs::write(&dated, edited).expect("writes");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["audit", "verify", dir_arg])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with(&format!("{}: BROKEN at line 2:", dated.display())),
+        "{text}"
+    );
+}

@@ -75,9 +75,31 @@ async fn a_drain_answers_what_is_in_flight_and_exits_0() {
     assert_eq!(http_post(admin, "/api/actions/drain").await, 202);
     let answer = t.recv().await;
     assert_eq!(code(&answer), "00", "the request in flight is answered");
+    // A request sent after the stop is never taken: the switch ends the
+    // connection after its answers (FIN, not a reset, which could discard
+    // answers on their way), reads and throws away what comes after, and
+    // the terminal knows that what it has no answer for may go elsewhere.
+    let late = stan + 1;
+    t.send(&auth_from(Mti::FINANCIAL, late, PAN, 100, "DRAIN001"))
+        .await;
+    let mut rest = Vec::new();
+    let end = timeout(GUARD, t.stream.read_to_end(&mut rest))
+        .await
+        .expect("the switch ends the connection");
+    assert!(end.is_ok(), "a clean end, not a reset: {end:?}");
+    assert!(
+        rest.is_empty(),
+        "no answer to a request sent after the stop"
+    );
     let status = timeout(GUARD, child.wait())
         .await
         .expect("the process exits after the drain")
         .expect("waits");
     assert!(status.success(), "exit status {status:?}");
+    assert!(
+        !sim.received()
+            .iter()
+            .any(|r| r.stan == late && r.terminal_id == "DRAIN001"),
+        "the request sent after the stop never reached the host"
+    );
 }

@@ -130,6 +130,12 @@ pub struct LoadArgs {
     /// handshake, sign-on. Loads connection set-up; 0: never.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub reconnect_every: u64,
+    /// Send a request again on the next connection (N times at most)
+    /// when the peer ended the connection cleanly before answering it:
+    /// for a switch that drains (answers what it read, then closes), such
+    /// a request was never taken. Counted as `resent`; 0: lost.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub resend_on_close: u32,
     /// With --tls: no session resumption, so every handshake is a full
     /// one (certificates, key exchange) as for a fleet of terminals
     /// connecting for the first time.
@@ -223,6 +229,7 @@ impl LoadArgs {
             admin,
             tls: self.tls_target()?,
             reconnect_every: self.reconnect_every,
+            resend_on_close: self.resend_on_close,
             terminal_keys: self.terminal_keys()?,
         })
     }

@@ -141,6 +141,9 @@ enum State {
     /// Counted as timed out; kept until the slot is reused to tell a late
     /// answer from a wrong one.
     TimedOut,
+    /// Unanswered when the peer closed cleanly: sent again on the next
+    /// connection (`resend_on_close`).
+    Resend,
 }
 
 #[derive(Clone, Copy)]
@@ -151,13 +154,16 @@ struct Slot {
     intended: u64,
     sent: u64,
     req: Request,
+    /// Times sent again (`resend_on_close`).
+    resends: u32,
 }
 
 enum End {
     /// The run is over.
     Done,
-    /// The connection broke; reconnect.
-    Dropped,
+    /// The connection broke; reconnect. `clean`: the peer ended it
+    /// (FIN), no reset or error.
+    Dropped { clean: bool },
     /// `reconnect_every` requests were made on it: close it, open another.
     Reopen,
 }
@@ -254,7 +260,9 @@ impl Conn {
                 mcc: 0,
                 rrn: 0,
                 reverses: None,
+                reverses_stan: 0,
             },
+            resends: 0,
         };
         let generator = Generator::new(c, index, plan.de7);
         let stan_wrap = (999_999 / ring as u64) * ring as u64;
@@ -291,7 +299,10 @@ impl Conn {
         let mut backoff = BACKOFF_MIN;
         // How the last session ended: tells a reconnect from a reopen.
         let mut last = None;
-        while self.plan.now() < self.plan.send_end {
+        // Past the sends' end still, while requests wait to be sent again.
+        while self.plan.now() < self.plan.send_end
+            || (self.holds_resends() && self.plan.now() < self.plan.hard_end)
+        {
             let mut conn = match self.open().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -319,13 +330,18 @@ impl Conn {
                 let mut st = self.stats.borrow_mut();
                 st.connects += 1;
                 match last {
-                    Some(End::Dropped) => st.reconnects += 1,
+                    Some(End::Dropped { .. }) => st.reconnects += 1,
                     Some(End::Reopen) => st.reopens += 1,
                     _ => {}
                 }
             }
             let end = self.session(&mut conn).await;
-            self.lose_all();
+            match end {
+                End::Dropped { clean: true } if self.plan.config.resend_on_close > 0 => {
+                    self.hold_for_resend()
+                }
+                _ => self.lose_all(),
+            }
             match end {
                 End::Done => {
                     // A TLS peer is told it was a clean end (close_notify);
@@ -336,7 +352,7 @@ impl Conn {
                     break;
                 }
                 End::Reopen => conn.shutdown(),
-                End::Dropped => {}
+                End::Dropped { .. } => {}
             }
             last = Some(end);
         }
@@ -525,6 +541,7 @@ impl Conn {
             0 => u64::MAX,
             n => n,
         };
+        self.resend_held();
         loop {
             let now = plan.now();
             if now >= plan.hard_end {
@@ -536,7 +553,7 @@ impl Conn {
             }
             if let Err(e) = self.write_some(conn) {
                 self.stats.borrow_mut().error(format!("write: {e}"));
-                return End::Dropped;
+                return End::Dropped { clean: false };
             }
             self.expire(now);
             self.flush_live();
@@ -611,7 +628,9 @@ impl Conn {
                 .borrow_mut()
                 .error(format!("connection {}: {e}", self.index));
         }
-        End::Dropped
+        End::Dropped {
+            clean: e.kind() == io::ErrorKind::UnexpectedEof,
+        }
     }
 
     fn scheduled(&self, k: u64) -> u64 {
@@ -663,6 +682,7 @@ impl Conn {
                 intended,
                 sent: now,
                 req,
+                resends: 0,
             };
             self.head += 1;
             self.in_flight += 1;
@@ -698,7 +718,7 @@ impl Conn {
         while self.tail < self.head {
             let i = (self.tail & self.mask) as usize;
             let slot = &mut self.slots[i];
-            if slot.state == State::Live {
+            if matches!(slot.state, State::Live | State::Resend) {
                 if slot.sent + timeout > now {
                     break;
                 }
@@ -720,12 +740,80 @@ impl Conn {
         }
     }
 
+    /// The peer closed cleanly: what it had not answered it never took
+    /// (`resend_on_close`), and goes again on the next connection, each
+    /// request `resend_on_close` times at most; past that, lost. Answers
+    /// of the old connection can not come any more: its timed-out
+    /// requests' slots are freed.
+    fn hold_for_resend(&mut self) {
+        let limit = self.plan.config.resend_on_close;
+        let mut st = self.stats.borrow_mut();
+        for seq in self.tail..self.head {
+            let slot = &mut self.slots[(seq & self.mask) as usize];
+            match slot.state {
+                State::Live | State::Resend if slot.resends < limit => slot.state = State::Resend,
+                State::Live | State::Resend => {
+                    if slot.measured {
+                        st.measured.lost += 1;
+                    } else {
+                        st.warmup.lost += 1;
+                    }
+                    self.pending_live[3] += 1;
+                    slot.state = State::Free;
+                    self.in_flight -= 1;
+                }
+                State::TimedOut => slot.state = State::Free,
+                State::Free => {}
+            }
+        }
+    }
+
+    fn holds_resends(&self) -> bool {
+        (self.tail..self.head)
+            .any(|seq| self.slots[(seq & self.mask) as usize].state == State::Resend)
+    }
+
+    /// A new connection: the requests held for it go first, with their
+    /// STANs (their slots) and their first send's time (their latency
+    /// and timeout count from it).
+    fn resend_held(&mut self) {
+        let mut st = None;
+        for seq in self.tail..self.head {
+            let i = (seq & self.mask) as usize;
+            if self.slots[i].state != State::Resend {
+                continue;
+            }
+            let st = st.get_or_insert_with(|| self.stats.borrow_mut());
+            match self.generator.repack(&self.slots[i].req, &mut self.wbuf) {
+                Ok(()) => {
+                    let slot = &mut self.slots[i];
+                    slot.state = State::Live;
+                    slot.resends += 1;
+                    st.resent += 1;
+                }
+                Err(e) => {
+                    // Packed once already: only a broken spec gets here.
+                    st.error(format!("packing a request again: {e}"));
+                    let slot = &mut self.slots[i];
+                    slot.state = State::Free;
+                    if slot.measured {
+                        st.measured.lost += 1;
+                    } else {
+                        st.warmup.lost += 1;
+                    }
+                    self.pending_live[3] += 1;
+                    self.in_flight -= 1;
+                }
+            }
+        }
+    }
+
     /// The connection is gone: what it had in flight is lost.
     fn lose_all(&mut self) {
         let mut st = self.stats.borrow_mut();
         for seq in self.tail..self.head {
             let slot = &mut self.slots[(seq & self.mask) as usize];
-            if slot.state == State::Live {
+            if matches!(slot.state, State::Live | State::Resend) {
                 if slot.measured {
                     st.measured.lost += 1;
                 } else {

@@ -169,6 +169,14 @@ pub struct LoadConfig {
     /// Close each connection after this many requests on it and open a
     /// new one (TCP connect, TLS handshake, sign-on); 0: never.
     pub reconnect_every: u64,
+    /// Requests without an answer when the peer ended the connection
+    /// cleanly (FIN, not a reset or an error) are sent again on the next
+    /// connection, each this many times at most; 0: they are lost. For a
+    /// switch that ends a connection only after answering every request
+    /// it read (a drain: switchyard throws away what came after its stop
+    /// and then closes), such a request was never taken. Counted as
+    /// `resent`.
+    pub resend_on_close: u32,
     /// `--pin` / `--mac`: PIN blocks and MACs made as a terminal would,
     /// answers' MACs checked.
     pub terminal_keys: Option<Arc<terminal_keys::TerminalKeys>>,
@@ -217,6 +225,7 @@ impl Default for LoadConfig {
             admin: None,
             tls: None,
             reconnect_every: 0,
+            resend_on_close: 0,
             terminal_keys: None,
         }
     }

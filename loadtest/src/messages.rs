@@ -145,6 +145,8 @@ pub struct Request {
     pub rrn: u64,
     /// A reversal's original MTI (0100 or 0200); `None` for the others.
     pub reverses: Option<Mti>,
+    /// A reversal's original STAN (DE90); 0 for the others.
+    pub reverses_stan: u32,
 }
 
 /// Packs the requests of one connection.
@@ -317,6 +319,7 @@ impl Generator {
             mcc: MCCS[self.rng.below(MCCS.len() as u64) as usize],
             rrn,
             reverses: None,
+            reverses_stan: 0,
         }
     }
 
@@ -351,9 +354,28 @@ impl Generator {
         r.mti = Mti::REVERSAL;
         r.stan = stan;
         r.reverses = Some(original.mti);
+        r.reverses_stan = original.stan;
         // The reversal keeps the original's RRN, as acquirers expect.
         self.pack(&r, Some(&original), out)?;
         Ok(r)
+    }
+
+    /// Appends `r`'s frame again (a request sent once already, to be sent
+    /// on another connection).
+    pub fn repack(&self, r: &Request, out: &mut BytesMut) -> Result<(), String> {
+        match r.reverses {
+            Some(mti) => {
+                let original = Request {
+                    mti,
+                    stan: r.reverses_stan,
+                    reverses: None,
+                    reverses_stan: 0,
+                    ..*r
+                };
+                self.pack(r, Some(&original), out)
+            }
+            None => self.pack(r, None, out),
+        }
     }
 
     fn pack(

@@ -307,6 +307,10 @@ impl Report {
     pub fn connections_opened(&self) -> u64 {
         self.s.connects
     }
+    /// Requests sent again after a clean close (`resend_on_close`).
+    pub fn resent(&self) -> u64 {
+        self.s.resent
+    }
     /// Connections closed and opened again by `reconnect_every`.
     pub fn reopens(&self) -> u64 {
         self.s.reopens
@@ -652,7 +656,7 @@ impl Report {
             (
                 "connections",
                 format!(
-                    "{} opened, {} reopened{}, {} reconnects, {} connect failures, {} sign-on failures",
+                    "{} opened, {} reopened{}, {} reconnects ({} requests resent after a clean close), {} connect failures, {} sign-on failures",
                     s.connects,
                     s.reopens,
                     match self.reconnect_every {
@@ -660,6 +664,7 @@ impl Report {
                         n => format!(" (--reconnect-every {n})"),
                     },
                     s.reconnects,
+                    s.resent,
                     s.connect_failures,
                     s.sign_on_failures
                 ),
@@ -857,6 +862,7 @@ impl Report {
             "problems": self.problems(),
             "switch_latency": switch_latency,
             "reopens": s.reopens,
+            "resent": s.resent,
             "reconnect_every": self.reconnect_every,
             "tls": self.tls_json(),
         });

@@ -224,6 +224,8 @@ pub struct WorkerStats {
     pub reconnects: u64,
     /// Connections closed and opened again by plan (`reconnect_every`).
     pub reopens: u64,
+    /// Requests sent again after a clean close (`resend_on_close`).
+    pub resent: u64,
     pub connect_failures: u64,
     pub sign_on_failures: u64,
     pub tls: TlsStats,
@@ -263,6 +265,7 @@ impl WorkerStats {
             connects: 0,
             reconnects: 0,
             reopens: 0,
+            resent: 0,
             connect_failures: 0,
             sign_on_failures: 0,
             tls: TlsStats::new(),
@@ -335,6 +338,7 @@ impl WorkerStats {
         self.connects += o.connects;
         self.reconnects += o.reconnects;
         self.reopens += o.reopens;
+        self.resent += o.resent;
         self.tls.merge(o.tls);
         self.connect_failures += o.connect_failures;
         self.sign_on_failures += o.sign_on_failures;

@@ -42,6 +42,13 @@ enum Behaviour {
     /// Answer 94 to a (MTI class, DE41, DE11) key seen before on any
     /// connection, as the switch's repeat detection does.
     Repeats,
+    /// As a draining switch: answer `after` requests on each connection
+    /// (94 to a key answered before, on any connection), then end it
+    /// cleanly (FIN after the answers) and read and throw away what comes
+    /// after, unanswered, until the client closes.
+    Drain {
+        after: u64,
+    },
 }
 
 /// Keys a `Repeats` peer has seen, shared by its connections.
@@ -119,6 +126,23 @@ async fn serve(mut s: TcpStream, behaviour: Behaviour, seen: Seen) {
                     code = c;
                 }
                 Behaviour::Mute if !network => continue,
+                Behaviour::Drain { after } if !network => {
+                    if n > after {
+                        let _ = s.write_all(&wbuf).await;
+                        let _ = s.shutdown().await;
+                        let mut sink = [0u8; 4096];
+                        while let Ok(1..) = s.read(&mut sink).await {}
+                        return;
+                    }
+                    let key = (
+                        req.mti().class(),
+                        req.field(41).unwrap_or_default().to_vec(),
+                        req.stan().unwrap_or(0),
+                    );
+                    if !seen.lock().expect("lock").insert(key) {
+                        code = b"94";
+                    }
+                }
                 Behaviour::Repeats if !network => {
                     let key = (
                         req.mti().class(),
@@ -202,6 +226,38 @@ fn dropped_and_closed_requests_are_each_counted_once() {
     assert!(r.timed_out() + r.lost() > 0, "{r:?}");
     assert!(r.reconnects() > 0, "{r:?}");
     assert_eq!(r.mismatched(), 0, "{r:?}");
+}
+
+/// A peer that ends connections cleanly with requests unanswered (a
+/// draining switch): by default they are lost; with `resend_on_close`
+/// each goes again on the next connection, is answered there once (the
+/// peer answers 94 to a key it answered before), and is counted as
+/// resent, not lost.
+#[test]
+fn resend_on_close_sends_what_a_clean_close_left_unanswered_again() {
+    let mut c = config(peer(Behaviour::Drain { after: 50 }));
+    c.warmup = Duration::ZERO;
+    c.timeout = Duration::from_secs(2);
+    let r = loadtest::run(c.clone()).expect("runs");
+    assert!(accounted(&r), "{r:?}");
+    assert!(r.lost() > 0, "without the option they are lost: {r:?}");
+    assert_eq!(r.resent(), 0, "{r:?}");
+
+    c.target = peer(Behaviour::Drain { after: 50 });
+    c.resend_on_close = 3;
+    let r = loadtest::run(c).expect("runs");
+    assert!(accounted(&r), "{r:?}");
+    assert!(r.reconnects() > 2, "{r:?}");
+    assert!(r.resent() > 0, "{r:?}");
+    assert_eq!(r.lost(), 0, "{r:?}");
+    assert_eq!(r.timed_out(), 0, "{r:?}");
+    assert_eq!(r.mismatched(), 0, "{r:?}");
+    assert!(
+        r.responses().iter().all(|(_, code, _)| code != "94"),
+        "a request was answered twice: {:?}",
+        r.responses()
+    );
+    assert_eq!(json(&r)["resent"], r.resent());
 }
 
 #[test]

@@ -460,6 +460,8 @@ pub struct Switch {
     accept: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
     admin_state: Option<Arc<crate::switch::admin::AdminState>>,
+    /// `[admin.tls]`'s material, re-read with the terminals' on SIGHUP.
+    admin_tls: Option<Arc<crate::switch::admin::AdminTls>>,
     /// The analytics thread, when `[analytics] enabled`.
     analytics: Option<crate::switch::analytics::Runner>,
     /// The transaction store's exporter, when `[store] enabled`.
@@ -570,14 +572,21 @@ impl Switch {
                         .with_analytics(analytics_handle)
                         .with_control(control.clone()),
                 );
-                let serve = crate::switch::admin::serve(l, state.clone());
-                (Some(bound), Some((tokio::spawn(serve), state)))
+                let tls = match &config.admin.tls {
+                    Some(t) => Some(Arc::new(
+                        crate::switch::admin::AdminTls::new(t.clone())
+                            .map_err(|e| StartError::AdminAuth(format!("admin.tls: {e}")))?,
+                    )),
+                    None => None,
+                };
+                let serve = crate::switch::admin::serve(l, state.clone(), tls.clone());
+                (Some(bound), Some((tokio::spawn(serve), state, tls)))
             }
             None => (None, None),
         };
-        let (admin, admin_state) = match admin {
-            Some((task, state)) => (Some(task), Some(state)),
-            None => (None, None),
+        let (admin, admin_state, admin_tls) = match admin {
+            Some((task, state, tls)) => (Some(task), Some(state), tls),
+            None => (None, None, None),
         };
 
         log_recovery(&config, &recovery);
@@ -628,6 +637,7 @@ impl Switch {
             accept,
             admin,
             admin_state,
+            admin_tls,
             analytics,
             store,
         })
@@ -637,6 +647,11 @@ impl Switch {
     /// with).
     pub fn current(&self) -> Arc<Shared> {
         self.control.current()
+    }
+
+    /// The admin endpoint speaks HTTPS (`[admin.tls]`).
+    pub fn admin_is_tls(&self) -> bool {
+        self.admin_tls.is_some()
     }
 
     /// The run-time changes: reloads, blocks, the links under them.
@@ -663,15 +678,28 @@ impl Switch {
         self.store.as_ref().map(|s| s.exported())
     }
 
-    /// Re-reads the terminal TLS material (SIGHUP): new handshakes use it,
-    /// established connections keep theirs. `Ok` without TLS.
+    /// Re-reads the TLS material of the terminal listener and the admin
+    /// endpoint (SIGHUP): new handshakes use it, established connections
+    /// keep theirs; either keeps its old material if its new one is
+    /// refused. `Ok` without TLS.
     pub fn reload_tls(&self) -> Result<(), String> {
         let result = match &self.terminal_tls {
             Some(t) => t.reload(),
             None => Ok(()),
         };
         crate::switch::tls::log_reload(&result);
-        result
+        let admin = match &self.admin_tls {
+            Some(t) => {
+                let r = t.reload();
+                match &r {
+                    Ok(()) => info!("admin TLS material re-read; new handshakes use it"),
+                    Err(e) => warn!("admin TLS material not re-read, the old stays in use: {e}"),
+                }
+                r.map_err(|e| format!("admin TLS: {e}"))
+            }
+            None => Ok(()),
+        };
+        result.and(admin)
     }
 
     /// Stops accepting, lets requests in flight finish within the grace

@@ -354,7 +354,7 @@ pub struct Banner {
 
 impl Banner {
     /// "switchyard: terminals on ADDR[, TLS terminals on ADDR], metrics
-    /// (http://ADDR/metrics|off); Ctrl-C to stop"
+    /// (http[s]://ADDR/metrics|off); Ctrl-C to stop"
     pub fn parse(line: &str) -> Option<Banner> {
         let after = |marker: &str| line.split(marker).nth(1);
         let terminals = after("switchyard: terminals on ")?
@@ -367,7 +367,7 @@ impl Banner {
             Some(rest) => Some(rest.split(',').next()?.trim().parse().ok()?),
             None => None,
         };
-        let admin = match after("metrics http://") {
+        let admin = match after("metrics http://").or_else(|| after("metrics https://")) {
             Some(rest) => Some(rest.split('/').next()?.parse().ok()?),
             None => None,
         };

@@ -230,7 +230,10 @@ fn run_switch(path: Option<PathBuf>, allow_dev_key: bool, log_format: LogFormat)
         };
         let admin = switch
             .admin_addr
-            .map_or(String::from("off"), |a| format!("http://{a}/metrics"));
+            .map_or(String::from("off"), |a| {
+                let scheme = if switch.admin_is_tls() { "https" } else { "http" };
+                format!("{scheme}://{a}/metrics")
+            });
         let tls = switch
             .tls_addr
             .map_or(String::new(), |a| format!(", TLS terminals on {a}"));

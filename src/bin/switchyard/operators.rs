@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use switchyard::switch::admin::audit::{self, Verdict};
+use switchyard::switch::admin::audit::{self, TrailVerdict, Verdict};
 use switchyard::switch::admin::totp;
 use switchyard::switch::admin::users::{self, Role, UserEntry};
 
@@ -46,7 +46,8 @@ pub enum UserCommand {
 pub enum AuditCommand {
     /// Check the audit trail's hash chain; names the first broken line
     /// (exit status 1), or prints the line count and the last line's
-    /// SHA-256.
+    /// SHA-256. A FILE alone, or a directory: each trail in it (the live
+    /// `<stem>.jsonl` and its dated files) as one chain across its files.
     Verify {
         #[arg(default_value = DEFAULT_AUDIT_FILE)]
         file: PathBuf,
@@ -183,6 +184,9 @@ fn list(path: &Path) -> Result<(), String> {
 
 pub fn run_audit(cmd: AuditCommand) -> ExitCode {
     let AuditCommand::Verify { file } = cmd;
+    if file.is_dir() {
+        return verify_dir(&file);
+    }
     let f = match std::fs::File::open(&file) {
         Ok(f) => f,
         Err(e) => {
@@ -195,17 +199,20 @@ pub fn run_audit(cmd: AuditCommand) -> ExitCode {
             lines,
             last_hash,
             torn_tail,
+            after_file,
         }) => {
-            if let Some(n) = torn_tail {
-                eprintln!(
-                    "{}: warning: {n} byte(s) after the last line end: a line being written, or \
-                     torn by a crash (the switch cuts it off at its next start and records that)",
-                    file.display()
-                );
-            }
+            warn_torn(&file, torn_tail);
+            let after = match after_file {
+                Some(before) => format!(
+                    " from its first line, a rotation after {before} (not checked: `audit \
+                     verify` on the directory checks across files)"
+                ),
+                None => String::new(),
+            };
             println!(
-                "{}: OK: {lines} line(s), the chain holds; the last line's SHA-256 is {last_hash} \
-                 (compare it with a copy kept elsewhere: a chain cannot show lines cut off its end)",
+                "{}: OK: {lines} line(s), the chain holds{after}; the last line's SHA-256 is \
+                 {last_hash} (compare it with a copy kept elsewhere: a chain cannot show lines \
+                 cut off its end)",
                 file.display()
             );
             ExitCode::SUCCESS
@@ -219,4 +226,70 @@ pub fn run_audit(cmd: AuditCommand) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn warn_torn(file: &Path, torn_tail: Option<usize>) {
+    if let Some(n) = torn_tail {
+        eprintln!(
+            "{}: warning: {n} byte(s) after the last line end: a line being written, or \
+             torn by a crash (the switch cuts it off at its next start and records that)",
+            file.display()
+        );
+    }
+}
+
+/// Every trail in `dir`, each as one chain; exit 1 if any is broken.
+fn verify_dir(dir: &Path) -> ExitCode {
+    let trails = match audit::trails_in(dir) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchyard audit verify: {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    if trails.is_empty() {
+        eprintln!(
+            "switchyard audit verify: {}: no audit trail here (no *.jsonl file)",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let mut status = ExitCode::SUCCESS;
+    for files in trails {
+        let live = files.last().cloned().unwrap_or_default();
+        match audit::verify_trail(&files) {
+            Ok(TrailVerdict::Intact {
+                files,
+                last_hash,
+                torn_tail,
+                after_deleted,
+            }) => {
+                warn_torn(&live, torn_tail);
+                let lines: u64 = files.iter().map(|(_, n)| n).sum();
+                let after = match after_deleted {
+                    Some(gone) => format!(", from after {gone} (deleted by retention)"),
+                    None => String::new(),
+                };
+                println!(
+                    "{}: OK: {} file(s), {lines} line(s), the chain holds across them{after}; \
+                     the last line's SHA-256 is {last_hash}",
+                    live.display(),
+                    files.len()
+                );
+            }
+            Ok(TrailVerdict::Broken {
+                file,
+                line,
+                message,
+            }) => {
+                println!("{}: BROKEN at line {line}: {message}", file.display());
+                status = ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("switchyard audit verify: {}: {e}", live.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    status
 }

@@ -20,6 +20,18 @@
 //! later record fails, and the logins and actions that need one are
 //! refused (fail closed). That is logged once, at error.
 //!
+//! Retention (`[admin] audit_retention_days`, default 400: PCI DSS
+//! 10.5.1 asks for a year): the file holds one UTC day. The first record
+//! of a new day renames it to `<stem>.<YYYY-MM-DD>.<ext>` beside it (the
+//! day its lines are of; `.1`, `.2`... before the extension should that
+//! name be taken) and starts a new one whose first line, a `rotate`
+//! event naming the file before, chains to that file's last line: the
+//! chain runs on across files. Dated files of a day older than the
+//! retention are deleted at start and at each rotation, and each sweep
+//! that deletes is itself a line (`retention`, naming the files): `audit
+//! verify DIR` accepts a trail whose oldest file chains to a file gone
+//! only if a `retention` line deleted it.
+//!
 //! At start the last whole line is read (from the end: the file is not
 //! read through) and the chain continues from it. A torn last line (bytes
 //! after the last newline: a crash mid-write, whose action was never
@@ -148,17 +160,42 @@ pub struct Tail {
     pub torn: Option<(usize, String)>,
 }
 
+/// The wall clock in Unix milliseconds (a test's own, to cross days).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 impl AuditLog {
     /// Opens (or creates, mode 0600) the file, continues its chain, writes
-    /// a `start` line and starts the writer thread.
-    pub fn open(path: &Path) -> Result<AuditLog, String> {
+    /// a `start` line and starts the writer thread; keeps dated files for
+    /// `retention_days`.
+    pub fn open(path: &Path, retention_days: u64) -> Result<AuditLog, String> {
+        AuditLog::open_with_clock(path, retention_days, Arc::new(crate::clock::unix_now_ms))
+    }
+
+    /// [`AuditLog::open`] with the time from `clock`.
+    pub fn open_with_clock(
+        path: &Path,
+        retention_days: u64,
+        clock: Clock,
+    ) -> Result<AuditLog, String> {
         let at = |e: std::io::Error| format!("audit_file {}: {e}", path.display());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(at)?;
         }
         let mut file = open_append(path).map_err(at)?;
-        let tail =
+        let mut tail =
             continue_chain(&mut file).map_err(|e| format!("audit_file {}: {e}", path.display()))?;
+        let day = first_day(&mut file).map_err(at)?;
+        if tail.prev == GENESIS {
+            // No whole line: a new file after a rotation (or a crash
+            // right after its rename, or in its first line): the chain
+            // goes on from the newest dated file.
+            if let Some(newest) = dated_files(path).map_err(at)?.pop() {
+                let mut f = open_append(&newest.path).map_err(at)?;
+                tail.prev = continue_chain(&mut f)
+                    .map_err(|e| format!("audit file {}: {e}", newest.path.display()))?
+                    .prev;
+            }
+        }
         match &tail.torn {
             Some((n, hash)) => warn!(
                 file = %path.display(),
@@ -177,10 +214,21 @@ impl AuditLog {
             failed: None,
             path: path.to_owned(),
             healthy: Arc::new(AtomicBool::new(true)),
+            day,
+            retention_days,
+            clock,
         };
         let mut details = json!({"version": crate::build_info::VERSION});
         if let Some((n, hash)) = &tail.torn {
             details["torn_tail"] = json!({"bytes": n, "sha256": hash});
+        }
+        // Files past their time go now, not at the next day's first
+        // record (a rotation sweeps too).
+        let now = (writer.clock)();
+        if !writer.rotate_if_due(now) {
+            writer
+                .sweep(now)
+                .map_err(|e| format!("audit_file {}: {e}", path.display()))?;
         }
         writer
             .write(&Event {
@@ -231,7 +279,21 @@ struct Writer {
     failed: Option<String>,
     path: PathBuf,
     healthy: Arc<AtomicBool>,
+    /// The UTC day (`YYYY-MM-DD`) of the file's lines; `None` while it
+    /// is empty.
+    day: Option<String>,
+    retention_days: u64,
+    clock: Clock,
 }
+
+/// `YYYY-MM-DD` of a Unix time in milliseconds, UTC.
+fn day_of(unix_ms: u64) -> String {
+    let mut s = crate::clock::rfc3339(unix_ms / 1000);
+    s.truncate(10);
+    s
+}
+
+const DAY_MS: u64 = 86_400_000;
 
 impl Writer {
     fn run(mut self, rx: Receiver<Job>) {
@@ -243,10 +305,118 @@ impl Writer {
     }
 
     fn write(&mut self, event: &Event) -> Result<(), AuditError> {
+        let now = (self.clock)();
+        self.rotate_if_due(now);
+        self.write_at(event, now)
+    }
+
+    /// A new file when `now` is past the file's day: true if it rotated
+    /// (or tried to: a failure is the writer's, as a failed write).
+    fn rotate_if_due(&mut self, now: u64) -> bool {
+        match &self.day {
+            Some(day) if *day != day_of(now) && self.failed.is_none() => {
+                let day = day.clone();
+                if let Err(e) = self.rotate(&day, now) {
+                    self.fail(format!("rotation: {e}"));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Renames the file to its dated name, starts an empty one, and
+    /// chains its first line to the last of the dated file; then sweeps.
+    fn rotate(&mut self, day: &str, now: u64) -> Result<(), String> {
+        let dated = free_dated_name(&self.path, day).map_err(|e| e.to_string())?;
+        std::fs::rename(&self.path, &dated).map_err(|e| {
+            format!(
+                "can not rename {} to {}: {e}",
+                self.path.display(),
+                dated.display()
+            )
+        })?;
+        sync_dir(&self.path);
+        self.file = open_append(&self.path)
+            .map_err(|e| format!("can not create {}: {e}", self.path.display()))?;
+        self.day = None;
+        let name = file_name(&dated);
+        info!(file = %dated.display(), "audit trail: {day} closed; the chain goes on in a new file");
+        self.write_at(
+            &Event {
+                event: "rotate",
+                user: None,
+                source: None,
+                details: json!({"previous_file": name, "previous_day": day}),
+                result: "ok".into(),
+            },
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        self.sweep(now)
+    }
+
+    /// Deletes the dated files of days older than the retention, and
+    /// records what it deleted (and what it could not).
+    fn sweep(&mut self, now: u64) -> Result<(), String> {
+        let oldest_kept = day_of(now.saturating_sub(self.retention_days.saturating_mul(DAY_MS)));
+        let files = dated_files(&self.path).map_err(|e| format!("can not list: {e}"))?;
+        let mut deleted = Vec::new();
+        let mut failed = Vec::new();
+        for f in files.iter().filter(|f| f.day < oldest_kept) {
+            match std::fs::remove_file(&f.path) {
+                Ok(()) => deleted.push(file_name(&f.path)),
+                Err(e) => failed.push(format!("{}: {e}", file_name(&f.path))),
+            }
+        }
+        if deleted.is_empty() && failed.is_empty() {
+            return Ok(());
+        }
+        sync_dir(&self.path);
+        info!(
+            deleted = deleted.len(),
+            failed = failed.len(),
+            "audit trail: files of days before {oldest_kept} deleted ({} days kept)",
+            self.retention_days
+        );
+        let result = if failed.is_empty() {
+            "ok".to_owned()
+        } else {
+            warn!("audit trail: could not delete {failed:?}");
+            format!("failed: {}", failed.join("; "))
+        };
+        self.write_at(
+            &Event {
+                event: "retention",
+                user: None,
+                source: None,
+                details: json!({
+                    "retention_days": self.retention_days,
+                    "before_day": oldest_kept,
+                    "deleted": deleted,
+                }),
+                result,
+            },
+            now,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn fail(&mut self, e: String) {
+        error!(
+            file = %self.path.display(),
+            "audit trail: {e}; every later login and action is refused \
+             until the switch is restarted with a writable audit_file"
+        );
+        self.failed = Some(e);
+        self.healthy.store(false, Ordering::Release);
+    }
+
+    fn write_at(&mut self, event: &Event, now: u64) -> Result<(), AuditError> {
         if let Some(e) = &self.failed {
             return Err(AuditError::Failed(e.clone()));
         }
-        let result = render(event, &self.prev, crate::clock::unix_now_ms()).and_then(|line| {
+        let result = render(event, &self.prev, now).and_then(|line| {
             let mut buf = line.clone();
             buf.push(b'\n');
             // One write of the whole line: a crash leaves at most one torn
@@ -260,20 +430,141 @@ impl Writer {
         match result {
             Ok(line) => {
                 self.prev = sha256_hex(&line);
+                if self.day.is_none() {
+                    self.day = Some(day_of(now));
+                }
                 Ok(())
             }
             Err(e) => {
-                error!(
-                    file = %self.path.display(),
-                    "audit trail: write failed ({e}); every later login and action is refused \
-                     until the switch is restarted with a writable audit_file"
-                );
-                self.failed = Some(e.clone());
-                self.healthy.store(false, Ordering::Release);
+                self.fail(format!("write failed ({e})"));
                 Err(AuditError::Failed(e))
             }
         }
     }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A rename or a deletion survives a crash once its directory is synced.
+fn sync_dir(path: &Path) {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The day of the file's first line (`YYYY-MM-DD` from its `time`);
+/// `None` for an empty file or one whose first line has no time.
+fn first_day(file: &mut File) -> std::io::Result<Option<String>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = Vec::new();
+    std::io::BufReader::new(&mut *file)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
+    let day = serde_json::from_slice::<Value>(buf.strip_suffix(b"\n").unwrap_or(&buf))
+        .ok()
+        .and_then(|v| {
+            v.get("time")?
+                .as_str()
+                .and_then(|t| t.get(..10))
+                .map(str::to_owned)
+        })
+        .filter(|d| is_day(d));
+    Ok(day)
+}
+
+/// `YYYY-MM-DD`, digits where they go.
+fn is_day(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+}
+
+/// One rotated file of a trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dated {
+    pub path: PathBuf,
+    pub day: String,
+    /// 0 for the day's first name, then 1, 2... (a clock set back).
+    pub seq: u32,
+}
+
+/// The live file's name cut in two: `audit` and `.jsonl`.
+fn stem_and_ext(live: &Path) -> (String, String) {
+    let name = file_name(live);
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
+        _ => (name, String::new()),
+    }
+}
+
+/// `name` as one of the dated files of the trail `stem`+`ext`.
+fn parse_dated(name: &str, stem: &str, ext: &str) -> Option<(String, u32)> {
+    let mid = name
+        .strip_prefix(stem)?
+        .strip_prefix('.')?
+        .strip_suffix(ext)?;
+    let (day, seq) = match mid.split_once('.') {
+        Some((day, seq)) => (day, seq.parse().ok()?),
+        None => (mid, 0),
+    };
+    is_day(day).then(|| (day.to_owned(), seq))
+}
+
+/// The dated files beside `live`, oldest first.
+pub fn dated_files(live: &Path) -> std::io::Result<Vec<Dated>> {
+    let (stem, ext) = stem_and_ext(live);
+    let dir = match live.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((day, seq)) = parse_dated(name, &stem, &ext) {
+            out.push(Dated {
+                path: entry.path(),
+                day,
+                seq,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.day, a.seq).cmp(&(&b.day, b.seq)));
+    Ok(out)
+}
+
+/// `<stem>.<day><ext>`, or with `.1`, `.2`... when taken.
+fn free_dated_name(live: &Path, day: &str) -> std::io::Result<PathBuf> {
+    let (stem, ext) = stem_and_ext(live);
+    for seq in 0..1000u32 {
+        let name = if seq == 0 {
+            format!("{stem}.{day}{ext}")
+        } else {
+            format!("{stem}.{day}.{seq}{ext}")
+        };
+        let p = live.with_file_name(name);
+        if !p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "1000 files named for {day} already"
+    )))
 }
 
 #[cfg(unix)]
@@ -368,6 +659,9 @@ pub enum Verdict {
         /// Bytes after the last newline: a line being written, or torn by
         /// a crash (the switch cuts it at its next start).
         torn_tail: Option<usize>,
+        /// Line 1 is a `rotate` line chaining to this file, not checked
+        /// here (`audit verify DIR` checks across files).
+        after_file: Option<String>,
     },
     /// The first broken line (1-based) and why.
     Broken { line: u64, message: String },
@@ -391,65 +685,145 @@ fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<
     Ok(Some(Err(buf.len() > MAX_LINE)))
 }
 
-/// The `prev` a line names, if it is a JSON object with one.
-fn prev_of(line: &[u8]) -> Option<String> {
+/// The `prev` of a line that is a JSON object with one, and the line.
+fn parse_line(line: &[u8]) -> Option<(String, Value)> {
     let v: Value = serde_json::from_slice(line).ok()?;
-    let p = v.as_object()?.get("prev")?.as_str()?;
-    (p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit())).then(|| p.to_ascii_lowercase())
+    let p = v.as_object()?.get("prev")?.as_str()?.to_ascii_lowercase();
+    let ok = p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then_some((p, v))
 }
 
-/// Checks the chain from the first line.
-pub fn verify(mut r: impl BufRead) -> std::io::Result<Verdict> {
+fn prev_of(line: &[u8]) -> Option<String> {
+    parse_line(line).map(|(p, _)| p)
+}
+
+/// Files named deleted by `retention` lines, at most this many kept while
+/// a trail is checked (400 days of daily files is 400).
+const MAX_DELETED_NAMES: usize = 100_000;
+
+/// Where a file's chain starts.
+enum Start<'a> {
+    /// The trail's first file: 64 zeros, or a `rotate` line chaining to
+    /// a file not checked.
+    First,
+    /// After the file before it, whose last line has this hash.
+    After { hash: &'a str, file: &'a str },
+}
+
+/// One file's check, and what the trail's check needs from it.
+struct Checked {
+    verdict: Verdict,
+    /// Files that `retention` lines in it deleted.
+    deleted: Vec<String>,
+}
+
+/// Checks the chain of one file from its first line; a `rotate` line
+/// first is taken as where the file starts (the file before is not
+/// checked: [`verify_trail`] does).
+pub fn verify(r: impl BufRead) -> std::io::Result<Verdict> {
+    Ok(check(r, Start::First)?.verdict)
+}
+
+fn check(mut r: impl BufRead, start: Start<'_>) -> std::io::Result<Checked> {
     let mut buf = Vec::new();
     let mut n = 0u64;
-    let mut expected = GENESIS.to_owned();
+    let mut expected = match start {
+        Start::First => GENESIS.to_owned(),
+        Start::After { hash, .. } => hash.to_owned(),
+    };
+    let mut after_file = None;
+    let mut deleted = Vec::new();
+    let broken = |deleted: Vec<String>, line: u64, message: String| Checked {
+        verdict: Verdict::Broken { line, message },
+        deleted,
+    };
     loop {
         let got = next_line(&mut r, &mut buf)?;
         let Some(got) = got else {
-            return Ok(Verdict::Intact {
-                lines: n,
-                last_hash: expected,
-                torn_tail: None,
+            return Ok(Checked {
+                verdict: Verdict::Intact {
+                    lines: n,
+                    last_hash: expected,
+                    torn_tail: None,
+                    after_file,
+                },
+                deleted,
             });
         };
         n += 1;
         match got {
             Ok(()) => {}
             Err(true) => {
-                return Ok(Verdict::Broken {
-                    line: n,
-                    message: format!("longer than {MAX_LINE} bytes: not a line the switch wrote"),
-                });
+                return Ok(broken(
+                    deleted,
+                    n,
+                    format!("longer than {MAX_LINE} bytes: not a line the switch wrote"),
+                ));
             }
             Err(false) => {
                 // Nothing follows a torn end: read_until stopped at EOF.
-                return Ok(Verdict::Intact {
-                    lines: n - 1,
-                    last_hash: expected,
-                    torn_tail: Some(buf.len()),
+                return Ok(Checked {
+                    verdict: Verdict::Intact {
+                        lines: n - 1,
+                        last_hash: expected,
+                        torn_tail: Some(buf.len()),
+                        after_file,
+                    },
+                    deleted,
                 });
             }
         }
-        let Some(prev) = prev_of(&buf) else {
-            return Ok(Verdict::Broken {
-                line: n,
-                message: "not a JSON object with a 64-hex-digit `prev`: changed, or not an \
-                          audit line"
+        let Some((prev, value)) = parse_line(&buf) else {
+            return Ok(broken(
+                deleted,
+                n,
+                "not a JSON object with a 64-hex-digit `prev`: changed, or not an audit line"
                     .into(),
-            });
+            ));
         };
+        if value["event"] == "retention"
+            && let Some(names) = value["details"]["deleted"].as_array()
+        {
+            for name in names.iter().filter_map(Value::as_str) {
+                if deleted.len() < MAX_DELETED_NAMES {
+                    deleted.push(name.to_owned());
+                }
+            }
+        }
         let hash = sha256_hex(&buf);
         if prev == expected {
             expected = hash;
             continue;
         }
         if n == 1 {
-            return Ok(Verdict::Broken {
-                line: 1,
-                message: "its prev is not 64 zeros: line 1 was changed, or the lines before it \
-                          were removed"
-                    .into(),
-            });
+            match start {
+                Start::First => {
+                    if value["event"] == "rotate"
+                        && let Some(before) = value["details"]["previous_file"].as_str()
+                    {
+                        after_file = Some(before.to_owned());
+                        expected = hash;
+                        continue;
+                    }
+                    return Ok(broken(
+                        deleted,
+                        1,
+                        "its prev is not 64 zeros: line 1 was changed, or the lines before it \
+                         were removed"
+                            .into(),
+                    ));
+                }
+                Start::After { file, .. } => {
+                    return Ok(broken(
+                        deleted,
+                        1,
+                        format!(
+                            "its prev is not the SHA-256 of the last line of {file}: one of the \
+                             two was changed, or lines were removed or inserted between them"
+                        ),
+                    ));
+                }
+            }
         }
         // Line n does not chain from line n-1. If line n+1 chains from
         // line n, line n is as written and line n-1 was changed (or lines
@@ -486,8 +860,148 @@ pub fn verify(mut r: impl BufRead) -> std::io::Result<Verdict> {
                 ),
             ),
         };
-        return Ok(Verdict::Broken { line, message });
+        return Ok(broken(deleted, line, message));
     }
+}
+
+/// What `verify_trail` concluded about a trail of several files.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrailVerdict {
+    Intact {
+        /// Each file checked, oldest first, with its line count.
+        files: Vec<(PathBuf, u64)>,
+        last_hash: String,
+        /// Bytes after the last newline of the live file.
+        torn_tail: Option<usize>,
+        /// The oldest file chains to this one, which a `retention` line
+        /// deleted.
+        after_deleted: Option<String>,
+    },
+    Broken {
+        file: PathBuf,
+        line: u64,
+        message: String,
+    },
+}
+
+/// The trails in `dir`: each `<stem>.jsonl` and its dated files, or dated
+/// files whose live file is gone; by stem.
+pub fn trails_in(dir: &Path) -> std::io::Result<Vec<Vec<PathBuf>>> {
+    let mut stems = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(base) = name.strip_suffix(".jsonl") else {
+            continue;
+        };
+        // `audit.2026-12-01[.1]` is a dated file of `audit`.
+        let mut parts: Vec<&str> = base.split('.').collect();
+        if parts.len() >= 2 && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit()) {
+            if parts.len() >= 3 && is_day(parts[parts.len() - 2]) {
+                parts.truncate(parts.len() - 2);
+            }
+        } else if parts.len() >= 2 && is_day(parts[parts.len() - 1]) {
+            parts.truncate(parts.len() - 1);
+        }
+        stems.insert(parts.join("."));
+    }
+    let mut trails = Vec::new();
+    for stem in stems {
+        let live = dir.join(format!("{stem}.jsonl"));
+        let mut files: Vec<PathBuf> = dated_files(&live)?.into_iter().map(|d| d.path).collect();
+        if live.exists() {
+            files.push(live);
+        }
+        if !files.is_empty() {
+            trails.push(files);
+        }
+    }
+    Ok(trails)
+}
+
+/// Checks a trail's files, oldest first and the live one last, as one
+/// chain: each file's first line chains to the last line of the one
+/// before. The oldest may chain to a file gone, if a `retention` line
+/// deleted it. A torn end is allowed in the last file only.
+pub fn verify_trail(files: &[PathBuf]) -> std::io::Result<TrailVerdict> {
+    let mut checked = Vec::new();
+    let mut deleted = std::collections::HashSet::new();
+    let mut hash = String::new();
+    let mut first_after = None;
+    let mut torn = None;
+    for (i, path) in files.iter().enumerate() {
+        let r = std::io::BufReader::new(File::open(path)?);
+        let before = if i == 0 {
+            String::new()
+        } else {
+            file_name(&files[i - 1])
+        };
+        let start = if i == 0 {
+            Start::First
+        } else {
+            Start::After {
+                hash: &hash,
+                file: &before,
+            }
+        };
+        let c = check(r, start)?;
+        for d in c.deleted {
+            if deleted.len() < MAX_DELETED_NAMES {
+                deleted.insert(d);
+            }
+        }
+        match c.verdict {
+            Verdict::Broken { line, message } => {
+                return Ok(TrailVerdict::Broken {
+                    file: path.clone(),
+                    line,
+                    message,
+                });
+            }
+            Verdict::Intact {
+                lines,
+                last_hash,
+                torn_tail,
+                after_file,
+            } => {
+                if torn_tail.is_some() && i + 1 < files.len() {
+                    return Ok(TrailVerdict::Broken {
+                        file: path.clone(),
+                        line: lines + 1,
+                        message: "a torn last line in a file the switch closed: changed".into(),
+                    });
+                }
+                if i == 0 {
+                    first_after = after_file;
+                }
+                torn = torn_tail;
+                hash = last_hash;
+                checked.push((path.clone(), lines));
+            }
+        }
+    }
+    if let Some(gone) = &first_after
+        && !deleted.contains(gone)
+    {
+        return Ok(TrailVerdict::Broken {
+            file: files[0].clone(),
+            line: 1,
+            message: format!(
+                "it chains to {gone}, which is not here, and no retention line deleted it: \
+                 files were removed"
+            ),
+        });
+    }
+    Ok(TrailVerdict::Intact {
+        files: checked,
+        last_hash: if hash.is_empty() {
+            GENESIS.into()
+        } else {
+            hash
+        },
+        torn_tail: torn,
+        after_deleted: first_after,
+    })
 }
 
 #[cfg(test)]
@@ -506,7 +1020,7 @@ mod tests {
 
     /// A trail of `n` lines after the `start` line, written by a Writer.
     fn trail(path: &Path, n: usize) {
-        let log = AuditLog::open(path).expect("opens");
+        let log = AuditLog::open(path, 400).expect("opens");
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -548,6 +1062,7 @@ mod tests {
             lines: 4,
             last_hash,
             torn_tail: None,
+            after_file: None,
         } = verdict(&path)
         else {
             panic!("intact: {:?}", verdict(&path));
@@ -697,9 +1212,264 @@ mod tests {
             failed: None,
             path: path.clone(),
             healthy: Arc::new(AtomicBool::new(true)),
+            day: None,
+            retention_days: 400,
+            clock: Arc::new(crate::clock::unix_now_ms),
         };
         assert!(matches!(w.write(&event(0)), Err(AuditError::Failed(_))));
         assert!(!w.healthy.load(Ordering::Acquire));
         assert!(matches!(w.write(&event(1)), Err(AuditError::Failed(_))));
+    }
+
+    /// A clock the test moves: Unix milliseconds.
+    struct TestClock(Arc<std::sync::atomic::AtomicU64>);
+
+    impl TestClock {
+        /// 2026-01-10T12:00:00Z.
+        fn new() -> TestClock {
+            TestClock(Arc::new(std::sync::atomic::AtomicU64::new(
+                1_768_046_400_000,
+            )))
+        }
+        fn clock(&self) -> Clock {
+            let t = self.0.clone();
+            Arc::new(move || t.load(Ordering::Relaxed))
+        }
+        fn next_day(&self) {
+            self.0.fetch_add(DAY_MS, Ordering::Relaxed);
+        }
+    }
+
+    fn record_at(log: &AuditLog, n: usize) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            for i in 0..n {
+                log.record(event(i)).await.expect("recorded");
+            }
+        });
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .expect("lists")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    fn trail_verdict(dir: &Path) -> TrailVerdict {
+        let trails = trails_in(dir).expect("lists");
+        assert_eq!(trails.len(), 1, "{trails:?}");
+        verify_trail(&trails[0]).expect("reads")
+    }
+
+    #[test]
+    fn days_rotate_into_dated_files_the_chain_runs_across_and_old_days_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let t = TestClock::new();
+        let log = AuditLog::open_with_clock(&path, 3, t.clock()).expect("opens");
+        record_at(&log, 2);
+        t.next_day();
+        record_at(&log, 1);
+        assert_eq!(names(dir.path()), ["audit.2026-01-10.jsonl", "audit.jsonl"]);
+        let closed = lines(&dir.path().join("audit.2026-01-10.jsonl"));
+        assert_eq!(closed.len(), 3, "start and two records: {closed:?}");
+        let live = lines(&path);
+        let rotate: Value = serde_json::from_str(&live[0]).expect("JSON");
+        assert_eq!(rotate["event"], "rotate");
+        assert_eq!(rotate["details"]["previous_file"], "audit.2026-01-10.jsonl");
+        assert_eq!(rotate["prev"], sha256_hex(closed[2].as_bytes()));
+        assert!(
+            rotate["time"]
+                .as_str()
+                .expect("time")
+                .starts_with("2026-01-11")
+        );
+        // The live file alone: it starts after the dated one.
+        assert!(matches!(
+            verdict(&path),
+            Verdict::Intact { lines: 2, after_file: Some(ref f), .. } if f == "audit.2026-01-10.jsonl"
+        ));
+        let TrailVerdict::Intact {
+            files,
+            after_deleted: None,
+            ..
+        } = trail_verdict(dir.path())
+        else {
+            panic!("{:?}", trail_verdict(dir.path()));
+        };
+        assert_eq!(files.iter().map(|(_, n)| n).sum::<u64>(), 5);
+
+        // Days 12 to 14: on the 14th, with 3 days kept, the 10th's file
+        // goes (the 11th's is 3 days old, kept), and that is on record.
+        for _ in 0..3 {
+            t.next_day();
+            record_at(&log, 1);
+        }
+        assert_eq!(
+            names(dir.path()),
+            [
+                "audit.2026-01-11.jsonl",
+                "audit.2026-01-12.jsonl",
+                "audit.2026-01-13.jsonl",
+                "audit.jsonl"
+            ]
+        );
+        let retention: Vec<Value> = lines(&path)
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+            .filter(|v| v["event"] == "retention")
+            .collect();
+        assert_eq!(retention.len(), 1, "{retention:?}");
+        assert_eq!(
+            retention[0]["details"]["deleted"],
+            json!(["audit.2026-01-10.jsonl"])
+        );
+        assert_eq!(retention[0]["details"]["before_day"], "2026-01-11");
+        assert_eq!(retention[0]["result"], "ok");
+        // The oldest file now chains to a file retention deleted: intact.
+        assert!(
+            matches!(
+                trail_verdict(dir.path()),
+                TrailVerdict::Intact { after_deleted: Some(ref f), .. } if f == "audit.2026-01-10.jsonl"
+            ),
+            "{:?}",
+            trail_verdict(dir.path())
+        );
+
+        // One edited line in a dated file: named, with its file.
+        let middle = dir.path().join("audit.2026-01-12.jsonl");
+        let good = lines(&middle);
+        assert_eq!(good.len(), 2, "rotate and one record: {good:?}");
+        rewrite(&middle, |l| {
+            l[0] = l[0].replace("\"result\":\"ok\"", "\"result\":\"no\"")
+        });
+        match trail_verdict(dir.path()) {
+            TrailVerdict::Broken { file, line: 1, .. } => assert_eq!(file, middle),
+            v => panic!("{v:?}"),
+        }
+        rewrite(&middle, |l| *l = good.clone());
+        assert!(matches!(
+            trail_verdict(dir.path()),
+            TrailVerdict::Intact { .. }
+        ));
+        // An edited last line of a dated file: the next file's first line
+        // no longer chains to it.
+        rewrite(&middle, |l| {
+            let last = l.len() - 1;
+            l[last] = l[last].replace("user0", "mallory");
+        });
+        match trail_verdict(dir.path()) {
+            TrailVerdict::Broken {
+                file,
+                line: 1,
+                message,
+            } => {
+                assert_eq!(file, dir.path().join("audit.2026-01-13.jsonl"));
+                assert!(message.contains("audit.2026-01-12.jsonl"), "{message}");
+            }
+            v => panic!("{v:?}"),
+        }
+        rewrite(&middle, |l| *l = good.clone());
+        // A file removed by hand (no retention line): the trail is broken.
+        std::fs::remove_file(dir.path().join("audit.2026-01-11.jsonl")).expect("removes");
+        match trail_verdict(dir.path()) {
+            TrailVerdict::Broken {
+                file,
+                line: 1,
+                message,
+            } => {
+                assert_eq!(file, middle);
+                assert!(message.contains("no retention line"), "{message}");
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_start_on_a_later_day_rotates_sweeps_and_an_empty_file_continues_the_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let t = TestClock::new();
+        let log = AuditLog::open_with_clock(&path, 400, t.clock()).expect("opens");
+        record_at(&log, 1);
+        drop(log);
+        t.next_day();
+        // Started on the next day: the old day's lines go to their file
+        // before the start line is written.
+        let log = AuditLog::open_with_clock(&path, 400, t.clock()).expect("opens");
+        drop(log);
+        assert_eq!(names(dir.path()), ["audit.2026-01-10.jsonl", "audit.jsonl"]);
+        let live = lines(&path);
+        assert_eq!(live.len(), 2, "{live:?}");
+        assert!(live[0].contains("\"event\":\"rotate\""), "{live:?}");
+        assert!(live[1].contains("\"event\":\"start\""), "{live:?}");
+        // A crash between the rename and the first line, or in it: a
+        // live file with no whole line; the chain continues from the
+        // dated file.
+        std::fs::rename(&path, dir.path().join("audit.2026-01-11.jsonl")).expect("renames");
+        std::fs::write(&path, b"{\"time\":\"2026-01-11T").expect("a torn first line");
+        let log = AuditLog::open_with_clock(&path, 400, t.clock()).expect("opens");
+        drop(log);
+        assert!(
+            matches!(trail_verdict(dir.path()), TrailVerdict::Intact { ref files, .. } if files.len() == 3),
+            "{:?}",
+            trail_verdict(dir.path())
+        );
+        // Started 400 days later with 3 days kept: everything dated goes
+        // at start, recorded.
+        for _ in 0..400 {
+            t.next_day();
+        }
+        let log = AuditLog::open_with_clock(&path, 3, t.clock()).expect("opens");
+        drop(log);
+        assert_eq!(names(dir.path()), ["audit.jsonl"]);
+        let live = lines(&path);
+        let retention: Value = live
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+            .find(|v| v["event"] == "retention")
+            .expect("a retention line");
+        assert_eq!(
+            retention["details"]["deleted"],
+            json!([
+                "audit.2026-01-10.jsonl",
+                "audit.2026-01-11.jsonl",
+                "audit.2026-01-11.1.jsonl"
+            ])
+        );
+        assert!(matches!(
+            trail_verdict(dir.path()),
+            TrailVerdict::Intact {
+                after_deleted: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn dated_names_parse_and_sort() {
+        assert_eq!(
+            parse_dated("audit.2026-01-10.jsonl", "audit", ".jsonl"),
+            Some(("2026-01-10".into(), 0))
+        );
+        assert_eq!(
+            parse_dated("audit.2026-01-10.2.jsonl", "audit", ".jsonl"),
+            Some(("2026-01-10".into(), 2))
+        );
+        assert_eq!(parse_dated("audit.jsonl", "audit", ".jsonl"), None);
+        assert_eq!(
+            parse_dated("audit.2026-1-10.jsonl", "audit", ".jsonl"),
+            None
+        );
+        assert_eq!(
+            parse_dated("other.2026-01-10.jsonl", "audit", ".jsonl"),
+            None
+        );
+        assert_eq!(day_of(1_768_046_400_000), "2026-01-10");
     }
 }

@@ -118,9 +118,16 @@ pub struct Auth {
     session_ttl: Duration,
     session_max: Duration,
     pub metrics_require_login: bool,
+    /// `[admin.tls]` is on: the cookie says `Secure`, so a browser never
+    /// sends it over plain HTTP.
+    secure_cookie: bool,
 }
 
 impl Auth {
+    fn secure_attribute(&self) -> &'static str {
+        if self.secure_cookie { "; Secure" } else { "" }
+    }
+
     /// Reads the users file and opens the audit trail.
     pub fn open(users_path: &std::path::Path, config: &AdminConfig) -> Result<Auth, String> {
         let users = Users::load(users_path).map_err(|e| {
@@ -144,7 +151,7 @@ impl Auth {
                 users_path.display()
             );
         }
-        let audit = AuditLog::open(&config.audit_file)?;
+        let audit = AuditLog::open(&config.audit_file, config.audit_retention_days)?;
         Ok(Auth {
             users_path: users_path.to_owned(),
             users: ArcSwap::from_pointee(users),
@@ -164,6 +171,7 @@ impl Auth {
             session_ttl: config.session_ttl,
             session_max: config.session_max,
             metrics_require_login: config.metrics_require_login,
+            secure_cookie: config.tls.is_some(),
         })
     }
 
@@ -509,12 +517,13 @@ async fn login_checked(auth: &Auth, login: LoginRequest, peer: SocketAddr) -> Re
             max_age_s: auth.session_max.as_secs(),
         },
     );
-    // No `Secure` yet: the admin port is plain HTTP on loopback until the
-    // TLS step; a browser would not send a Secure cookie back over it.
+    // `Secure` only over TLS: on plain loopback a browser would not send
+    // a Secure cookie back.
     let cookie = format!(
-        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         sessions::COOKIE,
-        auth.session_max.as_secs()
+        auth.session_max.as_secs(),
+        auth.secure_attribute()
     );
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -534,10 +543,11 @@ fn token_hash(req: &Request) -> Option<sessions::TokenHash> {
 }
 
 /// Expires the cookie in the browser.
-fn clear_cookie(r: &mut Response) {
+fn clear_cookie(r: &mut Response, auth: &Auth) {
     let cookie = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-        sessions::COOKIE
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        sessions::COOKIE,
+        auth.secure_attribute()
     );
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -572,7 +582,7 @@ pub(super) async fn logout(State(s): State<Arc<AdminState>>, req: Request) -> Re
             "no session to end",
         ),
     };
-    clear_cookie(&mut r);
+    clear_cookie(&mut r, auth);
     r
 }
 

@@ -21,6 +21,10 @@ pub struct AdminConfig {
     pub session_max: Duration,
     /// `/metrics` asks for a session too.
     pub metrics_require_login: bool,
+    /// `[admin.tls]`: HTTPS only, and the session cookie is `Secure`.
+    pub tls: Option<crate::switch::tls::AdminTlsConfig>,
+    /// Audit files older than this are deleted (`audit.rs`).
+    pub audit_retention_days: u64,
 }
 
 table! {
@@ -32,6 +36,8 @@ table! {
         session_ttl_secs: u64 = 900, in 1..=86_400;
         session_max_secs: u64 = 8 * 3600, in 1..=7 * 86_400;
         metrics_require_login: bool = false;
+        audit_retention_days: u64 = 400, in 1..=36_500;
+        tls: Option<crate::switch::tls::config::AdminTlsFile> = None;
     }
 }
 
@@ -63,6 +69,18 @@ impl AdminFile {
                 );
             }
         }
+        let tls = self.tls.map(|t| t.validate(&mut s.sub("tls")));
+        if self.enabled && users_file.is_some() && off_loopback && tls.is_none() {
+            // Passwords, TOTP codes and session cookies would cross the
+            // network in the clear.
+            s.problem(
+                "listen",
+                format!(
+                    "{listen} is not a loopback address: operators log in there, so it needs \
+                     [admin.tls] (cert and key); plain HTTP is for loopback only"
+                ),
+            );
+        }
         if self.audit_file.is_empty() {
             s.problem("audit_file", "an empty path");
         }
@@ -73,6 +91,8 @@ impl AdminFile {
             session_ttl: Duration::from_secs(self.session_ttl_secs),
             session_max: Duration::from_secs(self.session_max_secs),
             metrics_require_login: self.metrics_require_login,
+            tls,
+            audit_retention_days: self.audit_retention_days,
         }
     }
 }
@@ -97,7 +117,13 @@ mod tests {
                 && p[0].contains("admin.users_file"),
             "{p:?}"
         );
-        assert!(problems("listen = \"0.0.0.0:9090\"\nusers_file = \"users.toml\"").is_empty());
+        let p = problems("listen = \"0.0.0.0:9090\"\nusers_file = \"users.toml\"");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("admin.listen: 0.0.0.0:9090 is not a loopback address")
+                && p[0].contains("[admin.tls]"),
+            "{p:?}"
+        );
         assert!(problems("listen = \"0.0.0.0:9090\"\nenabled = false").is_empty());
         assert!(problems("listen = \"[::1]:9090\"").is_empty());
         let p = problems("metrics_require_login = true");
@@ -114,5 +140,12 @@ mod tests {
         assert_eq!(c.session_ttl.as_secs(), 900);
         assert_eq!(c.session_max.as_secs(), 8 * 3600);
         assert!(!c.metrics_require_login);
+        assert_eq!(c.audit_retention_days, 400);
+        assert!(c.tls.is_none());
+        let p = problems("audit_retention_days = 0");
+        assert!(
+            p[0].starts_with("admin.audit_retention_days: 0 is out of range"),
+            "{p:?}"
+        );
     }
 }

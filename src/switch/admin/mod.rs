@@ -24,6 +24,12 @@
 //!   `/api/actions/link/stop|start` and `/api/actions/block|unblock`, with
 //!   `GET /api/blocks` (`actions.rs`).
 //!
+//! With `[admin.tls]` every connection is HTTPS (`tls.rs`): the same
+//! routes, and the session cookie carries `Secure`. Without it, plain
+//! HTTP, which the config allows on loopback only: off loopback the
+//! operators' passwords and cookies would cross the network in clear,
+//! and without operators there is no login at all.
+//!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections served at once (more
 //! wait in the kernel's backlog, not in memory); one request per
 //! connection; the request head within [`MAX_HEAD`] bytes and
@@ -50,6 +56,8 @@ pub mod limiter;
 mod scrub;
 pub(crate) use scrub::scrub_json;
 pub mod sessions;
+mod tls;
+pub use tls::AdminTls;
 pub mod totp;
 pub mod users;
 mod view;
@@ -192,7 +200,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+/// Serves the endpoint on `listener`: HTTPS only when `tls` is given
+/// (`[admin.tls]`), plain HTTP otherwise.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, tls: Option<Arc<AdminTls>>) {
     let app = router(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut accept_failed =
@@ -220,19 +230,31 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 .layer(axum::Extension(auth::ClientAddr(peer)))
                 .layer(axum::Extension(watch.clone())),
         );
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, service, watch).await;
+            match tls {
+                // The handshake holds the connection's slot: a storm of
+                // them is bounded as connections are.
+                Some(tls) => {
+                    if let Some(stream) = tls.accept(stream, peer).await {
+                        serve_connection(stream, peer, service, watch).await;
+                    }
+                }
+                None => serve_connection(stream, peer, service, watch).await,
+            }
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     service: TowerToHyperService<Router>,
     watch: dashboard::Watch,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)

@@ -171,6 +171,41 @@ pub async fn serve(
             break;
         }
     }
+    if stop_seen && !shut {
+        // Within the stop's grace period, which waits for this task.
+        linger_close(&conn, LINGER.min(shared.limits.shutdown_grace)).await;
+    }
+}
+
+/// After a stop, how long the terminal has to see the end and close (at
+/// most `limits.shutdown_grace_ms`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// What is read and thrown away meanwhile at most.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Every answer is written: the end (FIN) goes after them, and what the
+/// terminal sent after the stop is read and thrown away, unanswered and
+/// never forwarded, until it closes. Closing with those bytes unread
+/// would reset the connection, and a reset can discard answers still on
+/// their way; after a clean end the terminal knows that a request it has
+/// no answer for was never taken, and may send it elsewhere.
+async fn linger_close(conn: &Conn, linger: std::time::Duration) {
+    let _ = socket2::SockRef::from(conn.tcp()).shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + linger;
+    let mut scratch = [0u8; 4096];
+    let mut thrown = 0;
+    while thrown < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, conn.tcp().readable()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        match conn.tcp().try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(n) => thrown += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// The socket is readable, or plaintext that came with the end of the

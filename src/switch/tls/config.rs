@@ -63,24 +63,52 @@ fn required(s: &mut Section, key: &str, v: Option<String>) -> PathBuf {
     PathBuf::from(v.unwrap_or_default())
 }
 
+/// The keys every TLS server table has, as written.
+struct ServerKeys {
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    require_client_cert: Option<bool>,
+    crl_files: Vec<String>,
+    min_version: String,
+    cipher_suites: Vec<String>,
+}
+
+/// The server side of `[terminals.tls]` and `[admin.tls]`: one reading
+/// of the same keys.
+fn server_settings(s: &mut Section, k: ServerKeys) -> ServerSettings {
+    ServerSettings {
+        cert: required(s, "cert", k.cert),
+        key: required(s, "key", k.key),
+        // Mutual TLS by default once there is a CA to check against.
+        require_client_cert: k.require_client_cert.unwrap_or(k.client_ca.is_some()),
+        client_ca: k.client_ca.map(PathBuf::from),
+        crl_files: k.crl_files.into_iter().map(PathBuf::from).collect(),
+        min_version: s.ok(
+            "min_version",
+            MinVersion::parse(&k.min_version),
+            MinVersion::Tls12,
+        ),
+        cipher_suites: k.cipher_suites,
+    }
+}
+
 impl TerminalTlsFile {
     pub(crate) fn validate(mut self, s: &mut Section) -> TerminalTlsConfig {
         self.check_ranges(s);
         let listen = self.listen.map(|l| s.ok("listen", address(&l), NO_ADDRESS));
-        let server = ServerSettings {
-            cert: required(s, "cert", self.cert),
-            key: required(s, "key", self.key),
-            // Mutual TLS by default once there is a CA to check against.
-            require_client_cert: self.require_client_cert.unwrap_or(self.client_ca.is_some()),
-            client_ca: self.client_ca.map(PathBuf::from),
-            crl_files: self.crl_files.into_iter().map(PathBuf::from).collect(),
-            min_version: s.ok(
-                "min_version",
-                MinVersion::parse(&self.min_version),
-                MinVersion::Tls12,
-            ),
-            cipher_suites: self.cipher_suites,
-        };
+        let server = server_settings(
+            s,
+            ServerKeys {
+                cert: self.cert,
+                key: self.key,
+                client_ca: self.client_ca,
+                require_client_cert: self.require_client_cert,
+                crl_files: self.crl_files,
+                min_version: self.min_version,
+                cipher_suites: self.cipher_suites,
+            },
+        );
         let bind_terminal_id = match self.bind_terminal_id.as_str() {
             "off" => BindTerminalId::Off,
             "cn" => BindTerminalId::Cn,
@@ -126,6 +154,56 @@ impl TerminalTlsFile {
             max_handshakes_in_flight: self.max_handshakes_in_flight,
             bind_terminal_id,
             terminal_id_map,
+        }
+    }
+}
+
+/// `[admin.tls]`: the admin endpoint speaks HTTPS only. The keys of
+/// `[terminals.tls]` that make a server (a client CA makes it mutual
+/// TLS); those about terminals have no meaning here and are refused as
+/// unknown.
+#[derive(Clone, Debug)]
+pub struct AdminTlsConfig {
+    pub server: ServerSettings,
+    pub handshake_timeout: Duration,
+}
+
+table! {
+    pub(crate) AdminTlsFile {
+        cert: Option<String> = None;
+        key: Option<String> = None;
+        client_ca: Option<String> = None;
+        require_client_cert: Option<bool> = None;
+        crl_files: Vec<String> = Vec::new();
+        min_version: String = "1.2".into();
+        cipher_suites: Vec<String> = Vec::new();
+        handshake_timeout_ms: u64 = 10_000, in 100..=600_000;
+    }
+}
+
+impl AdminTlsFile {
+    pub(crate) fn validate(mut self, s: &mut Section) -> AdminTlsConfig {
+        self.check_ranges(s);
+        let server = server_settings(
+            s,
+            ServerKeys {
+                cert: self.cert,
+                key: self.key,
+                client_ca: self.client_ca,
+                require_client_cert: self.require_client_cert,
+                crl_files: self.crl_files,
+                min_version: self.min_version,
+                cipher_suites: self.cipher_suites,
+            },
+        );
+        if s.is_clean()
+            && let Err(e) = server.build()
+        {
+            s.problem("", e.to_string());
+        }
+        AdminTlsConfig {
+            server,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
         }
     }
 }

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-pub use config::{AcquirerTlsConfig, BindTerminalId, TerminalTlsConfig};
+pub use config::{AcquirerTlsConfig, AdminTlsConfig, BindTerminalId, TerminalTlsConfig};
 use identity::{BoundTerminals, TerminalIdMap};
 
 use crate::net::{Conn, TlsConn};
