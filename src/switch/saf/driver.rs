@@ -70,6 +70,7 @@ pub(super) async fn run(mut d: Driver) {
             Some(reply) = reply_rx.recv() => {
                 let answer = answer_of(&reply.outcome);
                 debug!(acquirer = %d.acquirer, ?answer, "store-and-forward answer");
+                d.hand_answer(&reply.outcome);
                 d.core.handle_answer(Now::read(), answer);
             }
             e = d.rx.recv(), if room => match e {
@@ -88,6 +89,29 @@ pub(super) async fn run(mut d: Driver) {
 }
 
 impl Driver {
+    /// The acknowledging answer of a head that wants it (one send at a
+    /// time: the answer is the head's) goes to its `answer_to` before the
+    /// core lets the entry go.
+    fn hand_answer(&self, outcome: &Outcome) {
+        let Outcome::Answered {
+            body,
+            response_code,
+            ..
+        } = outcome
+        else {
+            return;
+        };
+        let Some(head) = self.core.head() else { return };
+        let Some(to) = &head.answer_to else { return };
+        if !crate::codes::acknowledges(*response_code) {
+            return;
+        }
+        if to.try_send((head.txn, body.clone())).is_err() {
+            warn!(acquirer = %self.acquirer, txn = head.txn, kind = head.kind.name(),
+                "store-and-forward: the answer's reader is gone or full; its answer is not recorded");
+        }
+    }
+
     fn accept(&mut self, e: SafEntry) {
         if let Err(e) = self.core.handle_entry(Now::read(), e) {
             // Not reachable: the handle reserves room before it queues, and

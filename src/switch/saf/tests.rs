@@ -341,7 +341,7 @@ fn events_become_their_journal_records() {
     use crate::switch::journal::Record;
     let at_ms = 42;
     assert!(matches!(
-        record_of(&sent(5, 2), at_ms),
+        record_of(&sent(5, 2), at_ms).expect("a record"),
         Record::ReversalSent {
             txn: 5,
             at_ms: 42,
@@ -354,7 +354,7 @@ fn events_become_their_journal_records() {
         response_code: *b"00",
     };
     assert!(matches!(
-        record_of(&advice_acked, at_ms),
+        record_of(&advice_acked, at_ms).expect("a record"),
         Record::AdviceAcked {
             txn: 6,
             at_ms: 42,
@@ -368,9 +368,16 @@ fn events_become_their_journal_records() {
         reason: GiveUp::Age,
     };
     assert!(matches!(
-        record_of(&expired, at_ms),
+        record_of(&expired, at_ms).expect("a record"),
         Record::ReversalExpired { txn: 7, at_ms: 42 }
     ));
+    // A reconciliation's number is no transaction's: the store keeps it.
+    let recon = SafEvent::Acked {
+        txn: 7,
+        kind: SafKind::Reconciliation,
+        response_code: *b"00",
+    };
+    assert!(record_of(&recon, at_ms).is_none());
 }
 
 /// The bug this replaced: once the actor's queue was full it kept taking

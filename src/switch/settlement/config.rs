@@ -9,10 +9,13 @@
 //! batch_close_code = 920000   # DE3 of a terminal's 0500: close
 //! batch_close_after_upload_code = 960000 # close after its 0320 upload
 //! max_open_batches = 100000   # terminal batches with totals kept at once
+//! institution_id = "12345678901" # DE99 of the acquirer 0520 (digits); "": none
+//! reconciliation_delay_ms = 60000 # after a cutover, before the 0520s are made
 //! ```
 //!
 //! Per acquirer, `cutover_on_host_0800 = true` lets its 0800 with DE70 201
-//! start a cutover (`acquirer/config.rs`).
+//! start a cutover, and `reconciliation = false` sends it no 0520
+//! (`acquirer/config.rs`).
 
 use std::time::Duration;
 
@@ -32,6 +35,13 @@ pub struct SettlementConfig {
     pub close_codes: super::batch::CloseCodes,
     /// Terminal batches the switch keeps totals for at once.
     pub max_open_batches: usize,
+    /// DE99 of the acquirer reconciliation (0520): the settlement
+    /// institution; empty: not sent.
+    pub institution_id: String,
+    /// How long after a cutover the closed date's 0520s are made: the
+    /// requests of that date still in flight get their final answers
+    /// first (at least the longest request timeout).
+    pub reconciliation_delay: Duration,
 }
 
 impl Default for SettlementConfig {
@@ -42,9 +52,13 @@ impl Default for SettlementConfig {
             batch_field: DEFAULT_BATCH_FIELD as u16,
             close_codes: Default::default(),
             max_open_batches: super::batch::DEFAULT_MAX_BATCHES,
+            institution_id: String::new(),
+            reconciliation_delay: Duration::from_millis(DEFAULT_RECONCILIATION_DELAY_MS),
         }
     }
 }
+
+const DEFAULT_RECONCILIATION_DELAY_MS: u64 = 60_000;
 
 /// 23:00.
 const DEFAULT_CUTOVER: u16 = 23 * 60;
@@ -60,6 +74,8 @@ table! {
         batch_close_code: u64 = 920_000, in 0..=999_999;
         batch_close_after_upload_code: u64 = 960_000, in 0..=999_999;
         max_open_batches: u64 = super::batch::DEFAULT_MAX_BATCHES as u64, in 1..=10_000_000;
+        institution_id: String = String::new();
+        reconciliation_delay_ms: u64 = DEFAULT_RECONCILIATION_DELAY_MS, in 0..=86_400_000;
     }
 }
 
@@ -76,6 +92,13 @@ impl SettlementFile {
             s.problem(
                 "batch_close_after_upload_code",
                 "the same as batch_close_code: the two closes need two processing codes",
+            );
+        }
+        if self.institution_id.len() > 11 || !self.institution_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            s.problem(
+                "institution_id",
+                "DE99 is up to 11 digits (or \"\" to send none)",
             );
         }
         let cutover = if self.cutover_time == "off" {
@@ -103,6 +126,8 @@ impl SettlementFile {
                 after_upload: self.batch_close_after_upload_code as u32,
             },
             max_open_batches: self.max_open_batches as usize, // in range
+            institution_id: self.institution_id,
+            reconciliation_delay: Duration::from_millis(self.reconciliation_delay_ms),
         }
     }
 }
@@ -131,6 +156,12 @@ mod tests {
         assert!(
             only_problem("[settlement]\nbatch_close_code = 960000")
                 .starts_with("settlement.batch_close_after_upload_code: the same")
+        );
+        let c = Config::parse("[settlement]\ninstitution_id = \"00001234\"").expect("valid");
+        assert_eq!(c.settlement.institution_id, "00001234");
+        assert!(
+            only_problem("[settlement]\ninstitution_id = \"12AB\"")
+                .starts_with("settlement.institution_id: DE99 is up to 11 digits")
         );
         assert!(
             only_problem("[settlement]\nbatch_field = 1")

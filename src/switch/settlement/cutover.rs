@@ -76,6 +76,9 @@ pub struct BusinessDay {
     sink: Sink,
     /// Terminal batch totals: shared by every generation, as the date is.
     ledger: Arc<super::batch::Ledger>,
+    /// Each cutover of this run, as it is made: what acquirer
+    /// reconciliation waits on.
+    done: tokio::sync::watch::Sender<Option<CutoverDone>>,
 }
 
 impl fmt::Debug for BusinessDay {
@@ -109,6 +112,7 @@ impl BusinessDay {
             last: Mutex::new(last),
             sink,
             ledger: Arc::new(super::batch::Ledger::new(config.max_open_batches)),
+            done: tokio::sync::watch::Sender::new(None),
             config,
         }
     }
@@ -160,6 +164,16 @@ impl BusinessDay {
         &self.config.schedule
     }
 
+    /// The cutovers of this run as they are made (`None` before the first).
+    pub fn cutovers(&self) -> tokio::sync::watch::Receiver<Option<CutoverDone>> {
+        self.done.subscribe()
+    }
+
+    /// The settlement config the day was made with.
+    pub fn config(&self) -> &SettlementConfig {
+        &self.config
+    }
+
     /// The last cutover (this run's, or the one recovered).
     pub fn last(&self) -> Option<CutoverDone> {
         *crate::sync::lock(&self.last)
@@ -209,6 +223,7 @@ impl BusinessDay {
             reason: trigger,
         };
         *last = Some(done);
+        self.done.send_replace(Some(done));
         metrics::counter!(crate::telemetry::CUTOVERS, "reason" => trigger.name()).increment(1);
         tracing::info!(from = %current, to = %to, reason = trigger.name(),
             "settlement: cutover; the business date is now {to}");

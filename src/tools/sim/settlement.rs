@@ -222,6 +222,28 @@ impl Book {
         self.unmatched_reversals = 0;
     }
 
+    /// Whether an acquirer reconciliation's totals (0520: DE74-DE77,
+    /// DE86-DE89, DE97, in the currency of DE50) agree with what this
+    /// book holds in that currency, reversals netted: DE66 1, else 2. A
+    /// 0520 whose totals can not be read does not agree.
+    pub(super) fn balances(&self, msg: &Message) -> bool {
+        use crate::switch::settlement::batch::{Side, Totals};
+        let Ok(theirs) = Totals::read(msg) else {
+            return false;
+        };
+        let currency = msg.number(50).and_then(|c| u16::try_from(c).ok());
+        let mut own = Totals::default();
+        for r in self.records.values() {
+            if Some(r.currency) != currency {
+                continue;
+            }
+            if let Some(side) = Side::of(r.processing_code) {
+                own.add(side, false, r.amount);
+            }
+        }
+        theirs.balances(&own)
+    }
+
     pub(super) fn unmatched_reversals(&self) -> u64 {
         self.unmatched_reversals
     }
