@@ -218,7 +218,11 @@ async fn in_balance_the_host_answers_1_and_it_is_stored() {
     assert_eq!(in_balance, 1.0);
     let (_, metrics) = http_get(run.admin, "/metrics").await;
     assert_eq!(
-        metric(&metrics, "switchyard_reconciliation_out_of_balance_total", &[]),
+        metric(
+            &metrics,
+            "switchyard_reconciliation_out_of_balance_total",
+            &[]
+        ),
         0.0
     );
     assert!(!log_text(&run.log).contains("OUT OF BALANCE"));
@@ -240,7 +244,10 @@ async fn after_the_hosts_skew_it_answers_2_counted_logged_and_stored() {
     let total = purchases(&run, &[1000, 2000, 3000, 4000]).await;
     // One amount raised by 1.00 at the host.
     let said = sim_control(sim.control_addr().expect("control"), "skew 1").await;
-    assert!(said.starts_with("ok: altered 1 records (1 amounts"), "{said}");
+    assert!(
+        said.starts_with("ok: altered 1 records (1 amounts"),
+        "{said}"
+    );
     cutover(&run).await;
     let r = wait_reconciliation(&run, &date, |r| r.answered_at_ms.is_some()).await;
     assert_eq!(r.balance, Some(2), "{r:#?}");
@@ -263,7 +270,10 @@ async fn after_the_hosts_skew_it_answers_2_counted_logged_and_stored() {
         .find(|l| l.contains("OUT OF BALANCE"))
         .map(str::to_owned)
         .unwrap_or_default();
-    assert!(line.contains("WARN") && line.contains("acquirer-a"), "{line}");
+    assert!(
+        line.contains("WARN") && line.contains("acquirer-a"),
+        "{line}"
+    );
     let _ = run.child.kill().await;
     sim.shutdown();
     let _ = std::fs::remove_dir_all(&run.dir);
@@ -321,7 +331,11 @@ async fn with_the_host_down_the_0520_waits_and_goes_when_it_is_back() {
     let back = restart_sim(host, dir.join("host-2.csv")).await;
     let r = wait_reconciliation(&run, &date, |r| r.answered_at_ms.is_some()).await;
     assert_eq!(r.response_code.as_deref(), Some("00"));
-    assert_eq!(r.balance, Some(2), "the host came back without the day: {r:#?}");
+    assert_eq!(
+        r.balance,
+        Some(2),
+        "the host came back without the day: {r:#?}"
+    );
     assert_eq!(r.stan, waiting.stan, "the same 0520");
     assert!(received_0520s(&back) >= 1);
     wait_metric(

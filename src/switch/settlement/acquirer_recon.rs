@@ -53,10 +53,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::BusinessDay;
 use super::batch::{Side, Totals};
 use super::date::BusinessDate;
 use super::day::{Class, Day, Status};
-use super::BusinessDay;
 use crate::iso8583::{Message, MessageBuilder, Mti, Spec};
 use crate::switch::acquirer::MatchKey;
 use crate::switch::saf::{SafEntry, SafKind};
@@ -206,16 +206,24 @@ async fn run(
     };
     // Owed from before a restart.
     let node = r.s.node_id.clone();
-    match r.with_store(move |st| st.reconciliations(&node, None, MAX_PENDING)).await {
+    match r
+        .with_store(move |st| st.reconciliations(&node, None, MAX_PENDING))
+        .await
+    {
         Ok(rows) => {
             if !rows.is_empty() {
-                info!(count = rows.len(), "settlement: reconciliations not answered before the stop are queued again");
+                info!(
+                    count = rows.len(),
+                    "settlement: reconciliations not answered before the stop are queued again"
+                );
             }
             for row in rows {
                 r.queue(row);
             }
         }
-        Err(e) => error!(error = %e, "settlement: reading unanswered reconciliations failed; they are not resent"),
+        Err(e) => {
+            error!(error = %e, "settlement: reading unanswered reconciliations failed; they are not resent")
+        }
     }
     loop {
         tokio::select! {
@@ -358,7 +366,13 @@ impl Reconciler {
         self.next_id += 1;
         let entry = SafEntry {
             answer_to: Some(self.answers_tx.clone()),
-            ..SafEntry::new(id, SafKind::Reconciliation, body, key, crate::clock::unix_now_ms())
+            ..SafEntry::new(
+                id,
+                SafKind::Reconciliation,
+                body,
+                key,
+                crate::clock::unix_now_ms(),
+            )
         };
         if a.saf.push(entry).is_err() {
             error!(acquirer = %row.acquirer, date = %row.business_date,
@@ -399,20 +413,28 @@ impl Reconciler {
         metrics::counter!(RECONCILIATIONS_METRIC, "acquirer" => row.acquirer.clone(), "result" => result)
             .increment(1);
         match balance {
-            Some(1) => info!(acquirer = %row.acquirer, date = %row.business_date, currency = row.currency,
-                "settlement: the acquirer's totals agree (0530, DE66 1: in balance)"),
+            Some(1) => {
+                info!(acquirer = %row.acquirer, date = %row.business_date, currency = row.currency,
+                "settlement: the acquirer's totals agree (0530, DE66 1: in balance)")
+            }
             Some(2) => {
-                metrics::counter!(OUT_OF_BALANCE_METRIC, "acquirer" => row.acquirer.clone()).increment(1);
+                metrics::counter!(OUT_OF_BALANCE_METRIC, "acquirer" => row.acquirer.clone())
+                    .increment(1);
                 warn!(acquirer = %row.acquirer, date = %row.business_date, currency = row.currency,
                     net = %String::from_utf8_lossy(&row.totals.de97()),
                     "settlement: OUT OF BALANCE with the acquirer (0530, DE66 2); reconcile its \
                      settlement file with `switchyard recon`");
             }
-            other => warn!(acquirer = %row.acquirer, date = %row.business_date, de39 = %String::from_utf8_lossy(&code),
-                de66 = ?other, "settlement: the acquirer answered the 0520 without a verdict (DE66 neither 1 nor 2)"),
+            other => {
+                warn!(acquirer = %row.acquirer, date = %row.business_date, de39 = %String::from_utf8_lossy(&code),
+                de66 = ?other, "settlement: the acquirer answered the 0520 without a verdict (DE66 neither 1 nor 2)")
+            }
         }
         let saved = row.clone();
-        if let Err(e) = self.with_store(move |st| st.save_reconciliation(&saved)).await {
+        if let Err(e) = self
+            .with_store(move |st| st.save_reconciliation(&saved))
+            .await
+        {
             error!(acquirer = %row.acquirer, date = %row.business_date, error = %e,
                 "settlement: the acquirer's answer could not be stored; the 0520 is sent again at the next start");
         }
@@ -434,7 +456,9 @@ fn make_rows(
     let mut rows = Vec::new();
     for (i, ((acquirer, currency), t)) in totals_of(&day).into_iter().enumerate() {
         if !acquirers.contains(&acquirer)
-            || done.iter().any(|r| r.acquirer == acquirer && r.currency == currency)
+            || done
+                .iter()
+                .any(|r| r.acquirer == acquirer && r.currency == currency)
         {
             continue;
         }
@@ -535,8 +559,14 @@ mod tests {
         let m = Message::parse(body, iso87ascii()).expect("parses");
         assert_eq!(m.mti().value(), 520);
         assert_eq!(key.stan(), 42);
-        assert_eq!(m.text(15).map(|t| t.as_bytes().to_vec()), Some(b"1201".to_vec()));
-        assert_eq!(m.text(50).map(|t| t.as_bytes().to_vec()), Some(b"978".to_vec()));
+        assert_eq!(
+            m.text(15).map(|t| t.as_bytes().to_vec()),
+            Some(b"1201".to_vec())
+        );
+        assert_eq!(
+            m.text(50).map(|t| t.as_bytes().to_vec()),
+            Some(b"978".to_vec())
+        );
         assert_eq!(m.number(76), Some(3));
         assert_eq!(m.number(77), Some(2));
         assert_eq!(m.number(81), Some(5));
@@ -549,6 +579,10 @@ mod tests {
         assert_eq!(Totals::read(&m), Ok(r.totals));
         assert_eq!(m.number(99), Some(12345));
         let (no_de99, _) = message(&r, "", iso87ascii(), 0).expect("packs");
-        assert!(!Message::parse(no_de99, iso87ascii()).expect("parses").has(99));
+        assert!(
+            !Message::parse(no_de99, iso87ascii())
+                .expect("parses")
+                .has(99)
+        );
     }
 }

@@ -129,9 +129,16 @@ impl BusinessDay {
         &self.ledger
     }
 
-    /// DE3 of the two 0500s.
-    pub fn close_codes(&self) -> super::batch::CloseCodes {
-        self.config.close_codes
+    /// DE3 of the two 0500s: the switch's, or those of the terminal's
+    /// profile (`[[security.terminals]]` name) where it has its own.
+    pub fn close_codes(&self, profile: Option<&str>) -> super::batch::CloseCodes {
+        profile
+            .and_then(|name| {
+                (self.config.profile_close_codes.iter())
+                    .find(|(n, _)| n == name)
+                    .map(|(_, c)| *c)
+            })
+            .unwrap_or(self.config.close_codes)
     }
 
     /// The request field holding the terminal's batch number

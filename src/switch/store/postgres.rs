@@ -42,7 +42,8 @@ use postgres::{Client, NoTls, Row};
 use super::config::DbUrl;
 use super::schema::{self, Migration};
 use super::{
-    ExportBatch, Outcome, Reconciliation, RequestFields, SafState, SafUpdate, Store, StoreError, TxnRow, TxnUpdate,
+    ExportBatch, Outcome, Reconciliation, RequestFields, SafState, SafUpdate, Store, StoreError,
+    TxnRow, TxnUpdate,
 };
 
 /// Connect attempts give up after this: the exporter then backs off and

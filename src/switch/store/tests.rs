@@ -703,7 +703,10 @@ fn a_version_2_store_is_migrated_keeps_its_rows_and_takes_the_new_fields(kind: K
          VALUES ('{NODE}', 1, 5, 5, 1, 5, 'R1', 1000, '2026-12-01');"
     ));
     let mut store = db.store();
-    assert_eq!(db.schema_version(), super::schema::latest(super::schema::SQLITE));
+    assert_eq!(
+        db.schema_version(),
+        super::schema::latest(super::schema::SQLITE)
+    );
     let row = store
         .transaction(NODE, 1)
         .expect("read")
@@ -1056,7 +1059,10 @@ fn reconciliations_are_written_answered_and_read_back(kind: Kind) {
             .expect("read"),
         vec![a.clone(), b.clone()]
     );
-    assert_eq!(store.reconciliations(NODE, None, 10).expect("read").len(), 3);
+    assert_eq!(
+        store.reconciliations(NODE, None, 10).expect("read").len(),
+        3
+    );
     assert_eq!(store.reconciliations(NODE, None, 1).expect("read").len(), 1);
     // The host's answer completes the row: no longer owed.
     let answered = Reconciliation {
