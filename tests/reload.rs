@@ -66,8 +66,8 @@ default = "acquirer-a"
 dir = "{journal}"
 [fraud]
 pan_key = "000102030405060708090a0b0c0d0e0f"
-{store}
 {extra}
+{store}
 "#,
         admin = d.admin_table(),
         a = links(a),

@@ -251,12 +251,13 @@ backoff_max_ms = 200
 dir = "{journal}"
 [fraud]
 pan_key = "000102030405060708090a0b0c0d0e0f"
-{store}
 {extra}
+{store}
 "#,
         journal = journal.display(),
         // The store is on by default: each switch its own, beside its
-        // journal, unless the test configures one.
+        // journal, unless the test configures one. After `extra`, whose
+        // first lines may be keys of `[fraud]`.
         store = if extra.contains("[store]") {
             String::new()
         } else {
