@@ -214,10 +214,14 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     // Its store beside that journal, gone with it: a store that outlived
     // its journal would be refused by the next demo (exported further
     // than the new journal goes).
-    let store_dir = std::env::temp_dir().join(format!("switchyard-demo-store-{}", std::process::id()));
+    let store_dir =
+        std::env::temp_dir().join(format!("switchyard-demo-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store_dir);
     if config.store.enabled
-        && matches!(config.store.backend, switchyard::switch::store::Backend::Sqlite { .. })
+        && matches!(
+            config.store.backend,
+            switchyard::switch::store::Backend::Sqlite { .. }
+        )
     {
         config.store.backend = switchyard::switch::store::Backend::Sqlite {
             path: store_dir.join("switchyard.db"),

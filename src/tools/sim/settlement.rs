@@ -364,6 +364,30 @@ mod tests {
         assert!(lines[2].contains(",000003,"));
     }
 
+    /// An 0520 in `currency` with these debits (count, amount).
+    fn reconciliation(currency: &[u8], debits: u64, amount: u64) -> Message {
+        use crate::iso8583::{MessageBuilder, Mti, specs::iso87ascii};
+        let mut b = MessageBuilder::new(iso87ascii(), Mti::new(520).expect("mti"));
+        b.set_number(11, 1)
+            .set(41, b"SWRECON1")
+            .set(50, currency)
+            .set_number(76, debits)
+            .set_number(88, amount);
+        Message::parse(b.to_bytes().expect("packs").freeze(), iso87ascii()).expect("parses")
+    }
+
+    #[test]
+    fn a_reconciliation_balances_with_the_book_of_its_currency_only() {
+        let mut b = book(3); // 1001 + 1002 + 1003 in 840
+        assert!(b.balances(&reconciliation(b"840", 3, 3006)));
+        assert!(!b.balances(&reconciliation(b"840", 3, 3005)), "a cent off");
+        assert!(!b.balances(&reconciliation(b"840", 2, 3006)), "a count off");
+        assert!(!b.balances(&reconciliation(b"978", 3, 3006)), "nothing in EUR");
+        assert!(b.balances(&reconciliation(b"978", 0, 0)));
+        b.skew(1).expect("skews");
+        assert!(!b.balances(&reconciliation(b"840", 3, 3006)), "skewed");
+    }
+
     #[test]
     fn skew_alters_exactly_n_records_the_same_way_every_time() {
         let mut a = book(20);
