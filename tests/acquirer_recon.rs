@@ -44,6 +44,13 @@ fn test_dir() -> PathBuf {
 /// its own; once its banner is out.
 async fn start(host: SocketAddr) -> Run {
     let dir = test_dir();
+    write_config(&dir, host, 0);
+    start_in(dir).await
+}
+
+/// The config in `dir`: its store there, the 0520s made `delay_ms` after
+/// a cutover.
+fn write_config(dir: &Path, host: SocketAddr, delay_ms: u64) {
     let db = dir.join("store.db");
     let toml = config(
         &[host],
@@ -51,13 +58,18 @@ async fn start(host: SocketAddr) -> Run {
         &format!(
             "[store]\nenabled = true\nurl = \"sqlite://{}\"\nbatch_max = 64\n\
              [settlement]\ncutover_time = \"off\"\ninstitution_id = \"4711\"\n\
-             reconciliation_delay_ms = 0\n\
+             reconciliation_delay_ms = {delay_ms}\n\
              [saf]\nretry_interval_ms = 100\n",
             db.display()
         ),
     );
+    std::fs::write(dir.join("switchyard.toml"), toml).expect("config written");
+}
+
+/// `switchyard run` with the config in `dir`.
+async fn start_in(dir: PathBuf) -> Run {
+    let db = dir.join("store.db");
     let path = dir.join("switchyard.toml");
-    std::fs::write(&path, toml).expect("config written");
     let log = dir.join("switchyard.log");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "--allow-dev-key", "--config"])
@@ -348,4 +360,63 @@ async fn with_the_host_down_the_0520_waits_and_goes_when_it_is_back() {
     let _ = run.child.kill().await;
     back.shutdown();
     let _ = std::fs::remove_dir_all(&run.dir);
+}
+
+/// `kill -9` after the cutover, before the 0520's row was written (the
+/// delay is long): the next start reconciles the day before its own, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_whose_0520_was_never_made_is_reconciled_at_the_next_start() {
+    let sim = start_sim_with(SimConfig {
+        settlement_file: Some(test_dir().join("host.csv")),
+        ..sim_config()
+    })
+    .await;
+    let dir = test_dir();
+    write_config(&dir, sim.local_addr(), 600_000);
+    let mut run = start_in(dir.clone()).await;
+    let date = today();
+    let total = purchases(&run, &[700, 800]).await;
+    cutover(&run).await;
+    // Exported before the kill, so the store has the day (the next start
+    // would export it from the journal otherwise, too).
+    let mut exported_day = false;
+    let deadline = Instant::now() + RECON_WAIT;
+    while !exported_day {
+        let backend = run.backend.clone();
+        let d = date.clone();
+        exported_day = tokio::task::spawn_blocking(move || {
+            let Ok(mut s) = store::open_to_read(&backend) else {
+                return false;
+            };
+            s.business_day(&d, &mut |_| {}).expect("day") >= 2
+        })
+        .await
+        .expect("read");
+        assert!(Instant::now() < deadline, "the day never reached the store");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.child.start_kill().expect("kill -9");
+    let _ = run.child.wait().await;
+    assert!(
+        reconciliations(&run.backend, &date).is_empty(),
+        "no row yet"
+    );
+    assert_eq!(received_0520s(&sim), 0);
+
+    // The same journal and store; the 0520s made at once now.
+    let path = dir.join("switchyard.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text.replace(
+        "reconciliation_delay_ms = 600000",
+        "reconciliation_delay_ms = 0",
+    );
+    std::fs::write(&path, text).expect("config written");
+    let mut again = start_in(dir).await;
+    let r = wait_reconciliation(&again, &date, |r| r.answered_at_ms.is_some()).await;
+    assert_eq!(r.balance, Some(1), "{r:#?}");
+    assert_eq!(r.totals.debits_amount, total);
+    assert_eq!(received_0520s(&sim), 1);
+    let _ = again.child.kill().await;
+    sim.shutdown();
+    let _ = std::fs::remove_dir_all(&again.dir);
 }

@@ -179,7 +179,10 @@ pub fn spawn(settings: Settings, stop: CancellationToken) -> tokio::task::JoinHa
     // Subscribed now, not when the task first runs: a cutover made in
     // between (the catch-up at start) is not missed.
     let cutovers = settings.day.cutovers();
-    tokio::spawn(run(settings, cutovers, stop))
+    // The day before the one the switch starts in: reconciled at start
+    // if it never was (a stop between its cutover and its rows' write).
+    let before = BusinessDate(settings.day.current().days().saturating_sub(1));
+    tokio::spawn(run(settings, cutovers, before, stop))
 }
 
 struct Reconciler {
@@ -194,6 +197,7 @@ struct Reconciler {
 async fn run(
     s: Settings,
     mut cutovers: watch::Receiver<Option<super::CutoverDone>>,
+    catch_up: BusinessDate,
     stop: CancellationToken,
 ) {
     let (answers_tx, mut answers) = mpsc::channel(MAX_PENDING);
@@ -225,6 +229,11 @@ async fn run(
             error!(error = %e, "settlement: reading unanswered reconciliations failed; they are not resent")
         }
     }
+    // Only rows not made yet are made: a day reconciled before, or with
+    // nothing of an acquirer, sends nothing.
+    if !catch_up.is_none() && !r.close_date(catch_up, &mut answers, &stop).await {
+        return;
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -237,25 +246,8 @@ async fn run(
                 if done.from.is_none() {
                     continue;
                 }
-                let date = done.from.to_string();
-                // Answers keep coming in while the date settles down.
-                let closing = r.close(date, &stop);
-                tokio::pin!(closing);
-                loop {
-                    tokio::select! {
-                        made = &mut closing => {
-                            if let Some((rows, date)) = made {
-                                if rows.is_empty() {
-                                    info!(date, "settlement: no acquirer reconciliation to send for {date}");
-                                }
-                                for row in rows {
-                                    r.queue(row);
-                                }
-                            }
-                            break;
-                        }
-                        Some((id, body)) = answers.recv() => r.answered(id, body).await,
-                    }
+                if !r.close_date(done.from, &mut answers, &stop).await {
+                    return;
                 }
             }
             Some((id, body)) = answers.recv() => r.answered(id, body).await,
@@ -264,6 +256,34 @@ async fn run(
 }
 
 impl Reconciler {
+    /// Closes `date` (see [`Reconciler::close`]) and queues its 0520s,
+    /// taking answers meanwhile; false when stopped.
+    async fn close_date(
+        &mut self,
+        date: BusinessDate,
+        answers: &mut mpsc::Receiver<(u64, Bytes)>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let closing = self.close(date.to_string(), stop);
+        tokio::pin!(closing);
+        loop {
+            tokio::select! {
+                made = &mut closing => {
+                    if let Some((rows, date)) = made {
+                        if rows.is_empty() {
+                            info!(date, "settlement: no acquirer reconciliation to send for {date}");
+                        }
+                        for row in rows {
+                            self.queue(row);
+                        }
+                    }
+                    return !stop.is_cancelled();
+                }
+                Some((id, body)) = answers.recv() => self.answered(id, body).await,
+            }
+        }
+    }
+
     /// Runs `f` on the store on a blocking thread (opened the first time).
     async fn with_store<T: Send + 'static>(
         &mut self,

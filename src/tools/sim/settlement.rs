@@ -382,7 +382,10 @@ mod tests {
         assert!(b.balances(&reconciliation(b"840", 3, 3006)));
         assert!(!b.balances(&reconciliation(b"840", 3, 3005)), "a cent off");
         assert!(!b.balances(&reconciliation(b"840", 2, 3006)), "a count off");
-        assert!(!b.balances(&reconciliation(b"978", 3, 3006)), "nothing in EUR");
+        assert!(
+            !b.balances(&reconciliation(b"978", 3, 3006)),
+            "nothing in EUR"
+        );
         assert!(b.balances(&reconciliation(b"978", 0, 0)));
         b.skew(1).expect("skews");
         assert!(!b.balances(&reconciliation(b"840", 3, 3006)), "skewed");
