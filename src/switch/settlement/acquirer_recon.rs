@@ -74,6 +74,8 @@ pub const OUT_OF_BALANCE_METRIC: &str = "switchyard_reconciliation_out_of_balanc
 
 /// 0520s in flight at once: acquirers times currencies, far below.
 const MAX_PENDING: usize = 4096;
+/// After a database server did not answer, the next try.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One acquirer's figures of a date in one currency.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -342,21 +344,36 @@ impl Reconciler {
                     }
                 }
             }
-            let d = date.clone();
-            let made = tokio::task::spawn_blocking(move || {
-                let mut st = store::open(&backend)?;
-                make_rows(&mut *st, &node, &d, &acquirers, crate::clock::unix_now_ms())
-            })
-            .await;
-            match made {
-                Ok(Ok(rows)) => Some((rows, date)),
-                Ok(Err(e)) => {
-                    error!(date, error = %e, "settlement: totals for the acquirer reconciliation of {date} could not be made");
-                    None
-                }
-                Err(e) => {
-                    error!(date, error = %e, "settlement: the reconciliation task failed");
-                    None
+            loop {
+                let (d, backend, node, acquirers) = (
+                    date.clone(),
+                    backend.clone(),
+                    node.clone(),
+                    acquirers.clone(),
+                );
+                let made = tokio::task::spawn_blocking(move || {
+                    let mut st = store::open_to_read(&backend)?;
+                    make_rows(&mut *st, &node, &d, &acquirers, crate::clock::unix_now_ms())
+                })
+                .await;
+                match made {
+                    Ok(Ok(rows)) => return Some((rows, date)),
+                    // A database server away: tried again, as the exporter does.
+                    Ok(Err(e)) if e.is_retryable() => {
+                        warn!(date, error = %e, "settlement: the store is not reachable for the acquirer reconciliation of {date}; trying again in {} s", STORE_RETRY.as_secs());
+                        tokio::select! {
+                            _ = stop.cancelled() => return None,
+                            _ = tokio::time::sleep(STORE_RETRY) => {}
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        error!(date, error = %e, "settlement: totals for the acquirer reconciliation of {date} could not be made");
+                        return None;
+                    }
+                    Err(e) => {
+                        error!(date, error = %e, "settlement: the reconciliation task failed");
+                        return None;
+                    }
                 }
             }
         }
