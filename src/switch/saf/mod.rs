@@ -54,7 +54,8 @@ pub struct SafEntry {
     pub queued_at_ms: u64,
     /// Where the host's acknowledging answer goes, for entries whose
     /// answer carries more than its DE39 (the 0530's DE66): `txn` and the
-    /// answer. Bounded by its sender; `None` for reversals and advices.
+    /// answer, or an empty one when the entry is given up. Bounded by its
+    /// sender; `None` for reversals and advices.
     pub answer_to: Option<mpsc::Sender<(u64, Bytes)>>,
 }
 
@@ -255,6 +256,7 @@ pub fn spawn_watching(
         events,
         rx,
         depth: depth.clone(),
+        given_up_to: std::collections::HashMap::new(),
         stop,
     }));
     (

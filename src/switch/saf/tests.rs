@@ -421,3 +421,40 @@ async fn the_handle_refuses_beyond_max_entries_and_drops_nothing() {
         "nothing sent, nothing given up"
     );
 }
+
+/// An entry that waits for its answer's content (a reconciliation) hears
+/// when it is given up instead: an empty answer, so its owner does not
+/// wait for one that will never come.
+#[tokio::test]
+async fn an_entry_given_up_says_so_to_its_answer_channel() {
+    let sink: EventSink = Arc::new(|_| {});
+    let stop = CancellationToken::new();
+    let (handle, task) = spawn(
+        SafSettings {
+            acquirer: "test".into(),
+            spec: spec(),
+            config: SafConfig {
+                expiry: Duration::from_millis(50),
+                ..config(3)
+            },
+        },
+        Vec::new(), // no link: it waits until it is too old
+        sink,
+        stop.clone(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let entry = SafEntry {
+        kind: SafKind::Reconciliation,
+        answer_to: Some(tx),
+        ..reversal(77, 7, crate::clock::unix_now_ms())
+    };
+    assert!(handle.push(entry).is_ok());
+    let (txn, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("told in time")
+        .expect("an answer");
+    assert_eq!((txn, body.len()), (77, 0));
+    assert_eq!(handle.depth(), 0);
+    stop.cancel();
+    task.await.expect("driver ends");
+}

@@ -426,6 +426,12 @@ impl Reconciler {
         let Some(mut row) = self.pending.remove(&id) else {
             return;
         };
+        if body.is_empty() {
+            warn!(acquirer = %row.acquirer, date = %row.business_date,
+                "settlement: store-and-forward gave up on the 0520 (expired or out of attempts); \
+                 it is sent again at the next start");
+            return;
+        }
         let spec = self
             .s
             .control
