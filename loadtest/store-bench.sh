@@ -2,7 +2,8 @@
 # The transaction store's cost, by back end: the closed loop 64 x 1
 # through the switch with the store off, on SQLite and on PostgreSQL, in
 # alternating rounds (this machine's speed drifts), the same three
-# processes as loadtest/bench.sh. For each run: throughput, the exporter
+# processes as loadtest/bench.sh. (loadtest/store-ab.sh measures the same
+# cost as a share of the limit chain, A/B, medians.) For each run: throughput, the exporter
 # thread's CPU, the rows it wrote, its lag at the end, and for PostgreSQL
 # the server's CPU (it runs on the same two cores).
 #
@@ -83,6 +84,8 @@ config_for() { # MODE -> config file
         -e "s|^dir = \"journal\"|dir = \"$OUT/journal\"|" \
         config/switchyard.toml > "$file"
     case $mode in
+        # The store is on by default: off must say so.
+        off) printf '\n[store]\nenabled = false\n' >> "$file" ;;
         sqlite) printf '\n[store]\nenabled = true\nurl = "sqlite://%s/store-bench.db"\n' "$OUT" >> "$file" ;;
         postgres) printf '\n[store]\nenabled = true\nurl = "postgres://switchyard@127.0.0.1:%s/%s"\n' \
             "$PG_PORT" "$2" >> "$file" ;;

@@ -308,6 +308,14 @@ fn describe() {
     describe_gauge!(RECENT_ANSWERS, "Answers held for repeats");
     describe_gauge!(BUSINESS_DATE, "The business date, as YYYYMMDD");
     describe_counter!(CUTOVERS, "Cutovers of the business date, by reason");
+    describe_counter!(
+        crate::switch::settlement::acquirer_recon::RECONCILIATIONS_METRIC,
+        "Acquirer reconciliations (0520) answered, by acquirer and result"
+    );
+    describe_counter!(
+        crate::switch::settlement::acquirer_recon::OUT_OF_BALANCE_METRIC,
+        "Acquirer reconciliations the host answered out of balance (DE66 2)"
+    );
     describe_gauge!(LINK_UP, "1 when the acquirer link is signed on");
     describe_gauge!(LINK_IN_FLIGHT, "Requests waiting for an upstream answer");
     describe_counter!(LINK_CONNECT_FAILURES, "Failed connects or sign-ons");

@@ -71,6 +71,8 @@ listen = "127.0.0.1:0"
 users_file = "{users}"
 audit_file = "{audit}"
 {admin}
+[store]
+url = "sqlite://{journal}-store/switchyard.db"
 [journal]
 dir = "{journal}"
 [fraud]
@@ -547,9 +549,12 @@ test_setup = true
 listen = "127.0.0.1:0"
 [admin]
 listen = "0.0.0.0:0"
+[store]
+url = "sqlite://{}-store/switchyard.db"
 [journal]
 dir = "{}"
 "#,
+        d.journal.display(),
         d.journal.display()
     );
     let path = d.journal.with_extension("toml");

@@ -178,3 +178,61 @@ async fn a_bad_close_is_answered_30_naming_the_field() {
     }
     switch.shutdown().await;
 }
+
+/// A terminal profile (`[[security.terminals]]`) with close codes of its
+/// own (`[[settlement.terminal_profiles]]`): its terminals close with
+/// those and not the switch's; terminals of no profile keep the
+/// switch's. Over real sockets to the in-process switch, a real key store
+/// under a real LMK file (the profile needs `[security]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_profile_closes_with_its_own_processing_codes() {
+    use switchyard::security::lmk::Lmk;
+    use switchyard::security::store::KeyStore;
+    use switchyard::security::{Algorithm, SecretKey};
+    let dir = fresh_journal_dir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let lmk_path = dir.join("lmk");
+    let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
+    let lmk = Lmk::from_components(&[c(0x11), c(0x22)]).expect("lmk");
+    lmk.save_new(&lmk_path).expect("lmk saved");
+    let store_path = dir.join("keys.toml");
+    KeyStore::create(&store_path, &lmk)
+        .expect("store")
+        .save()
+        .expect("store saved");
+    let extra = format!(
+        "[security]\nkey_store = \"{}\"\nlmk_file = \"{}\"\n\
+         [[security.terminals]]\nname = \"fleet-b\"\nterminal_id_prefixes = [\"FLB\"]\n\
+         [[settlement.terminal_profiles]]\nname = \"fleet-b\"\nbatch_close_code = 930000\n\
+         batch_close_after_upload_code = 970000\n",
+        store_path.display(),
+        lmk_path.display()
+    );
+    let sim = start_sim().await;
+    let switch = start_switch(&common::config(&[sim.local_addr()], "", &extra)).await;
+    wait_links_up(&switch).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    // An empty batch, in balance: zero counted.
+    let zero: &[(usize, &[u8])] = &[(74, b"0000000000")];
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("FLB00001", b"930000", "00"),
+        ("FLB00001", b"970000", "00"),
+        ("FLB00001", b"920000", "12"),
+        ("FLB00001", b"960000", "12"),
+        ("TERM0001", b"920000", "00"),
+        ("TERM0001", b"930000", "12"),
+    ];
+    for (stan, (tid, pc, want)) in cases.into_iter().enumerate() {
+        let a = t
+            .request(&close_request(tid, pc, stan as u64 + 1, zero))
+            .await;
+        assert_eq!(
+            (a.mti().value(), code(&a)),
+            (510, want.to_owned()),
+            "{tid} {}",
+            String::from_utf8_lossy(pc)
+        );
+    }
+    switch.shutdown().await;
+    sim.shutdown();
+}

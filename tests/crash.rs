@@ -139,6 +139,8 @@ backoff_max_ms = 200
 default = "acquirer-a"
 [fraud]
 enabled = false
+[store]
+url = "sqlite://{journal}-store/switchyard.db"
 [journal]
 dir = "{journal}"
 durability = "fsync"

@@ -105,6 +105,8 @@ prefix = "4"
 acquirer = "acquirer-a"
 [fraud]
 pan_key = "000102030405060708090a0b0c0d0e0f"
+[store]
+url = "sqlite://{journal}-store/switchyard.db"
 [journal]
 dir = "{journal}"
 "#,

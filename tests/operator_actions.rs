@@ -51,6 +51,8 @@ backoff_initial_ms = 20
 backoff_max_ms = 200
 [routing]
 default = "acquirer-a"
+[store]
+url = "sqlite://{journal}-store/switchyard.db"
 [journal]
 dir = "{journal}"
 [fraud]

@@ -58,6 +58,8 @@ request_timeout_ms = 5000
 default = "acquirer-a"
 [fraud]
 enabled = false
+[store]
+url = "sqlite://{journal}-store/switchyard.db"
 [journal]
 dir = "{journal}"
 durability = "none"

@@ -67,10 +67,21 @@ dir = "{journal}"
 [fraud]
 pan_key = "000102030405060708090a0b0c0d0e0f"
 {extra}
+{store}
 "#,
         admin = d.admin_table(),
         a = links(a),
         journal = d.journal.display(),
+        // The store is on by default: this switch's own, unless the test
+        // configures one.
+        store = if extra.contains("[store]") {
+            String::new()
+        } else {
+            format!(
+                "[store]\nurl = \"sqlite://{}-store/switchyard.db\"",
+                d.journal.display()
+            )
+        },
     )
 }
 

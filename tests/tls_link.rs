@@ -68,6 +68,8 @@ listen = "127.0.0.1:0"
 {acquirers}
 [routing]
 default = "{default}"
+[store]
+url = "sqlite://{journal}-store/switchyard.db"
 [journal]
 dir = "{journal}"
 [fraud]

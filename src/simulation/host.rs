@@ -115,6 +115,7 @@ impl Host {
             response_code: crate::codes::APPROVED,
             approval: None,
             wrong_stan: false,
+            balance: None,
         };
         match kind {
             Kind::Network => {
@@ -146,7 +147,11 @@ impl Host {
                     self.log.advised.insert((tid, stan));
                 }
             },
-            Kind::Other => answer.response_code = crate::codes::INVALID_TRANSACTION,
+            // The simulation's host keeps no settlement book to judge an
+            // 0520 by (and the simulated switch sends none).
+            Kind::Other | Kind::Reconcile => {
+                answer.response_code = crate::codes::INVALID_TRANSACTION
+            }
             Kind::NotRequest => return None,
         }
         let mut out = BytesMut::new();

@@ -967,8 +967,9 @@ impl World {
                 if matches!(e, SafEvent::Acked { .. } | SafEvent::Expired { .. }) {
                     s.saf_handle.entry_left();
                 }
-                let record = crate::switch::saf::record_of(&e, now.unix_ms);
-                SimJournal(self.journal.clone()).append(record);
+                if let Some(record) = crate::switch::saf::record_of(&e, now.unix_ms) {
+                    SimJournal(self.journal.clone()).append(record);
+                }
             }
             let Some((key, body)) = s.saf.poll_send() else {
                 break;

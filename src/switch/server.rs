@@ -608,6 +608,32 @@ impl Switch {
         // them in the journal) and before the listeners (no request of the
         // new day gets the old date). Stops with store-and-forward, before
         // the journal closes.
+        match &store {
+            Some(exporter) => {
+                let acquirers: Vec<String> = (config.acquirers.iter())
+                    .filter(|a| a.reconciliation)
+                    .map(|a| a.name.clone())
+                    .collect();
+                if !acquirers.is_empty() {
+                    crate::switch::settlement::acquirer_recon::spawn(
+                        crate::switch::settlement::acquirer_recon::Settings {
+                            day: business_day.clone(),
+                            control: control.clone(),
+                            backend: config.store.backend.clone(),
+                            node_id: config.store.node_id.clone(),
+                            durable: shared.journal.durable(),
+                            exported: exporter.exported(),
+                            acquirers,
+                        },
+                        saf_stop.clone(),
+                    );
+                }
+            }
+            None if config.acquirers.iter().any(|a| a.reconciliation) => info!(
+                "settlement: no acquirer reconciliation (0520) without the store ([store] enabled = false)"
+            ),
+            None => {}
+        }
         crate::switch::settlement::timer::spawn(business_day, saf_stop.clone());
         let terminals = TaskTracker::new();
         let per_ip: Arc<DashMap<IpAddr, usize>> = Arc::new(DashMap::new());

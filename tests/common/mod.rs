@@ -226,6 +226,7 @@ fn config_full(
     routing: &str,
     extra: &str,
 ) -> String {
+    let journal = fresh_journal_dir();
     format!(
         r#"
 test_setup = true
@@ -251,8 +252,20 @@ dir = "{journal}"
 [fraud]
 pan_key = "000102030405060708090a0b0c0d0e0f"
 {extra}
+{store}
 "#,
-        journal = fresh_journal_dir().display(),
+        journal = journal.display(),
+        // The store is on by default: each switch its own, beside its
+        // journal, unless the test configures one. After `extra`, whose
+        // first lines may be keys of `[fraud]`.
+        store = if extra.contains("[store]") {
+            String::new()
+        } else {
+            format!(
+                "[store]\nurl = \"sqlite://{}-store/switchyard.db\"",
+                journal.display()
+            )
+        },
         links = links_toml(links),
         // A test that sets its own timeout keeps it.
         terminals = if terminals.contains("max_in_flight_per_connection") {

@@ -211,6 +211,22 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
     config.journal.dir =
         std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&config.journal.dir);
+    // Its store beside that journal, gone with it: a store that outlived
+    // its journal would be refused by the next demo (exported further
+    // than the new journal goes).
+    let store_dir =
+        std::env::temp_dir().join(format!("switchyard-demo-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store_dir);
+    if config.store.enabled
+        && matches!(
+            config.store.backend,
+            switchyard::switch::store::Backend::Sqlite { .. }
+        )
+    {
+        config.store.backend = switchyard::switch::store::Backend::Sqlite {
+            path: store_dir.join("switchyard.db"),
+        };
+    }
     config.terminals.listen = LOOPBACK_ANY;
     config.admin.listen = Some(LOOPBACK_ANY);
     config.acquirers.truncate(1);
@@ -228,12 +244,18 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
         }
     }
     let journal_dir = config.journal.dir.clone();
+    let store_line = if config.store.enabled {
+        config.store.backend.describe()
+    } else {
+        "off".to_owned()
+    };
     let switch = match start_switch(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("switchyard demo: switch: {e}");
             sim.stop();
             let _ = std::fs::remove_dir_all(&journal_dir);
+            let _ = std::fs::remove_dir_all(&store_dir);
             return ExitCode::from(1);
         }
     };
@@ -241,6 +263,7 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
         switch.stop();
         sim.stop();
         let _ = std::fs::remove_dir_all(&journal_dir);
+        let _ = std::fs::remove_dir_all(&store_dir);
     };
 
     if args.load.html.is_none() {
@@ -278,6 +301,9 @@ pub fn run(mut args: DemoArgs) -> ExitCode {
             journal_dir.display()
         ))
         && out.line(format_args!("  durability          {durability}"))
+        && out.line(format_args!(
+            "  store               {store_line} (removed at the end)"
+        ))
         && tls.as_ref().is_none_or(|t| {
             out.line(format_args!(
                 "  TLS                 terminals and acquirer link, TLS 1.2+, client certificates \

@@ -32,6 +32,10 @@ pub struct AcquirerConfig {
     pub sign_on: bool,
     /// A 0800 from the host with DE70 201 starts a cutover (settlement).
     pub cutover_on_host_0800: bool,
+    /// After each cutover, the closed business date's totals go to the
+    /// host in an 0520 (`settlement::acquirer_recon`); off for hosts that
+    /// do not take one.
+    pub reconciliation: bool,
     /// Fields an answer must carry with the request's exact bytes (where
     /// both carry them) to be delivered; see `acquirer::link`.
     pub answer_must_match: Vec<u16>,
@@ -76,6 +80,7 @@ table! {
         max_in_flight_per_link: usize = 10_000, in 1..=1_000_000;
         sign_on: bool = true;
         cutover_on_host_0800: bool = false;
+        reconciliation: bool = true;
         answer_must_match: Vec<u16> = DEFAULT_ANSWER_MUST_MATCH.to_vec();
         stand_in: StandInConfig = StandInConfig::default();
         tls: Option<crate::switch::tls::config::AcquirerTlsFile> = None;
@@ -137,6 +142,7 @@ impl AcquirerFile {
             max_in_flight_per_link: self.max_in_flight_per_link,
             sign_on: self.sign_on,
             cutover_on_host_0800: self.cutover_on_host_0800,
+            reconciliation: self.reconciliation,
             answer_must_match: self.answer_must_match,
             stand_in: self.stand_in,
         }

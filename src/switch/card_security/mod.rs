@@ -158,6 +158,11 @@ impl TerminalProfiles {
         self.list.push(Arc::new(profile));
     }
 
+    /// The profile called `name`.
+    pub fn named(&self, name: &str) -> Option<&Arc<TerminalProfile>> {
+        self.list.iter().find(|p| p.name == name)
+    }
+
     /// The profile of terminal `tid` (DE41, padding trimmed).
     pub fn find(&self, tid: &[u8]) -> Option<&Arc<TerminalProfile>> {
         let tid = trim(tid);

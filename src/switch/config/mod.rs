@@ -521,6 +521,16 @@ impl ConfigFile {
             }
         }
         let routing = self.routing.validate(&mut s.sub("routing"), &names);
+        let settlement = self.settlement.validate(&mut s.sub("settlement"));
+        for (i, (name, _)) in settlement.profile_close_codes.iter().enumerate() {
+            let known = (security.as_ref()).is_some_and(|sec| sec.profiles.named(name).is_some());
+            if !known {
+                s.problem(
+                    &format!("settlement.terminal_profiles[{i}].name"),
+                    format!("`{name}`: no [[security.terminals]] profile has this name"),
+                );
+            }
+        }
         Config {
             terminals,
             admin,
@@ -533,7 +543,7 @@ impl ConfigFile {
             saf: self.saf.validate(&mut s.sub("saf")),
             store: self.store.validate(&mut s.sub("store")),
             analytics: self.analytics.validate(&mut s.sub("analytics")),
-            settlement: self.settlement.validate(&mut s.sub("settlement")),
+            settlement,
             security,
             blocks: self.blocks.validate(&mut s.sub("blocks")),
             test_setup: self.test_setup,

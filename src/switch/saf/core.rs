@@ -145,6 +145,11 @@ impl SafCore {
         }
     }
 
+    /// The entry in motion (or next to go).
+    pub fn head(&self) -> Option<&SafEntry> {
+        self.queue.front()
+    }
+
     /// Entries queued (the head included) and not acknowledged or given up.
     pub fn depth(&self) -> usize {
         self.queue.len()

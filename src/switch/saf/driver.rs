@@ -29,6 +29,8 @@ pub(super) struct Driver {
     pub rx: mpsc::Receiver<SafEntry>,
     /// The handle's reservation count, released here as entries leave.
     pub depth: Arc<AtomicUsize>,
+    /// Where to say that an entry with an `answer_to` was given up.
+    pub given_up_to: std::collections::HashMap<u64, tokio::sync::mpsc::Sender<(u64, bytes::Bytes)>>,
     pub stop: CancellationToken,
 }
 
@@ -70,6 +72,7 @@ pub(super) async fn run(mut d: Driver) {
             Some(reply) = reply_rx.recv() => {
                 let answer = answer_of(&reply.outcome);
                 debug!(acquirer = %d.acquirer, ?answer, "store-and-forward answer");
+                d.hand_answer(&reply.outcome);
                 d.core.handle_answer(Now::read(), answer);
             }
             e = d.rx.recv(), if room => match e {
@@ -88,8 +91,39 @@ pub(super) async fn run(mut d: Driver) {
 }
 
 impl Driver {
+    /// The acknowledging answer of a head that wants it (one send at a
+    /// time: the answer is the head's) goes to its `answer_to` before the
+    /// core lets the entry go.
+    fn hand_answer(&self, outcome: &Outcome) {
+        let Outcome::Answered {
+            body,
+            response_code,
+            ..
+        } = outcome
+        else {
+            return;
+        };
+        let Some(head) = self.core.head() else { return };
+        let Some(to) = &head.answer_to else { return };
+        if !crate::codes::acknowledges(*response_code) {
+            return;
+        }
+        if to.try_send((head.txn, body.clone())).is_err() {
+            warn!(acquirer = %self.acquirer, txn = head.txn, kind = head.kind.name(),
+                "store-and-forward: the answer's reader is gone or full; its answer is not recorded");
+        }
+    }
+
     fn accept(&mut self, e: SafEntry) {
+        // Bounded by the queue: one per entry waiting for its answer.
+        let given_up_to = e.answer_to.clone().map(|to| (e.txn, to));
+        if let Some((txn, to)) = given_up_to {
+            self.given_up_to.insert(txn, to);
+        }
         if let Err(e) = self.core.handle_entry(Now::read(), e) {
+            if let Some(to) = self.given_up_to.remove(&e.txn) {
+                let _ = to.try_send((e.txn, bytes::Bytes::new()));
+            }
             // Not reachable: the handle reserves room before it queues, and
             // nothing is received while the core is full.
             debug_assert!(
@@ -152,6 +186,7 @@ impl Driver {
                 SafEvent::Acked { txn, kind, .. } => {
                     debug!(acquirer = %self.acquirer, txn, kind = kind.name(), "acknowledged");
                     super::release(&self.depth);
+                    self.given_up_to.remove(txn);
                 }
                 SafEvent::Expired {
                     txn,
@@ -163,6 +198,10 @@ impl Driver {
                     warn!(acquirer = %self.acquirer, txn, kind = kind.name(), attempts, reason = reason.name(),
                         "store-and-forward gave up: expired or out of attempts");
                     super::release(&self.depth);
+                    if let Some(to) = self.given_up_to.remove(txn) {
+                        // An empty answer: none is coming.
+                        let _ = to.try_send((*txn, bytes::Bytes::new()));
+                    }
                 }
             }
             (self.events)(e);

@@ -10,9 +10,10 @@ use super::{EventSink, SafEntry, SafEvent, SafKind};
 use crate::switch::acquirer::AcquirerHandle;
 use crate::switch::journal::{Journal, Record, Recovery};
 
-/// The journal record of an event that happened at `at_ms`.
-pub fn record_of(event: &SafEvent, at_ms: u64) -> Record {
-    match *event {
+/// The journal record of an event that happened at `at_ms`; `None` for a
+/// reconciliation, which the store keeps (its `txn` is no transaction's).
+pub fn record_of(event: &SafEvent, at_ms: u64) -> Option<Record> {
+    Some(match *event {
         SafEvent::Sent {
             txn,
             kind: SafKind::Reversal,
@@ -59,14 +60,28 @@ pub fn record_of(event: &SafEvent, at_ms: u64) -> Record {
             kind: SafKind::Advice,
             ..
         } => Record::AdviceExpired { txn, at_ms },
-    }
+        SafEvent::Sent {
+            kind: SafKind::Reconciliation,
+            ..
+        }
+        | SafEvent::Acked {
+            kind: SafKind::Reconciliation,
+            ..
+        }
+        | SafEvent::Expired {
+            kind: SafKind::Reconciliation,
+            ..
+        } => return None,
+    })
 }
 
 /// The sink that journals every event, so a restart resumes where the
 /// queue stopped.
 pub fn journal_sink(journal: Journal) -> EventSink {
     Arc::new(move |e| {
-        let record = record_of(&e, crate::clock::unix_now_ms());
+        let Some(record) = record_of(&e, crate::clock::unix_now_ms()) else {
+            return;
+        };
         let txn = record.txn();
         if journal.append(record).is_err() {
             tracing::error!(txn, "journal refused a store-and-forward record");

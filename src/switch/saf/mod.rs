@@ -52,6 +52,11 @@ pub struct SafEntry {
     /// Unix ms when it was first queued (from the journal after a
     /// restart): `expiry_s` counts from here.
     pub queued_at_ms: u64,
+    /// Where the host's acknowledging answer goes, for entries whose
+    /// answer carries more than its DE39 (the 0530's DE66): `txn` and the
+    /// answer, or an empty one when the entry is given up. Bounded by its
+    /// sender; `None` for reversals and advices.
+    pub answer_to: Option<mpsc::Sender<(u64, Bytes)>>,
 }
 
 impl SafEntry {
@@ -64,6 +69,7 @@ impl SafEntry {
             key,
             attempts: 0,
             queued_at_ms,
+            answer_to: None,
         }
     }
 }
@@ -72,6 +78,10 @@ impl SafEntry {
 pub enum SafKind {
     Reversal,
     Advice,
+    /// An acquirer reconciliation (0520), `txn` its own number, not a
+    /// transaction's: its state is kept in the store's `reconciliations`
+    /// table, not in the journal.
+    Reconciliation,
 }
 
 impl SafKind {
@@ -79,6 +89,7 @@ impl SafKind {
         match self {
             SafKind::Reversal => "reversal",
             SafKind::Advice => "advice",
+            SafKind::Reconciliation => "reconciliation",
         }
     }
 }
@@ -245,6 +256,7 @@ pub fn spawn_watching(
         events,
         rx,
         depth: depth.clone(),
+        given_up_to: std::collections::HashMap::new(),
         stop,
     }));
     (

@@ -341,7 +341,7 @@ fn events_become_their_journal_records() {
     use crate::switch::journal::Record;
     let at_ms = 42;
     assert!(matches!(
-        record_of(&sent(5, 2), at_ms),
+        record_of(&sent(5, 2), at_ms).expect("a record"),
         Record::ReversalSent {
             txn: 5,
             at_ms: 42,
@@ -354,7 +354,7 @@ fn events_become_their_journal_records() {
         response_code: *b"00",
     };
     assert!(matches!(
-        record_of(&advice_acked, at_ms),
+        record_of(&advice_acked, at_ms).expect("a record"),
         Record::AdviceAcked {
             txn: 6,
             at_ms: 42,
@@ -368,9 +368,16 @@ fn events_become_their_journal_records() {
         reason: GiveUp::Age,
     };
     assert!(matches!(
-        record_of(&expired, at_ms),
+        record_of(&expired, at_ms).expect("a record"),
         Record::ReversalExpired { txn: 7, at_ms: 42 }
     ));
+    // A reconciliation's number is no transaction's: the store keeps it.
+    let recon = SafEvent::Acked {
+        txn: 7,
+        kind: SafKind::Reconciliation,
+        response_code: *b"00",
+    };
+    assert!(record_of(&recon, at_ms).is_none());
 }
 
 /// The bug this replaced: once the actor's queue was full it kept taking
@@ -413,4 +420,41 @@ async fn the_handle_refuses_beyond_max_entries_and_drops_nothing() {
         crate::sync::lock(&seen).is_empty(),
         "nothing sent, nothing given up"
     );
+}
+
+/// An entry that waits for its answer's content (a reconciliation) hears
+/// when it is given up instead: an empty answer, so its owner does not
+/// wait for one that will never come.
+#[tokio::test]
+async fn an_entry_given_up_says_so_to_its_answer_channel() {
+    let sink: EventSink = Arc::new(|_| {});
+    let stop = CancellationToken::new();
+    let (handle, task) = spawn(
+        SafSettings {
+            acquirer: "test".into(),
+            spec: spec(),
+            config: SafConfig {
+                expiry: Duration::from_millis(50),
+                ..config(3)
+            },
+        },
+        Vec::new(), // no link: it waits until it is too old
+        sink,
+        stop.clone(),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let entry = SafEntry {
+        kind: SafKind::Reconciliation,
+        answer_to: Some(tx),
+        ..reversal(77, 7, crate::clock::unix_now_ms())
+    };
+    assert!(handle.push(entry).is_ok());
+    let (txn, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("told in time")
+        .expect("an answer");
+    assert_eq!((txn, body.len()), (77, 0));
+    assert_eq!(handle.depth(), 0);
+    stop.cancel();
+    task.await.expect("driver ends");
 }

@@ -76,6 +76,9 @@ pub struct BusinessDay {
     sink: Sink,
     /// Terminal batch totals: shared by every generation, as the date is.
     ledger: Arc<super::batch::Ledger>,
+    /// Each cutover of this run, as it is made: what acquirer
+    /// reconciliation waits on.
+    done: tokio::sync::watch::Sender<Option<CutoverDone>>,
 }
 
 impl fmt::Debug for BusinessDay {
@@ -109,6 +112,7 @@ impl BusinessDay {
             last: Mutex::new(last),
             sink,
             ledger: Arc::new(super::batch::Ledger::new(config.max_open_batches)),
+            done: tokio::sync::watch::Sender::new(None),
             config,
         }
     }
@@ -125,9 +129,16 @@ impl BusinessDay {
         &self.ledger
     }
 
-    /// DE3 of the two 0500s.
-    pub fn close_codes(&self) -> super::batch::CloseCodes {
-        self.config.close_codes
+    /// DE3 of the two 0500s: the switch's, or those of the terminal's
+    /// profile (`[[security.terminals]]` name) where it has its own.
+    pub fn close_codes(&self, profile: Option<&str>) -> super::batch::CloseCodes {
+        profile
+            .and_then(|name| {
+                (self.config.profile_close_codes.iter())
+                    .find(|(n, _)| n == name)
+                    .map(|(_, c)| *c)
+            })
+            .unwrap_or(self.config.close_codes)
     }
 
     /// The request field holding the terminal's batch number
@@ -158,6 +169,16 @@ impl BusinessDay {
 
     pub fn schedule(&self) -> &Schedule {
         &self.config.schedule
+    }
+
+    /// The cutovers of this run as they are made (`None` before the first).
+    pub fn cutovers(&self) -> tokio::sync::watch::Receiver<Option<CutoverDone>> {
+        self.done.subscribe()
+    }
+
+    /// The settlement config the day was made with.
+    pub fn config(&self) -> &SettlementConfig {
+        &self.config
     }
 
     /// The last cutover (this run's, or the one recovered).
@@ -209,6 +230,7 @@ impl BusinessDay {
             reason: trigger,
         };
         *last = Some(done);
+        self.done.send_replace(Some(done));
         metrics::counter!(crate::telemetry::CUTOVERS, "reason" => trigger.name()).increment(1);
         tracing::info!(from = %current, to = %to, reason = trigger.name(),
             "settlement: cutover; the business date is now {to}");

@@ -18,6 +18,7 @@
 //! rules), `timer.rs` (the scheduled cutover), `cli.rs` (`switchyard
 //! settle cutover`).
 
+pub mod acquirer_recon;
 pub mod batch;
 pub mod capture;
 pub mod cli;

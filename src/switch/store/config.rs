@@ -132,9 +132,9 @@ pub const DEFAULT_URL: &str = "sqlite://data/switchyard.db";
 
 table! {
     pub(crate) StoreFile {
-        /// Off by default in this first step: nothing reads the store yet,
-        /// and every test config would otherwise share `data/`.
-        enabled: bool = false;
+        /// On by default: settlement (the report, recon, the acquirer
+        /// reconciliation) reads the store, and SQLite needs no server.
+        enabled: bool = true;
         url: String = DEFAULT_URL.into();
         node_id: String = "node-1".into();
         /// 20,000: at 115k transactions/s a smaller batch makes the
@@ -247,7 +247,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::parse("").expect("valid").store;
-        assert!(!c.enabled);
+        assert!(c.enabled);
         assert_eq!(
             c.backend,
             Backend::Sqlite {

@@ -264,6 +264,31 @@ pub struct TxnRow {
     pub advice: SafUpdate,
 }
 
+/// One acquirer reconciliation: the 0520 of a business date and currency
+/// (`settlement::acquirer_recon`), and the host's answer once it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconciliation {
+    pub node_id: String,
+    pub acquirer: String,
+    /// `YYYY-MM-DD`.
+    pub business_date: String,
+    /// DE50.
+    pub currency: u16,
+    /// DE11 of the 0520.
+    pub stan: u32,
+    /// DE74-DE77, DE86-DE89 as sent.
+    pub totals: crate::switch::settlement::batch::Totals,
+    /// DE81.
+    pub authorizations: u64,
+    pub queued_at_ms: u64,
+    pub answered_at_ms: Option<u64>,
+    /// DE39 of the 0530.
+    pub response_code: Option<String>,
+    /// DE66 of the 0530: 1 in balance, 2 out of balance; `None` until
+    /// answered, or when the answer had none.
+    pub balance: Option<u8>,
+}
+
 /// The transaction store. Every method is a blocking call; see the module
 /// documentation for why.
 pub trait Store: Send {
@@ -304,6 +329,19 @@ pub trait Store: Send {
     /// time; returns how many. What settlement reads.
     fn business_day(&mut self, date: &str, each: &mut dyn FnMut(TxnRow))
     -> Result<u64, StoreError>;
+
+    /// Writes a reconciliation (insert, or replace the one of the same
+    /// node, acquirer, date and currency).
+    fn save_reconciliation(&mut self, r: &Reconciliation) -> Result<(), StoreError>;
+
+    /// The reconciliations of `node_id`: of `date` when given, else the
+    /// ones not answered yet; at most `limit`, oldest date first.
+    fn reconciliations(
+        &mut self,
+        node_id: &str,
+        date: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Reconciliation>, StoreError>;
 }
 
 /// Opens the configured store for a command that reads it (`settle

@@ -42,7 +42,8 @@ use postgres::{Client, NoTls, Row};
 use super::config::DbUrl;
 use super::schema::{self, Migration};
 use super::{
-    ExportBatch, Outcome, RequestFields, SafState, SafUpdate, Store, StoreError, TxnRow, TxnUpdate,
+    ExportBatch, Outcome, Reconciliation, RequestFields, SafState, SafUpdate, Store, StoreError,
+    TxnRow, TxnUpdate,
 };
 
 /// Connect attempts give up after this: the exporter then backs off and
@@ -928,4 +929,137 @@ impl Store for PgStore {
             Ok(n)
         })
     }
+
+    fn save_reconciliation(&mut self, r: &Reconciliation) -> Result<(), StoreError> {
+        let t = &r.totals;
+        let net = i64::try_from(t.net()).map_err(|_| StoreError::OutOfRange {
+            what: "net settlement amount",
+            value: t.net().unsigned_abs().min(u128::from(u64::MAX)) as u64,
+        })?;
+        let ints = [
+            int("count", t.credits)?,
+            int("amount", t.credits_amount)?,
+            int("count", t.credit_reversals)?,
+            int("amount", t.credit_reversals_amount)?,
+            int("count", t.debits)?,
+            int("amount", t.debits_amount)?,
+            int("count", t.debit_reversals)?,
+            int("amount", t.debit_reversals_amount)?,
+            int("count", r.authorizations)?,
+            net,
+            int("time", r.queued_at_ms)?,
+        ];
+        let answered = opt_int("time", r.answered_at_ms)?;
+        let currency = i32::from(r.currency);
+        let stan = i64::from(r.stan);
+        let balance = r.balance.map(i32::from);
+        self.with(|c, _, _| {
+            c.execute(
+                "INSERT INTO reconciliations (
+                     node_id, acquirer, business_date, currency, stan,
+                     credits, credits_amount, credit_reversals, credit_reversals_amount,
+                     debits, debits_amount, debit_reversals, debit_reversals_amount,
+                     authorizations, net_minor, queued_at_ms, answered_at_ms, response_code,
+                     balance
+                 ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                           $16, $17, $18, $19)
+                 ON CONFLICT (node_id, acquirer, business_date, currency) DO UPDATE SET
+                     stan = excluded.stan,
+                     credits = excluded.credits,
+                     credits_amount = excluded.credits_amount,
+                     credit_reversals = excluded.credit_reversals,
+                     credit_reversals_amount = excluded.credit_reversals_amount,
+                     debits = excluded.debits,
+                     debits_amount = excluded.debits_amount,
+                     debit_reversals = excluded.debit_reversals,
+                     debit_reversals_amount = excluded.debit_reversals_amount,
+                     authorizations = excluded.authorizations,
+                     net_minor = excluded.net_minor,
+                     queued_at_ms = excluded.queued_at_ms,
+                     answered_at_ms = excluded.answered_at_ms,
+                     response_code = excluded.response_code,
+                     balance = excluded.balance",
+                &[
+                    &r.node_id,
+                    &r.acquirer,
+                    &r.business_date,
+                    &currency,
+                    &stan,
+                    &ints[0],
+                    &ints[1],
+                    &ints[2],
+                    &ints[3],
+                    &ints[4],
+                    &ints[5],
+                    &ints[6],
+                    &ints[7],
+                    &ints[8],
+                    &ints[9],
+                    &ints[10],
+                    &answered,
+                    &r.response_code,
+                    &balance,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn reconciliations(
+        &mut self,
+        node_id: &str,
+        date: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Reconciliation>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|c, _, _| {
+            let filter = if date.is_some() {
+                "business_date = $2"
+            } else {
+                "answered_at_ms IS NULL AND $2::TEXT IS NULL"
+            };
+            let q = format!(
+                "SELECT {RECON_COLUMNS} FROM reconciliations WHERE node_id = $1 AND {filter} \
+                 ORDER BY business_date, acquirer, currency LIMIT $3"
+            );
+            let rows = c.query(&q, &[&node_id, &date, &limit])?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(recon_row(r)?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+const RECON_COLUMNS: &str = "node_id, acquirer, business_date, currency, stan,
+    credits, credits_amount, credit_reversals, credit_reversals_amount,
+    debits, debits_amount, debit_reversals, debit_reversals_amount,
+    authorizations, queued_at_ms, answered_at_ms, response_code, balance";
+
+fn recon_row(r: &Row) -> Result<Reconciliation, postgres::Error> {
+    let currency: i32 = r.try_get(3)?;
+    let balance: Option<i32> = r.try_get(17)?;
+    Ok(Reconciliation {
+        node_id: r.try_get(0)?,
+        acquirer: r.try_get(1)?,
+        business_date: r.try_get(2)?,
+        currency: u16::try_from(currency).unwrap_or(0),
+        stan: u32::try_from(u(r, 4)?).unwrap_or(0),
+        totals: crate::switch::settlement::batch::Totals {
+            credits: u(r, 5)?,
+            credits_amount: u(r, 6)?,
+            credit_reversals: u(r, 7)?,
+            credit_reversals_amount: u(r, 8)?,
+            debits: u(r, 9)?,
+            debits_amount: u(r, 10)?,
+            debit_reversals: u(r, 11)?,
+            debit_reversals_amount: u(r, 12)?,
+        },
+        authorizations: u(r, 13)?,
+        queued_at_ms: u(r, 14)?,
+        answered_at_ms: ou(r, 15)?,
+        response_code: r.try_get(16)?,
+        balance: balance.and_then(|b| u8::try_from(b).ok()),
+    })
 }

@@ -93,6 +93,38 @@ ALTER TABLE transactions ADD COLUMN pos_entry_mode TEXT;
 ALTER TABLE transactions ADD COLUMN batch TEXT;
 ",
     },
+    // Acquirer reconciliation (issue 14): per node, acquirer, business
+    // date and currency, the totals the 0520 carried and the host's
+    // answer (DE39, DE66: 1 in balance, 2 out of balance). A row without
+    // an answer is still owed: a restart queues its 0520 again.
+    Migration {
+        version: 4,
+        description: "reconciliations",
+        sql: "
+CREATE TABLE reconciliations (
+    node_id                 TEXT    NOT NULL,
+    acquirer                TEXT    NOT NULL,
+    business_date           TEXT    NOT NULL,
+    currency                INTEGER NOT NULL,
+    stan                    INTEGER NOT NULL,
+    credits                 INTEGER NOT NULL,
+    credits_amount          INTEGER NOT NULL,
+    credit_reversals        INTEGER NOT NULL,
+    credit_reversals_amount INTEGER NOT NULL,
+    debits                  INTEGER NOT NULL,
+    debits_amount           INTEGER NOT NULL,
+    debit_reversals         INTEGER NOT NULL,
+    debit_reversals_amount  INTEGER NOT NULL,
+    authorizations          INTEGER NOT NULL,
+    net_minor               INTEGER NOT NULL,
+    queued_at_ms            INTEGER NOT NULL,
+    answered_at_ms          INTEGER,
+    response_code           TEXT,
+    balance                 INTEGER,
+    PRIMARY KEY (node_id, acquirer, business_date, currency)
+);
+",
+    },
 ];
 
 /// The PostgreSQL schema: the same tables, columns and indexes as
@@ -175,6 +207,38 @@ ALTER TABLE transactions ADD COLUMN mcc INTEGER;
 ALTER TABLE transactions ADD COLUMN country INTEGER;
 ALTER TABLE transactions ADD COLUMN pos_entry_mode TEXT;
 ALTER TABLE transactions ADD COLUMN batch TEXT;
+",
+    },
+    // Acquirer reconciliation (issue 14): per node, acquirer, business
+    // date and currency, the totals the 0520 carried and the host's
+    // answer (DE39, DE66: 1 in balance, 2 out of balance). A row without
+    // an answer is still owed: a restart queues its 0520 again.
+    Migration {
+        version: 4,
+        description: "reconciliations",
+        sql: "
+CREATE TABLE reconciliations (
+    node_id                 TEXT    NOT NULL,
+    acquirer                TEXT    NOT NULL,
+    business_date           TEXT    NOT NULL,
+    currency                INTEGER NOT NULL,
+    stan                    BIGINT  NOT NULL,
+    credits                 BIGINT  NOT NULL,
+    credits_amount          BIGINT  NOT NULL,
+    credit_reversals        BIGINT  NOT NULL,
+    credit_reversals_amount BIGINT  NOT NULL,
+    debits                  BIGINT  NOT NULL,
+    debits_amount           BIGINT  NOT NULL,
+    debit_reversals         BIGINT  NOT NULL,
+    debit_reversals_amount  BIGINT  NOT NULL,
+    authorizations          BIGINT  NOT NULL,
+    net_minor               BIGINT  NOT NULL,
+    queued_at_ms            BIGINT  NOT NULL,
+    answered_at_ms          BIGINT,
+    response_code           TEXT,
+    balance                 INTEGER,
+    PRIMARY KEY (node_id, acquirer, business_date, currency)
+);
 ",
     },
 ];

@@ -12,7 +12,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::schema::{self, Migration};
-use super::{ExportBatch, Outcome, RequestFields, SafState, SafUpdate, Store, StoreError, TxnRow};
+use super::{
+    ExportBatch, Outcome, Reconciliation, RequestFields, SafState, SafUpdate, Store, StoreError,
+    TxnRow,
+};
 
 pub struct SqliteStore {
     conn: Connection,
@@ -436,4 +439,95 @@ impl Store for SqliteStore {
         }
         Ok(n)
     }
+
+    fn save_reconciliation(&mut self, r: &Reconciliation) -> Result<(), StoreError> {
+        let t = &r.totals;
+        let net = i64::try_from(t.net()).map_err(|_| StoreError::OutOfRange {
+            what: "net settlement amount",
+            value: t.net().unsigned_abs().min(u128::from(u64::MAX)) as u64,
+        })?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO reconciliations (
+                 node_id, acquirer, business_date, currency, stan,
+                 credits, credits_amount, credit_reversals, credit_reversals_amount,
+                 debits, debits_amount, debit_reversals, debit_reversals_amount,
+                 authorizations, net_minor, queued_at_ms, answered_at_ms, response_code, balance
+             ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                       ?17, ?18, ?19)",
+            params![
+                r.node_id,
+                r.acquirer,
+                r.business_date,
+                r.currency,
+                r.stan,
+                int("count", t.credits)?,
+                int("amount", t.credits_amount)?,
+                int("count", t.credit_reversals)?,
+                int("amount", t.credit_reversals_amount)?,
+                int("count", t.debits)?,
+                int("amount", t.debits_amount)?,
+                int("count", t.debit_reversals)?,
+                int("amount", t.debit_reversals_amount)?,
+                int("count", r.authorizations)?,
+                net,
+                int("time", r.queued_at_ms)?,
+                opt_int("time", r.answered_at_ms)?,
+                r.response_code,
+                r.balance,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn reconciliations(
+        &mut self,
+        node_id: &str,
+        date: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Reconciliation>, StoreError> {
+        let filter = if date.is_some() {
+            "business_date = ?2"
+        } else {
+            "answered_at_ms IS NULL AND ?2 IS NULL"
+        };
+        let sql = format!(
+            "SELECT {RECON_COLUMNS} FROM reconciliations WHERE node_id = ?1 AND {filter} \
+             ORDER BY business_date, acquirer, currency LIMIT ?3"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![node_id, date, limit], recon_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+const RECON_COLUMNS: &str = "node_id, acquirer, business_date, currency, stan,
+    credits, credits_amount, credit_reversals, credit_reversals_amount,
+    debits, debits_amount, debit_reversals, debit_reversals_amount,
+    authorizations, queued_at_ms, answered_at_ms, response_code, balance";
+
+fn recon_row(r: &Row<'_>) -> rusqlite::Result<Reconciliation> {
+    let small = |i: usize| -> rusqlite::Result<u64> { u(r, i) };
+    Ok(Reconciliation {
+        node_id: r.get(0)?,
+        acquirer: r.get(1)?,
+        business_date: r.get(2)?,
+        currency: r.get(3)?,
+        stan: r.get(4)?,
+        totals: crate::switch::settlement::batch::Totals {
+            credits: small(5)?,
+            credits_amount: small(6)?,
+            credit_reversals: small(7)?,
+            credit_reversals_amount: small(8)?,
+            debits: small(9)?,
+            debits_amount: small(10)?,
+            debit_reversals: small(11)?,
+            debit_reversals_amount: small(12)?,
+        },
+        authorizations: small(13)?,
+        queued_at_ms: small(14)?,
+        answered_at_ms: ou(r, 15)?,
+        response_code: r.get(16)?,
+        balance: r.get(17)?,
+    })
 }

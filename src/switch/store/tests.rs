@@ -147,6 +147,7 @@ on_both!(
     a_version_2_store_is_migrated_keeps_its_rows_and_takes_the_new_fields,
     a_batch_with_a_transaction_twice_is_merged_in_order,
     a_batch_from_another_position_writes_nothing,
+    reconciliations_are_written_answered_and_read_back,
 );
 
 const NODE: &str = "node-t";
@@ -703,7 +704,10 @@ fn a_version_2_store_is_migrated_keeps_its_rows_and_takes_the_new_fields(kind: K
          VALUES ('{NODE}', 1, 5, 5, 1, 5, 'R1', 1000, '2026-12-01');"
     ));
     let mut store = db.store();
-    assert_eq!(db.schema_version(), 3);
+    assert_eq!(
+        db.schema_version(),
+        super::schema::latest(super::schema::SQLITE)
+    );
     let row = store
         .transaction(NODE, 1)
         .expect("read")
@@ -1012,4 +1016,77 @@ fn apply_rate() {
             }
         }
     }
+}
+
+fn reconciliations_are_written_answered_and_read_back(kind: Kind) {
+    use super::Reconciliation;
+    use crate::switch::settlement::batch::Totals;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let mut store = db.store();
+    let row = |acquirer: &str, date: &str, currency: u16| Reconciliation {
+        node_id: NODE.into(),
+        acquirer: acquirer.into(),
+        business_date: date.into(),
+        currency,
+        stan: 123_456,
+        totals: Totals {
+            credits: 1,
+            credits_amount: 250,
+            credit_reversals: 0,
+            credit_reversals_amount: 0,
+            debits: 7,
+            debits_amount: 9_000_000_000_000,
+            debit_reversals: 2,
+            debit_reversals_amount: 3000,
+        },
+        authorizations: 4,
+        queued_at_ms: 1_764_590_400_000,
+        answered_at_ms: None,
+        response_code: None,
+        balance: None,
+    };
+    let a = row("acq-a", "2026-12-01", 840);
+    let b = row("acq-b", "2026-12-01", 978);
+    let c = row("acq-a", "2026-12-02", 840);
+    for r in [&a, &b, &c] {
+        store.save_reconciliation(r).expect("saved");
+    }
+    assert_eq!(
+        store
+            .reconciliations(NODE, Some("2026-12-01"), 10)
+            .expect("read"),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(
+        store.reconciliations(NODE, None, 10).expect("read").len(),
+        3
+    );
+    assert_eq!(store.reconciliations(NODE, None, 1).expect("read").len(), 1);
+    // The host's answer completes the row: no longer owed.
+    let answered = Reconciliation {
+        answered_at_ms: Some(1_764_590_401_000),
+        response_code: Some("00".into()),
+        balance: Some(2),
+        ..b.clone()
+    };
+    store.save_reconciliation(&answered).expect("answered");
+    assert_eq!(
+        store
+            .reconciliations(NODE, Some("2026-12-01"), 10)
+            .expect("read"),
+        vec![a.clone(), answered]
+    );
+    assert_eq!(
+        store.reconciliations(NODE, None, 10).expect("read"),
+        vec![a, c]
+    );
+    assert!(
+        store
+            .reconciliations("another-node", None, 10)
+            .expect("read")
+            .is_empty()
+    );
 }

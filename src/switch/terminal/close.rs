@@ -32,10 +32,16 @@ impl<J: JournalAppend> TerminalCore<J> {
         };
         let day = self.shared.business_day.clone();
         let pc = msg.processing_code();
-        let Some(kind) = day.close_codes().kind(pc) else {
+        let profile = (self.shared.security.as_ref())
+            .zip(msg.terminal_id())
+            .and_then(|(sec, tid)| sec.profiles.find(tid.trimmed()));
+        let codes = day.close_codes(profile.map(|p| p.name.as_str()));
+        let Some(kind) = codes.kind(pc) else {
             warn!(peer = %self.peer, processing_code = ?pc, stan = msg.stan(),
-                "0500 whose DE3 is neither close code ([settlement] batch_close_code, \
-                 batch_close_after_upload_code); answered 12");
+                profile = profile.map(|p| p.name.as_str()),
+                "0500 whose DE3 is neither close code of the terminal ([settlement] \
+                 batch_close_code, batch_close_after_upload_code, or its profile's in \
+                 [[settlement.terminal_profiles]]); answered 12");
             return self.respond(&msg, codes::INVALID_TRANSACTION, started);
         };
         let claimed = match Totals::read(&msg) {

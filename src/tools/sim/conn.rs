@@ -302,15 +302,28 @@ impl Conn {
             let code = match (refused, kind) {
                 (Some(code), _) => code,
                 (None, Kind::Decision) => self.shared.rules.decide(&msg, &mut self.decide_rng),
-                (None, Kind::Network | Kind::Acknowledge) => crate::codes::APPROVED,
+                (None, Kind::Network | Kind::Acknowledge | Kind::Reconcile) => {
+                    crate::codes::APPROVED
+                }
                 (None, Kind::Other | Kind::NotRequest) => crate::codes::INVALID_TRANSACTION,
             };
             let approval = (kind == Kind::Decision && code == crate::codes::APPROVED)
                 .then(|| rules::approval_code(self.next_approval()));
+            let balance = match (&self.shared.settlement, kind) {
+                (Some(book), Kind::Reconcile) => {
+                    // What this connection approved since its last flush
+                    // is the book's too before the host judges.
+                    let mut book = crate::sync::lock(book);
+                    book.apply(&mut self.settled);
+                    Some(if book.balances(&msg) { 1 } else { 2 })
+                }
+                _ => None,
+            };
             let answer = Answer {
                 response_code: code,
                 approval,
                 wrong_stan: faults.wrong_stan && transaction,
+                balance,
             };
             if self.emit(&msg, kind, &answer, faults, now, transaction) {
                 response_code = Some(code);

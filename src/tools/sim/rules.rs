@@ -18,6 +18,10 @@ pub const ECHO_TRANSACTION: &[usize] = &[2, 3, 4, 7, 11, 12, 13, 18, 22, 32, 37,
 /// Fields echoed in answers to network management.
 pub const ECHO_NETWORK: &[usize] = &[7, 11, 41, 70];
 
+/// Fields echoed in answers to an acquirer reconciliation (0520): its
+/// date, settlement date, terminal, currency and institution.
+pub const ECHO_RECONCILE: &[usize] = &[7, 11, 15, 41, 50, 99];
+
 /// How the host treats a request, from its MTI alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -28,6 +32,9 @@ pub enum Kind {
     /// Advices and reversals (0120, 0220, 0400, 0420 and their repeats):
     /// acknowledged 00.
     Acknowledge,
+    /// An acquirer reconciliation (0520, 0521): answered 0530 / 00 with
+    /// DE66 from the simulator's own totals (`settlement.rs`).
+    Reconcile,
     /// Any other request: answered with 12 (invalid transaction).
     Other,
     /// Not a request (a response or an unknown function): not answered.
@@ -43,6 +50,7 @@ impl Kind {
             (8, 0) => Kind::Network,
             (1 | 2, 0) => Kind::Decision,
             (1 | 2, 2) | (4, 0 | 2) => Kind::Acknowledge,
+            (5, 2) => Kind::Reconcile,
             _ => Kind::Other,
         }
     }
@@ -154,6 +162,8 @@ pub struct Answer {
     pub approval: Option<[u8; 6]>,
     /// Replace DE11 so the answer matches nothing the client sent.
     pub wrong_stan: bool,
+    /// DE66 of a reconciliation answer: 1 in balance, 2 out of balance.
+    pub balance: Option<u8>,
 }
 
 /// Packs the answer to `req` as one framed message at the end of `out`.
@@ -165,14 +175,15 @@ pub fn pack_answer(
     framing: LengthHeader,
     out: &mut BytesMut,
 ) -> Result<(), PackError> {
-    let echo = if kind == Kind::Network {
-        ECHO_NETWORK
-    } else {
-        ECHO_TRANSACTION
+    let echo = match kind {
+        Kind::Network => ECHO_NETWORK,
+        Kind::Reconcile => ECHO_RECONCILE,
+        _ => ECHO_TRANSACTION,
     };
     let wrong;
     let settlement;
-    let mut set: ArrayVec<(usize, &[u8]), 4> = ArrayVec::new();
+    let balance;
+    let mut set: ArrayVec<(usize, &[u8]), 5> = ArrayVec::new();
     if answer.wrong_stan {
         let stan = (u64::from(req.stan().unwrap_or(0)) + 1) % 1_000_000;
         wrong = stan_digits(stan);
@@ -180,8 +191,9 @@ pub fn pack_answer(
     }
     // DE15, the host's settlement date (MMDD): the request's DE7 date,
     // as a host settling by transmission date would give it; what the
-    // switch keeps in its Response record and the store.
-    if kind != Kind::Network
+    // switch keeps in its Response record and the store. A reconciliation
+    // names its own (echoed).
+    if !matches!(kind, Kind::Network | Kind::Reconcile)
         && let Some(de7) = req.transmission_time()
     {
         let d = stan_digits(de7 / 1_000_000);
@@ -192,6 +204,10 @@ pub fn pack_answer(
         set.push((38, code));
     }
     set.push((39, &answer.response_code));
+    if let Some(b) = answer.balance {
+        balance = [b'0' + b % 10];
+        set.push((66, &balance));
+    }
     // Echo lists and `set` are in field order, as pack_response needs.
     let at = framing.begin(out);
     if let Err(e) = pack_response(req, echo, &set, out) {
@@ -230,6 +246,8 @@ mod tests {
     fn kinds_follow_the_mti() {
         let k = |v: u16| Kind::of(Mti::new(v).expect("mti"));
         assert_eq!(k(800), Kind::Network);
+        assert_eq!(k(520), Kind::Reconcile);
+        assert_eq!(k(521), Kind::Reconcile);
         for v in [100, 101, 200, 201] {
             assert_eq!(k(v), Kind::Decision, "{v}");
         }
@@ -319,6 +337,7 @@ mod tests {
             response_code: *b"00",
             approval: Some(*b"000007"),
             wrong_stan: false,
+            balance: None,
         };
         pack_answer(
             &req,
@@ -348,6 +367,7 @@ mod tests {
             response_code: *b"00",
             approval: None,
             wrong_stan: true,
+            balance: None,
         };
         pack_answer(
             &req,

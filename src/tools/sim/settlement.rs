@@ -222,6 +222,28 @@ impl Book {
         self.unmatched_reversals = 0;
     }
 
+    /// Whether an acquirer reconciliation's totals (0520: DE74-DE77,
+    /// DE86-DE89, DE97, in the currency of DE50) agree with what this
+    /// book holds in that currency, reversals netted: DE66 1, else 2. A
+    /// 0520 whose totals can not be read does not agree.
+    pub(super) fn balances(&self, msg: &Message) -> bool {
+        use crate::switch::settlement::batch::{Side, Totals};
+        let Ok(theirs) = Totals::read(msg) else {
+            return false;
+        };
+        let currency = msg.number(50).and_then(|c| u16::try_from(c).ok());
+        let mut own = Totals::default();
+        for r in self.records.values() {
+            if Some(r.currency) != currency {
+                continue;
+            }
+            if let Some(side) = Side::of(r.processing_code) {
+                own.add(side, false, r.amount);
+            }
+        }
+        theirs.balances(&own)
+    }
+
     pub(super) fn unmatched_reversals(&self) -> u64 {
         self.unmatched_reversals
     }
@@ -340,6 +362,33 @@ mod tests {
             "000000000101,000001,1001,840,LT000001,000001,1125,,1125101010,000000,0200"
         );
         assert!(lines[2].contains(",000003,"));
+    }
+
+    /// An 0520 in `currency` with these debits (count, amount).
+    fn reconciliation(currency: &[u8], debits: u64, amount: u64) -> Message {
+        use crate::iso8583::{MessageBuilder, Mti, specs::iso87ascii};
+        let mut b = MessageBuilder::new(iso87ascii(), Mti::new(520).expect("mti"));
+        b.set_number(11, 1)
+            .set(41, b"SWRECON1")
+            .set(50, currency)
+            .set_number(76, debits)
+            .set_number(88, amount);
+        Message::parse(b.to_bytes().expect("packs").freeze(), iso87ascii()).expect("parses")
+    }
+
+    #[test]
+    fn a_reconciliation_balances_with_the_book_of_its_currency_only() {
+        let mut b = book(3); // 1001 + 1002 + 1003 in 840
+        assert!(b.balances(&reconciliation(b"840", 3, 3006)));
+        assert!(!b.balances(&reconciliation(b"840", 3, 3005)), "a cent off");
+        assert!(!b.balances(&reconciliation(b"840", 2, 3006)), "a count off");
+        assert!(
+            !b.balances(&reconciliation(b"978", 3, 3006)),
+            "nothing in EUR"
+        );
+        assert!(b.balances(&reconciliation(b"978", 0, 0)));
+        b.skew(1).expect("skews");
+        assert!(!b.balances(&reconciliation(b"840", 3, 3006)), "skewed");
     }
 
     #[test]
