@@ -17,6 +17,7 @@ use switchyard::iso8583::{Message, MessageBuilder, Mti, specs};
 use switchyard::security::hsm::MacAlgorithm;
 use switchyard::security::hsm::soft::full_mac;
 use switchyard::security::lmk::Lmk;
+use switchyard::security::mac::MacKey;
 use switchyard::security::pinblock::{self, Pin, PinFormat};
 use switchyard::security::store::{KeyStore, KeyType};
 use switchyard::security::{Algorithm, SecretKey};
@@ -132,7 +133,10 @@ de53 = "2001010100000000"
 async fn host(zak: &str) -> SimHandle {
     start_sim_with(SimConfig {
         zone: Some(Arc::new(ZoneKeys {
-            mac: Some((MacAlgorithm::Retail, tdes(zak))),
+            mac: Some((
+                MacAlgorithm::Retail,
+                MacKey::new(&tdes(zak)).expect("a TDES key"),
+            )),
             pin_key: Some(tdes(ZPK)),
             expected_pin: Some("1234".into()),
         })),

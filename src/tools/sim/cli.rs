@@ -140,7 +140,12 @@ impl SimArgs {
                 )
             })?;
         let mac = match &self.zak {
-            Some(n) => Some((algorithm, get("--zak", n)?)),
+            Some(n) => {
+                let key = get("--zak", n)?;
+                let prepared = crate::security::mac::MacKey::new(&key)
+                    .ok_or_else(|| format!("--zak {n}: not a MAC key ({})", key.describe()))?;
+                Some((algorithm, prepared))
+            }
             None => None,
         };
         let pin_key = match &self.zpk {

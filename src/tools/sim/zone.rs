@@ -12,7 +12,8 @@ use crate::frame::LengthHeader;
 use crate::iso8583::{Message, MessageBuilder};
 use crate::security::SecretKey;
 use crate::security::hsm::MacAlgorithm;
-use crate::security::hsm::soft::{full_mac, verify_mac};
+use crate::security::hsm::soft::{full_mac_with, verify_mac_with};
+use crate::security::mac::MacKey;
 use crate::security::pinblock::{self, EncryptedPinBlock, PinFormat};
 
 /// Incorrect PIN: the block is valid but not the PIN expected.
@@ -20,7 +21,8 @@ pub const INCORRECT_PIN: [u8; 2] = *b"55";
 
 /// The zone keys, and the PIN every card is taken to have.
 pub struct ZoneKeys {
-    pub mac: Option<(MacAlgorithm, SecretKey)>,
+    /// The ZAK, its schedule made once.
+    pub mac: Option<(MacAlgorithm, MacKey)>,
     pub pin_key: Option<SecretKey>,
     pub expected_pin: Option<String>,
 }
@@ -42,7 +44,7 @@ impl ZoneKeys {
         if let Some((algorithm, key)) = &self.mac {
             let ok = msg
                 .mac_parts()
-                .is_ok_and(|p| verify_mac(key, *algorithm, p.data, &p.mac).is_ok());
+                .is_ok_and(|p| verify_mac_with(key, *algorithm, p.data, &p.mac).is_ok());
             if !ok {
                 seen.mac_refused = true;
                 return (Some(crate::codes::SECURITY_VIOLATION), seen);
@@ -105,7 +107,7 @@ impl ZoneKeys {
             out.truncate(at);
             let start = framing.begin(out);
             b.pack_with_mac(out, |data, len| {
-                full_mac(key, *algorithm, data)
+                full_mac_with(key, *algorithm, data)
                     .map(|m| m.into_iter().take(len).collect())
                     .map_err(|e| e.to_string())
             })
