@@ -296,6 +296,9 @@ pub struct AcquirerSecurity {
     /// The zone master key the host's new ZPK and ZAK come under (0800,
     /// DE70 161).
     pub zmk: Option<KeyName>,
+    /// The fields the zone's MACs cover, in this order; empty: the whole
+    /// message.
+    pub mac_fields: Vec<u16>,
     /// `[security] key_overlap_ms`, copied for the links.
     pub key_overlap_ms: u64,
     /// DE52 translated to this zone PIN key, in this format.
@@ -503,21 +506,23 @@ pub fn remac_in_place(
     Some(filled.map_err(|e| e.to_string()))
 }
 
-/// `msg` again, with a MAC under `key`.
+/// `msg` again, with a MAC under `key` over the whole message or, with
+/// `fields`, over those.
 pub fn seal(
     hsm: &SoftHsm,
     algorithm: MacAlgorithm,
     key: &KeyName,
+    fields: &[u16],
     msg: &Message,
 ) -> Result<Bytes, String> {
     let mut own = BytesMut::from(&msg.frame()[..]);
-    if let Some(done) = remac_in_place(hsm, algorithm, key, &[], msg, &mut own) {
+    if let Some(done) = remac_in_place(hsm, algorithm, key, fields, msg, &mut own) {
         return done.map(|()| own.freeze());
     }
     let mut b = MessageBuilder::new(msg.spec(), msg.mti());
     b.copy_all(msg);
     let mut out = BytesMut::with_capacity(msg.frame().len() + 32);
-    pack_with_mac(hsm, algorithm, key, &[], &b, &mut out)?;
+    pack_with_mac(hsm, algorithm, key, fields, &b, &mut out)?;
     Ok(out.freeze())
 }
 
@@ -526,12 +531,13 @@ pub fn seal(
 pub fn seal_later(
     algorithm: MacAlgorithm,
     key: &KeyName,
+    fields: &[u16],
     msg: &Message,
 ) -> Result<(BytesMut, MacToMake), String> {
     let mut b = MessageBuilder::new(msg.spec(), msg.mti());
     b.copy_all(msg);
     let mut out = BytesMut::with_capacity(msg.frame().len() + 32);
-    let mac = pack_for_mac(algorithm, key, &[], &b, &mut out)?;
+    let mac = pack_for_mac(algorithm, key, fields, &b, &mut out)?;
     Ok((out, mac))
 }
 
