@@ -29,8 +29,9 @@ ADMIN_PORT=${ADMIN_PORT:-19290}
 MAC_ALG=${MAC_ALG:-retail}
 rm -rf "$OUT"
 mkdir -p "$OUT"
-cargo build --release --quiet --bin switchyard -p switchyard
-cargo build --release --quiet -p loadtest
+# One invocation: built apart, the two packages resolve the protocol
+# crate's features differently and each run rebuilt both binaries.
+cargo build --release --quiet -p switchyard -p loadtest --bins
 BIN=target/release
 
 # Test keys (public: a benchmark's, never a deployment's). Each is
