@@ -477,6 +477,25 @@ async fn a_mac_over_a_field_list_covers_those_fields_only() {
 }
 
 #[tokio::test]
+async fn an_acquirer_field_list_naming_the_mac_field_is_refused_by_name() {
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let zone = ZONE.replace(
+        "mac_key = \"acq.zak\"\n",
+        "mac_key = \"acq.zak\"\nmac_fields = [2, 64]\n",
+    );
+    let toml = config(&[sim.local_addr()], &zone, &security_toml(&k, "require"));
+    let problems = switchyard::switch::config::Config::parse(&toml).expect_err("refused");
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|p| p.starts_with(
+            "acquirers[0].security.mac_fields[1]: 64: a data element 2..=127 other than 64"
+        )),
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_acquirer_zone_macs_over_its_field_list_both_ways() {
     const FIELDS: [u16; 5] = [2, 3, 4, 11, 41];
     let k = key_store();
