@@ -6,7 +6,11 @@
 # checked, DE52 translated from the TPK to the ZPK; switch -> host: MACed
 # under the ZAK, checked by the host, which decrypts the PIN; the answers
 # MACed and checked back to the load generator), alternating, ROUNDS
-# times. Prints each run, the medians and the secured share of plain.
+# times. Prints each run, the medians and the secured share of plain, and
+# the switch's own CPU per transaction (from /proc, user + system, over
+# the load generator's run including its warmup): the simulator and the
+# load generator share these cores and make four of the eight MACs, so
+# the throughput share understates what a switch on its own box pays.
 #
 # MAC_ALG=aes-cmac makes the TAK and ZAK AES-128 keys and every MAC an
 # AES-CMAC (default: retail, ISO 9797-1 algorithm 3 under TDES keys).
@@ -25,8 +29,9 @@ ADMIN_PORT=${ADMIN_PORT:-19290}
 MAC_ALG=${MAC_ALG:-retail}
 rm -rf "$OUT"
 mkdir -p "$OUT"
-cargo build --release --quiet --bin switchyard -p switchyard
-cargo build --release --quiet -p loadtest
+# One invocation: built apart, the two packages resolve the protocol
+# crate's features differently and each run rebuilt both binaries.
+cargo build --release --quiet -p switchyard -p loadtest --bins
 BIN=target/release
 
 # Test keys (public: a benchmark's, never a deployment's). Each is
@@ -121,19 +126,27 @@ start() { # plain|secure
     wait_until curl -sf "http://127.0.0.1:$ADMIN_PORT/ready"
 }
 
+# The switch's CPU so far, in clock ticks (utime + stime of /proc/PID/stat).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
 run() { # plain|secure name loadtest-flags...: prints the answered rate
     local mode=$1 name=$2; shift 2
     local secured=()
     if [ "$mode" = secure ]; then secured=(--pin --mac --terminal-keys "$keys/terminal.toml"); fi
     start "$mode"
+    local switch_pid=${pids[-1]} before after
+    before=$(cpu_ticks "$switch_pid")
     "$BIN/loadtest" --target "127.0.0.1:$SWITCH_PORT" --duration "$DURATION" --warmup 1s \
         --no-progress --json "$OUT/$name.json" "${secured[@]}" "$@" >"$OUT/$name.txt" || {
         echo "security-bench.sh: $name not clean:" >&2; tail -3 "$OUT/$name.txt" >&2; }
+    after=$(cpu_ticks "$switch_pid")
     cleanup
-    python3 - "$OUT/$name.json" "$name" <<'PY'
+    python3 - "$OUT/$name.json" "$name" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"{sys.argv[2]}: {r['achieved_rate']:.0f}/s answered", flush=True)
+txns = r['answered'] + r['warmup']['answered']
+us = int(sys.argv[3]) / int(sys.argv[4]) * 1e6 / max(txns, 1)
+print(f"{sys.argv[2]}: {r['achieved_rate']:.0f}/s answered, switch CPU {us:.1f} us/txn", flush=True)
 PY
 }
 
@@ -151,15 +164,20 @@ done
 
 python3 - "$OUT/rates.txt" <<'PY'
 import re, statistics, sys
-rates = {}
+rates, cpu = {}, {}
 for line in open(sys.argv[1]):
-    m = re.match(r"(\S+)-(plain|secure)-\d+: (\d+)/s", line)
+    m = re.match(r"(\S+)-(plain|secure)-\d+: (\d+)/s answered, switch CPU ([0-9.]+) us", line)
     if m:
         rates.setdefault((m.group(1), m.group(2)), []).append(float(m.group(3)))
-print("\n| load | plain (median/s) | PIN + MAC both ways (median/s) | share of plain |")
-print("|---|---|---|---|")
+        cpu.setdefault((m.group(1), m.group(2)), []).append(float(m.group(4)))
+print("\n| load | plain (median/s) | PIN + MAC both ways (median/s) | share of plain "
+      "| switch CPU/txn plain | secured | plain's share of secured |")
+print("|---|---|---|---|---|---|---|")
 for shape in ("closed-64x1", "pipelined-16x16"):
     p = statistics.median(rates.get((shape, "plain"), [0]))
     s = statistics.median(rates.get((shape, "secure"), [0]))
-    print(f"| {shape} | {p:,.0f} | {s:,.0f} | {s / p if p else 0:.2f} |")
+    cp = statistics.median(cpu.get((shape, "plain"), [0]))
+    cs = statistics.median(cpu.get((shape, "secure"), [0]))
+    print(f"| {shape} | {p:,.0f} | {s:,.0f} | {s / p if p else 0:.2f} "
+          f"| {cp:.1f} us | {cs:.1f} us | {cp / cs if cs else 0:.2f} |")
 PY

@@ -17,6 +17,7 @@ use switchyard::iso8583::{Message, MessageBuilder, Mti, specs};
 use switchyard::security::hsm::MacAlgorithm;
 use switchyard::security::hsm::soft::full_mac;
 use switchyard::security::lmk::Lmk;
+use switchyard::security::mac::MacKey;
 use switchyard::security::pinblock::{self, Pin, PinFormat};
 use switchyard::security::store::{KeyStore, KeyType};
 use switchyard::security::{Algorithm, SecretKey};
@@ -130,9 +131,19 @@ de53 = "2001010100000000"
 
 /// The host simulator holding the zone keys (`zak` its MAC key).
 async fn host(zak: &str) -> SimHandle {
+    host_macing(zak, &[]).await
+}
+
+/// The host simulator, its MACs over `mac_fields` (empty: the whole
+/// message).
+async fn host_macing(zak: &str, mac_fields: &[u16]) -> SimHandle {
     start_sim_with(SimConfig {
         zone: Some(Arc::new(ZoneKeys {
-            mac: Some((MacAlgorithm::Retail, tdes(zak))),
+            mac_fields: mac_fields.to_vec(),
+            mac: Some((
+                MacAlgorithm::Retail,
+                MacKey::new(&tdes(zak)).expect("a TDES key"),
+            )),
             pin_key: Some(tdes(ZPK)),
             expected_pin: Some("1234".into()),
         })),
@@ -465,6 +476,69 @@ async fn a_mac_over_a_field_list_covers_those_fields_only() {
     switch.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_acquirer_field_list_naming_the_mac_field_is_refused_by_name() {
+    let k = key_store();
+    let sim = host(ZAK).await;
+    let zone = ZONE.replace(
+        "mac_key = \"acq.zak\"\n",
+        "mac_key = \"acq.zak\"\nmac_fields = [2, 64]\n",
+    );
+    let toml = config(&[sim.local_addr()], &zone, &security_toml(&k, "require"));
+    let problems = switchyard::switch::config::Config::parse(&toml).expect_err("refused");
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|p| p.starts_with(
+            "acquirers[0].security.mac_fields[1]: 64: a data element 2..=127 other than 64"
+        )),
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_acquirer_zone_macs_over_its_field_list_both_ways() {
+    const FIELDS: [u16; 5] = [2, 3, 4, 11, 41];
+    let k = key_store();
+    let zone = ZONE.replace(
+        "mac_key = \"acq.zak\"\n",
+        "mac_key = \"acq.zak\"\nmac_fields = [2, 3, 4, 11, 41]\n",
+    );
+    assert_ne!(zone, ZONE);
+    let switch_to = async |sim: &SimHandle| {
+        let toml = config(&[sim.local_addr()], &zone, &security_toml(&k, "require"));
+        let switch = start_switch(&toml).await;
+        wait_links_up(&switch).await;
+        switch
+    };
+
+    // A host checking and making its MACs over the same list: the
+    // request's MAC holds there, and the answer's (over the list too)
+    // holds in the switch, else the terminal would get 91.
+    let sim = host_macing(ZAK, &FIELDS).await;
+    let switch = switch_to(&sim).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let answer = t.request(&secured_request(1, TID, TPK, true)).await;
+    assert_eq!(code(&answer), "00", "MACs over the list both ways");
+    let s = sim.stats();
+    assert_eq!((s.mac_refused, s.pin_verified), (0, 1), "{s}");
+    switch.shutdown().await;
+
+    // A host MACing the whole message refuses the switch's MAC.
+    let sim = host(ZAK).await;
+    let switch = switch_to(&sim).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let answer = t.request(&secured_request(2, TID, TPK, true)).await;
+    assert_ne!(code(&answer), "00");
+    // The request, and the reversal the switch sends when the host's 63
+    // fails its check over the list: each refused, no PIN looked at.
+    let s = sim.stats();
+    assert!(
+        s.mac_refused >= 1 && s.pin_verified == 0,
+        "the switch MACed the list, not the message: {s}"
+    );
+    switch.shutdown().await;
+}
+
 /// 0800 with DE70 161 from terminal `tid`.
 fn key_change_request(stan: u32, tid: &str) -> Bytes {
     let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::NETWORK);
@@ -678,7 +752,12 @@ async fn secured_load_is_clean(
         .expect("load test ran");
     assert!(report.is_clean(), "{:?}", report.problems());
     let s = sim.stats();
-    assert!(s.pin_verified > 100, "PINs checked by the host: {s}");
+    // As many as the box managed in the second (no rate is asserted: a
+    // busy machine runs fewer), the known card's among them.
+    assert!(
+        s.pin_verified > 1 && report.approved() > 0,
+        "PINs checked by the host: {s}"
+    );
     assert_eq!((s.pin_refused, s.mac_refused), (0, 0), "{s}");
     // What must never be kept (checked by the caller): the keys and PIN
     // blocks, raw or as hex.

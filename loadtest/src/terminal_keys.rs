@@ -19,7 +19,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use switchyard_protocol::crypto::mac::{self, Padding};
+use switchyard_protocol::crypto::mac::{self, MacKey, Padding};
 use switchyard_protocol::crypto::pinblock::{self, Pin, PinFormat};
 use switchyard_protocol::crypto::{Algorithm, SecretKey};
 use switchyard_protocol::iso8583::Message;
@@ -37,6 +37,8 @@ pub struct TerminalKeys {
     pub pin: Option<(SecretKey, Pin)>,
     /// With `--mac`: the TAK.
     pub mac: Option<(MacKind, SecretKey)>,
+    /// `mac`'s key with its schedule made once.
+    prepared_mac: Option<MacKey>,
 }
 
 impl std::fmt::Debug for TerminalKeys {
@@ -99,7 +101,18 @@ impl TerminalKeys {
         } else {
             None
         };
-        Ok(TerminalKeys { pin, mac })
+        let prepared_mac = match &mac {
+            Some((_, key)) => Some(MacKey::new(key).ok_or(format!(
+                "{name}: mac_key: not a MAC key ({})",
+                key.describe()
+            ))?),
+            None => None,
+        };
+        Ok(TerminalKeys {
+            pin,
+            mac,
+            prepared_mac,
+        })
     }
 
     /// DE52 for a card: the PIN in format 0 under the TPK.
@@ -112,15 +125,17 @@ impl TerminalKeys {
 
     /// The MAC of `data`, `len` bytes.
     pub fn mac(&self, data: &[u8], len: usize) -> Result<MacBytes, String> {
-        let Some((kind, key)) = &self.mac else {
+        let (Some((kind, _)), Some(key)) = (&self.mac, &self.prepared_mac) else {
             return Err("no MAC key".into());
         };
         let full: MacBytes = match kind {
-            MacKind::Retail => mac::retail_mac(key, data, Padding::Method1)
+            MacKind::Retail => key
+                .retail(data, Padding::Method1)
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .collect(),
-            MacKind::AesCmac => mac::cmac(key, data)
+            MacKind::AesCmac => key
+                .cmac(data)
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .collect(),
@@ -136,12 +151,18 @@ impl TerminalKeys {
         if self.mac.is_none() {
             return true;
         }
-        let (Some((kind, key)), Ok(p)) = (&self.mac, answer.mac_parts()) else {
+        let (Some((kind, _)), Some(key), Ok(p)) =
+            (&self.mac, &self.prepared_mac, answer.mac_parts())
+        else {
             return false;
         };
         match kind {
-            MacKind::Retail => mac::verify_retail_mac(key, p.data, Padding::Method1, &p.mac),
-            MacKind::AesCmac => mac::verify_cmac(key, p.data, &p.mac),
+            MacKind::Retail => key
+                .retail(p.data, Padding::Method1)
+                .and_then(|full| mac::compare(&full, &p.mac)),
+            MacKind::AesCmac => key
+                .cmac(p.data)
+                .and_then(|full| mac::compare(&full, &p.mac)),
         }
         .is_ok()
     }

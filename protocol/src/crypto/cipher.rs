@@ -8,7 +8,7 @@
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 
-use super::des::Des;
+use super::des::{Block, Des};
 use super::keys::{Algorithm, SecretKey};
 
 /// TDES (EDE) by the key's length: K1 K2 K1 or K1 K2 K3.
@@ -40,15 +40,33 @@ impl Tdes {
     }
 
     pub fn encrypt(&self, block: &mut [u8; 8]) {
-        self.k1.encrypt(block);
-        self.k2.decrypt(block);
-        self.k3.as_ref().unwrap_or(&self.k1).encrypt(block);
+        let mut b = Block::new(block);
+        self.encrypt_block(&mut b);
+        *block = b.to_bytes();
     }
 
     pub fn decrypt(&self, block: &mut [u8; 8]) {
-        self.k3.as_ref().unwrap_or(&self.k1).decrypt(block);
-        self.k2.encrypt(block);
-        self.k1.decrypt(block);
+        let mut b = Block::new(block);
+        b.decrypt(self.k3.as_ref().unwrap_or(&self.k1));
+        b.encrypt(&self.k2);
+        b.decrypt(&self.k1);
+        *block = b.to_bytes();
+    }
+
+    /// EDE on a block in DES's internal form (a CBC chain's state).
+    pub fn encrypt_block(&self, b: &mut Block) {
+        b.encrypt(&self.k1);
+        b.decrypt(&self.k2);
+        b.encrypt(self.k3.as_ref().unwrap_or(&self.k1));
+    }
+
+    /// K1 and K2 of a double-length key (the retail MAC's), `None` for a
+    /// triple-length one.
+    pub fn halves(&self) -> Option<(&Des, &Des)> {
+        match self.k3 {
+            None => Some((&self.k1, &self.k2)),
+            Some(_) => None,
+        }
     }
 }
 

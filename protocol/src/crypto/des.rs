@@ -4,12 +4,14 @@
 //! costs about 300 ns, so one retail MAC over a 0200 (some 25 blocks) is
 //! 7 µs, and a request with MACs both ways makes four of them: card
 //! security alone would cost the switch three times what the rest of a
-//! transaction does. Here every permutation (IP, FP, PC-1, PC-2) is one
-//! lookup per input byte in a table built once from its definition, and
-//! each round is the S-boxes and P fused into eight lookups (the "SP
-//! boxes"), the E expansion taken as rotations of R. The tables are built
-//! at first use from the standard's tables below; the `des` crate stays as
-//! the oracle of the tests.
+//! transaction does. Here each round is the S-boxes and P fused into eight
+//! lookups (the "SP boxes", 2 KB) with E falling out of R kept rotated by
+//! one bit, so a round is two XORs with its key; IP and FP are five
+//! register swaps each, and [`Block`] lets a chain of DES operations skip
+//! them between blocks. PC-1 and PC-2 (the key schedule only) are one
+//! lookup per input byte in tables built once from their definitions. The
+//! tables are built at first use from the standard's tables below; the
+//! `des` crate stays as the oracle of the tests.
 //!
 //! The lookups are indexed by key-dependent data, as every table-driven
 //! DES is; a payment HSM does this in hardware, and the soft HSM's threat
@@ -19,6 +21,8 @@ use std::sync::LazyLock;
 
 use zeroize::Zeroize;
 
+/// The standard's IP: the tests check the register swaps against it.
+#[cfg(test)]
 const IP: [u8; 64] = [
     58, 50, 42, 34, 26, 18, 10, 2, 60, 52, 44, 36, 28, 20, 12, 4, 62, 54, 46, 38, 30, 22, 14, 6,
     64, 56, 48, 40, 32, 24, 16, 8, 57, 49, 41, 33, 25, 17, 9, 1, 59, 51, 43, 35, 27, 19, 11, 3, 61,
@@ -136,20 +140,16 @@ impl<const N: usize> BytePerm<N> {
 }
 
 struct Tables {
-    ip: Box<BytePerm<8>>,
-    fp: Box<BytePerm<8>>,
     pc1: Box<BytePerm<8>>,
     /// PC-2 reads 56 bits: 7 bytes.
     pc2: Box<BytePerm<7>>,
-    /// S-box `i` and then P, for each 6-bit input.
+    /// S-box `i` and then P, for each 6-bit input, rotated left by one
+    /// bit (the form the halves are kept in during the rounds, see
+    /// [`Des::rounds`]).
     sp: [[u32; 64]; 8],
 }
 
 static TABLES: LazyLock<Tables> = LazyLock::new(|| {
-    let mut fp = [0u8; 64];
-    for (k, &src) in IP.iter().enumerate() {
-        fp[usize::from(src) - 1] = k as u8 + 1;
-    }
     let p = BytePerm::<4>::new(&P);
     let mut sp = [[0u32; 64]; 8];
     for (i, s) in S.iter().enumerate() {
@@ -157,22 +157,63 @@ static TABLES: LazyLock<Tables> = LazyLock::new(|| {
             let row = ((x >> 4) & 2) | (x & 1);
             let col = (x >> 1) & 0xF;
             let nibble = u64::from(s[row][col]) << (28 - 4 * i);
-            *slot = p.apply(nibble) as u32;
+            *slot = (p.apply(nibble) as u32).rotate_left(1);
         }
     }
     Tables {
-        ip: BytePerm::new(&IP),
-        fp: BytePerm::new(&fp),
         pc1: BytePerm::new(&PC1),
         pc2: BytePerm::new(&PC2),
         sp,
     }
 });
 
-/// A DES key schedule: the sixteen 48-bit round keys as eight 6-bit
-/// pieces each, wiped on drop.
+/// Swaps the bits of `a >> n` selected by `mask` with those of `b`: one
+/// step of a bit permutation done in registers.
+#[inline(always)]
+fn delta_swap(a: &mut u32, b: &mut u32, n: u32, mask: u32) {
+    let t = ((*a >> n) ^ *b) & mask;
+    *b ^= t;
+    *a ^= t << n;
+}
+
+/// IP as five swaps between the halves (R. Outerbridge's arrangement),
+/// each half then rotated left by one bit: the rounds' form.
+#[inline(always)]
+fn initial_permutation(block: u64) -> (u32, u32) {
+    let (mut l, mut r) = ((block >> 32) as u32, block as u32);
+    delta_swap(&mut l, &mut r, 4, 0x0F0F_0F0F);
+    delta_swap(&mut l, &mut r, 16, 0x0000_FFFF);
+    delta_swap(&mut r, &mut l, 2, 0x3333_3333);
+    delta_swap(&mut r, &mut l, 8, 0x00FF_00FF);
+    r = r.rotate_left(1);
+    let t = (l ^ r) & 0xAAAA_AAAA;
+    l ^= t;
+    r ^= t;
+    (l.rotate_left(1), r)
+}
+
+/// The inverse of [`initial_permutation`] (FP), of the halves in the
+/// rounds' form, `x` the left one.
+#[inline(always)]
+fn final_permutation(x: u32, y: u32) -> u64 {
+    let (mut x, mut y) = (x.rotate_right(1), y);
+    let t = (x ^ y) & 0xAAAA_AAAA;
+    x ^= t;
+    y ^= t;
+    y = y.rotate_right(1);
+    delta_swap(&mut y, &mut x, 8, 0x00FF_00FF);
+    delta_swap(&mut y, &mut x, 2, 0x3333_3333);
+    delta_swap(&mut x, &mut y, 16, 0x0000_FFFF);
+    delta_swap(&mut x, &mut y, 4, 0x0F0F_0F0F);
+    (u64::from(x) << 32) | u64::from(y)
+}
+
+/// A DES key schedule, wiped on drop. Each round's 48-bit key is two
+/// words laid out as the expansion E falls out of the rotated R (see
+/// [`Des::rounds`]): the first holds S-boxes 1, 3, 5 and 7's six bits
+/// at bits 24, 16, 8 and 0, the second S-boxes 2, 4, 6 and 8's.
 pub struct Des {
-    round_keys: [[u8; 8]; 16],
+    round_keys: [[u32; 2]; 16],
 }
 
 impl Drop for Des {
@@ -187,48 +228,56 @@ impl Des {
         let t = &*TABLES;
         let cd = t.pc1.apply(u64::from_be_bytes(*key));
         let (mut c, mut d) = ((cd >> 28) as u32, (cd & 0x0FFF_FFFF) as u32);
-        let mut round_keys = [[0u8; 8]; 16];
+        let mut round_keys = [[0u32; 2]; 16];
         for (r, rk) in round_keys.iter_mut().enumerate() {
             let s = SHIFTS[r];
             c = ((c << s) | (c >> (28 - s))) & 0x0FFF_FFFF;
             d = ((d << s) | (d >> (28 - s))) & 0x0FFF_FFFF;
-            let k = t.pc2.apply((u64::from(c) << 28) | u64::from(d));
-            for (i, piece) in rk.iter_mut().enumerate() {
-                *piece = ((k >> (42 - 6 * i)) & 0x3F) as u8;
-            }
+            let mut k = t.pc2.apply((u64::from(c) << 28) | u64::from(d));
+            let piece = |i: u32| ((k >> (42 - 6 * i)) & 0x3F) as u32;
+            rk[0] = (piece(0) << 24) | (piece(2) << 16) | (piece(4) << 8) | piece(6);
+            rk[1] = (piece(1) << 24) | (piece(3) << 16) | (piece(5) << 8) | piece(7);
+            k.zeroize();
         }
         Des { round_keys }
     }
 
+    /// The sixteen rounds over the halves after IP, each rotated left by
+    /// one bit: then E's six-bit groups for S-boxes 1, 3, 5, 7 lie at
+    /// bits 24, 16, 8, 0 of R rotated right by 4, and those for 2, 4, 6,
+    /// 8 at the same bits of R itself, so a round is two XORs with the
+    /// key and eight lookups. Returns the halves FP takes (the last round
+    /// does not swap), which are also the next block's IP domain.
     #[inline(always)]
-    fn f(sp: &[[u32; 64]; 8], r: u32, k: &[u8; 8]) -> u32 {
-        let mut out = 0;
-        for i in 0..8 {
-            // E gives S-box i the bits 4i..4i+5 of R (numbered from 1,
-            // bit 0 being bit 32): a rotation brings them to the bottom.
-            let chunk = r.rotate_right((27 + 32 - 4 * i as u32) % 32) & 0x3F;
-            out |= sp[i][(chunk ^ u32::from(k[i])) as usize];
-        }
-        out
-    }
-
-    fn crypt(&self, block: &mut [u8; 8], decrypt: bool) {
-        let t = &*TABLES;
-        let x = t.ip.apply(u64::from_be_bytes(*block));
-        let (mut l, mut r) = ((x >> 32) as u32, x as u32);
+    fn rounds(&self, mut l: u32, mut r: u32, decrypt: bool) -> (u32, u32) {
+        let sp = &TABLES.sp;
         for n in 0..16 {
             let k = if decrypt {
                 &self.round_keys[15 - n]
             } else {
                 &self.round_keys[n]
             };
-            let next = l ^ Des::f(&t.sp, r, k);
+            let a = r.rotate_right(4) ^ k[0];
+            let b = r ^ k[1];
+            let f = sp[0][((a >> 24) & 0x3F) as usize]
+                | sp[2][((a >> 16) & 0x3F) as usize]
+                | sp[4][((a >> 8) & 0x3F) as usize]
+                | sp[6][(a & 0x3F) as usize]
+                | sp[1][((b >> 24) & 0x3F) as usize]
+                | sp[3][((b >> 16) & 0x3F) as usize]
+                | sp[5][((b >> 8) & 0x3F) as usize]
+                | sp[7][(b & 0x3F) as usize];
+            let next = l ^ f;
             l = r;
             r = next;
         }
-        // The last round does not swap.
-        let y = t.fp.apply((u64::from(r) << 32) | u64::from(l));
-        *block = y.to_be_bytes();
+        (r, l)
+    }
+
+    fn crypt(&self, block: &mut [u8; 8], decrypt: bool) {
+        let (l, r) = initial_permutation(u64::from_be_bytes(*block));
+        let (x, y) = self.rounds(l, r, decrypt);
+        *block = final_permutation(x, y).to_be_bytes();
     }
 
     pub fn encrypt(&self, block: &mut [u8; 8]) {
@@ -237,6 +286,43 @@ impl Des {
 
     pub fn decrypt(&self, block: &mut [u8; 8]) {
         self.crypt(block, true);
+    }
+}
+
+/// A block in DES's internal form (after IP, halves rotated), so that
+/// several DES operations in a row (a CBC chain, TDES's three passes, a
+/// retail MAC's output transformation) pay for IP and FP once: IP is a
+/// bit permutation, so IP(a ^ b) = IP(a) ^ IP(b), and FP then IP between
+/// two operations cancel.
+#[derive(Clone, Copy)]
+pub struct Block {
+    x: u32,
+    y: u32,
+}
+
+impl Block {
+    pub fn new(bytes: &[u8; 8]) -> Block {
+        let (x, y) = initial_permutation(u64::from_be_bytes(*bytes));
+        Block { x, y }
+    }
+
+    pub fn to_bytes(self) -> [u8; 8] {
+        final_permutation(self.x, self.y).to_be_bytes()
+    }
+
+    /// XORs `bytes` in (CBC's chaining).
+    pub fn xor(&mut self, bytes: &[u8; 8]) {
+        let (x, y) = initial_permutation(u64::from_be_bytes(*bytes));
+        self.x ^= x;
+        self.y ^= y;
+    }
+
+    pub fn encrypt(&mut self, des: &Des) {
+        (self.x, self.y) = des.rounds(self.x, self.y, false);
+    }
+
+    pub fn decrypt(&mut self, des: &Des) {
+        (self.x, self.y) = des.rounds(self.x, self.y, true);
     }
 }
 
@@ -260,6 +346,41 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_register_permutations_are_the_standards_ip_and_fp(x: u64) {
+            let ip = BytePerm::<8>::new(&IP);
+            let (l, r) = initial_permutation(x);
+            let want = ip.apply(x);
+            prop_assert_eq!(l.rotate_right(1), (want >> 32) as u32);
+            prop_assert_eq!(r.rotate_right(1), want as u32);
+            prop_assert_eq!(final_permutation(l, r), x);
+        }
+
+        #[test]
+        fn a_chain_of_blocks_is_cbc_and_tdes_with_the_des_crate(k1: [u8; 8], k2: [u8; 8], blocks: Vec<[u8; 8]>) {
+            let (a, b) = (Des::new(&k1), Des::new(&k2));
+            let (ta, tb) = (
+                des::Des::new_from_slice(&k1).expect("8 bytes"),
+                des::Des::new_from_slice(&k2).expect("8 bytes"),
+            );
+            let mut ours = Block::new(&[0; 8]);
+            let mut theirs = GenericArray::clone_from_slice(&[0u8; 8]);
+            for block in &blocks {
+                ours.xor(block);
+                ours.encrypt(&a);
+                for (t, x) in theirs.iter_mut().zip(block) {
+                    *t ^= x;
+                }
+                ta.encrypt_block(&mut theirs);
+            }
+            // The retail MAC's output transformation: D(K2), then E(K1).
+            ours.decrypt(&b);
+            ours.encrypt(&a);
+            tb.decrypt_block(&mut theirs);
+            ta.encrypt_block(&mut theirs);
+            prop_assert_eq!(&ours.to_bytes()[..], &theirs[..]);
+        }
+
         #[test]
         fn agrees_with_the_des_crate(key: [u8; 8], block: [u8; 8]) {
             let ours = Des::new(&key);

@@ -15,7 +15,11 @@
 
 use subtle::ConstantTimeEq;
 
-use super::cipher::{Tdes, aes_cmac, des_decrypt, des_encrypt, des_half};
+use aes::cipher::KeyInit;
+use cmac::Mac;
+
+use super::cipher::Tdes;
+use super::des::Block;
 use super::keys::{Algorithm, SecretKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,68 +72,134 @@ fn padded_blocks(data: &[u8], padding: Padding, mut each: impl FnMut(&[u8; 8])) 
     }
 }
 
-fn xor8(a: &mut [u8; 8], b: &[u8; 8]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x ^= y;
+/// A MAC key with its key schedule made once, for whoever MACs many
+/// messages under one key (the soft HSM keeps one per key; the load
+/// generator and the simulator one per side). The functions below that
+/// take a [`SecretKey`] make one per call.
+pub struct MacKey {
+    kind: Prepared,
+    /// What the key is, for errors ([`SecretKey::describe`]).
+    describe: String,
+}
+
+enum Prepared {
+    Tdes(Tdes),
+    Aes128(cmac::Cmac<aes::Aes128>),
+    Aes192(cmac::Cmac<aes::Aes192>),
+    Aes256(cmac::Cmac<aes::Aes256>),
+}
+
+impl MacKey {
+    /// `None` for a key that is neither TDES nor AES of a valid length.
+    pub fn new(key: &SecretKey) -> Option<MacKey> {
+        let k = key.expose_secret();
+        let kind = match (key.algorithm(), k.len()) {
+            (Algorithm::Tdes, _) => Prepared::Tdes(Tdes::new(key)?),
+            (Algorithm::Aes, 16) => Prepared::Aes128(KeyInit::new_from_slice(k).ok()?),
+            (Algorithm::Aes, 24) => Prepared::Aes192(KeyInit::new_from_slice(k).ok()?),
+            (Algorithm::Aes, 32) => Prepared::Aes256(KeyInit::new_from_slice(k).ok()?),
+            (Algorithm::Aes, _) => return None,
+        };
+        Some(MacKey {
+            kind,
+            describe: key.describe(),
+        })
     }
+
+    fn wrong(&self, what: &'static str, expected: &'static str) -> MacError {
+        MacError::WrongKey {
+            what,
+            expected,
+            got: self.describe.clone(),
+        }
+    }
+
+    /// ISO/IEC 9797-1 MAC algorithm 3 (retail MAC): a double-length TDES
+    /// key.
+    pub fn retail(&self, data: &[u8], padding: Padding) -> Result<[u8; 8], MacError> {
+        let halves = match &self.kind {
+            Prepared::Tdes(t) => t.halves(),
+            _ => None,
+        };
+        let Some((k1, k2)) = halves else {
+            return Err(self.wrong(
+                "retail MAC (ISO 9797-1 algorithm 3)",
+                "a double-length TDES key",
+            ));
+        };
+        let mut state = Block::new(&[0; 8]);
+        padded_blocks(data, padding, |b| {
+            state.xor(b);
+            state.encrypt(k1);
+        });
+        // The output transformation: the last block through D(K2), then
+        // E(K1), so the whole MAC is as strong as TDES while the rest runs
+        // at DES speed.
+        state.decrypt(k2);
+        state.encrypt(k1);
+        Ok(state.to_bytes())
+    }
+
+    /// ISO/IEC 9797-1 MAC algorithm 1 with TDES.
+    pub fn tdes_cbc(&self, data: &[u8], padding: Padding) -> Result<[u8; 8], MacError> {
+        let Prepared::Tdes(c) = &self.kind else {
+            return Err(self.wrong("TDES CBC-MAC (ISO 9797-1 algorithm 1)", "a TDES key"));
+        };
+        let mut state = Block::new(&[0; 8]);
+        padded_blocks(data, padding, |b| {
+            state.xor(b);
+            c.encrypt_block(&mut state);
+        });
+        Ok(state.to_bytes())
+    }
+
+    /// AES-CMAC (NIST SP 800-38B): an AES key. The prepared state (key
+    /// schedule and subkeys) is copied, not made again.
+    pub fn cmac(&self, data: &[u8]) -> Result<[u8; 16], MacError> {
+        fn tag<M: Mac + Clone>(m: &M, data: &[u8]) -> [u8; 16] {
+            let mut m = m.clone();
+            m.update(data);
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&m.finalize().into_bytes());
+            out
+        }
+        match &self.kind {
+            Prepared::Aes128(m) => Ok(tag(m, data)),
+            Prepared::Aes192(m) => Ok(tag(m, data)),
+            Prepared::Aes256(m) => Ok(tag(m, data)),
+            Prepared::Tdes(_) => Err(self.wrong("AES-CMAC", "an AES key")),
+        }
+    }
+}
+
+fn prepared(key: &SecretKey) -> Result<MacKey, MacError> {
+    MacKey::new(key).ok_or_else(|| MacError::WrongKey {
+        what: "MAC",
+        expected: "a TDES or AES key",
+        got: key.describe(),
+    })
 }
 
 /// ISO/IEC 9797-1 MAC algorithm 3 (retail MAC) under a double-length TDES
 /// key.
 pub fn retail_mac(key: &SecretKey, data: &[u8], padding: Padding) -> Result<[u8; 8], MacError> {
-    if key.algorithm() != Algorithm::Tdes || key.len() != 16 {
-        return Err(MacError::WrongKey {
-            what: "retail MAC (ISO 9797-1 algorithm 3)",
-            expected: "a double-length TDES key",
-            got: key.describe(),
-        });
-    }
-    let k = key.expose_secret();
-    let (Some(k1), Some(k2)) = (des_half(&k[..8]), des_half(&k[8..16])) else {
-        unreachable!("8-byte halves are valid DES keys");
-    };
-    let mut state = [0u8; 8];
-    padded_blocks(data, padding, |b| {
-        xor8(&mut state, b);
-        des_encrypt(&k1, &mut state);
-    });
-    // The output transformation: the last block through D(K2), then E(K1),
-    // so the whole MAC is as strong as TDES while the rest runs at DES speed.
-    des_decrypt(&k2, &mut state);
-    des_encrypt(&k1, &mut state);
-    Ok(state)
+    prepared(key)?.retail(data, padding)
 }
 
 /// ISO/IEC 9797-1 MAC algorithm 1 with TDES: CBC under the whole key, the
 /// last block is the MAC.
 pub fn tdes_cbc_mac(key: &SecretKey, data: &[u8], padding: Padding) -> Result<[u8; 8], MacError> {
-    let Some(c) = Tdes::new(key) else {
-        return Err(MacError::WrongKey {
-            what: "TDES CBC-MAC (ISO 9797-1 algorithm 1)",
-            expected: "a TDES key",
-            got: key.describe(),
-        });
-    };
-    let mut state = [0u8; 8];
-    padded_blocks(data, padding, |b| {
-        xor8(&mut state, b);
-        c.encrypt(&mut state);
-    });
-    Ok(state)
+    prepared(key)?.tdes_cbc(data, padding)
 }
 
 /// AES-CMAC (NIST SP 800-38B) under an AES key.
 pub fn cmac(key: &SecretKey, data: &[u8]) -> Result<[u8; 16], MacError> {
-    aes_cmac(key, data).ok_or_else(|| MacError::WrongKey {
-        what: "AES-CMAC",
-        expected: "an AES key",
-        got: key.describe(),
-    })
+    prepared(key)?.cmac(data)
 }
 
 /// Constant-time comparison of a received MAC (4 bytes or more, the
 /// left-most of the full value) with the full one computed here.
-fn compare(full: &[u8], received: &[u8]) -> Result<(), MacError> {
+pub fn compare(full: &[u8], received: &[u8]) -> Result<(), MacError> {
     if received.len() < 4 || received.len() > full.len() {
         return Err(MacError::Length(received.len()));
     }

@@ -17,7 +17,7 @@ use crate::security::cipher::Tdes;
 use crate::security::keyblock;
 use crate::security::keys::{Algorithm, SecretKey};
 use crate::security::lmk::Lmk;
-use crate::security::mac::{self, MacError, Padding};
+use crate::security::mac::{self, MacError, MacKey, Padding};
 use crate::security::pinblock::{self, PinFormat};
 use crate::security::random;
 use crate::security::store::{self, KeyStore, KeyType, StoreError};
@@ -33,16 +33,42 @@ pub const MAX_KEYS: usize = 100_000;
 struct Slot {
     key_type: KeyType,
     current: SecretKey,
+    /// A MAC key's schedule, made once: each MAC would otherwise make it
+    /// again from the key's bytes.
+    current_mac: Option<MacKey>,
     previous: Option<(SecretKey, u64)>,
 }
 
 impl Slot {
+    fn new(key_type: KeyType, current: SecretKey, previous: Option<(SecretKey, u64)>) -> Slot {
+        let current_mac = matches!(key_type, KeyType::Tak | KeyType::Zak)
+            .then(|| MacKey::new(&current))
+            .flatten();
+        Slot {
+            key_type,
+            current,
+            current_mac,
+            previous,
+        }
+    }
+
     /// The replaced key, if still valid at `now_ms`.
     fn previous_at(&self, now_ms: u64) -> Option<&SecretKey> {
         self.previous
             .as_ref()
             .filter(|(_, until)| now_ms < *until)
             .map(|(k, _)| k)
+    }
+
+    /// `f` of the current key as a MAC key.
+    fn with_mac_key<T>(
+        &self,
+        f: impl FnOnce(&MacKey) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        match &self.current_mac {
+            Some(m) => f(m),
+            None => f(&prepared_mac_key(&self.current)?),
+        }
     }
 }
 
@@ -98,11 +124,7 @@ impl SoftHsm {
             let (entry, key) = store.get(&entry.name, &lmk)?;
             keys.insert(
                 KeyName::from(entry.name.as_str()),
-                Slot {
-                    key_type: entry.key_type,
-                    current: key,
-                    previous: None,
-                },
+                Slot::new(entry.key_type, key, None),
             );
         }
         Ok(SoftHsm {
@@ -119,16 +141,7 @@ impl SoftHsm {
     ) -> SoftHsm {
         let keys = keys
             .into_iter()
-            .map(|(name, t, k)| {
-                (
-                    KeyName::from(name.as_str()),
-                    Slot {
-                        key_type: t,
-                        current: k,
-                        previous: None,
-                    },
-                )
-            })
+            .map(|(name, t, k)| (KeyName::from(name.as_str()), Slot::new(t, k, None)))
             .collect();
         SoftHsm {
             keys: RwLock::new(keys),
@@ -188,14 +201,7 @@ impl SoftHsm {
         let previous = keys
             .remove(name)
             .map(|old| (old.current, now_ms.saturating_add(overlap_ms)));
-        keys.insert(
-            KeyName::from(name),
-            Slot {
-                key_type,
-                current: key,
-                previous,
-            },
-        );
+        keys.insert(KeyName::from(name), Slot::new(key_type, key, previous));
         Ok(())
     }
 
@@ -254,7 +260,7 @@ impl SoftHsm {
                 len,
             } => {
                 let slot = lookup(&keys, key, &[KeyType::Tak, KeyType::Zak])?;
-                let full = full_mac(&slot.current, *algorithm, data)?;
+                let full = slot.with_mac_key(|k| full_mac_with(k, *algorithm, data))?;
                 if !(4..=full.len()).contains(len) {
                     return Err(HsmError::BadInput(format!("a MAC of {len} bytes")));
                 }
@@ -268,7 +274,7 @@ impl SoftHsm {
             } => {
                 let slot = lookup(&keys, key, &[KeyType::Tak, KeyType::Zak])?;
                 match (
-                    verify_mac(&slot.current, *algorithm, data, mac),
+                    slot.with_mac_key(|k| verify_mac_with(k, *algorithm, data, mac)),
                     slot.previous_at(now_ms),
                 ) {
                     (Err(HsmError::MacMismatch), Some(old)) => {
@@ -429,23 +435,35 @@ fn mac_error(e: MacError) -> HsmError {
     }
 }
 
+/// `key` as a MAC key (its schedule made).
+pub fn prepared_mac_key(key: &SecretKey) -> Result<MacKey, HsmError> {
+    MacKey::new(key).ok_or_else(|| HsmError::BadInput(format!("MAC key {}", key.describe())))
+}
+
 /// The whole MAC value (8 bytes for TDES, 16 for AES-CMAC).
 pub fn full_mac(
     key: &SecretKey,
     algorithm: MacAlgorithm,
     data: &[u8],
 ) -> Result<MacValue, HsmError> {
+    full_mac_with(&prepared_mac_key(key)?, algorithm, data)
+}
+
+/// [`full_mac`] under a prepared key.
+pub fn full_mac_with(
+    key: &MacKey,
+    algorithm: MacAlgorithm,
+    data: &[u8],
+) -> Result<MacValue, HsmError> {
     let mut out = MacValue::new();
     match algorithm {
-        MacAlgorithm::Retail => out.try_extend_from_slice(
-            &mac::retail_mac(key, data, Padding::Method1).map_err(mac_error)?,
-        ),
-        MacAlgorithm::TdesCbc => out.try_extend_from_slice(
-            &mac::tdes_cbc_mac(key, data, Padding::Method1).map_err(mac_error)?,
-        ),
-        MacAlgorithm::AesCmac => {
-            out.try_extend_from_slice(&mac::cmac(key, data).map_err(mac_error)?)
+        MacAlgorithm::Retail => {
+            out.try_extend_from_slice(&key.retail(data, Padding::Method1).map_err(mac_error)?)
         }
+        MacAlgorithm::TdesCbc => {
+            out.try_extend_from_slice(&key.tdes_cbc(data, Padding::Method1).map_err(mac_error)?)
+        }
+        MacAlgorithm::AesCmac => out.try_extend_from_slice(&key.cmac(data).map_err(mac_error)?),
     }
     .map_err(|_| HsmError::BadInput("MAC longer than 16 bytes".into()))?;
     Ok(out)
@@ -459,12 +477,18 @@ pub fn verify_mac(
     data: &[u8],
     received: &[u8],
 ) -> Result<(), HsmError> {
-    match algorithm {
-        MacAlgorithm::Retail => mac::verify_retail_mac(key, data, Padding::Method1, received),
-        MacAlgorithm::TdesCbc => mac::verify_tdes_cbc_mac(key, data, Padding::Method1, received),
-        MacAlgorithm::AesCmac => mac::verify_cmac(key, data, received),
-    }
-    .map_err(mac_error)
+    verify_mac_with(&prepared_mac_key(key)?, algorithm, data, received)
+}
+
+/// [`verify_mac`] under a prepared key.
+pub fn verify_mac_with(
+    key: &MacKey,
+    algorithm: MacAlgorithm,
+    data: &[u8],
+    received: &[u8],
+) -> Result<(), HsmError> {
+    let full = full_mac_with(key, algorithm, data)?;
+    mac::compare(&full, received).map_err(mac_error)
 }
 
 #[cfg(test)]

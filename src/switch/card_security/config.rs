@@ -109,6 +109,20 @@ table! {
         /// The zone master key: the host's 0800 with DE70 161 brings a new
         /// ZPK and ZAK under it.
         zmk: Option<String> = None;
+        /// The fields the zone's MACs cover, in this order (their data as
+        /// on the wire, length prefixes left out); empty: the whole
+        /// message. As a terminal profile's `mac_fields`.
+        mac_fields: Vec<u16> = Vec::new();
+    }
+}
+
+/// A MAC field list names data elements 2..=127, never the MAC field.
+fn check_mac_fields(s: &mut Section, fields: &[u16]) {
+    for (j, &n) in fields.iter().enumerate() {
+        if !(2..=127).contains(&n) || n == 64 {
+            let message = format!("{n}: a data element 2..=127 other than 64");
+            s.problem(&format!("mac_fields[{j}]"), message);
+        }
     }
 }
 
@@ -431,12 +445,7 @@ impl TerminalProfileFile {
                 s.problem(k, "with a tmk, name the key per terminal (`t-{terminal}.tpk`): a key change changes one terminal's keys");
             }
         }
-        for (j, &n) in self.mac_fields.iter().enumerate() {
-            if !(2..=127).contains(&n) || n == 64 {
-                let message = format!("{n}: a data element 2..=127 other than 64");
-                s.problem(&format!("mac_fields[{j}]"), message);
-            }
-        }
+        check_mac_fields(s, &self.mac_fields);
         Some(TerminalProfile {
             mac_fields: self.mac_fields,
             tmk,
@@ -458,6 +467,10 @@ impl AcquirerSecurityFile {
     pub(crate) fn validate(mut self, s: &mut Section) -> AcquirerSecurity {
         self.check_ranges(s);
         let mac_algorithm = mac_algorithm(s, &self.mac_algorithm);
+        check_mac_fields(s, &self.mac_fields);
+        if self.mac == "off" && !self.mac_fields.is_empty() {
+            s.problem("mac_fields", "only with mac = \"require\"");
+        }
         let mac = match (self.mac.as_str(), self.mac_key) {
             ("off", _) => None,
             ("require", Some(k)) => Some((mac_algorithm, KeyName::from(k.as_str()))),
@@ -489,6 +502,7 @@ impl AcquirerSecurityFile {
                 .pin_key
                 .map(|k| (KeyName::from(k.as_str()), pin_format)),
             zmk: self.zmk.map(|k| KeyName::from(k.as_str())),
+            mac_fields: self.mac_fields,
             key_overlap_ms: 0,
             de53: self.de53,
             hsm: None,

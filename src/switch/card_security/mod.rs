@@ -301,6 +301,9 @@ pub struct AcquirerSecurity {
     /// The zone master key the host's new ZPK and ZAK come under (0800,
     /// DE70 161).
     pub zmk: Option<KeyName>,
+    /// The fields the zone's MACs cover, in this order; empty: the whole
+    /// message.
+    pub mac_fields: Vec<u16>,
     /// `[security] key_overlap_ms`, copied for the links.
     pub key_overlap_ms: u64,
     /// DE52 translated to this zone PIN key, in this format.
@@ -470,17 +473,61 @@ pub fn pack_with_mac(
     Ok(())
 }
 
-/// `msg` again, with a MAC under `key`.
+/// MACs `msg` under `key` in place when it already ends with its MAC
+/// field (a placeholder, or another key's MAC): `out`, the message's own
+/// bytes, gets the new MAC in that field and nothing else is copied or
+/// packed again. `None` when `msg` has no MAC field last (the caller
+/// packs it with one).
+pub fn remac_in_place(
+    hsm: &SoftHsm,
+    algorithm: MacAlgorithm,
+    key: &KeyName,
+    fields: &[u16],
+    msg: &Message,
+    out: &mut [u8],
+) -> Option<Result<(), String>> {
+    let parts = msg.mac_parts().ok()?;
+    debug_assert_eq!(out, &msg.frame()[..], "the message's own bytes");
+    let field = parts.field;
+    let data = if fields.is_empty() {
+        msg.frame().slice(..parts.data.len())
+    } else {
+        let mut d = Vec::with_capacity(128);
+        crate::iso8583::mac_field::field_list_input(msg, fields, &mut d);
+        Bytes::from(d)
+    };
+    let filled = crate::iso8583::mac_field::fill_trailing_mac(msg.spec(), field, out, |_, len| {
+        match hsm.execute(&HsmCommand::GenerateMac {
+            key: key.clone(),
+            algorithm,
+            data,
+            len,
+        }) {
+            Ok(HsmReply::Mac(m)) => MacBytes::try_from(&m[..]).map_err(|e| e.to_string()),
+            Ok(other) => Err(format!("the HSM answered {}", reply_name(&other))),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    Some(filled.map_err(|e| e.to_string()))
+}
+
+/// `msg` again, with a MAC under `key` over the whole message or, with
+/// `fields`, over those.
 pub fn seal(
     hsm: &SoftHsm,
     algorithm: MacAlgorithm,
     key: &KeyName,
+    fields: &[u16],
     msg: &Message,
 ) -> Result<Bytes, String> {
+    let mut own = BytesMut::from(&msg.frame()[..]);
+    if let Some(done) = remac_in_place(hsm, algorithm, key, fields, msg, &mut own) {
+        return done.map(|()| own.freeze());
+    }
     let mut b = MessageBuilder::new(msg.spec(), msg.mti());
     b.copy_all(msg);
     let mut out = BytesMut::with_capacity(msg.frame().len() + 32);
-    pack_with_mac(hsm, algorithm, key, &[], &b, &mut out)?;
+    pack_with_mac(hsm, algorithm, key, fields, &b, &mut out)?;
     Ok(out.freeze())
 }
 
@@ -489,12 +536,13 @@ pub fn seal(
 pub fn seal_later(
     algorithm: MacAlgorithm,
     key: &KeyName,
+    fields: &[u16],
     msg: &Message,
 ) -> Result<(BytesMut, MacToMake), String> {
     let mut b = MessageBuilder::new(msg.spec(), msg.mti());
     b.copy_all(msg);
     let mut out = BytesMut::with_capacity(msg.frame().len() + 32);
-    let mac = pack_for_mac(algorithm, key, &[], &b, &mut out)?;
+    let mac = pack_for_mac(algorithm, key, fields, &b, &mut out)?;
     Ok((out, mac))
 }
 

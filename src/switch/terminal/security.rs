@@ -148,6 +148,17 @@ impl<J: JournalAppend> TerminalCore<J> {
                 None => b.remove(53),
             };
         }
+        // A zone that MACs its requests gets this one with a placeholder
+        // MAC that the link overwrites in place, rather than packing it
+        // all again to add the field.
+        if acquirer.security.mac.is_some() && matches!(msg.mti().class(), 1 | 2 | 4) {
+            let mut out = BytesMut::with_capacity(msg.frame().len() + 16);
+            let placeholder =
+                b.pack_with_mac(&mut out, |_, len| Ok(std::iter::repeat_n(0, len).collect()));
+            if placeholder.is_ok() {
+                return Ok(out.freeze());
+            }
+        }
         match b.to_bytes() {
             Ok(out) => Ok(out.freeze()),
             Err(e) => {
@@ -312,10 +323,22 @@ impl<J: JournalAppend> TerminalCore<J> {
         let Some(key) = profile.mac_key.as_ref().filter(|_| profile.macs_answers()) else {
             return Ok(());
         };
+        let key = key.name(tid.trimmed());
+        if let Hsm::Soft(h) = &sec.hsm
+            && let Some(done) = card_security::remac_in_place(
+                h,
+                profile.mac_algorithm,
+                &key,
+                &profile.mac_fields,
+                &answer,
+                &mut self.wbuf[start..],
+            )
+        {
+            return done;
+        }
         let mut b = MessageBuilder::new(self.spec, answer.mti());
         b.copy_all(&answer);
         let mut out = BytesMut::with_capacity(answer.frame().len() + 32);
-        let key = key.name(tid.trimmed());
         match &sec.hsm {
             Hsm::Soft(h) => card_security::pack_with_mac(
                 h,

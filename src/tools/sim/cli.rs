@@ -93,6 +93,11 @@ pub struct SimArgs {
     /// The MAC algorithm of --zak: retail, tdes-cbc or aes-cmac.
     #[arg(long, default_value = "retail")]
     pub mac_algorithm: String,
+    /// With --zak: the MACs cover these fields' data, in this order
+    /// (`2,3,4,11,41`, as the acquirer's `mac_fields`); default: the
+    /// whole message.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub mac_fields: Vec<u16>,
     /// Zone PIN key (ZPK) in --keys: DE52 of 0100/0200 must decrypt to a
     /// valid PIN block under it (81 otherwise).
     #[arg(long, value_name = "NAME")]
@@ -117,6 +122,9 @@ impl SimArgs {
             if self.expect_pin.is_some() {
                 return Err("--expect-pin needs --zpk".into());
             }
+            if !self.mac_fields.is_empty() {
+                return Err("--mac-fields needs --zak".into());
+            }
             return Ok(None);
         }
         let Some(path) = &self.keys else {
@@ -140,7 +148,12 @@ impl SimArgs {
                 )
             })?;
         let mac = match &self.zak {
-            Some(n) => Some((algorithm, get("--zak", n)?)),
+            Some(n) => {
+                let key = get("--zak", n)?;
+                let prepared = crate::security::mac::MacKey::new(&key)
+                    .ok_or_else(|| format!("--zak {n}: not a MAC key ({})", key.describe()))?;
+                Some((algorithm, prepared))
+            }
             None => None,
         };
         let pin_key = match &self.zpk {
@@ -152,7 +165,20 @@ impl SimArgs {
         {
             return Err("--expect-pin: 4 to 12 digits".into());
         }
+        if let Some(n) = self
+            .mac_fields
+            .iter()
+            .find(|&&n| !(2..=127).contains(&n) || n == 64)
+        {
+            return Err(format!(
+                "--mac-fields: {n}: a data element 2..=127 other than 64"
+            ));
+        }
+        if mac.is_none() && !self.mac_fields.is_empty() {
+            return Err("--mac-fields needs --zak".into());
+        }
         Ok(Some(Arc::new(super::zone::ZoneKeys {
+            mac_fields: self.mac_fields.clone(),
             mac,
             pin_key,
             expected_pin: self.expect_pin.clone(),

@@ -9,10 +9,12 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::frame::LengthHeader;
+use crate::iso8583::mac_field::{field_list_input, fill_trailing_mac};
 use crate::iso8583::{Message, MessageBuilder};
 use crate::security::SecretKey;
 use crate::security::hsm::MacAlgorithm;
-use crate::security::hsm::soft::{full_mac, verify_mac};
+use crate::security::hsm::soft::{full_mac_with, verify_mac_with};
+use crate::security::mac::MacKey;
 use crate::security::pinblock::{self, EncryptedPinBlock, PinFormat};
 
 /// Incorrect PIN: the block is valid but not the PIN expected.
@@ -20,7 +22,11 @@ pub const INCORRECT_PIN: [u8; 2] = *b"55";
 
 /// The zone keys, and the PIN every card is taken to have.
 pub struct ZoneKeys {
-    pub mac: Option<(MacAlgorithm, SecretKey)>,
+    /// The ZAK, its schedule made once.
+    pub mac: Option<(MacAlgorithm, MacKey)>,
+    /// The fields the MACs cover, in this order; empty: the whole message
+    /// (as the acquirer's `mac_fields`).
+    pub mac_fields: Vec<u16>,
     pub pin_key: Option<SecretKey>,
     pub expected_pin: Option<String>,
 }
@@ -40,9 +46,18 @@ impl ZoneKeys {
     pub fn check(&self, msg: &Message, decision: bool) -> (Option<[u8; 2]>, Checked) {
         let mut seen = Checked::default();
         if let Some((algorithm, key)) = &self.mac {
-            let ok = msg
-                .mac_parts()
-                .is_ok_and(|p| verify_mac(key, *algorithm, p.data, &p.mac).is_ok());
+            let ok = msg.mac_parts().is_ok_and(|p| {
+                let listed;
+                let data = if self.mac_fields.is_empty() {
+                    p.data
+                } else {
+                    let mut d = Vec::with_capacity(128);
+                    field_list_input(msg, &self.mac_fields, &mut d);
+                    listed = d;
+                    &listed[..]
+                };
+                verify_mac_with(key, *algorithm, data, &p.mac).is_ok()
+            });
             if !ok {
                 seen.mac_refused = true;
                 return (Some(crate::codes::SECURITY_VIOLATION), seen);
@@ -104,12 +119,27 @@ impl ZoneKeys {
             b.copy_all(&answer);
             out.truncate(at);
             let start = framing.begin(out);
-            b.pack_with_mac(out, |data, len| {
-                full_mac(key, *algorithm, data)
+            let mac = |data: &[u8], len: usize| {
+                full_mac_with(key, *algorithm, data)
                     .map(|m| m.into_iter().take(len).collect())
                     .map_err(|e| e.to_string())
-            })
-            .map_err(|e| e.to_string())?;
+            };
+            if self.mac_fields.is_empty() {
+                b.pack_with_mac(out, mac).map_err(|e| e.to_string())?;
+            } else {
+                // The listed fields' bytes are known once packed: with a
+                // placeholder first, then the MAC filled in.
+                let body_at = out.len();
+                b.pack_with_mac(out, |_, len| Ok(std::iter::repeat_n(0, len).collect()))
+                    .map_err(|e| e.to_string())?;
+                let packed = Bytes::copy_from_slice(&out[body_at..]);
+                let msg = Message::parse(packed, spec).map_err(|e| e.to_string())?;
+                let field = msg.mac_parts().map_err(|e| e.to_string())?.field;
+                let mut data = Vec::with_capacity(128);
+                field_list_input(&msg, &self.mac_fields, &mut data);
+                fill_trailing_mac(spec, field, &mut out[body_at..], |_, len| mac(&data, len))
+                    .map_err(|e| e.to_string())?;
+            }
             framing.finish(out, start).map_err(|e| e.to_string())
         })();
         if result.is_err() {

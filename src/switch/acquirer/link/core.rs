@@ -903,11 +903,17 @@ impl<R> LinkCore<R> {
         }
         match hsm {
             Hsm::Soft(h) => {
-                let sealed = crate::switch::card_security::seal(h, *algorithm, key, &msg)?;
+                let sealed =
+                    crate::switch::card_security::seal(h, *algorithm, key, &sec.mac_fields, &msg)?;
                 Ok(Sealed::Now(sealed, EchoSpans::UNKNOWN))
             }
             Hsm::Network(n) => {
-                let (body, made) = crate::switch::card_security::seal_later(*algorithm, key, &msg)?;
+                let (body, made) = crate::switch::card_security::seal_later(
+                    *algorithm,
+                    key,
+                    &sec.mac_fields,
+                    &msg,
+                )?;
                 Ok(Sealed::Later(body, made, n.timeout()))
             }
         }
@@ -924,7 +930,14 @@ impl<R> LinkCore<R> {
             return AnswerMac::Holds;
         }
         use crate::switch::card_security::{MacMode, mac_check_command, mac_verdict};
-        let checked = match mac_check_command(MacMode::Require, *algorithm, Some(key), &[], msg) {
+        let command = mac_check_command(
+            MacMode::Require,
+            *algorithm,
+            Some(key),
+            &sec.mac_fields,
+            msg,
+        );
+        let checked = match command {
             Ok(Some(command)) => match hsm {
                 Hsm::Soft(h) => mac_verdict(h.execute_at(&command, now.unix_ms)),
                 Hsm::Network(n) => return AnswerMac::Later(command, n.timeout()),
