@@ -43,6 +43,12 @@ rewrite() { # config out
         -e 's/^links = \["127.0.0.1:9583"\]/links = ["127.0.0.1:39583"]/' \
         -e "s/^durability = .*/durability = \"${DURABILITY:-none}\"/" \
         -e "s|^dir = \"journal\"|dir = \"$work/journal\"|" "$1" > "$2"
+    # The store (on by default) in the run's directory too, emptied with
+    # the journal: a store kept across runs already holds their transaction
+    # ids, and would export less than the run made.
+    if ! grep -q '^\[store\]' "$2"; then
+        printf '\n[store]\nurl = "sqlite://%s/store/switchyard.db"\n' "$work" >> "$2"
+    fi
 }
 rewrite "$A_CONFIG" "$work/a.toml"
 rewrite "$B_CONFIG" "$work/b.toml"
@@ -65,7 +71,7 @@ limit_rate() { # c k
 }
 
 switch_rate() { # binary config c k
-    rm -rf "$work/journal"   # each run recovers an empty journal, not the last runs'
+    rm -rf "$work/journal" "$work/store"   # each run recovers an empty journal, not the last runs'
     "$1" sim --listen 127.0.0.1:39583 >/dev/null 2>&1 & pids+=($!)
     wait_port 39583
     "$1" run --config "$2" >"$work/switch.log" 2>&1 & pids+=($!)
@@ -78,7 +84,7 @@ switch_rate() { # binary config c k
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 switch_cpu() { # binary config -> microseconds of switch CPU per answered request
-    rm -rf "$work/journal"
+    rm -rf "$work/journal" "$work/store"
     "$1" sim --listen 127.0.0.1:39583 >/dev/null 2>&1 & pids+=($!)
     wait_port 39583
     "$1" run --config "$2" >"$work/switch.log" 2>&1 & local sw=$!; pids+=($sw)
