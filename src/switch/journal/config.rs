@@ -40,7 +40,7 @@ table! {
         retention_hours: u64 = 24 * 7, in 1..=87_600;
         max_bytes: Option<u64> = None, in 65_536..=1 << 50;
         queue_capacity: usize = 65_536, in 1..=16_777_216;
-        syncs_in_flight: usize = 4, in 1..=16;
+        syncs_in_flight: usize = 1, in 1..=16;
     }
 }
 

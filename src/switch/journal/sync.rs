@@ -1,16 +1,18 @@
-//! Group commits in flight together (durability `fsync`).
+//! Group commit pipelined (durability `fsync`).
 //!
 //! The writer thread only writes: it hands "everything up to sequence N is
-//! written" to a small pool of sync threads, and goes back to the queue.
-//! An idle sync thread takes the newest written sequence number, calls
-//! `fdatasync`, and publishes that number as durable. While one sync is
-//! under way the next group is already being gathered and written, and a
-//! second sync can start at once instead of waiting for the first: on this
-//! machine's disk four `fdatasync` calls in flight complete about three
-//! times as many commits a second as one at a time, each in about the same
-//! time, so a record waits for one sync rather than for the end of the one
-//! before it plus its own (write + fdatasync loops in 1, 2 and 4 threads;
-//! the switch's figures are in docs/BENCHMARKS.md).
+//! written" to the sync threads, and goes back to the queue. An idle sync
+//! thread takes the newest written sequence number, calls `fdatasync`, and
+//! publishes that number as durable. While a sync is under way the next
+//! group is already being gathered, encoded and written.
+//!
+//! One sync thread by default (`syncs_in_flight`): on this machine's disk
+//! several `fdatasync` calls in flight complete more commits a second
+//! (about three times as many with four, in write + fdatasync loops), but
+//! each takes longer and covers fewer records, and the switch's closed
+//! loop, where every transaction waits for two commits, measured slower
+//! with 2 or 4 than with 1 (docs/BENCHMARKS.md). A disk whose flushes
+//! overlap better may do better with more.
 //!
 //! Why it is safe: an `fdatasync` that starts after `write` returned for
 //! records up to N makes them all durable when it returns (it writes back
