@@ -10,6 +10,14 @@
 #   bash loadtest/store-bench.sh                  # 1 round, 5 s each
 #   ROUNDS=3 DURATION=10s bash loadtest/store-bench.sh
 #
+# The exporter's own CPU per row, which other load on the machine barely
+# moves (the figure to compare between builds): an open loop at a fixed
+# rate, only the store modes, and optionally a perf profile of the
+# exporter thread (loadtest/results/store-bench-MODE.perf.data):
+#
+#   RATE=20000 DURATION=10s MODES="sqlite postgres" bash loadtest/store-bench.sh
+#   RATE=20000 MODES=sqlite PERF=1 bash loadtest/store-bench.sh
+#
 # PostgreSQL: a private server for the run (Debian's initdb and pg_ctl,
 # as the `postgres` user when root), fsync on, on a free loopback port;
 # stopped at the end. Output: loadtest/results/store-bench.md.
@@ -19,6 +27,16 @@ cd "$(dirname "$0")/.."
 LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-1}
+MODES=${MODES:-"off sqlite postgres"}
+RATE=${RATE:-}
+PERF=${PERF:-}
+if [ -n "$RATE" ]; then
+    shape=(--rate "$RATE" --connections 64 --threads 1)
+    SHAPE="open loop $RATE/s over 64 connections"
+else
+    shape=(--connections 64 --in-flight 1 --threads 1)
+    SHAPE="closed loop 64 x 1"
+fi
 OUT=loadtest/results
 mkdir -p "$OUT"
 cargo build --release --quiet --bin switchyard -p switchyard
@@ -90,6 +108,8 @@ config_for() { # MODE -> config file
         postgres) printf '\n[store]\nenabled = true\nurl = "postgres://switchyard@127.0.0.1:%s/%s"\n' \
             "$PG_PORT" "$2" >> "$file" ;;
     esac
+    # Extra [store] keys for an experiment, e.g. STORE_EXTRA="poll_interval_ms = 100".
+    [ -n "${STORE_EXTRA:-}" ] && [ "$mode" != off ] && printf '%s\n' "$STORE_EXTRA" >> "$file"
     echo "$file"
 }
 
@@ -112,20 +132,38 @@ run() { # ROUND MODE
     pids+=($switch)
     wait_until curl -sf "http://127.0.0.1:$ADMIN_PORT/health"
     [ "$mode" = postgres ] && pg0=$(pg_cpu)
+    exporter=$(grep -l '^store-export$' /proc/"$switch"/task/*/comm 2>/dev/null | head -1 || true)
+    local cpu0=0 cpu1=0 perf=""
+    [ -n "$exporter" ] && cpu0=$(cpu_of "${exporter%comm}stat")
+    if [ -n "$PERF" ] && [ -n "$exporter" ]; then
+        local tid=${exporter%/comm}
+        perf record -q -g -t "${tid##*/}" -o "$OUT/store-bench-$mode.perf.data" >/dev/null 2>&1 &
+        perf=$!
+    fi
     "$BIN/loadtest" --target "127.0.0.1:$SWITCH_PORT" --duration "$DURATION" --warmup 1s \
         --no-progress --json "$OUT/store-bench-$mode.run$k.json" \
-        --connections 64 --in-flight 1 --threads 1 >/dev/null || true
+        "${shape[@]}" >/dev/null || true
+    # The exporter's backlog at the end counts too: wait (bounded) until
+    # it has caught up before reading its CPU and rows.
+    local lag_end="" lag
+    for _ in $(seq 1 100); do
+        lag=$(curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '$1 == "switchyard_store_export_lag_records" { print $2 }' | head -1)
+        lag_end=${lag_end:-${lag:-}}
+        [ "${lag:-0}" = 0 ] && break
+        sleep 0.1
+    done
+    [ -n "$perf" ] && { kill -INT "$perf"; wait "$perf" || true; }
     [ "$mode" = postgres ] && pg1=$(pg_cpu)
-    exporter=$(grep -l '^store-export$' /proc/"$switch"/task/*/comm 2>/dev/null | head -1 || true)
     local cpu=0
-    [ -n "$exporter" ] && cpu=$(cpu_of "${exporter%comm}stat")
-    curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" >"$OUT/store-bench-$mode.run$k.metrics" || true
+    [ -n "$exporter" ] && cpu1=$(cpu_of "${exporter%comm}stat") && cpu=$(echo "$cpu1 - $cpu0" | bc)
+    curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" >"$OUT/store-bench-$mode.run$k.metrics0" || true
+    mv "$OUT/store-bench-$mode.run$k.metrics0" "$OUT/store-bench-$mode.run$k.metrics" 2>/dev/null || true
     local m="$OUT/store-bench-$mode.run$k.metrics"
-    local rate written lag
+    local rate written
     rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['achieved_rate']))" \
         "$OUT/store-bench-$mode.run$k.json" 2>/dev/null || echo "?")
     written=$(metric switchyard_store_rows_written_total "$m")
-    lag=$(metric switchyard_store_export_lag_records "$m")
+    lag=${lag_end:-}
     local per_row="-" pg="-"
     if [ -n "${written:-}" ] && [ "${written%.*}" -gt 0 ]; then
         per_row=$(echo "scale=2; $cpu * 1000000 / $written" | bc)
@@ -140,7 +178,7 @@ run() { # ROUND MODE
 }
 
 for k in $(seq 1 "$ROUNDS"); do
-    for mode in off sqlite postgres; do
+    for mode in $MODES; do
         run "$k" "$mode"
     done
 done
@@ -149,9 +187,9 @@ done
     echo "# The store's cost by back end"
     echo
     echo "$(nproc) cores, $(uname -sr), $(date -u '+%Y-%m-%d %H:%M UTC'); load average before: $LOAD_BEFORE."
-    echo "Closed loop 64 x 1, $DURATION after 1 s warmup, durability none; PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), fsync on, same machine."
+    echo "${SHAPE^}, $DURATION after 1 s warmup, durability none; PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), fsync on, same machine."
     echo
-    echo "| round | store | transactions/s | rows written | lag at the end (records) | exporter CPU s | exporter µs/row | PostgreSQL server µs/row |"
+    echo "| round | store | transactions/s | rows written | lag at the end (records) | exporter CPU s (during the load) | exporter µs/row | PostgreSQL server µs/row |"
     echo "|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
 } > "$OUT/store-bench.md"

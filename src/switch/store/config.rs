@@ -141,7 +141,10 @@ table! {
         /// exporter fall behind (each commit rewrites the hot index pages).
         batch_max: usize = 20_000, in 1..=100_000;
         retention_days: u64 = 400, in 1..=36_500;
-        poll_interval_ms: u64 = 20, in 1..=10_000;
+        /// 100: at 20 ms, a batch of a few hundred rows per commit made the
+        /// SQLite exporter cost ~20% more CPU per row (loadtest/store-bench.sh,
+        /// docs/BENCHMARKS.md); the lag stays a tenth of a second.
+        poll_interval_ms: u64 = 100, in 1..=10_000;
     }
 }
 

@@ -138,7 +138,8 @@ on_both!(async exports_a_journal_across_segments_in_small_batches_and_resumes,
     a_business_day_reads_back_and_reports_to_the_cent,
     the_exporter_thread_applies_retention_at_start,
     a_store_that_lost_commits_is_exported_again_from_where_it_is,
-    the_thread_follows_the_watermark_while_the_journal_grows);
+    the_thread_follows_the_watermark_while_the_journal_grows,
+    full_batches_go_at_once_and_the_stop_drains_without_the_wait);
 on_both!(
     a_store_ahead_of_the_journal_is_refused,
     retention_deletes_only_rows_older_than_configured,
@@ -560,6 +561,43 @@ async fn the_thread_follows_the_watermark_while_the_journal_grows(kind: Kind) {
     block_in_place(|| {
         handle.stop();
         check_rows(&all_rows(&mut *db.store()), 120);
+    });
+    journal.close();
+}
+
+/// The thread waits `poll_interval` only after a batch that reached the
+/// watermark: a backlog of many full batches goes at once (here the wait
+/// is a minute, the backlog 20-odd batches), and a stop drains what
+/// became durable during the wait without waiting it out.
+async fn full_batches_go_at_once_and_the_stop_drains_without_the_wait(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = Db::new(kind, dir.path()) else {
+        return;
+    };
+    let (journal, _) = Journal::open(&journal_config(dir.path())).expect("journal");
+    let first = journal_traffic(&journal, 100, 6_000_000);
+    durable(&journal, first).await;
+    assert!(
+        first > 16 * 10,
+        "a backlog of many batches: {first} records"
+    );
+    let mut slow = settings(dir.path(), 16);
+    slow.poll_interval = Duration::from_secs(60);
+    let e = block_in_place(|| Exporter::new(slow, db.store())).expect("exporter");
+    let handle = e.spawn(journal.durable()).expect("thread");
+    let mut exported = handle.exported();
+    tokio::time::timeout(Duration::from_secs(20), exported.wait_for(|&p| p >= first))
+        .await
+        .expect("full batches exported one after the other, no poll wait between")
+        .expect("exporter running");
+    // Now caught up and waiting its minute: more becomes durable.
+    let last = journal_traffic_from(&journal, 101, 10, 7_000_000);
+    durable(&journal, last).await;
+    block_in_place(|| {
+        handle.stop();
+        let mut store = db.store();
+        assert_eq!(store.export_position(NODE).expect("position"), last);
+        check_rows(&all_rows(&mut *store), 110);
     });
     journal.close();
 }
