@@ -83,10 +83,17 @@ backoff_max_ms = 200
 default = "acquirer-a"
 [journal]
 dir = "{journal}"
+[store]
+url = "sqlite://{store}"
 [fraud]
 pan_key = "000102030405060708090a0b0c0d0e0f"
 "#,
-            journal = journal.display()
+            journal = journal.display(),
+            // Each switch its own store beside its journal: the default
+            // (data/switchyard.db in the working directory) would be shared
+            // by both and kept across runs, and a store's export position
+            // ahead of a switch's journal refuses its start.
+            store = dir.join(format!("{name}-store/switchyard.db")).display()
         );
         std::fs::write(&config, text).expect("config");
         SwitchSlot {
