@@ -522,6 +522,8 @@ impl ConfigFile {
         }
         let routing = self.routing.validate(&mut s.sub("routing"), &names);
         let settlement = self.settlement.validate(&mut s.sub("settlement"));
+        let journal = self.journal.validate(&mut s.sub("journal"));
+        let store = self.store.validate(&mut s.sub("store"), &journal.dir);
         for (i, (name, _)) in settlement.profile_close_codes.iter().enumerate() {
             let known = (security.as_ref()).is_some_and(|sec| sec.profiles.named(name).is_some());
             if !known {
@@ -539,9 +541,9 @@ impl ConfigFile {
             routing,
             acquirers,
             fraud: self.fraud.validate(&mut s.sub("fraud")),
-            journal: self.journal.validate(&mut s.sub("journal")),
+            journal,
             saf: self.saf.validate(&mut s.sub("saf")),
-            store: self.store.validate(&mut s.sub("store")),
+            store,
             analytics: self.analytics.validate(&mut s.sub("analytics")),
             settlement,
             security,

@@ -130,12 +130,27 @@ pub struct StoreConfig {
 
 pub const DEFAULT_URL: &str = "sqlite://data/switchyard.db";
 
+/// The embedded store when `url` is not set: `data/switchyard.db` beside
+/// the journal directory (`journal` -> `data/switchyard.db`, as
+/// [`DEFAULT_URL`]; `/var/x/journal` -> `/var/x/data/switchyard.db`). The
+/// store's export position names records of that journal: a store kept in
+/// the working directory while the journal moved or started afresh (as
+/// every load-test run with its own journal does) refused the next start.
+pub fn default_sqlite_path(journal_dir: &std::path::Path) -> PathBuf {
+    journal_dir
+        .parent()
+        .unwrap_or(std::path::Path::new(""))
+        .join("data")
+        .join("switchyard.db")
+}
+
 table! {
     pub(crate) StoreFile {
         /// On by default: settlement (the report, recon, the acquirer
         /// reconciliation) reads the store, and SQLite needs no server.
         enabled: bool = true;
-        url: String = DEFAULT_URL.into();
+        /// Unset: [`default_sqlite_path`].
+        url: Option<String> = None;
         node_id: String = "node-1".into();
         /// 20,000: at 115k transactions/s a smaller batch makes the
         /// exporter fall behind (each commit rewrites the hot index pages).
@@ -207,15 +222,19 @@ fn parse_postgres(url: &str) -> Result<Backend, String> {
 }
 
 impl StoreFile {
-    pub(crate) fn validate(mut self, s: &mut Section) -> StoreConfig {
+    pub(crate) fn validate(
+        mut self,
+        s: &mut Section,
+        journal_dir: &std::path::Path,
+    ) -> StoreConfig {
         self.check_ranges(s);
-        let backend = s.ok(
-            "url",
-            parse_url(&self.url),
-            Backend::Sqlite {
-                path: PathBuf::from("data/switchyard.db"),
-            },
-        );
+        let default = Backend::Sqlite {
+            path: default_sqlite_path(journal_dir),
+        };
+        let backend = match &self.url {
+            Some(url) => s.ok("url", parse_url(url), default),
+            None => default,
+        };
         let id_ok = (1..=32).contains(&self.node_id.len())
             && self
                 .node_id
@@ -240,6 +259,40 @@ impl StoreFile {
 
 #[cfg(test)]
 mod tests {
+    /// Without a url the store sits beside the journal directory, so a
+    /// journal kept elsewhere (or started afresh there) has its own store.
+    #[test]
+    fn the_default_store_sits_beside_the_journal_directory() {
+        use crate::switch::config::Config;
+        let base =
+            "[[acquirers]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n[routing]\ndefault = \"a\"\n";
+        let shipped = Config::parse(base).expect("valid");
+        assert_eq!(
+            shipped.store.backend,
+            Backend::Sqlite {
+                path: PathBuf::from("data/switchyard.db")
+            }
+        );
+        let moved =
+            Config::parse(&format!("{base}[journal]\ndir = \"/var/sy/journal\"\n")).expect("valid");
+        assert_eq!(
+            moved.store.backend,
+            Backend::Sqlite {
+                path: PathBuf::from("/var/sy/data/switchyard.db")
+            }
+        );
+        let explicit = Config::parse(&format!(
+            "{base}[journal]\ndir = \"/var/sy/journal\"\n[store]\nurl = \"sqlite://x/y.db\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            explicit.store.backend,
+            Backend::Sqlite {
+                path: PathBuf::from("x/y.db")
+            }
+        );
+    }
+
     use std::path::PathBuf;
     use std::time::Duration;
 
