@@ -15,6 +15,8 @@
 //! `haproxy` must be installed (`.ci/run` installs it); without it the
 //! test fails under `CI=true` and is skipped, saying so, otherwise.
 
+#[path = "common/admin_http.rs"]
+mod admin_http;
 mod common;
 
 use std::collections::HashMap;
@@ -114,26 +116,12 @@ pan_key = "000102030405060708090a0b0c0d0e0f"
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["run", "--allow-dev-key", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("switchyard starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-        let banner = timeout(GUARD, lines.next_line())
-            .await
-            .expect("banner in time")
-            .expect("reads")
-            .unwrap_or_else(|| panic!("{}: no banner; log:\n{}", self.name, self.log_text()));
-        let parsed = Banner::parse(&banner).expect("a banner");
-        assert_eq!(parsed.terminals, self.terminals, "{banner}");
-        assert_eq!(parsed.admin, Some(self.admin), "{banner}");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, parsed) = admin_http::start_run(&self.config, log, || {
+            format!("{}:\n{}", self.name, self.log_text())
+        })
+        .await;
+        assert_eq!(parsed.terminals, self.terminals, "{}", self.name);
+        assert_eq!(parsed.admin, Some(self.admin), "{}", self.name);
         child
     }
 

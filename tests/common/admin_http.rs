@@ -1,6 +1,7 @@
 //! Operators and the admin API over a plain socket, for the tests of the
 //! admin endpoint and run-time changes (`tests/admin_auth.rs`,
-//! `tests/reload.rs`, `tests/operator_actions.rs`, `tests/settlement.rs`):
+//! `tests/reload.rs`, `tests/operator_actions.rs`, `tests/settlement.rs`;
+//! `tests/rolling_restart.rs` starts its switches with `start_run`):
 //! the users file
 //! made by the real binary (`switchyard user add`), a login with the TOTP
 //! code computed from the printed URI, requests with the session cookie, a
@@ -219,9 +220,19 @@ pub async fn login(admin: SocketAddr, user: &str, password: &str, secret: &[u8])
 /// process and its banner.
 pub async fn start_logged(d: &Dir) -> (tokio::process::Child, Banner) {
     let log = std::fs::File::create(&d.log).expect("log file");
+    start_run(&d.config, log, || d.log_text()).await
+}
+
+/// `switchyard run --config CONFIG` with its log (info) going to `log`:
+/// the process and its banner; `log_text` shows the log if no banner comes.
+pub async fn start_run(
+    config: &Path,
+    log: std::fs::File,
+    log_text: impl Fn() -> String,
+) -> (tokio::process::Child, Banner) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "--allow-dev-key", "--config"])
-        .arg(&d.config)
+        .arg(config)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(log)
@@ -234,7 +245,7 @@ pub async fn start_logged(d: &Dir) -> (tokio::process::Child, Banner) {
         .await
         .expect("banner in time")
         .expect("reads")
-        .unwrap_or_else(|| panic!("no banner; the log:\n{}", d.log_text()));
+        .unwrap_or_else(|| panic!("no banner; the log:\n{}", log_text()));
     let parsed = Banner::parse(&banner).unwrap_or_else(|| panic!("no address in banner: {banner}"));
     // Keep reading stdout so the process never blocks on it.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

@@ -37,8 +37,8 @@ use tokio::sync::watch;
 
 use super::Shared;
 
-/// The segment being written, as the sync threads know it.
-#[derive(Clone)]
+/// The segment being written, as the sync threads know it (shared: a sync
+/// takes it without copying its path).
 struct Segment {
     path: PathBuf,
     /// Bumped at each roll, so a sync thread knows to reopen.
@@ -47,7 +47,7 @@ struct Segment {
 
 #[derive(Default)]
 struct State {
-    segment: Option<Segment>,
+    segment: Option<Arc<Segment>>,
     /// Highest sequence number whose record `write` has put in the
     /// current segment.
     written: u64,
@@ -115,7 +115,7 @@ impl Syncer {
     pub(super) fn start_segment(&self, path: PathBuf) {
         let mut st = self.state();
         let generation = st.segment.as_ref().map_or(0, |s| s.generation + 1);
-        st.segment = Some(Segment { path, generation });
+        st.segment = Some(Arc::new(Segment { path, generation }));
     }
 
     /// Records up to `last_seq` are written to the current segment: an idle
