@@ -15,6 +15,14 @@
 # the end of each run (`switchyard_store_export_lag_records`) is printed
 # too: a store that keeps up shows a small one. Run it on a quiet machine;
 # say what else ran (the load average before is printed).
+#
+# EXPORTER_CORE=1: a box with a core for the exporter, which a production
+# switch has and this 2-core VM has not. Everything (load generator,
+# limit chain, simulator, switch) runs on CPU 0 (`taskset -c 0`), and the
+# switch's `store-export` thread is moved to CPU 1 once it is up. The loss
+# then shows what the exporter costs the hot path besides its CPU (locks,
+# the journal's file, caches); without it, the loss is mostly the
+# exporter's CPU taken from the same two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=${LIMIT:-../shared/limit}
@@ -29,6 +37,12 @@ LOADTEST=${LOADTEST:-target/release/loadtest}
 for tool in limit-host limit-switch; do
     [ -x "$LIMIT/bin/$tool" ] || { echo "store-ab.sh: no $LIMIT/bin/$tool (set LIMIT)" >&2; exit 1; }
 done
+on_chain=()
+if [ -n "${EXPORTER_CORE:-}" ]; then
+    command -v taskset >/dev/null || { echo "store-ab.sh: EXPORTER_CORE needs taskset (util-linux)" >&2; exit 1; }
+    [ "$(nproc)" -ge 2 ] || { echo "store-ab.sh: EXPORTER_CORE needs 2 cores" >&2; exit 1; }
+    on_chain=(taskset -c 0)
+fi
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores"
 
 work=$(mktemp -d)
@@ -57,14 +71,14 @@ url = \"sqlite://$work/store/switchyard.db\"" "$work/on.toml"
 rate() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["achieved_rate"])' "$1"; }
 
 load() { # port c k out
-    "$LOADTEST" --target "127.0.0.1:$1" --connections "$2" --in-flight "$3" --duration "$DURATION" \
+    "${on_chain[@]}" "$LOADTEST" --target "127.0.0.1:$1" --connections "$2" --in-flight "$3" --duration "$DURATION" \
         --warmup 1s --cards "$CARDS" --no-progress --json "$4" >"$4.txt" 2>&1 || true
 }
 
 limit_rate() { # c k
-    "$LIMIT/bin/limit-host" 127.0.0.1:29583 iso batch 0 & pids+=($!)
+    "${on_chain[@]}" "$LIMIT/bin/limit-host" 127.0.0.1:29583 iso batch 0 & pids+=($!)
     wait_port 29583
-    "$LIMIT/bin/limit-switch" 127.0.0.1:28583 127.0.0.1:29583 2 0 batch "$CARDS" 2>/dev/null & pids+=($!)
+    "${on_chain[@]}" "$LIMIT/bin/limit-switch" 127.0.0.1:28583 127.0.0.1:29583 2 0 batch "$CARDS" 2>/dev/null & pids+=($!)
     wait_port 28583
     load 28583 "$1" "$2" "$work/limit.json"
     stop
@@ -73,10 +87,17 @@ limit_rate() { # c k
 
 switch_rate() { # config c k -> rate [lag]
     rm -rf "$work/journal" "$work/store"
-    "$BIN" sim --listen 127.0.0.1:39583 >/dev/null 2>&1 & pids+=($!)
+    "${on_chain[@]}" "$BIN" sim --listen 127.0.0.1:39583 >/dev/null 2>&1 & pids+=($!)
     wait_port 39583
-    "$BIN" run --config "$1" >"$work/switch.log" 2>&1 & pids+=($!)
+    "${on_chain[@]}" "$BIN" run --config "$1" >"$work/switch.log" 2>&1 & pids+=($!)
+    local switch=$!
     wait_port 38583; sleep 1
+    if [ -n "${EXPORTER_CORE:-}" ]; then
+        local t
+        for t in /proc/"$switch"/task/*; do
+            [ "$(cat "$t/comm" 2>/dev/null)" = store-export ] && taskset -p -c 1 "${t##*/}" >/dev/null
+        done
+    fi
     load 38583 "$2" "$3" "$work/ours.json"
     local lag
     lag=$(curl -sf http://127.0.0.1:39090/metrics \

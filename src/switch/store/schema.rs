@@ -125,6 +125,21 @@ CREATE TABLE reconciliations (
 );
 ",
     },
+    // Version 1's lookups by terminal + STAN and by RRN: no query of the
+    // switch reads them (settlement reads a business date, the exporter
+    // the primary key, retention the first time), and on SQLite they
+    // were a third of the exporter's CPU a row (10.5 against 6.9 µs at
+    // 20,000/s, docs/BENCHMARKS.md), CPU the hot path shares on a small
+    // box. An operator who searches by RRN creates them again by hand
+    // (README.md); later migrations never touch them.
+    Migration {
+        version: 5,
+        description: "no lookup indexes by terminal + STAN and RRN",
+        sql: "
+DROP INDEX IF EXISTS transactions_terminal;
+DROP INDEX IF EXISTS transactions_rrn;
+",
+    },
 ];
 
 /// The PostgreSQL schema: the same tables, columns and indexes as
@@ -239,6 +254,21 @@ CREATE TABLE reconciliations (
     balance                 INTEGER,
     PRIMARY KEY (node_id, acquirer, business_date, currency)
 );
+",
+    },
+    // Version 1's lookups by terminal + STAN and by RRN: no query of the
+    // switch reads them (settlement reads a business date, the exporter
+    // the primary key, retention the first time), and on SQLite they
+    // were a third of the exporter's CPU a row (10.5 against 6.9 µs at
+    // 20,000/s, docs/BENCHMARKS.md), CPU the hot path shares on a small
+    // box. An operator who searches by RRN creates them again by hand
+    // (README.md); later migrations never touch them.
+    Migration {
+        version: 5,
+        description: "no lookup indexes by terminal + STAN and RRN",
+        sql: "
+DROP INDEX IF EXISTS transactions_terminal;
+DROP INDEX IF EXISTS transactions_rrn;
 ",
     },
 ];
