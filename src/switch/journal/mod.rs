@@ -122,6 +122,10 @@ struct Shared {
     /// on its own every `LAZY_INTERVAL` instead of on every append (a
     /// futex wake per transaction cost more than the rest of the switch).
     lazy: bool,
+    /// Durability `fsync`: the writer holds the records it encodes until
+    /// the sync in flight ends, and that sync's end wakes it; appends then
+    /// leave it asleep (a futex wake and a context switch per record saved).
+    gathering: AtomicBool,
     written: AtomicU64,
     fsyncs: AtomicU64,
     bytes: AtomicU64,
@@ -183,6 +187,7 @@ impl Journal {
             prepared_segments: Arc::default(),
             disk_bytes: AtomicU64::new(disk_bytes),
             lazy: config.durability == Durability::None,
+            gathering: AtomicBool::new(false),
         });
         // Everything recovered is on disk (the tail was synced if cut).
         let (tx, rx) = watch::channel(recovery.next_seq - 1);
@@ -280,6 +285,13 @@ impl Journal {
     pub fn wake(&self) {
         let s = &self.inner.shared;
         if s.lazy && s.reserved.load(Ordering::Relaxed) < s.queue.capacity() / 4 {
+            return;
+        }
+        // Pairs with the writer's fence after it stops gathering: either
+        // it sees `gathering` false here and unparks, or the writer's next
+        // drain sees the record pushed before this fence.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if s.gathering.load(Ordering::Relaxed) {
             return;
         }
         self.inner.writer.unpark();

@@ -68,6 +68,12 @@ struct Pool {
     durable: Arc<watch::Sender<u64>>,
     journal: Arc<Shared>,
     fsync_seconds: metrics::Histogram,
+    /// How many sync threads there are.
+    threads: usize,
+    /// The writer thread, unparked when a sync ends: while every sync
+    /// thread is busy it gathers records without writing them, and
+    /// sleeps until one is free (`Syncer::busy`).
+    writer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 pub(super) struct Syncer {
@@ -91,6 +97,8 @@ impl Syncer {
             durable,
             journal,
             fsync_seconds,
+            threads: threads.max(1),
+            writer: std::sync::OnceLock::new(),
         });
         let mut handles = Vec::with_capacity(threads.max(1));
         for i in 0..threads.max(1) {
@@ -108,6 +116,20 @@ impl Syncer {
 
     fn state(&self) -> MutexGuard<'_, State> {
         crate::sync::lock(&self.pool.state)
+    }
+
+    /// The writer thread calls this first: each sync's end unparks it.
+    pub(super) fn set_writer(&self, writer: std::thread::Thread) {
+        // Set once, by the one writer; a second call changes nothing.
+        let _ = self.pool.writer.set(writer);
+    }
+
+    /// Every sync thread is syncing: what the writer writes now waits for
+    /// one of them to end anyway, so it may gather instead. Each sync's
+    /// end unparks the writer (after `set_writer`).
+    pub(super) fn busy(&self) -> bool {
+        let st = self.state();
+        !st.failed && !st.stop && st.in_flight >= self.pool.threads
     }
 
     /// Records from now on go to the segment at `path`. The caller has
@@ -217,6 +239,9 @@ impl Pool {
             }
             drop(st);
             self.done.notify_all();
+            if let Some(w) = self.writer.get() {
+                w.unpark();
+            }
         }
     }
 

@@ -119,6 +119,9 @@ impl Writer {
     }
 
     pub(super) fn run(mut self) {
+        if let Some(syncer) = &self.syncer {
+            syncer.set_writer(std::thread::current());
+        }
         if self.fsync {
             let prepared = self.shared.prepared_segments.clone();
             match Preparer::spawn(&self.dir, self.segment_bytes, prepared) {
@@ -147,7 +150,13 @@ impl Writer {
                 continue;
             }
             let popped = self.drain()?;
-            if popped == 0 {
+            if popped > 0 {
+                self.take_pending()?;
+            }
+            if self.in_buf > 0 && !closing && self.gather()? {
+                continue;
+            }
+            if popped == 0 && self.in_buf == 0 {
                 if closing && self.shared.reserved.load(Ordering::SeqCst) == 0 {
                     return self.finish();
                 }
@@ -163,11 +172,35 @@ impl Writer {
                 }
                 continue;
             }
-            self.take_pending()?;
             if self.in_buf > 0 {
                 self.flush(self.next_encode - 1, self.in_buf)?;
             }
         }
+    }
+
+    /// Durability fsync, with records encoded and not written: while
+    /// every sync thread is busy, writing them now gains nothing (no sync
+    /// could take them before one ends), so the writer sleeps until a
+    /// sync's end wakes it and then writes the whole group at once: one
+    /// `write` for the group instead of one per wake, and appends meanwhile
+    /// do not wake it. True when it slept (the caller drains again).
+    fn gather(&mut self) -> io::Result<bool> {
+        let Some(syncer) = &self.syncer else {
+            return Ok(false);
+        };
+        if self.buf.len() >= MAX_GROUP_BYTES || !syncer.busy() {
+            return Ok(false);
+        }
+        let s = &self.shared;
+        s.gathering.store(true, Ordering::SeqCst);
+        // A sync that ended after `busy` above left its unpark as a token:
+        // park returns at once. A spurious return just gathers again.
+        std::thread::park();
+        s.gathering.store(false, Ordering::Relaxed);
+        // Pairs with the fence in `Journal::wake`: a record whose append
+        // saw `gathering` still set is seen by the next drain.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Ok(true)
     }
 
     /// Pops what the queue holds (at most one queue's worth, or until the
