@@ -115,6 +115,19 @@ pub enum HsmCommand {
         key_type: KeyType,
         algorithm: Algorithm,
         export_under: Option<KeyName>,
+        /// The name the block is made for (its `LB` label block), so it
+        /// can go in the key store under that name.
+        label: Option<KeyName>,
+    },
+    /// A double-length TDES key that came under the zone master key `zmk`
+    /// (`under`: 32 hex digits of its ECB encryption), as a key block
+    /// under the LMK with its KCV (nothing exported). The caller compares
+    /// the KCV with the one that came with the key before it takes it.
+    ImportKey {
+        key_type: KeyType,
+        zmk: KeyName,
+        under: String,
+        label: Option<KeyName>,
     },
     /// Is the HSM there, and under which LMK?
     Diagnostics,
@@ -128,6 +141,7 @@ impl HsmCommand {
             HsmCommand::GenerateMac { .. } => "generate_mac",
             HsmCommand::VerifyMac { .. } => "verify_mac",
             HsmCommand::GenerateKey { .. } => "generate_key",
+            HsmCommand::ImportKey { .. } => "import_key",
             HsmCommand::Diagnostics => "diagnostics",
         }
     }

@@ -288,7 +288,33 @@ impl SoftHsm {
                 key_type,
                 algorithm,
                 export_under,
-            } => self.generate_key(&keys, *key_type, *algorithm, export_under.as_deref()),
+                label,
+            } => self.generate_key(
+                &keys,
+                (*key_type, *algorithm),
+                export_under.as_deref(),
+                label.as_deref(),
+            ),
+            HsmCommand::ImportKey {
+                key_type,
+                zmk,
+                under,
+                label,
+            } => {
+                let zmk = lookup(&keys, zmk, &[KeyType::Zmk])?;
+                let key = import_tdes_under_kek(&zmk.current, under)?;
+                let header = store::header_for(
+                    label.as_deref().unwrap_or("imported"),
+                    *key_type,
+                    &key,
+                    &self.lmk,
+                );
+                Ok(HsmReply::Key {
+                    block: wrap(self.lmk.key(), &header, &key)?,
+                    exported: None,
+                    kcv: key.kcv(),
+                })
+            }
             HsmCommand::Diagnostics => Ok(HsmReply::Diagnostics {
                 lmk_kcv: self.lmk.kcv(),
                 firmware: format!("switchyard soft HSM {}", env!("CARGO_PKG_VERSION")),
@@ -342,16 +368,16 @@ impl SoftHsm {
     fn generate_key(
         &self,
         keys: &Keys,
-        key_type: KeyType,
-        algorithm: Algorithm,
+        (key_type, algorithm): (KeyType, Algorithm),
         export_under: Option<&str>,
+        label: Option<&str>,
     ) -> Result<HsmReply, HsmError> {
         let len = match algorithm {
             Algorithm::Tdes => 16,
             Algorithm::Aes => 16,
         };
         let key = random::key(algorithm, len).map_err(|e| HsmError::Unavailable(e.to_string()))?;
-        let header = store::header_for("generated", key_type, &key, &self.lmk);
+        let header = store::header_for(label.unwrap_or("generated"), key_type, &key, &self.lmk);
         let block = wrap(self.lmk.key(), &header, &key)?;
         let exported = match export_under {
             None => None,
@@ -696,18 +722,35 @@ mod tests {
                 key_type: KeyType::Zpk,
                 algorithm: Algorithm::Tdes,
                 export_under: Some("z.zmk".into()),
+                label: Some("z.zpk".into()),
             })
             .expect("generate")
         else {
             panic!("not a key")
         };
-        let (_, under_lmk) = keyblock::unwrap(h.lmk.key(), &block).expect("under the LMK");
-        let under_zmk = import_tdes_under_kek(
-            &tdes("89ABCDEF0123456776543210FEDCBA98"),
-            &exported.expect("exported"),
-        )
-        .expect("under the ZMK");
+        let (header, under_lmk) = keyblock::unwrap(h.lmk.key(), &block).expect("under the LMK");
+        assert_eq!(header.block("LB"), Some("z.zpk"), "labelled with its name");
+        let exported = exported.expect("exported");
+        let under_zmk = import_tdes_under_kek(&tdes("89ABCDEF0123456776543210FEDCBA98"), &exported)
+            .expect("under the ZMK");
         assert_eq!(under_lmk.kcv(), kcv);
         assert_eq!(under_zmk.kcv(), kcv);
+        // Imported back from under the ZMK: the same key, under the LMK.
+        let Ok(HsmReply::Key {
+            block,
+            exported: None,
+            kcv: imported,
+        }) = h.execute(&HsmCommand::ImportKey {
+            key_type: KeyType::Zpk,
+            zmk: "z.zmk".into(),
+            under: exported,
+            label: None,
+        })
+        else {
+            panic!("not an imported key")
+        };
+        assert_eq!(imported, kcv);
+        let (_, key) = keyblock::unwrap(h.lmk.key(), &block).expect("under the LMK");
+        assert_eq!(key.kcv(), kcv);
     }
 }
