@@ -203,12 +203,6 @@ impl SecurityFile {
         let mut profiles = TerminalProfiles::default();
         for (i, p) in self.terminals.into_iter().enumerate() {
             let s = &mut s.sub(&format!("terminals[{i}]"));
-            if network && p.tmk.is_some() {
-                s.problem(
-                    "tmk",
-                    "key exchange runs on the soft HSM only so far: not with hsm = \"payshield\"",
-                );
-            }
             if let Some(profile) = p.validate(s, hsm.as_ref(), i) {
                 profiles.add(s, profile);
             }
@@ -530,12 +524,6 @@ impl AcquirerSecurity {
             self.key_overlap_ms = sec.key_overlap_ms;
         }
         if let Some(k) = &self.zmk {
-            if sec.hsm.network().is_some() {
-                s.problem(
-                    "zmk",
-                    "key exchange runs on the soft HSM only so far: not with [security] hsm = \"payshield\"",
-                );
-            }
             key(s, Some(&sec.hsm), "zmk", k, &[KeyType::Zmk]);
         }
         if let Some((_, k)) = &self.mac {
