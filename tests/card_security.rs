@@ -33,6 +33,9 @@ const BDK: &str = "0123456789ABCDEFFEDCBA9876543210";
 const OTHER: &str = "0E0E0E0E0E0E0E0E0F0F0F0F0F0F0F0F";
 const ZMK: &str = "2C2C2C2C2C2C2C2C3D3D3D3D3D3D3D3D";
 const TMK: &str = "6E6E6E6E6E6E6E6E7F7F7F7F7F7F7F7F";
+/// ANSI X9.24-3-2017's AES-128 test BDK; its initial key ID is
+/// 1234567890123456.
+const AES_BDK: &str = "FEDCBA9876543210F1F1F1F1F1F1F1F1";
 
 fn tdes(hex: &str) -> SecretKey {
     SecretKey::from_hex(Algorithm::Tdes, hex).expect("key")
@@ -67,6 +70,14 @@ fn key_store() -> Keys {
     ] {
         store.add(&lmk, name, t, &tdes(hex)).expect("key added");
     }
+    store
+        .add(
+            &lmk,
+            "fleet.aesbdk",
+            KeyType::Bdk,
+            &SecretKey::from_hex(Algorithm::Aes, AES_BDK).expect("aes bdk"),
+        )
+        .expect("key added");
     let hmac = SecretKey::new(Algorithm::Aes, &[0x5A; 32]).expect("hmac key");
     store
         .add(&lmk, "rest.hmac", KeyType::Hmac, &hmac)
@@ -113,6 +124,12 @@ mac_fields = [2, 3, 4, 11, 41]
 name = "dukpt-fleet"
 terminal_ids = ["DUKPT001"]
 dukpt_bdk = "fleet.bdk"
+ksn_field = 62
+
+[[security.terminals]]
+name = "aes-dukpt-fleet"
+terminal_ids = ["DUKPTA01"]
+dukpt_bdk = "fleet.aesbdk"
 ksn_field = 62
 "#,
         store = k.store.display(),
@@ -340,6 +357,78 @@ async fn a_dukpt_pin_is_translated_from_the_bdk() {
         sim.stats().pin_verified,
         1,
         "the host found PIN 1234 under its ZPK"
+    );
+    switch.shutdown().await;
+}
+
+/// AES DUKPT (X9.24-3): a terminal's ISO format 4 PIN block under the
+/// standard's published PIN working key for its KSN reaches the host in
+/// format 0 under the zone's ZPK, translated from the BDK and the KSN.
+/// The terminals' spec carries a 16-byte DE52.
+#[tokio::test]
+async fn an_aes_dukpt_terminal_s_format_4_pin_is_translated_from_the_bdk() {
+    const KSN1: &str = "123456789012345600000001";
+    /// X9.24-3's PIN working key (AES-128) for counter 1 and counter 2.
+    const PIN_KEY_1: &str = "AF8CB133A78F8DC2D1359F18527593FB";
+    const PIN_KEY_2: &str = "D30BDC73EC9714B000BEC66BDB7B6D09";
+    let k = key_store();
+    let spec_path = k.dir.join("aes-pins.toml");
+    let spec_text = "name = \"aes-pins\"\nbase = \"iso87ascii\"\n\n[fields.52]\nencoding = \"hex\"\nlength = 32\n";
+    std::fs::write(&spec_path, spec_text).expect("spec written");
+    let spec: &'static switchyard::iso8583::Spec = Box::leak(Box::new(
+        switchyard::iso8583::spec_toml::parse(spec_text, &spec_path).expect("spec"),
+    ));
+    let sim = host(ZAK).await;
+    let toml = config(&[sim.local_addr()], ZONE, &security_toml(&k, "require")).replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nspec = \"{}\"\n",
+            spec_path.display()
+        ),
+        1,
+    );
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let request = |stan: u32, pin_key: &str, ksn: &str| {
+        let base = auth_from(Mti::FINANCIAL, stan, "4012345678909", 1_000, "DUKPTA01");
+        let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
+        let key = SecretKey::from_hex(Algorithm::Aes, pin_key).expect("key");
+        let pin = Pin::new("1234").expect("pin");
+        let block = pinblock::encrypt(&key, PinFormat::Iso4, &pin, "4012345678909", &[0x3C; 8])
+            .expect("block");
+        assert_eq!(block.as_bytes().len(), 16);
+        let mut b = MessageBuilder::new(spec, msg.mti());
+        b.copy_all(&msg)
+            .set(52, block.as_bytes())
+            .set(62, ksn.as_bytes());
+        b.to_bytes().expect("packs")
+    };
+    let answer = t.request(&request(1, PIN_KEY_1, KSN1)).await;
+    assert_eq!(code(&answer), "00");
+    let s = sim.stats();
+    assert_eq!(
+        (s.pin_verified, s.pin_refused),
+        (1, 0),
+        "the host found PIN 1234 under its ZPK: {s}"
+    );
+    // Under the next counter's key but with this KSN: not a valid block.
+    let answer = t.request(&request(2, PIN_KEY_2, KSN1)).await;
+    assert_eq!(code(&answer), "81");
+    // With the next counter's KSN it is.
+    let answer = t
+        .request(&request(3, PIN_KEY_2, "123456789012345600000002"))
+        .await;
+    assert_eq!(code(&answer), "00");
+    // A TDES-length KSN (20 hex digits) for an AES BDK: 81.
+    let answer = t
+        .request(&request(4, PIN_KEY_1, "12345678901234560001"))
+        .await;
+    assert_eq!(code(&answer), "81");
+    assert_eq!(
+        transactions_at(&sim),
+        2,
+        "only the good ones reached the host"
     );
     switch.shutdown().await;
 }
@@ -928,11 +1017,16 @@ impl HsmSim {
 }
 
 /// `[security]` with `hsm = "payshield"` at `hsm`: the profiles of
-/// `security_toml`, no LMK file (the HSM holds it) and no card hash key
+/// `security_toml` but the AES DUKPT one, no LMK file (the HSM holds it) and no card hash key
 /// (it is used in the process).
 fn payshield_toml(k: &Keys, hsm: SocketAddr, timeout_ms: u64) -> String {
     let soft = security_toml(k, "require");
     let profiles = &soft[soft.find("[[security.terminals]]").expect("profiles")..];
+    // Without the AES DUKPT profile: X9.24-3 is the soft HSM's.
+    let aes = profiles
+        .find("[[security.terminals]]\nname = \"aes-dukpt-fleet\"")
+        .expect("the AES DUKPT profile");
+    let profiles = &profiles[..aes];
     format!(
         r#"
 [security]
@@ -1292,6 +1386,25 @@ fn check_config_names_what_payshield_refuses() {
     assert!(
         text.iter()
             .any(|p| p.starts_with("acquirers[0].security.mac_key: no zak key named `acq.nope`")),
+        "{text:#?}"
+    );
+    // An AES BDK (X9.24-3 DUKPT) is the soft HSM's.
+    let toml = config(
+        &[sim],
+        &payshield_zone(),
+        &(payshield_toml(&k, hsm, 1_000)
+            + "\n[[security.terminals]]\nterminal_ids = [\"DUKPTA01\"]\n\
+               dukpt_bdk = \"fleet.aesbdk\"\nksn_field = 62\n"),
+    );
+    let text: Vec<String> = switchyard::switch::config::Config::parse(&toml)
+        .expect_err("refused")
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        text.iter().any(|p| p.starts_with(
+            "security.terminals[4].dukpt_bdk: `fleet.aesbdk` is an AES BDK: AES DUKPT (X9.24-3) runs on the soft HSM only"
+        )),
         "{text:#?}"
     );
     // A valid one parses.

@@ -28,6 +28,7 @@ use arrayvec::ArrayVec;
 use bytes::Bytes;
 
 use super::dukpt::Ksn;
+use super::dukpt_aes::AesKsn;
 use super::kcv::Kcv;
 use super::keys::Algorithm;
 use super::pinblock::{EncryptedPinBlock, PinFormat};
@@ -77,6 +78,10 @@ pub enum PinSource {
     Zpk(KeyName),
     /// TDES DUKPT: the base derivation key and the transaction's KSN.
     Dukpt { bdk: KeyName, ksn: Ksn },
+    /// AES DUKPT (ANSI X9.24-3): an AES base derivation key and the
+    /// transaction's 12-byte KSN. The PIN working key is AES-128 for a
+    /// format 4 block, double-length TDES for a format 0 one.
+    AesDukpt { bdk: KeyName, ksn: AesKsn },
 }
 
 /// A MAC as it travels: 4 to 16 bytes (DE64 and DE128 carry 8).

@@ -21,7 +21,7 @@ use crate::security::mac::{self, MacError, MacKey, Padding};
 use crate::security::pinblock::{self, PinFormat};
 use crate::security::random;
 use crate::security::store::{self, KeyStore, KeyType, StoreError};
-use crate::security::{Kcv, dukpt};
+use crate::security::{Kcv, dukpt, dukpt_aes};
 
 /// Most keys a soft HSM holds: a key store is a config file, not a
 /// database of terminals (DUKPT serves fleets with one BDK).
@@ -158,6 +158,11 @@ impl SoftHsm {
 
     pub fn lmk_kcv(&self) -> Kcv {
         self.lmk.kcv()
+    }
+
+    /// The algorithm of the key named, if held.
+    pub fn algorithm_of(&self, name: &str) -> Option<Algorithm> {
+        self.read().get(name).map(|s| s.current.algorithm())
     }
 
     /// Is a key of this name and one of these types held?
@@ -346,6 +351,17 @@ impl SoftHsm {
                 let bdk = lookup(keys, bdk, &[KeyType::Bdk])?;
                 derived = dukpt::pin_key(&bdk.current, ksn)
                     .map_err(|e| HsmError::BadPinBlock(format!("the KSN: {e}")))?;
+                (&derived, None)
+            }
+            PinSource::AesDukpt { bdk, ksn } => {
+                let bdk = lookup(keys, bdk, &[KeyType::Bdk])?;
+                let key_type = match block.format() {
+                    PinFormat::Iso4 => dukpt_aes::KeyType::Aes128,
+                    PinFormat::Iso0 => dukpt_aes::KeyType::Tdes2,
+                };
+                derived =
+                    dukpt_aes::working_key(&bdk.current, ksn, dukpt_aes::KeyUsage::Pin, key_type)
+                        .map_err(|e| HsmError::BadPinBlock(format!("the KSN: {e}")))?;
                 (&derived, None)
             }
         };
@@ -636,6 +652,107 @@ mod tests {
         )
         .expect("decrypt");
         assert!(back.matches("1234"));
+    }
+
+    /// AES DUKPT: a format 4 block made under X9.24-3's published PIN
+    /// working keys (AES-128 BDK FEDCBA9876543210F1F1F1F1F1F1F1F1, initial
+    /// key ID 1234567890123456) translates from the BDK and the KSN alone.
+    #[test]
+    fn aes_dukpt_pins_under_the_published_working_keys_translate() {
+        const BDK: &str = "FEDCBA9876543210F1F1F1F1F1F1F1F1";
+        let lmk = Lmk::from_components(&[
+            SecretKey::aes(&[1; 32]).expect("c1"),
+            SecretKey::aes(&[2; 32]).expect("c2"),
+        ])
+        .expect("lmk");
+        let zpk4 = SecretKey::aes(&[0x4A; 16]).expect("key");
+        let h = SoftHsm::from_keys(
+            lmk,
+            [
+                (
+                    "aes.bdk".into(),
+                    KeyType::Bdk,
+                    SecretKey::from_hex(Algorithm::Aes, BDK).expect("bdk"),
+                ),
+                (
+                    "tdes.bdk".into(),
+                    KeyType::Bdk,
+                    tdes("0123456789ABCDEFFEDCBA9876543210"),
+                ),
+                ("a4.zpk".into(), KeyType::Zpk, zpk4.clone()),
+                (
+                    "a.zpk".into(),
+                    KeyType::Zpk,
+                    tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D"),
+                ),
+            ],
+        );
+        let pan = "4012345678909";
+        let pin = Pin::new("1234").expect("pin");
+        let ksn = |counter: u32| {
+            dukpt_aes::AesKsn::new(&crate::hex::parse_hex("123456789012345600000000").expect("hex"))
+                .expect("ksn")
+                .with_counter(counter)
+        };
+        let translate =
+            |bdk: &str, counter: u32, block: &pinblock::EncryptedPinBlock, to: &str, f| {
+                h.execute(&HsmCommand::TranslatePin {
+                    source: PinSource::AesDukpt {
+                        bdk: bdk.into(),
+                        ksn: ksn(counter),
+                    },
+                    to: to.into(),
+                    block: block.clone(),
+                    to_format: f,
+                    pan: pan.into(),
+                })
+            };
+        for (counter, pin_key) in [
+            (0x00000001, "AF8CB133A78F8DC2D1359F18527593FB"),
+            (0xFFFF0000, "27EFAC1D158632588F4AC69E45C247C4"),
+        ] {
+            let key = SecretKey::from_hex(Algorithm::Aes, pin_key).expect("key");
+            let block =
+                pinblock::encrypt(&key, PinFormat::Iso4, &pin, pan, &[0x5C; 8]).expect("block");
+            let Ok(HsmReply::Pin(out)) =
+                translate("aes.bdk", counter, &block, "a4.zpk", PinFormat::Iso4)
+            else {
+                panic!("not translated (counter {counter:#x})")
+            };
+            assert!(
+                pinblock::decrypt(&zpk4, &out, pan)
+                    .expect("under the ZPK")
+                    .matches("1234")
+            );
+            // To a TDES zone in format 0 as well.
+            let Ok(HsmReply::Pin(out)) =
+                translate("aes.bdk", counter, &block, "a.zpk", PinFormat::Iso0)
+            else {
+                panic!("not translated to format 0")
+            };
+            let zpk = tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D");
+            assert!(
+                pinblock::decrypt(&zpk, &out, pan)
+                    .expect("under the ZPK")
+                    .matches("1234")
+            );
+            // Another counter's key does not open it.
+            assert!(matches!(
+                translate("aes.bdk", counter ^ 0x10, &block, "a4.zpk", PinFormat::Iso4),
+                Err(HsmError::BadPinBlock(_))
+            ));
+        }
+        let key =
+            SecretKey::from_hex(Algorithm::Aes, "AF8CB133A78F8DC2D1359F18527593FB").expect("key");
+        let block = pinblock::encrypt(&key, PinFormat::Iso4, &pin, pan, &[0; 8]).expect("block");
+        // A TDES BDK, counter 0, more than 16 one bits: refused as bad blocks.
+        for (bdk, counter) in [("tdes.bdk", 1), ("aes.bdk", 0), ("aes.bdk", 0x0001_FFFF)] {
+            let got = translate(bdk, counter, &block, "a4.zpk", PinFormat::Iso4);
+            assert!(
+                matches!(&got, Err(HsmError::BadPinBlock(m)) if m.starts_with("the KSN")),
+                "{bdk} {counter:#x}: {got:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::{
 use crate::security::hsm::payshield::{KeyBlocks, PayShieldConfig, wire};
 use crate::security::hsm::soft::SoftHsm;
 use crate::security::hsm::{KeyName, MacAlgorithm};
+use crate::security::keys::Algorithm;
 use crate::security::lmk::Lmk;
 use crate::security::pinblock::PinFormat;
 use crate::security::store::KeyType;
@@ -397,15 +398,29 @@ impl TerminalProfileFile {
             ))),
             (None, Some(k)) => {
                 let bdk = key(s, hsm, "dukpt_bdk", k, &[KeyType::Bdk]);
+                // The BDK's algorithm says which DUKPT: X9.24-1 (TDES) or
+                // X9.24-3 (AES).
+                let aes = hsm.and_then(|h| h.algorithm_of(&bdk)) == Some(Algorithm::Aes);
+                if aes && hsm.is_some_and(|h| h.network().is_some()) {
+                    s.problem(
+                        "dukpt_bdk",
+                        format!(
+                            "`{k}` is an AES BDK: AES DUKPT (X9.24-3) runs on the soft HSM only, \
+                             not with hsm = \"payshield\""
+                        ),
+                    );
+                }
                 match self.ksn_field {
                     Some(f) => Some(PinKey::Dukpt {
                         bdk,
                         ksn_field: f as usize, // in range
+                        aes,
                     }),
                     None => {
                         s.problem(
                             "ksn_field",
-                            "required with dukpt_bdk: the field carrying the KSN (20 hex digits)",
+                            "required with dukpt_bdk: the field carrying the KSN (20 hex \
+                             digits; 24 with an AES BDK)",
                         );
                         None
                     }

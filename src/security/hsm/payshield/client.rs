@@ -390,6 +390,12 @@ impl Inner {
                         }
                         (bdk, Some(*ksn))
                     }
+                    PinSource::AesDukpt { .. } => {
+                        // Refused by check-config: the profile's BDK is AES.
+                        return Err(HsmError::BadInput(
+                            "AES DUKPT (X9.24-3) runs on the soft HSM only".into(),
+                        ));
+                    }
                 };
                 let from = match older {
                     Some(old) if ksn.is_none() => old,
