@@ -130,25 +130,29 @@ impl KeyBlocks {
         now_ms: u64,
         overlap_ms: u64,
     ) -> Result<(), StoreError> {
-        let _file = match &self.store {
-            Some(path) => {
-                let path = path.lock().unwrap_or_else(|p| p.into_inner());
-                KeyStore::put_blocks(&path, &blocks)?;
-                Some(path)
-            }
-            None => None,
+        // Installs take the file's lock first, so the count checked here
+        // is the one the insert below finds.
+        let file = self
+            .store
+            .as_ref()
+            .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()));
+        let new = {
+            let keys = self.read();
+            blocks
+                .iter()
+                .filter(|b| !keys.contains_key(b.name.as_str()))
+                .count()
         };
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let new = blocks
-            .iter()
-            .filter(|b| !keys.contains_key(b.name.as_str()))
-            .count();
-        if keys.len() + new > MAX_KEYS {
+        if self.len() + new > MAX_KEYS {
             return Err(StoreError::Parse {
-                path: PathBuf::new(),
+                path: file.as_deref().cloned().unwrap_or_default(),
                 reason: format!("more than {MAX_KEYS} keys"),
             });
         }
+        if let Some(path) = &file {
+            KeyStore::put_blocks(path, &blocks)?;
+        }
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
         let until = now_ms.saturating_add(overlap_ms);
         for b in blocks {
             let name = KeyName::from(b.name.as_str());
