@@ -73,6 +73,14 @@ fn key_store() -> Keys {
     store
         .add(
             &lmk,
+            "acq.aeszmk",
+            KeyType::Zmk,
+            &SecretKey::new(Algorithm::Aes, &[0x3E; 32]).expect("aes zmk"),
+        )
+        .expect("key added");
+    store
+        .add(
+            &lmk,
             "fleet.aesbdk",
             KeyType::Bdk,
             &SecretKey::from_hex(Algorithm::Aes, AES_BDK).expect("aes bdk"),
@@ -509,11 +517,19 @@ async fn config_names_keys_missing_from_the_store() {
     let sim = host(ZAK).await;
     let toml = config(
         &[sim.local_addr()],
-        &ZONE.replace("acq.zak", "acq.nope"),
+        &ZONE
+            .replace("acq.zak", "acq.nope")
+            .replace("acq.zmk", "acq.aeszmk"),
         &security_toml(&k, "require").replace("term.tak", "term.tpk"),
     );
     let problems = switchyard::switch::config::Config::parse(&toml).expect_err("refused");
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|p| p.starts_with(
+            "acquirers[0].security.zmk: `acq.aeszmk` is an AES key: key exchange carries TDES keys"
+        )),
+        "{text:?}"
+    );
     assert!(
         text.iter()
             .any(|p| p.starts_with("security.terminals[0].mac_key: no tak key named `term.tpk`")),

@@ -170,6 +170,20 @@ fn key(s: &mut Section, hsm: Option<&Hsm>, at: &str, name: &str, types: &[KeyTyp
             ),
         );
     }
+    // A key change's DE48 carries each key as 32 hex digits: a TDES key
+    // under a TDES master key.
+    let master = types
+        .iter()
+        .any(|t| matches!(t, KeyType::Tmk | KeyType::Zmk));
+    if master && hsm.and_then(|h| h.algorithm_of(name)) == Some(Algorithm::Aes) {
+        s.problem(
+            at,
+            format!(
+                "`{name}` is an AES key: key exchange carries TDES keys under a TDES \
+                 master key (DE48: 32 hex digits per key)"
+            ),
+        );
+    }
     KeyName::from(name)
 }
 
