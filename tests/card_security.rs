@@ -33,6 +33,9 @@ const BDK: &str = "0123456789ABCDEFFEDCBA9876543210";
 const OTHER: &str = "0E0E0E0E0E0E0E0E0F0F0F0F0F0F0F0F";
 const ZMK: &str = "2C2C2C2C2C2C2C2C3D3D3D3D3D3D3D3D";
 const TMK: &str = "6E6E6E6E6E6E6E6E7F7F7F7F7F7F7F7F";
+/// ANSI X9.24-3-2017's AES-128 test BDK; its initial key ID is
+/// 1234567890123456.
+const AES_BDK: &str = "FEDCBA9876543210F1F1F1F1F1F1F1F1";
 
 fn tdes(hex: &str) -> SecretKey {
     SecretKey::from_hex(Algorithm::Tdes, hex).expect("key")
@@ -67,6 +70,22 @@ fn key_store() -> Keys {
     ] {
         store.add(&lmk, name, t, &tdes(hex)).expect("key added");
     }
+    store
+        .add(
+            &lmk,
+            "acq.aeszmk",
+            KeyType::Zmk,
+            &SecretKey::new(Algorithm::Aes, &[0x3E; 32]).expect("aes zmk"),
+        )
+        .expect("key added");
+    store
+        .add(
+            &lmk,
+            "fleet.aesbdk",
+            KeyType::Bdk,
+            &SecretKey::from_hex(Algorithm::Aes, AES_BDK).expect("aes bdk"),
+        )
+        .expect("key added");
     let hmac = SecretKey::new(Algorithm::Aes, &[0x5A; 32]).expect("hmac key");
     store
         .add(&lmk, "rest.hmac", KeyType::Hmac, &hmac)
@@ -113,6 +132,12 @@ mac_fields = [2, 3, 4, 11, 41]
 name = "dukpt-fleet"
 terminal_ids = ["DUKPT001"]
 dukpt_bdk = "fleet.bdk"
+ksn_field = 62
+
+[[security.terminals]]
+name = "aes-dukpt-fleet"
+terminal_ids = ["DUKPTA01"]
+dukpt_bdk = "fleet.aesbdk"
 ksn_field = 62
 "#,
         store = k.store.display(),
@@ -344,6 +369,78 @@ async fn a_dukpt_pin_is_translated_from_the_bdk() {
     switch.shutdown().await;
 }
 
+/// AES DUKPT (X9.24-3): a terminal's ISO format 4 PIN block under the
+/// standard's published PIN working key for its KSN reaches the host in
+/// format 0 under the zone's ZPK, translated from the BDK and the KSN.
+/// The terminals' spec carries a 16-byte DE52.
+#[tokio::test]
+async fn an_aes_dukpt_terminal_s_format_4_pin_is_translated_from_the_bdk() {
+    const KSN1: &str = "123456789012345600000001";
+    /// X9.24-3's PIN working key (AES-128) for counter 1 and counter 2.
+    const PIN_KEY_1: &str = "AF8CB133A78F8DC2D1359F18527593FB";
+    const PIN_KEY_2: &str = "D30BDC73EC9714B000BEC66BDB7B6D09";
+    let k = key_store();
+    let spec_path = k.dir.join("aes-pins.toml");
+    let spec_text = "name = \"aes-pins\"\nbase = \"iso87ascii\"\n\n[fields.52]\nencoding = \"hex\"\nlength = 32\n";
+    std::fs::write(&spec_path, spec_text).expect("spec written");
+    let spec: &'static switchyard::iso8583::Spec = Box::leak(Box::new(
+        switchyard::iso8583::spec_toml::parse(spec_text, &spec_path).expect("spec"),
+    ));
+    let sim = host(ZAK).await;
+    let toml = config(&[sim.local_addr()], ZONE, &security_toml(&k, "require")).replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nspec = \"{}\"\n",
+            spec_path.display()
+        ),
+        1,
+    );
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    let request = |stan: u32, pin_key: &str, ksn: &str| {
+        let base = auth_from(Mti::FINANCIAL, stan, "4012345678909", 1_000, "DUKPTA01");
+        let msg = Message::parse(base, specs::iso87ascii()).expect("parses");
+        let key = SecretKey::from_hex(Algorithm::Aes, pin_key).expect("key");
+        let pin = Pin::new("1234").expect("pin");
+        let block = pinblock::encrypt(&key, PinFormat::Iso4, &pin, "4012345678909", &[0x3C; 8])
+            .expect("block");
+        assert_eq!(block.as_bytes().len(), 16);
+        let mut b = MessageBuilder::new(spec, msg.mti());
+        b.copy_all(&msg)
+            .set(52, block.as_bytes())
+            .set(62, ksn.as_bytes());
+        b.to_bytes().expect("packs")
+    };
+    let answer = t.request(&request(1, PIN_KEY_1, KSN1)).await;
+    assert_eq!(code(&answer), "00");
+    let s = sim.stats();
+    assert_eq!(
+        (s.pin_verified, s.pin_refused),
+        (1, 0),
+        "the host found PIN 1234 under its ZPK: {s}"
+    );
+    // Under the next counter's key but with this KSN: not a valid block.
+    let answer = t.request(&request(2, PIN_KEY_2, KSN1)).await;
+    assert_eq!(code(&answer), "81");
+    // With the next counter's KSN it is.
+    let answer = t
+        .request(&request(3, PIN_KEY_2, "123456789012345600000002"))
+        .await;
+    assert_eq!(code(&answer), "00");
+    // A TDES-length KSN (20 hex digits) for an AES BDK: 81.
+    let answer = t
+        .request(&request(4, PIN_KEY_1, "12345678901234560001"))
+        .await;
+    assert_eq!(code(&answer), "81");
+    assert_eq!(
+        transactions_at(&sim),
+        2,
+        "only the good ones reached the host"
+    );
+    switch.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_answer_with_a_wrong_mac_is_discarded_and_the_request_reversed() {
     let k = key_store();
@@ -420,11 +517,19 @@ async fn config_names_keys_missing_from_the_store() {
     let sim = host(ZAK).await;
     let toml = config(
         &[sim.local_addr()],
-        &ZONE.replace("acq.zak", "acq.nope"),
+        &ZONE
+            .replace("acq.zak", "acq.nope")
+            .replace("acq.zmk", "acq.aeszmk"),
         &security_toml(&k, "require").replace("term.tak", "term.tpk"),
     );
     let problems = switchyard::switch::config::Config::parse(&toml).expect_err("refused");
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|p| p.starts_with(
+            "acquirers[0].security.zmk: `acq.aeszmk` is an AES key: key exchange carries TDES keys"
+        )),
+        "{text:?}"
+    );
     assert!(
         text.iter()
             .any(|p| p.starts_with("security.terminals[0].mac_key: no tak key named `term.tpk`")),
@@ -597,18 +702,22 @@ async fn a_terminal_gets_new_keys_under_its_tmk_and_transacts_with_them() {
 
 #[tokio::test]
 async fn a_host_changes_the_zone_keys_under_the_zmk() {
+    let k = key_store();
+    a_host_changes_the_zone_keys(|host| config(&[host], ZONE, &security_toml(&k, "require"))).await;
+}
+
+/// A host's zone key change under the ZMK, against the switch `toml`
+/// makes for a host at the address it is given: a wrong KCV is 63 and
+/// the old keys stay (a request after it reaches the host under them);
+/// then the new ZPK and ZAK are taken, and a request reaches the host
+/// under them and its answer under the new ZAK is taken.
+async fn a_host_changes_the_zone_keys(toml: impl FnOnce(SocketAddr) -> String) {
     use switchyard::security::hsm::soft::export_under_kek;
     use switchyard::switch::card_security::exchange::{self, ExchangedKey};
-    let k = key_store();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binds");
-    let toml = config(
-        &[listener.local_addr().expect("addr")],
-        ZONE,
-        &security_toml(&k, "require"),
-    );
-    let switch = start_switch(&toml).await;
+    let switch = start_switch(&toml(listener.local_addr().expect("addr"))).await;
     let (stream, _) = listener.accept().await.expect("the link connects");
     let mut host = Terminal::over(stream);
     let sign_on = host.recv().await;
@@ -647,10 +756,23 @@ async fn a_host_changes_the_zone_keys_under_the_zmk() {
     // A KCV that is not the key's: refused, nothing changes.
     host.send(&send_change(
         900_001,
-        vec![entry(*b"ZPK", &zpk2, tdes(OTHER).kcv())],
+        vec![
+            entry(*b"ZAK", &zak2, zak2.kcv()),
+            entry(*b"ZPK", &zpk2, tdes(OTHER).kcv()),
+        ],
     ))
     .await;
     assert_eq!(code(&host.recv().await), "63");
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    t.send(&secured_request(29, TID, TPK, true)).await;
+    let request = host.recv().await;
+    host_checks_and_approves(&mut host, &request, &tdes(ZPK), &tdes(ZAK)).await;
+    assert_eq!(
+        code(&t.recv().await),
+        "00",
+        "the old keys are the zone's still: the refused change took none of its keys"
+    );
+
     host.send(&send_change(
         900_002,
         vec![
@@ -662,35 +784,40 @@ async fn a_host_changes_the_zone_keys_under_the_zmk() {
     assert_eq!(code(&host.recv().await), "00");
 
     // A terminal's request now reaches the host under the new keys.
-    let mut t = Terminal::connect(switch.terminal_addr).await;
     t.send(&secured_request(30, TID, TPK, true)).await;
     let request = host.recv().await;
-    let parts = request.mac_parts().expect("a MAC");
-    switchyard::security::hsm::soft::verify_mac(
-        &zak2,
-        MacAlgorithm::Retail,
-        parts.data,
-        &parts.mac,
-    )
-    .expect("MACed under the new ZAK");
-    let mut raw = Vec::new();
-    request.value(52).expect("DE52").write_logical(&mut raw);
-    let block =
-        switchyard::security::pinblock::EncryptedPinBlock::from_bytes(PinFormat::Iso0, &raw)
-            .expect("a block");
-    let pin = pinblock::decrypt(&zpk2, &block, PAN).expect("under the new ZPK");
-    assert!(pin.matches("1234"));
-    let mut b = MessageBuilder::response_to(&request, &[2, 3, 4, 7, 11, 37, 41, 49]).expect("0210");
-    b.set(39, b"00");
-    let mut out = BytesMut::new();
-    b.pack_with_mac(&mut out, mac_under(&zak2)).expect("packs");
-    host.send(&out).await;
+    host_checks_and_approves(&mut host, &request, &zpk2, &zak2).await;
     assert_eq!(
         code(&t.recv().await),
         "00",
         "the host's answer under the new ZAK is taken"
     );
     switch.shutdown().await;
+}
+
+/// As the host: `request`'s MAC must be under `zak` and its PIN 1234
+/// under `zpk`; the answer, 00, goes MACed under `zak`.
+async fn host_checks_and_approves(
+    host: &mut Terminal,
+    request: &Message,
+    zpk: &SecretKey,
+    zak: &SecretKey,
+) {
+    let parts = request.mac_parts().expect("a MAC");
+    switchyard::security::hsm::soft::verify_mac(zak, MacAlgorithm::Retail, parts.data, &parts.mac)
+        .expect("MACed under the zone's ZAK");
+    let mut raw = Vec::new();
+    request.value(52).expect("DE52").write_logical(&mut raw);
+    let block =
+        switchyard::security::pinblock::EncryptedPinBlock::from_bytes(PinFormat::Iso0, &raw)
+            .expect("a block");
+    let pin = pinblock::decrypt(zpk, &block, PAN).expect("under the zone's ZPK");
+    assert!(pin.matches("1234"));
+    let mut b = MessageBuilder::response_to(request, &[2, 3, 4, 7, 11, 37, 41, 49]).expect("0210");
+    b.set(39, b"00");
+    let mut out = BytesMut::new();
+    b.pack_with_mac(&mut out, mac_under(zak)).expect("packs");
+    host.send(&out).await;
 }
 
 /// Every file under `dir`, read whole.
@@ -906,17 +1033,16 @@ impl HsmSim {
 }
 
 /// `[security]` with `hsm = "payshield"` at `hsm`: the profiles of
-/// `security_toml` but key exchange (the soft HSM's only), no LMK file
-/// (the HSM holds it) and no card hash key (it is used in the process).
+/// `security_toml` but the AES DUKPT one, no LMK file (the HSM holds it) and no card hash key
+/// (it is used in the process).
 fn payshield_toml(k: &Keys, hsm: SocketAddr, timeout_ms: u64) -> String {
     let soft = security_toml(k, "require");
     let profiles = &soft[soft.find("[[security.terminals]]").expect("profiles")..];
-    let keyed = profiles.find("[[security.terminals]]\nname = \"keyed-per-terminal\"");
-    let fields = profiles.find("[[security.terminals]]\nname = \"macs-over-fields\"");
-    let profiles = match (keyed, fields) {
-        (Some(a), Some(b)) => format!("{}{}", &profiles[..a], &profiles[b..]),
-        _ => panic!("the profiles changed: {profiles}"),
-    };
+    // Without the AES DUKPT profile: X9.24-3 is the soft HSM's.
+    let aes = profiles
+        .find("[[security.terminals]]\nname = \"aes-dukpt-fleet\"")
+        .expect("the AES DUKPT profile");
+    let profiles = &profiles[..aes];
     format!(
         r#"
 [security]
@@ -933,9 +1059,9 @@ max_in_flight = 64
     )
 }
 
-/// The zone without its ZMK (key exchange is the soft HSM's).
+/// The zone, its keys through the HSM.
 fn payshield_zone() -> String {
-    ZONE.replace("zmk = \"acq.zmk\"\n", "")
+    ZONE.to_owned()
 }
 
 /// Cards of this prefix go to `acquirer-b`, a host without card security
@@ -1210,10 +1336,6 @@ fn check_config_names_what_payshield_refuses() {
         ),
         1,
     );
-    security.push_str(
-        "\n[[security.terminals]]\nterminal_ids = [\"TERMK001\"]\nmac = \"require\"\n\
-         mac_key = \"t-{terminal}.tak\"\ntmk = \"t-{terminal}.tmk\"\n",
-    );
     let toml = config(&[sim], ZONE, &security);
     let problems = switchyard::switch::config::Config::parse(&toml).expect_err("refused");
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -1222,7 +1344,6 @@ fn check_config_names_what_payshield_refuses() {
         "security.payshield.max_in_flight: 64: a header of 1 characters numbers only 36",
         "security.lmk_file: not with hsm = \"payshield\"",
         "security.card_hash_key: not with hsm = \"payshield\"",
-        "security.terminals[3].tmk: key exchange runs on the soft HSM only so far",
     ] {
         assert!(
             text.iter().any(|p| p.starts_with(want)),
@@ -1246,17 +1367,25 @@ fn check_config_names_what_payshield_refuses() {
             .any(|p| p.starts_with("security.payshield.address: required")),
         "{text:#?}"
     );
-    // A zone's ZMK (key exchange) is the soft HSM's.
-    let toml = config(&[sim], ZONE, &payshield_toml(&k, hsm, 1_000));
+    // Key exchange runs through the HSM: a zone's ZMK and a profile's TMK
+    // are taken, and checked against the store's blocks.
+    assert!(
+        !text.iter().any(|p| p.contains("tmk") || p.contains("zmk")),
+        "{text:#?}"
+    );
+    let toml = config(
+        &[sim],
+        &ZONE.replace("acq.zmk", "acq.nozmk"),
+        &payshield_toml(&k, hsm, 1_000),
+    );
     let text: Vec<String> = switchyard::switch::config::Config::parse(&toml)
         .expect_err("refused")
         .iter()
         .map(|p| p.to_string())
         .collect();
     assert!(
-        text.iter().any(|p| p.starts_with(
-            "acquirers[0].security.zmk: key exchange runs on the soft HSM only so far"
-        )),
+        text.iter()
+            .any(|p| p.starts_with("acquirers[0].security.zmk: no zmk key named `acq.nozmk`")),
         "{text:#?}"
     );
     // And the keys named are checked against the store's blocks, no LMK.
@@ -1273,6 +1402,25 @@ fn check_config_names_what_payshield_refuses() {
     assert!(
         text.iter()
             .any(|p| p.starts_with("acquirers[0].security.mac_key: no zak key named `acq.nope`")),
+        "{text:#?}"
+    );
+    // An AES BDK (X9.24-3 DUKPT) is the soft HSM's.
+    let toml = config(
+        &[sim],
+        &payshield_zone(),
+        &(payshield_toml(&k, hsm, 1_000)
+            + "\n[[security.terminals]]\nterminal_ids = [\"DUKPTA01\"]\n\
+               dukpt_bdk = \"fleet.aesbdk\"\nksn_field = 62\n"),
+    );
+    let text: Vec<String> = switchyard::switch::config::Config::parse(&toml)
+        .expect_err("refused")
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        text.iter().any(|p| p.starts_with(
+            "security.terminals[4].dukpt_bdk: `fleet.aesbdk` is an AES BDK: AES DUKPT (X9.24-3) runs on the soft HSM only"
+        )),
         "{text:#?}"
     );
     // A valid one parses.
@@ -1298,4 +1446,145 @@ async fn through_a_payshield_a_load_test_with_pin_and_mac_is_clean_and_leaves_no
     switch.shutdown().await;
     hsm.kill().await;
     assert_no_secret_in(&journal_dir, api_config, &log);
+}
+
+#[tokio::test]
+async fn through_a_payshield_a_host_changes_the_zone_keys_under_the_zmk() {
+    let k = key_store();
+    let hsm = HsmSim::start(&k, "127.0.0.1:0").await;
+    a_host_changes_the_zone_keys(|host| {
+        config(&[host], ZONE, &payshield_toml(&k, hsm.addr, 2_000))
+    })
+    .await;
+    // The imported blocks are the store's: a restarted switch has them.
+    let lmk = Lmk::load(&k.lmk).expect("lmk");
+    let store = KeyStore::open(&k.store, &lmk).expect("the rewritten store opens under the LMK");
+    let zpk2 = tdes("1111111111111111EEEEEEEEEEEEEEEE");
+    assert_eq!(store.entry("acq.zpk").expect("acq.zpk").kcv, zpk2.kcv());
+    hsm.kill().await;
+}
+
+#[tokio::test]
+async fn through_a_payshield_a_terminal_gets_new_keys_and_its_old_ones_end_with_the_overlap() {
+    use switchyard::security::hsm::soft::import_tdes_under_kek;
+    use switchyard::switch::card_security::exchange;
+    const TERMINAL: &str = "TERMK001";
+    let k = key_store();
+    let hsm = HsmSim::start(&k, "127.0.0.1:0").await;
+    let sim = host(ZAK).await;
+    // Long enough for the requests right after the change on a busy
+    // machine; the test waits it out below.
+    let security = payshield_toml(&k, hsm.addr, 2_000).replacen(
+        "hsm = \"payshield\"\n",
+        "hsm = \"payshield\"\nkey_overlap_ms = 3000\n",
+        1,
+    );
+    let toml = config(&[sim.local_addr()], ZONE, &security);
+    let switch = start_switch(&toml).await;
+    wait_links_up(&switch).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+
+    let answer = t.request(&key_change_request(40, TERMINAL)).await;
+    assert_eq!(code(&answer), "00");
+    let keys = exchange::parse(answer.field(48).expect("DE48 with the keys")).expect("readable");
+    assert_eq!(
+        keys.iter().map(|k| k.tag).collect::<Vec<_>>(),
+        vec![*b"TPK", *b"TAK"]
+    );
+    let new: Vec<SecretKey> = keys
+        .iter()
+        .map(|e| {
+            let key = import_tdes_under_kek(&tdes(TMK), &e.under).expect("decrypts under the TMK");
+            assert_eq!(key.kcv(), e.kcv, "the KCV given is the key's");
+            key
+        })
+        .collect();
+    let (tpk2, tak2) = (&new[0], &new[1]);
+    assert_ne!(tpk2.kcv(), tdes(TPK).kcv(), "a new TPK");
+    assert_ne!(tak2.kcv(), tdes(TAK).kcv(), "a new TAK");
+
+    // The new keys are the HSM's for this terminal: its PIN and MAC are
+    // checked under them, and its answers MACed under the new TAK.
+    let answer = t
+        .request(&request_under(41, TERMINAL, tpk2, Some(tak2)))
+        .await;
+    assert_eq!(code(&answer), "00", "the new keys are taken");
+    let parts = answer.mac_parts().expect("a MACed answer");
+    switchyard::security::hsm::soft::verify_mac(tak2, MacAlgorithm::Retail, parts.data, &parts.mac)
+        .expect("the answer is MACed under the new TAK");
+    // The old ones during their overlap too; then refused, by the MAC (63)
+    // first, by the PIN (81) with the new TAK.
+    let mut approved_old = 0;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let refused = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old keys are still taken long after their overlap"
+        );
+        let stan = 42 + approved_old;
+        let answer = t
+            .request(&request_under(stan, TERMINAL, &tdes(TPK), Some(&tdes(TAK))))
+            .await;
+        match code(&answer).as_str() {
+            "00" => approved_old += 1,
+            other => break other.to_owned(),
+        }
+    };
+    assert!(
+        approved_old >= 1,
+        "the old keys are taken during the overlap"
+    );
+    // The MAC and the PIN are two commands: the overlap may end between
+    // them, and the first refusal be the PIN's.
+    assert!(
+        refused == "63" || refused == "81",
+        "the end of the overlap refuses the old keys: {refused}"
+    );
+    let answer = t
+        .request(&request_under(899, TERMINAL, &tdes(TPK), Some(&tdes(TAK))))
+        .await;
+    assert_eq!(
+        code(&answer),
+        "63",
+        "after the overlap the old TAK's MAC is refused"
+    );
+    let answer = t
+        .request(&request_under(900, TERMINAL, &tdes(TPK), Some(tak2)))
+        .await;
+    assert_eq!(code(&answer), "81", "and a PIN under the old TPK");
+    let s = sim.stats();
+    assert_eq!(s.pin_verified, 1 + u64::from(approved_old), "{s}");
+    assert_eq!(transactions_at(&sim), 1 + approved_old as usize);
+    switch.shutdown().await;
+    hsm.kill().await;
+
+    // The key store on disk has the new blocks, under the LMK.
+    let lmk = Lmk::load(&k.lmk).expect("lmk");
+    let store = KeyStore::open(&k.store, &lmk).expect("the rewritten store opens under the LMK");
+    assert_eq!(store.entry("t-TERMK001.tpk").expect("tpk").kcv, tpk2.kcv());
+    assert_eq!(store.entry("t-TERMK001.tak").expect("tak").kcv, tak2.kcv());
+}
+
+#[tokio::test]
+async fn through_a_held_payshield_a_key_change_is_96_and_changes_nothing() {
+    const TERMINAL: &str = "TERMK001";
+    let k = key_store();
+    let before = std::fs::read(&k.store).expect("store");
+    let mut hsm = HsmSim::start(&k, "127.0.0.1:0").await;
+    let sim = host(ZAK).await;
+    let switch = payshield_switch(&k, &sim, &hsm, 300).await;
+    let mut t = Terminal::connect(switch.terminal_addr).await;
+    hsm.command("hold").await;
+    let answer = t.request(&key_change_request(50, TERMINAL)).await;
+    assert_eq!(code(&answer), "96");
+    assert!(answer.field(48).is_none(), "no keys without the HSM's");
+    hsm.command("release").await;
+    // The terminal's keys are what they were.
+    let answer = t
+        .request(&request_under(51, TERMINAL, &tdes(TPK), Some(&tdes(TAK))))
+        .await;
+    assert_eq!(code(&answer), "00");
+    assert_eq!(std::fs::read(&k.store).expect("store"), before);
+    switch.shutdown().await;
+    hsm.kill().await;
 }

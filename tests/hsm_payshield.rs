@@ -23,7 +23,7 @@ use tokio::time::timeout;
 
 use switchyard::security::dukpt::Ksn;
 use switchyard::security::hsm::payshield::{KeyBlocks, PayShieldClient, PayShieldConfig};
-use switchyard::security::hsm::soft::{SoftHsm, import_tdes_under_kek};
+use switchyard::security::hsm::soft::{SoftHsm, full_mac, import_tdes_under_kek};
 use switchyard::security::hsm::{
     HsmCommand, HsmError, HsmReply, KeyName, MacAlgorithm, MacValue, PinSource,
 };
@@ -440,6 +440,7 @@ async fn payshield_answers_as_the_soft_hsm_does() {
                 key_type: KeyType::Zpk,
                 algorithm,
                 export_under: Some(name(zmk)),
+                label: None,
             })
             .await;
         let Ok(HsmReply::Key {
@@ -470,6 +471,7 @@ async fn payshield_answers_as_the_soft_hsm_does() {
         key_type: KeyType::Zpk,
         algorithm: Algorithm::Aes,
         export_under: Some(name("z.zmk")),
+        label: None,
     })
     .await;
     assert_eq!(s, p);
@@ -726,6 +728,117 @@ async fn a_killed_hsm_fails_its_calls_and_a_restarted_one_serves_again() {
         .expect("reconnects");
     let r = ps.call(HsmCommand::Diagnostics).await;
     assert!(matches!(r, Ok(HsmReply::Diagnostics { .. })), "{r:?}");
+}
+
+/// A6 through the client: a key under the ZMK comes back under the LMK
+/// with its KCV; installed, it is the name's key on disk and for the
+/// client, and the key it replaced is still taken for a MAC check during
+/// its overlap, not after.
+#[tokio::test]
+async fn an_imported_key_is_installed_and_its_predecessor_taken_during_the_overlap() {
+    use switchyard::security::hsm::soft::export_under_kek;
+    use switchyard::security::store::header_for;
+    let keys = Keys::new();
+    let sim = Sim::start(&keys, "127.0.0.1:0", &[]).await;
+    let blocks = keys.blocks();
+    let ps = client(sim.addr, blocks.clone(), |_| {});
+    timeout(GUARD, ps.wait_connected()).await.expect("connects");
+
+    let new_tak = random::key(Algorithm::Tdes, 16).expect("key");
+    let header = header_for("x", KeyType::Tak, &new_tak, &keys.lmk);
+    let under = export_under_kek(keys.key("z.zmk"), &header, &new_tak).expect("export");
+    let import = |zmk: &str, under: &str| HsmCommand::ImportKey {
+        key_type: KeyType::Tak,
+        zmk: name(zmk),
+        under: under.to_owned(),
+        label: Some(name("t.tak")),
+    };
+    let r = ps.call(import("z.zmk", &under)).await;
+    let Ok(HsmReply::Key {
+        block,
+        exported: None,
+        kcv,
+    }) = r
+    else {
+        panic!("not an imported key: {r:?}")
+    };
+    assert_eq!(kcv, new_tak.kcv());
+    let (header, key) = keyblock::unwrap(keys.lmk.key(), &block).expect("under the LMK");
+    assert_eq!(key.kcv(), new_tak.kcv());
+    assert_eq!(header.block("LB"), Some("t.tak"));
+    // The client refuses what it can not send before it sends it.
+    assert_eq!(
+        ps.call(import("t.tpk", &under)).await,
+        Err(HsmError::WrongKeyType {
+            name: "t.tpk".into(),
+            actual: "tpk",
+            wanted: "zmk"
+        })
+    );
+    assert!(matches!(
+        ps.call(import("z.zmk", "0123")).await,
+        Err(HsmError::BadInput(_))
+    ));
+
+    let data = Bytes::from_static(b"0200 a message to MAC");
+    let old_mac: MacValue = full_mac(keys.key("t.tak"), MacAlgorithm::Retail, &data)
+        .expect("mac")
+        .into_iter()
+        .take(8)
+        .collect();
+    let stored = switchyard::security::store::StoredBlock {
+        name: "t.tak".into(),
+        key_type: KeyType::Tak,
+        algorithm: Algorithm::Tdes,
+        kcv,
+        block,
+    };
+    let now = switchyard::clock::unix_now_ms();
+    let overlap_ms = 60_000;
+    blocks
+        .install(vec![stored.clone()], now, overlap_ms)
+        .expect("installed");
+    let new_mac = mac_of(
+        ps.call(generate_mac("t.tak", MacAlgorithm::Retail, &data, 8))
+            .await,
+    );
+    let want: MacValue = full_mac(&new_tak, MacAlgorithm::Retail, &data)
+        .expect("mac")
+        .into_iter()
+        .take(8)
+        .collect();
+    assert_eq!(new_mac, want, "MACs are made under the new key");
+    assert_eq!(
+        ps.call(verify_mac(
+            "t.tak",
+            MacAlgorithm::Retail,
+            &data,
+            old_mac.clone()
+        ))
+        .await,
+        Ok(HsmReply::Verified),
+        "the old key's MAC is taken during the overlap"
+    );
+    // The file has the new block: a restart (or hsm-sim's check) reads it.
+    let reread = KeyBlocks::open(&keys.store_path).expect("the rewritten store reads");
+    assert_eq!(reread.get("t.tak").expect("t.tak").kcv, new_tak.kcv());
+    assert_eq!(reread.len(), 9);
+    let lmk = Lmk::load(&keys.lmk_path).expect("lmk");
+    SoftHsm::open(&keys.store_path, lmk).expect("every block still authenticates");
+
+    // Installed again with its overlap over: only the newest key holds.
+    blocks.install(vec![stored], now, 0).expect("installed");
+    assert_eq!(
+        ps.call(verify_mac("t.tak", MacAlgorithm::Retail, &data, old_mac))
+            .await,
+        Err(HsmError::MacMismatch),
+        "the old key is refused after its overlap"
+    );
+    // A block whose label is not its name is refused, and nothing changes.
+    let mut renamed = reread.get("t.tak").expect("t.tak").as_ref().clone();
+    renamed.name = "t2.tak".into();
+    assert!(blocks.install(vec![renamed], now, 0).is_err());
+    assert!(blocks.get("t2.tak").is_none());
 }
 
 #[test]

@@ -367,10 +367,6 @@ impl KeyStore {
 
     /// Writes the store: a temporary file beside it, synced, renamed over.
     pub fn save(&self) -> Result<(), StoreError> {
-        let io = |source| StoreError::Io {
-            path: self.path.clone(),
-            source,
-        };
         let file = File {
             format: FORMAT,
             lmk_kcv: self.lmk_kcv.to_string(),
@@ -385,33 +381,86 @@ impl KeyStore {
                 })
                 .collect(),
         };
-        let body = toml::to_string(&file).map_err(|e| StoreError::Key(e.to_string()))?;
-        let text = format!(
-            "# Switchyard key store: X9.143 (TR-31) version D key blocks under the LMK.\n\
-             # Written by `switchyard keys`; a changed character makes the store refused.\n\n\
-             {body}"
-        );
-        let tmp = self.path.with_extension("tmp");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut f = options.open(&tmp).map_err(io)?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // The rename is durable once the directory is synced.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
+        write_file(&self.path, &file)
+    }
+
+    /// Puts `blocks` in the store at `path` without the LMK (a network
+    /// HSM's key change: the HSM made them under its LMK), each replacing
+    /// the row of its name or added; the file rewritten as
+    /// [`KeyStore::save`] does. Each block's name, type and KCV must be
+    /// those of its header, as [`KeyStore::read_blocks`] will check.
+    pub fn put_blocks(path: &Path, blocks: &[StoredBlock]) -> Result<(), StoreError> {
+        let (mut file, _) = read_file(path)?;
+        for b in blocks {
+            if !valid_name(&b.name) {
+                return Err(StoreError::BadName(b.name.clone()));
+            }
+            let refused = |reason: &str| StoreError::Tampered {
+                path: path.to_owned(),
+                name: b.name.clone(),
+                reason: reason.to_owned(),
+            };
+            let (header, _) =
+                keyblock::read_header(&b.block).map_err(|e| refused(&e.to_string()))?;
+            let kcv = header
+                .block("KC")
+                .and_then(|kc| kc.get(2..))
+                .and_then(|k| Kcv::parse(k).ok());
+            if header.block("LB") != Some(b.name.as_str())
+                || header.block(TYPE_BLOCK).and_then(KeyType::parse) != Some(b.key_type)
+                || kcv != Some(b.kcv)
+            {
+                return Err(refused(
+                    "the new block's name, type or KCV differs from its header's",
+                ));
+            }
+            let row = FileRow {
+                name: b.name.clone(),
+                key_type: b.key_type.name().to_owned(),
+                kcv: b.kcv.to_string(),
+                block: b.block.clone(),
+            };
+            match file.keys.iter_mut().find(|r| r.name == b.name) {
+                Some(r) => *r = row,
+                None => file.keys.push(row),
             }
         }
-        Ok(())
+        write_file(path, &file)
     }
+}
+
+/// Writes a store file: a temporary file beside it, synced, renamed over.
+fn write_file(path: &Path, file: &File) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let body = toml::to_string(file).map_err(|e| StoreError::Key(e.to_string()))?;
+    let text = format!(
+        "# Switchyard key store: X9.143 (TR-31) version D key blocks under the LMK.\n\
+         # Written by `switchyard keys`; a changed character makes the store refused.\n\n\
+         {body}"
+    );
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&tmp).map_err(io)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The rename is durable once the directory is synced.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// A key block as the store file holds it, read without the LMK: what a

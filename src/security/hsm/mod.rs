@@ -28,6 +28,7 @@ use arrayvec::ArrayVec;
 use bytes::Bytes;
 
 use super::dukpt::Ksn;
+use super::dukpt_aes::AesKsn;
 use super::kcv::Kcv;
 use super::keys::Algorithm;
 use super::pinblock::{EncryptedPinBlock, PinFormat};
@@ -77,6 +78,10 @@ pub enum PinSource {
     Zpk(KeyName),
     /// TDES DUKPT: the base derivation key and the transaction's KSN.
     Dukpt { bdk: KeyName, ksn: Ksn },
+    /// AES DUKPT (ANSI X9.24-3): an AES base derivation key and the
+    /// transaction's 12-byte KSN. The PIN working key is AES-128 for a
+    /// format 4 block, double-length TDES for a format 0 one.
+    AesDukpt { bdk: KeyName, ksn: AesKsn },
 }
 
 /// A MAC as it travels: 4 to 16 bytes (DE64 and DE128 carry 8).
@@ -115,6 +120,19 @@ pub enum HsmCommand {
         key_type: KeyType,
         algorithm: Algorithm,
         export_under: Option<KeyName>,
+        /// The name the block is made for (its `LB` label block), so it
+        /// can go in the key store under that name.
+        label: Option<KeyName>,
+    },
+    /// A double-length TDES key that came under the zone master key `zmk`
+    /// (`under`: 32 hex digits of its ECB encryption), as a key block
+    /// under the LMK with its KCV (nothing exported). The caller compares
+    /// the KCV with the one that came with the key before it takes it.
+    ImportKey {
+        key_type: KeyType,
+        zmk: KeyName,
+        under: String,
+        label: Option<KeyName>,
     },
     /// Is the HSM there, and under which LMK?
     Diagnostics,
@@ -128,6 +146,7 @@ impl HsmCommand {
             HsmCommand::GenerateMac { .. } => "generate_mac",
             HsmCommand::VerifyMac { .. } => "verify_mac",
             HsmCommand::GenerateKey { .. } => "generate_key",
+            HsmCommand::ImportKey { .. } => "import_key",
             HsmCommand::Diagnostics => "diagnostics",
         }
     }

@@ -21,7 +21,7 @@ use crate::security::mac::{self, MacError, MacKey, Padding};
 use crate::security::pinblock::{self, PinFormat};
 use crate::security::random;
 use crate::security::store::{self, KeyStore, KeyType, StoreError};
-use crate::security::{Kcv, dukpt};
+use crate::security::{Kcv, dukpt, dukpt_aes};
 
 /// Most keys a soft HSM holds: a key store is a config file, not a
 /// database of terminals (DUKPT serves fleets with one BDK).
@@ -160,6 +160,11 @@ impl SoftHsm {
         self.lmk.kcv()
     }
 
+    /// The algorithm of the key named, if held.
+    pub fn algorithm_of(&self, name: &str) -> Option<Algorithm> {
+        self.read().get(name).map(|s| s.current.algorithm())
+    }
+
     /// Is a key of this name and one of these types held?
     pub fn has(&self, name: &str, types: &[KeyType]) -> bool {
         self.read()
@@ -288,7 +293,33 @@ impl SoftHsm {
                 key_type,
                 algorithm,
                 export_under,
-            } => self.generate_key(&keys, *key_type, *algorithm, export_under.as_deref()),
+                label,
+            } => self.generate_key(
+                &keys,
+                (*key_type, *algorithm),
+                export_under.as_deref(),
+                label.as_deref(),
+            ),
+            HsmCommand::ImportKey {
+                key_type,
+                zmk,
+                under,
+                label,
+            } => {
+                let zmk = lookup(&keys, zmk, &[KeyType::Zmk])?;
+                let key = import_tdes_under_kek(&zmk.current, under)?;
+                let header = store::header_for(
+                    label.as_deref().unwrap_or("imported"),
+                    *key_type,
+                    &key,
+                    &self.lmk,
+                );
+                Ok(HsmReply::Key {
+                    block: wrap(self.lmk.key(), &header, &key)?,
+                    exported: None,
+                    kcv: key.kcv(),
+                })
+            }
             HsmCommand::Diagnostics => Ok(HsmReply::Diagnostics {
                 lmk_kcv: self.lmk.kcv(),
                 firmware: format!("switchyard soft HSM {}", env!("CARGO_PKG_VERSION")),
@@ -322,6 +353,17 @@ impl SoftHsm {
                     .map_err(|e| HsmError::BadPinBlock(format!("the KSN: {e}")))?;
                 (&derived, None)
             }
+            PinSource::AesDukpt { bdk, ksn } => {
+                let bdk = lookup(keys, bdk, &[KeyType::Bdk])?;
+                let key_type = match block.format() {
+                    PinFormat::Iso4 => dukpt_aes::KeyType::Aes128,
+                    PinFormat::Iso0 => dukpt_aes::KeyType::Tdes2,
+                };
+                derived =
+                    dukpt_aes::working_key(&bdk.current, ksn, dukpt_aes::KeyUsage::Pin, key_type)
+                        .map_err(|e| HsmError::BadPinBlock(format!("the KSN: {e}")))?;
+                (&derived, None)
+            }
         };
         let to = &lookup(keys, to, &[KeyType::Zpk])?.current;
         let mut fill = [0u8; 8];
@@ -342,16 +384,16 @@ impl SoftHsm {
     fn generate_key(
         &self,
         keys: &Keys,
-        key_type: KeyType,
-        algorithm: Algorithm,
+        (key_type, algorithm): (KeyType, Algorithm),
         export_under: Option<&str>,
+        label: Option<&str>,
     ) -> Result<HsmReply, HsmError> {
         let len = match algorithm {
             Algorithm::Tdes => 16,
             Algorithm::Aes => 16,
         };
         let key = random::key(algorithm, len).map_err(|e| HsmError::Unavailable(e.to_string()))?;
-        let header = store::header_for("generated", key_type, &key, &self.lmk);
+        let header = store::header_for(label.unwrap_or("generated"), key_type, &key, &self.lmk);
         let block = wrap(self.lmk.key(), &header, &key)?;
         let exported = match export_under {
             None => None,
@@ -612,6 +654,107 @@ mod tests {
         assert!(back.matches("1234"));
     }
 
+    /// AES DUKPT: a format 4 block made under X9.24-3's published PIN
+    /// working keys (AES-128 BDK FEDCBA9876543210F1F1F1F1F1F1F1F1, initial
+    /// key ID 1234567890123456) translates from the BDK and the KSN alone.
+    #[test]
+    fn aes_dukpt_pins_under_the_published_working_keys_translate() {
+        const BDK: &str = "FEDCBA9876543210F1F1F1F1F1F1F1F1";
+        let lmk = Lmk::from_components(&[
+            SecretKey::aes(&[1; 32]).expect("c1"),
+            SecretKey::aes(&[2; 32]).expect("c2"),
+        ])
+        .expect("lmk");
+        let zpk4 = SecretKey::aes(&[0x4A; 16]).expect("key");
+        let h = SoftHsm::from_keys(
+            lmk,
+            [
+                (
+                    "aes.bdk".into(),
+                    KeyType::Bdk,
+                    SecretKey::from_hex(Algorithm::Aes, BDK).expect("bdk"),
+                ),
+                (
+                    "tdes.bdk".into(),
+                    KeyType::Bdk,
+                    tdes("0123456789ABCDEFFEDCBA9876543210"),
+                ),
+                ("a4.zpk".into(), KeyType::Zpk, zpk4.clone()),
+                (
+                    "a.zpk".into(),
+                    KeyType::Zpk,
+                    tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D"),
+                ),
+            ],
+        );
+        let pan = "4012345678909";
+        let pin = Pin::new("1234").expect("pin");
+        let ksn = |counter: u32| {
+            dukpt_aes::AesKsn::new(&crate::hex::parse_hex("123456789012345600000000").expect("hex"))
+                .expect("ksn")
+                .with_counter(counter)
+        };
+        let translate =
+            |bdk: &str, counter: u32, block: &pinblock::EncryptedPinBlock, to: &str, f| {
+                h.execute(&HsmCommand::TranslatePin {
+                    source: PinSource::AesDukpt {
+                        bdk: bdk.into(),
+                        ksn: ksn(counter),
+                    },
+                    to: to.into(),
+                    block: block.clone(),
+                    to_format: f,
+                    pan: pan.into(),
+                })
+            };
+        for (counter, pin_key) in [
+            (0x00000001, "AF8CB133A78F8DC2D1359F18527593FB"),
+            (0xFFFF0000, "27EFAC1D158632588F4AC69E45C247C4"),
+        ] {
+            let key = SecretKey::from_hex(Algorithm::Aes, pin_key).expect("key");
+            let block =
+                pinblock::encrypt(&key, PinFormat::Iso4, &pin, pan, &[0x5C; 8]).expect("block");
+            let Ok(HsmReply::Pin(out)) =
+                translate("aes.bdk", counter, &block, "a4.zpk", PinFormat::Iso4)
+            else {
+                panic!("not translated (counter {counter:#x})")
+            };
+            assert!(
+                pinblock::decrypt(&zpk4, &out, pan)
+                    .expect("under the ZPK")
+                    .matches("1234")
+            );
+            // To a TDES zone in format 0 as well.
+            let Ok(HsmReply::Pin(out)) =
+                translate("aes.bdk", counter, &block, "a.zpk", PinFormat::Iso0)
+            else {
+                panic!("not translated to format 0")
+            };
+            let zpk = tdes("1A1B1C1D1E1F2A2B2C2D2E2F3A3B3C3D");
+            assert!(
+                pinblock::decrypt(&zpk, &out, pan)
+                    .expect("under the ZPK")
+                    .matches("1234")
+            );
+            // Another counter's key does not open it.
+            assert!(matches!(
+                translate("aes.bdk", counter ^ 0x10, &block, "a4.zpk", PinFormat::Iso4),
+                Err(HsmError::BadPinBlock(_))
+            ));
+        }
+        let key =
+            SecretKey::from_hex(Algorithm::Aes, "AF8CB133A78F8DC2D1359F18527593FB").expect("key");
+        let block = pinblock::encrypt(&key, PinFormat::Iso4, &pin, pan, &[0; 8]).expect("block");
+        // A TDES BDK, counter 0, more than 16 one bits: refused as bad blocks.
+        for (bdk, counter) in [("tdes.bdk", 1), ("aes.bdk", 0), ("aes.bdk", 0x0001_FFFF)] {
+            let got = translate(bdk, counter, &block, "a4.zpk", PinFormat::Iso4);
+            assert!(
+                matches!(&got, Err(HsmError::BadPinBlock(m)) if m.starts_with("the KSN")),
+                "{bdk} {counter:#x}: {got:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_pin_under_another_key_is_refused_as_a_bad_block() {
         let h = hsm();
@@ -696,18 +839,35 @@ mod tests {
                 key_type: KeyType::Zpk,
                 algorithm: Algorithm::Tdes,
                 export_under: Some("z.zmk".into()),
+                label: Some("z.zpk".into()),
             })
             .expect("generate")
         else {
             panic!("not a key")
         };
-        let (_, under_lmk) = keyblock::unwrap(h.lmk.key(), &block).expect("under the LMK");
-        let under_zmk = import_tdes_under_kek(
-            &tdes("89ABCDEF0123456776543210FEDCBA98"),
-            &exported.expect("exported"),
-        )
-        .expect("under the ZMK");
+        let (header, under_lmk) = keyblock::unwrap(h.lmk.key(), &block).expect("under the LMK");
+        assert_eq!(header.block("LB"), Some("z.zpk"), "labelled with its name");
+        let exported = exported.expect("exported");
+        let under_zmk = import_tdes_under_kek(&tdes("89ABCDEF0123456776543210FEDCBA98"), &exported)
+            .expect("under the ZMK");
         assert_eq!(under_lmk.kcv(), kcv);
         assert_eq!(under_zmk.kcv(), kcv);
+        // Imported back from under the ZMK: the same key, under the LMK.
+        let Ok(HsmReply::Key {
+            block,
+            exported: None,
+            kcv: imported,
+        }) = h.execute(&HsmCommand::ImportKey {
+            key_type: KeyType::Zpk,
+            zmk: "z.zmk".into(),
+            under: exported,
+            label: None,
+        })
+        else {
+            panic!("not an imported key")
+        };
+        assert_eq!(imported, kcv);
+        let (_, key) = keyblock::unwrap(h.lmk.key(), &block).expect("under the LMK");
+        assert_eq!(key.kcv(), kcv);
     }
 }

@@ -15,6 +15,7 @@ use super::{
 use crate::security::hsm::payshield::{KeyBlocks, PayShieldConfig, wire};
 use crate::security::hsm::soft::SoftHsm;
 use crate::security::hsm::{KeyName, MacAlgorithm};
+use crate::security::keys::Algorithm;
 use crate::security::lmk::Lmk;
 use crate::security::pinblock::PinFormat;
 use crate::security::store::KeyType;
@@ -169,6 +170,20 @@ fn key(s: &mut Section, hsm: Option<&Hsm>, at: &str, name: &str, types: &[KeyTyp
             ),
         );
     }
+    // A key change's DE48 carries each key as 32 hex digits: a TDES key
+    // under a TDES master key.
+    let master = types
+        .iter()
+        .any(|t| matches!(t, KeyType::Tmk | KeyType::Zmk));
+    if master && hsm.and_then(|h| h.algorithm_of(name)) == Some(Algorithm::Aes) {
+        s.problem(
+            at,
+            format!(
+                "`{name}` is an AES key: key exchange carries TDES keys under a TDES \
+                 master key (DE48: 32 hex digits per key)"
+            ),
+        );
+    }
     KeyName::from(name)
 }
 
@@ -203,12 +218,6 @@ impl SecurityFile {
         let mut profiles = TerminalProfiles::default();
         for (i, p) in self.terminals.into_iter().enumerate() {
             let s = &mut s.sub(&format!("terminals[{i}]"));
-            if network && p.tmk.is_some() {
-                s.problem(
-                    "tmk",
-                    "key exchange runs on the soft HSM only so far: not with hsm = \"payshield\"",
-                );
-            }
             if let Some(profile) = p.validate(s, hsm.as_ref(), i) {
                 profiles.add(s, profile);
             }
@@ -403,15 +412,29 @@ impl TerminalProfileFile {
             ))),
             (None, Some(k)) => {
                 let bdk = key(s, hsm, "dukpt_bdk", k, &[KeyType::Bdk]);
+                // The BDK's algorithm says which DUKPT: X9.24-1 (TDES) or
+                // X9.24-3 (AES).
+                let aes = hsm.and_then(|h| h.algorithm_of(&bdk)) == Some(Algorithm::Aes);
+                if aes && hsm.is_some_and(|h| h.network().is_some()) {
+                    s.problem(
+                        "dukpt_bdk",
+                        format!(
+                            "`{k}` is an AES BDK: AES DUKPT (X9.24-3) runs on the soft HSM only, \
+                             not with hsm = \"payshield\""
+                        ),
+                    );
+                }
                 match self.ksn_field {
                     Some(f) => Some(PinKey::Dukpt {
                         bdk,
                         ksn_field: f as usize, // in range
+                        aes,
                     }),
                     None => {
                         s.problem(
                             "ksn_field",
-                            "required with dukpt_bdk: the field carrying the KSN (20 hex digits)",
+                            "required with dukpt_bdk: the field carrying the KSN (20 hex \
+                             digits; 24 with an AES BDK)",
                         );
                         None
                     }
@@ -530,12 +553,6 @@ impl AcquirerSecurity {
             self.key_overlap_ms = sec.key_overlap_ms;
         }
         if let Some(k) = &self.zmk {
-            if sec.hsm.network().is_some() {
-                s.problem(
-                    "zmk",
-                    "key exchange runs on the soft HSM only so far: not with [security] hsm = \"payshield\"",
-                );
-            }
             key(s, Some(&sec.hsm), "zmk", k, &[KeyType::Zmk]);
         }
         if let Some((_, k)) = &self.mac {

@@ -19,10 +19,11 @@ use std::time::Instant;
 
 use slab::Slab;
 
+use crate::security::hsm::payshield::KeyBlocks;
 use crate::security::hsm::soft::SoftHsm;
 use crate::security::hsm::{HsmCommand, HsmError, HsmReply, KeyName};
 use crate::security::keys::SecretKey;
-use crate::security::store::KeyType;
+use crate::security::store::{KeyType, StoredBlock};
 
 /// One piece of work for the driver.
 pub struct HsmCall {
@@ -36,6 +37,9 @@ pub enum HsmWork {
     /// New keys into the soft HSM: the key store file rewritten (synced,
     /// renamed over) before it returns, on a blocking thread.
     Install(KeyInstall),
+    /// New key blocks a network HSM made, into the payShield client's
+    /// blocks and the key store file, the same way.
+    InstallBlocks(BlockInstall),
 }
 
 impl fmt::Debug for HsmWork {
@@ -43,6 +47,7 @@ impl fmt::Debug for HsmWork {
         match self {
             HsmWork::Command(c) => write!(f, "Command({})", c.name()),
             HsmWork::Install(k) => write!(f, "Install({} keys)", k.keys.len()),
+            HsmWork::InstallBlocks(k) => write!(f, "InstallBlocks({} keys)", k.blocks.len()),
         }
     }
 }
@@ -93,6 +98,24 @@ impl KeyInstall {
                 .install(&name, key_type, key, self.now_ms, self.overlap_ms)?;
         }
         Ok(())
+    }
+}
+
+/// Key blocks under the network HSM's LMK to install
+/// ([`KeyBlocks::install`]: all or none).
+pub struct BlockInstall {
+    pub keys: Arc<KeyBlocks>,
+    pub blocks: Vec<StoredBlock>,
+    pub now_ms: u64,
+    pub overlap_ms: u64,
+}
+
+impl BlockInstall {
+    /// Blocks: the key store file's rewrite is synced to disk.
+    pub fn run(self) -> Result<(), HsmError> {
+        self.keys
+            .install(self.blocks, self.now_ms, self.overlap_ms)
+            .map_err(|e| HsmError::Unavailable(format!("the key store: {e}")))
     }
 }
 

@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use crate::iso8583::mac_field::{MacBytes, MacFieldError};
 use crate::iso8583::{Message, MessageBuilder, Spec};
 use crate::security::dukpt::Ksn;
+use crate::security::dukpt_aes::AesKsn;
 use crate::security::hsm::payshield::{KeyBlocks, PayShieldClient, PayShieldConfig};
 use crate::security::hsm::soft::SoftHsm;
 use crate::security::hsm::{HsmCommand, HsmError, HsmReply, KeyName, MacAlgorithm, PinSource};
@@ -88,11 +89,13 @@ impl KeyRef {
 #[derive(Clone, Debug)]
 pub enum PinKey {
     Tpk(KeyRef),
-    /// TDES DUKPT: the KSN (20 hex digits, or 10 bytes in a binary
-    /// field) in `ksn_field`.
+    /// DUKPT: the KSN in `ksn_field`. TDES (ANSI X9.24-1) with a TDES
+    /// BDK: 20 hex digits, or 10 bytes in a binary field; AES (X9.24-3)
+    /// with an AES BDK (`aes`): 24 hex digits or 12 bytes.
     Dukpt {
         bdk: KeyName,
         ksn_field: usize,
+        aes: bool,
     },
 }
 
@@ -212,6 +215,14 @@ impl Hsm {
         }
     }
 
+    /// The algorithm of the key named, if the key store has it.
+    pub fn algorithm_of(&self, name: &str) -> Option<crate::security::keys::Algorithm> {
+        match self {
+            Hsm::Soft(h) => h.algorithm_of(name),
+            Hsm::Network(n) => n.keys.get(name).map(|b| b.algorithm),
+        }
+    }
+
     /// Is a key of this name and one of these types in the key store?
     pub fn has(&self, name: &str, types: &[KeyType]) -> bool {
         match self {
@@ -328,7 +339,7 @@ pub enum Refusal {
     MacWrong,
     /// DE52 without a PIN key for the terminal.
     NoPinKey,
-    /// The KSN field is missing or not 10 bytes.
+    /// The KSN field is missing or not the DUKPT's length.
     BadKsn,
     /// The PIN block does not decrypt to a valid block.
     BadPinBlock,
@@ -591,9 +602,25 @@ pub fn pin_command(
     let tid = tid.as_ref().map_or(&[][..], |t| t.trimmed());
     let source = match pin_key {
         PinKey::Tpk(k) => PinSource::Tpk(k.name(tid)),
-        PinKey::Dukpt { bdk, ksn_field } => PinSource::Dukpt {
+        PinKey::Dukpt {
+            bdk,
+            ksn_field,
+            aes: false,
+        } => PinSource::Dukpt {
             bdk: bdk.clone(),
-            ksn: ksn_of(msg, *ksn_field).ok_or(Refusal::BadKsn)?,
+            ksn: ksn_of(msg, *ksn_field)
+                .and_then(|k| Ksn::new(&k).ok())
+                .ok_or(Refusal::BadKsn)?,
+        },
+        PinKey::Dukpt {
+            bdk,
+            ksn_field,
+            aes: true,
+        } => PinSource::AesDukpt {
+            bdk: bdk.clone(),
+            ksn: ksn_of(msg, *ksn_field)
+                .and_then(|k| AesKsn::new(&k).ok())
+                .ok_or(Refusal::BadKsn)?,
         },
     };
     let pan = std::str::from_utf8(pan).map_err(|_| Refusal::BadPinBlock)?;
@@ -699,8 +726,9 @@ fn reply_name(r: &HsmReply) -> &'static str {
     }
 }
 
-/// The KSN in field `n`: 10 raw bytes, or 20 hex digits of text.
-fn ksn_of(msg: &Message, n: usize) -> Option<Ksn> {
+/// The KSN's bytes in field `n`: raw (10 bytes for TDES DUKPT, 12 for
+/// AES), or text of twice as many hex digits.
+fn ksn_of(msg: &Message, n: usize) -> Option<arrayvec::ArrayVec<u8, 12>> {
     let v = msg.value(n)?;
     let mut raw = arrayvec::ArrayVec::<u8, 40>::new();
     if v.logical_len() > raw.capacity() {
@@ -708,10 +736,10 @@ fn ksn_of(msg: &Message, n: usize) -> Option<Ksn> {
     }
     v.write_logical(&mut raw);
     match raw.len() {
-        10 => Ksn::new(&raw).ok(),
-        20 => {
+        10 | 12 => Some(raw.iter().copied().collect()),
+        20 | 24 => {
             let bytes = crate::hex::parse_hex(std::str::from_utf8(&raw).ok()?).ok()?;
-            Ksn::new(&bytes).ok()
+            Some(bytes.into_iter().collect())
         }
         _ => None,
     }

@@ -69,6 +69,16 @@ impl HsmRunner {
                     (id, HsmDone::Reply(answer))
                 })
             }
+            HsmWork::InstallBlocks(install) => Box::pin(async move {
+                let done = tokio::task::spawn_blocking(move || install.run())
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(HsmError::Unavailable(format!(
+                            "the key store write stopped: {e}"
+                        )))
+                    });
+                (id, HsmDone::Installed(done))
+            }),
             HsmWork::Install(install) => Box::pin(async move {
                 let done = tokio::task::spawn_blocking(move || install.run())
                     .await

@@ -25,11 +25,15 @@
 //!   replaced by a 96 without a MAC (a host approval that was there is
 //!   reversed, as an answer the terminal never got);
 //! * a key change's 0800: its 0810 goes once the key store file holds the
-//!   new keys (the guarantee of the in-line install before).
+//!   new keys (the guarantee of the in-line install before); with a
+//!   network HSM the keys are first made by it, one A0 per key (each
+//!   under the LMK and the TMK), and without an answer in time the 0810
+//!   is a 96 and nothing changes.
 //!
 //! Parked requests count against `max_in_flight_per_connection` with the
 //! forwarded ones: past it a request is answered 96 at once.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -43,12 +47,16 @@ use super::security::refusal_code;
 use crate::clock::Now;
 use crate::codes;
 use crate::iso8583::{Message, MessageBuilder};
-use crate::security::hsm::{HsmCommand, HsmError};
+use crate::security::hsm::{HsmCommand, HsmError, KeyName};
+use crate::security::keys::Algorithm;
+use crate::security::store::{KeyType, StoredBlock};
 use crate::switch::acquirer::{EchoSpans, MatchKey};
 use crate::switch::analytics::Event;
-use crate::switch::card_security::effects::{Calls, HsmCall, HsmDone, HsmWork, KeyInstall};
+use crate::switch::card_security::effects::{
+    BlockInstall, Calls, HsmCall, HsmDone, HsmWork, KeyInstall,
+};
 use crate::switch::card_security::exchange::ExchangedKey;
-use crate::switch::card_security::{self, MacToMake, Refusal};
+use crate::switch::card_security::{self, MacToMake, NetworkHsm, Refusal};
 
 /// The core's card security work under way.
 #[derive(Default)]
@@ -97,12 +105,26 @@ enum Parked {
         end: u64,
         field: usize,
     },
+    /// A terminal key change's keys, being made by the network HSM.
+    Generate(Box<Generating>),
     /// A key change's keys, being written to the key store.
     Keys {
         frame: Bytes,
         started: Instant,
         exchanged: Vec<ExchangedKey>,
     },
+}
+
+/// A terminal key change through the network HSM: one A0 per key, in
+/// turn, each key under the LMK (to use) and under the TMK (to send).
+pub(super) struct Generating {
+    frame: Bytes,
+    started: Instant,
+    network: Arc<NetworkHsm>,
+    tmk: KeyName,
+    /// Still to make, in order; the first is being made.
+    todo: Vec<([u8; 3], KeyName, KeyType)>,
+    made: Vec<(ExchangedKey, StoredBlock)>,
 }
 
 impl Parked {
@@ -139,6 +161,7 @@ impl<J: JournalAppend> TerminalCore<J> {
                 end,
                 field,
             } => self.answer_mac_made(frame_at, body_at, end, field, done.into_reply()),
+            Parked::Generate(g) => self.key_generated(g, done.into_reply()),
             Parked::Keys {
                 frame,
                 started,
@@ -166,6 +189,7 @@ impl<J: JournalAppend> TerminalCore<J> {
                     end,
                     field,
                 } => self.answer_mac_made(frame_at, body_at, end, field, timeout),
+                Parked::Generate(g) => self.key_generated(g, timeout),
                 // Installs have no deadline: the file is written or not.
                 Parked::Keys {
                     frame,
@@ -327,6 +351,113 @@ impl<J: JournalAppend> TerminalCore<J> {
             exchanged,
         };
         self.park(HsmWork::Install(work), None, parked);
+    }
+
+    /// The terminal's 0800 waits for the network HSM to make its new keys
+    /// (`todo`: tag, name, type), then for the key store to take them.
+    pub(super) fn generate_later(
+        &mut self,
+        msg: &Message,
+        network: Arc<NetworkHsm>,
+        tmk: KeyName,
+        todo: Vec<([u8; 3], KeyName, KeyType)>,
+        started: Instant,
+    ) {
+        if !self.room_to_park(msg, started) {
+            return;
+        }
+        let made = Vec::with_capacity(todo.len());
+        self.generate_next(Box::new(Generating {
+            frame: msg.frame().clone(),
+            started,
+            network,
+            tmk,
+            todo,
+            made,
+        }));
+    }
+
+    /// The next key's A0, or, all made, their install.
+    fn generate_next(&mut self, g: Box<Generating>) {
+        if let Some((_, name, key_type)) = g.todo.first() {
+            let command = HsmCommand::GenerateKey {
+                key_type: *key_type,
+                algorithm: Algorithm::Tdes,
+                export_under: Some(g.tmk.clone()),
+                label: Some(name.clone()),
+            };
+            let timeout = g.network.timeout();
+            self.park(
+                HsmWork::Command(command),
+                Some(timeout),
+                Parked::Generate(g),
+            );
+            return;
+        }
+        let g = *g;
+        let (exchanged, blocks): (Vec<_>, Vec<_>) = g.made.into_iter().unzip();
+        let overlap_ms = self
+            .shared
+            .security
+            .as_ref()
+            .map_or(0, |s| s.key_overlap_ms);
+        let work = BlockInstall {
+            keys: g.network.keys.clone(),
+            blocks,
+            now_ms: self.now.unix_ms,
+            overlap_ms,
+        };
+        let parked = Parked::Keys {
+            frame: g.frame,
+            started: g.started,
+            exchanged,
+        };
+        self.park(HsmWork::InstallBlocks(work), None, parked);
+    }
+
+    /// An A0's answer: the key under the LMK and under the TMK (as DE48
+    /// carries it: 32 hex digits), or the key change fails (96).
+    fn key_generated(
+        &mut self,
+        mut g: Box<Generating>,
+        answer: Result<crate::security::hsm::HsmReply, HsmError>,
+    ) {
+        use crate::security::hsm::HsmReply;
+        let failure = match answer {
+            Ok(HsmReply::Key {
+                block,
+                exported: Some(under),
+                kcv,
+            }) if under.len() == 32 && under.bytes().all(|c| c.is_ascii_hexdigit()) => {
+                if g.todo.is_empty() {
+                    "an answer for no key asked".to_owned()
+                } else {
+                    let (tag, name, key_type) = g.todo.remove(0);
+                    let stored = StoredBlock {
+                        name: name.to_string(),
+                        key_type,
+                        algorithm: Algorithm::Tdes,
+                        kcv,
+                        block,
+                    };
+                    g.made.push((ExchangedKey { tag, under, kcv }, stored));
+                    return self.generate_next(g);
+                }
+            }
+            Ok(_) => "the HSM's answer is not a key under the TMK as 32 hex digits".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let Ok(msg) = Message::parse(g.frame, self.spec) else {
+            self.outcomes += 1;
+            return;
+        };
+        let terminal = msg.terminal_id();
+        let terminal =
+            String::from_utf8_lossy(terminal.as_ref().map_or(&b"-"[..], |t| t.trimmed()));
+        warn!(peer = %self.peer, %terminal, "terminal key change failed: {failure}");
+        metrics::counter!(crate::telemetry::KEY_CHANGES, "side" => "terminal", "result" => "failed")
+            .increment(1);
+        self.answer_key_change(&msg, codes::SYSTEM_MALFUNCTION, None, g.started);
     }
 
     /// Runs `answer`, the answer to a request refused for `why`: without

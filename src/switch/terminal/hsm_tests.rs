@@ -446,3 +446,120 @@ tmk = "t-{{terminal}}.tmk"
         .expect("readable");
     assert_eq!(de48[0].kcv, new, "the 0810 gives the key the file holds");
 }
+
+#[test]
+fn through_a_network_hsm_a_key_change_makes_each_key_in_turn_then_installs_them() {
+    let keys = tempfile::tempdir().expect("dir");
+    let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
+    let lmk = Lmk::from_components(&[c(0x11), c(0x22)]).expect("lmk");
+    let store_path = keys.path().join("keys.toml");
+    let mut store = KeyStore::create(&store_path, &lmk).expect("store");
+    for (name, t, hex) in [
+        ("t-TERMK001.tmk", KeyType::Tmk, ZPK),
+        ("t-TERMK001.tpk", KeyType::Tpk, TPK),
+        ("t-TERMK001.tak", KeyType::Tak, TAK),
+    ] {
+        store.add(&lmk, name, t, &tdes(hex)).expect("key added");
+    }
+    store.save().expect("saved");
+    // Plays the network HSM: the same keys under the same LMK.
+    let soft = SoftHsm::open(&store_path, lmk.clone()).expect("soft HSM");
+    let security = format!(
+        r#"
+[security]
+hsm = "payshield"
+key_store = "{store}"
+key_overlap_ms = 1000
+
+[security.payshield]
+address = "127.0.0.1:9"
+timeout_ms = {timeout}
+
+[[security.terminals]]
+terminal_ids = ["TERMK001"]
+mac = "off"
+pin_key = "t-{{terminal}}.tpk"
+mac_key = "t-{{terminal}}.tak"
+tmk = "t-{{terminal}}.tmk"
+"#,
+        store = store_path.display(),
+        timeout = TIMEOUT.as_millis(),
+    );
+    let mut h = harness_with("", "", "default = \"acquirer-a\"", &security, true);
+    let key_change = |h: &Harness, stan: u64| {
+        let mut b = MessageBuilder::new(h.spec, Mti::NETWORK);
+        b.set(7, b"1125101010")
+            .set_number(11, stan)
+            .set(41, b"TERMK001")
+            .set(70, b"161");
+        b.to_bytes().expect("packs").freeze()
+    };
+    h.send(key_change(&h, 7));
+    // One A0 at a time: the TPK, then the TAK, each also under the TMK.
+    let mut made = Vec::new();
+    for (name, key_type) in [
+        ("t-TERMK001.tpk", KeyType::Tpk),
+        ("t-TERMK001.tak", KeyType::Tak),
+    ] {
+        let (id, command) = h.one_command();
+        let HsmCommand::GenerateKey {
+            key_type: t,
+            export_under: Some(tmk),
+            label: Some(label),
+            ..
+        } = &command
+        else {
+            panic!("not an A0 under the TMK: {command:?}")
+        };
+        assert_eq!((*t, &**tmk, &**label), (key_type, "t-TERMK001.tmk", name));
+        assert!(h.answers().is_empty(), "no 0810 before the keys are made");
+        let reply = soft.execute(&command);
+        if let Ok(crate::security::hsm::HsmReply::Key { kcv, .. }) = &reply {
+            made.push(*kcv);
+        }
+        let now = h.tick(Duration::from_millis(2));
+        h.core.handle_hsm_reply(now, id, HsmDone::Reply(reply));
+    }
+    let mut calls = h.hsm_calls();
+    assert_eq!(calls.len(), 1);
+    let call = calls.remove(0);
+    let HsmWork::InstallBlocks(install) = call.work else {
+        panic!("not an install: {:?}", call.work)
+    };
+    assert!(h.answers().is_empty(), "no 0810 before the store has them");
+    let done = install.run();
+    let after = KeyStore::open(&store_path, &lmk).expect("the rewritten store opens");
+    assert_eq!(after.entry("t-TERMK001.tpk").expect("tpk").kcv, made[0]);
+    assert_eq!(after.entry("t-TERMK001.tak").expect("tak").kcv, made[1]);
+    let now = h.tick(Duration::from_millis(3));
+    h.core
+        .handle_hsm_reply(now, call.id, HsmDone::Installed(done));
+    let a = h.one_answer();
+    assert_eq!(code(&a), codes::APPROVED);
+    let de48 = crate::switch::card_security::exchange::parse(a.field(48).expect("DE48"))
+        .expect("readable");
+    assert_eq!(
+        de48.iter().map(|e| (e.tag, e.kcv)).collect::<Vec<_>>(),
+        vec![(*b"TPK", made[0]), (*b"TAK", made[1])]
+    );
+
+    // An answer that is not a key under the TMK, or none in time: 96,
+    // nothing installed.
+    h.send(key_change(&h, 8));
+    let (id, _) = h.one_command();
+    let now = h.tick(Duration::from_millis(1));
+    h.core.handle_hsm_reply(
+        now,
+        id,
+        HsmDone::Reply(Ok(crate::security::hsm::HsmReply::Verified)),
+    );
+    assert_eq!(code(&h.one_answer()), codes::SYSTEM_MALFUNCTION);
+    assert!(h.hsm_calls().is_empty(), "no install");
+    h.send(key_change(&h, 9));
+    let (_, _) = h.one_command();
+    h.hsm_times_out();
+    assert_eq!(code(&h.one_answer()), codes::SYSTEM_MALFUNCTION);
+    assert!(h.hsm_calls().is_empty(), "no install");
+    let unchanged = KeyStore::open(&store_path, &lmk).expect("opens");
+    assert_eq!(unchanged.entry("t-TERMK001.tpk").expect("tpk").kcv, made[0]);
+}

@@ -196,12 +196,6 @@ impl<J: JournalAppend> TerminalCore<J> {
             self.answer_key_change(msg, codes::UNKNOWN_TERMINAL, None, started);
             return true;
         }
-        let Some(hsm) = sec.hsm.soft() else {
-            // Refused when the config is checked: key exchange is the soft
-            // HSM's.
-            self.answer_key_change(msg, codes::SYSTEM_MALFUNCTION, None, started);
-            return true;
-        };
         let tmk = tmk.name(tid);
         let pin_key = match &profile.pin {
             Some(PinKey::Tpk(k)) => Some(k),
@@ -211,6 +205,20 @@ impl<J: JournalAppend> TerminalCore<J> {
             (*b"TPK", pin_key, KeyType::Tpk),
             (*b"TAK", profile.mac_key.as_ref(), KeyType::Tak),
         ];
+        let hsm = match &sec.hsm {
+            Hsm::Soft(h) => h,
+            Hsm::Network(n) => {
+                // The HSM makes each key (A0, under its LMK and the TMK),
+                // one command after the other; the 0810 goes once the
+                // blocks are in the key store.
+                let todo = wanted
+                    .into_iter()
+                    .filter_map(|(tag, name, t)| Some((tag, name?.name(tid), t)))
+                    .collect();
+                self.generate_later(msg, n.clone(), tmk, todo, started);
+                return true;
+            }
+        };
         // The keys are made here (in memory, microseconds); the key store
         // file is rewritten off this thread, and the 0810 goes once it is.
         let mut exchanged = Vec::with_capacity(2);

@@ -253,9 +253,45 @@ impl PayShieldClient {
         self.inner.max_in_flight - self.inner.permits.available_permits()
     }
 
+    /// Sends `command` and waits for its answer. A MAC or PIN block that
+    /// fails under its key's current block is tried once more under the
+    /// block that key replaced, while its overlap lasts (as the soft HSM
+    /// takes a replaced key): what the other side sent before it had the
+    /// new key.
     pub async fn call(&self, command: HsmCommand) -> Result<HsmReply, HsmError> {
+        let answer = self.send(&command, None).await;
+        let retry = matches!(
+            answer,
+            Err(HsmError::MacMismatch) | Err(HsmError::BadPinBlock(_))
+        );
+        if !retry {
+            return answer;
+        }
+        let checked_by = match &command {
+            HsmCommand::VerifyMac { key, .. } => key,
+            HsmCommand::TranslatePin {
+                source: PinSource::Tpk(key) | PinSource::Zpk(key),
+                ..
+            } => key,
+            _ => return answer,
+        };
+        match self
+            .inner
+            .keys
+            .previous_at(checked_by, crate::clock::unix_now_ms())
+        {
+            Some(old) => self.send(&command, Some(old)).await,
+            None => answer,
+        }
+    }
+
+    async fn send(
+        &self,
+        command: &HsmCommand,
+        older: Option<Arc<StoredBlock>>,
+    ) -> Result<HsmReply, HsmError> {
         let inner = &self.inner;
-        let (request, expect) = inner.prepare(&command)?;
+        let (request, expect) = inner.prepare(command, older)?;
         let mut body = Vec::with_capacity(256);
         let placeholder = [b'0'; wire::MAX_HEADER_LEN];
         wire::encode_request(&placeholder[..inner.header_len], &request, &mut body)
@@ -309,7 +345,7 @@ impl Inner {
     }
 
     /// The key named, of one of `wanted`'s types: the soft HSM's errors.
-    fn key(&self, name: &str, wanted: &[KeyType]) -> Result<&StoredBlock, HsmError> {
+    fn key(&self, name: &str, wanted: &[KeyType]) -> Result<Arc<StoredBlock>, HsmError> {
         let k = self
             .keys
             .get(name)
@@ -324,7 +360,14 @@ impl Inner {
         Ok(k)
     }
 
-    fn prepare(&self, command: &HsmCommand) -> Result<(Request, Expect), HsmError> {
+    /// The request for `command`; with `older`, the key that checks what
+    /// arrived (the PIN's source key, the MAC key of a verify) is that
+    /// block instead of the name's current one.
+    fn prepare(
+        &self,
+        command: &HsmCommand,
+        older: Option<Arc<StoredBlock>>,
+    ) -> Result<(Request, Expect), HsmError> {
         match command {
             HsmCommand::TranslatePin {
                 source,
@@ -347,6 +390,16 @@ impl Inner {
                         }
                         (bdk, Some(*ksn))
                     }
+                    PinSource::AesDukpt { .. } => {
+                        // Refused by check-config: the profile's BDK is AES.
+                        return Err(HsmError::BadInput(
+                            "AES DUKPT (X9.24-3) runs on the soft HSM only".into(),
+                        ));
+                    }
+                };
+                let from = match older {
+                    Some(old) if ksn.is_none() => old,
+                    _ => from,
                 };
                 let to = self.key(to, &[KeyType::Zpk])?;
                 // What pinblock::translate checks before it decrypts, in
@@ -381,7 +434,7 @@ impl Inner {
                 len,
             } => {
                 let k = self.key(key, &[KeyType::Tak, KeyType::Zak])?;
-                let full = check_mac_key(*algorithm, k)?;
+                let full = check_mac_key(*algorithm, &k)?;
                 if !(4..=full.bytes()).contains(len) {
                     return Err(HsmError::BadInput(format!("a MAC of {len} bytes")));
                 }
@@ -401,8 +454,11 @@ impl Inner {
                 data,
                 mac,
             } => {
-                let k = self.key(key, &[KeyType::Tak, KeyType::Zak])?;
-                let full = check_mac_key(*algorithm, k)?;
+                let k = match older {
+                    Some(old) => old,
+                    None => self.key(key, &[KeyType::Tak, KeyType::Zak])?,
+                };
+                let full = check_mac_key(*algorithm, &k)?;
                 if !(4..=full.bytes()).contains(&mac.len()) {
                     return Err(HsmError::BadInput(MacError::Length(mac.len()).to_string()));
                 }
@@ -432,6 +488,7 @@ impl Inner {
                 key_type,
                 algorithm,
                 export_under,
+                label,
             } => {
                 let export = match export_under {
                     None => None,
@@ -460,6 +517,34 @@ impl Inner {
                         key_type: *key_type,
                         algorithm: *algorithm,
                         export,
+                        label: label.as_deref().map(str::to_owned),
+                    },
+                    Expect::Key,
+                ))
+            }
+            HsmCommand::ImportKey {
+                key_type,
+                zmk,
+                under,
+                label,
+            } => {
+                let zmk = self.key(zmk, &[KeyType::Zmk])?;
+                if zmk.algorithm != Algorithm::Tdes {
+                    return Err(HsmError::BadInput(
+                        "a key under an AES ZMK comes as a key block, not as 32 hex digits".into(),
+                    ));
+                }
+                if under.len() != 32 || !under.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(HsmError::BadInput(
+                        "the key under the ZMK is not 32 hex digits".into(),
+                    ));
+                }
+                Ok((
+                    Request::ImportKey {
+                        key_type: *key_type,
+                        zmk: KeyBlockText(zmk.block.clone()),
+                        under_zmk: under.to_ascii_uppercase(),
+                        label: label.as_deref().map(str::to_owned),
                     },
                     Expect::Key,
                 ))

@@ -1,5 +1,5 @@
 //! `switchyard hsm-sim`: an emulator of the payShield command subset the
-//! client sends (CA, CC, G0, M6, M8, A0, NC), over TCP, for tests.
+//! client sends (CA, CC, G0, M6, M8, A0, A6, NC), over TCP, for tests.
 //!
 //! It holds only the LMK, as a payShield does: the keys arrive in the
 //! commands as key blocks under it and are unwrapped (authenticated) per
@@ -169,6 +169,13 @@ impl Emulator {
         Ok(key)
     }
 
+    /// `key` as a block under the LMK.
+    fn wrap(&self, header: &keyblock::Header, key: &SecretKey) -> Result<String, ErrorCode> {
+        let mut pad = [0u8; 32];
+        random::fill(&mut pad).map_err(|_| ErrorCode::INTERNAL)?;
+        keyblock::wrap(self.lmk.key(), header, key, &pad).map_err(key_block_error)
+    }
+
     pub fn execute(&self, req: &Request) -> Result<Response, ErrorCode> {
         match req {
             Request::TranslateTpk(t) => self.translate(t, &[KeyType::Tpk], None),
@@ -207,14 +214,13 @@ impl Emulator {
                 key_type,
                 algorithm,
                 export,
+                label,
             } => {
                 // 16-byte keys, as the soft HSM makes them.
                 let key = random::key(*algorithm, 16).map_err(|_| ErrorCode::INTERNAL)?;
-                let header = store::header_for("generated", *key_type, &key, &self.lmk);
-                let mut pad = [0u8; 32];
-                random::fill(&mut pad).map_err(|_| ErrorCode::INTERNAL)?;
-                let block =
-                    keyblock::wrap(self.lmk.key(), &header, &key, &pad).map_err(key_block_error)?;
+                let label = label.as_deref().unwrap_or("generated");
+                let header = store::header_for(label, *key_type, &key, &self.lmk);
+                let block = self.wrap(&header, &key)?;
                 let exported = match export {
                     None => None,
                     Some(e) => {
@@ -242,6 +248,23 @@ impl Emulator {
                 Ok(Response::Key {
                     under_lmk: KeyBlockText(block),
                     exported,
+                    kcv: key.kcv(),
+                })
+            }
+            Request::ImportKey {
+                key_type,
+                zmk,
+                under_zmk,
+                label,
+            } => {
+                let zmk = self.unwrap(zmk, &[KeyType::Zmk])?;
+                let key = soft::import_tdes_under_kek(&zmk, under_zmk)
+                    .map_err(|_| ErrorCode::INVALID_INPUT)?;
+                let label = label.as_deref().unwrap_or("imported");
+                let header = store::header_for(label, *key_type, &key, &self.lmk);
+                Ok(Response::Key {
+                    under_lmk: KeyBlockText(self.wrap(&header, &key)?),
+                    exported: None,
                     kcv: key.kcv(),
                 })
             }
@@ -636,5 +659,88 @@ mod tests {
         // Unreadable input: 15 with the header echoed; no header: nothing.
         assert_eq!(emu.answer(b"0042CA12", 4), Some(b"0042CB15".to_vec()));
         assert_eq!(emu.answer(b"00", 4), None);
+    }
+
+    #[test]
+    fn a0_labels_its_block_and_a6_imports_from_under_the_zmk() {
+        let lmk = lmk();
+        let zmk = tdes("2C2C2C2C2C2C2C2C3D3D3D3D3D3D3D3D");
+        let tmk = tdes("6E6E6E6E6E6E6E6E7F7F7F7F7F7F7F7F");
+        let emu = Emulator::new(lmk.clone());
+        // A0 mode 1 under a TMK: under the LMK (labelled) and under the TMK.
+        let Ok(Response::Key {
+            under_lmk,
+            exported: Some((b'X', under_tmk)),
+            kcv,
+        }) = emu.execute(&Request::GenerateKey {
+            key_type: KeyType::Tak,
+            algorithm: Algorithm::Tdes,
+            export: Some(wire::Export {
+                tmk: true,
+                kek: block(&lmk, KeyType::Tmk, &tmk),
+                scheme: b'X',
+            }),
+            label: Some("t-T1.tak".into()),
+        })
+        else {
+            panic!("not a key under the TMK")
+        };
+        let (header, key) = keyblock::unwrap(lmk.key(), &under_lmk.0).expect("under the LMK");
+        assert_eq!(header.block("LB"), Some("t-T1.tak"));
+        assert_eq!(header.block("10"), Some("TAK"));
+        assert_eq!(key.kcv(), kcv);
+        let sent = soft::import_tdes_under_kek(&tmk, &under_tmk).expect("under the TMK");
+        assert_eq!(sent.kcv(), kcv);
+
+        // A6: a key under the ZMK comes back under the LMK with its KCV.
+        let zpk = tdes("1111111111111111EEEEEEEEEEEEEEEE");
+        let header = header_for("x", KeyType::Zpk, &zpk, &lmk);
+        let under_zmk = soft::export_under_kek(&zmk, &header, &zpk).expect("export");
+        let import = |zmk_block: KeyBlockText, under_zmk: String| Request::ImportKey {
+            key_type: KeyType::Zpk,
+            zmk: zmk_block,
+            under_zmk,
+            label: Some("acq.zpk".into()),
+        };
+        let Ok(Response::Key {
+            under_lmk,
+            exported: None,
+            kcv,
+        }) = emu.execute(&import(block(&lmk, KeyType::Zmk, &zmk), under_zmk.clone()))
+        else {
+            panic!("not an imported key")
+        };
+        assert_eq!(kcv, zpk.kcv());
+        let (header, key) = keyblock::unwrap(lmk.key(), &under_lmk.0).expect("under the LMK");
+        assert_eq!(key.kcv(), zpk.kcv());
+        assert_eq!(header.block("LB"), Some("acq.zpk"));
+        assert_eq!(header.block("10"), Some("ZPK"));
+        // Under another ZMK it decrypts to another key: its KCV differs
+        // (the switch compares it with the one the host sent).
+        let other = tdes("0E0E0E0E0E0E0E0E0F0F0F0F0F0F0F0F");
+        let Ok(Response::Key { kcv: wrong, .. }) = emu.execute(&import(
+            block(&lmk, KeyType::Zmk, &other),
+            under_zmk.clone(),
+        )) else {
+            panic!("not a key")
+        };
+        assert_ne!(wrong, zpk.kcv());
+        // A TMK where a ZMK belongs: invalid key usage.
+        assert_eq!(
+            emu.execute(&import(block(&lmk, KeyType::Tmk, &zmk), under_zmk.clone())),
+            Err(ErrorCode::INVALID_KEY_USAGE)
+        );
+        // Through the codec: the header echoed, A7 with the fields.
+        let mut body = Vec::new();
+        wire::encode_request(
+            b"0009",
+            &import(block(&lmk, KeyType::Zmk, &zmk), under_zmk),
+            &mut body,
+        )
+        .expect("encodes");
+        let answer = emu.answer(&body, 4).expect("answered");
+        let (h, code, resp) = wire::decode_response(&answer, 4).expect("decodes");
+        assert_eq!((h, code), (&b"0009"[..], *b"A7"));
+        assert!(matches!(resp, Ok(Response::Key { kcv, .. }) if kcv == zpk.kcv()));
     }
 }

@@ -316,6 +316,19 @@ pub enum Request {
         key_type: KeyType,
         algorithm: Algorithm,
         export: Option<Export>,
+        /// The key's name, carried in the new block's `LB` (label)
+        /// optional block, so that the block can go in the key store.
+        label: Option<String>,
+    },
+    /// A6: import a key from under a ZMK (key scheme `X`: a double-length
+    /// TDES key ECB under a TDES ZMK, as 32H) to under the LMK (key scheme
+    /// S).
+    ImportKey {
+        key_type: KeyType,
+        zmk: KeyBlockText,
+        /// 32 hex digits.
+        under_zmk: String,
+        label: Option<String>,
     },
     /// NC: diagnostics.
     Diagnostics,
@@ -330,6 +343,7 @@ impl Request {
             Request::GenerateMac { .. } => *b"M6",
             Request::VerifyMac { .. } => *b"M8",
             Request::GenerateKey { .. } => *b"A0",
+            Request::ImportKey { .. } => *b"A6",
             Request::Diagnostics => *b"NC",
         }
     }
@@ -358,7 +372,8 @@ pub enum Response {
     /// M9 with 00.
     Verified,
     /// A1: the key under the LMK, under the ZMK/TMK (scheme `S`: a key
-    /// block; `X`: hex), its KCV (6H).
+    /// block; `X`: hex), its KCV (6H). A7 (to A6): the key under the LMK
+    /// and its KCV, nothing exported.
     Key {
         under_lmk: KeyBlockText,
         exported: Option<(u8, String)>,
@@ -511,10 +526,15 @@ fn push_account(out: &mut Vec<u8>, a: &Account) {
 ///
 /// A0: mode (`0`, or `1` with export), key type `FFF`, key scheme (LMK)
 /// `S`; with export: `;`, the ZMK/TMK flag, the ZMK or TMK, the key scheme
-/// under it; then `#` and the key block fields: usage (2A), algorithm
-/// (`T2` double-length TDES, `A1` AES-128: the soft HSM's keys are 16
-/// bytes), mode of use (1A), key version `00`, exportability (1A), one
-/// optional block: `10` with the Switchyard key type.
+/// under it; then `#` and the key block fields ([`push_key_fields`]:
+/// usage, algorithm, mode of use, version, exportability, the optional
+/// blocks `10` with the Switchyard key type and `LB` with a label).
+///
+/// A6: key type `FFF`, the ZMK, `X` and the key under it (32H), key
+/// scheme (LMK) `S`, then `#` and the key block fields as A0's (algorithm
+/// `T2`: scheme X carries a double-length TDES key). The payShield
+/// manual's A6 has more optional fields (a key check value to compare,
+/// ATALLA variants); the switch compares the KCV A7 returns itself.
 ///
 /// NC: nothing.
 pub fn encode_request(header: &[u8], req: &Request, out: &mut Vec<u8>) -> Result<(), WireError> {
@@ -556,6 +576,7 @@ pub fn encode_request(header: &[u8], req: &Request, out: &mut Vec<u8>) -> Result
             key_type,
             algorithm,
             export,
+            label,
         } => {
             out.push(if export.is_some() { b'1' } else { b'0' });
             out.extend_from_slice(b"FFFS");
@@ -565,17 +586,23 @@ pub fn encode_request(header: &[u8], req: &Request, out: &mut Vec<u8>) -> Result
                 push_key(out, &e.kek);
                 out.push(e.scheme);
             }
-            out.push(b'#');
-            out.extend_from_slice(&key_type.usage(*algorithm));
-            out.extend_from_slice(match algorithm {
-                Algorithm::Tdes => b"T2",
-                Algorithm::Aes => b"A1",
-            });
-            out.push(key_type.mode());
-            out.extend_from_slice(b"00");
-            out.push(if key_type.exportable() { b'E' } else { b'N' });
-            let t = key_type_code(*key_type);
-            out.extend_from_slice(format!("0110{:02X}{t}", t.len() + 4).as_bytes());
+            push_key_fields(out, *key_type, *algorithm, label.as_deref())?;
+        }
+        Request::ImportKey {
+            key_type,
+            zmk,
+            under_zmk,
+            label,
+        } => {
+            if under_zmk.len() != 32 || !under_zmk.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(field("key under the ZMK: not 32 hex digits"));
+            }
+            out.extend_from_slice(b"FFF");
+            push_key(out, zmk);
+            out.push(b'X');
+            out.extend_from_slice(under_zmk.as_bytes());
+            out.push(b'S');
+            push_key_fields(out, *key_type, Algorithm::Tdes, label.as_deref())?;
         }
         Request::Diagnostics => {}
     }
@@ -606,13 +633,55 @@ fn push_mac_head(
     Ok(())
 }
 
+/// `#` and the key block fields of A0 and A6: usage (2A), algorithm (`T2`
+/// double-length TDES, `A1` AES-128: the soft HSM's keys are 16 bytes),
+/// mode of use (1A), key version `00`, exportability (1A), the number of
+/// optional blocks (2N) and the blocks: `10` with the Switchyard key type,
+/// and with a label `LB` (X9.143's label block) with the key's name.
+fn push_key_fields(
+    out: &mut Vec<u8>,
+    key_type: KeyType,
+    algorithm: Algorithm,
+    label: Option<&str>,
+) -> Result<(), WireError> {
+    if let Some(l) = label
+        && !label_ok(l)
+    {
+        return Err(field("label: 1 to 64 letters, digits, `.`, `_` or `-`"));
+    }
+    out.push(b'#');
+    out.extend_from_slice(&key_type.usage(algorithm));
+    out.extend_from_slice(match algorithm {
+        Algorithm::Tdes => b"T2",
+        Algorithm::Aes => b"A1",
+    });
+    out.push(key_type.mode());
+    out.extend_from_slice(b"00");
+    out.push(if key_type.exportable() { b'E' } else { b'N' });
+    let t = key_type_code(key_type);
+    let count = if label.is_some() { 2 } else { 1 };
+    out.extend_from_slice(format!("{count:02}10{:02X}{t}", t.len() + 4).as_bytes());
+    if let Some(l) = label {
+        out.extend_from_slice(format!("LB{:02X}{l}", l.len() + 4).as_bytes());
+    }
+    Ok(())
+}
+
+/// A key store name (what [`crate::security::store`] takes), so a label
+/// is printable and its block's length fits 2H.
+fn label_ok(l: &str) -> bool {
+    (1..=64).contains(&l.len())
+        && l.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
 /// The body of an answer: `header`, the response code of `command`, the
 /// error code, and on success the fields.
 ///
 /// CB, CD, G1: PIN length (2N), the PIN block (16H or 32H), its format
 /// code. M7: the MAC (hex). M9: nothing. A1: `S` and the key block under
 /// the LMK; with export, the key under the ZMK/TMK (`S` + block or `X` +
-/// 32H); the KCV (6H). ND: LMK check value (16H, see
+/// 32H); the KCV (6H). A7: `S` and the key block under the LMK, the KCV. ND: LMK check value (16H, see
 /// [`Response::Diagnostics`]), firmware number.
 pub fn encode_response(
     header: &[u8],
@@ -825,6 +894,7 @@ pub fn decode_request(
         b"M6" => read_mac(&mut r, false),
         b"M8" => read_mac(&mut r, true),
         b"A0" => read_generate(&mut r),
+        b"A6" => read_import(&mut r),
         b"NC" => r.done("NC").map(|()| Request::Diagnostics),
         _ => {
             // Not a command this emulator knows: as a payShield answers a
@@ -981,6 +1051,41 @@ fn read_generate(r: &mut Reader<'_>) -> Result<Request, WireError> {
     } else {
         None
     };
+    let (key_type, algorithm, label) = read_key_fields(r)?;
+    Ok(Request::GenerateKey {
+        key_type,
+        algorithm,
+        export,
+        label,
+    })
+}
+
+fn read_import(r: &mut Reader<'_>) -> Result<Request, WireError> {
+    if r.take(3, "key type")? != b"FFF" {
+        return Err(field("key type: only FFF (key block LMK)"));
+    }
+    let zmk = r.key("ZMK")?;
+    r.expect(b'X', "key scheme (ZMK)")?;
+    let under = r.take(32, "key under the ZMK")?;
+    if !under.iter().all(u8::is_ascii_hexdigit) {
+        return Err(field("key under the ZMK: not 32 hex digits"));
+    }
+    let under_zmk = String::from_utf8_lossy(under).into_owned();
+    r.expect(b'S', "key scheme (LMK)")?;
+    let (key_type, algorithm, label) = read_key_fields(r)?;
+    if algorithm != Algorithm::Tdes {
+        return Err(field("algorithm: a key under scheme X is T2"));
+    }
+    Ok(Request::ImportKey {
+        key_type,
+        zmk,
+        under_zmk,
+        label,
+    })
+}
+
+/// [`push_key_fields`]'s fields, to the end of the message.
+fn read_key_fields(r: &mut Reader<'_>) -> Result<(KeyType, Algorithm, Option<String>), WireError> {
     r.expect(b'#', "key block delimiter")?;
     let usage = r.take(2, "key usage")?;
     let algorithm = match r.take(2, "algorithm")? {
@@ -991,16 +1096,33 @@ fn read_generate(r: &mut Reader<'_>) -> Result<Request, WireError> {
     let mode_of_use = r.take(1, "mode of use")?[0];
     r.take(2, "key version number")?;
     let exportability = r.take(1, "exportability")?[0];
-    if r.digits(2, "number of optional blocks")? != 1 || r.take(2, "optional block")? != b"10" {
-        return Err(field("optional blocks: exactly one, 10 (the key type)"));
+    let count = r.digits(2, "number of optional blocks")?;
+    if !(1..=2).contains(&count) || r.take(2, "optional block")? != b"10" {
+        return Err(field(
+            "optional blocks: 10 (the key type), then LB (a label) or nothing",
+        ));
     }
     let len = r.hex(2, "optional block length")?[0];
     let data = r.take(usize::from(len).saturating_sub(4), "optional block 10")?;
-    r.done("the optional blocks")?;
     let key_type = std::str::from_utf8(data)
         .ok()
         .and_then(KeyType::parse)
         .ok_or_else(|| field("optional block 10: not a key type"))?;
+    let label = if count == 2 {
+        if r.take(2, "optional block")? != b"LB" {
+            return Err(field("the second optional block: only LB (a label)"));
+        }
+        let len = r.hex(2, "optional block length")?[0];
+        let data = r.take(usize::from(len).saturating_sub(4), "optional block LB")?;
+        let label = std::str::from_utf8(data)
+            .ok()
+            .filter(|l| label_ok(l))
+            .ok_or_else(|| field("optional block LB: not a key name"))?;
+        Some(label.to_owned())
+    } else {
+        None
+    };
+    r.done("the optional blocks")?;
     if usage != key_type.usage(algorithm)
         || mode_of_use != key_type.mode()
         || exportability != if key_type.exportable() { b'E' } else { b'N' }
@@ -1009,11 +1131,7 @@ fn read_generate(r: &mut Reader<'_>) -> Result<Request, WireError> {
             "key usage, mode or exportability is not the key type's",
         ));
     }
-    Ok(Request::GenerateKey {
-        key_type,
-        algorithm,
-        export,
-    })
+    Ok((key_type, algorithm, label))
 }
 
 /// An answer as the client reads it: the header, the response code, and
@@ -1060,7 +1178,7 @@ pub fn decode_response(body: &[u8], header_len: usize) -> Result<Answer<'_>, Wir
             r.done("the error code")?;
             Response::Verified
         }
-        b"A1" => {
+        b"A1" | b"A7" => {
             let under_lmk = r.key("key under the LMK")?;
             let exported = match r.peek() {
                 Some(b'S') => Some((b'S', r.key("key under the ZMK")?.0)),

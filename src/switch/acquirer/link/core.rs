@@ -960,8 +960,12 @@ impl<R> LinkCore<R> {
     /// once they are ([`LinkCore::handle_hsm_reply`]).
     fn zone_key_change(&mut self, now: Now, msg: &Message) -> Option<[u8; 2]> {
         match self.take_zone_keys(now, msg) {
-            Ok(install) => {
+            Ok(ZoneKeys::Install(install)) => {
                 self.install_later(msg, install);
+                None
+            }
+            Ok(ZoneKeys::Import(importing)) => {
+                self.import_later(now, msg, importing);
                 None
             }
             Err((code, why)) => {
@@ -979,17 +983,14 @@ impl<R> LinkCore<R> {
         self.event(LinkEvent::KeyChange { result });
     }
 
-    /// The keys of a host's key change, decrypted and checked, to install;
-    /// else the 0810's code and why.
-    fn take_zone_keys(
-        &self,
-        now: Now,
-        msg: &Message,
-    ) -> Result<crate::switch::card_security::effects::KeyInstall, ([u8; 2], String)> {
+    /// The keys of a host's key change, decrypted and checked, to install
+    /// (the soft HSM), or to import first (a network HSM: A6, each KCV
+    /// checked as its answer comes); else the 0810's code and why.
+    fn take_zone_keys(&self, now: Now, msg: &Message) -> Result<ZoneKeys, ([u8; 2], String)> {
         use crate::security::store::KeyType;
         use crate::switch::card_security::exchange;
         let sec = &self.s.acquirer.security;
-        let (Some(zmk), Some(Hsm::Soft(hsm))) = (&sec.zmk, &sec.hsm) else {
+        let (Some(zmk), Some(hsm)) = (&sec.zmk, &sec.hsm) else {
             return Err((
                 codes::SECURITY_VIOLATION,
                 "the acquirer has no zmk configured".into(),
@@ -1000,8 +1001,8 @@ impl<R> LinkCore<R> {
             Some(Err(e)) => return Err((codes::FORMAT_ERROR, e)),
             None => return Err((codes::FORMAT_ERROR, "no DE48".into())),
         };
-        let mut keys = Vec::with_capacity(entries.len());
-        for e in &entries {
+        let mut targets = Vec::with_capacity(entries.len());
+        for e in entries {
             let target = match &e.tag {
                 b"ZPK" => sec.pin.as_ref().map(|(n, _)| (n.clone(), KeyType::Zpk)),
                 b"ZAK" => sec.mac.as_ref().map(|(_, n)| (n.clone(), KeyType::Zak)),
@@ -1014,17 +1015,35 @@ impl<R> LinkCore<R> {
                     format!("{tag}: not a key this zone uses"),
                 ));
             };
+            targets.push((name, key_type, e));
+        }
+        let hsm = match hsm {
+            Hsm::Soft(h) => h,
+            Hsm::Network(n) => {
+                return Ok(ZoneKeys::Import(hsm::Importing::new(
+                    n.clone(),
+                    zmk.clone(),
+                    targets,
+                    msg.frame().clone(),
+                    self.epoch,
+                )));
+            }
+        };
+        let mut keys = Vec::with_capacity(targets.len());
+        for (name, key_type, e) in &targets {
             match hsm.key_from_under(zmk, &e.under, &e.kcv) {
-                Ok(k) => keys.push((name, key_type, k)),
+                Ok(k) => keys.push((name.clone(), *key_type, k)),
                 Err(err) => return Err((codes::SECURITY_VIOLATION, err.to_string())),
             }
         }
-        Ok(crate::switch::card_security::effects::KeyInstall {
-            hsm: hsm.clone(),
-            keys,
-            now_ms: now.unix_ms,
-            overlap_ms: sec.key_overlap_ms,
-        })
+        Ok(ZoneKeys::Install(
+            crate::switch::card_security::effects::KeyInstall {
+                hsm: hsm.clone(),
+                keys,
+                now_ms: now.unix_ms,
+                overlap_ms: sec.key_overlap_ms,
+            },
+        ))
     }
 
     /// Discards an answer whose MAC failed; its request, if still in
@@ -1049,6 +1068,14 @@ impl<R> LinkCore<R> {
             reason,
         });
     }
+}
+
+/// A host's key change, checked: what comes next.
+enum ZoneKeys {
+    /// The soft HSM's keys, to write to the key store.
+    Install(crate::switch::card_security::effects::KeyInstall),
+    /// For the network HSM to import, one A6 per key.
+    Import(Box<hsm::Importing>),
 }
 
 /// What the request becomes for the host ([`LinkCore::seal`]).

@@ -189,3 +189,113 @@ fn a_link_that_goes_down_fails_the_requests_waiting_for_their_mac() {
     answer(&mut c, &soft, now.plus(ms(2)), &calls[0]);
     assert!(replies(&mut c).is_empty() && sent(&mut c).is_empty());
 }
+
+/// The host's 0800 key change: `entries` in DE48.
+fn key_change(
+    stan: u64,
+    entries: &[crate::switch::card_security::exchange::ExchangedKey],
+) -> Bytes {
+    let de48 = crate::switch::card_security::exchange::format(entries);
+    let mut b = MessageBuilder::new(specs::iso87ascii(), Mti::NETWORK);
+    b.set(7, b"1125101010")
+        .set_number(11, stan)
+        .set(48, de48.as_bytes())
+        .set(70, b"161");
+    b.to_bytes().expect("packs").freeze()
+}
+
+#[test]
+fn a_zone_key_change_imports_each_key_checks_its_kcv_and_answers_96_without_the_hsm() {
+    use crate::security::hsm::HsmReply;
+    use crate::switch::card_security::exchange::ExchangedKey;
+    const ZMK: &str = "2C2C2C2C2C2C2C2C3D3D3D3D3D3D3D3D";
+    let zmk = SecretKey::from_hex(Algorithm::Tdes, ZMK).expect("key");
+    let hsm = NetworkHsm::new(
+        PayShieldConfig {
+            timeout: TIMEOUT,
+            ..PayShieldConfig::default()
+        },
+        Arc::new(KeyBlocks::default()),
+    );
+    let s = settings_with(|a| {
+        a.security = AcquirerSecurity {
+            mac: Some((MacAlgorithm::Retail, "acq.zak".into())),
+            zmk: Some("acq.zmk".into()),
+            key_overlap_ms: 5_000,
+            hsm: Some(Hsm::Network(Arc::new(hsm))),
+            ..AcquirerSecurity::default()
+        };
+    });
+    let c2 = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
+    let lmk = Lmk::from_components(&[c2(1), c2(2)]).expect("lmk");
+    let soft = SoftHsm::from_keys(
+        lmk,
+        [
+            ("acq.zak".to_owned(), KeyType::Zak, zak()),
+            ("acq.zmk".to_owned(), KeyType::Zmk, zmk.clone()),
+        ],
+    );
+    let (mut c, now) = up_core(s);
+    let zak2 =
+        SecretKey::from_hex(Algorithm::Tdes, "2222222222222222DDDDDDDDDDDDDDDD").expect("key");
+    let header = crate::security::store::header_for(
+        "x",
+        KeyType::Zak,
+        &zak2,
+        &Lmk::from_components(&[c2(3), c2(4)]).expect("lmk"),
+    );
+    let under = crate::security::hsm::soft::export_under_kek(&zmk, &header, &zak2).expect("export");
+    let entry = |kcv| ExchangedKey {
+        tag: *b"ZAK",
+        under: under.clone(),
+        kcv,
+    };
+
+    // A right KCV: imported (A6 with the key's name), then installed.
+    c.handle_frame(now, key_change(1, &[entry(zak2.kcv())]));
+    let calls = commands(&mut c);
+    assert_eq!(calls.len(), 1);
+    assert!(
+        matches!(&calls[0].1, HsmCommand::ImportKey { key_type: KeyType::Zak, zmk, label: Some(l), .. }
+            if &**zmk == "acq.zmk" && &**l == "acq.zak"),
+        "{:?}",
+        calls[0].1
+    );
+    assert!(sent(&mut c).is_empty(), "no 0810 before the keys are in");
+    answer(&mut c, &soft, now.plus(ms(5)), &calls[0]);
+    let HsmCall { id, work } = c.poll_hsm().expect("the install");
+    let HsmWork::InstallBlocks(install) = work else {
+        panic!("not an install: {work:?}")
+    };
+    assert_eq!(install.blocks.len(), 1);
+    assert_eq!(install.blocks[0].name, "acq.zak");
+    assert_eq!(install.blocks[0].kcv, zak2.kcv());
+    assert_eq!(install.overlap_ms, 5_000);
+    c.handle_hsm_reply(now.plus(ms(6)), id, HsmDone::Installed(Ok(())));
+    let out = sent(&mut c);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].response_code(), Some(*b"00"));
+
+    // A KCV that is not the key's: 63, nothing installed.
+    c.handle_frame(now.plus(ms(10)), key_change(2, &[entry(zmk.kcv())]));
+    let calls = commands(&mut c);
+    answer(&mut c, &soft, now.plus(ms(12)), &calls[0]);
+    assert!(c.poll_hsm().is_none(), "no install");
+    let out = sent(&mut c);
+    assert_eq!(out[0].response_code(), Some(*b"63"));
+
+    // The HSM does not answer: 96 at the deadline, its late answer dropped.
+    let at = now.plus(ms(20));
+    c.handle_frame(at, key_change(3, &[entry(zak2.kcv())]));
+    let calls = commands(&mut c);
+    assert_eq!(c.poll_timeout(), Some(at.at + TIMEOUT));
+    c.handle_timeout(at.plus(TIMEOUT));
+    let out = sent(&mut c);
+    assert_eq!(out[0].response_code(), Some(*b"96"));
+    c.handle_hsm_reply(
+        at.plus(TIMEOUT + ms(1)),
+        calls[0].0,
+        HsmDone::Reply(Ok(HsmReply::Verified)),
+    );
+    assert!(c.poll_hsm().is_none() && sent(&mut c).is_empty());
+}

@@ -32,6 +32,7 @@ fn response_codes_are_the_command_plus_one() {
         (b"M6", b"M7"),
         (b"M8", b"M9"),
         (b"A0", b"A1"),
+        (b"A6", b"A7"),
         (b"NC", b"ND"),
     ] {
         assert_eq!(&response_code(*c), r);
@@ -145,6 +146,7 @@ fn every_command_round_trips() {
             key_type: KeyType::Zpk,
             algorithm: Algorithm::Tdes,
             export: None,
+            label: None,
         },
         Request::GenerateKey {
             key_type: KeyType::Tak,
@@ -154,6 +156,19 @@ fn every_command_round_trips() {
                 kek: block_text('A'),
                 scheme: b'S',
             }),
+            label: Some("t-TERM0001.tak".into()),
+        },
+        Request::ImportKey {
+            key_type: KeyType::Zak,
+            zmk: block_text('T'),
+            under_zmk: "0123456789ABCDEF0123456789ABCDEF".into(),
+            label: Some("acq.zak".into()),
+        },
+        Request::ImportKey {
+            key_type: KeyType::Zpk,
+            zmk: block_text('T'),
+            under_zmk: "FEDCBA9876543210FEDCBA9876543210".into(),
+            label: None,
         },
         Request::Diagnostics,
     ];
@@ -206,6 +221,14 @@ fn every_answer_round_trips() {
             Response::Key {
                 under_lmk: block_text('A'),
                 exported: Some((b'S', block_text('A').0)),
+                kcv,
+            },
+        ),
+        (
+            *b"A6",
+            Response::Key {
+                under_lmk: block_text('T'),
+                exported: None,
                 kcv,
             },
         ),
@@ -358,8 +381,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 data: Bytes::from(data),
                 mac: std::iter::repeat_n(0x5A, size.bytes()).collect(),
             }),
-        (key_type, any::<bool>(), proptest::option::of(any::<bool>())).prop_map(
-            |(key_type, aes, export)| Request::GenerateKey {
+        (
+            key_type.clone(),
+            any::<bool>(),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of("[a-zA-Z0-9._-]{1,64}")
+        )
+            .prop_map(|(key_type, aes, export, label)| Request::GenerateKey {
                 key_type,
                 algorithm: if aes { Algorithm::Aes } else { Algorithm::Tdes },
                 export: export.map(|tmk| Export {
@@ -367,8 +395,19 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     kek: block_text('A'),
                     scheme: b'S',
                 }),
-            }
-        ),
+                label,
+            }),
+        (
+            key_type,
+            "[0-9A-F]{32}",
+            proptest::option::of("[a-z0-9.]{1,64}")
+        )
+            .prop_map(|(key_type, under_zmk, label)| Request::ImportKey {
+                key_type,
+                zmk: block_text('T'),
+                under_zmk,
+                label,
+            }),
         Just(Request::Diagnostics),
     ]
 }
@@ -408,4 +447,100 @@ proptest! {
         let _ = decode_request(&body, 4);
         let _ = decode_response(&body, 4);
     }
+}
+
+#[test]
+fn an_a6_command_is_laid_out_as_the_manual_says_with_our_key_block_fields() {
+    let zmk = block_text('T');
+    let req = Request::ImportKey {
+        key_type: KeyType::Zpk,
+        zmk: zmk.clone(),
+        under_zmk: "0123456789ABCDEF0123456789ABCDEF".into(),
+        label: Some("acq.zpk".into()),
+    };
+    let mut body = Vec::new();
+    encode_request(b"0042", &req, &mut body).expect("encodes");
+    let text = String::from_utf8(body).expect("ascii");
+    // Key type FFF, the ZMK, X + the key under it, scheme S, then the key
+    // block fields: P0 T2 B 00 E, two optional blocks (10: ZPK, LB: the
+    // name).
+    assert_eq!(
+        text,
+        format!(
+            "0042A6FFFS{}X0123456789ABCDEF0123456789ABCDEFS#P0T2B00E021007ZPKLB0Bacq.zpk",
+            zmk.0
+        )
+    );
+    // A7: the key under the LMK and the KCV.
+    let kcv = Kcv::parse("08D7B4").expect("kcv");
+    let block = block_text('T');
+    let answer = format!("0042A700S{}08D7B4", block.0);
+    assert_eq!(
+        decode_response(answer.as_bytes(), 4),
+        Ok((
+            &b"0042"[..],
+            *b"A7",
+            Ok(Response::Key {
+                under_lmk: block,
+                exported: None,
+                kcv
+            })
+        ))
+    );
+    // Its errors come as codes: a ZMK block the HSM can not authenticate.
+    assert_eq!(
+        decode_response(b"0042A7A4", 4),
+        Ok((&b"0042"[..], *b"A7", Err(ErrorCode::KEY_BLOCK_AUTH)))
+    );
+}
+
+#[test]
+fn a_bad_a6_is_refused_with_15_naming_the_field() {
+    let good = {
+        let mut body = Vec::new();
+        let req = Request::ImportKey {
+            key_type: KeyType::Zak,
+            zmk: block_text('T'),
+            under_zmk: "0123456789ABCDEF0123456789ABCDEF".into(),
+            label: None,
+        };
+        encode_request(b"0000", &req, &mut body).expect("encodes");
+        String::from_utf8(body).expect("ascii")
+    };
+    let refused = |text: &str| {
+        decode_request(text.as_bytes(), 4)
+            .expect_err("refused")
+            .expect("answerable")
+    };
+    // Not hex under the ZMK.
+    let r = refused(&good.replacen("X0123", "X012G", 1));
+    assert_eq!(r.code, ErrorCode::INVALID_INPUT);
+    assert!(
+        r.reason.to_string().contains("key under the ZMK"),
+        "{}",
+        r.reason
+    );
+    // Scheme U (variant) under the ZMK: only X is read.
+    let r = refused(&good.replacen("X0123", "U0123", 1));
+    assert!(
+        r.reason.to_string().contains("key scheme (ZMK)"),
+        "{}",
+        r.reason
+    );
+    // An AES algorithm for a scheme-X key.
+    let r = refused(&good.replacen("#M3T2", "#M6A1", 1));
+    assert!(r.reason.to_string().contains("T2"), "{}", r.reason);
+    // A label that is no key name.
+    let with_label = good.replacen("0110", "0210", 1) + "LB06a b";
+    let r = refused(&with_label);
+    assert!(r.reason.to_string().contains("LB"), "{}", r.reason);
+    // And the encoder refuses what it would not read back.
+    let mut body = Vec::new();
+    let bad = Request::ImportKey {
+        key_type: KeyType::Zak,
+        zmk: block_text('T'),
+        under_zmk: "0123".into(),
+        label: None,
+    };
+    assert!(encode_request(b"0000", &bad, &mut body).is_err());
 }

@@ -14,12 +14,16 @@
 //!   reversal); not checked in time, its request fails `AnswerUnverified`
 //!   (96 and a reversal: the host may have acted on it).
 //! * A host's 0800 key change waits for the key store to be written; its
-//!   0810 goes then, on the same connection only.
+//!   0810 goes then, on the same connection only. With a network HSM each
+//!   key is first imported from under the ZMK (A6), its KCV compared
+//!   with DE48's as the answer comes: a wrong one is 63, an HSM that does
+//!   not answer in time 96, and either way the zone keeps its keys.
 //!
 //! A link that goes down fails the requests waiting for their MAC with
 //! `LinkDown` (they were never sent) and drops the answers held (their
 //! requests were failed with the table).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -28,11 +32,14 @@ use super::{LinkCore, LinkEvent, LinkState};
 use crate::clock::Now;
 use crate::codes;
 use crate::iso8583::Message;
-use crate::security::hsm::{HsmCommand, HsmError, HsmReply};
+use crate::security::hsm::{HsmCommand, HsmError, HsmReply, KeyName};
+use crate::security::keys::Algorithm;
+use crate::security::store::{KeyType, StoredBlock};
 use crate::switch::acquirer::matcher::MatchKey;
 use crate::switch::acquirer::{EchoSpans, Failure, Outcome};
-use crate::switch::card_security::effects::{HsmCall, HsmDone, HsmWork, KeyInstall};
-use crate::switch::card_security::{self, MacToMake, Refusal};
+use crate::switch::card_security::effects::{BlockInstall, HsmCall, HsmDone, HsmWork, KeyInstall};
+use crate::switch::card_security::exchange::ExchangedKey;
+use crate::switch::card_security::{self, MacToMake, NetworkHsm, Refusal};
 
 pub(super) enum Parked<R> {
     /// A request packed with a placeholder MAC in `field`.
@@ -44,8 +51,44 @@ pub(super) enum Parked<R> {
     },
     /// A transaction answer whose MAC is being checked.
     Answer { frame: Bytes, key: MatchKey },
+    /// A host's 0800 whose keys the network HSM is importing.
+    Import(Box<Importing>),
     /// A host's 0800 whose keys are being written, on connection `epoch`.
     Keys { frame: Bytes, epoch: u64 },
+}
+
+/// A host's zone key change through the network HSM: one A6 per key, in
+/// turn, each answer's KCV compared with the one in DE48 before the next;
+/// the blocks are installed only once all are in.
+pub(in crate::switch::acquirer::link) struct Importing {
+    network: Arc<NetworkHsm>,
+    zmk: KeyName,
+    /// Still to import, in order; the first is being imported.
+    todo: Vec<(KeyName, KeyType, ExchangedKey)>,
+    made: Vec<StoredBlock>,
+    frame: Bytes,
+    /// The connection the 0800 came on.
+    epoch: u64,
+}
+
+impl Importing {
+    pub(super) fn new(
+        network: Arc<NetworkHsm>,
+        zmk: KeyName,
+        todo: Vec<(KeyName, KeyType, ExchangedKey)>,
+        frame: Bytes,
+        epoch: u64,
+    ) -> Box<Importing> {
+        let made = Vec::with_capacity(todo.len());
+        Box::new(Importing {
+            network,
+            zmk,
+            todo,
+            made,
+            frame,
+            epoch,
+        })
+    }
 }
 
 impl<R> LinkCore<R> {
@@ -71,6 +114,7 @@ impl<R> LinkCore<R> {
             Parked::Answer { frame, key } => {
                 self.answer_checked(now, frame, key, done.into_reply())
             }
+            Parked::Import(i) => self.key_imported(now, i, done.into_reply()),
             Parked::Keys { frame, epoch } => {
                 self.keys_installed(frame, epoch, done.into_installed())
             }
@@ -89,6 +133,7 @@ impl<R> LinkCore<R> {
                     reply,
                 } => self.sealed(now, key, body, field, reply, timeout),
                 Parked::Answer { frame, key } => self.answer_checked(now, frame, key, timeout),
+                Parked::Import(i) => self.key_imported(now, i, timeout),
                 Parked::Keys { frame, epoch } => {
                     self.keys_installed(frame, epoch, timeout.map(|_| ()))
                 }
@@ -161,10 +206,99 @@ impl<R> LinkCore<R> {
         self.hsm.issue(HsmWork::Install(install), None, parked);
     }
 
+    /// The host's 0800 waits for the network HSM to import its keys.
+    pub(super) fn import_later(&mut self, now: Now, msg: &Message, importing: Box<Importing>) {
+        debug_assert_eq!(&importing.frame, msg.frame(), "the 0800 being answered");
+        self.import_next(now, importing);
+    }
+
+    /// The next key's A6, or, all imported and checked, their install.
+    fn import_next(&mut self, now: Now, i: Box<Importing>) {
+        if let Some((name, key_type, e)) = i.todo.first() {
+            let command = HsmCommand::ImportKey {
+                key_type: *key_type,
+                zmk: i.zmk.clone(),
+                under: e.under.clone(),
+                label: Some(name.clone()),
+            };
+            let deadline = now.at + i.network.timeout();
+            self.hsm
+                .issue(HsmWork::Command(command), Some(deadline), Parked::Import(i));
+            return;
+        }
+        let i = *i;
+        let work = BlockInstall {
+            keys: i.network.keys.clone(),
+            blocks: i.made,
+            now_ms: now.unix_ms,
+            overlap_ms: self.s.acquirer.security.key_overlap_ms,
+        };
+        let parked = Parked::Keys {
+            frame: i.frame,
+            epoch: i.epoch,
+        };
+        self.hsm.issue(HsmWork::InstallBlocks(work), None, parked);
+    }
+
+    /// An A6's answer: the key under the LMK, taken when its KCV is the
+    /// one DE48 gave; else the key change is refused (63; 96 when the HSM
+    /// did not answer) and the zone keeps its keys.
+    fn key_imported(
+        &mut self,
+        now: Now,
+        mut i: Box<Importing>,
+        answer: Result<HsmReply, HsmError>,
+    ) {
+        let refusal = match answer {
+            Ok(HsmReply::Key { block, kcv, .. }) => match i.todo.first() {
+                Some((_, _, e)) if e.kcv != kcv => (
+                    codes::SECURITY_VIOLATION,
+                    format!(
+                        "the key's check value is {kcv}, not the {} that came with it",
+                        e.kcv
+                    ),
+                ),
+                Some(_) => {
+                    let (name, key_type, _) = i.todo.remove(0);
+                    i.made.push(StoredBlock {
+                        name: name.to_string(),
+                        key_type,
+                        algorithm: Algorithm::Tdes,
+                        kcv,
+                        block,
+                    });
+                    return self.import_next(now, i);
+                }
+                None => (
+                    codes::SYSTEM_MALFUNCTION,
+                    "an answer for no key asked".into(),
+                ),
+            },
+            Ok(_) => (
+                codes::SYSTEM_MALFUNCTION,
+                "the HSM's answer is not a key".into(),
+            ),
+            Err(e) if card_security::unavailable(&e) => (codes::SYSTEM_MALFUNCTION, e.to_string()),
+            Err(e) => (codes::SECURITY_VIOLATION, e.to_string()),
+        };
+        let (code, why) = refusal;
+        self.key_change_done(Err(format!("{} ({why})", String::from_utf8_lossy(&code))));
+        if i.epoch != self.epoch || !self.wants_socket() {
+            return;
+        }
+        if let Ok(msg) = Message::parse(i.frame, self.s.acquirer.spec.spec) {
+            self.answer_network(&msg, code);
+        }
+    }
+
     /// The link went down or closed: what waits for the HSM has no
     /// connection to go on.
     pub(super) fn drop_parked(&mut self) {
-        let gone = self.hsm.take_where(|p| !matches!(p, Parked::Keys { .. }));
+        // A key change goes on: the keys the host sent are good whether
+        // or not its 0810 can still go (the soft path's install, too).
+        let gone = self
+            .hsm
+            .take_where(|p| !matches!(p, Parked::Keys { .. } | Parked::Import(_)));
         for p in gone {
             if let Parked::Seal { reply, .. } = p {
                 self.replies
