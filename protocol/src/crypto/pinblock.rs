@@ -328,6 +328,41 @@ pub fn iso4_pan_field(pan: &str) -> Result<[u8; 16], PinBlockError> {
     Ok(out)
 }
 
+/// A PIN key's cipher, its key schedule made once: what a key that
+/// translates every request's PIN keeps (the soft HSM keeps one per TPK
+/// and ZPK), instead of making TDES's DES schedules again per block. The
+/// functions that take a [`SecretKey`] make one per call. Wiped on drop
+/// (the cipher types wipe their schedules).
+pub struct PinKey {
+    /// Format 0's cipher, for a TDES key.
+    tdes: Option<Tdes>,
+    /// Format 4's cipher, for an AES key.
+    aes: Option<Aes>,
+}
+
+impl PinKey {
+    pub fn new(key: &SecretKey) -> PinKey {
+        PinKey {
+            tdes: Tdes::new(key),
+            aes: Aes::new(key),
+        }
+    }
+
+    fn tdes(&self, format: PinFormat) -> Result<&Tdes, PinBlockError> {
+        self.tdes.as_ref().ok_or(PinBlockError::WrongKey {
+            format,
+            expected: "a TDES key",
+        })
+    }
+
+    fn aes(&self, format: PinFormat) -> Result<&Aes, PinBlockError> {
+        self.aes.as_ref().ok_or(PinBlockError::WrongKey {
+            format,
+            expected: "an AES key",
+        })
+    }
+}
+
 /// Encrypts a PIN into a block of `format` under `key` (format 0: TDES;
 /// format 4: AES). `random` is format 4's fill (unused for format 0): give
 /// it fresh random bytes every time.
@@ -338,21 +373,26 @@ pub fn encrypt(
     pan: &str,
     random: &[u8; 8],
 ) -> Result<EncryptedPinBlock, PinBlockError> {
+    encrypt_with(&PinKey::new(key), format, pin, pan, random)
+}
+
+/// [`encrypt`] under a prepared key.
+pub fn encrypt_with(
+    key: &PinKey,
+    format: PinFormat,
+    pin: &Pin,
+    pan: &str,
+    random: &[u8; 8],
+) -> Result<EncryptedPinBlock, PinBlockError> {
     match format {
         PinFormat::Iso0 => {
-            let c = Tdes::new(key).ok_or(PinBlockError::WrongKey {
-                format,
-                expected: "a TDES key",
-            })?;
+            let c = key.tdes(format)?;
             let mut block = encode_iso0(pin, pan)?;
             c.encrypt(&mut block);
             Ok(EncryptedPinBlock::Iso0(block))
         }
         PinFormat::Iso4 => {
-            let c = Aes::new(key).ok_or(PinBlockError::WrongKey {
-                format,
-                expected: "an AES key",
-            })?;
+            let c = key.aes(format)?;
             let pan_field = iso4_pan_field(pan)?;
             let mut block = encode_iso4_pin_field(pin, random);
             c.encrypt(&mut block);
@@ -372,12 +412,18 @@ pub fn decrypt(
     block: &EncryptedPinBlock,
     pan: &str,
 ) -> Result<Pin, PinBlockError> {
+    decrypt_with(&PinKey::new(key), block, pan)
+}
+
+/// [`decrypt`] under a prepared key.
+pub fn decrypt_with(
+    key: &PinKey,
+    block: &EncryptedPinBlock,
+    pan: &str,
+) -> Result<Pin, PinBlockError> {
     match block {
         EncryptedPinBlock::Iso0(b) => {
-            let c = Tdes::new(key).ok_or(PinBlockError::WrongKey {
-                format: PinFormat::Iso0,
-                expected: "a TDES key",
-            })?;
+            let c = key.tdes(PinFormat::Iso0)?;
             // The PAN first: a bad PAN is the caller's error, not the block's.
             PanDigits::new(pan)?;
             let mut clear = *b;
@@ -387,10 +433,7 @@ pub fn decrypt(
             pin
         }
         EncryptedPinBlock::Iso4(b) => {
-            let c = Aes::new(key).ok_or(PinBlockError::WrongKey {
-                format: PinFormat::Iso4,
-                expected: "an AES key",
-            })?;
+            let c = key.aes(PinFormat::Iso4)?;
             let pan_field = iso4_pan_field(pan)?;
             let mut clear = *b;
             c.decrypt(&mut clear);
@@ -416,8 +459,27 @@ pub fn translate(
     pan: &str,
     random: &[u8; 8],
 ) -> Result<EncryptedPinBlock, PinBlockError> {
-    let pin = decrypt(from, block, pan)?;
-    encrypt(to, to_format, &pin, pan, random)
+    translate_with(
+        block,
+        &PinKey::new(from),
+        &PinKey::new(to),
+        to_format,
+        pan,
+        random,
+    )
+}
+
+/// [`translate`] between prepared keys.
+pub fn translate_with(
+    block: &EncryptedPinBlock,
+    from: &PinKey,
+    to: &PinKey,
+    to_format: PinFormat,
+    pan: &str,
+    random: &[u8; 8],
+) -> Result<EncryptedPinBlock, PinBlockError> {
+    let pin = decrypt_with(from, block, pan)?;
+    encrypt_with(to, to_format, &pin, pan, random)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::security::keyblock;
 use crate::security::keys::{Algorithm, SecretKey};
 use crate::security::lmk::Lmk;
 use crate::security::mac::{self, MacError, MacKey, Padding};
-use crate::security::pinblock::{self, PinFormat};
+use crate::security::pinblock::{self, PinFormat, PinKey};
 use crate::security::random;
 use crate::security::store::{self, KeyStore, KeyType, StoreError};
 use crate::security::{Kcv, dukpt, dukpt_aes};
@@ -36,6 +36,9 @@ struct Slot {
     /// A MAC key's schedule, made once: each MAC would otherwise make it
     /// again from the key's bytes.
     current_mac: Option<MacKey>,
+    /// A PIN key's cipher, made once: every request's PIN translation
+    /// would otherwise make TDES's DES schedules twice per key.
+    current_pin: Option<PinKey>,
     previous: Option<(SecretKey, u64)>,
 }
 
@@ -44,10 +47,13 @@ impl Slot {
         let current_mac = matches!(key_type, KeyType::Tak | KeyType::Zak)
             .then(|| MacKey::new(&current))
             .flatten();
+        let current_pin =
+            matches!(key_type, KeyType::Tpk | KeyType::Zpk).then(|| PinKey::new(&current));
         Slot {
             key_type,
             current,
             current_mac,
+            current_pin,
             previous,
         }
     }
@@ -58,6 +64,16 @@ impl Slot {
             .as_ref()
             .filter(|(_, until)| now_ms < *until)
             .map(|(k, _)| k)
+    }
+
+    /// The current key as a PIN key: the one kept, else one made in
+    /// `made` (a slot of another type asked for a PIN is refused by the
+    /// lookup before this).
+    fn pin_key<'a>(&'a self, made: &'a mut Option<PinKey>) -> &'a PinKey {
+        match &self.current_pin {
+            Some(p) => p,
+            None => made.insert(PinKey::new(&self.current)),
+        }
     }
 
     /// `f` of the current key as a MAC key.
@@ -337,7 +353,7 @@ impl SoftHsm {
         to: &str,
         to_format: PinFormat,
     ) -> Result<HsmReply, HsmError> {
-        let derived;
+        let (mut made_from, mut made_to) = (None, None);
         let (from, previous) = match source {
             PinSource::Tpk(name) | PinSource::Zpk(name) => {
                 let wanted = match source {
@@ -345,13 +361,13 @@ impl SoftHsm {
                     _ => KeyType::Zpk,
                 };
                 let slot = lookup(keys, name, &[wanted])?;
-                (&slot.current, slot.previous_at(now_ms))
+                (slot.pin_key(&mut made_from), slot.previous_at(now_ms))
             }
             PinSource::Dukpt { bdk, ksn } => {
                 let bdk = lookup(keys, bdk, &[KeyType::Bdk])?;
-                derived = dukpt::pin_key(&bdk.current, ksn)
+                let derived = dukpt::pin_key(&bdk.current, ksn)
                     .map_err(|e| HsmError::BadPinBlock(format!("the KSN: {e}")))?;
-                (&derived, None)
+                (&*made_from.insert(PinKey::new(&derived)), None)
             }
             PinSource::AesDukpt { bdk, ksn } => {
                 let bdk = lookup(keys, bdk, &[KeyType::Bdk])?;
@@ -359,22 +375,24 @@ impl SoftHsm {
                     PinFormat::Iso4 => dukpt_aes::KeyType::Aes128,
                     PinFormat::Iso0 => dukpt_aes::KeyType::Tdes2,
                 };
-                derived =
+                let derived =
                     dukpt_aes::working_key(&bdk.current, ksn, dukpt_aes::KeyUsage::Pin, key_type)
                         .map_err(|e| HsmError::BadPinBlock(format!("the KSN: {e}")))?;
-                (&derived, None)
+                (&*made_from.insert(PinKey::new(&derived)), None)
             }
         };
-        let to = &lookup(keys, to, &[KeyType::Zpk])?.current;
+        let to = lookup(keys, to, &[KeyType::Zpk])?.pin_key(&mut made_to);
         let mut fill = [0u8; 8];
         if to_format == PinFormat::Iso4 {
             random::fill(&mut fill).map_err(|e| HsmError::Unavailable(e.to_string()))?;
         }
         let out = match (
-            pinblock::translate(block, from, to, to_format, pan, &fill),
+            pinblock::translate_with(block, from, to, to_format, pan, &fill),
             previous,
         ) {
-            (Err(_), Some(old)) => pinblock::translate(block, old, to, to_format, pan, &fill),
+            (Err(_), Some(old)) => {
+                pinblock::translate_with(block, &PinKey::new(old), to, to_format, pan, &fill)
+            }
             (result, _) => result,
         }
         .map_err(|e| HsmError::BadPinBlock(e.to_string()))?;
