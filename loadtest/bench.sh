@@ -58,7 +58,10 @@ start_sim() {
 }
 
 start_switch() {
-    rm -rf "$OUT/journal"
+    # The store (on by default) lives in data/ beside the journal: a store
+    # left from the last run is ahead of the new, empty journal and the
+    # switch refuses to start.
+    rm -rf "$OUT/journal" "$OUT/data"
     "$BIN/switchyard" run --config "$config" >"$OUT/$1.switch.log" 2>&1 &
     pids+=($!)
     # Ready when /health answers 200: an acquirer has a link up (the

@@ -120,7 +120,10 @@ start() { # plain|secure
     "$BIN/switchyard" sim --listen "127.0.0.1:$SIM_PORT" "${zone[@]}" >/dev/null 2>&1 &
     pids+=($!)
     wait_until bash -c "exec 3<>/dev/tcp/127.0.0.1/$SIM_PORT"
-    rm -rf "$OUT/journal"
+    # The store (on by default) lives in data/ beside the journal: a store
+    # left from the last run is ahead of the new, empty journal and the
+    # switch refuses to start.
+    rm -rf "$OUT/journal" "$OUT/data"
     "$BIN/switchyard" run --config "$OUT/switch-$1.toml" >"$OUT/switch-$1.log" 2>&1 &
     pids+=($!)
     wait_until curl -sf "http://127.0.0.1:$ADMIN_PORT/ready"
