@@ -20,6 +20,19 @@ use crate::telemetry;
 
 type Running = Pin<Box<dyn Future<Output = (u64, HsmDone)> + Send>>;
 
+/// A key store rewrite (it syncs the file: blocking) on tokio's blocking
+/// pool, answered as [`HsmDone::Installed`].
+fn installing(id: u64, run: impl FnOnce() -> Result<(), HsmError> + Send + 'static) -> Running {
+    Box::pin(async move {
+        let done = tokio::task::spawn_blocking(run).await.unwrap_or_else(|e| {
+            Err(HsmError::Unavailable(format!(
+                "the key store write stopped: {e}"
+            )))
+        });
+        (id, HsmDone::Installed(done))
+    })
+}
+
 /// The calls of one core under way.
 pub struct HsmRunner {
     network: Option<Arc<NetworkHsm>>,
@@ -69,26 +82,8 @@ impl HsmRunner {
                     (id, HsmDone::Reply(answer))
                 })
             }
-            HsmWork::InstallBlocks(install) => Box::pin(async move {
-                let done = tokio::task::spawn_blocking(move || install.run())
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(HsmError::Unavailable(format!(
-                            "the key store write stopped: {e}"
-                        )))
-                    });
-                (id, HsmDone::Installed(done))
-            }),
-            HsmWork::Install(install) => Box::pin(async move {
-                let done = tokio::task::spawn_blocking(move || install.run())
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(HsmError::Unavailable(format!(
-                            "the key store write stopped: {e}"
-                        )))
-                    });
-                (id, HsmDone::Installed(done))
-            }),
+            HsmWork::InstallBlocks(install) => installing(id, move || install.run()),
+            HsmWork::Install(install) => installing(id, move || install.run()),
         };
         self.running
             .get_or_insert_with(FuturesUnordered::new)

@@ -27,26 +27,50 @@ fn tdes(hex: &str) -> SecretKey {
     SecretKey::from_hex(Algorithm::Tdes, hex).expect("key")
 }
 
+/// A key store in a new directory under a test LMK (also saved there, as
+/// `lmk`), holding `keys` (name, type, TDES key in hex).
+struct TestKeys {
+    dir: tempfile::TempDir,
+    lmk: Lmk,
+    store_path: std::path::PathBuf,
+}
+
+impl TestKeys {
+    fn new(keys: &[(&str, KeyType, &str)]) -> TestKeys {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
+        let lmk = Lmk::from_components(&[c(0x11), c(0x22)]).expect("lmk");
+        lmk.save_new(&dir.path().join("lmk")).expect("lmk saved");
+        let store_path = dir.path().join("keys.toml");
+        let mut store = KeyStore::create(&store_path, &lmk).expect("store");
+        for (name, t, hex) in keys {
+            store.add(&lmk, name, *t, &tdes(hex)).expect("key added");
+        }
+        store.save().expect("saved");
+        TestKeys {
+            dir,
+            lmk,
+            store_path,
+        }
+    }
+
+    fn lmk_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("lmk")
+    }
+}
+
 /// A core whose `[security]` names a payShield (never reached: the test
 /// answers its calls), with terminals `TERM*` MACing under a TAK and PIN
 /// blocks under a TPK, translated to the acquirer's ZPK; terminals
 /// `PLAIN*` have no profile. `max` requests in flight per connection.
 /// Also the soft HSM over the same store, which plays the network one.
 fn network_harness(max: usize) -> (Harness, SoftHsm, tempfile::TempDir) {
-    let keys = tempfile::tempdir().expect("dir");
-    let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
-    let lmk = Lmk::from_components(&[c(0x11), c(0x22)]).expect("lmk");
-    let store_path = keys.path().join("keys.toml");
-    let mut store = KeyStore::create(&store_path, &lmk).expect("store");
-    for (name, t, hex) in [
+    let t = TestKeys::new(&[
         ("term.tpk", KeyType::Tpk, TPK),
         ("term.tak", KeyType::Tak, TAK),
         ("acq.zpk", KeyType::Zpk, ZPK),
-    ] {
-        store.add(&lmk, name, t, &tdes(hex)).expect("key added");
-    }
-    store.save().expect("saved");
-    let soft = SoftHsm::open(&store_path, lmk).expect("soft HSM");
+    ]);
+    let soft = SoftHsm::open(&t.store_path, t.lmk.clone()).expect("soft HSM");
     let security = format!(
         r#"
 [security]
@@ -63,7 +87,7 @@ mac = "require"
 mac_key = "term.tak"
 pin_key = "term.tpk"
 "#,
-        store = store_path.display(),
+        store = t.store_path.display(),
         timeout = TIMEOUT.as_millis(),
     );
     let h = harness_with(
@@ -73,7 +97,7 @@ pin_key = "term.tpk"
         &security,
         true,
     );
-    (h, soft, keys)
+    (h, soft, t.dir)
 }
 
 /// A 0200 from terminal `tid`; from a `TERM` terminal with PIN 1234 under
@@ -379,21 +403,12 @@ fn a_link_s_hsm_failures_are_96_and_an_unverified_answer_is_reversed() {
 
 #[test]
 fn a_key_change_s_0810_waits_for_the_key_store_to_be_written() {
-    let keys = tempfile::tempdir().expect("dir");
-    let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
-    let lmk = Lmk::from_components(&[c(0x11), c(0x22)]).expect("lmk");
-    let lmk_path = keys.path().join("lmk");
-    lmk.save_new(&lmk_path).expect("lmk saved");
-    let store_path = keys.path().join("keys.toml");
-    let mut store = KeyStore::create(&store_path, &lmk).expect("store");
-    for (name, t, hex) in [
+    let keys = TestKeys::new(&[
         ("t-TERMK001.tmk", KeyType::Tmk, ZPK),
         ("t-TERMK001.tpk", KeyType::Tpk, TPK),
         ("t-TERMK001.tak", KeyType::Tak, TAK),
-    ] {
-        store.add(&lmk, name, t, &tdes(hex)).expect("key added");
-    }
-    store.save().expect("saved");
+    ]);
+    let (lmk, store_path, lmk_path) = (keys.lmk.clone(), keys.store_path.clone(), keys.lmk_path());
     let security = format!(
         r#"
 [security]
@@ -449,19 +464,12 @@ tmk = "t-{{terminal}}.tmk"
 
 #[test]
 fn through_a_network_hsm_a_key_change_makes_each_key_in_turn_then_installs_them() {
-    let keys = tempfile::tempdir().expect("dir");
-    let c = |b: u8| SecretKey::new(Algorithm::Aes, &[b; 32]).expect("component");
-    let lmk = Lmk::from_components(&[c(0x11), c(0x22)]).expect("lmk");
-    let store_path = keys.path().join("keys.toml");
-    let mut store = KeyStore::create(&store_path, &lmk).expect("store");
-    for (name, t, hex) in [
+    let keys = TestKeys::new(&[
         ("t-TERMK001.tmk", KeyType::Tmk, ZPK),
         ("t-TERMK001.tpk", KeyType::Tpk, TPK),
         ("t-TERMK001.tak", KeyType::Tak, TAK),
-    ] {
-        store.add(&lmk, name, t, &tdes(hex)).expect("key added");
-    }
-    store.save().expect("saved");
+    ]);
+    let (lmk, store_path) = (keys.lmk.clone(), keys.store_path.clone());
     // Plays the network HSM: the same keys under the same LMK.
     let soft = SoftHsm::open(&store_path, lmk.clone()).expect("soft HSM");
     let security = format!(
