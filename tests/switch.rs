@@ -217,8 +217,8 @@ async fn host_timeout_answers_91_and_the_late_answer_is_dropped() {
 
 #[tokio::test]
 async fn link_down_at_start_comes_up_with_backoff_and_sign_on() {
-    let port = free_port();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let reserved = reserve_port();
+    let addr = reserved.addr;
     let switch = start_switch(&config(&[addr], "", "")).await;
     let admin = switch.admin_addr.expect("admin");
     let (status, body) = http_get(admin, "/health").await;
@@ -227,6 +227,7 @@ async fn link_down_at_start_comes_up_with_backoff_and_sign_on() {
     let a = t.request(&auth(Mti::FINANCIAL, 1, PAN, 100)).await;
     assert_eq!(code(&a), "91", "host down: issuer unavailable");
 
+    drop(reserved);
     let sim = start_sim_with(SimConfig {
         listen: addr,
         ..sim_config()

@@ -180,6 +180,29 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A loopback port with nothing listening on it, held so that no other
+/// test can take it meanwhile: bound but not listening, so a connection
+/// to it is refused, as to a host that is down. [`free_port`]'s port is
+/// free only when asked: another test's listener may take it before this
+/// test starts its own there (a switch then reached some other test's
+/// process). Drop it just before binding the port.
+pub struct ReservedPort {
+    _socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+pub fn reserve_port() -> ReservedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bound");
+    let addr = socket.local_addr().expect("its address");
+    ReservedPort {
+        _socket: socket,
+        addr,
+    }
+}
+
 /// The simulator's defaults, on a free port (not its well-known 9583).
 pub fn sim_config() -> SimConfig {
     SimConfig {
