@@ -15,7 +15,8 @@ use tokio::time::timeout;
 async fn a_link_down_at_start_warns_once_per_interval_then_says_when_it_is_up() {
     let log = Captured::install();
 
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let reserved = reserve_port();
+    let addr = reserved.addr;
     let switch = start_switch(&config(&[addr], "", "")).await;
     let admin = switch.admin_addr.expect("admin");
     // Several attempts fail (backoff 20..200 ms)...
@@ -37,6 +38,7 @@ async fn a_link_down_at_start_warns_once_per_interval_then_says_when_it_is_up() 
         assert!(w.contains(part), "{part} missing from {w}");
     }
 
+    drop(reserved);
     let sim = start_sim_with(switchyard::tools::sim::SimConfig {
         listen: addr,
         ..sim_config()

@@ -166,7 +166,8 @@ async fn link_killed_under_load_reversals_wait_then_drain() {
 
 #[tokio::test]
 async fn stand_in_approves_small_requests_and_advises_the_host_later() {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let reserved = reserve_port();
+    let addr = reserved.addr;
     let switch = start_switch(&config(
         &[addr],
         "[acquirers.stand_in]\nenabled = true\nmax_amount = 5000\nmax_fraud_points = 10",
@@ -184,6 +185,7 @@ async fn stand_in_approves_small_requests_and_advises_the_host_later() {
     let large = t.request(&auth(Mti::FINANCIAL, 42, PAN, 10_000)).await;
     assert_eq!(code(&large), "91", "over the stand-in limit");
 
+    drop(reserved);
     let sim = start_sim_with(switchyard::tools::sim::SimConfig {
         listen: addr,
         ..sim_config()

@@ -299,7 +299,9 @@ async fn two_links_share_the_load() {
 #[tokio::test]
 async fn backup_acquirer_takes_over_when_the_primary_is_down() {
     let backup = start_sim().await;
-    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Held for the whole test: the primary stays down.
+    let dead_port = reserve_port();
+    let dead = dead_port.addr;
     let toml = config_routed(
         &[dead],
         &format!(
