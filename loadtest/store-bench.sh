@@ -41,7 +41,7 @@ OUT=loadtest/results
 mkdir -p "$OUT"
 cargo build --release --quiet --bin switchyard -p switchyard
 cargo build --release --quiet -p loadtest
-BIN=target/release
+BIN=${BIN:-target/release}
 
 SIM_PORT=${SIM_PORT:-19583}
 SWITCH_PORT=${SWITCH_PORT:-18583}
