@@ -654,29 +654,34 @@ fn key_change_request(stan: u32, tid: &str) -> Bytes {
     b.to_bytes().expect("packs").freeze()
 }
 
-#[tokio::test]
-async fn a_terminal_gets_new_keys_under_its_tmk_and_transacts_with_them() {
+/// A terminal key change's 0810: its DE48 holds a new TPK and TAK, in
+/// that order, each under the TMK with its own KCV; the keys in clear.
+fn keys_under_the_tmk(answer: &Message) -> Vec<SecretKey> {
     use switchyard::security::hsm::soft::import_tdes_under_kek;
     use switchyard::switch::card_security::exchange;
+    let keys = exchange::parse(answer.field(48).expect("DE48 with the keys")).expect("readable");
+    assert_eq!(
+        keys.iter().map(|k| k.tag).collect::<Vec<_>>(),
+        vec![*b"TPK", *b"TAK"]
+    );
+    keys.iter()
+        .map(|e| {
+            let key = import_tdes_under_kek(&tdes(TMK), &e.under).expect("decrypts under the TMK");
+            assert_eq!(key.kcv(), e.kcv, "the KCV given is the key's");
+            key
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_terminal_gets_new_keys_under_its_tmk_and_transacts_with_them() {
     let k = key_store();
     let sim = host(ZAK).await;
     let switch = switch_with(&k, &sim, "require").await;
     let mut t = Terminal::connect(switch.terminal_addr).await;
     let answer = t.request(&key_change_request(20, "TERMK001")).await;
     assert_eq!(code(&answer), "00");
-    let keys = exchange::parse(answer.field(48).expect("DE48 with the keys")).expect("readable");
-    assert_eq!(
-        keys.iter().map(|k| k.tag).collect::<Vec<_>>(),
-        vec![*b"TPK", *b"TAK"]
-    );
-    let new: Vec<SecretKey> = keys
-        .iter()
-        .map(|e| {
-            let key = import_tdes_under_kek(&tdes(TMK), &e.under).expect("decrypts under the TMK");
-            assert_eq!(key.kcv(), e.kcv, "the KCV given is the key's");
-            key
-        })
-        .collect();
+    let new = keys_under_the_tmk(&answer);
     assert_ne!(new[0].kcv(), tdes(TPK).kcv(), "a new TPK");
     let answer = t
         .request(&request_under(21, "TERMK001", &new[0], Some(&new[1])))
@@ -1466,8 +1471,6 @@ async fn through_a_payshield_a_host_changes_the_zone_keys_under_the_zmk() {
 
 #[tokio::test]
 async fn through_a_payshield_a_terminal_gets_new_keys_and_its_old_ones_end_with_the_overlap() {
-    use switchyard::security::hsm::soft::import_tdes_under_kek;
-    use switchyard::switch::card_security::exchange;
     const TERMINAL: &str = "TERMK001";
     let k = key_store();
     let hsm = HsmSim::start(&k, "127.0.0.1:0").await;
@@ -1486,19 +1489,7 @@ async fn through_a_payshield_a_terminal_gets_new_keys_and_its_old_ones_end_with_
 
     let answer = t.request(&key_change_request(40, TERMINAL)).await;
     assert_eq!(code(&answer), "00");
-    let keys = exchange::parse(answer.field(48).expect("DE48 with the keys")).expect("readable");
-    assert_eq!(
-        keys.iter().map(|k| k.tag).collect::<Vec<_>>(),
-        vec![*b"TPK", *b"TAK"]
-    );
-    let new: Vec<SecretKey> = keys
-        .iter()
-        .map(|e| {
-            let key = import_tdes_under_kek(&tdes(TMK), &e.under).expect("decrypts under the TMK");
-            assert_eq!(key.kcv(), e.kcv, "the KCV given is the key's");
-            key
-        })
-        .collect();
+    let new = keys_under_the_tmk(&answer);
     let (tpk2, tak2) = (&new[0], &new[1]);
     assert_ne!(tpk2.kcv(), tdes(TPK).kcv(), "a new TPK");
     assert_ne!(tak2.kcv(), tdes(TAK).kcv(), "a new TAK");

@@ -23,16 +23,22 @@ fn zak() -> SecretKey {
     SecretKey::from_hex(Algorithm::Tdes, ZAK).expect("key")
 }
 
-/// A link whose zone MACs under `acq.zak` through a network HSM, up; the
-/// soft HSM that plays it.
-fn network_core() -> (Core, Now, SoftHsm) {
-    let hsm = NetworkHsm::new(
+/// A network HSM that is never reached (the tests answer its calls),
+/// with commands timing out after [`TIMEOUT`].
+fn network_hsm() -> NetworkHsm {
+    NetworkHsm::new(
         PayShieldConfig {
             timeout: TIMEOUT,
             ..PayShieldConfig::default()
         },
         Arc::new(KeyBlocks::default()),
-    );
+    )
+}
+
+/// A link whose zone MACs under `acq.zak` through a network HSM, up; the
+/// soft HSM that plays it.
+fn network_core() -> (Core, Now, SoftHsm) {
+    let hsm = network_hsm();
     let s = settings_with(|a| {
         a.security = AcquirerSecurity {
             mac: Some((MacAlgorithm::Retail, "acq.zak".into())),
@@ -210,13 +216,7 @@ fn a_zone_key_change_imports_each_key_checks_its_kcv_and_answers_96_without_the_
     use crate::switch::card_security::exchange::ExchangedKey;
     const ZMK: &str = "2C2C2C2C2C2C2C2C3D3D3D3D3D3D3D3D";
     let zmk = SecretKey::from_hex(Algorithm::Tdes, ZMK).expect("key");
-    let hsm = NetworkHsm::new(
-        PayShieldConfig {
-            timeout: TIMEOUT,
-            ..PayShieldConfig::default()
-        },
-        Arc::new(KeyBlocks::default()),
-    );
+    let hsm = network_hsm();
     let s = settings_with(|a| {
         a.security = AcquirerSecurity {
             mac: Some((MacAlgorithm::Retail, "acq.zak".into())),
