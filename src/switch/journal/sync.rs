@@ -4,7 +4,9 @@
 //! written" to the sync threads, and goes back to the queue. An idle sync
 //! thread takes the newest written sequence number, calls `fdatasync`, and
 //! publishes that number as durable. While a sync is under way the next
-//! group is already being gathered, encoded and written.
+//! group is already being gathered and encoded; while every sync thread
+//! is busy the writer holds it unwritten and each sync's end wakes it
+//! (`Syncer::busy`, `Syncer::set_writer`), so the group goes in one write.
 //!
 //! One sync thread by default (`syncs_in_flight`): on this machine's disk
 //! several `fdatasync` calls in flight complete more commits a second
